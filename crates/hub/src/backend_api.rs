@@ -1,0 +1,218 @@
+//! What the backend API (`POST /api/v1/room/{roomid}`) does once a request is
+//! authenticated: roomlist events to users and sessions, and room-scoped
+//! requests published to the room's backend subject so every server applies
+//! them.
+
+use proto::backend::{BackendServerRoomRequest, JsonMap};
+use proto::client::{EventServerMessage, RoomDisinviteEvent, RoomEvent, ServerMessage};
+use serde_json::Value;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use crate::backends::Backend;
+use crate::bus::BusPayload;
+use crate::conn::OutMsg;
+use crate::Hub;
+
+/// Talk's marker for "not in the meeting".
+const SESSION_NOT_IN_MEETING: &str = "0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Answered with 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Answered with 500.
+    #[error("error while processing")]
+    Publish(#[from] crate::bus::BusError),
+}
+
+impl Hub {
+    /// Apply one backend room request. `req.received` must already be set.
+    pub fn handle_room_request(
+        &self,
+        backend: &Arc<Backend>,
+        roomid: &str,
+        mut req: BackendServerRoomRequest,
+    ) -> Result<(), ApiError> {
+        let missing = |what: &str| ApiError::BadRequest(format!("{what} missing"));
+        match req.kind.as_str() {
+            "invite" => {
+                let inv = req.invite.as_ref().ok_or_else(|| missing("invite"))?;
+                self.send_roomlist(
+                    "invite",
+                    backend,
+                    roomid,
+                    &inv.userids,
+                    inv.properties.clone(),
+                );
+                self.send_roomlist_update(
+                    backend,
+                    roomid,
+                    &inv.userids,
+                    &inv.alluserids,
+                    inv.properties.clone(),
+                );
+            }
+            "disinvite" => {
+                let d = req.disinvite.as_ref().ok_or_else(|| missing("disinvite"))?;
+                self.send_disinvite(backend, roomid, "disinvited", &d.userids, &d.sessionids);
+                self.send_roomlist_update(
+                    backend,
+                    roomid,
+                    &d.userids,
+                    &d.alluserids,
+                    d.properties.clone(),
+                );
+            }
+            "update" => {
+                let u = req.update.as_ref().ok_or_else(|| missing("update"))?;
+                let (users, props) = (u.userids.clone(), u.properties.clone());
+                self.publish_room_request(backend, roomid, req)?;
+                self.send_roomlist_update(backend, roomid, &[], &users, props);
+            }
+            "delete" => {
+                let d = req.delete.as_ref().ok_or_else(|| missing("delete"))?;
+                let users = d.userids.clone();
+                self.publish_room_request(backend, roomid, req)?;
+                self.send_disinvite(backend, roomid, "deleted", &users, &[]);
+            }
+            "incall" => {
+                let incall = req.incall.as_mut().ok_or_else(|| missing("incall"))?;
+                if !incall.all {
+                    incall.users = self.fixup_sessions(std::mem::take(&mut incall.users));
+                    incall.changed = self.fixup_sessions(std::mem::take(&mut incall.changed));
+                    if incall.users.is_empty() && incall.changed.is_empty() {
+                        return Ok(());
+                    }
+                }
+                self.publish_room_request(backend, roomid, req)?;
+            }
+            "participants" => {
+                let p = req
+                    .participants
+                    .as_mut()
+                    .ok_or_else(|| missing("participants"))?;
+                p.users = self.fixup_sessions(std::mem::take(&mut p.users));
+                p.changed = self.fixup_sessions(std::mem::take(&mut p.changed));
+                if p.users.is_empty() && p.changed.is_empty() {
+                    return Ok(());
+                }
+                for user in &p.changed {
+                    let Some(Value::Array(list)) = user.get("permissions") else {
+                        continue;
+                    };
+                    let Some(sid) = user.get("sessionId").and_then(Value::as_str) else {
+                        continue;
+                    };
+                    let perms: Option<Vec<String>> =
+                        list.iter().map(|p| p.as_str().map(str::to_owned)).collect();
+                    if let Some(perms) = perms {
+                        self.publish_to_session(sid, BusPayload::Permissions(Arc::new(perms)));
+                    }
+                }
+                self.publish_room_request(backend, roomid, req)?;
+            }
+            "message" => {
+                req.message.as_ref().ok_or_else(|| missing("message"))?;
+                self.publish_room_request(backend, roomid, req)?;
+            }
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "Unsupported request type: {other}"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    fn send_roomlist(
+        &self,
+        kind: &str,
+        backend: &Backend,
+        roomid: &str,
+        users: &[String],
+        properties: Option<proto::Raw>,
+    ) {
+        if users.is_empty() {
+            return;
+        }
+        let mut event = EventServerMessage::new("roomlist", kind);
+        let body = RoomEvent {
+            roomid: roomid.to_owned(),
+            properties,
+            ..Default::default()
+        };
+        match kind {
+            "invite" => event.invite = Some(body),
+            _ => event.update = Some(body),
+        }
+        let msg = OutMsg::new(ServerMessage::event(event));
+        for u in users {
+            self.publish_to_user(backend, u, &msg);
+        }
+    }
+
+    /// `update` to everyone in `all` who was not just notified otherwise.
+    fn send_roomlist_update(
+        &self,
+        backend: &Backend,
+        roomid: &str,
+        notified: &[String],
+        all: &[String],
+        properties: Option<proto::Raw>,
+    ) {
+        let notified: HashSet<&String> = notified.iter().collect();
+        let users: Vec<String> = all
+            .iter()
+            .filter(|u| !notified.contains(u))
+            .cloned()
+            .collect();
+        self.send_roomlist("update", backend, roomid, &users, properties);
+    }
+
+    fn send_disinvite(
+        &self,
+        backend: &Backend,
+        roomid: &str,
+        reason: &str,
+        users: &[String],
+        sessions: &[String],
+    ) {
+        let mut event = EventServerMessage::new("roomlist", "disinvite");
+        event.disinvite = Some(RoomDisinviteEvent {
+            roomid: roomid.to_owned(),
+            properties: None,
+            reason: reason.to_owned(),
+        });
+        let msg = OutMsg::new(ServerMessage::event(event));
+        for u in users {
+            self.publish_to_user(backend, u, &msg);
+        }
+        for rs in sessions {
+            if rs == SESSION_NOT_IN_MEETING {
+                continue;
+            }
+            if let Some(public) = self.session_for_room_session(rs) {
+                self.publish_to_session(&public, BusPayload::Message(msg.clone()));
+            }
+        }
+    }
+
+    /// Translate Talk session ids to signaling session ids; drop entries
+    /// without a known session.
+    fn fixup_sessions(&self, users: Vec<JsonMap>) -> Vec<JsonMap> {
+        users
+            .into_iter()
+            .filter_map(|mut u| {
+                let rs = match u.get("sessionId") {
+                    Some(Value::String(s)) if s != SESSION_NOT_IN_MEETING => s.clone(),
+                    _ => return None,
+                };
+                let public = self.session_for_room_session(&rs)?;
+                u.insert("sessionId".into(), Value::String(public.to_string()));
+                Some(u)
+            })
+            .collect()
+    }
+}

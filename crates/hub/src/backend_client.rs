@@ -1,0 +1,385 @@
+//! Requests from the signaling server to Nextcloud: signed JSON POSTs with the
+//! OCS envelope unwrapped, a per-host concurrency limit, a timeout, and the
+//! capabilities cache that decides whether the v3 signaling API is used.
+
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+use url::Url;
+
+use crate::backends::Backends;
+
+/// Largest response body accepted from Nextcloud.
+const MAX_RESPONSE_BODY: usize = 4 * 1024 * 1024;
+/// How long a backend's capabilities are trusted.
+const CAPABILITIES_TTL: Duration = Duration::from_secs(3600);
+const MAX_REDIRECTS: usize = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("no backend secret configured for {0}")]
+    NoSecret(String),
+    #[error("{0}")]
+    Http(String),
+    #[error("request to {0} timed out")]
+    Timeout(String),
+    #[error("unsupported_content_type")]
+    UnsupportedContentType,
+    #[error("incomplete OCS response")]
+    IncompleteOcs,
+    #[error("could not decode response: {0}")]
+    Decode(String),
+    #[error("backend answered with status {0}")]
+    Status(StatusCode),
+}
+
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Client for all backend requests of one server.
+pub struct BackendClient {
+    client: HttpClient,
+    backends: Arc<Backends>,
+    user_agent: String,
+    features: String,
+    per_host: usize,
+    limits: Mutex<HashMap<String, Arc<Semaphore>>>,
+    capabilities: Mutex<HashMap<String, (Instant, bool)>>,
+}
+
+impl std::fmt::Debug for BackendClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendClient")
+            .field("per_host", &self.per_host)
+            .finish()
+    }
+}
+
+impl BackendClient {
+    pub fn new(
+        backends: Arc<Backends>,
+        version: &str,
+        features: &[String],
+        per_host: usize,
+        skip_verify: bool,
+    ) -> Result<BackendClient, BackendError> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(10)));
+        let tls = if skip_verify {
+            warn!("backend certificate verification is disabled ([backend] skipverify)");
+            rustls::ClientConfig::builder()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(insecure::AcceptAll::new()))
+                .with_no_client_auth()
+        } else {
+            let mut roots = rustls::RootCertStore::empty();
+            let native = rustls_native_roots();
+            for cert in native {
+                let _ = roots.add(cert);
+            }
+            rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth()
+        };
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(per_host)
+            .build(https);
+        Ok(BackendClient {
+            client,
+            backends,
+            user_agent: format!("nextcloud-spreed-signaling/{version}"),
+            features: features.join(", "),
+            per_host: per_host.max(1),
+            limits: Mutex::new(HashMap::new()),
+            capabilities: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn backends(&self) -> &Arc<Backends> {
+        &self.backends
+    }
+
+    fn limiter(&self, u: &Url) -> Arc<Semaphore> {
+        let key = format!(
+            "{}:{}",
+            u.host_str().unwrap_or(""),
+            u.port_or_known_default().unwrap_or(0)
+        );
+        self.limits
+            .lock()
+            .entry(key)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.per_host)))
+            .clone()
+    }
+
+    /// POST `request` to `u` (a backend URL of a session), signed with the
+    /// backend's secret, and decode the (OCS-unwrapped) answer.
+    pub async fn perform_json_request<Req, Resp>(
+        &self,
+        u: &Url,
+        request: &Req,
+        timeout: Option<Duration>,
+    ) -> Result<Resp, BackendError>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+    {
+        let fut = self.perform_inner(u, request);
+        match timeout {
+            Some(t) => tokio::time::timeout(t, fut)
+                .await
+                .map_err(|_| BackendError::Timeout(u.to_string()))?,
+            None => fut.await,
+        }
+    }
+
+    async fn perform_inner<Req, Resp>(&self, u: &Url, request: &Req) -> Result<Resp, BackendError>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+    {
+        let secret = self
+            .backends
+            .secret_for(u)
+            .ok_or_else(|| BackendError::NoSecret(u.to_string()))?;
+        let mut target = u.clone();
+        if self.has_v3_api(u).await {
+            let path = target
+                .path()
+                .replace("/spreed/api/v1/signaling/", "/spreed/api/v3/signaling/")
+                .replace("/spreed/api/v2/signaling/", "/spreed/api/v3/signaling/");
+            target.set_path(&path);
+        }
+        let body = serde_json::to_vec(request).map_err(|e| BackendError::Decode(e.to_string()))?;
+        let random = proto::backend::random_hex(64);
+        let checksum = proto::backend::checksum(&random, &body, &secret);
+        let _permit = self
+            .limiter(u)
+            .acquire_owned()
+            .await
+            .map_err(|e| BackendError::Http(e.to_string()))?;
+        let mut current = target;
+        for _ in 0..=MAX_REDIRECTS {
+            let req = Request::builder()
+                .method(Method::POST)
+                .uri(current.as_str())
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::ACCEPT, "application/json")
+                .header("OCS-APIRequest", "true")
+                .header(header::USER_AGENT, &self.user_agent)
+                .header("X-Spreed-Signaling-Features", &self.features)
+                .header("Spreed-Signaling-Random", &random)
+                .header("Spreed-Signaling-Checksum", &checksum)
+                .body(Full::new(Bytes::from(body.clone())))
+                .map_err(|e| BackendError::Http(e.to_string()))?;
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| BackendError::Http(format!("{e:?}")))?;
+            if resp.status().is_redirection() {
+                // Follow redirects only within the same scheme and host, as the
+                // secret must not be sent elsewhere.
+                let next = resp
+                    .headers()
+                    .get(header::LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                    .and_then(|l| current.join(l).ok());
+                match next {
+                    Some(n)
+                        if n.scheme() == current.scheme()
+                            && n.host_str() == current.host_str()
+                            && n.port() == current.port() =>
+                    {
+                        current = n;
+                        continue;
+                    }
+                    _ => {
+                        return Err(BackendError::Http(
+                            "not redirecting to different host".into(),
+                        ))
+                    }
+                }
+            }
+            let ct = resp
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            if !ct.starts_with("application/json") {
+                warn!(url = %current, status = %resp.status(), content_type = %ct, "backend answered with unsupported content type");
+                return Err(BackendError::UnsupportedContentType);
+            }
+            let bytes = Limited::new(resp.into_body(), MAX_RESPONSE_BODY)
+                .collect()
+                .await
+                .map_err(|e| BackendError::Http(e.to_string()))?
+                .to_bytes();
+            return decode_ocs(&bytes);
+        }
+        Err(BackendError::Http("too many redirects".into()))
+    }
+
+    /// Whether the backend announces `signaling-v3` (cached for an hour;
+    /// failures count as "no" and are retried on the next request).
+    async fn has_v3_api(&self, u: &Url) -> bool {
+        let key = u.as_str().to_owned();
+        if let Some((at, v3)) = self.capabilities.lock().get(&key) {
+            if at.elapsed() < CAPABILITIES_TTL {
+                return *v3;
+            }
+        }
+        let mut cap = u.clone();
+        let path = cap.path().to_owned();
+        let new_path = match path.find("/ocs/v2.php/") {
+            Some(pos) => format!("{}/ocs/v2.php/cloud/capabilities", &path[..pos]),
+            None => {
+                let base = if path.ends_with('/') {
+                    path.clone()
+                } else {
+                    format!("{path}/")
+                };
+                format!("{base}ocs/v2.php/cloud/capabilities")
+            }
+        };
+        cap.set_path(&new_path);
+        cap.set_query(None);
+        match self.fetch_capabilities(&cap).await {
+            Ok(v3) => {
+                self.capabilities.lock().insert(key, (Instant::now(), v3));
+                v3
+            }
+            Err(e) => {
+                debug!(url = %cap, error = %e, "could not fetch capabilities");
+                false
+            }
+        }
+    }
+
+    async fn fetch_capabilities(&self, cap: &Url) -> Result<bool, BackendError> {
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(cap.as_str())
+            .header(header::ACCEPT, "application/json")
+            .header("OCS-APIRequest", "true")
+            .header(header::USER_AGENT, &self.user_agent)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| BackendError::Http(e.to_string()))?;
+        let resp = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
+            .await
+            .map_err(|_| BackendError::Timeout(cap.to_string()))?
+            .map_err(|e| BackendError::Http(e.to_string()))?;
+        let ct = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !ct.starts_with("application/json") {
+            return Err(BackendError::UnsupportedContentType);
+        }
+        let bytes = Limited::new(resp.into_body(), MAX_RESPONSE_BODY)
+            .collect()
+            .await
+            .map_err(|e| BackendError::Http(e.to_string()))?
+            .to_bytes();
+        let data: serde_json::Value = decode_ocs(&bytes)?;
+        let features = data
+            .pointer("/capabilities/spreed/features")
+            .and_then(|f| f.as_array())
+            .map(|a| a.iter().any(|f| f.as_str() == Some("signaling-v3")))
+            .unwrap_or(false);
+        Ok(features)
+    }
+}
+
+fn decode_ocs<T: DeserializeOwned>(body: &[u8]) -> Result<T, BackendError> {
+    let ocs: proto::backend::OcsResponse =
+        serde_json::from_slice(body).map_err(|e| BackendError::Decode(e.to_string()))?;
+    let data = ocs
+        .ocs
+        .and_then(|o| o.data)
+        .ok_or(BackendError::IncompleteOcs)?;
+    if data.get() == "null" {
+        return Err(BackendError::IncompleteOcs);
+    }
+    serde_json::from_str(data.get()).map_err(|e| BackendError::Decode(e.to_string()))
+}
+
+fn rustls_native_roots() -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    let result = rustls_native_certs::load_native_certs();
+    for e in &result.errors {
+        debug!(error = %e, "could not load a native root certificate");
+    }
+    result.certs
+}
+
+mod insecure {
+    //! Certificate "verification" for `[backend] skipverify`: accepts anything.
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+
+    #[derive(Debug)]
+    pub struct AcceptAll(Vec<SignatureScheme>);
+
+    impl AcceptAll {
+        pub fn new() -> Self {
+            AcceptAll(
+                rustls::crypto::ring::default_provider()
+                    .signature_verification_algorithms
+                    .supported_schemes(),
+            )
+        }
+    }
+
+    impl ServerCertVerifier for AcceptAll {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.clone()
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The hub's view of one client connection: a bounded outbound queue owned by
+//! the connection task, and a kill switch.
+//!
+//! The hub never writes to sockets. It pushes pre-serialised frames into the
+//! queue with `try_send`; a client that lets the queue fill up is cut off (with
+//! a reason in the log and a metric) instead of growing memory, and what it
+//! had not received yet goes back to its session for delivery after resume.
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use proto::client::ServerMessage;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::session::ClientSession;
+
+/// Frames a connection task is asked to write.
+#[derive(Debug)]
+pub enum Outbound {
+    /// One JSON text frame.
+    Frame(Bytes),
+    /// Write a normal close frame and end the connection.
+    Close,
+}
+
+/// Capacity of a connection's outbound queue, in frames.
+pub const OUTBOUND_QUEUE: usize = 512;
+
+/// A server message serialised at most once, however many sessions receive it.
+#[derive(Debug)]
+pub struct OutMsg {
+    pub msg: ServerMessage,
+    text: OnceLock<Bytes>,
+}
+
+impl OutMsg {
+    pub fn new(msg: ServerMessage) -> Arc<OutMsg> {
+        Arc::new(OutMsg {
+            msg,
+            text: OnceLock::new(),
+        })
+    }
+
+    /// The frame text, serialised on first use.
+    pub fn frame(&self) -> Bytes {
+        self.text
+            .get_or_init(|| Bytes::from(self.msg.to_text()))
+            .clone()
+    }
+
+    pub fn is_chat_refresh(&self) -> bool {
+        let m = &self.msg;
+        if m.kind != "message" {
+            return false;
+        }
+        let Some(data) = m.message.as_ref().and_then(|mm| mm.data.as_ref()) else {
+            return false;
+        };
+        #[derive(serde::Deserialize)]
+        struct Chat {
+            #[serde(default)]
+            refresh: bool,
+        }
+        #[derive(serde::Deserialize)]
+        struct Data {
+            #[serde(default, rename = "type")]
+            kind: String,
+            chat: Option<Chat>,
+        }
+        match serde_json::from_str::<Data>(data.get()) {
+            Ok(d) => d.kind == "chat" && d.chat.is_some_and(|c| c.refresh),
+            Err(_) => false,
+        }
+    }
+}
+
+/// One connected WebSocket client.
+pub struct Conn {
+    pub id: u64,
+    pub remote_addr: String,
+    pub user_agent: String,
+    tx: mpsc::Sender<Outbound>,
+    kill: CancellationToken,
+    overflowed: AtomicBool,
+    session: Mutex<Option<Arc<ClientSession>>>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("id", &self.id)
+            .field("remote_addr", &self.remote_addr)
+            .finish()
+    }
+}
+
+impl Conn {
+    pub fn new(
+        id: u64,
+        remote_addr: String,
+        user_agent: String,
+        tx: mpsc::Sender<Outbound>,
+        kill: CancellationToken,
+    ) -> Arc<Conn> {
+        Arc::new(Conn {
+            id,
+            remote_addr,
+            user_agent,
+            tx,
+            kill,
+            overflowed: AtomicBool::new(false),
+            session: Mutex::new(None),
+        })
+    }
+
+    pub fn is_connected(&self) -> bool {
+        !self.kill.is_cancelled()
+    }
+
+    /// True when the connection was cut because its queue overflowed.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+
+    /// Queue a frame; false if the connection is gone or could not keep up.
+    pub fn send(&self, frame: Bytes) -> bool {
+        if !self.is_connected() {
+            return false;
+        }
+        match self.tx.try_send(Outbound::Frame(frame)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.overflowed.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(conn = self.id, peer = %self.remote_addr, "client does not read fast enough, disconnecting");
+                }
+                self.kill.cancel();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Queue a frame, then a close.
+    pub fn send_and_close(&self, frame: Bytes) {
+        if self.send(frame) && self.tx.try_send(Outbound::Close).is_err() {
+            self.kill.cancel();
+        }
+    }
+
+    /// Queue a close after what is already queued.
+    pub fn close(&self) {
+        if self.tx.try_send(Outbound::Close).is_err() {
+            self.kill.cancel();
+        }
+    }
+
+    /// End the connection at once.
+    pub fn kill(&self) {
+        self.kill.cancel();
+    }
+
+    pub fn session(&self) -> Option<Arc<ClientSession>> {
+        self.session.lock().clone()
+    }
+
+    pub(crate) fn set_session(&self, session: Option<Arc<ClientSession>>) {
+        *self.session.lock() = session;
+    }
+}

@@ -1,0 +1,1437 @@
+//! The hub: the registry of sessions and rooms, and the handlers for every
+//! client message kind. Connection tasks feed it text frames; it answers
+//! through the connections' queues and the bus.
+
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use parking_lot::Mutex;
+use proto::client::{
+    ClientMessage, Error, EventServerMessage, HelloServerInfo, HelloServerMessage,
+    MessageServerMessage, Recipient, Sender, ServerMessage, SessionEntry, RECIPIENT_ROOM,
+    RECIPIENT_SESSION, RECIPIENT_USER,
+};
+use serde_json::Value;
+use sha2::Sha256;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use url::Url;
+
+use crate::backend_client::{BackendClient, BackendError};
+use crate::backends::Backends;
+use crate::bus::{Bus, BusMessage, BusPayload};
+use crate::conn::{Conn, OutMsg, Outbound};
+use crate::metrics::HubMetrics;
+use crate::room::{room_key, Room};
+use crate::session::{
+    session_backend_url, virtual_session_key, AnySession, ClientSession, ClientType, NewSession,
+    VirtualSession, PERMISSION_CONTROL, PERMISSION_TRANSIENT_DATA,
+};
+use crate::sessionid::{SessionIdCodec, SessionIdData};
+use crate::settings::{HubSettings, ANONYMOUS_JOIN_TIMEOUT, RESUME_WINDOW};
+
+/// Work a message needs that cannot finish synchronously (backend requests).
+pub type Pending = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+pub fn err_invalid_format() -> Error {
+    Error::new("invalid_format", "Invalid data format.")
+}
+fn err_hello_expected() -> Error {
+    Error::new("hello_expected", "Expected Hello request.")
+}
+fn err_auth_failed() -> Error {
+    Error::new("auth_failed", "The user could not be authenticated.")
+}
+fn err_room_join_failed() -> Error {
+    Error::new("room_join_failed", "Could not join the room.")
+}
+fn err_invalid_client_type() -> Error {
+    Error::new("invalid_client_type", "The client type is not supported.")
+}
+fn err_invalid_backend() -> Error {
+    Error::new("invalid_backend", "The backend URL is not supported.")
+}
+fn err_invalid_token() -> Error {
+    Error::new("invalid_token", "The passed token is invalid.")
+}
+fn err_no_such_session() -> Error {
+    Error::new("no_such_session", "The session to resume does not exist.")
+}
+fn err_internal(e: impl std::fmt::Display) -> Error {
+    Error::new("internal_error", e.to_string())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("invalid session keys: {0}")]
+    SessionKeys(String),
+    #[error("could not create backend client: {0}")]
+    Backend(#[from] BackendError),
+}
+
+#[derive(Default)]
+struct Registry {
+    sessions: HashMap<Arc<str>, AnySession>,
+    by_private: HashMap<String, Arc<ClientSession>>,
+    rooms: HashMap<String, Arc<Room>>,
+    /// Talk session id -> signaling public id.
+    room_sessions: HashMap<String, Arc<str>>,
+    room_session_of: HashMap<Arc<str>, String>,
+    virtual_sessions: HashMap<String, Arc<VirtualSession>>,
+    /// Disconnected sessions and when they expire.
+    expiring: HashMap<Arc<str>, Instant>,
+    /// Anonymous connections that must join a room, and until when.
+    anonymous: HashMap<u64, (Weak<Conn>, Instant)>,
+}
+
+/// Statistics for `/api/v1/stats`.
+#[derive(Debug, serde::Serialize)]
+pub struct HubStats {
+    pub rooms: usize,
+    pub sessions: usize,
+}
+
+pub struct Hub {
+    me: Weak<Hub>,
+    pub settings: HubSettings,
+    codec: SessionIdCodec,
+    pub bus: Arc<dyn Bus>,
+    pub backend: BackendClient,
+    pub backends: Arc<Backends>,
+    pub metrics: HubMetrics,
+    info: Arc<HelloServerInfo>,
+    info_internal: Arc<HelloServerInfo>,
+    features: Vec<String>,
+    sid: AtomicU64,
+    conn_ids: AtomicU64,
+    reg: Mutex<Registry>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").finish()
+    }
+}
+
+impl Hub {
+    pub fn new(
+        settings: HubSettings,
+        backends: Arc<Backends>,
+        bus: Arc<dyn Bus>,
+        metrics: HubMetrics,
+    ) -> Result<Arc<Hub>, HubError> {
+        let codec = SessionIdCodec::new(&settings.hash_key, &settings.block_key)
+            .map_err(|e| HubError::SessionKeys(e.to_string()))?;
+        let features: Vec<String> = proto::client::DEFAULT_FEATURES
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let features_internal: Vec<String> = proto::client::DEFAULT_FEATURES_INTERNAL
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let backend = BackendClient::new(
+            backends.clone(),
+            &settings.version,
+            &features,
+            settings.connections_per_host,
+            settings.skip_verify,
+        )?;
+        metrics.backends_current.set(backends.all().len() as i64);
+        Ok(Arc::new_cyclic(|me| Hub {
+            me: me.clone(),
+            info: Arc::new(HelloServerInfo {
+                version: settings.version.clone(),
+                features: features.clone(),
+                country: String::new(),
+            }),
+            info_internal: Arc::new(HelloServerInfo {
+                version: settings.version.clone(),
+                features: features_internal,
+                country: String::new(),
+            }),
+            settings,
+            codec,
+            bus,
+            backend,
+            backends,
+            metrics,
+            features,
+            sid: AtomicU64::new(0),
+            conn_ids: AtomicU64::new(0),
+            reg: Mutex::new(Registry::default()),
+        }))
+    }
+
+    fn arc(&self) -> Option<Arc<Hub>> {
+        self.me.upgrade()
+    }
+
+    /// Features advertised to clients and in the `X-Spreed-Signaling-Features` header.
+    pub fn features(&self) -> &[String] {
+        &self.features
+    }
+
+    pub fn stats(&self) -> HubStats {
+        let reg = self.reg.lock();
+        HubStats {
+            rooms: reg.rooms.len(),
+            sessions: reg.sessions.len(),
+        }
+    }
+
+    /// Run the periodic work (expiry, timeouts, room pings) until cancelled.
+    pub fn spawn_housekeeping(
+        self: &Arc<Self>,
+        token: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let Some(hub) = weak.upgrade() else { break };
+                hub.housekeeping(Instant::now());
+            }
+        })
+    }
+
+    fn housekeeping(self: &Arc<Self>, now: Instant) {
+        let (expired, anonymous, rooms) = {
+            let mut reg = self.reg.lock();
+            let expired: Vec<Arc<str>> = reg
+                .expiring
+                .iter()
+                .filter(|(_, t)| **t <= now)
+                .map(|(id, _)| id.clone())
+                .collect();
+            let expired: Vec<AnySession> = expired
+                .iter()
+                .filter_map(|id| {
+                    reg.expiring.remove(id);
+                    reg.sessions.get(id).cloned()
+                })
+                .collect();
+            let timed_out: Vec<u64> = reg
+                .anonymous
+                .iter()
+                .filter(|(_, (_, t))| *t <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            let anonymous: Vec<Arc<Conn>> = timed_out
+                .iter()
+                .filter_map(|id| reg.anonymous.remove(id))
+                .filter_map(|(c, _)| c.upgrade())
+                .collect();
+            (
+                expired,
+                anonymous,
+                reg.rooms.values().cloned().collect::<Vec<_>>(),
+            )
+        };
+        for s in expired {
+            if let AnySession::Client(c) = s {
+                info!(session = %c.public_id, "closing expired session");
+                self.close_session(&c);
+            }
+        }
+        for conn in anonymous {
+            if let Some(session) = conn.session() {
+                if session.room().is_some() {
+                    continue;
+                }
+                info!(session = %session.public_id, "anonymous session did not join a room in time");
+                session.send_message(ServerMessage::bye("room_join_timeout"));
+                self.close_session(&session);
+            }
+        }
+        for room in rooms {
+            for (url, entries) in room.due_ping(now) {
+                let hub = self.clone();
+                let roomid = room.id.clone();
+                tokio::spawn(async move {
+                    let req = proto::backend::BackendClientRequest::ping(&roomid, entries);
+                    let res: Result<Value, _> = hub
+                        .backend
+                        .perform_json_request(&url, &req, Some(hub.settings.backend_timeout))
+                        .await;
+                    hub.count_backend("ping", res.is_ok());
+                    if let Err(e) = res {
+                        warn!(room = %roomid, error = %e, "room ping failed");
+                    }
+                });
+            }
+        }
+    }
+
+    fn count_backend(&self, kind: &str, ok: bool) {
+        self.metrics
+            .backend_requests
+            .inc(&[kind, if ok { "ok" } else { "error" }]);
+    }
+
+    // ---------------------------------------------------------------------
+    // Connections
+
+    /// Register a new WebSocket connection.
+    pub fn new_conn(
+        &self,
+        remote_addr: String,
+        user_agent: String,
+        tx: mpsc::Sender<Outbound>,
+        kill: CancellationToken,
+    ) -> Arc<Conn> {
+        self.metrics.connections.inc();
+        let id = self.conn_ids.fetch_add(1, Ordering::Relaxed) + 1;
+        Conn::new(id, remote_addr, user_agent, tx, kill)
+    }
+
+    /// The connection ended (socket closed or killed). The session stays
+    /// resumable for a while; frames the connection had not written are kept.
+    pub fn conn_closed(&self, conn: &Arc<Conn>, unsent: Vec<Bytes>) {
+        self.metrics.connections.dec();
+        if conn.overflowed() {
+            self.metrics.queue_overflows.inc();
+        }
+        let session = conn.session();
+        let mut reg = self.reg.lock();
+        reg.anonymous.remove(&conn.id);
+        if let Some(s) = &session {
+            if !s.is_closed() && reg.sessions.contains_key(&s.public_id) {
+                reg.expiring
+                    .insert(s.public_id.clone(), Instant::now() + RESUME_WINDOW);
+            }
+        }
+        drop(reg);
+        if let Some(s) = session {
+            if s.detach(conn, unsent) {
+                info!(session = %s.public_id, "client disconnected, session kept for resume");
+            }
+        }
+    }
+
+    /// The connection did not send a hello in time.
+    pub fn hello_timeout(&self, conn: &Arc<Conn>) {
+        conn.send_and_close(OutMsg::new(ServerMessage::bye("hello_timeout")).frame());
+    }
+
+    /// A binary frame: not part of the protocol.
+    pub fn process_binary(&self, conn: &Arc<Conn>) {
+        self.reply(conn, ServerMessage::error("", err_invalid_format()));
+    }
+
+    fn reply(&self, conn: &Arc<Conn>, msg: ServerMessage) {
+        match conn.session() {
+            Some(s) => s.send_message(msg),
+            None => {
+                conn.send(OutMsg::new(msg).frame());
+            }
+        }
+    }
+
+    /// Handle one text frame. Returns the remaining work when the message
+    /// needs a backend request; the caller runs it before the next message so
+    /// that each client's messages are processed in order.
+    pub fn process_text(self: &Arc<Self>, conn: &Arc<Conn>, text: &str) -> Option<Pending> {
+        let mut msg: ClientMessage = match serde_json::from_str(text) {
+            Ok(m) => m,
+            Err(e) => {
+                debug!(conn = conn.id, error = %e, "could not decode client message");
+                self.reply(conn, ServerMessage::error("", err_invalid_format()));
+                return None;
+            }
+        };
+        if let Err(e) = msg.check_valid() {
+            debug!(conn = conn.id, error = %e, "invalid client message");
+            self.reply(conn, ServerMessage::error(&msg.id, err_invalid_format()));
+            return None;
+        }
+        self.metrics.count_message(&msg.kind);
+        let Some(session) = conn.session() else {
+            if msg.kind != "hello" {
+                conn.send(OutMsg::new(ServerMessage::error(&msg.id, err_hello_expected())).frame());
+                return None;
+            }
+            let hub = self.clone();
+            let conn = conn.clone();
+            return Some(Box::pin(async move { hub.process_hello(&conn, msg).await }));
+        };
+        match msg.kind.as_str() {
+            "room" => self.process_room(conn, &session, msg),
+            "message" => {
+                self.process_message(&session, msg, false);
+                None
+            }
+            "control" => {
+                self.process_message(&session, msg, true);
+                None
+            }
+            "internal" => self.process_internal(&session, msg),
+            "transient" => {
+                self.process_transient(&session, msg);
+                None
+            }
+            "bye" => {
+                self.process_bye(conn, &session, &msg.id);
+                None
+            }
+            "hello" => {
+                debug!(session = %session.public_id, "ignoring hello on authenticated connection");
+                None
+            }
+            _ => {
+                debug!(session = %session.public_id, kind = %msg.kind, "ignoring unknown message");
+                None
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------------
+    // hello / resume / bye
+
+    async fn process_hello(self: Arc<Self>, conn: &Arc<Conn>, mut msg: ClientMessage) {
+        let Some(hello) = msg.hello.take() else {
+            return;
+        };
+        if !hello.resumeid.is_empty() {
+            self.process_resume(conn, &msg.id, &hello.resumeid);
+            return;
+        }
+        match hello.auth.kind.as_str() {
+            proto::client::CLIENT_TYPE_CLIENT => {
+                self.process_hello_client(conn, &msg.id, hello).await
+            }
+            proto::client::CLIENT_TYPE_INTERNAL => {
+                self.process_hello_internal(conn, &msg.id, hello)
+            }
+            _ => {
+                conn.send(
+                    OutMsg::new(ServerMessage::error(&msg.id, err_invalid_client_type())).frame(),
+                );
+            }
+        }
+    }
+
+    fn process_resume(&self, conn: &Arc<Conn>, id: &str, resume_id: &str) {
+        let session = self.reg.lock().by_private.get(resume_id).cloned();
+        let Some(session) = session.filter(|s| !s.is_closed()) else {
+            self.metrics.resume_failed.inc();
+            conn.send(OutMsg::new(ServerMessage::error(id, err_no_such_session())).frame());
+            return;
+        };
+        if !conn.is_connected() {
+            return;
+        }
+        if let Some(prev) = session.attach(conn) {
+            info!(session = %session.public_id, previous = %prev.remote_addr, "closing previous connection of resumed session");
+            prev.send_and_close(OutMsg::new(ServerMessage::bye("session_resumed")).frame());
+        }
+        self.reg.lock().expiring.remove(&session.public_id);
+        info!(session = %session.public_id, peer = %conn.remote_addr, "session resumed");
+        self.metrics
+            .sessions_resumed
+            .inc(&[&session.backend.id, session.client_type.as_str()]);
+        self.send_hello_response(conn, &session, id);
+        let had_participants = session.flush_pending(conn);
+        if !had_participants {
+            if let Some(room) = session.room() {
+                room.notify_session_resumed(&session);
+            }
+        }
+    }
+
+    fn send_hello_response(&self, conn: &Arc<Conn>, session: &ClientSession, id: &str) {
+        let server = if session.is_internal() {
+            self.info_internal.clone()
+        } else {
+            self.info.clone()
+        };
+        let msg = ServerMessage {
+            id: id.to_owned(),
+            kind: "hello".into(),
+            hello: Some(HelloServerMessage {
+                version: proto::client::HELLO_VERSION_V1.into(),
+                sessionid: session.public_id.to_string(),
+                resumeid: session.private_id.clone(),
+                userid: session.auth_user_id.clone(),
+                server: Some(server),
+            }),
+            ..Default::default()
+        };
+        conn.send(OutMsg::new(msg).frame());
+    }
+
+    async fn process_hello_client(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        id: &str,
+        hello: proto::client::HelloClientMessage,
+    ) {
+        let send_err = |e: Error| {
+            conn.send(OutMsg::new(ServerMessage::error(id, e)).frame());
+        };
+        let Ok(url) = Url::parse(&hello.auth.url) else {
+            send_err(err_invalid_backend());
+            return;
+        };
+        let Some(backend) = self.backends.get(&url) else {
+            send_err(err_invalid_backend());
+            return;
+        };
+        let req = proto::backend::BackendClientRequest::auth(hello.auth.params.clone());
+        let res: Result<proto::backend::BackendClientResponse, _> = self
+            .backend
+            .perform_json_request(&url, &req, Some(self.settings.backend_timeout))
+            .await;
+        self.count_backend("auth", res.is_ok());
+        let auth = match res {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(peer = %conn.remote_addr, error = %e, "backend auth request failed");
+                send_err(err_internal(e));
+                return;
+            }
+        };
+        if !conn.is_connected() {
+            return;
+        }
+        if auth.kind == "error" {
+            send_err(auth.error.unwrap_or_else(err_auth_failed));
+            return;
+        }
+        if auth.kind != "auth" {
+            send_err(err_auth_failed());
+            return;
+        }
+        let a = auth.auth.unwrap_or_default();
+        let Some(backend_url) = session_backend_url(&hello.auth.url) else {
+            send_err(err_invalid_backend());
+            return;
+        };
+        self.register(
+            conn,
+            id,
+            backend,
+            backend_url,
+            ClientType::Client,
+            a.userid,
+            a.user.map(Arc::from),
+            hello.features.unwrap_or_default(),
+        );
+    }
+
+    fn process_hello_internal(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        id: &str,
+        hello: proto::client::HelloClientMessage,
+    ) {
+        let send_err = |e: Error| {
+            conn.send(OutMsg::new(ServerMessage::error(id, e)).frame());
+        };
+        if self.settings.internal_secret.is_empty() {
+            send_err(err_invalid_client_type());
+            return;
+        }
+        let Ok(params) = hello.internal_params() else {
+            send_err(err_invalid_format());
+            return;
+        };
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.settings.internal_secret)
+            .expect("any key length");
+        mac.update(params.random.as_bytes());
+        let expected = hex::encode(mac.finalize().into_bytes());
+        if params.random.len() < 32
+            || !constant_time_eq(expected.as_bytes(), params.token.as_bytes())
+        {
+            send_err(err_invalid_token());
+            return;
+        }
+        let Some(backend) = Url::parse(&params.backend)
+            .ok()
+            .and_then(|u| self.backends.get(&u))
+        else {
+            send_err(err_invalid_backend());
+            return;
+        };
+        let Some(backend_url) = session_backend_url(&params.backend) else {
+            send_err(err_invalid_backend());
+            return;
+        };
+        self.register(
+            conn,
+            id,
+            backend,
+            backend_url,
+            ClientType::Internal,
+            String::new(),
+            None,
+            hello.features.unwrap_or_default(),
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn register(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        id: &str,
+        backend: Arc<crate::backends::Backend>,
+        backend_url: Url,
+        client_type: ClientType,
+        user_id: String,
+        user_data: Option<Arc<proto::RawValue>>,
+        features: Vec<String>,
+    ) {
+        let (sid, public_id, private_id) = self.mint_ids(&backend.id);
+        let anonymous = user_id.is_empty() && client_type == ClientType::Client;
+        match &*user_id {
+            "" => {
+                info!(backend = %backend.id, peer = %conn.remote_addr, session = %public_id, kind = client_type.as_str(), "register anonymous")
+            }
+            u => {
+                info!(user = %u, backend = %backend.id, peer = %conn.remote_addr, session = %public_id, "register user")
+            }
+        }
+        let session = ClientSession::new(
+            self,
+            NewSession {
+                sid,
+                public_id: public_id.clone(),
+                private_id: private_id.clone(),
+                client_type,
+                backend: backend.clone(),
+                backend_url,
+                user_id,
+                user_data,
+                features,
+            },
+        );
+        if client_type == ClientType::Client {
+            if let Err(e) = backend.add_session(&public_id) {
+                self.metrics.session_limit_exceeded.inc(&[&backend.id]);
+                warn!(backend = %backend.id, "session limit exceeded");
+                conn.send(OutMsg::new(ServerMessage::error(id, e)).frame());
+                return;
+            }
+        }
+        if let Err(e) = session.subscribe(self) {
+            backend.remove_session(&public_id);
+            conn.send(OutMsg::new(ServerMessage::error(id, err_internal(e))).frame());
+            return;
+        }
+        {
+            let mut reg = self.reg.lock();
+            if !conn.is_connected() {
+                drop(reg);
+                session.close_inner();
+                return;
+            }
+            reg.sessions
+                .insert(public_id.clone(), AnySession::Client(session.clone()));
+            reg.by_private.insert(private_id, session.clone());
+            if anonymous {
+                reg.anonymous.insert(
+                    conn.id,
+                    (
+                        Arc::downgrade(conn),
+                        Instant::now() + ANONYMOUS_JOIN_TIMEOUT,
+                    ),
+                );
+            }
+        }
+        session.attach(conn);
+        self.metrics
+            .sessions
+            .inc(&[&backend.id, client_type.as_str()]);
+        self.metrics
+            .sessions_total
+            .inc(&[&backend.id, client_type.as_str()]);
+        self.send_hello_response(conn, &session, id);
+    }
+
+    fn mint_ids(&self, backend_id: &str) -> (u64, Arc<str>, String) {
+        let sid = self.sid.fetch_add(1, Ordering::Relaxed) + 1;
+        let data = SessionIdData {
+            sid,
+            created_unix_nanos: crate::bus::now_nanos(),
+            backend_id: backend_id.to_owned(),
+        };
+        let private = self.codec.encode_private(&data);
+        let public: Arc<str> = Arc::from(self.codec.encode_public(&data));
+        (sid, public, private)
+    }
+
+    fn process_bye(&self, conn: &Arc<Conn>, session: &Arc<ClientSession>, id: &str) {
+        let msg = ServerMessage {
+            id: id.to_owned(),
+            kind: "bye".into(),
+            bye: Some(Default::default()),
+            ..Default::default()
+        };
+        // `{"bye":{}}`: the client's own bye is answered without a reason field.
+        let text = msg
+            .to_text()
+            .replace(r#""bye":{"reason":""}"#, r#""bye":{}"#);
+        conn.send_and_close(Bytes::from(text));
+        info!(session = %session.public_id, "client said bye");
+        self.close_session(session);
+    }
+
+    /// Destroy a session: leave its room, drop its subscriptions, close its
+    /// virtual sessions and forget it.
+    pub fn close_session(&self, session: &Arc<ClientSession>) {
+        session.leave_room(true);
+        let removed = {
+            let mut reg = self.reg.lock();
+            reg.by_private.remove(&session.private_id);
+            reg.expiring.remove(&session.public_id);
+            reg.sessions.remove(&session.public_id).is_some()
+        };
+        if removed {
+            self.metrics
+                .sessions
+                .dec(&[&session.backend.id, session.client_type.as_str()]);
+        }
+        let (conn, virtuals) = session.close_inner();
+        if let Some(c) = conn {
+            self.reg.lock().anonymous.remove(&c.id);
+            c.close();
+        }
+        for v in virtuals {
+            self.close_virtual_session(&v, None);
+        }
+    }
+
+    // ---------------------------------------------------------------------
+    // rooms
+
+    pub fn session_by_public_id(&self, id: &str) -> Option<AnySession> {
+        self.reg.lock().sessions.get(id).cloned()
+    }
+
+    pub fn room_for(&self, backend: &crate::backends::Backend, id: &str) -> Option<Arc<Room>> {
+        self.reg.lock().rooms.get(&room_key(backend, id)).cloned()
+    }
+
+    pub(crate) fn remove_room(&self, room: &Room) {
+        let mut reg = self.reg.lock();
+        if reg
+            .rooms
+            .get(&room.key)
+            .is_some_and(|r| std::ptr::eq(Arc::as_ptr(r), room))
+        {
+            reg.rooms.remove(&room.key);
+            drop(reg);
+            self.metrics.rooms.dec(&[&room.backend.id]);
+        }
+    }
+
+    pub(crate) fn remove_room_session(&self, public_id: &Arc<str>) {
+        let mut reg = self.reg.lock();
+        if let Some(rs) = reg.room_session_of.remove(public_id) {
+            if reg.room_sessions.get(&rs).is_some_and(|p| p == public_id) {
+                reg.room_sessions.remove(&rs);
+            }
+        }
+    }
+
+    /// Public id of the signaling session bound to a Talk session id.
+    pub fn session_for_room_session(&self, room_session_id: &str) -> Option<Arc<str>> {
+        self.reg.lock().room_sessions.get(room_session_id).cloned()
+    }
+
+    pub(crate) fn notify_backend_leave(
+        &self,
+        session: &ClientSession,
+        room_id: &str,
+        room_session_id: String,
+    ) {
+        let Some(hub) = self.arc() else { return };
+        let url = session.backend_url.clone();
+        let req = proto::backend::BackendClientRequest::room(proto::backend::RoomRequest {
+            version: proto::backend::BACKEND_VERSION.into(),
+            roomid: room_id.to_owned(),
+            action: "leave".into(),
+            userid: session.auth_user_id.clone(),
+            sessionid: room_session_id,
+            ..Default::default()
+        });
+        tokio::spawn(async move {
+            // Leave notifications get a generous bound rather than none, so a
+            // dead backend cannot pin tasks forever.
+            let res: Result<Value, _> = hub
+                .backend
+                .perform_json_request(&url, &req, Some(Duration::from_secs(60)))
+                .await;
+            hub.count_backend("room", res.is_ok());
+            if let Err(e) = res {
+                warn!(error = %e, "could not notify backend about room leave");
+            }
+        });
+    }
+
+    fn send_room_reply(session: &ClientSession, id: &str, room: Option<&Room>) {
+        let msg = match room {
+            Some(r) => ServerMessage::room(id, &r.id, r.properties()),
+            None => ServerMessage::room(id, "", None),
+        };
+        session.send_message(msg);
+    }
+
+    fn process_room(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        session: &Arc<ClientSession>,
+        msg: ClientMessage,
+    ) -> Option<Pending> {
+        let room_msg = msg.room.as_ref()?;
+        if room_msg.roomid.is_empty() {
+            if session.leave_room(true).is_some() {
+                Self::send_room_reply(session, &msg.id, None);
+            }
+            if session.auth_user_id.is_empty() && !session.is_internal() {
+                self.reg.lock().anonymous.insert(
+                    conn.id,
+                    (
+                        Arc::downgrade(conn),
+                        Instant::now() + ANONYMOUS_JOIN_TIMEOUT,
+                    ),
+                );
+            }
+            return None;
+        }
+        if let Some(room) = self.room_for(&session.backend, &room_msg.roomid) {
+            if room.has_session(&session.public_id) {
+                return None;
+            }
+        }
+        let hub = self.clone();
+        let session = session.clone();
+        let conn = conn.clone();
+        Some(Box::pin(async move {
+            hub.join_room(&conn, &session, msg).await
+        }))
+    }
+
+    async fn join_room(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        session: &Arc<ClientSession>,
+        msg: ClientMessage,
+    ) {
+        let Some(room_msg) = msg.room else { return };
+        let response = if session.is_internal() {
+            proto::backend::BackendClientResponse {
+                kind: "room".into(),
+                room: Some(proto::backend::RoomResponse {
+                    roomid: room_msg.roomid.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+        } else {
+            let talk_session = if room_msg.sessionid.is_empty() {
+                debug!(session = %session.public_id, "no room session id sent, using the signaling session id");
+                session.public_id.to_string()
+            } else {
+                room_msg.sessionid.clone()
+            };
+            let req = proto::backend::BackendClientRequest::room(proto::backend::RoomRequest {
+                version: proto::backend::BACKEND_VERSION.into(),
+                roomid: room_msg.roomid.clone(),
+                userid: session.auth_user_id.clone(),
+                sessionid: talk_session,
+                ..Default::default()
+            });
+            let res = self
+                .backend
+                .perform_json_request(
+                    &session.backend_url,
+                    &req,
+                    Some(self.settings.backend_timeout),
+                )
+                .await;
+            self.count_backend("room", res.is_ok());
+            match res {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(session = %session.public_id, error = %e, "room join request failed");
+                    session.send_message(ServerMessage::error(&msg.id, err_internal(e)));
+                    return;
+                }
+            }
+        };
+        if session.is_closed() {
+            return;
+        }
+        if response.kind == "error" {
+            session.send_message(ServerMessage::error(
+                &msg.id,
+                response.error.unwrap_or_else(err_room_join_failed),
+            ));
+            return;
+        }
+        let Some(room_resp) = response.room.filter(|_| response.kind == "room") else {
+            session.send_message(ServerMessage::error(&msg.id, err_room_join_failed()));
+            return;
+        };
+        if !room_msg.sessionid.is_empty() {
+            self.disconnect_by_room_session(&room_msg.sessionid, &session.public_id);
+        }
+        session.leave_room(true);
+        let roomid = if room_resp.roomid.is_empty() {
+            room_msg.roomid.clone()
+        } else {
+            room_resp.roomid.clone()
+        };
+        let room = match self.get_or_create_room(&roomid, session, room_resp.properties.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                session.send_message(ServerMessage::error(&msg.id, err_internal(e)));
+                Self::send_room_reply(session, "", None);
+                return;
+            }
+        };
+        if let Err(e) = session.set_room(self, &room, &room_msg.sessionid) {
+            session.send_message(ServerMessage::error(&msg.id, err_internal(e)));
+            Self::send_room_reply(session, "", None);
+            return;
+        }
+        if !room_msg.sessionid.is_empty() {
+            let mut reg = self.reg.lock();
+            reg.room_sessions
+                .insert(room_msg.sessionid.clone(), session.public_id.clone());
+            reg.room_session_of
+                .insert(session.public_id.clone(), room_msg.sessionid.clone());
+        }
+        self.reg.lock().anonymous.remove(&conn.id);
+        if let Some(perms) = &room_resp.permissions {
+            session.set_permissions(perms);
+        }
+        info!(session = %session.public_id, room = %roomid, "joined room");
+        Self::send_room_reply(session, &msg.id, Some(&room));
+        let joiner = session.clone();
+        let room_id = room.id.clone();
+        room.add_session(
+            self,
+            AnySession::Client(session.clone()),
+            room_resp.session.as_deref(),
+            move |others| {
+                if others.is_empty() {
+                    return;
+                }
+                let entries: Vec<SessionEntry> = others
+                    .iter()
+                    .map(|s| SessionEntry {
+                        sessionid: s.public_id().to_string(),
+                        userid: s.user_id(),
+                        user: s.user_data(),
+                        roomsessionid: match s {
+                            AnySession::Client(c) => c.room_session_id(),
+                            AnySession::Virtual(_) => String::new(),
+                        },
+                    })
+                    .collect();
+                let mut event = EventServerMessage::new("room", "join");
+                event.join = Some(entries);
+                joiner.send_message(ServerMessage::event(event));
+                for s in others {
+                    if let AnySession::Virtual(v) = s {
+                        if v.flags() != 0 {
+                            let mut ev = EventServerMessage::new("participants", "flags");
+                            ev.flags = Some(proto::client::RoomFlagsEvent {
+                                roomid: room_id.clone(),
+                                sessionid: v.public_id.to_string(),
+                                flags: v.flags(),
+                            });
+                            joiner.send_message(ServerMessage::event(ev));
+                        }
+                    }
+                }
+            },
+        );
+    }
+
+    fn get_or_create_room(
+        self: &Arc<Self>,
+        roomid: &str,
+        session: &ClientSession,
+        properties: Option<proto::Raw>,
+    ) -> Result<Arc<Room>, crate::bus::BusError> {
+        let key = room_key(&session.backend, roomid);
+        if let Some(r) = self.reg.lock().rooms.get(&key) {
+            return Ok(r.clone());
+        }
+        let room = Room::new(self, roomid, session.backend.clone(), properties)?;
+        let mut reg = self.reg.lock();
+        if let Some(r) = reg.rooms.get(&key) {
+            return Ok(r.clone());
+        }
+        reg.rooms.insert(key, room.clone());
+        drop(reg);
+        self.metrics.rooms.inc(&[&session.backend.id]);
+        Ok(room)
+    }
+
+    /// One Talk session, one signaling session: an older session with the same
+    /// Talk session id is told `room_session_reconnected` and closed.
+    fn disconnect_by_room_session(&self, room_session_id: &str, except: &Arc<str>) {
+        let Some(other) = self.session_for_room_session(room_session_id) else {
+            return;
+        };
+        if other == *except {
+            return;
+        }
+        let bye = OutMsg::new(ServerMessage::bye("room_session_reconnected"));
+        let _ = self.bus.publish(
+            &proto::cluster::session_subject(&other),
+            BusMessage::new(BusPayload::Message(bye)),
+        );
+    }
+
+    /// A room was deleted by Nextcloud: members leave it.
+    pub(crate) fn room_deleted(&self, room: &Room) {
+        for s in room.close(self) {
+            match s {
+                AnySession::Client(c) => {
+                    c.leave_room(true);
+                    if c.conn().is_some() {
+                        Self::send_room_reply(&c, "", None);
+                    }
+                }
+                AnySession::Virtual(v) => {
+                    v.set_room(None);
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------------
+    // message / control
+
+    fn process_message(&self, session: &Arc<ClientSession>, msg: ClientMessage, control: bool) {
+        let body = if control { msg.control } else { msg.message };
+        let Some(body) = body else { return };
+        if control && !(session.is_internal() || session.has_permission(PERMISSION_CONTROL)) {
+            debug!(session = %session.public_id, "ignoring control message without permission");
+            return;
+        }
+        let mut server_recipient: Option<Recipient> = None;
+        let subject = match body.recipient.kind.as_str() {
+            RECIPIENT_SESSION => {
+                let target = &body.recipient.sessionid;
+                if **target == *session.public_id {
+                    return;
+                }
+                match self.session_by_public_id(target) {
+                    Some(AnySession::Client(c)) => {
+                        if c.backend.id != session.backend.id {
+                            return;
+                        }
+                        proto::cluster::session_subject(&c.public_id)
+                    }
+                    Some(AnySession::Virtual(v)) => {
+                        if v.backend.id != session.backend.id {
+                            return;
+                        }
+                        server_recipient = Some(Recipient {
+                            kind: RECIPIENT_SESSION.into(),
+                            sessionid: v.session_id.clone(),
+                            userid: String::new(),
+                        });
+                        proto::cluster::session_subject(&v.owner_public_id)
+                    }
+                    None => match self.codec.decode_public(target) {
+                        // A valid id of a session elsewhere in the cluster.
+                        Ok(data) if data.backend_id == session.backend.id => {
+                            proto::cluster::session_subject(target)
+                        }
+                        _ => {
+                            debug!(session = %session.public_id, "message to unknown session dropped");
+                            return;
+                        }
+                    },
+                }
+            }
+            RECIPIENT_USER => {
+                if body.recipient.userid == session.auth_user_id {
+                    return;
+                }
+                proto::cluster::encoded_subject(
+                    "user",
+                    &body.recipient.userid,
+                    session.backend.subject_suffix(),
+                )
+            }
+            RECIPIENT_ROOM => match session.room() {
+                Some(room) => room.subject.clone(),
+                None => return,
+            },
+            _ => return,
+        };
+        let payload = MessageServerMessage {
+            sender: Some(Sender {
+                kind: body.recipient.kind.clone(),
+                sessionid: session.public_id.to_string(),
+                userid: session.user_id(),
+            }),
+            recipient: server_recipient,
+            data: body.data,
+        };
+        let out = if control {
+            ServerMessage {
+                kind: "control".into(),
+                control: Some(payload),
+                ..Default::default()
+            }
+        } else {
+            ServerMessage {
+                kind: "message".into(),
+                message: Some(payload),
+                ..Default::default()
+            }
+        };
+        if let Err(e) = self.bus.publish(
+            &subject,
+            BusMessage::new(BusPayload::Message(OutMsg::new(out))),
+        ) {
+            warn!(error = %e, "could not publish message");
+        }
+    }
+
+    // ---------------------------------------------------------------------
+    // transient data
+
+    fn process_transient(&self, session: &Arc<ClientSession>, msg: ClientMessage) {
+        let Some(t) = msg.transient else { return };
+        let Some(room) = session.room() else {
+            session.send_message(ServerMessage::error(
+                &msg.id,
+                Error::new("not_in_room", "No room joined yet."),
+            ));
+            return;
+        };
+        let allowed = session.is_internal() || session.has_permission(PERMISSION_TRANSIENT_DATA);
+        match t.kind.as_str() {
+            "set" | "remove" if !allowed => {
+                session.send_message(ServerMessage::error(
+                    &msg.id,
+                    Error::new("not_allowed", "Not allowed to update transient data."),
+                ));
+            }
+            "set" => {
+                let value = t
+                    .value
+                    .and_then(|v| serde_json::from_str::<Value>(v.get()).ok());
+                room.set_transient(self, &t.key, value);
+            }
+            "remove" => room.remove_transient(self, &t.key),
+            _ => session.send_message(ServerMessage::error(
+                &msg.id,
+                Error::new("ignored", "Unsupported message type."),
+            )),
+        }
+    }
+
+    // ---------------------------------------------------------------------
+    // internal clients
+
+    fn process_internal(
+        self: &Arc<Self>,
+        session: &Arc<ClientSession>,
+        msg: ClientMessage,
+    ) -> Option<Pending> {
+        if !session.is_internal() {
+            debug!(session = %session.public_id, "ignoring internal message from non-internal session");
+            return None;
+        }
+        let internal = msg.internal.as_ref()?;
+        match internal.kind.as_str() {
+            "addsession" | "removesession" => {
+                let hub = self.clone();
+                let session = session.clone();
+                Some(Box::pin(async move {
+                    hub.process_internal_async(&session, msg).await
+                }))
+            }
+            "updatesession" => {
+                let m = internal.updatesession.as_ref()?;
+                let room = self.room_for(&session.backend, &m.roomid)?;
+                let key = virtual_session_key(&session.public_id, &m.sessionid);
+                let v = self.reg.lock().virtual_sessions.get(&key).cloned()?;
+                if let Some(flags) = m.flags {
+                    if v.set_flags(flags) {
+                        room.publish_flags(self, &v);
+                    }
+                }
+                None
+            }
+            other => {
+                debug!(session = %session.public_id, kind = %other, "ignoring unsupported internal message");
+                None
+            }
+        }
+    }
+
+    async fn process_internal_async(
+        self: &Arc<Self>,
+        session: &Arc<ClientSession>,
+        msg: ClientMessage,
+    ) {
+        let Some(internal) = msg.internal else { return };
+        if let Some(add) = internal
+            .addsession
+            .filter(|_| internal.kind == "addsession")
+        {
+            let Some(room) = self.room_for(&session.backend, &add.roomid) else {
+                debug!(room = %add.roomid, "ignoring addsession for unknown room");
+                return;
+            };
+            let (sid, public_id, private_id) = self.mint_ids(&session.backend.id);
+            let add_failed = |m: String| ServerMessage::error(&msg.id, Error::new("add_failed", m));
+            if let Some(options) = &add.options {
+                let req = proto::backend::BackendClientRequest::room(proto::backend::RoomRequest {
+                    version: proto::backend::BACKEND_VERSION.into(),
+                    roomid: room.id.clone(),
+                    userid: add.userid.clone(),
+                    sessionid: public_id.to_string(),
+                    actorid: options.actor_id.clone(),
+                    actortype: options.actor_type.clone(),
+                    incall: (crate::room::FLAG_IN_CALL | crate::room::FLAG_WITH_PHONE) as i32,
+                    ..Default::default()
+                });
+                let res: Result<proto::backend::BackendClientResponse, _> = self
+                    .backend
+                    .perform_json_request(
+                        &session.backend_url,
+                        &req,
+                        Some(self.settings.backend_timeout),
+                    )
+                    .await;
+                self.count_backend("room", res.is_ok());
+                match res {
+                    Err(e) => {
+                        warn!(error = %e, "could not join virtual session at backend");
+                        session.send_message(add_failed("Could not join virtual session.".into()));
+                        return;
+                    }
+                    Ok(r) if r.kind == "error" => {
+                        let text = r.error.map(|e| e.message).unwrap_or_default();
+                        session.send_message(add_failed(text));
+                        return;
+                    }
+                    Ok(_) => {}
+                }
+            } else {
+                let req =
+                    proto::backend::BackendClientRequest::session(proto::backend::SessionRequest {
+                        version: proto::backend::BACKEND_VERSION.into(),
+                        roomid: room.id.clone(),
+                        action: "add".into(),
+                        sessionid: public_id.to_string(),
+                        userid: add.userid.clone(),
+                        user: add.user.as_ref().map(|u| u.to_owned()),
+                    });
+                let res: Result<Value, _> = self
+                    .backend
+                    .perform_json_request(
+                        &session.backend_url,
+                        &req,
+                        Some(self.settings.backend_timeout),
+                    )
+                    .await;
+                self.count_backend("session", res.is_ok());
+                if let Err(e) = res {
+                    warn!(error = %e, "could not add virtual session at backend");
+                    session.send_message(add_failed("Could not add virtual session.".into()));
+                    return;
+                }
+            }
+            if session.is_closed() {
+                return;
+            }
+            let v = VirtualSession::new(session, sid, public_id.clone(), private_id, &add);
+            {
+                let mut reg = self.reg.lock();
+                reg.sessions
+                    .insert(public_id.clone(), AnySession::Virtual(v.clone()));
+                reg.virtual_sessions.insert(
+                    virtual_session_key(&session.public_id, &add.sessionid),
+                    v.clone(),
+                );
+            }
+            self.metrics.sessions.inc(&[&session.backend.id, "virtual"]);
+            self.metrics
+                .sessions_total
+                .inc(&[&session.backend.id, "virtual"]);
+            info!(owner = %session.public_id, session = %public_id, flags = v.flags(), "virtual session added");
+            session.add_virtual_session(v.clone());
+            v.set_room(Some(room.clone()));
+            room.add_session(self, AnySession::Virtual(v), None, |_| {});
+        } else if let Some(remove) = internal
+            .removesession
+            .filter(|_| internal.kind == "removesession")
+        {
+            if self.room_for(&session.backend, &remove.roomid).is_none() {
+                return;
+            }
+            let key = virtual_session_key(&session.public_id, &remove.sessionid);
+            let v = self.reg.lock().virtual_sessions.remove(&key);
+            if let Some(v) = v {
+                info!(owner = %session.public_id, session = %v.public_id, "virtual session removed");
+                session.remove_virtual_session(&v);
+                self.close_virtual_session(&v, Some((session.clone(), msg.id.clone())));
+            }
+        }
+    }
+
+    /// Remove a virtual session and tell Nextcloud; errors go to `feedback`.
+    fn close_virtual_session(
+        &self,
+        v: &Arc<VirtualSession>,
+        feedback: Option<(Arc<ClientSession>, String)>,
+    ) {
+        let room = v.room();
+        let removed = {
+            let mut reg = self.reg.lock();
+            reg.virtual_sessions.retain(|_, s| !Arc::ptr_eq(s, v));
+            reg.sessions.remove(&v.public_id).is_some()
+        };
+        if !removed {
+            return;
+        }
+        self.metrics.sessions.dec(&[&v.backend.id, "virtual"]);
+        v.set_room(None);
+        let Some(room) = room else { return };
+        room.remove_session(self, &v.public_id);
+        let Some(hub) = self.arc() else { return };
+        let v = v.clone();
+        tokio::spawn(async move {
+            let remove_failed = |m: &str| {
+                if let Some((s, id)) = &feedback {
+                    s.send_message(ServerMessage::error(id, Error::new("remove_failed", m)));
+                }
+            };
+            let timeout = Some(hub.settings.backend_timeout);
+            if let Some(options) = &v.options {
+                let req = proto::backend::BackendClientRequest::room(proto::backend::RoomRequest {
+                    version: proto::backend::BACKEND_VERSION.into(),
+                    roomid: room.id.clone(),
+                    action: "leave".into(),
+                    userid: v.user_id.clone(),
+                    sessionid: v.public_id.to_string(),
+                    actorid: options.actor_id.clone(),
+                    actortype: options.actor_type.clone(),
+                    ..Default::default()
+                });
+                let res: Result<proto::backend::BackendClientResponse, _> = hub
+                    .backend
+                    .perform_json_request(&v.backend_url, &req, timeout)
+                    .await;
+                hub.count_backend("room", res.is_ok());
+                match res {
+                    Err(_) => remove_failed("Could not remove virtual session from backend."),
+                    Ok(r) if r.kind == "error" => {
+                        remove_failed(&r.error.map(|e| e.message).unwrap_or_default())
+                    }
+                    Ok(_) => {}
+                }
+            } else {
+                let req =
+                    proto::backend::BackendClientRequest::session(proto::backend::SessionRequest {
+                        version: proto::backend::BACKEND_VERSION.into(),
+                        roomid: room.id.clone(),
+                        action: "remove".into(),
+                        sessionid: v.public_id.to_string(),
+                        ..Default::default()
+                    });
+                let res: Result<Value, _> = hub
+                    .backend
+                    .perform_json_request(&v.backend_url, &req, timeout)
+                    .await;
+                hub.count_backend("session", res.is_ok());
+                if res.is_err() {
+                    remove_failed("Could not remove virtual session from backend.");
+                }
+            }
+        });
+    }
+
+    // ---------------------------------------------------------------------
+    // backend API (Nextcloud -> signaling)
+
+    /// Publish a message to every session of a user.
+    pub fn publish_to_user(
+        &self,
+        backend: &crate::backends::Backend,
+        user_id: &str,
+        msg: &Arc<OutMsg>,
+    ) {
+        let subject = proto::cluster::encoded_subject("user", user_id, backend.subject_suffix());
+        let _ = self
+            .bus
+            .publish(&subject, BusMessage::new(BusPayload::Message(msg.clone())));
+    }
+
+    pub fn publish_to_session(&self, public_id: &str, payload: BusPayload) {
+        let _ = self.bus.publish(
+            &proto::cluster::session_subject(public_id),
+            BusMessage::new(payload),
+        );
+    }
+
+    pub fn publish_room_request(
+        &self,
+        backend: &crate::backends::Backend,
+        roomid: &str,
+        req: proto::backend::BackendServerRoomRequest,
+    ) -> Result<(), crate::bus::BusError> {
+        let subject = crate::room::backend_room_subject(backend, roomid);
+        self.bus
+            .publish(&subject, BusMessage::new(BusPayload::Room(Arc::new(req))))
+    }
+
+    /// Re-read reloadable settings (SIGHUP).
+    pub fn reload(&self, ini: &runtime::config::Ini) {
+        self.backends.reload(ini);
+        self.metrics
+            .backends_current
+            .set(self.backends.all().len() as i64);
+    }
+
+    /// Say goodbye to every connected client (shutdown).
+    pub fn close_all_connections(&self) {
+        let sessions: Vec<Arc<ClientSession>> = self
+            .reg
+            .lock()
+            .sessions
+            .values()
+            .filter_map(|s| match s {
+                AnySession::Client(c) => Some(c.clone()),
+                AnySession::Virtual(_) => None,
+            })
+            .collect();
+        for s in sessions {
+            if let Some(c) = s.conn() {
+                c.close();
+            }
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,23 @@
+//! The signaling hub: sessions, rooms, message routing, resume, the client for
+//! Nextcloud backends and the cluster bus.
+//!
+//! A connection task (in the `signaling` binary) owns each WebSocket and hands
+//! text frames to [`Hub::process_text`]. The hub routes every delivery between
+//! sessions through the [`bus::Bus`], so that the in-process bus used on a
+//! single server can be swapped for NATS to form a cluster. See
+//! `ARCHITECTURE.md` for the whole message flow.
+
+pub mod backend_api;
+pub mod backend_client;
+pub mod backends;
+pub mod bus;
+pub mod conn;
+mod filter;
+mod hub;
+pub mod metrics;
+pub mod room;
+pub mod session;
+pub mod sessionid;
+pub mod settings;
+
+pub use hub::{err_invalid_format, Hub, HubError, HubStats, Pending};

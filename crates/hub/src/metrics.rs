@@ -1,0 +1,114 @@
+//! The hub's Prometheus metrics, named as upstream names them (OBS-03) so
+//! existing dashboards keep working, plus a few of our own.
+
+use runtime::metrics::{Counter, CounterVec, Gauge, GaugeVec, Registry};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Client message types counted individually; anything else is "other".
+const MESSAGE_TYPES: [&str; 8] = [
+    "hello",
+    "bye",
+    "room",
+    "message",
+    "control",
+    "internal",
+    "transient",
+    "other",
+];
+
+pub struct HubMetrics {
+    pub registry: Registry,
+    pub rooms: Arc<GaugeVec>,
+    pub sessions: Arc<GaugeVec>,
+    pub sessions_total: Arc<CounterVec>,
+    pub sessions_resumed: Arc<CounterVec>,
+    pub resume_failed: Arc<Counter>,
+    pub room_sessions: Arc<GaugeVec>,
+    pub session_limit_exceeded: Arc<CounterVec>,
+    pub backends_current: Arc<Gauge>,
+    pub client_countries: Arc<CounterVec>,
+    pub queue_overflows: Arc<Counter>,
+    pub connections: Arc<Gauge>,
+    pub backend_requests: Arc<CounterVec>,
+    messages: [Arc<AtomicU64>; 8],
+}
+
+impl HubMetrics {
+    pub fn new(registry: Registry) -> HubMetrics {
+        let messages_vec = registry.counter_vec(
+            "signaling_server_messages_total",
+            "The total number of signaling messages",
+            &["type"],
+        );
+        let messages = MESSAGE_TYPES.map(|t| messages_vec.handle(&[t]));
+        HubMetrics {
+            rooms: registry.gauge_vec(
+                "signaling_hub_rooms",
+                "The current number of rooms per backend",
+                &["backend"],
+            ),
+            sessions: registry.gauge_vec(
+                "signaling_hub_sessions",
+                "The current number of sessions per backend",
+                &["backend", "clienttype"],
+            ),
+            sessions_total: registry.counter_vec(
+                "signaling_hub_sessions_total",
+                "The total number of sessions per backend",
+                &["backend", "clienttype"],
+            ),
+            sessions_resumed: registry.counter_vec(
+                "signaling_hub_sessions_resume_total",
+                "The total number of resumed sessions per backend",
+                &["backend", "clienttype"],
+            ),
+            resume_failed: registry.counter(
+                "signaling_hub_sessions_resume_failed_total",
+                "The total number of failed session resume requests",
+            ),
+            room_sessions: registry.gauge_vec(
+                "signaling_room_sessions",
+                "The current number of sessions in a room",
+                &["backend", "room", "clienttype"],
+            ),
+            session_limit_exceeded: registry.counter_vec(
+                "signaling_backend_session_limit_exceeded_total",
+                "The number of times the session limit exceeded",
+                &["backend"],
+            ),
+            backends_current: registry.gauge(
+                "signaling_backend_current",
+                "The current number of configured backends",
+            ),
+            client_countries: registry.counter_vec(
+                "signaling_client_countries_total",
+                "The total number of connections by country",
+                &["country"],
+            ),
+            queue_overflows: registry.counter(
+                "signaling_server_client_queue_overflows_total",
+                "Clients disconnected because they did not read their messages fast enough",
+            ),
+            connections: registry.gauge(
+                "signaling_server_connections",
+                "The current number of client connections",
+            ),
+            backend_requests: registry.counter_vec(
+                "signaling_backend_requests_total",
+                "Requests sent to Nextcloud backends by kind and outcome",
+                &["kind", "result"],
+            ),
+            messages,
+            registry,
+        }
+    }
+
+    pub fn count_message(&self, kind: &str) {
+        let idx = MESSAGE_TYPES
+            .iter()
+            .position(|t| *t == kind)
+            .unwrap_or(MESSAGE_TYPES.len() - 1);
+        self.messages[idx].fetch_add(1, Ordering::Relaxed);
+    }
+}

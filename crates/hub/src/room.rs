@@ -1,0 +1,684 @@
+//! A room: its members, in-call set, properties, participants list and
+//! transient data. Changes are made under the room's lock; the resulting
+//! events are published on the room's bus subject after the lock is released.
+
+use parking_lot::Mutex;
+use proto::backend::{BackendServerRoomRequest, JsonMap, PingEntry};
+use proto::client::{
+    EventServerMessage, RoomEvent, RoomEventMessage, RoomFlagsEvent, ServerMessage, SessionEntry,
+    TransientDataServerMessage,
+};
+use proto::{Raw, RawValue};
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+use tracing::{debug, warn};
+use url::Url;
+
+use crate::backends::Backend;
+use crate::bus::{BusError, BusHandler, BusMessage, BusPayload, Subscription};
+use crate::conn::OutMsg;
+use crate::session::{AnySession, ClientSession, VirtualSession};
+use crate::settings::ROOM_PING_INTERVAL;
+use crate::Hub;
+
+pub const FLAG_IN_CALL: i64 = 1;
+pub const FLAG_WITH_AUDIO: i64 = 2;
+pub const FLAG_WITH_VIDEO: i64 = 4;
+pub const FLAG_WITH_PHONE: i64 = 8;
+
+struct RoomState {
+    /// Members in join order.
+    sessions: Vec<AnySession>,
+    in_call: HashSet<Arc<str>>,
+    /// User ids Nextcloud gave for otherwise anonymous room sessions.
+    session_user: HashMap<Arc<str>, String>,
+    properties: Option<Raw>,
+    /// Last full participants list from an `incall` request.
+    users: Vec<JsonMap>,
+    last_requests: HashMap<String, i64>,
+    transient: serde_json::Map<String, Value>,
+    closed: bool,
+    next_ping: Instant,
+}
+
+pub struct Room {
+    hub: Weak<Hub>,
+    pub id: String,
+    pub backend: Arc<Backend>,
+    /// `<backend id>|<room id>`: rooms of different backends never mix.
+    pub key: String,
+    pub subject: String,
+    state: Mutex<RoomState>,
+    backend_subscription: Mutex<Option<Subscription>>,
+}
+
+impl std::fmt::Debug for Room {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Room").field("key", &self.key).finish()
+    }
+}
+
+pub fn room_key(backend: &Backend, id: &str) -> String {
+    format!("{}|{id}", backend.id)
+}
+
+pub fn room_subject(backend: &Backend, id: &str) -> String {
+    proto::cluster::encoded_subject("room", id, backend.subject_suffix())
+}
+
+pub fn backend_room_subject(backend: &Backend, id: &str) -> String {
+    proto::cluster::encoded_subject("backend.room", id, backend.subject_suffix())
+}
+
+/// Interpret an `inCall` value: bool, or an int whose bit 0 means "in call".
+pub fn in_call_value(v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        Value::Number(n) => n
+            .as_f64()
+            .map(|f| (f as i64) & FLAG_IN_CALL == FLAG_IN_CALL),
+        _ => None,
+    }
+}
+
+impl Room {
+    pub(crate) fn new(
+        hub: &Arc<Hub>,
+        id: &str,
+        backend: Arc<Backend>,
+        properties: Option<Raw>,
+    ) -> Result<Arc<Room>, BusError> {
+        let room = Arc::new(Room {
+            hub: Arc::downgrade(hub),
+            id: id.to_owned(),
+            key: room_key(&backend, id),
+            subject: room_subject(&backend, id),
+            state: Mutex::new(RoomState {
+                sessions: Vec::new(),
+                in_call: HashSet::new(),
+                session_user: HashMap::new(),
+                properties,
+                users: Vec::new(),
+                last_requests: HashMap::new(),
+                transient: serde_json::Map::new(),
+                closed: false,
+                next_ping: Instant::now() + ROOM_PING_INTERVAL,
+            }),
+            backend_subscription: Mutex::new(None),
+            backend,
+        });
+        let handler: Weak<dyn BusHandler> = Arc::downgrade(&(room.clone() as Arc<dyn BusHandler>));
+        let sub = hub
+            .bus
+            .subscribe(&backend_room_subject(&room.backend, id), handler)?;
+        *room.backend_subscription.lock() = Some(sub);
+        Ok(room)
+    }
+
+    pub fn properties(&self) -> Option<Raw> {
+        self.state.lock().properties.clone()
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.state.lock().sessions.len()
+    }
+
+    pub fn has_session(&self, public_id: &str) -> bool {
+        self.state
+            .lock()
+            .sessions
+            .iter()
+            .any(|s| **s.public_id() == *public_id)
+    }
+
+    pub fn is_in_call(&self, public_id: &str) -> bool {
+        self.state.lock().in_call.contains(public_id)
+    }
+
+    pub fn room_session_user_id(&self, public_id: &str) -> Option<String> {
+        self.state.lock().session_user.get(public_id).cloned()
+    }
+
+    pub fn sessions(&self) -> Vec<AnySession> {
+        self.state.lock().sessions.clone()
+    }
+
+    fn publish(&self, hub: &Hub, msg: ServerMessage) {
+        let out = OutMsg::new(msg);
+        if let Err(e) = hub
+            .bus
+            .publish(&self.subject, BusMessage::new(BusPayload::Message(out)))
+        {
+            warn!(room = %self.id, error = %e, "could not publish to room");
+        }
+    }
+
+    /// Add a member. `before_announce` sees the members that were there
+    /// before (the joiner gets that list before its own join event).
+    pub(crate) fn add_session(
+        &self,
+        hub: &Hub,
+        session: AnySession,
+        session_data: Option<&RawValue>,
+        before_announce: impl FnOnce(&[AnySession]),
+    ) {
+        let data_user = session_data.and_then(|d| {
+            serde_json::from_str::<proto::backend::RoomSessionData>(d.get())
+                .ok()
+                .map(|d| d.userid)
+        });
+        let mut st = self.state.lock();
+        let found = st
+            .sessions
+            .iter()
+            .any(|s| s.public_id() == session.public_id());
+        let others: Vec<AnySession> = st
+            .sessions
+            .iter()
+            .filter(|s| s.public_id() != session.public_id())
+            .cloned()
+            .collect();
+        if !found {
+            st.sessions.push(session.clone());
+        }
+        if let Some(u) = &data_user {
+            st.session_user
+                .insert(session.public_id().clone(), u.clone());
+        }
+        let transient = if st.transient.is_empty() {
+            None
+        } else {
+            Some(st.transient.clone())
+        };
+        drop(st);
+        if found {
+            return;
+        }
+        before_announce(&others);
+        hub.metrics
+            .room_sessions
+            .inc(&[&self.backend.id, &self.id, session.client_type()]);
+        // The join event for the room (the new member included).
+        let mut user_id = session.user_id();
+        if user_id.is_empty() {
+            user_id = data_user.unwrap_or_default();
+        }
+        let entry = SessionEntry {
+            sessionid: session.public_id().to_string(),
+            userid: user_id,
+            user: session.user_data(),
+            roomsessionid: match &session {
+                AnySession::Client(c) => c.room_session_id(),
+                AnySession::Virtual(_) => String::new(),
+            },
+        };
+        let mut event = EventServerMessage::new("room", "join");
+        event.join = Some(vec![entry]);
+        self.publish(hub, ServerMessage::event(event));
+        match &session {
+            AnySession::Client(c) => {
+                if c.is_internal() {
+                    self.publish_users_changed_with_internal(hub);
+                }
+                if let Some(data) = transient {
+                    c.send_message(ServerMessage::transient(TransientDataServerMessage {
+                        kind: "initial".into(),
+                        data: Some(data),
+                        ..Default::default()
+                    }));
+                }
+            }
+            AnySession::Virtual(v) => {
+                self.publish_users_changed_with_internal(hub);
+                if v.flags() != 0 {
+                    self.publish_flags(hub, v);
+                }
+            }
+        }
+    }
+
+    /// Remove a member. Returns false when the room became empty and was closed.
+    pub(crate) fn remove_session(&self, hub: &Hub, public_id: &str) -> bool {
+        let mut st = self.state.lock();
+        let Some(pos) = st
+            .sessions
+            .iter()
+            .position(|s| **s.public_id() == *public_id)
+        else {
+            return true;
+        };
+        let session = st.sessions.remove(pos);
+        st.in_call.remove(public_id);
+        st.session_user.remove(public_id);
+        let remaining = st.sessions.len();
+        if remaining == 0 {
+            st.closed = true;
+        }
+        drop(st);
+        hub.metrics
+            .room_sessions
+            .dec(&[&self.backend.id, &self.id, session.client_type()]);
+        if remaining > 0 {
+            let mut event = EventServerMessage::new("room", "leave");
+            event.leave = Some(vec![public_id.to_owned()]);
+            self.publish(hub, ServerMessage::event(event));
+            if session.is_internal() {
+                self.publish_users_changed_with_internal(hub);
+            }
+            return true;
+        }
+        self.destroy(hub);
+        false
+    }
+
+    fn destroy(&self, hub: &Hub) {
+        hub.remove_room(self);
+        self.backend_subscription.lock().take();
+        for t in ["client", "internal", "virtual"] {
+            hub.metrics
+                .room_sessions
+                .remove(&[&self.backend.id, &self.id, t]);
+        }
+    }
+
+    /// Close the room (deleted by Nextcloud); returns its former members.
+    pub(crate) fn close(&self, hub: &Hub) -> Vec<AnySession> {
+        let mut st = self.state.lock();
+        st.closed = true;
+        let sessions = std::mem::take(&mut st.sessions);
+        drop(st);
+        self.destroy(hub);
+        sessions
+    }
+
+    pub(crate) fn update_properties(&self, hub: &Hub, properties: Option<Raw>) {
+        let mut st = self.state.lock();
+        let same = match (&st.properties, &properties) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.get() == b.get(),
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        st.properties = properties.clone();
+        drop(st);
+        self.publish(hub, ServerMessage::room("", &self.id, properties));
+    }
+
+    /// Fill missing user ids and append internal and virtual sessions.
+    fn add_internal_sessions(&self, mut users: Vec<JsonMap>) -> Vec<JsonMap> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let st = self.state.lock();
+        for user in users.iter_mut() {
+            let Some(Value::String(sid)) = user.get("sessionId") else {
+                continue;
+            };
+            if sid.is_empty() {
+                continue;
+            }
+            let missing = match user.get("userId") {
+                None => true,
+                Some(Value::String(s)) => s.is_empty(),
+                Some(_) => false,
+            };
+            if missing {
+                if let Some(uid) = st.session_user.get(sid.as_str()) {
+                    user.insert("userId".into(), Value::String(uid.clone()));
+                }
+            }
+        }
+        for s in &st.sessions {
+            let entry = match s {
+                AnySession::Client(c) if c.is_internal() => serde_json::json!({
+                    "inCall": FLAG_IN_CALL | FLAG_WITH_AUDIO,
+                    "sessionId": &*c.public_id,
+                    "lastPing": now,
+                    "internal": true,
+                }),
+                AnySession::Virtual(v) => serde_json::json!({
+                    "inCall": FLAG_IN_CALL | FLAG_WITH_PHONE,
+                    "sessionId": &*v.public_id,
+                    "lastPing": now,
+                    "virtual": true,
+                }),
+                _ => continue,
+            };
+            if let Value::Object(m) = entry {
+                users.push(m);
+            }
+        }
+        users
+    }
+
+    fn participants_update(&self, changed: Vec<JsonMap>, users: Vec<JsonMap>) -> ServerMessage {
+        let mut users = self.add_internal_sessions(strip_permissions(users));
+        // Clients get `changed` merged into `users` (entries not listed yet).
+        let known: HashSet<String> = users
+            .iter()
+            .filter_map(|u| {
+                u.get("sessionId")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .collect();
+        for entry in strip_permissions(changed) {
+            let sid = entry.get("sessionId").and_then(Value::as_str).unwrap_or("");
+            if known.contains(sid) {
+                continue;
+            }
+            users.push(entry);
+        }
+        let mut event = EventServerMessage::new("participants", "update");
+        event.update = Some(RoomEvent {
+            roomid: self.id.clone(),
+            users: Some(users),
+            ..Default::default()
+        });
+        ServerMessage::event(event)
+    }
+
+    fn publish_users_changed_with_internal(&self, hub: &Hub) {
+        let users = self.state.lock().users.clone();
+        self.publish(hub, self.participants_update(Vec::new(), users));
+    }
+
+    pub(crate) fn publish_flags(&self, hub: &Hub, v: &VirtualSession) {
+        let mut event = EventServerMessage::new("participants", "flags");
+        event.flags = Some(RoomFlagsEvent {
+            roomid: self.id.clone(),
+            sessionid: v.public_id.to_string(),
+            flags: v.flags(),
+        });
+        self.publish(hub, ServerMessage::event(event));
+    }
+
+    /// Backend `incall` with explicit lists.
+    pub(crate) fn publish_users_in_call_changed(
+        &self,
+        hub: &Hub,
+        changed: Vec<JsonMap>,
+        users: Vec<JsonMap>,
+    ) {
+        let mut left_call = Vec::new();
+        {
+            let mut st = self.state.lock();
+            st.users = users.clone();
+            for user in &changed {
+                let Some(in_call) = user.get("inCall").and_then(in_call_value) else {
+                    continue;
+                };
+                let sid = user
+                    .get("sessionId")
+                    .or_else(|| user.get("sessionid"))
+                    .and_then(Value::as_str);
+                let Some(sid) = sid else { continue };
+                let Some(session) = hub.session_by_public_id(sid) else {
+                    continue;
+                };
+                if in_call {
+                    st.in_call.insert(session.public_id().clone());
+                } else {
+                    st.in_call.remove(sid);
+                    if let AnySession::Client(c) = session {
+                        left_call.push(c);
+                    }
+                }
+            }
+        }
+        for c in left_call {
+            debug!(session = %c.public_id, room = %self.id, "session left call");
+        }
+        self.publish(hub, self.participants_update(changed, users));
+    }
+
+    /// Backend `incall` with `all: true`.
+    pub(crate) fn publish_users_in_call_changed_all(&self, hub: &Hub, flags: i64) {
+        {
+            let mut st = self.state.lock();
+            if flags & FLAG_IN_CALL != 0 {
+                let mut joined = false;
+                let ids: Vec<Arc<str>> = st
+                    .sessions
+                    .iter()
+                    .filter_map(|s| match s {
+                        AnySession::Client(c) if !c.is_internal() => Some(c.public_id.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                for id in ids {
+                    joined |= st.in_call.insert(id);
+                }
+                if !joined {
+                    return;
+                }
+            } else if !st.in_call.is_empty() {
+                st.in_call.clear();
+            } else {
+                return;
+            }
+        }
+        let mut event = EventServerMessage::new("participants", "update");
+        event.update = Some(RoomEvent {
+            roomid: self.id.clone(),
+            incall: Some(proto::to_raw(&flags)),
+            all: true,
+            ..Default::default()
+        });
+        self.publish(hub, ServerMessage::event(event));
+    }
+
+    /// Backend `participants`.
+    pub(crate) fn publish_users_changed(
+        &self,
+        hub: &Hub,
+        changed: Vec<JsonMap>,
+        users: Vec<JsonMap>,
+    ) {
+        self.publish(hub, self.participants_update(changed, users));
+    }
+
+    /// After a resume without a queued participants update, send the last known list.
+    pub(crate) fn notify_session_resumed(&self, session: &ClientSession) {
+        let users = self.state.lock().users.clone();
+        let msg = self.participants_update(Vec::new(), users);
+        let empty = msg
+            .event
+            .as_ref()
+            .and_then(|e| e.update.as_ref())
+            .and_then(|u| u.users.as_ref())
+            .is_none_or(|u| u.is_empty());
+        if !empty {
+            session.send_message(msg);
+        }
+    }
+
+    pub(crate) fn publish_room_message(&self, hub: &Hub, data: Option<Raw>) {
+        let Some(data) = data else { return };
+        let mut event = EventServerMessage::new("room", "message");
+        event.message = Some(RoomEventMessage {
+            roomid: self.id.clone(),
+            data: Some(data),
+        });
+        self.publish(hub, ServerMessage::event(event));
+    }
+
+    /// Set (or with `None`, remove) a transient value; members are told via the room subject.
+    pub(crate) fn set_transient(&self, hub: &Hub, key: &str, value: Option<Value>) {
+        let Some(value) = value.filter(|v| !v.is_null()) else {
+            self.remove_transient(hub, key);
+            return;
+        };
+        let mut st = self.state.lock();
+        let old = st.transient.get(key).cloned();
+        if old.as_ref() == Some(&value) {
+            return;
+        }
+        st.transient.insert(key.to_owned(), value.clone());
+        drop(st);
+        self.publish(
+            hub,
+            ServerMessage::transient(TransientDataServerMessage {
+                kind: "set".into(),
+                key: key.to_owned(),
+                oldvalue: old,
+                value: Some(value),
+                data: None,
+            }),
+        );
+    }
+
+    pub(crate) fn remove_transient(&self, hub: &Hub, key: &str) {
+        let old = self.state.lock().transient.remove(key);
+        let Some(old) = old else { return };
+        self.publish(
+            hub,
+            ServerMessage::transient(TransientDataServerMessage {
+                kind: "remove".into(),
+                key: key.to_owned(),
+                oldvalue: Some(old),
+                ..Default::default()
+            }),
+        );
+    }
+
+    /// Ping entries grouped by backend URL, if this room's ping is due.
+    pub(crate) fn due_ping(&self, now: Instant) -> Vec<(Url, Vec<PingEntry>)> {
+        let mut st = self.state.lock();
+        if st.closed || now < st.next_ping {
+            return Vec::new();
+        }
+        st.next_ping = now + ROOM_PING_INTERVAL;
+        let mut groups: Vec<(Url, Vec<PingEntry>)> = Vec::new();
+        for s in &st.sessions {
+            let (url, entry) = match s {
+                AnySession::Client(c) => {
+                    let sid = c.room_session_id();
+                    if sid.is_empty() {
+                        continue;
+                    }
+                    (
+                        &c.backend_url,
+                        PingEntry {
+                            userid: c.auth_user_id.clone(),
+                            sessionid: sid,
+                        },
+                    )
+                }
+                AnySession::Virtual(v) => (
+                    &v.backend_url,
+                    PingEntry {
+                        userid: v.user_id.clone(),
+                        sessionid: v.public_id.to_string(),
+                    },
+                ),
+            };
+            match groups.iter_mut().find(|(u, _)| u == url) {
+                Some((_, list)) => list.push(entry),
+                None => groups.push((url.clone(), vec![entry])),
+            }
+        }
+        groups
+    }
+
+    /// Internal sessions learn about a deletion before they are removed.
+    fn notify_internal_deleted(&self) {
+        let internal: Vec<Arc<ClientSession>> = self
+            .state
+            .lock()
+            .sessions
+            .iter()
+            .filter_map(|s| match s {
+                AnySession::Client(c) if c.is_internal() => Some(c.clone()),
+                _ => None,
+            })
+            .collect();
+        for s in internal {
+            s.send_message(ServerMessage::event(EventServerMessage::new(
+                "room", "delete",
+            )));
+        }
+    }
+
+    fn process_backend_request(&self, hub: &Arc<Hub>, req: &BackendServerRoomRequest) {
+        {
+            let mut st = self.state.lock();
+            if st
+                .last_requests
+                .get(&req.kind)
+                .is_some_and(|last| *last > req.received)
+            {
+                debug!(room = %self.id, kind = %req.kind, "ignoring outdated backend request");
+                return;
+            }
+            st.last_requests.insert(req.kind.clone(), req.received);
+        }
+        match req.kind.as_str() {
+            "update" => {
+                let props = req.update.as_ref().and_then(|u| u.properties.clone());
+                self.update_properties(hub, props);
+            }
+            "delete" => {
+                self.notify_internal_deleted();
+                hub.room_deleted(self);
+            }
+            "incall" => {
+                let Some(incall) = &req.incall else { return };
+                if incall.all {
+                    let flags = match incall
+                        .incall
+                        .as_ref()
+                        .map(|r| serde_json::from_str::<Value>(r.get()))
+                    {
+                        Some(Ok(Value::Number(n))) => n.as_i64().unwrap_or(0),
+                        Some(Ok(Value::Bool(true))) => FLAG_IN_CALL,
+                        Some(Ok(Value::Bool(false))) => 0,
+                        _ => {
+                            warn!(room = %self.id, "unsupported incall flags, ignoring");
+                            return;
+                        }
+                    };
+                    self.publish_users_in_call_changed_all(hub, flags);
+                } else {
+                    self.publish_users_in_call_changed(
+                        hub,
+                        incall.changed.clone(),
+                        incall.users.clone(),
+                    );
+                }
+            }
+            "participants" => {
+                if let Some(p) = &req.participants {
+                    self.publish_users_changed(hub, p.changed.clone(), p.users.clone());
+                }
+            }
+            "message" => {
+                let data = req.message.as_ref().and_then(|m| m.data.clone());
+                self.publish_room_message(hub, data);
+            }
+            other => debug!(room = %self.id, kind = %other, "unsupported backend room request"),
+        }
+    }
+}
+
+fn strip_permissions(mut list: Vec<JsonMap>) -> Vec<JsonMap> {
+    for u in list.iter_mut() {
+        u.remove("permissions");
+    }
+    list
+}
+
+impl BusHandler for Room {
+    fn on_bus_message(&self, _subject: &str, msg: &BusMessage) {
+        if let BusPayload::Room(req) = &msg.payload {
+            if let Some(hub) = self.hub.upgrade() {
+                self.process_backend_request(&hub, req);
+            }
+        }
+    }
+}

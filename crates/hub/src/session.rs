@@ -1,0 +1,601 @@
+//! Sessions: what survives a dropped connection. A `ClientSession` belongs to a
+//! `client` or `internal` connection and can be resumed; a `VirtualSession` is
+//! created by an internal client (e.g. a SIP bridge) and has no socket.
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use proto::client::{ServerMessage, CLIENT_TYPE_CLIENT, CLIENT_TYPE_INTERNAL, CLIENT_TYPE_VIRTUAL};
+use proto::RawValue;
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
+use tracing::{info, warn};
+use url::Url;
+
+use crate::backends::Backend;
+use crate::bus::{BusHandler, BusMessage, BusPayload, Subscription};
+use crate::conn::{Conn, OutMsg};
+use crate::room::Room;
+use crate::settings::MAX_PENDING_MESSAGES;
+use crate::Hub;
+
+pub const PERMISSION_PUBLISH_MEDIA: &str = "publish-media";
+pub const PERMISSION_PUBLISH_AUDIO: &str = "publish-audio";
+pub const PERMISSION_PUBLISH_VIDEO: &str = "publish-video";
+pub const PERMISSION_PUBLISH_SCREEN: &str = "publish-screen";
+pub const PERMISSION_CONTROL: &str = "control";
+pub const PERMISSION_TRANSIENT_DATA: &str = "transient-data";
+pub const PERMISSION_HIDE_DISPLAYNAMES: &str = "hide-displaynames";
+
+/// Path appended to a client's backend URL when it is not an OCS URL.
+pub const OCS_SIGNALING_BACKEND_PATH: &str = "ocs/v2.php/apps/spreed/api/v1/signaling/backend";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientType {
+    Client,
+    Internal,
+}
+
+impl ClientType {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ClientType::Client => CLIENT_TYPE_CLIENT,
+            ClientType::Internal => CLIENT_TYPE_INTERNAL,
+        }
+    }
+}
+
+/// A frame kept for a session whose client is away.
+#[derive(Debug)]
+struct Pending {
+    frame: Bytes,
+    participants_update: bool,
+}
+
+#[derive(Default)]
+struct SessionState {
+    conn: Option<Arc<Conn>>,
+    pending: VecDeque<Pending>,
+    has_pending_chat: bool,
+    has_pending_participants: bool,
+    room: Option<Arc<Room>>,
+    room_session_id: String,
+    /// `None` until Nextcloud sends a permission list ("legacy" mode).
+    permissions: Option<HashSet<String>>,
+    subscriptions: Vec<Subscription>,
+    room_subscription: Option<Subscription>,
+    virtual_sessions: Vec<Arc<VirtualSession>>,
+}
+
+/// A session of a `client` or `internal` connection.
+pub struct ClientSession {
+    hub: Weak<Hub>,
+    me: Weak<ClientSession>,
+    pub sid: u64,
+    pub public_id: Arc<str>,
+    pub private_id: String,
+    pub client_type: ClientType,
+    pub backend: Arc<Backend>,
+    /// Where room/ping/session requests for this session go.
+    pub backend_url: Url,
+    pub auth_user_id: String,
+    pub user_data: Option<Arc<RawValue>>,
+    pub features: Vec<String>,
+    room_join_time: AtomicI64,
+    closed: AtomicBool,
+    state: Mutex<SessionState>,
+}
+
+impl std::fmt::Debug for ClientSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSession")
+            .field("public_id", &self.public_id)
+            .finish()
+    }
+}
+
+/// Build the URL room/ping requests go to from the hello `auth.url`.
+pub fn session_backend_url(auth_url: &str) -> Option<Url> {
+    if auth_url.contains("/ocs/v2.php/") {
+        return Url::parse(auth_url).ok();
+    }
+    let mut s = auth_url.to_owned();
+    if !s.ends_with('/') {
+        s.push('/');
+    }
+    s.push_str(OCS_SIGNALING_BACKEND_PATH);
+    Url::parse(&s).ok()
+}
+
+pub struct NewSession {
+    pub sid: u64,
+    pub public_id: Arc<str>,
+    pub private_id: String,
+    pub client_type: ClientType,
+    pub backend: Arc<Backend>,
+    pub backend_url: Url,
+    pub user_id: String,
+    pub user_data: Option<Arc<RawValue>>,
+    pub features: Vec<String>,
+}
+
+impl ClientSession {
+    pub(crate) fn new(hub: &Arc<Hub>, n: NewSession) -> Arc<ClientSession> {
+        Arc::new_cyclic(|me| ClientSession {
+            hub: Arc::downgrade(hub),
+            me: me.clone(),
+            sid: n.sid,
+            public_id: n.public_id,
+            private_id: n.private_id,
+            client_type: n.client_type,
+            backend: n.backend,
+            backend_url: n.backend_url,
+            auth_user_id: n.user_id,
+            user_data: n.user_data,
+            features: n.features,
+            room_join_time: AtomicI64::new(0),
+            closed: AtomicBool::new(false),
+            state: Mutex::new(SessionState::default()),
+        })
+    }
+
+    pub fn is_internal(&self) -> bool {
+        self.client_type == ClientType::Internal
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Subscribe the session and user subjects (called once after registration).
+    pub(crate) fn subscribe(&self, hub: &Hub) -> Result<(), crate::bus::BusError> {
+        let me: Weak<dyn BusHandler> = self.me.clone();
+        let mut subs = vec![hub.bus.subscribe(
+            &proto::cluster::session_subject(&self.public_id),
+            me.clone(),
+        )?];
+        if !self.auth_user_id.is_empty() {
+            let subject = proto::cluster::encoded_subject(
+                "user",
+                &self.auth_user_id,
+                self.backend.subject_suffix(),
+            );
+            subs.push(hub.bus.subscribe(&subject, me)?);
+        }
+        self.state.lock().subscriptions = subs;
+        Ok(())
+    }
+
+    /// The user id, falling back to the one Nextcloud gave for the room session.
+    pub fn user_id(&self) -> String {
+        if !self.auth_user_id.is_empty() {
+            return self.auth_user_id.clone();
+        }
+        match self.room() {
+            Some(room) => room
+                .room_session_user_id(&self.public_id)
+                .unwrap_or_default(),
+            None => String::new(),
+        }
+    }
+
+    pub fn room(&self) -> Option<Arc<Room>> {
+        self.state.lock().room.clone()
+    }
+
+    pub fn room_session_id(&self) -> String {
+        self.state.lock().room_session_id.clone()
+    }
+
+    pub fn conn(&self) -> Option<Arc<Conn>> {
+        self.state.lock().conn.clone()
+    }
+
+    pub fn has_permission(&self, permission: &str) -> bool {
+        let st = self.state.lock();
+        match &st.permissions {
+            None => permission != PERMISSION_HIDE_DISPLAYNAMES,
+            Some(set) => set.contains(permission),
+        }
+    }
+
+    pub fn set_permissions(&self, permissions: &[String]) {
+        let set: HashSet<String> = permissions.iter().cloned().collect();
+        let mut st = self.state.lock();
+        if st.permissions.as_ref() == Some(&set) {
+            return;
+        }
+        st.permissions = Some(set);
+        drop(st);
+        info!(session = %self.public_id, ?permissions, "permissions changed");
+    }
+
+    /// Attach a connection (hello or resume); returns the one it replaced.
+    pub(crate) fn attach(&self, conn: &Arc<Conn>) -> Option<Arc<Conn>> {
+        conn.set_session(self.me.upgrade());
+        let mut st = self.state.lock();
+        if st.conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            return None;
+        }
+        let prev = st.conn.replace(conn.clone());
+        drop(st);
+        if let Some(p) = &prev {
+            p.set_session(None);
+        }
+        prev
+    }
+
+    /// Detach `conn` if it is still the attached one. Frames it had not
+    /// written go back to the front of the pending queue, in order.
+    pub(crate) fn detach(&self, conn: &Arc<Conn>, unsent: Vec<Bytes>) -> bool {
+        let mut st = self.state.lock();
+        if !st.conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            return false;
+        }
+        st.conn = None;
+        for frame in unsent.into_iter().rev() {
+            st.pending.push_front(Pending {
+                frame,
+                participants_update: false,
+            });
+        }
+        conn.set_session(None);
+        true
+    }
+
+    /// Deliver a message to this session (after per-session filtering).
+    pub fn send(&self, msg: &Arc<OutMsg>) {
+        let Some(filtered) = self.filter(msg) else {
+            return;
+        };
+        let msg = filtered.as_ref().unwrap_or(msg);
+        let close_after = self.closes_connection(msg);
+        let mut st = self.state.lock();
+        if let Some(conn) = &st.conn {
+            let frame = msg.frame();
+            if close_after {
+                conn.send_and_close(frame);
+                return;
+            }
+            if conn.send(frame) {
+                return;
+            }
+        }
+        if self.is_closed() {
+            return;
+        }
+        // Nobody to deliver to right now: keep it for a resume.
+        if msg.is_chat_refresh() {
+            if st.has_pending_chat {
+                return;
+            }
+            st.has_pending_chat = true;
+        }
+        let participants_update = msg.msg.is_participants_update();
+        if participants_update {
+            st.has_pending_participants = true;
+        }
+        st.pending.push_back(Pending {
+            frame: msg.frame(),
+            participants_update,
+        });
+        let n = st.pending.len();
+        drop(st);
+        if n == 32 || n.is_multiple_of(1000) {
+            warn!(session = %self.public_id, pending = n, "session has many pending messages");
+        }
+        if n > MAX_PENDING_MESSAGES {
+            warn!(session = %self.public_id, "too many pending messages, closing session");
+            if let (Some(hub), Some(me)) = (self.hub.upgrade(), self.me.upgrade()) {
+                tokio::spawn(async move { hub.close_session(&me) });
+            }
+        }
+    }
+
+    /// Send a message built for this session alone.
+    pub fn send_message(&self, msg: ServerMessage) {
+        self.send(&OutMsg::new(msg));
+    }
+
+    /// `bye`, or the disinvite of the room this session is in, ends the connection.
+    fn closes_connection(&self, msg: &OutMsg) -> bool {
+        let m = &msg.msg;
+        if m.kind == "bye" {
+            return true;
+        }
+        if m.kind == "event" {
+            if let Some(ev) = &m.event {
+                if ev.target == "roomlist" && ev.kind == "disinvite" {
+                    if let (Some(d), Some(room)) = (&ev.disinvite, self.room()) {
+                        return d.roomid == room.id;
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// Flush what was kept while no client was attached (resume).
+    pub(crate) fn flush_pending(&self, conn: &Arc<Conn>) -> bool {
+        let mut st = self.state.lock();
+        let pending = std::mem::take(&mut st.pending);
+        let had_participants = st.has_pending_participants;
+        st.has_pending_chat = false;
+        st.has_pending_participants = false;
+        drop(st);
+        if !pending.is_empty() {
+            info!(session = %self.public_id, count = pending.len(), "sending pending messages");
+        }
+        let mut participants = had_participants;
+        for p in pending {
+            participants |= p.participants_update;
+            if !conn.send(p.frame) {
+                break;
+            }
+        }
+        participants
+    }
+
+    /// Per-session changes: hide display names for sessions with that permission.
+    fn filter(&self, msg: &Arc<OutMsg>) -> Option<Option<Arc<OutMsg>>> {
+        let m = &msg.msg;
+        match m.kind.as_str() {
+            "event" => {
+                let ev = m.event.as_ref()?;
+                if ev.target == "room"
+                    && (ev.kind == "join" || ev.kind == "message")
+                    && self.has_permission(PERMISSION_HIDE_DISPLAYNAMES)
+                {
+                    return Some(crate::filter::hide_display_names(msg));
+                }
+                Some(None)
+            }
+            "message" => {
+                if self.has_permission(PERMISSION_HIDE_DISPLAYNAMES)
+                    && crate::filter::is_nick_changed(msg)
+                {
+                    return None;
+                }
+                Some(None)
+            }
+            _ => Some(None),
+        }
+    }
+
+    /// Record the new room and subscribe its subject.
+    pub(crate) fn set_room(
+        &self,
+        hub: &Hub,
+        room: &Arc<Room>,
+        room_session_id: &str,
+    ) -> Result<(), crate::bus::BusError> {
+        let me: Weak<dyn BusHandler> = self.me.clone();
+        let sub = hub.bus.subscribe(&room.subject, me)?;
+        let mut st = self.state.lock();
+        st.room_subscription = Some(sub);
+        st.room = Some(room.clone());
+        st.room_session_id = room_session_id.to_owned();
+        self.room_join_time
+            .store(crate::bus::now_nanos(), Ordering::Release);
+        Ok(())
+    }
+
+    /// Leave the current room. With `notify`, Nextcloud is told that the
+    /// Talk session left (when there was one).
+    pub fn leave_room(&self, notify: bool) -> Option<Arc<Room>> {
+        let hub = self.hub.upgrade()?;
+        let mut st = self.state.lock();
+        let room = st.room.take()?;
+        st.room_subscription = None;
+        let room_session_id = std::mem::take(&mut st.room_session_id);
+        drop(st);
+        self.room_join_time.store(0, Ordering::Release);
+        hub.remove_room_session(&self.public_id);
+        if notify && !room_session_id.is_empty() {
+            hub.notify_backend_leave(self, &room.id, room_session_id);
+        }
+        room.remove_session(&hub, &self.public_id);
+        Some(room)
+    }
+
+    pub(crate) fn add_virtual_session(&self, v: Arc<VirtualSession>) {
+        self.state.lock().virtual_sessions.push(v);
+    }
+
+    pub(crate) fn remove_virtual_session(&self, v: &VirtualSession) {
+        self.state
+            .lock()
+            .virtual_sessions
+            .retain(|s| s.public_id != v.public_id);
+    }
+
+    /// Mark closed and release everything the session holds. Returns the
+    /// attached connection and virtual sessions for the hub to finish off.
+    pub(crate) fn close_inner(&self) -> (Option<Arc<Conn>>, Vec<Arc<VirtualSession>>) {
+        self.closed.store(true, Ordering::Release);
+        let mut st = self.state.lock();
+        st.subscriptions.clear();
+        let conn = st.conn.take();
+        let virtuals = std::mem::take(&mut st.virtual_sessions);
+        st.pending.clear();
+        drop(st);
+        if let Some(c) = &conn {
+            c.set_session(None);
+        }
+        self.backend.remove_session(&self.public_id);
+        (conn, virtuals)
+    }
+
+    fn room_join_time(&self) -> i64 {
+        self.room_join_time.load(Ordering::Acquire)
+    }
+}
+
+impl BusHandler for ClientSession {
+    fn on_bus_message(&self, _subject: &str, msg: &BusMessage) {
+        if self.is_closed() {
+            return;
+        }
+        match &msg.payload {
+            BusPayload::Permissions(p) => self.set_permissions(p),
+            BusPayload::Room(_) => {}
+            BusPayload::Message(out) => {
+                let m = &out.msg;
+                let own = |sender: Option<&proto::client::Sender>| {
+                    sender.is_some_and(|s| *s.sessionid == *self.public_id)
+                };
+                let reconnected = m.kind == "bye"
+                    && m.bye
+                        .as_ref()
+                        .is_some_and(|b| b.reason == "room_session_reconnected");
+                if reconnected {
+                    info!(session = %self.public_id, "closing session, same room session connected elsewhere");
+                    self.leave_room(false);
+                    self.send(out);
+                    if let (Some(hub), Some(me)) = (self.hub.upgrade(), self.me.upgrade()) {
+                        hub.close_session(&me);
+                    }
+                    return;
+                }
+                let skip = match m.kind.as_str() {
+                    "message" => own(m.message.as_ref().and_then(|x| x.sender.as_ref())),
+                    "control" => own(m.control.as_ref().and_then(|x| x.sender.as_ref())),
+                    "event" => {
+                        m.event.as_ref().is_some_and(|e| e.target == "room")
+                            && msg.send_time < self.room_join_time()
+                    }
+                    _ => false,
+                };
+                if skip {
+                    return;
+                }
+                self.send(out);
+            }
+        }
+    }
+}
+
+/// A session an internal client created for someone without a socket of
+/// their own (a phone participant).
+pub struct VirtualSession {
+    pub owner: Weak<ClientSession>,
+    pub owner_public_id: Arc<str>,
+    pub sid: u64,
+    pub public_id: Arc<str>,
+    pub private_id: String,
+    /// The id the internal client chose.
+    pub session_id: String,
+    pub user_id: String,
+    pub user_data: Option<Arc<RawValue>>,
+    pub options: Option<proto::client::AddSessionOptions>,
+    pub backend: Arc<Backend>,
+    pub backend_url: Url,
+    flags: AtomicU32,
+    room: Mutex<Option<Arc<Room>>>,
+}
+
+impl std::fmt::Debug for VirtualSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtualSession")
+            .field("public_id", &self.public_id)
+            .finish()
+    }
+}
+
+impl VirtualSession {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        owner: &Arc<ClientSession>,
+        sid: u64,
+        public_id: Arc<str>,
+        private_id: String,
+        msg: &proto::client::AddSessionInternal,
+    ) -> Arc<VirtualSession> {
+        Arc::new(VirtualSession {
+            owner: Arc::downgrade(owner),
+            owner_public_id: owner.public_id.clone(),
+            sid,
+            public_id,
+            private_id,
+            session_id: msg.sessionid.clone(),
+            user_id: msg.userid.clone(),
+            user_data: msg.user.as_ref().map(|u| Arc::from(u.to_owned())),
+            options: msg.options.clone(),
+            backend: owner.backend.clone(),
+            backend_url: owner.backend_url.clone(),
+            flags: AtomicU32::new(msg.flags),
+            room: Mutex::new(None),
+        })
+    }
+
+    pub fn flags(&self) -> u32 {
+        self.flags.load(Ordering::Relaxed)
+    }
+
+    /// True if the flags changed.
+    pub fn set_flags(&self, flags: u32) -> bool {
+        self.flags.swap(flags, Ordering::Relaxed) != flags
+    }
+
+    pub fn room(&self) -> Option<Arc<Room>> {
+        self.room.lock().clone()
+    }
+
+    pub(crate) fn set_room(&self, room: Option<Arc<Room>>) {
+        *self.room.lock() = room;
+    }
+}
+
+/// Key of a virtual session in the hub: owner public id and the client's id.
+pub fn virtual_session_key(owner: &str, session_id: &str) -> String {
+    format!("{owner}|{session_id}")
+}
+
+/// Any session that can be a room member or a message recipient.
+#[derive(Clone, Debug)]
+pub enum AnySession {
+    Client(Arc<ClientSession>),
+    Virtual(Arc<VirtualSession>),
+}
+
+impl AnySession {
+    pub fn public_id(&self) -> &Arc<str> {
+        match self {
+            AnySession::Client(s) => &s.public_id,
+            AnySession::Virtual(s) => &s.public_id,
+        }
+    }
+    pub fn client_type(&self) -> &'static str {
+        match self {
+            AnySession::Client(s) => s.client_type.as_str(),
+            AnySession::Virtual(_) => CLIENT_TYPE_VIRTUAL,
+        }
+    }
+    pub fn backend(&self) -> &Arc<Backend> {
+        match self {
+            AnySession::Client(s) => &s.backend,
+            AnySession::Virtual(s) => &s.backend,
+        }
+    }
+    pub fn user_id(&self) -> String {
+        match self {
+            AnySession::Client(s) => s.user_id(),
+            AnySession::Virtual(s) => s.user_id.clone(),
+        }
+    }
+    pub fn user_data(&self) -> Option<Arc<RawValue>> {
+        match self {
+            AnySession::Client(s) => s.user_data.clone(),
+            AnySession::Virtual(s) => s.user_data.clone(),
+        }
+    }
+    pub fn room(&self) -> Option<Arc<Room>> {
+        match self {
+            AnySession::Client(s) => s.room(),
+            AnySession::Virtual(s) => s.room(),
+        }
+    }
+    pub fn is_internal(&self) -> bool {
+        matches!(self, AnySession::Client(s) if s.is_internal())
+    }
+}

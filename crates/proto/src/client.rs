@@ -1,0 +1,696 @@
+//! The client API spoken over the `/spreed` WebSocket.
+//!
+//! Validation (`check_valid`) mirrors what the Go server rejects with
+//! `invalid_format`; everything else is the hub's business.
+
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+use crate::{raw_is_empty, Raw};
+
+/// The only hello version this server speaks at the reference level.
+pub const HELLO_VERSION_V1: &str = "1.0";
+
+pub const CLIENT_TYPE_CLIENT: &str = "client";
+pub const CLIENT_TYPE_INTERNAL: &str = "internal";
+pub const CLIENT_TYPE_VIRTUAL: &str = "virtual";
+
+pub const FEATURE_MCU: &str = "mcu";
+pub const FEATURE_SIMULCAST: &str = "simulcast";
+pub const FEATURE_UPDATE_SDP: &str = "update-sdp";
+pub const FEATURE_AUDIO_VIDEO_PERMISSIONS: &str = "audio-video-permissions";
+pub const FEATURE_TRANSIENT_DATA: &str = "transient-data";
+pub const FEATURE_INCALL_ALL: &str = "incall-all";
+pub const FEATURE_VIRTUAL_SESSIONS: &str = "virtual-sessions";
+
+/// Features every normal client is told about.
+pub const DEFAULT_FEATURES: &[&str] = &[
+    FEATURE_AUDIO_VIDEO_PERMISSIONS,
+    FEATURE_TRANSIENT_DATA,
+    FEATURE_INCALL_ALL,
+];
+/// Features internal clients are told about.
+pub const DEFAULT_FEATURES_INTERNAL: &[&str] = &[
+    FEATURE_VIRTUAL_SESSIONS,
+    FEATURE_TRANSIENT_DATA,
+    FEATURE_INCALL_ALL,
+];
+
+/// A message received from a client.
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct ClientMessage {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hello: Option<HelloClientMessage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bye: Option<ByeClientMessage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<RoomClientMessage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<MessageClientMessage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<MessageClientMessage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal: Option<InternalClientMessage>,
+    #[serde(default, rename = "transient", skip_serializing_if = "Option::is_none")]
+    pub transient: Option<TransientDataClientMessage>,
+}
+
+impl ClientMessage {
+    /// Structural validation; the error text becomes the `invalid_format` message.
+    pub fn check_valid(&mut self) -> Result<(), String> {
+        match self.kind.as_str() {
+            "" => Err("type missing".into()),
+            "hello" => match &mut self.hello {
+                None => Err("hello missing".into()),
+                Some(h) => h.check_valid(),
+            },
+            "bye" => Ok(()),
+            "room" => match &self.room {
+                None => Err("room missing".into()),
+                Some(_) => Ok(()),
+            },
+            "message" => match &self.message {
+                None => Err("message missing".into()),
+                Some(m) => m.check_valid(),
+            },
+            "control" => match &self.control {
+                None => Err("control missing".into()),
+                Some(m) => m.check_valid(),
+            },
+            "internal" => match &self.internal {
+                None => Err("internal missing".into()),
+                Some(m) => m.check_valid(),
+            },
+            "transient" => match &self.transient {
+                None => Err("transient missing".into()),
+                Some(m) => m.check_valid(),
+            },
+            _ => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct HelloClientMessageAuth {
+    #[serde(default, rename = "type", skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    #[serde(default)]
+    pub params: Option<Raw>,
+    #[serde(default)]
+    pub url: String,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct HelloClientMessage {
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub resumeid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<Vec<String>>,
+    #[serde(default)]
+    pub auth: HelloClientMessageAuth,
+}
+
+/// Parameters of an `internal` client's hello.
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct InternalAuthParams {
+    #[serde(default)]
+    pub random: String,
+    #[serde(default)]
+    pub token: String,
+    #[serde(default)]
+    pub backend: String,
+}
+
+impl HelloClientMessage {
+    pub fn check_valid(&mut self) -> Result<(), String> {
+        if self.version != HELLO_VERSION_V1 {
+            return Err(format!("unsupported hello version: {}", self.version));
+        }
+        if !self.resumeid.is_empty() {
+            return Ok(());
+        }
+        match &self.auth.params {
+            Some(p) if !p.get().trim().is_empty() => {}
+            _ => return Err("params missing".into()),
+        }
+        if self.auth.kind.is_empty() {
+            self.auth.kind = CLIENT_TYPE_CLIENT.to_owned();
+        }
+        match self.auth.kind.as_str() {
+            CLIENT_TYPE_CLIENT => {
+                if self.auth.url.is_empty() {
+                    return Err("url missing".into());
+                }
+                if !is_request_uri(&self.auth.url) {
+                    return Err(format!(
+                        "parse \"{}\": invalid URI for request",
+                        self.auth.url
+                    ));
+                }
+                Ok(())
+            }
+            CLIENT_TYPE_INTERNAL => {
+                let params = self.internal_params()?;
+                if params.backend.is_empty() {
+                    return Err("backend missing".into());
+                }
+                Ok(())
+            }
+            _ => Err("unsupported auth type".into()),
+        }
+    }
+
+    /// Parameters of an internal hello; errors when they are not an object.
+    pub fn internal_params(&self) -> Result<InternalAuthParams, String> {
+        let raw = self.auth.params.as_ref().ok_or("params missing")?;
+        serde_json::from_str(raw.get()).map_err(|e| e.to_string())
+    }
+}
+
+/// Go's `url.ParseRequestURI` accepts absolute URLs and absolute paths.
+fn is_request_uri(s: &str) -> bool {
+    if s.starts_with('/') {
+        return true;
+    }
+    match s.find(':') {
+        Some(pos) if pos > 0 => {
+            let scheme = &s[..pos];
+            scheme
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.')
+                && !s.contains(' ')
+        }
+        _ => false,
+    }
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct ByeClientMessage {}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct RoomClientMessage {
+    #[serde(default)]
+    pub roomid: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sessionid: String,
+}
+
+pub const RECIPIENT_SESSION: &str = "session";
+pub const RECIPIENT_USER: &str = "user";
+pub const RECIPIENT_ROOM: &str = "room";
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Recipient {
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sessionid: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub userid: String,
+}
+
+/// Body of `message` and `control` requests (same shape).
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct MessageClientMessage {
+    #[serde(default)]
+    pub recipient: Recipient,
+    #[serde(default)]
+    pub data: Option<Raw>,
+}
+
+impl MessageClientMessage {
+    pub fn check_valid(&self) -> Result<(), String> {
+        if raw_is_empty(&self.data) {
+            return Err("message empty".into());
+        }
+        match self.recipient.kind.as_str() {
+            RECIPIENT_ROOM => Ok(()),
+            RECIPIENT_SESSION if self.recipient.sessionid.is_empty() => {
+                Err("session id missing".into())
+            }
+            RECIPIENT_SESSION => Ok(()),
+            RECIPIENT_USER if self.recipient.userid.is_empty() => Err("user id missing".into()),
+            RECIPIENT_USER => Ok(()),
+            other => Err(format!("unsupported recipient type {other}")),
+        }
+    }
+}
+
+/// The parts of a message's `data` the server looks at (MCU verbs, chat refresh).
+#[derive(Debug, Default, Deserialize)]
+pub struct MessageData {
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub sid: String,
+    #[serde(default, rename = "roomType")]
+    pub room_type: String,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct InternalClientMessage {
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addsession: Option<AddSessionInternal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updatesession: Option<UpdateSessionInternal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removesession: Option<RemoveSessionInternal>,
+}
+
+fn check_common(sessionid: &str, roomid: &str) -> Result<(), String> {
+    if sessionid.is_empty() {
+        return Err("sessionid missing".into());
+    }
+    if roomid.is_empty() {
+        return Err("roomid missing".into());
+    }
+    Ok(())
+}
+
+impl InternalClientMessage {
+    pub fn check_valid(&self) -> Result<(), String> {
+        match self.kind.as_str() {
+            "addsession" => match &self.addsession {
+                None => Err("addsession missing".into()),
+                Some(m) => check_common(&m.sessionid, &m.roomid),
+            },
+            "updatesession" => match &self.updatesession {
+                None => Err("updatesession missing".into()),
+                Some(m) => check_common(&m.sessionid, &m.roomid),
+            },
+            "removesession" => match &self.removesession {
+                None => Err("removesession missing".into()),
+                Some(m) => check_common(&m.sessionid, &m.roomid),
+            },
+            _ => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize, Serialize, Clone)]
+pub struct AddSessionOptions {
+    #[serde(default, rename = "actorId", skip_serializing_if = "String::is_empty")]
+    pub actor_id: String,
+    #[serde(
+        default,
+        rename = "actorType",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub actor_type: String,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct AddSessionInternal {
+    #[serde(default)]
+    pub sessionid: String,
+    #[serde(default)]
+    pub roomid: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub userid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<Raw>,
+    #[serde(default)]
+    pub flags: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<AddSessionOptions>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct UpdateSessionInternal {
+    #[serde(default)]
+    pub sessionid: String,
+    #[serde(default)]
+    pub roomid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct RemoveSessionInternal {
+    #[serde(default)]
+    pub sessionid: String,
+    #[serde(default)]
+    pub roomid: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub userid: String,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct TransientDataClientMessage {
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Raw>,
+}
+
+impl TransientDataClientMessage {
+    pub fn check_valid(&self) -> Result<(), String> {
+        match self.kind.as_str() {
+            "set" | "remove" if self.key.is_empty() => Err("key missing".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Server -> client
+
+/// The error object of an `error` message.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Error {
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
+}
+
+impl Error {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Error {
+            code: code.into(),
+            message: message.into(),
+            details: None,
+        }
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// A message sent to a client. Built once and serialised once, whatever the
+/// number of recipients.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ServerMessage {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Error>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hello: Option<HelloServerMessage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bye: Option<ByeServerMessage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<RoomServerMessage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<MessageServerMessage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<MessageServerMessage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<EventServerMessage>,
+    #[serde(default, rename = "transient", skip_serializing_if = "Option::is_none")]
+    pub transient: Option<TransientDataServerMessage>,
+}
+
+impl ServerMessage {
+    pub fn error(id: &str, err: Error) -> Self {
+        ServerMessage {
+            id: id.to_owned(),
+            kind: "error".into(),
+            error: Some(err),
+            ..Default::default()
+        }
+    }
+    pub fn bye(reason: &str) -> Self {
+        ServerMessage {
+            kind: "bye".into(),
+            bye: Some(ByeServerMessage {
+                reason: reason.to_owned(),
+            }),
+            ..Default::default()
+        }
+    }
+    pub fn room(id: &str, roomid: &str, properties: Option<Raw>) -> Self {
+        ServerMessage {
+            id: id.to_owned(),
+            kind: "room".into(),
+            room: Some(RoomServerMessage {
+                roomid: roomid.to_owned(),
+                properties,
+            }),
+            ..Default::default()
+        }
+    }
+    pub fn event(event: EventServerMessage) -> Self {
+        ServerMessage {
+            kind: "event".into(),
+            event: Some(event),
+            ..Default::default()
+        }
+    }
+    pub fn transient(t: TransientDataServerMessage) -> Self {
+        ServerMessage {
+            kind: "transient".into(),
+            transient: Some(t),
+            ..Default::default()
+        }
+    }
+
+    /// Serialise to the text of one WebSocket frame.
+    pub fn to_text(&self) -> String {
+        // Our own structures always serialise; the fallback keeps the wire valid.
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"type":"error","error":{"code":"internal_error","message":"could not serialize"}}"#
+                .to_owned()
+        })
+    }
+
+    pub fn is_participants_update(&self) -> bool {
+        self.kind == "event"
+            && self
+                .event
+                .as_ref()
+                .is_some_and(|e| e.target == "participants" && e.kind == "update")
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HelloServerInfo {
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub country: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct HelloServerMessage {
+    pub version: String,
+    pub sessionid: String,
+    pub resumeid: String,
+    pub userid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<Arc<HelloServerInfo>>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ByeServerMessage {
+    pub reason: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct RoomServerMessage {
+    pub roomid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<Raw>,
+}
+
+/// Who sent a `message`/`control`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Sender {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sessionid: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub userid: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct MessageServerMessage {
+    pub sender: Option<Sender>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<Recipient>,
+    pub data: Option<Raw>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct EventServerMessage {
+    pub target: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<Vec<SessionEntry>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leave: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<Vec<SessionEntry>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invite: Option<RoomEvent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disinvite: Option<RoomDisinviteEvent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<RoomEvent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags: Option<RoomFlagsEvent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<RoomEventMessage>,
+}
+
+impl EventServerMessage {
+    pub fn new(target: &str, kind: &str) -> Self {
+        EventServerMessage {
+            target: target.into(),
+            kind: kind.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// One session in a `join` event.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SessionEntry {
+    pub sessionid: String,
+    pub userid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<Arc<crate::RawValue>>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub roomsessionid: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct RoomEvent {
+    pub roomid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<Raw>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incall: Option<Raw>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed: Option<Vec<serde_json::Map<String, serde_json::Value>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<Vec<serde_json::Map<String, serde_json::Value>>>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct RoomDisinviteEvent {
+    pub roomid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<Raw>,
+    pub reason: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct RoomFlagsEvent {
+    pub roomid: String,
+    pub sessionid: String,
+    pub flags: u32,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct RoomEventMessage {
+    pub roomid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Raw>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct TransientDataServerMessage {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldvalue: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> ClientMessage {
+        serde_json::from_str(s).expect("valid json")
+    }
+
+    #[test]
+    fn hello_validation() {
+        let mut m = parse(
+            r#"{"type":"hello","hello":{"version":"1.0","auth":{"url":"https://cloud/ocs","params":{"userid":"a"}}}}"#,
+        );
+        assert!(m.check_valid().is_ok());
+        assert_eq!(
+            m.hello.as_ref().map(|h| h.auth.kind.as_str()),
+            Some("client")
+        );
+        let mut m = parse(r#"{"type":"hello","hello":{"version":"2.0","auth":{"url":"x"}}}"#);
+        assert!(m
+            .check_valid()
+            .unwrap_err()
+            .contains("unsupported hello version"));
+        let mut m =
+            parse(r#"{"type":"hello","hello":{"version":"1.0","auth":{"url":"https://x/"}}}"#);
+        assert_eq!(m.check_valid().unwrap_err(), "params missing");
+        let mut m = parse(r#"{"type":"hello","hello":{"version":"1.0","resumeid":"abc"}}"#);
+        assert!(m.check_valid().is_ok());
+        let mut m = parse(
+            r#"{"type":"hello","hello":{"version":"1.0","auth":{"type":"foo","params":{}}}}"#,
+        );
+        assert_eq!(m.check_valid().unwrap_err(), "unsupported auth type");
+        let mut m = parse(r#"{"type":"hello"}"#);
+        assert_eq!(m.check_valid().unwrap_err(), "hello missing");
+    }
+
+    #[test]
+    fn message_validation() {
+        let mut m =
+            parse(r#"{"type":"message","message":{"recipient":{"type":"session"},"data":{}}}"#);
+        assert_eq!(m.check_valid().unwrap_err(), "session id missing");
+        let mut m = parse(r#"{"type":"message","message":{"recipient":{"type":"room"}}}"#);
+        assert_eq!(m.check_valid().unwrap_err(), "message empty");
+        let mut m = parse(r#"{"type":"message","message":{"recipient":{"type":"x"},"data":1}}"#);
+        assert!(m
+            .check_valid()
+            .unwrap_err()
+            .starts_with("unsupported recipient type"));
+        let mut m = parse(r#"{"type":"unknown"}"#);
+        assert!(m.check_valid().is_ok());
+        let mut m = parse(r#"{}"#);
+        assert_eq!(m.check_valid().unwrap_err(), "type missing");
+    }
+
+    #[test]
+    fn server_message_omits_absent_parts() {
+        let m = ServerMessage::bye("");
+        assert_eq!(m.to_text(), r#"{"type":"bye","bye":{"reason":""}}"#);
+        let m = ServerMessage::room("1", "", None);
+        assert_eq!(
+            m.to_text(),
+            r#"{"id":"1","type":"room","room":{"roomid":""}}"#
+        );
+    }
+}

@@ -1,0 +1,86 @@
+//! Payloads exchanged between signaling servers over the cluster bus (NATS).
+//!
+//! The in-process bus passes these structures without serialising them; the
+//! NATS bus encodes them as JSON in the shape upstream servers use, so that a
+//! mixed cluster can share subjects.
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::BackendServerRoomRequest;
+use crate::client::ServerMessage;
+
+pub const BUS_TYPE_MESSAGE: &str = "message";
+pub const BUS_TYPE_ROOM: &str = "room";
+pub const BUS_TYPE_PERMISSIONS: &str = "permissions";
+
+/// Envelope of every cluster message.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct BusEnvelope {
+    /// RFC 3339 time with nanoseconds, when the message was published.
+    pub sendtime: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<ServerMessage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<BackendServerRoomRequest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<Vec<String>>,
+    #[serde(default)]
+    pub id: String,
+}
+
+/// Subject of a session's private mailbox.
+pub fn session_subject(public_id: &str) -> String {
+    format!("session.{public_id}")
+}
+
+/// Subjects for users and rooms carry the id in standard base64 (ids may
+/// contain characters NATS does not allow), suffixed with `|<backend id>` for
+/// configured backends; the legacy single-backend mode has no suffix.
+pub fn encoded_subject(prefix: &str, id: &str, backend_suffix: Option<&str>) -> String {
+    use std::fmt::Write;
+    let mut raw = id.to_owned();
+    if let Some(b) = backend_suffix {
+        let _ = write!(raw, "|{b}");
+    }
+    format!("{prefix}.{}", base64_std(raw.as_bytes()))
+}
+
+fn base64_std(input: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        out.push(TABLE[(n >> 18) as usize & 63] as char);
+        out.push(TABLE[(n >> 12) as usize & 63] as char);
+        out.push(if chunk.len() > 1 {
+            TABLE[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if chunk.len() > 2 {
+            TABLE[n as usize & 63] as char
+        } else {
+            '='
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_base64_encoded() {
+        assert_eq!(encoded_subject("room", "abc", None), "room.YWJj");
+        assert_eq!(encoded_subject("user", "a b", Some("b1")), "user.YSBifGIx");
+        assert_eq!(session_subject("xyz"), "session.xyz");
+    }
+}

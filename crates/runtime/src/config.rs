@@ -1,0 +1,1338 @@
+//! Reader for the INI-style configuration files of the signaling server and
+//! the proxy (`server.conf`, `proxy.conf`).
+//!
+//! The Go server reads these files with `github.com/dlintw/goconf`. Existing
+//! deployments must keep working unchanged, so this reader reproduces that
+//! library's dialect, quirks included:
+//!
+//! * The text is processed line by line (split at `\n`); every line is trimmed
+//!   of surrounding Unicode whitespace first, so `\r\n` endings and indentation
+//!   do not matter.
+//! * A line whose first character is `#` or `;`, or whose first three
+//!   characters are `rem` in any letter case, is a comment. The `rem` rule also
+//!   swallows options such as `remote = x`; goconf behaves the same way.
+//! * `[name]` starts a section. The name is trimmed and lower-cased. A section
+//!   may appear more than once; its options are merged.
+//! * Options seen before the first header belong to the section `default`
+//!   (as do options under `[DEFAULT]`). Lookups never fall back to `default`.
+//! * An option line is split at the first `=` or `:`, whichever comes first
+//!   (so `url = http://host:1` and `url: http://host:1` are both fine). Names
+//!   are trimmed and lower-cased; values are trimmed and keep their case.
+//!   The separator must not be the first character: a line such as
+//!   `::1 = DE` is not an option (see the next rule).
+//! * In a value, a `#` or `;` preceded by a space or a tab starts a trailing
+//!   comment. `url = https://x/#a` keeps its `#a`; `secret = a #b` is `a`.
+//! * A line that is not a comment, header or option continues the previous
+//!   option of the same section: it is appended after a `\n`. Without such an
+//!   option the line is a syntax error.
+//! * A repeated option replaces the earlier value (the option keeps its first
+//!   position in [`Ini::keys`]).
+//! * `%(name)s` in a value is replaced by the value of option `name` of the
+//!   same section, else of `default`, repeatedly (at most 200 replacements).
+//!   A reference to a missing or empty option makes the value unusable:
+//!   [`Ini::get`] then yields `""` (what the Go server ends up with) and the
+//!   typed getters and [`Ini::require`] report [`ConfigError::Invalid`].
+//! * Booleans accept `1 t true y yes on` and `0 f false n no off` in any
+//!   letter case; integers are plain decimal with an optional sign.
+//!
+//! Deliberate differences:
+//!
+//! * Extension: `${NAME}` in a value is replaced by the environment variable
+//!   `NAME` (`NAME` matching `[A-Za-z_][A-Za-z0-9_]*`), so secrets can be
+//!   passed to containers without writing them into the file. The expansion
+//!   happens once, after `%(name)s` references are resolved; the inserted text
+//!   is not examined again. An unset variable fails the whole parse with
+//!   [`ConfigError::EnvVar`]. `$${` yields a literal `${`; any other `$` is
+//!   kept as it is.
+//! * A leading UTF-8 byte order mark is ignored, and a file that is not valid
+//!   UTF-8 is rejected.
+//! * Typed getters return an error for an unparsable value where the Go
+//!   server silently used the zero value. Callers that want the old leniency
+//!   can use `unwrap_or(default)`.
+//! * Empty values count as unset for [`Ini::get_string`], [`Ini::get_bool`]
+//!   and [`Ini::get_int`], which return the caller's default for them (the Go
+//!   server's callers also treat empty values as "use the default").
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Name of the section that holds options written before any header.
+pub const DEFAULT_SECTION: &str = "default";
+
+/// Upper bound on `%(name)s` replacements within one value (as in goconf).
+const MAX_SUBSTITUTIONS: usize = 200;
+
+/// Longest excerpt of an offending line quoted in a syntax error.
+const MAX_QUOTED_LINE: usize = 80;
+
+/// Errors from reading a configuration or from interpreting one of its values.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line could not be understood (`line` starts at 1).
+    #[error("configuration line {line}: {msg}")]
+    Syntax { line: usize, msg: String },
+    /// A required option is absent or empty.
+    #[error("[{section}] {key}: a value is required")]
+    Missing { section: String, key: String },
+    /// An option has a value that cannot be used. The value is printed, so
+    /// code validating secrets should put a redacted text into `value`.
+    #[error("[{section}] {key}: invalid value {value:?}: {reason}")]
+    Invalid {
+        section: String,
+        key: String,
+        value: String,
+        reason: String,
+    },
+    /// A value refers to an environment variable that is not set.
+    #[error("[{section}] {key}: environment variable {var} is not set (or not valid UTF-8)")]
+    EnvVar {
+        section: String,
+        key: String,
+        var: String,
+    },
+}
+
+/// One option of a section.
+#[derive(Clone)]
+struct Entry {
+    key: String,
+    /// The value after `%(name)s` and `${NAME}` replacement; `""` if
+    /// `unresolved` is set.
+    value: String,
+    /// Why a `%(name)s` reference could not be replaced, if it could not.
+    unresolved: Option<String>,
+}
+
+#[derive(Clone)]
+struct Section {
+    name: String,
+    entries: Vec<Entry>,
+    /// Option name -> position in `entries`.
+    index: HashMap<String, usize>,
+}
+
+impl Section {
+    fn new(name: String) -> Self {
+        Section {
+            name,
+            entries: Vec::new(),
+            index: HashMap::new(),
+        }
+    }
+
+    fn entry(&self, key: &str) -> Option<&Entry> {
+        self.index.get(key).map(|&i| &self.entries[i])
+    }
+
+    fn set(&mut self, key: String, value: String) {
+        match self.index.get(&key) {
+            Some(&i) => {
+                let entry = &mut self.entries[i];
+                entry.value = value;
+                entry.unresolved = None;
+            }
+            None => {
+                self.index.insert(key.clone(), self.entries.len());
+                self.entries.push(Entry {
+                    key,
+                    value,
+                    unresolved: None,
+                });
+            }
+        }
+    }
+}
+
+/// A parsed configuration file.
+///
+/// Sections and options keep the order in which they first appear. Section and
+/// option names are case-insensitive; the section name `""` means `default`.
+/// `Debug` lists section and option names only, never values.
+#[derive(Clone, Default)]
+pub struct Ini {
+    sections: Vec<Section>,
+    /// Lower-cased section name -> position in `sections`.
+    index: HashMap<String, usize>,
+}
+
+impl fmt::Debug for Ini {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut map = f.debug_map();
+        for section in &self.sections {
+            let keys: Vec<&str> = section.entries.iter().map(|e| e.key.as_str()).collect();
+            map.entry(&section.name, &keys);
+        }
+        map.finish()
+    }
+}
+
+impl Ini {
+    /// Parses configuration text, taking `${NAME}` values from the process
+    /// environment.
+    pub fn parse(text: &str) -> Result<Ini, ConfigError> {
+        Self::parse_with_env(text, |name| std::env::var(name).ok())
+    }
+
+    /// Parses configuration text, taking `${NAME}` values from `env` (which
+    /// returns `None` for an unset variable). Meant for tests.
+    pub fn parse_with_env<F>(text: &str, env: F) -> Result<Ini, ConfigError>
+    where
+        F: Fn(&str) -> Option<String>,
+    {
+        let mut ini = Self::parse_raw(text)?;
+        ini.resolve(&env)?;
+        Ok(ini)
+    }
+
+    /// Reads and parses the file at `path`. Errors from parsing do not name
+    /// the file; callers should add it to their message.
+    pub fn load(path: &Path) -> Result<Ini, ConfigError> {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let text = String::from_utf8(bytes).map_err(|err| {
+            let valid = &err.as_bytes()[..err.utf8_error().valid_up_to()];
+            let line = 1 + valid.iter().filter(|&&b| b == b'\n').count();
+            ConfigError::Syntax {
+                line,
+                msg: "the file is not valid UTF-8".to_owned(),
+            }
+        })?;
+        Self::parse(&text)
+    }
+
+    /// The value of an option: `None` if the section or the option is absent,
+    /// `Some("")` if it is present but empty (or its `%(name)s` reference
+    /// cannot be resolved).
+    pub fn get(&self, section: &str, key: &str) -> Option<&str> {
+        self.entry(section, key).map(|e| e.value.as_str())
+    }
+
+    /// The value of an option, or `default` if it is absent or empty.
+    pub fn get_string(&self, section: &str, key: &str, default: &str) -> String {
+        match self.get(section, key) {
+            Some(value) if !value.is_empty() => value.to_owned(),
+            _ => default.to_owned(),
+        }
+    }
+
+    /// A boolean option; `default` if it is absent or empty.
+    pub fn get_bool(&self, section: &str, key: &str, default: bool) -> Result<bool, ConfigError> {
+        let Some(value) = self.usable_value(section, key)? else {
+            return Ok(default);
+        };
+        parse_bool(value).ok_or_else(|| {
+            invalid(
+                section,
+                key,
+                value,
+                "expected true/false, yes/no, on/off, t/f, y/n or 1/0",
+            )
+        })
+    }
+
+    /// A decimal integer option; `default` if it is absent or empty.
+    pub fn get_int(&self, section: &str, key: &str, default: i64) -> Result<i64, ConfigError> {
+        let Some(value) = self.usable_value(section, key)? else {
+            return Ok(default);
+        };
+        value
+            .parse::<i64>()
+            .map_err(|_| invalid(section, key, value, "expected a decimal integer"))
+    }
+
+    /// The value of an option that must be present and not empty.
+    pub fn require(&self, section: &str, key: &str) -> Result<&str, ConfigError> {
+        self.usable_value(section, key)?
+            .ok_or_else(|| ConfigError::Missing {
+                section: display_section(section).to_owned(),
+                key: key.to_owned(),
+            })
+    }
+
+    /// The value of an option wrapped as a [`Secret`] (empty if absent).
+    pub fn get_secret(&self, section: &str, key: &str) -> Secret {
+        Secret::new(self.get(section, key).unwrap_or_default())
+    }
+
+    /// Whether the section exists. `default` (and `""`) always exists.
+    pub fn has_section(&self, section: &str) -> bool {
+        let name = section_name(section);
+        name == DEFAULT_SECTION || self.index.contains_key(&name)
+    }
+
+    /// Names of the sections in the order they first appear (lower-cased).
+    /// `default` is included only if the text put options under it or named
+    /// it in a header.
+    pub fn sections(&self) -> impl Iterator<Item = &str> + '_ {
+        self.sections.iter().map(|s| s.name.as_str())
+    }
+
+    /// Options of a section as `(name, value)` in the order they first appear;
+    /// names are lower-cased. Options of `default` are not included. Empty if
+    /// the section does not exist.
+    pub fn keys(&self, section: &str) -> Vec<(&str, &str)> {
+        self.section(section)
+            .map(|s| {
+                s.entries
+                    .iter()
+                    .map(|e| (e.key.as_str(), e.value.as_str()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Sets an option, creating the section if needed. The value is stored
+    /// as given: no `%(name)s` or `${NAME}` replacement, and options that
+    /// referred to this one keep their earlier value.
+    pub fn set(&mut self, section: &str, key: &str, value: &str) {
+        let idx = self.section_index_or_insert(section_name(section));
+        self.sections[idx].set(lower(key.trim()), value.to_owned());
+    }
+
+    fn section(&self, section: &str) -> Option<&Section> {
+        self.index
+            .get(&section_name(section))
+            .map(|&i| &self.sections[i])
+    }
+
+    fn entry(&self, section: &str, key: &str) -> Option<&Entry> {
+        self.section(section)?.entry(&lower(key))
+    }
+
+    /// `Ok(None)` for absent or empty options, an error for values whose
+    /// `%(name)s` reference cannot be resolved.
+    fn usable_value(&self, section: &str, key: &str) -> Result<Option<&str>, ConfigError> {
+        match self.entry(section, key) {
+            None => Ok(None),
+            Some(Entry {
+                unresolved: Some(reason),
+                ..
+            }) => Err(invalid(section, key, "", reason)),
+            Some(e) if e.value.is_empty() => Ok(None),
+            Some(e) => Ok(Some(e.value.as_str())),
+        }
+    }
+
+    fn section_index_or_insert(&mut self, name: String) -> usize {
+        if let Some(&i) = self.index.get(&name) {
+            return i;
+        }
+        let i = self.sections.len();
+        self.index.insert(name.clone(), i);
+        self.sections.push(Section::new(name));
+        i
+    }
+
+    /// First pass: builds the sections with the values as written.
+    fn parse_raw(text: &str) -> Result<Ini, ConfigError> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let mut ini = Ini::default();
+        // The section receiving options; `None` after a header with an empty
+        // name (goconf accepts such a header but no option under it).
+        let mut current: Option<usize> = None;
+        let mut current_name = DEFAULT_SECTION.to_owned();
+        // The option that continuation lines extend.
+        let mut last_key: Option<String> = None;
+
+        for (number, line) in text.split('\n').enumerate() {
+            let line = line.trim();
+            let bytes = line.as_bytes();
+            if bytes.is_empty()
+                || bytes[0] == b'#'
+                || bytes[0] == b';'
+                || (bytes.len() >= 3 && bytes[..3].eq_ignore_ascii_case(b"rem"))
+            {
+                continue;
+            }
+            if bytes[0] == b'[' && bytes.len() >= 2 && bytes[bytes.len() - 1] == b']' {
+                let name = lower(line[1..line.len() - 1].trim());
+                last_key = None;
+                if name.is_empty() {
+                    current = None;
+                } else {
+                    current = Some(ini.section_index_or_insert(name.clone()));
+                }
+                current_name = name;
+                continue;
+            }
+            let section = match current {
+                Some(i) => i,
+                None if current_name.is_empty() => {
+                    return Err(syntax(
+                        number,
+                        "option under a section header without a name",
+                        line,
+                    ));
+                }
+                None => {
+                    // Options before the first header go to `default`.
+                    let i = ini.section_index_or_insert(DEFAULT_SECTION.to_owned());
+                    current = Some(i);
+                    i
+                }
+            };
+            match line.find(['=', ':']) {
+                Some(sep) if sep > 0 => {
+                    let key = lower(line[..sep].trim());
+                    let value = strip_comment(&line[sep + 1..]).trim().to_owned();
+                    ini.sections[section].set(key.clone(), value);
+                    last_key = Some(key);
+                }
+                _ => {
+                    let Some(key) = &last_key else {
+                        return Err(syntax(
+                            number,
+                            "expected \"key = value\", a [section] header or a comment",
+                            line,
+                        ));
+                    };
+                    let addition = strip_comment(line).trim();
+                    let section = &mut ini.sections[section];
+                    if let Some(&i) = section.index.get(key) {
+                        let value = &mut section.entries[i].value;
+                        value.push('\n');
+                        value.push_str(addition);
+                    }
+                }
+            }
+        }
+        Ok(ini)
+    }
+
+    /// Second pass: replaces `%(name)s` references and `${NAME}` variables.
+    fn resolve(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        enum Failure {
+            /// A `%(name)s` reference that cannot be resolved.
+            Reference(String),
+            /// An unset environment variable.
+            EnvVar(String),
+        }
+
+        let default = self.index.get(DEFAULT_SECTION).map(|&i| &self.sections[i]);
+        // Computed for every option before any is replaced, since values
+        // refer to each other as written.
+        let resolved: Vec<Vec<Result<String, Failure>>> = self
+            .sections
+            .iter()
+            .map(|section| {
+                section
+                    .entries
+                    .iter()
+                    .map(|entry| {
+                        let value = interpolate(&entry.value, section, default)
+                            .map_err(Failure::Reference)?;
+                        expand_env(&value, env).map_err(Failure::EnvVar)
+                    })
+                    .collect()
+            })
+            .collect();
+
+        for (section, values) in self.sections.iter_mut().zip(resolved) {
+            for (entry, value) in section.entries.iter_mut().zip(values) {
+                match value {
+                    Ok(value) => entry.value = value,
+                    Err(Failure::EnvVar(var)) => {
+                        return Err(ConfigError::EnvVar {
+                            section: section.name.clone(),
+                            key: entry.key.clone(),
+                            var,
+                        });
+                    }
+                    Err(Failure::Reference(reason)) => {
+                        tracing::warn!(
+                            section = %section.name,
+                            key = %entry.key,
+                            "configuration value unusable: {reason}"
+                        );
+                        entry.value = String::new();
+                        entry.unresolved = Some(reason);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Replaces `%(name)s` references the way goconf does: always the leftmost
+/// one, looking the name up in `section` and then in `default`, at most
+/// [`MAX_SUBSTITUTIONS`] times.
+fn interpolate(raw: &str, section: &Section, default: Option<&Section>) -> Result<String, String> {
+    let mut value = raw.to_owned();
+    let mut count = 0;
+    while count < MAX_SUBSTITUTIONS {
+        let Some((start, end, name)) = find_reference(&value) else {
+            return Ok(value);
+        };
+        let name = lower(name);
+        let replacement = section
+            .entry(&name)
+            .or_else(|| default.and_then(|d| d.entry(&name)))
+            .map(|e| e.value.as_str())
+            .unwrap_or_default();
+        if replacement.is_empty() {
+            return Err(format!("%({name})s refers to a missing or empty option"));
+        }
+        value.replace_range(start..end, replacement);
+        count += 1;
+    }
+    Err(format!(
+        "more than {MAX_SUBSTITUTIONS} %(name)s replacements (circular reference?)"
+    ))
+}
+
+/// Finds the leftmost `%(name)s` with `name` made of ASCII letters, digits,
+/// `_`, `.` and `-`. Returns the byte range of the whole reference and the name.
+fn find_reference(value: &str) -> Option<(usize, usize, &str)> {
+    let bytes = value.as_bytes();
+    let mut from = 0;
+    while let Some(pos) = value[from..].find("%(") {
+        let start = from + pos;
+        let name_start = start + 2;
+        let name_len = bytes[name_start..]
+            .iter()
+            .take_while(|&&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+            .count();
+        let name_end = name_start + name_len;
+        if name_len > 0 && bytes[name_end..].starts_with(b")s") {
+            return Some((start, name_end + 2, &value[name_start..name_end]));
+        }
+        from = start + 1;
+    }
+    None
+}
+
+/// Replaces `${NAME}` by the variable's value and `$${` by `${`. Returns the
+/// name of the first unset variable as the error.
+fn expand_env(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    if !value.contains("${") {
+        return Ok(value.to_owned());
+    }
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let tail = &rest[pos..];
+        if let Some(after) = tail.strip_prefix("$${") {
+            out.push_str("${");
+            rest = after;
+            continue;
+        }
+        if let Some(after) = tail.strip_prefix("${") {
+            if let Some(close) = after.find('}') {
+                let name = &after[..close];
+                if is_env_name(name) {
+                    out.push_str(&env(name).ok_or_else(|| name.to_owned())?);
+                    rest = &after[close + 1..];
+                    continue;
+                }
+            }
+        }
+        out.push('$');
+        rest = &tail[1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn is_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Cuts a value at the first `#` or `;` that follows a space or a tab.
+fn strip_comment(value: &str) -> &str {
+    let cut = value
+        .as_bytes()
+        .windows(2)
+        .position(|w| matches!(w[0], b' ' | b'\t') && matches!(w[1], b'#' | b';'));
+    match cut {
+        Some(i) => &value[..i],
+        None => value,
+    }
+}
+
+/// Parses the boolean spellings goconf accepts, ignoring letter case.
+pub fn parse_bool(value: &str) -> Option<bool> {
+    match lower(value).as_str() {
+        "1" | "t" | "true" | "y" | "yes" | "on" => Some(true),
+        "0" | "f" | "false" | "n" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// Lower-cases character by character (like Go's `strings.ToLower`).
+fn lower(s: &str) -> String {
+    s.chars().flat_map(char::to_lowercase).collect()
+}
+
+fn section_name(section: &str) -> String {
+    if section.is_empty() {
+        DEFAULT_SECTION.to_owned()
+    } else {
+        lower(section)
+    }
+}
+
+fn display_section(section: &str) -> &str {
+    if section.is_empty() {
+        DEFAULT_SECTION
+    } else {
+        section
+    }
+}
+
+fn invalid(section: &str, key: &str, value: &str, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        section: display_section(section).to_owned(),
+        key: key.to_owned(),
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+fn syntax(index: usize, what: &str, line: &str) -> ConfigError {
+    let mut quoted: String = line.chars().take(MAX_QUOTED_LINE).collect();
+    if quoted.len() < line.len() {
+        quoted.push('…');
+    }
+    ConfigError::Syntax {
+        line: index + 1,
+        msg: format!("{what}: {quoted:?}"),
+    }
+}
+
+/// A secret (key, password, shared secret). `Debug` and `Display` print `***`
+/// so it cannot leak into logs by accident; [`Secret::expose`] gives the text.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret text.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret(value)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Secret(value.to_owned())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Splits at `sep`, trims every item and drops empty ones
+/// (`"a, b,,c "` -> `["a", "b", "c"]`).
+pub fn split_list(value: &str, sep: char) -> Vec<String> {
+    value
+        .split(sep)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Splits at runs of whitespace (`" a  b\tc"` -> `["a", "b", "c"]`).
+pub fn split_whitespace_list(value: &str) -> Vec<String> {
+    value.split_whitespace().map(str::to_owned).collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn parse(text: &str) -> Ini {
+        Ini::parse_with_env(text, no_env).unwrap()
+    }
+
+    fn parse_err(text: &str) -> ConfigError {
+        Ini::parse_with_env(text, no_env).unwrap_err()
+    }
+
+    #[test]
+    fn sections_and_options_in_file_order() {
+        let ini = parse("[b]\nz = 1\na = 2\n[a]\nx = 3\n");
+        assert_eq!(ini.sections().collect::<Vec<_>>(), ["b", "a"]);
+        assert_eq!(ini.keys("b"), [("z", "1"), ("a", "2")]);
+        assert_eq!(ini.keys("a"), [("x", "3")]);
+        assert!(ini.keys("missing").is_empty());
+        assert_eq!(ini.get("a", "x"), Some("3"));
+        assert_eq!(ini.get("a", "y"), None);
+        assert_eq!(ini.get("c", "x"), None);
+    }
+
+    #[test]
+    fn empty_and_whitespace_only_input() {
+        for text in ["", "\n\n", "   \t\r\n", "\u{feff}", "# only a comment"] {
+            let ini = parse(text);
+            assert_eq!(ini.sections().count(), 0, "{text:?}");
+            assert!(ini.has_section("default"));
+            assert!(ini.has_section(""));
+        }
+    }
+
+    #[test]
+    fn comment_lines() {
+        let ini = parse(
+            "# hash\n; semicolon\n  # indented\nrem windows style\nREM upper\nRemark = 1\n\
+             remote = 2\n[s]\n#k = 1\n;k = 2\nk = 3\n",
+        );
+        // Lines starting with "rem" are comments even when they look like options.
+        assert_eq!(ini.get("default", "remark"), None);
+        assert_eq!(ini.get("default", "remote"), None);
+        assert_eq!(ini.keys("s"), [("k", "3")]);
+        assert!(ini.sections().all(|s| s != "default"));
+    }
+
+    #[test]
+    fn trailing_comments_need_leading_whitespace() {
+        let ini = parse(
+            "[s]\na = one # comment\nb = two\t; comment\nc = x#y\nd = x;y\n\
+             e = https://host/path/#frag\nf = # only comment\ng = a ;b #c\nh =#x\ni = v ;\n",
+        );
+        assert_eq!(ini.get("s", "a"), Some("one"));
+        assert_eq!(ini.get("s", "b"), Some("two"));
+        assert_eq!(ini.get("s", "c"), Some("x#y"));
+        assert_eq!(ini.get("s", "d"), Some("x;y"));
+        assert_eq!(ini.get("s", "e"), Some("https://host/path/#frag"));
+        assert_eq!(ini.get("s", "f"), Some(""));
+        assert_eq!(ini.get("s", "g"), Some("a"));
+        assert_eq!(ini.get("s", "h"), Some("#x"));
+        assert_eq!(ini.get("s", "i"), Some("v"));
+    }
+
+    #[test]
+    fn separators() {
+        let ini = parse(
+            "[s]\na = 1\nb: 2\nc=3\nd:4\nurl = http://host:8080/x\nurl2: http://h/?a=b\n\
+             e : f = g\nweird key name = v\n",
+        );
+        assert_eq!(ini.get("s", "a"), Some("1"));
+        assert_eq!(ini.get("s", "b"), Some("2"));
+        assert_eq!(ini.get("s", "c"), Some("3"));
+        assert_eq!(ini.get("s", "d"), Some("4"));
+        assert_eq!(ini.get("s", "url"), Some("http://host:8080/x"));
+        assert_eq!(ini.get("s", "url2"), Some("http://h/?a=b"));
+        // The first separator wins, whichever it is.
+        assert_eq!(ini.get("s", "e"), Some("f = g"));
+        assert_eq!(ini.get("s", "weird key name"), Some("v"));
+    }
+
+    #[test]
+    fn case_insensitive_names_case_sensitive_values() {
+        let ini = parse("[Backend]\nBackends = One,Two\n[BACKEND]\nAllowAll = TRUE\n");
+        assert_eq!(ini.sections().collect::<Vec<_>>(), ["backend"]);
+        assert_eq!(ini.get("backend", "backends"), Some("One,Two"));
+        assert_eq!(ini.get("BACKEND", "BACKENDS"), Some("One,Two"));
+        assert!(ini.get_bool("Backend", "allowall", false).unwrap());
+        assert!(ini.has_section("bAcKeNd"));
+        assert_eq!(
+            ini.keys("backend"),
+            [("backends", "One,Two"), ("allowall", "TRUE")]
+        );
+    }
+
+    #[test]
+    fn whitespace_and_line_endings() {
+        let ini = parse("  [ sec ]  \r\n\t key \t=\t value with  inner  spaces \t\r\nlast=x");
+        assert_eq!(ini.sections().collect::<Vec<_>>(), ["sec"]);
+        assert_eq!(ini.get("sec", "key"), Some("value with  inner  spaces"));
+        // The last line needs no newline.
+        assert_eq!(ini.get("sec", "last"), Some("x"));
+        // A lone \r does not end a line.
+        let ini = parse("[s]\na = 1\rb = 2\n");
+        assert_eq!(ini.get("s", "a"), Some("1\rb = 2"));
+    }
+
+    #[test]
+    fn byte_order_mark_is_ignored() {
+        let ini = parse("\u{feff}[s]\na = 1\n");
+        assert_eq!(ini.get("s", "a"), Some("1"));
+    }
+
+    #[test]
+    fn default_section() {
+        let ini = parse("top = 1\n[s]\nk = 2\n[DEFAULT]\nlater = 3\n");
+        assert_eq!(ini.sections().collect::<Vec<_>>(), ["default", "s"]);
+        assert_eq!(ini.get("default", "top"), Some("1"));
+        assert_eq!(ini.get("", "top"), Some("1"));
+        assert_eq!(ini.get("", "later"), Some("3"));
+        // No fallback from a section to `default`.
+        assert_eq!(ini.get("s", "top"), None);
+    }
+
+    #[test]
+    fn duplicates() {
+        let ini = parse("[s]\na = 1\nb = 2\nA = 3\n[t]\nx = 1\n[s]\nc = 4\nb = 5\n");
+        assert_eq!(ini.sections().collect::<Vec<_>>(), ["s", "t"]);
+        assert_eq!(ini.keys("s"), [("a", "3"), ("b", "5"), ("c", "4")]);
+    }
+
+    #[test]
+    fn empty_values() {
+        let ini = parse("[s]\na =\nb = \nc:\n");
+        assert_eq!(ini.get("s", "a"), Some(""));
+        assert_eq!(ini.get("s", "b"), Some(""));
+        assert_eq!(ini.get("s", "c"), Some(""));
+        assert_eq!(ini.get_string("s", "a", "dflt"), "dflt");
+        assert_eq!(ini.get_string("s", "zz", "dflt"), "dflt");
+        assert!(ini.get_bool("s", "a", true).unwrap());
+        assert_eq!(ini.get_int("s", "a", 7).unwrap(), 7);
+        assert!(matches!(
+            ini.require("s", "a"),
+            Err(ConfigError::Missing { .. })
+        ));
+    }
+
+    #[test]
+    fn continuation_lines() {
+        let ini = parse(
+            "[s]\nlist = first\n  second ; comment\n\n# between\n   third\nother = x\n[t]\ny = 1\n",
+        );
+        assert_eq!(ini.get("s", "list"), Some("first\nsecond\nthird"));
+        assert_eq!(ini.get("s", "other"), Some("x"));
+        // A line that starts with a separator continues the previous option.
+        let ini = parse("[geoip-overrides]\n10.0.0.1 = DE\n::1 = FR\n");
+        assert_eq!(ini.get("geoip-overrides", "10.0.0.1"), Some("DE\n::1 = FR"));
+        // An IPv6 key is split at its first colon.
+        let ini = parse("[geoip-overrides]\n2001:db8::/32 = DE\n");
+        assert_eq!(ini.keys("geoip-overrides"), [("2001", "db8::/32 = DE")]);
+        // An unterminated header is a plain line, so it continues too.
+        let ini = parse("[s]\na = 1\n[t\n");
+        assert_eq!(ini.get("s", "a"), Some("1\n[t"));
+        assert!(!ini.has_section("t"));
+    }
+
+    #[test]
+    fn syntax_errors() {
+        let err = parse_err("[s]\nnot an option\n");
+        assert!(matches!(err, ConfigError::Syntax { line: 2, .. }), "{err}");
+        // A header resets the option that could be continued.
+        let err = parse_err("[s]\na = 1\n[t]\ndangling\n");
+        assert!(matches!(err, ConfigError::Syntax { line: 4, .. }), "{err}");
+        let err = parse_err("= value\n");
+        assert!(matches!(err, ConfigError::Syntax { line: 1, .. }), "{err}");
+        let err = parse_err("\n\n::1 = DE\n");
+        assert!(matches!(err, ConfigError::Syntax { line: 3, .. }), "{err}");
+        assert!(err.to_string().contains("line 3"), "{err}");
+        assert!(err.to_string().contains("::1 = DE"), "{err}");
+        // A header with an empty name is accepted, an option below it is not.
+        let ini = parse("[s]\n[]\n[ ]\n");
+        assert_eq!(ini.sections().collect::<Vec<_>>(), ["s"]);
+        let err = parse_err("[s]\n[ ]\na = 1\n");
+        assert!(matches!(err, ConfigError::Syntax { line: 3, .. }), "{err}");
+        // ...but a later named header makes options valid again.
+        let ini = parse("[]\n[s]\na = 1\n");
+        assert_eq!(ini.get("s", "a"), Some("1"));
+    }
+
+    #[test]
+    fn long_lines_are_shortened_in_errors() {
+        let line = "x".repeat(500);
+        let err = parse_err(&line);
+        let msg = err.to_string();
+        assert!(msg.len() < 200, "{msg}");
+        assert!(msg.contains('…'));
+    }
+
+    #[test]
+    fn odd_headers() {
+        let ini = parse("[a]b]\nk = 1\n[[c]]\nk = 2\n[rem]\nk = 3\n");
+        assert_eq!(ini.sections().collect::<Vec<_>>(), ["a]b", "[c]", "rem"]);
+        assert_eq!(ini.get("rem", "k"), Some("3"));
+    }
+
+    #[test]
+    fn booleans() {
+        let truthy = [
+            "1", "t", "T", "true", "True", "TRUE", "y", "Y", "yes", "YES", "on", "On",
+        ];
+        let falsy = [
+            "0", "f", "F", "false", "FALSE", "n", "N", "no", "No", "off", "OFF",
+        ];
+        for v in truthy {
+            let ini = parse(&format!("[s]\nk = {v}\n"));
+            assert!(ini.get_bool("s", "k", false).unwrap(), "{v}");
+        }
+        for v in falsy {
+            let ini = parse(&format!("[s]\nk = {v}\n"));
+            assert!(!ini.get_bool("s", "k", true).unwrap(), "{v}");
+        }
+        for v in ["2", "enabled", "nope", "truee", "yes please", "-1", "oui"] {
+            let ini = parse(&format!("[s]\nk = {v}\n"));
+            let err = ini.get_bool("s", "k", false).unwrap_err();
+            assert!(matches!(err, ConfigError::Invalid { .. }));
+            let msg = err.to_string();
+            assert!(msg.contains("[s] k"), "{msg}");
+            assert!(msg.contains(v), "{msg}");
+        }
+        let ini = parse("[s]\n");
+        assert!(ini.get_bool("s", "k", true).unwrap());
+        assert!(!ini.get_bool("other", "k", false).unwrap());
+    }
+
+    #[test]
+    fn integers() {
+        let ini = parse(
+            "[s]\na = 15\nb = -3\nc = +7\nd = 0\ne = 15s\nf = 1_000\ng = 0x10\n\
+             h = 99999999999999999999\ni = 1.5\nj = 9223372036854775807\nk = +\n",
+        );
+        assert_eq!(ini.get_int("s", "a", 0).unwrap(), 15);
+        assert_eq!(ini.get_int("s", "b", 0).unwrap(), -3);
+        assert_eq!(ini.get_int("s", "c", 0).unwrap(), 7);
+        assert_eq!(ini.get_int("s", "d", 5).unwrap(), 0);
+        assert_eq!(ini.get_int("s", "j", 0).unwrap(), i64::MAX);
+        assert_eq!(ini.get_int("s", "missing", 42).unwrap(), 42);
+        for key in ["e", "f", "g", "h", "i", "k"] {
+            let err = ini.get_int("s", key, 0).unwrap_err();
+            assert!(err.to_string().contains(&format!("[s] {key}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn require() {
+        let ini = parse("[s]\na = x\nb =\n");
+        assert_eq!(ini.require("s", "a").unwrap(), "x");
+        for (section, key) in [("s", "b"), ("s", "c"), ("t", "a")] {
+            let err = ini.require(section, key).unwrap_err();
+            assert!(matches!(err, ConfigError::Missing { .. }));
+            assert_eq!(
+                err.to_string(),
+                format!("[{section}] {key}: a value is required")
+            );
+        }
+        let err = ini.require("", "top").unwrap_err();
+        assert_eq!(err.to_string(), "[default] top: a value is required");
+    }
+
+    #[test]
+    fn references() {
+        let ini = parse(
+            "host = example.com\nport = 443\n[s]\nurl = https://%(host)s:%(port)s/x\n\
+             port = 8443\nlocal = %(url)s/y\nmissing = %(nope)s\nempty =\nuses_empty = %(empty)s\n\
+             not_a_ref = %(bad name)s %() %(x)\ncase = %(HOST)s\n",
+        );
+        // The section's own option wins over `default`.
+        assert_eq!(ini.get("s", "url"), Some("https://example.com:8443/x"));
+        // References are resolved recursively.
+        assert_eq!(ini.get("s", "local"), Some("https://example.com:8443/x/y"));
+        assert_eq!(ini.get("s", "case"), Some("example.com"));
+        assert_eq!(ini.get("s", "not_a_ref"), Some("%(bad name)s %() %(x)"));
+        for key in ["missing", "uses_empty"] {
+            assert_eq!(ini.get("s", key), Some(""));
+            assert_eq!(ini.get_string("s", key, "d"), "d");
+            let err = ini.require("s", key).unwrap_err();
+            assert!(matches!(err, ConfigError::Invalid { .. }), "{err}");
+            assert!(ini.get_bool("s", key, false).is_err());
+            assert!(ini.get_int("s", key, 0).is_err());
+        }
+    }
+
+    #[test]
+    fn circular_references() {
+        let ini = parse("[s]\na = %(b)s\nb = %(a)s\nc = x\n");
+        let err = ini.require("s", "a").unwrap_err();
+        assert!(err.to_string().contains("circular"), "{err}");
+        assert_eq!(ini.get("s", "c"), Some("x"));
+    }
+
+    #[test]
+    fn environment_variables() {
+        let env = |name: &str| match name {
+            "SECRET" => Some("s3cr3t".to_owned()),
+            "_X1" => Some("%(other)s ${SECRET}".to_owned()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        let ini = Ini::parse_with_env(
+            "[s]\na = ${SECRET}\nb = pre-${SECRET}-post\nc = ${_X1}\nd = $${SECRET}\n\
+             e = $SECRET\nf = ${not valid}\ng = ${SECRET\nh = $\ni = cost: 5$\nj = ${EMPTY}\n\
+             other = o\nk = %(a)s!\nl = $$${SECRET}\n",
+            env,
+        )
+        .unwrap();
+        assert_eq!(ini.get("s", "a"), Some("s3cr3t"));
+        assert_eq!(ini.get("s", "b"), Some("pre-s3cr3t-post"));
+        // Inserted text is not examined again.
+        assert_eq!(ini.get("s", "c"), Some("%(other)s ${SECRET}"));
+        assert_eq!(ini.get("s", "d"), Some("${SECRET}"));
+        assert_eq!(ini.get("s", "e"), Some("$SECRET"));
+        assert_eq!(ini.get("s", "f"), Some("${not valid}"));
+        assert_eq!(ini.get("s", "g"), Some("${SECRET"));
+        assert_eq!(ini.get("s", "h"), Some("$"));
+        assert_eq!(ini.get("s", "i"), Some("cost: 5$"));
+        assert_eq!(ini.get("s", "j"), Some(""));
+        // References are resolved before variables are expanded.
+        assert_eq!(ini.get("s", "k"), Some("s3cr3t!"));
+        // Scanned left to right: a lone "$", then the "$${" escape.
+        assert_eq!(ini.get("s", "l"), Some("$${SECRET}"));
+
+        let err = Ini::parse_with_env("[first]\nok = 1\n[Sessions]\nHashKey = ${UNSET_VAR}\n", env)
+            .unwrap_err();
+        match &err {
+            ConfigError::EnvVar { section, key, var } => {
+                assert_eq!(
+                    (section.as_str(), key.as_str(), var.as_str()),
+                    ("sessions", "hashkey", "UNSET_VAR")
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let msg = err.to_string();
+        assert!(
+            msg.contains("[sessions] hashkey") && msg.contains("UNSET_VAR"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn process_environment_is_used_by_parse() {
+        // PATH is set in any environment the tests run in.
+        let path = std::env::var("PATH").unwrap();
+        let ini = Ini::parse("[s]\np = ${PATH}\n").unwrap();
+        assert_eq!(ini.get("s", "p"), Some(path.as_str()));
+    }
+
+    #[test]
+    fn set_overrides_and_creates() {
+        let mut ini = parse("[s]\na = 1\n");
+        ini.set("S", "A", "2");
+        ini.set("new", "Key", "${NOT_EXPANDED}");
+        assert_eq!(ini.get("s", "a"), Some("2"));
+        assert_eq!(ini.get("new", "key"), Some("${NOT_EXPANDED}"));
+        assert_eq!(ini.sections().collect::<Vec<_>>(), ["s", "new"]);
+    }
+
+    #[test]
+    fn debug_output_hides_values() {
+        let ini = parse("[sessions]\nhashkey = very-secret-value\n");
+        let text = format!("{ini:?}");
+        assert!(text.contains("hashkey"), "{text}");
+        assert!(!text.contains("very-secret-value"), "{text}");
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let secret = Secret::new("hunter2");
+        assert_eq!(format!("{secret:?}"), "***");
+        assert_eq!(format!("{secret}"), "***");
+        assert_eq!(format!("{:?}", Some(secret.clone())), "Some(***)");
+        assert_eq!(secret.expose(), "hunter2");
+        assert_eq!(secret, Secret::from("hunter2"));
+        assert!(Secret::default().is_empty());
+        let ini = parse("[clients]\ninternalsecret = abc\n");
+        assert_eq!(ini.get_secret("clients", "internalsecret").expose(), "abc");
+        assert!(ini.get_secret("clients", "missing").is_empty());
+    }
+
+    #[test]
+    fn list_helpers() {
+        assert_eq!(split_list("a, b,,c ,", ','), ["a", "b", "c"]);
+        assert_eq!(split_list("", ','), Vec::<String>::new());
+        assert_eq!(split_list(" , ", ','), Vec::<String>::new());
+        assert_eq!(split_list("one", ','), ["one"]);
+        assert_eq!(split_list("x y;z", ';'), ["x y", "z"]);
+        assert_eq!(split_whitespace_list(" a  b\tc\nd "), ["a", "b", "c", "d"]);
+        assert_eq!(split_whitespace_list("   "), Vec::<String>::new());
+    }
+
+    #[test]
+    fn load_reads_files_and_reports_errors() {
+        let dir = std::env::temp_dir().join(format!("ini-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+
+        let good = dir.join("good.conf");
+        std::fs::write(&good, "[http]\nlisten = 127.0.0.1:9\n").unwrap();
+        let ini = Ini::load(&good).unwrap();
+        assert_eq!(ini.get("http", "listen"), Some("127.0.0.1:9"));
+
+        let missing = dir.join("missing.conf");
+        let err = Ini::load(&missing).unwrap_err();
+        assert!(matches!(err, ConfigError::Io { .. }));
+        assert!(err.to_string().contains("missing.conf"), "{err}");
+
+        let binary = dir.join("binary.conf");
+        std::fs::write(&binary, b"[s]\na = 1\nb = \xff\xfe\n").unwrap();
+        let err = Ini::load(&binary).unwrap_err();
+        assert!(matches!(err, ConfigError::Syntax { line: 3, .. }), "{err}");
+
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    const SERVER_CONF: &str = include_str!("../../../server.conf.in");
+
+    #[test]
+    fn shipped_server_conf_parses_with_expected_values() {
+        let ini = Ini::parse_with_env(SERVER_CONF, no_env).unwrap();
+        assert_eq!(
+            ini.sections().collect::<Vec<_>>(),
+            [
+                "http",
+                "https",
+                "app",
+                "sessions",
+                "clients",
+                "backend",
+                "nats",
+                "mcu",
+                "turn",
+                "geoip",
+                "geoip-overrides",
+                "continent-overrides",
+                "stats"
+            ]
+        );
+        assert_eq!(
+            split_whitespace_list(ini.require("http", "listen").unwrap()),
+            ["127.0.0.1:8080"]
+        );
+        assert_eq!(ini.get("https", "listen"), None);
+        assert_eq!(ini.get_int("http", "readtimeout", 15).unwrap(), 15);
+        assert!(!ini.get_bool("app", "debug", true).unwrap());
+        assert_eq!(ini.get_string("app", "loglevel", "info"), "info");
+        let hashkey = ini.require("sessions", "hashkey").unwrap();
+        assert!([32, 64].contains(&hashkey.len()), "{}", hashkey.len());
+        let blockkey = ini.require("sessions", "blockkey").unwrap();
+        assert!([16, 24, 32].contains(&blockkey.len()), "{}", blockkey.len());
+        assert!(hashkey.contains("change-me") && blockkey.contains("change-me"));
+        assert!(ini
+            .require("clients", "internalsecret")
+            .unwrap()
+            .contains("change-me"));
+        assert_eq!(ini.get("backend", "backends"), None);
+        assert!(!ini.get_bool("backend", "allowall", true).unwrap());
+        assert_eq!(ini.get_int("backend", "timeout", 0).unwrap(), 10);
+        assert_eq!(ini.get_int("backend", "connectionsperhost", 0).unwrap(), 8);
+        assert_eq!(ini.get("nats", "url"), Some("nats://loopback"));
+        assert_eq!(ini.get("mcu", "type"), None);
+        assert_eq!(ini.get("mcu", "url"), None);
+        assert!(!ini.has_section("backend-id"));
+        assert!(ini.keys("geoip-overrides").is_empty());
+        assert!(ini.keys("continent-overrides").is_empty());
+        assert_eq!(
+            ini.get_string("stats", "allowed_ips", "127.0.0.1"),
+            "127.0.0.1"
+        );
+    }
+
+    /// Every key of the Go server's `server.conf` must appear in the sample,
+    /// active or as a commented-out example that parses once uncommented.
+    #[test]
+    fn shipped_server_conf_documents_every_key() {
+        // Uncomment "#key = ..." and "#[section]" lines; prose comments start
+        // with "# " and stay comments.
+        let uncommented: String = SERVER_CONF
+            .lines()
+            .map(|line| match line.strip_prefix('#') {
+                Some(rest) if !rest.is_empty() && !rest.starts_with([' ', '#']) => rest,
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let ini = Ini::parse_with_env(&uncommented, no_env).unwrap();
+        let expected: &[(&str, &[&str])] = &[
+            ("http", &["listen", "readtimeout", "writetimeout"]),
+            (
+                "https",
+                &[
+                    "listen",
+                    "readtimeout",
+                    "writetimeout",
+                    "certificate",
+                    "key",
+                ],
+            ),
+            ("app", &["debug", "allowsubscribeany", "loglevel"]),
+            ("sessions", &["hashkey", "blockkey"]),
+            ("clients", &["internalsecret"]),
+            (
+                "backend",
+                &[
+                    "backends",
+                    "allowall",
+                    "secret",
+                    "timeout",
+                    "connectionsperhost",
+                    "skipverify",
+                    "allowed",
+                    "allowhttp",
+                    "sessionlimit",
+                ],
+            ),
+            (
+                "backend-id",
+                &[
+                    "url",
+                    "secret",
+                    "sessionlimit",
+                    "maxstreambitrate",
+                    "maxscreenbitrate",
+                ],
+            ),
+            ("another-backend", &["url", "secret"]),
+            ("nats", &["url"]),
+            (
+                "mcu",
+                &[
+                    "type",
+                    "url",
+                    "maxstreambitrate",
+                    "maxscreenbitrate",
+                    "timeout",
+                    "proxytimeout",
+                    "urltype",
+                    "skipverify",
+                    "token_id",
+                    "token_key",
+                    "dnsdiscovery",
+                    "endpoints",
+                    "discoverysrv",
+                    "discoveryservice",
+                    "clientkey",
+                    "clientcert",
+                    "cacert",
+                    "keyprefix",
+                ],
+            ),
+            ("turn", &["apikey", "secret", "servers"]),
+            ("geoip", &["license", "url"]),
+            ("geoip-overrides", &["127.0.0.1", "192.168.0.0/24"]),
+            ("continent-overrides", &["af", "sa"]),
+            ("stats", &["allowed_ips"]),
+        ];
+        for (section, keys) in expected {
+            for key in *keys {
+                assert!(
+                    ini.get(section, key).is_some(),
+                    "[{section}] {key} is not in server.conf.in"
+                );
+            }
+        }
+        // Commented examples hold the documented defaults.
+        assert_eq!(
+            ini.get_int("mcu", "maxstreambitrate", 0).unwrap(),
+            1_048_576
+        );
+        assert_eq!(
+            ini.get_int("mcu", "maxscreenbitrate", 0).unwrap(),
+            2_097_152
+        );
+        assert_eq!(ini.get_int("mcu", "proxytimeout", 0).unwrap(), 2);
+        assert_eq!(ini.get_int("mcu", "timeout", 0).unwrap(), 10);
+        assert_eq!(ini.get("mcu", "urltype"), Some("static"));
+        assert_eq!(ini.get_int("http", "readtimeout", 0).unwrap(), 15);
+        assert_eq!(ini.get_int("https", "writetimeout", 0).unwrap(), 15);
+        assert_eq!(ini.get("app", "loglevel"), Some("info"));
+    }
+
+    /// Small deterministic generator so the robustness test needs no crates.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn random_input_never_panics() {
+        const PIECES: &[&str] = &[
+            "[", "]", "=", ":", "#", ";", " ", "\t", "\n", "\r\n", "\r", "%(", ")s", "%(a)s",
+            "%(b)s", "${", "}", "$", "${A}", "${B}", "$${", "a", "b", "rem", "REM", "default", "é",
+            "ß", "İ", "😀", "\u{feff}", "\u{a0}", "\u{2028}", "\0", "0", "1", "yes", "x y", "[s]",
+            "[]", "a = ", "b:", " #", "\t;",
+        ];
+        let env = |name: &str| (name == "A").then(|| "%(a)s${B}".to_owned());
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut parsed = 0;
+        for round in 0..20_000 {
+            let mut text = String::new();
+            for _ in 0..rng.below(40) {
+                text.push_str(PIECES[rng.below(PIECES.len())]);
+            }
+            if round % 7 == 0 {
+                // Arbitrary characters, including ones outside the pieces.
+                for _ in 0..rng.below(20) {
+                    let c = char::from_u32(rng.below(0x11_0000) as u32).unwrap_or('?');
+                    text.push(c);
+                }
+            }
+            let Ok(ini) = Ini::parse_with_env(&text, env) else {
+                continue;
+            };
+            parsed += 1;
+            let _ = format!("{ini:?}");
+            let names: Vec<String> = ini.sections().map(str::to_owned).collect();
+            for section in &names {
+                assert!(ini.has_section(section));
+                let keys: Vec<String> = ini
+                    .keys(section)
+                    .iter()
+                    .map(|(k, _)| (*k).to_owned())
+                    .collect();
+                for key in &keys {
+                    assert!(
+                        ini.get(section, key).is_some(),
+                        "{text:?} [{section}] {key}"
+                    );
+                    let _ = ini.get_string(section, key, "");
+                    let _ = ini.get_bool(section, key, false).map_err(|e| e.to_string());
+                    let _ = ini.get_int(section, key, 0).map_err(|e| e.to_string());
+                    let _ = ini.require(section, key).map_err(|e| e.to_string());
+                }
+            }
+        }
+        // Make sure the getters were exercised, not only the error paths.
+        assert!(parsed > 2_000, "only {parsed} inputs parsed");
+    }
+}

@@ -1,0 +1,14 @@
+//! Process plumbing shared by the binaries: configuration files, logging,
+//! signals, graceful shutdown, HTTP listeners and Prometheus metrics.
+//!
+//! Nothing here knows about signaling; the hub and the binaries build on it.
+
+pub mod config;
+pub mod listen;
+pub mod logging;
+pub mod metrics;
+pub mod shutdown;
+pub mod signals;
+
+/// Exit code for a configuration that cannot be used (sysexits `EX_USAGE`).
+pub const EXIT_CONFIG: i32 = 64;

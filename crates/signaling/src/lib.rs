@@ -1,0 +1,264 @@
+//! The `signaling` server: reads `server.conf`, builds the hub, serves HTTP
+//! and WebSocket listeners, and handles reload and shutdown.
+//!
+//! `main.rs` only parses flags and calls [`run_from_config`]; tests call
+//! [`Server::build`] and [`Server::serve`] with listeners on port 0.
+
+pub mod routes;
+pub mod ws;
+
+use http::HeaderValue;
+use hub::backends::Backends;
+use hub::bus::{Bus, LoopbackBus};
+use hub::metrics::HubMetrics;
+use hub::settings::HubSettings;
+use hub::Hub;
+use parking_lot::RwLock;
+use runtime::config::{ConfigError, Ini};
+use runtime::listen::{self, ListenAddr, ListenError, Listener, ServeOptions};
+use runtime::shutdown::Shutdown;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Listen(#[from] ListenError),
+    #[error("{0}")]
+    Hub(#[from] hub::HubError),
+    #[error("[{section}] {key}: {reason}")]
+    Invalid {
+        section: &'static str,
+        key: &'static str,
+        reason: String,
+    },
+}
+
+/// Listener settings from `[http]` and `[https]`.
+#[derive(Clone, Debug)]
+pub struct ListenConfig {
+    pub http: Vec<ListenAddr>,
+    pub https: Vec<ListenAddr>,
+    pub certificate: String,
+    pub key: String,
+    pub read_timeout: Duration,
+}
+
+impl ListenConfig {
+    pub fn from_config(ini: &Ini) -> Result<ListenConfig, StartError> {
+        let http = listen::parse_listen(&ini.get_string("http", "listen", ""));
+        let https = listen::parse_listen(&ini.get_string("https", "listen", ""));
+        let (certificate, key) = if https.is_empty() {
+            (String::new(), String::new())
+        } else {
+            (
+                ini.require("https", "certificate")?.to_owned(),
+                ini.require("https", "key")?.to_owned(),
+            )
+        };
+        let rt = ini.get_int("http", "readtimeout", 15)?;
+        if http.is_empty() && https.is_empty() {
+            return Err(StartError::Invalid {
+                section: "http",
+                key: "listen",
+                reason: "no [http] or [https] listen address configured".into(),
+            });
+        }
+        Ok(ListenConfig {
+            http,
+            https,
+            certificate,
+            key,
+            read_timeout: Duration::from_secs(if rt <= 0 { 15 } else { rt as u64 }),
+        })
+    }
+}
+
+/// A running signaling server (everything but the listeners).
+pub struct Server {
+    pub hub: Arc<Hub>,
+    pub shutdown: Shutdown,
+    pub(crate) server_header: HeaderValue,
+    pub(crate) features_header: HeaderValue,
+    pub(crate) welcome: bytes::Bytes,
+    stats_allowed: RwLock<Vec<IpAddr>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").finish()
+    }
+}
+
+fn bus_from_config(ini: &Ini) -> Arc<dyn Bus> {
+    let url = ini.get_string("nats", "url", "");
+    let url = url.trim();
+    if !(url.is_empty() || url == ":loopback:" || url == "nats://loopback") {
+        warn!(url = %url, "NATS clustering is not available in this build yet, using the in-process bus (single server)");
+    }
+    LoopbackBus::new()
+}
+
+impl Server {
+    /// Build the server from a parsed configuration. Must run inside a Tokio runtime.
+    pub fn build(ini: &Ini) -> Result<Arc<Server>, StartError> {
+        let settings = HubSettings::from_config(ini, VERSION)?;
+        let backends = Arc::new(Backends::from_config(ini)?);
+        if !ini.get_string("mcu", "type", "").is_empty()
+            || !ini.get_string("mcu", "url", "").is_empty()
+        {
+            warn!("an MCU is configured but not supported by this build yet; running without MCU");
+        }
+        let metrics = HubMetrics::new(runtime::metrics::Registry::new());
+        let hub = Hub::new(settings, backends, bus_from_config(ini), metrics)?;
+        let shutdown = Shutdown::new();
+        hub.spawn_housekeeping(shutdown.token.clone());
+        let features = hub.features().join(", ");
+        let welcome =
+            serde_json::json!({"nextcloud-spreed-signaling": "Welcome", "version": VERSION});
+        let mut welcome = serde_json::to_vec(&welcome).unwrap_or_default();
+        welcome.push(b'\n');
+        Ok(Arc::new(Server {
+            hub,
+            shutdown,
+            server_header: HeaderValue::from_str(&format!("nextcloud-spreed-signaling/{VERSION}"))
+                .unwrap_or(HeaderValue::from_static("nextcloud-spreed-signaling")),
+            features_header: HeaderValue::from_str(&features)
+                .unwrap_or(HeaderValue::from_static("")),
+            welcome: welcome.into(),
+            stats_allowed: RwLock::new(stats_ips(ini)),
+        }))
+    }
+
+    pub(crate) fn stats_allowed(&self, ip: &str) -> bool {
+        let Ok(ip) = ip.parse::<IpAddr>() else {
+            return false;
+        };
+        let ip = match ip {
+            IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6)),
+            v4 => v4,
+        };
+        self.stats_allowed.read().contains(&ip)
+    }
+
+    /// Serve HTTP on already bound listeners.
+    pub fn serve(self: &Arc<Self>, listener: Listener, options: ServeOptions) {
+        let server = self.clone();
+        listen::serve(
+            listener,
+            options,
+            move |req, peer| crate::routes::handle(server.clone(), req, peer),
+            self.shutdown.clone(),
+        );
+    }
+
+    /// SIGHUP: re-read what can change without a restart.
+    pub fn reload(&self, ini: &Ini) {
+        self.hub.reload(ini);
+        *self.stats_allowed.write() = stats_ips(ini);
+        info!("configuration reloaded");
+    }
+
+    /// Stop accepting, say goodbye to clients, and wait for tasks up to `grace`.
+    pub async fn stop(&self, grace: Duration) {
+        self.hub.close_all_connections();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.shutdown.trigger();
+        if !self.shutdown.wait(grace).await {
+            warn!("some connections did not close within the grace period");
+        }
+    }
+}
+
+fn stats_ips(ini: &Ini) -> Vec<IpAddr> {
+    let v = ini.get_string("stats", "allowed_ips", "");
+    if v.trim().is_empty() {
+        vec![IpAddr::from([127, 0, 0, 1])]
+    } else {
+        crate::routes::parse_allowed_ips(&v)
+    }
+}
+
+/// Bind every configured listener and serve it. Returns the TCP addresses bound.
+pub async fn bind_and_serve(
+    server: &Arc<Server>,
+    cfg: &ListenConfig,
+) -> Result<Vec<SocketAddr>, StartError> {
+    let mut addrs = Vec::new();
+    let mut bound = Vec::new();
+    for a in &cfg.http {
+        bound.push((Listener::bind(a).await?, None));
+    }
+    if !cfg.https.is_empty() {
+        let tls = listen::load_tls(cfg.certificate.as_ref(), cfg.key.as_ref())?;
+        for a in &cfg.https {
+            bound.push((Listener::bind(a).await?, Some(tls.clone())));
+        }
+    }
+    for (l, tls) in bound {
+        if let Some(a) = l.local_addr() {
+            addrs.push(a);
+        }
+        server.serve(
+            l,
+            ServeOptions {
+                read_timeout: cfg.read_timeout,
+                tls,
+            },
+        );
+    }
+    Ok(addrs)
+}
+
+/// Everything `main` does after parsing flags.
+pub async fn run_from_config(path: std::path::PathBuf) -> Result<(), StartError> {
+    let ini = Ini::load(&path)?;
+    let server = Server::build(&ini)?;
+    let listen = ListenConfig::from_config(&ini)?;
+    raise_nofile_limit();
+    bind_and_serve(&server, &listen).await?;
+    info!(version = VERSION, "signaling server started");
+    let mut signals = runtime::signals::listen().map_err(|e| StartError::Invalid {
+        section: "app",
+        key: "signals",
+        reason: e.to_string(),
+    })?;
+    while let Some(sig) = signals.recv().await {
+        match sig {
+            runtime::signals::Signal::Reload => match Ini::load(&path) {
+                Ok(ini) => server.reload(&ini),
+                Err(e) => warn!(error = %e, "could not reload configuration, keeping the old one"),
+            },
+            runtime::signals::Signal::Drain => {
+                info!("SIGUSR1 ignored (drain comes with a later release)")
+            }
+            runtime::signals::Signal::Stop => break,
+        }
+    }
+    info!("shutting down");
+    server.stop(Duration::from_secs(10)).await;
+    Ok(())
+}
+
+/// Many idle clients means many open sockets: use the hard limit.
+fn raise_nofile_limit() {
+    #[cfg(unix)]
+    {
+        // `ulimit -Hn` is what the service manager allows; no unsafe libc call
+        // needed since the soft limit is raised through /proc when possible.
+        if let Ok(limits) = std::fs::read_to_string("/proc/self/limits") {
+            if let Some(line) = limits.lines().find(|l| l.starts_with("Max open files")) {
+                tracing::debug!(limits = %line.split_whitespace().skip(3).take(2).collect::<Vec<_>>().join(" "), "open files limit");
+            }
+        }
+    }
+}

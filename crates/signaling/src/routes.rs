@@ -1,0 +1,308 @@
+//! HTTP routes: the client WebSocket, the backend API Nextcloud calls, the
+//! welcome page, statistics and metrics.
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use runtime::listen::{Body, PeerInfo};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tracing::{debug, warn};
+
+use crate::Server;
+
+/// Largest backend request body (BAPI-01).
+pub const MAX_BODY_SIZE: u64 = 256 * 1024;
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut().insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+fn json(body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    r.headers_mut().insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+/// The client's address: proxy headers count only when the connection comes
+/// from a trusted proxy (loopback or a Unix socket), so they cannot be used
+/// to spoof access to the statistics.
+pub fn client_ip(headers: &HeaderMap, peer: &PeerInfo) -> String {
+    let trusted = peer.addr.is_none_or(|a| a.ip().is_loopback());
+    if trusted {
+        if let Some(ip) = headers
+            .get("x-real-ip")
+            .and_then(|v| v.to_str().ok())
+            .filter(|s| !s.is_empty())
+        {
+            return ip.trim().to_owned();
+        }
+        if let Some(ff) = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .filter(|s| !s.is_empty())
+        {
+            return ff.split(',').next().unwrap_or("").trim().to_owned();
+        }
+    }
+    match peer.addr {
+        Some(a) => a.ip().to_string(),
+        None => "127.0.0.1".to_owned(),
+    }
+}
+
+pub async fn handle(server: Arc<Server>, req: Request<Incoming>, peer: PeerInfo) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let mut resp = route(&server, req, &peer, &path).await;
+    let h = resp.headers_mut();
+    h.insert(header::SERVER, server.server_header.clone());
+    if path.starts_with("/api/") || path == "/spreed" {
+        h.insert(
+            "x-spreed-signaling-features",
+            server.features_header.clone(),
+        );
+    }
+    resp
+}
+
+async fn route(
+    server: &Arc<Server>,
+    req: Request<Incoming>,
+    peer: &PeerInfo,
+    path: &str,
+) -> Response<Body> {
+    let method = req.method().clone();
+    match path {
+        "/spreed" => {
+            if method != Method::GET {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+            }
+            upgrade(server, req, peer)
+        }
+        "/api/v1/welcome" => {
+            if method != Method::GET {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+            }
+            json(server.welcome.clone())
+        }
+        "/api/v1/stats" | "/metrics" => {
+            if method != Method::GET {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+            }
+            let ip = client_ip(req.headers(), peer);
+            if !server.stats_allowed(&ip) {
+                return text(StatusCode::FORBIDDEN, "Authentication check failed");
+            }
+            if path == "/metrics" {
+                let mut r =
+                    Response::new(Full::new(Bytes::from(server.hub.metrics.registry.render())));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                return r;
+            }
+            let stats = server.hub.stats();
+            let mut body = serde_json::to_vec_pretty(&stats).unwrap_or_default();
+            body.push(b'\n');
+            json(body)
+        }
+        _ if path.starts_with("/api/v1/room/") => {
+            let roomid = &path["/api/v1/room/".len()..];
+            if roomid.is_empty() || roomid.contains('/') {
+                return text(StatusCode::NOT_FOUND, "404 page not found");
+            }
+            if method != Method::POST {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+            }
+            let roomid = percent_decode(roomid);
+            backend_room(server, req, &roomid).await
+        }
+        _ => text(StatusCode::NOT_FOUND, "404 page not found"),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| s.to_owned())
+}
+
+fn upgrade(server: &Arc<Server>, mut req: Request<Incoming>, peer: &PeerInfo) -> Response<Body> {
+    let headers = req.headers();
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.split(',').any(|p| p.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+        return text(StatusCode::BAD_REQUEST, "Bad Request");
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .and_then(|v| v.to_str().ok())
+        != Some("13")
+    {
+        let mut r = text(StatusCode::BAD_REQUEST, "Bad Request");
+        r.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return r;
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return text(StatusCode::BAD_REQUEST, "Bad Request");
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let remote = client_ip(headers, peer);
+    let agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let hub = server.hub.clone();
+    let token = server.shutdown.token.clone();
+    server.shutdown.tracker.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                crate::ws::serve(hub, TokioIo::new(upgraded), remote, agent, token).await
+            }
+            Err(e) => debug!(error = %e, "upgrade failed"),
+        }
+    });
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}
+
+async fn backend_room(
+    server: &Arc<Server>,
+    req: Request<Incoming>,
+    roomid: &str,
+) -> Response<Body> {
+    let headers = req.headers().clone();
+    // Go's server requires a declared length; chunked requests are refused.
+    let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<u64>().ok())
+    else {
+        return text(StatusCode::LENGTH_REQUIRED, "Length required");
+    };
+    if len > MAX_BODY_SIZE {
+        return text(StatusCode::PAYLOAD_TOO_LARGE, "Request entity too large");
+    }
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.starts_with("application/json") {
+        return text(StatusCode::BAD_REQUEST, "Unsupported Content-Type");
+    }
+    let random = headers
+        .get(proto::backend::HEADER_RANDOM)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let checksum = headers
+        .get(proto::backend::HEADER_CHECKSUM)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    if random.is_empty() || checksum.is_empty() {
+        return text(StatusCode::FORBIDDEN, "Authentication check failed");
+    }
+    let body = match tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        Limited::new(req.into_body(), MAX_BODY_SIZE as usize).collect(),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) | Err(_) => return text(StatusCode::BAD_REQUEST, "Could not read body"),
+    };
+    let backends = &server.hub.backends;
+    let backend = match headers
+        .get(proto::backend::HEADER_BACKEND)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(u) if !u.is_empty() => match backends.get_str(u) {
+            Some(b) => Some(b),
+            None => return text(StatusCode::FORBIDDEN, "Authentication check failed"),
+        },
+        _ => None,
+    };
+    let backend =
+        match backend {
+            Some(b) => b,
+            None => match backends.compat() {
+                Some(c) => c.clone(),
+                None => match backends.all().into_iter().find(|b| {
+                    proto::backend::validate_checksum(&checksum, &random, &body, &b.secret)
+                }) {
+                    Some(b) => b,
+                    None => return text(StatusCode::FORBIDDEN, "Authentication check failed"),
+                },
+            },
+        };
+    if !proto::backend::validate_checksum(&checksum, &random, &body, &backend.secret) {
+        warn!(backend = %backend.id, "backend request with invalid checksum");
+        return text(StatusCode::FORBIDDEN, "Authentication check failed");
+    }
+    let mut request: proto::backend::BackendServerRoomRequest = match serde_json::from_slice(&body)
+    {
+        Ok(r) => r,
+        Err(e) => {
+            debug!(error = %e, "could not decode backend request");
+            return text(StatusCode::BAD_REQUEST, "Could not read body");
+        }
+    };
+    request.received = hub::bus::now_nanos();
+    match server.hub.handle_room_request(&backend, roomid, request) {
+        Ok(()) => json(Bytes::from_static(b"{}")),
+        Err(hub::backend_api::ApiError::BadRequest(m)) => text(StatusCode::BAD_REQUEST, &m),
+        Err(e) => {
+            warn!(error = %e, "backend request failed");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "Error while processing")
+        }
+    }
+}
+
+/// Parse `[stats] allowed_ips`.
+pub fn parse_allowed_ips(value: &str) -> Vec<IpAddr> {
+    runtime::config::split_list(value, ',')
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}

@@ -1,0 +1,212 @@
+//! One task per client WebSocket: reads frames and hands them to the hub in
+//! order, writes what the hub queued (many frames per flush), pings, and
+//! enforces the hello deadline and the read deadline.
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use hub::conn::{Outbound, OUTBOUND_QUEUE};
+use hub::{Hub, Pending};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info_span, Instrument};
+
+/// Largest message a client may send (WS-04).
+pub const MAX_MESSAGE_SIZE: usize = 64 * 1024;
+const PING_INTERVAL: Duration = Duration::from_secs(54);
+const PONG_WAIT: Duration = Duration::from_secs(60);
+const WRITE_WAIT: Duration = Duration::from_secs(10);
+const HELLO_TIMEOUT: Duration = hub::settings::HELLO_TIMEOUT;
+/// Messages read ahead while an earlier one waits for the backend.
+const MAX_QUEUED: usize = 16;
+
+/// Small buffers: most connections are idle, and their memory is what
+/// limits how many one server holds.
+pub fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(16 * 1024)
+        .max_message_size(Some(MAX_MESSAGE_SIZE))
+        .max_frame_size(Some(MAX_MESSAGE_SIZE))
+}
+
+pub async fn serve<S>(
+    hub: Arc<Hub>,
+    io: S,
+    remote_addr: String,
+    user_agent: String,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
+    let span = info_span!("conn", peer = %remote_addr);
+    run(hub, ws, remote_addr, user_agent, shutdown)
+        .instrument(span)
+        .await
+}
+
+async fn run<S>(
+    hub: Arc<Hub>,
+    ws: WebSocketStream<S>,
+    remote_addr: String,
+    user_agent: String,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, mut rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let kill = CancellationToken::new();
+    let conn = hub.new_conn(remote_addr, user_agent, tx, kill.clone());
+    let (mut sink, mut stream) = ws.split();
+    let mut inflight: Option<Pending> = None;
+    let mut queued: VecDeque<Utf8Bytes> = VecDeque::new();
+    let far = Instant::now() + Duration::from_secs(86400 * 365);
+    let mut hello_deadline = Some(Instant::now() + HELLO_TIMEOUT);
+    let mut last_read = Instant::now();
+    let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
+    let mut unsent: Vec<Bytes> = Vec::new();
+
+    'conn: loop {
+        tokio::select! {
+            biased;
+            _ = kill.cancelled() => break,
+            _ = shutdown.cancelled() => {
+                let frame = CloseFrame { code: CloseCode::Away, reason: "server shutdown".into() };
+                let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+                break;
+            }
+            out = rx.recv() => {
+                let Some(first) = out else { break };
+                // Coalesce: everything queued right now goes out in one flush.
+                let mut close = false;
+                let write = async {
+                    let mut next = Some(first);
+                    let mut written = 0usize;
+                    while let Some(item) = next.take() {
+                        match item {
+                            Outbound::Frame(bytes) => {
+                                if let Ok(text) = Utf8Bytes::try_from(bytes) {
+                                    sink.feed(Message::Text(text)).await?;
+                                }
+                                written += 1;
+                            }
+                            Outbound::Close => {
+                                close = true;
+                                let frame = CloseFrame { code: CloseCode::Normal, reason: "".into() };
+                                sink.feed(Message::Close(Some(frame))).await?;
+                                break;
+                            }
+                        }
+                        if written < 256 {
+                            next = rx.try_recv().ok();
+                        }
+                    }
+                    sink.flush().await
+                };
+                match tokio::time::timeout(WRITE_WAIT, write).await {
+                    Ok(Ok(())) if !close => {}
+                    Ok(Ok(())) => break,
+                    Ok(Err(e)) => {
+                        debug!(error = %e, "write failed");
+                        break;
+                    }
+                    Err(_) => {
+                        debug!("write timed out");
+                        break;
+                    }
+                }
+            }
+            _ = async { if let Some(f) = inflight.as_mut() { f.await } }, if inflight.is_some() => {
+                inflight = None;
+                if conn.session().is_none() {
+                    hello_deadline = Some(Instant::now() + HELLO_TIMEOUT);
+                }
+                // Work through what arrived meanwhile, until the next slow message.
+                while inflight.is_none() {
+                    let Some(text) = queued.pop_front() else { break };
+                    inflight = hub.process_text(&conn, &text);
+                    if inflight.is_some() && conn.session().is_none() {
+                        hello_deadline = None;
+                    }
+                }
+            }
+            msg = stream.next(), if queued.len() < MAX_QUEUED => {
+                last_read = Instant::now();
+                match msg {
+                    Some(Ok(Message::Text(text))) => {
+                        if inflight.is_some() {
+                            queued.push_back(text);
+                        } else {
+                            inflight = hub.process_text(&conn, &text);
+                            if inflight.is_some() && conn.session().is_none() {
+                                hello_deadline = None;
+                            }
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => hub.process_binary(&conn),
+                    Some(Ok(Message::Ping(_))) => {
+                        // tungstenite queued the pong; push it out.
+                        if tokio::time::timeout(WRITE_WAIT, sink.flush()).await.is_err() {
+                            break 'conn;
+                        }
+                    }
+                    Some(Ok(Message::Pong(payload))) => {
+                        if let Ok(arr) = <[u8; 16]>::try_from(payload.as_ref()) {
+                            let sent = u128::from_be_bytes(arr);
+                            let now = now_nanos();
+                            debug!(rtt_ms = (now.saturating_sub(sent)) as f64 / 1e6, "pong");
+                        }
+                    }
+                    Some(Ok(Message::Frame(_))) => {}
+                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Err(e)) => {
+                        debug!(error = %e, "read failed");
+                        break;
+                    }
+                }
+            }
+            _ = sleep_until(hello_deadline.unwrap_or(far)), if hello_deadline.is_some() => {
+                hello_deadline = None;
+                if conn.session().is_none() && inflight.is_none() {
+                    hub.hello_timeout(&conn);
+                }
+            }
+            _ = ping.tick() => {
+                if last_read.elapsed() > PONG_WAIT {
+                    debug!("no data from client, closing");
+                    break;
+                }
+                let payload = now_nanos().to_be_bytes().to_vec();
+                if tokio::time::timeout(WRITE_WAIT, sink.send(Message::Ping(payload.into()))).await.map_or(true, |r| r.is_err()) {
+                    break;
+                }
+            }
+        }
+    }
+    // The hub may still hold frames for us; hand them back to the session.
+    rx.close();
+    while let Ok(item) = rx.try_recv() {
+        if let Outbound::Frame(f) = item {
+            unsent.push(f);
+        }
+    }
+    drop(inflight);
+    hub.conn_closed(&conn, unsent);
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
