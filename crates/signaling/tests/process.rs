@@ -1,0 +1,219 @@
+//! The `signaling` binary as an operator runs it: flags, configuration
+//! errors (exit code 64), signals (SIGTERM shutdown, SIGHUP reload).
+mod common;
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_signaling");
+
+fn write_config(dir: &TempDir, text: &str) -> std::path::PathBuf {
+    let path = dir.join("server.conf");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run_to_exit(config: &std::path::Path) -> (i32, String) {
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+/// HTTP-04: `--version` prints the version and exits 0.
+#[test]
+fn http_04_version_flag() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(signaling::VERSION), "{text}");
+    // Go-style single dash works too.
+    assert!(Command::new(BIN)
+        .arg("-version")
+        .output()
+        .unwrap()
+        .status
+        .success());
+}
+
+/// A missing config file stops start-up with exit code 64 and names the file.
+#[test]
+fn config_missing_file_exits_64() {
+    let (code, err) = run_to_exit(std::path::Path::new("/nonexistent/server.conf"));
+    assert_eq!(code, 64);
+    assert!(err.contains("/nonexistent/server.conf"), "{err}");
+}
+
+/// Invalid values that matter stop start-up with 64 and name section and key.
+#[test]
+fn config_errors_name_section_and_key() {
+    let dir = TempDir::new("sig-cfg").unwrap();
+    let base = "[http]\nlisten = 127.0.0.1:0\n[backend]\nallowall = true\nsecret = x\n";
+    for (extra, needle) in [
+        (
+            "[sessions]\nhashkey = 0123456789abcdef0123456789abcdef\nblockkey = short\n",
+            "[sessions] blockkey",
+        ),
+        (
+            "[sessions]\nblockkey = 0123456789abcdef\n",
+            "[sessions] hashkey",
+        ),
+        (
+            "[sessions]\nhashkey = 0123456789abcdef0123456789abcdef\n[backend]\ntimeout = soon\n",
+            "[backend] timeout",
+        ),
+    ] {
+        let path = write_config(&dir, &format!("{base}{extra}"));
+        let (code, err) = run_to_exit(&path);
+        assert_eq!(code, 64, "{extra}: {err}");
+        assert!(err.contains(needle), "expected {needle:?} in {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let path = write_config(&dir, &format!("[sessions]\nhashkey = {HASH_KEY}\n"));
+    let (code, err) = run_to_exit(&path);
+    assert_eq!(code, 64);
+    assert!(err.contains("[http] listen"), "{err}");
+}
+
+struct Running {
+    child: ChildGuard,
+    addr: String,
+}
+
+async fn start_binary(config: &std::path::Path, port: u16, log: &std::path::Path) -> Running {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config").arg(config).env("RUST_LOG", "info");
+    let mut child = ChildGuard::spawn("signaling", &mut cmd, Some(log)).unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    wait_for_port(
+        addr.parse().unwrap(),
+        Duration::from_secs(10),
+        Some(&mut child),
+    )
+    .await
+    .unwrap();
+    Running { child, addr }
+}
+
+/// The shipped `server.conf.in` starts as it is (only the port is changed so
+/// tests can run in parallel) and serves the welcome page.
+#[tokio::test]
+async fn shipped_config_starts() {
+    let dir = TempDir::new("sig-shipped").unwrap();
+    let port = free_port();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../server.conf.in"))
+            .unwrap();
+    assert!(
+        text.contains("listen = 127.0.0.1:8080"),
+        "shipped config listens on 127.0.0.1:8080"
+    );
+    let path = write_config(
+        &dir,
+        &text.replace("127.0.0.1:8080", &format!("127.0.0.1:{port}")),
+    );
+    let run = start_binary(&path, port, &dir.join("log")).await;
+    let resp = RawRequest::get(&format!("http://{}/api/v1/welcome", run.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.json()["nextcloud-spreed-signaling"], "Welcome");
+}
+
+/// SIGTERM: clients get a close frame and the process exits cleanly.
+#[tokio::test]
+async fn sigterm_closes_clients_and_exits() {
+    let dir = TempDir::new("sig-term").unwrap();
+    let backend = FakeBackend::start(SECRET).await;
+    let port = free_port();
+    let text = config_for(&backend.url(), "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let path = write_config(&dir, &text);
+    let mut run = start_binary(&path, port, &dir.join("log")).await;
+    let mut client = TestClient::connect(&format!("ws://{}/spreed", run.addr)).await;
+    client.hello_user(&backend.backend_url(), "alice").await;
+    signal(run.child.id().unwrap(), "TERM");
+    client.expect_closed(Duration::from_secs(5)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = run.child.exited() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit after SIGTERM: {}",
+            run.child.log_tail(2000)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        status.contains("exit status: 0") || status.contains("code: 0") || status == "0",
+        "exit: {status}"
+    );
+}
+
+/// BCFG-06 / HTTP-05: SIGHUP re-reads the backends without dropping clients.
+#[tokio::test]
+async fn sighup_reloads_backends_without_dropping_clients() {
+    let dir = TempDir::new("sig-hup").unwrap();
+    let b1 = FakeBackend::start(SECRET).await;
+    let b2 = FakeBackend::start("second-secret").await;
+    let port = free_port();
+    let text = config_for(&b1.url(), "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let path = write_config(&dir, &text);
+    let run = start_binary(&path, port, &dir.join("log")).await;
+    let url = format!("ws://{}/spreed", run.addr);
+
+    let mut alice = TestClient::connect(&url).await;
+    alice.hello_user(&b1.backend_url(), "alice").await;
+
+    let mut bob = TestClient::connect(&url).await;
+    let reply = bob
+        .hello_v1(&b2.backend_url(), json!({"userid": "bob", "ticket": "t"}))
+        .await;
+    assert_eq!(reply["error"]["code"], "invalid_backend", "{reply}");
+
+    let reloaded = text.replace("backends = backend1", "backends = backend1, backend2")
+        + &format!("[backend2]\nurl = {}\nsecret = second-secret\n", b2.url());
+    std::fs::write(&path, reloaded).unwrap();
+    signal(run.child.id().unwrap(), "HUP");
+
+    let ok = eventually(Duration::from_secs(5), || {
+        let url = url.clone();
+        let b2_url = b2.backend_url();
+        async move {
+            let mut c = TestClient::connect(&url).await;
+            let r = c
+                .hello_v1(&b2_url, json!({"userid": "bob", "ticket": "t"}))
+                .await;
+            r["type"] == "hello"
+        }
+    })
+    .await;
+    assert!(ok, "backend2 not accepted after SIGHUP");
+    // alice was not disturbed
+    let alice_id = alice.session_id().unwrap().to_owned();
+    let mut carol = TestClient::connect(&url).await;
+    carol.hello_user(&b1.backend_url(), "carol").await;
+    carol
+        .send_message(recipient_session(&alice_id), json!("still there?"))
+        .await;
+    let m = alice.expect_type("message").await;
+    assert_eq!(m["message"]["data"], "still there?");
+}
