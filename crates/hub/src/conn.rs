@@ -142,6 +142,28 @@ impl Conn {
         }
     }
 
+    /// Queue a frame if there is room; hands it back when the queue is full
+    /// (the caller keeps it as backlog) or the connection is gone.
+    pub fn offer(&self, frame: Bytes) -> Result<(), Bytes> {
+        if !self.is_connected() {
+            return Err(frame);
+        }
+        match self.tx.try_send(Outbound::Frame(frame)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(Outbound::Frame(f)))
+            | Err(mpsc::error::TrySendError::Closed(Outbound::Frame(f))) => Err(f),
+            Err(_) => Err(Bytes::new()),
+        }
+    }
+
+    /// Cut the connection because the client does not keep up.
+    pub fn overflow(&self) {
+        if !self.overflowed.swap(true, Ordering::Relaxed) {
+            tracing::warn!(conn = self.id, peer = %self.remote_addr, "client does not read fast enough, disconnecting");
+        }
+        self.kill.cancel();
+    }
+
     /// Queue a frame, then a close.
     pub fn send_and_close(&self, frame: Bytes) {
         if self.send(frame) && self.tx.try_send(Outbound::Close).is_err() {

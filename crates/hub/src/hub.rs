@@ -299,6 +299,7 @@ impl Hub {
     /// The connection ended (socket closed or killed). The session stays
     /// resumable for a while; frames the connection had not written are kept.
     pub fn conn_closed(&self, conn: &Arc<Conn>, unsent: Vec<Bytes>) {
+        conn.kill();
         self.metrics.connections.dec();
         if conn.overflowed() {
             self.metrics.queue_overflows.inc();
@@ -323,6 +324,13 @@ impl Hub {
     /// The connection did not send a hello in time.
     pub fn hello_timeout(&self, conn: &Arc<Conn>) {
         conn.send_and_close(OutMsg::new(ServerMessage::bye("hello_timeout")).frame());
+    }
+
+    /// The connection's queue drained: pull in the session's backlog.
+    pub fn refill(&self, conn: &Arc<Conn>) {
+        if let Some(s) = conn.session() {
+            s.refill(conn);
+        }
     }
 
     /// A binary frame: not part of the protocol.

@@ -16,7 +16,7 @@ use crate::backends::Backend;
 use crate::bus::{BusHandler, BusMessage, BusPayload, Subscription};
 use crate::conn::{Conn, OutMsg};
 use crate::room::Room;
-use crate::settings::MAX_PENDING_MESSAGES;
+use crate::settings::{MAX_BACKLOG, MAX_PENDING_MESSAGES};
 use crate::Hub;
 
 pub const PERMISSION_PUBLISH_MEDIA: &str = "publish-media";
@@ -244,6 +244,11 @@ impl ClientSession {
     }
 
     /// Deliver a message to this session (after per-session filtering).
+    ///
+    /// Frames go straight into the connection's queue. When it is full they
+    /// wait in the session's pending list (in order) and the connection task
+    /// pulls them in as it drains; a client that falls too far behind is cut
+    /// off and gets the rest after it resumes.
     pub fn send(&self, msg: &Arc<OutMsg>) {
         let Some(filtered) = self.filter(msg) else {
             return;
@@ -251,14 +256,27 @@ impl ClientSession {
         let msg = filtered.as_ref().unwrap_or(msg);
         let close_after = self.closes_connection(msg);
         let mut st = self.state.lock();
-        if let Some(conn) = &st.conn {
-            let frame = msg.frame();
-            if close_after {
-                conn.send_and_close(frame);
-                return;
+        if let Some(conn) = st.conn.clone() {
+            Self::drain_into(&mut st, &conn, usize::MAX);
+            if st.pending.is_empty() {
+                match conn.offer(msg.frame()) {
+                    Ok(()) => {
+                        if close_after {
+                            conn.close();
+                        }
+                        return;
+                    }
+                    Err(_) if !conn.is_connected() => {}
+                    Err(_) => {
+                        // Queue full: keep as backlog, delivered by refill.
+                    }
+                }
             }
-            if conn.send(frame) {
-                return;
+            if close_after {
+                // A bye behind a backlog: end now; the rest waits for a resume.
+                conn.kill();
+            } else if st.pending.len() >= MAX_BACKLOG {
+                conn.overflow();
             }
         }
         if self.is_closed() {
@@ -292,6 +310,38 @@ impl ClientSession {
         }
     }
 
+    /// Move pending frames into the connection's queue while it has room.
+    fn drain_into(st: &mut SessionState, conn: &Arc<Conn>, max: usize) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some(p) = st.pending.pop_front() else {
+                break;
+            };
+            if let Err(frame) = conn.offer(p.frame) {
+                st.pending.push_front(Pending {
+                    frame,
+                    participants_update: p.participants_update,
+                });
+                break;
+            }
+            n += 1;
+        }
+        if st.pending.is_empty() {
+            st.has_pending_chat = false;
+            st.has_pending_participants = false;
+        }
+        n
+    }
+
+    /// Called by the connection task when its queue has drained.
+    pub fn refill(&self, conn: &Arc<Conn>) -> usize {
+        let mut st = self.state.lock();
+        if !st.conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) || st.pending.is_empty() {
+            return 0;
+        }
+        Self::drain_into(&mut st, conn, usize::MAX)
+    }
+
     /// Send a message built for this session alone.
     pub fn send_message(&self, msg: ServerMessage) {
         self.send(&OutMsg::new(msg));
@@ -315,24 +365,16 @@ impl ClientSession {
         false
     }
 
-    /// Flush what was kept while no client was attached (resume).
+    /// Start delivering what was kept while no client was attached
+    /// (resume). Returns whether a participants update was among it.
     pub(crate) fn flush_pending(&self, conn: &Arc<Conn>) -> bool {
         let mut st = self.state.lock();
-        let pending = std::mem::take(&mut st.pending);
-        let had_participants = st.has_pending_participants;
-        st.has_pending_chat = false;
-        st.has_pending_participants = false;
-        drop(st);
-        if !pending.is_empty() {
-            info!(session = %self.public_id, count = pending.len(), "sending pending messages");
+        let participants =
+            st.has_pending_participants || st.pending.iter().any(|p| p.participants_update);
+        if !st.pending.is_empty() {
+            info!(session = %self.public_id, count = st.pending.len(), "sending pending messages");
         }
-        let mut participants = had_participants;
-        for p in pending {
-            participants |= p.participants_update;
-            if !conn.send(p.frame) {
-                break;
-            }
-        }
+        Self::drain_into(&mut st, conn, usize::MAX);
         participants
     }
 

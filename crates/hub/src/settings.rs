@@ -11,6 +11,9 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 pub const ANONYMOUS_JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Interval of the room ping to Nextcloud.
 pub const ROOM_PING_INTERVAL: Duration = Duration::from_secs(10);
+/// Messages waiting behind a full connection queue before the client is
+/// considered too slow and disconnected (it can resume and get them).
+pub const MAX_BACKLOG: usize = 1024;
 /// Most messages kept for a disconnected session before it is given up.
 pub const MAX_PENDING_MESSAGES: usize = 10_000;
 

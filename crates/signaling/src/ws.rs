@@ -113,7 +113,11 @@ async fn run<S>(
                     sink.flush().await
                 };
                 match tokio::time::timeout(WRITE_WAIT, write).await {
-                    Ok(Ok(())) if !close => {}
+                    Ok(Ok(())) if !close => {
+                        if rx.is_empty() {
+                            hub.refill(&conn);
+                        }
+                    }
                     Ok(Ok(())) => break,
                     Ok(Err(e)) => {
                         debug!(error = %e, "write failed");

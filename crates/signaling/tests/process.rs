@@ -1,5 +1,6 @@
 //! The `signaling` binary as an operator runs it: flags, configuration
 //! errors (exit code 64), signals (SIGTERM shutdown, SIGHUP reload).
+#![allow(clippy::unwrap_used)]
 mod common;
 use common::*;
 use std::process::{Command, Stdio};

@@ -1,4 +1,5 @@
 //! Smoke test of the harness: hello, join, message, leave.
+#![allow(clippy::unwrap_used)]
 mod common;
 use common::*;
 
