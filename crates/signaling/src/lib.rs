@@ -5,6 +5,7 @@
 //! [`Server::build`] and [`Server::serve`] with listeners on port 0.
 
 pub mod routes;
+pub mod turn;
 pub mod ws;
 
 use http::HeaderValue;
@@ -87,6 +88,7 @@ pub struct Server {
     pub(crate) server_header: HeaderValue,
     pub(crate) features_header: HeaderValue,
     pub(crate) welcome: bytes::Bytes,
+    pub(crate) turn: turn::TurnConfig,
     stats_allowed: RwLock<Vec<IpAddr>>,
 }
 
@@ -109,6 +111,7 @@ impl Server {
     /// Build the server from a parsed configuration. Must run inside a Tokio runtime.
     pub fn build(ini: &Ini) -> Result<Arc<Server>, StartError> {
         let settings = HubSettings::from_config(ini, VERSION)?;
+        let turn = turn::TurnConfig::from_config(ini)?;
         let backends = Arc::new(Backends::from_config(ini)?);
         if !ini.get_string("mcu", "type", "").is_empty()
             || !ini.get_string("mcu", "url", "").is_empty()
@@ -132,6 +135,7 @@ impl Server {
             features_header: HeaderValue::from_str(&features)
                 .unwrap_or(HeaderValue::from_static("")),
             welcome: welcome.into(),
+            turn,
             stats_allowed: RwLock::new(stats_ips(ini)),
         }))
     }

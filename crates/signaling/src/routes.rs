@@ -129,6 +129,26 @@ async fn route(
             body.push(b'\n');
             json(body)
         }
+        "/turn/credentials" => {
+            if method != Method::GET {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            let (status, body) =
+                crate::turn::credentials(&server.turn, req.uri().query().unwrap_or(""), now);
+            if status == 200 {
+                return json(body);
+            }
+            let mut r = text(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                body.trim_end(),
+            );
+            r.headers_mut().remove("x-content-type-options");
+            r
+        }
         _ if path.starts_with("/api/v1/room/") => {
             let roomid = &path["/api/v1/room/".len()..];
             if roomid.is_empty() || roomid.contains('/') {
