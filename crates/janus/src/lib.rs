@@ -1,0 +1,1 @@
+//! Janus gateway client (work in progress).
