@@ -224,3 +224,204 @@ mod tests {
         assert!(bus.publish("a.", perm()).is_err());
     }
 }
+
+/// Errors decoding a cluster envelope received from another server.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("invalid envelope: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("envelope of type {0:?} without its payload")]
+    MissingPayload(String),
+    #[error("unsupported envelope type {0:?}")]
+    UnsupportedType(String),
+}
+
+/// Encode a bus message as the JSON envelope upstream servers exchange over
+/// NATS (`{sendtime, type, message|room|permissions, id}`). The message text
+/// is the cached frame, so a message is serialised once for clients and bus.
+pub fn encode_envelope(msg: &BusMessage) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(b"{\"sendtime\":\"");
+    out.extend_from_slice(rfc3339_nanos(msg.send_time).as_bytes());
+    out.extend_from_slice(b"\",");
+    match &msg.payload {
+        BusPayload::Message(m) => {
+            out.extend_from_slice(b"\"type\":\"message\",\"message\":");
+            out.extend_from_slice(&m.frame());
+        }
+        BusPayload::Room(r) => {
+            out.extend_from_slice(b"\"type\":\"room\",\"room\":");
+            out.extend_from_slice(
+                &serde_json::to_vec(r.as_ref()).unwrap_or_else(|_| b"null".to_vec()),
+            );
+        }
+        BusPayload::Permissions(p) => {
+            out.extend_from_slice(b"\"type\":\"permissions\",\"permissions\":");
+            out.extend_from_slice(
+                &serde_json::to_vec(p.as_ref()).unwrap_or_else(|_| b"[]".to_vec()),
+            );
+        }
+    }
+    out.extend_from_slice(b",\"id\":\"\"}");
+    out
+}
+
+/// Decode an envelope received from the cluster.
+pub fn decode_envelope(data: &[u8]) -> Result<BusMessage, EnvelopeError> {
+    let env: proto::cluster::BusEnvelope = serde_json::from_slice(data)?;
+    let send_time = parse_rfc3339_nanos(&env.sendtime).unwrap_or_else(now_nanos);
+    let payload = match env.kind.as_str() {
+        proto::cluster::BUS_TYPE_MESSAGE => BusPayload::Message(OutMsg::new(
+            env.message
+                .ok_or(EnvelopeError::MissingPayload(env.kind.clone()))?,
+        )),
+        proto::cluster::BUS_TYPE_ROOM => BusPayload::Room(Arc::new(
+            env.room
+                .ok_or(EnvelopeError::MissingPayload(env.kind.clone()))?,
+        )),
+        proto::cluster::BUS_TYPE_PERMISSIONS => {
+            BusPayload::Permissions(Arc::new(env.permissions.unwrap_or_default()))
+        }
+        other => return Err(EnvelopeError::UnsupportedType(other.to_owned())),
+    };
+    Ok(BusMessage { send_time, payload })
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from(if m > 2 { m - 3 } else { m + 9 });
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `2022-05-16T14:30:46.123456789Z` for nanoseconds since the epoch (UTC).
+pub fn rfc3339_nanos(nanos: i64) -> String {
+    let secs = nanos.div_euclid(1_000_000_000);
+    let frac = nanos.rem_euclid(1_000_000_000);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:09}Z",
+        s / 3600,
+        (s / 60) % 60,
+        s % 60
+    )
+}
+
+/// Parse RFC 3339 times as Go writes them (fraction optional, `Z` or offset).
+pub fn parse_rfc3339_nanos(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || (b[10] != b'T' && b[10] != b't')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d, h, mi, se) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    );
+    let mut idx = 19;
+    let mut frac: i64 = 0;
+    if b.get(idx) == Some(&b'.') {
+        idx += 1;
+        let start = idx;
+        while idx < b.len() && b[idx].is_ascii_digit() {
+            idx += 1;
+        }
+        let digits = s.get(start..idx)?;
+        let mut padded = digits.chars().take(9).collect::<String>();
+        while padded.len() < 9 {
+            padded.push('0');
+        }
+        frac = padded.parse().ok()?;
+    }
+    let offset = match b.get(idx) {
+        Some(b'Z') | Some(b'z') => 0,
+        Some(&c) if c == b'+' || c == b'-' => {
+            let oh = num(idx + 1..idx + 3)?;
+            let om = num(idx + 4..idx + 6)?;
+            let sign = if c == b'-' { -1 } else { 1 };
+            sign * (oh * 3600 + om * 60)
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(y, u32::try_from(mo).ok()?, u32::try_from(d).ok()?);
+    let secs = days * 86_400 + h * 3600 + mi * 60 + se - offset;
+    secs.checked_mul(1_000_000_000)?.checked_add(frac)
+}
+
+#[cfg(test)]
+mod envelope_tests {
+    use super::*;
+    use proto::client::ServerMessage;
+
+    #[test]
+    fn nats_04_envelope_round_trips() {
+        let msg = BusMessage {
+            send_time: 1_652_711_446_123_456_789,
+            payload: BusPayload::Message(OutMsg::new(ServerMessage::bye("x"))),
+        };
+        let bytes = encode_envelope(&msg);
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["sendtime"], "2022-05-16T14:30:46.123456789Z");
+        assert_eq!(v["type"], "message");
+        assert_eq!(v["message"]["bye"]["reason"], "x");
+        assert_eq!(v["id"], "");
+        let back = decode_envelope(&bytes).unwrap();
+        assert_eq!(back.send_time, msg.send_time);
+        match back.payload {
+            BusPayload::Message(m) => assert_eq!(m.msg.kind, "bye"),
+            other => panic!("{other:?}"),
+        }
+        let perms = BusMessage::new(BusPayload::Permissions(Arc::new(vec!["control".into()])));
+        let v: serde_json::Value = serde_json::from_slice(&encode_envelope(&perms)).unwrap();
+        assert_eq!(v["permissions"][0], "control");
+        assert!(decode_envelope(br#"{"sendtime":"x","type":"weird","id":""}"#).is_err());
+        assert!(decode_envelope(b"garbage").is_err());
+    }
+
+    #[test]
+    fn rfc3339_matches_go_formats() {
+        assert_eq!(parse_rfc3339_nanos("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339_nanos("2022-05-16T16:30:46.5+02:00"),
+            Some(1_652_711_446_500_000_000)
+        );
+        for n in [
+            0i64,
+            1,
+            999_999_999,
+            1_652_711_446_123_456_789,
+            4_102_444_800_000_000_000,
+        ] {
+            assert_eq!(parse_rfc3339_nanos(&rfc3339_nanos(n)), Some(n));
+        }
+        assert_eq!(parse_rfc3339_nanos("2022-05-16"), None);
+    }
+}
