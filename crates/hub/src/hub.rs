@@ -686,11 +686,7 @@ impl Hub {
             bye: Some(Default::default()),
             ..Default::default()
         };
-        // `{"bye":{}}`: the client's own bye is answered without a reason field.
-        let text = msg
-            .to_text()
-            .replace(r#""bye":{"reason":""}"#, r#""bye":{}"#);
-        conn.send_and_close(Bytes::from(text));
+        conn.send_and_close(OutMsg::new(msg).frame());
         info!(session = %session.public_id, "client said bye");
         self.close_session(session);
     }

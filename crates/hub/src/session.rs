@@ -263,6 +263,8 @@ impl ClientSession {
                     Ok(()) => {
                         if close_after {
                             conn.close();
+                            drop(st);
+                            self.close_after_send();
                         }
                         return;
                     }
@@ -273,8 +275,11 @@ impl ClientSession {
                 }
             }
             if close_after {
-                // A bye behind a backlog: end now; the rest waits for a resume.
+                // A bye behind a backlog: the client cannot get it in time.
                 conn.kill();
+                drop(st);
+                self.close_after_send();
+                return;
             } else if st.pending.len() >= MAX_BACKLOG {
                 conn.overflow();
             }
@@ -307,6 +312,14 @@ impl ClientSession {
             if let (Some(hub), Some(me)) = (self.hub.upgrade(), self.me.upgrade()) {
                 tokio::spawn(async move { hub.close_session(&me) });
             }
+        }
+    }
+
+    /// A message that ends the connection (bye, disinvite from the current
+    /// room) ends the session too, as upstream does.
+    fn close_after_send(&self) {
+        if let (Some(hub), Some(me)) = (self.hub.upgrade(), self.me.upgrade()) {
+            hub.close_session(&me);
         }
     }
 

@@ -101,8 +101,8 @@ async fn run<S>(
                             }
                             Outbound::Close => {
                                 close = true;
-                                let frame = CloseFrame { code: CloseCode::Normal, reason: "".into() };
-                                sink.feed(Message::Close(Some(frame))).await?;
+                                // Upstream sends an empty close payload here.
+                                sink.feed(Message::Close(None)).await?;
                                 break;
                             }
                         }
@@ -164,10 +164,9 @@ async fn run<S>(
                         }
                     }
                     Some(Ok(Message::Pong(payload))) => {
-                        if let Ok(arr) = <[u8; 16]>::try_from(payload.as_ref()) {
-                            let sent = u128::from_be_bytes(arr);
-                            let now = now_nanos();
-                            debug!(rtt_ms = (now.saturating_sub(sent)) as f64 / 1e6, "pong");
+                        let sent = std::str::from_utf8(&payload).ok().and_then(|t| t.parse::<u128>().ok());
+                        if let Some(sent) = sent {
+                            debug!(rtt_ms = now_nanos().saturating_sub(sent) as f64 / 1e6, "pong");
                         }
                     }
                     Some(Ok(Message::Frame(_))) => {}
@@ -189,7 +188,8 @@ async fn run<S>(
                     debug!("no data from client, closing");
                     break;
                 }
-                let payload = now_nanos().to_be_bytes().to_vec();
+                // Like upstream: the send time in nanoseconds, as decimal text.
+                let payload = now_nanos().to_string().into_bytes();
                 if tokio::time::timeout(WRITE_WAIT, sink.send(Message::Ping(payload.into()))).await.map_or(true, |r| r.is_err()) {
                     break;
                 }
