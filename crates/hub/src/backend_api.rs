@@ -114,7 +114,7 @@ impl Hub {
                 self.publish_room_request(backend, roomid, req)?;
             }
             "message" => {
-                req.message.as_ref().ok_or_else(|| missing("message"))?;
+                // Like upstream: accepted even without data (the room ignores it).
                 self.publish_room_request(backend, roomid, req)?;
             }
             other => {

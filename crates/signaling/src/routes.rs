@@ -78,7 +78,11 @@ pub async fn handle(server: Arc<Server>, req: Request<Incoming>, peer: PeerInfo)
     let mut resp = route(&server, req, &peer, &path).await;
     let h = resp.headers_mut();
     h.insert(header::SERVER, server.server_header.clone());
-    if path.starts_with("/api/") || path == "/spreed" {
+    if path.starts_with("/api/")
+        || path == "/spreed"
+        || path == "/metrics"
+        || path == "/turn/credentials"
+    {
         h.insert(
             "x-spreed-signaling-features",
             server.features_header.clone(),
