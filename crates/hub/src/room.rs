@@ -196,6 +196,15 @@ impl Room {
         if found {
             return;
         }
+        // Upstream order for the joiner: transient data, the members already
+        // there, then the join event everyone gets.
+        if let (AnySession::Client(c), Some(data)) = (&session, transient) {
+            c.send_message(ServerMessage::transient(TransientDataServerMessage {
+                kind: "initial".into(),
+                data: Some(data),
+                ..Default::default()
+            }));
+        }
         before_announce(&others);
         hub.metrics
             .room_sessions
@@ -221,13 +230,6 @@ impl Room {
             AnySession::Client(c) => {
                 if c.is_internal() {
                     self.publish_users_changed_with_internal(hub);
-                }
-                if let Some(data) = transient {
-                    c.send_message(ServerMessage::transient(TransientDataServerMessage {
-                        kind: "initial".into(),
-                        data: Some(data),
-                        ..Default::default()
-                    }));
                 }
             }
             AnySession::Virtual(v) => {
@@ -377,7 +379,8 @@ impl Room {
         let mut event = EventServerMessage::new("participants", "update");
         event.update = Some(RoomEvent {
             roomid: self.id.clone(),
-            users: Some(users),
+            // An empty list is left out, as upstream's omitempty does.
+            users: if users.is_empty() { None } else { Some(users) },
             ..Default::default()
         });
         ServerMessage::event(event)
