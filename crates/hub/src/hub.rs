@@ -351,7 +351,7 @@ impl Hub {
     /// needs a backend request; the caller runs it before the next message so
     /// that each client's messages are processed in order.
     pub fn process_text(self: &Arc<Self>, conn: &Arc<Conn>, text: &str) -> Option<Pending> {
-        let mut msg: ClientMessage = match serde_json::from_str(text) {
+        let mut msg: ClientMessage = match proto::client::parse_client_message(text) {
             Ok(m) => m,
             Err(e) => {
                 debug!(conn = conn.id, error = %e, "could not decode client message");

@@ -7,14 +7,17 @@ use futures_util::{SinkExt, StreamExt};
 use hub::conn::{Outbound, OUTBOUND_QUEUE};
 use hub::{Hub, Pending};
 use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info_span, Instrument};
@@ -47,9 +50,14 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let written = Arc::new(AtomicU64::new(0));
+    let io = CountingIo {
+        inner: io,
+        written: written.clone(),
+    };
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
     let span = info_span!("conn", peer = %remote_addr);
-    run(hub, ws, remote_addr, user_agent, shutdown)
+    run(hub, ws, written, remote_addr, user_agent, shutdown)
         .instrument(span)
         .await
 }
@@ -57,6 +65,7 @@ pub async fn serve<S>(
 async fn run<S>(
     hub: Arc<Hub>,
     ws: WebSocketStream<S>,
+    written: Arc<AtomicU64>,
     remote_addr: String,
     user_agent: String,
     shutdown: CancellationToken,
@@ -72,8 +81,14 @@ async fn run<S>(
     let far = Instant::now() + Duration::from_secs(86400 * 365);
     let mut hello_deadline = Some(Instant::now() + HELLO_TIMEOUT);
     let mut last_read = Instant::now();
-    let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
+    // The first ping goes out at once (initial round-trip time), then every 54 s.
+    let mut ping = tokio::time::interval(PING_INTERVAL);
     let mut unsent: Vec<Bytes> = Vec::new();
+    // Frames handed to the socket but not known to be written completely:
+    // (end offset in the byte stream, frame). After a failed write, those the
+    // socket did not take in full go back to the session for a resume.
+    let mut in_flight: VecDeque<(u64, Bytes)> = VecDeque::new();
+    let mut queued_bytes: u64 = 0;
 
     'conn: loop {
         tokio::select! {
@@ -90,29 +105,40 @@ async fn run<S>(
                 let mut close = false;
                 let write = async {
                     let mut next = Some(first);
-                    let mut written = 0usize;
+                    let mut count = 0usize;
                     while let Some(item) = next.take() {
                         match item {
                             Outbound::Frame(bytes) => {
-                                if let Ok(text) = Utf8Bytes::try_from(bytes) {
+                                if let Ok(text) = Utf8Bytes::try_from(bytes.clone()) {
+                                    queued_bytes += frame_len(bytes.len());
+                                    in_flight.push_back((queued_bytes, bytes));
                                     sink.feed(Message::Text(text)).await?;
                                 }
-                                written += 1;
+                                count += 1;
                             }
                             Outbound::Close => {
                                 close = true;
                                 // Upstream sends an empty close payload here.
+                                queued_bytes += frame_len(0);
                                 sink.feed(Message::Close(None)).await?;
                                 break;
                             }
                         }
-                        if written < 256 {
+                        if count < 256 {
                             next = rx.try_recv().ok();
                         }
                     }
                     sink.flush().await
                 };
-                match tokio::time::timeout(WRITE_WAIT, write).await {
+                // A kill (e.g. overflow) interrupts a write that is stuck.
+                let result = tokio::select! {
+                    r = tokio::time::timeout(WRITE_WAIT, write) => r,
+                    _ = kill.cancelled() => Ok(Err(WsError::ConnectionClosed)),
+                };
+                if matches!(result, Ok(Ok(()))) {
+                    in_flight.clear();
+                }
+                match result {
                     Ok(Ok(())) if !close => {
                         if rx.is_empty() {
                             hub.refill(&conn);
@@ -157,7 +183,8 @@ async fn run<S>(
                         }
                     }
                     Some(Ok(Message::Binary(_))) => hub.process_binary(&conn),
-                    Some(Ok(Message::Ping(_))) => {
+                    Some(Ok(Message::Ping(payload))) => {
+                        queued_bytes += frame_len(payload.len());
                         // tungstenite queued the pong; push it out.
                         if tokio::time::timeout(WRITE_WAIT, sink.flush()).await.is_err() {
                             break 'conn;
@@ -171,6 +198,13 @@ async fn run<S>(
                     }
                     Some(Ok(Message::Frame(_))) => {}
                     Some(Ok(Message::Close(_))) | None => break,
+                    Some(Err(WsError::Capacity(e))) => {
+                        // Like upstream: 1009 "message too big", then close.
+                        debug!(error = %e, "message too large");
+                        let frame = CloseFrame { code: CloseCode::Size, reason: "".into() };
+                        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+                        break;
+                    }
                     Some(Err(e)) => {
                         debug!(error = %e, "read failed");
                         break;
@@ -190,13 +224,25 @@ async fn run<S>(
                 }
                 // Like upstream: the send time in nanoseconds, as decimal text.
                 let payload = now_nanos().to_string().into_bytes();
+                queued_bytes += frame_len(payload.len());
                 if tokio::time::timeout(WRITE_WAIT, sink.send(Message::Ping(payload.into()))).await.map_or(true, |r| r.is_err()) {
                     break;
                 }
             }
         }
     }
-    // The hub may still hold frames for us; hand them back to the session.
+    // Frames the socket did not take in full, then what is still queued,
+    // go back to the session in order.
+    let done = written.load(Ordering::Relaxed);
+    // After a failed write, tungstenite still buffers parts of those frames:
+    // closing politely would flush them and duplicate what we hand back.
+    let write_failed = !in_flight.is_empty();
+    unsent.extend(
+        in_flight
+            .into_iter()
+            .filter(|(end, _)| *end > done)
+            .map(|(_, f)| f),
+    );
     rx.close();
     while let Ok(item) = rx.try_recv() {
         if let Outbound::Frame(f) = item {
@@ -205,7 +251,72 @@ async fn run<S>(
     }
     drop(inflight);
     hub.conn_closed(&conn, unsent);
-    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+    if !write_failed {
+        let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+    }
+}
+
+/// Bytes of an unmasked server frame with this payload length.
+fn frame_len(payload: usize) -> u64 {
+    let header = if payload < 126 {
+        2
+    } else if payload <= 0xffff {
+        4
+    } else {
+        10
+    };
+    (header + payload) as u64
+}
+
+/// Counts the bytes the socket accepted, to know which frames were written
+/// completely when a write fails or times out.
+struct CountingIo<S> {
+    inner: S,
+    written: Arc<AtomicU64>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for CountingIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for CountingIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &res {
+            self.written.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        res
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &res {
+            self.written.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        res
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 fn now_nanos() -> u128 {

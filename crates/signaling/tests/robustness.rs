@@ -1,0 +1,716 @@
+//! Robustness of the client WebSocket endpoint: garbage of every kind must be
+//! answered or cut off without disturbing anybody else, and a client that
+//! does not read must be disconnected (bounded memory) without losing the
+//! messages meant for it.
+//!
+//! Feature ids: WS-03 (binary frames), WS-04 (read limit), WS-07 (ordering),
+//! WS-09 (session kept after a cut connection), MSG-03/MSG-04 (invalid
+//! messages), RES-05/RES-09 (queued messages after resume).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+#[path = "robustness_rawws/mod.rs"]
+mod rawws;
+
+use common::*;
+use rawws::{RawIncoming, RawWs, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+const INVALID_FORMAT: &str =
+    r#"{"type":"error","error":{"code":"invalid_format","message":"Invalid data format."}}"#;
+
+fn invalid_format() -> Value {
+    serde_json::from_str(INVALID_FORMAT).unwrap()
+}
+
+/// Two users that can message each other, to show that others are unaffected.
+struct Pair {
+    a: TestClient,
+    b: TestClient,
+    a_id: String,
+    b_id: String,
+    round: u64,
+}
+
+impl Pair {
+    async fn new(s: &TestServer) -> Pair {
+        let a = s.user("monitor-a").await;
+        let b = s.user("monitor-b").await;
+        let a_id = a.session_id().unwrap().to_owned();
+        let b_id = b.session_id().unwrap().to_owned();
+        Pair {
+            a,
+            b,
+            a_id,
+            b_id,
+            round: 0,
+        }
+    }
+
+    /// One message each way, delivered and nothing else pending.
+    async fn check(&mut self) {
+        self.round += 1;
+        let r = self.round;
+        self.a
+            .send_message(recipient_session(&self.b_id), json!({"ping": r}))
+            .await;
+        self.b
+            .send_message(recipient_session(&self.a_id), json!({"pong": r}))
+            .await;
+        let m = self.b.recv().await;
+        assert_eq!(m["message"]["data"], json!({"ping": r}), "{m}");
+        let m = self.a.recv().await;
+        assert_eq!(m["message"]["data"], json!({"pong": r}), "{m}");
+        self.a.expect_no_message(Duration::from_millis(20)).await;
+        self.b.expect_no_message(Duration::from_millis(20)).await;
+    }
+}
+
+/// Request that must be answered; every earlier message of `c` has been
+/// processed once it is.
+async fn barrier(c: &mut TestClient, id: &str) {
+    let r = c.request(json!({"id": id, "type": "room"})).await;
+    assert_eq!(r["error"]["code"], "invalid_format", "{r}");
+    assert_eq!(r["id"], id);
+}
+
+async fn raw_hello(s: &TestServer, user: &str, raw: &mut RawWs) -> Value {
+    let h = raw
+        .request(
+            "hello",
+            json!({"type": "hello", "hello": {"version": "1.0", "auth": {
+                "url": s.backend.backend_url(),
+                "params": {"userid": user, "ticket": format!("ticket-{user}")}}}}),
+        )
+        .await;
+    assert_eq!(h["type"], "hello", "{h}");
+    h
+}
+
+/// Value of an unlabelled metric from `/metrics`.
+async fn metric(s: &TestServer, name: &str) -> Option<f64> {
+    let resp = RawRequest::get(&format!("{}metrics", s.base()))
+        .send()
+        .await
+        .ok()?;
+    resp.text().lines().find_map(|l| {
+        l.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+/// Value of the first sample of `prefix` (e.g. `"name{"`) whose labels contain `label`.
+async fn metric_with(s: &TestServer, prefix: &str, label: &str) -> Option<f64> {
+    let resp = RawRequest::get(&format!("{}metrics", s.base()))
+        .send()
+        .await
+        .ok()?;
+    resp.text().lines().find_map(|l| {
+        if !l.starts_with(prefix) || !l.contains(label) {
+            return None;
+        }
+        l.rsplit(' ').next().and_then(|v| v.trim().parse().ok())
+    })
+}
+
+fn deep(depth: usize, open: &str, close: &str) -> String {
+    format!("{}{}", open.repeat(depth), close.repeat(depth))
+}
+
+// ---------------------------------------------------------------------------
+
+/// MSG-04: malformed JSON of all kinds is answered with `invalid_format` and
+/// the connection stays usable, before and after hello.
+#[tokio::test]
+async fn malformed_json_is_answered_and_connection_stays() {
+    let s = TestServer::start().await;
+    let mut pair = Pair::new(&s).await;
+    let mut c = s.client().await;
+    let garbage: Vec<String> = vec![
+        "".into(),
+        " ".into(),
+        "{".into(),
+        "}".into(),
+        "{{}}".into(),
+        "{\"type\":".into(),
+        "{\"type\":\"hello\"".into(),
+        "{\"type\":\"hello\"}}".into(),
+        "{\"type\":\"hello\"} trailing".into(),
+        "\u{feff}{\"type\":\"hello\"}".into(),
+        "{'type':'hello'}".into(),
+        "{\"type\":\"hel\u{0}lo\"}".into(),
+        "{\"type\":\"hello\",\"hello\":{\"version\":1e999999}}".into(),
+        "{\"id\":\"\\ud800\\ud800\",\"type\":}".into(),
+        "NaN".into(),
+        "true".into(),
+        "[]".into(),
+        "{\"type\":[\"hello\"]}".into(),
+        "{\"type\":{}}".into(),
+        "{\"type\":\"room\",\"room\":\"r\"}".into(),
+        "{\"type\":\"hello\",\"hello\":{\"version\":\"1.0\",\"auth\":[]}}".into(),
+        "x".repeat(60_000),
+    ];
+    for round in 0..2 {
+        for g in &garbage {
+            c.send_text(g).await;
+            let e = c.recv().await;
+            assert_eq!(
+                e["type"],
+                "error",
+                "round {round}, {:?}: {e}",
+                &g[..g.len().min(60)]
+            );
+            assert_eq!(
+                e["error"]["code"],
+                "invalid_format",
+                "{:?}: {e}",
+                &g[..g.len().min(60)]
+            );
+        }
+        if round == 0 {
+            c.hello_user(&s.backend.backend_url(), "garbler").await;
+        }
+        pair.check().await;
+    }
+    barrier(&mut c, "alive").await;
+}
+
+/// MSG-03/MSG-07: unknown types are ignored once authenticated, missing
+/// fields are `invalid_format`, nothing ends the connection.
+#[tokio::test]
+async fn unknown_types_and_missing_fields() {
+    let s = TestServer::start().await;
+    let mut pair = Pair::new(&s).await;
+    let mut c = s.user("carol").await;
+    let ignored = [
+        json!({"type": "unknown"}),
+        json!({"type": "unknown", "unknown": {"x": [1, 2, 3]}}),
+        json!({"type": "HELLO", "hello": {}}),
+        json!({"type": " hello", "hello": {}}),
+        json!({"type": "x".repeat(1000)}),
+        json!({"type": "hello", "hello": {"version": "1.0", "resumeid": "abc"}}),
+    ];
+    for m in &ignored {
+        c.send_json(m).await;
+    }
+    c.expect_no_message(SHORT).await;
+    let invalid = [
+        json!({"type": "room"}),
+        json!({"type": "room", "room": null}),
+        json!({"type": "message"}),
+        json!({"type": "message", "message": {}}),
+        json!({"type": "message", "message": {"recipient": {"type": "session"}, "data": 1}}),
+        json!({"type": "message", "message": {"recipient": {"type": "user"}, "data": 1}}),
+        json!({"type": "message", "message": {"recipient": {"type": "room"}}}),
+        json!({"type": "control", "control": {"data": 1}}),
+        json!({"type": "internal"}),
+        json!({"type": "internal", "internal": {"type": "addsession"}}),
+        json!({"type": "internal", "internal": {"type": "addsession", "addsession": {}}}),
+        json!({"type": "transient"}),
+        json!({"type": "id-less", "id": 5}),
+    ];
+    for (i, m) in invalid.iter().enumerate() {
+        let mut m = m.clone();
+        if m["id"].is_null() {
+            m["id"] = json!(format!("m{i}"));
+            let r = c.request(m.clone()).await;
+            assert_eq!(r["error"]["code"], "invalid_format", "{m}: {r}");
+        } else {
+            // A non-string id cannot be decoded at all: no id in the answer.
+            c.send_json(&m).await;
+            assert_eq!(c.recv().await, invalid_format());
+        }
+    }
+    pair.check().await;
+    barrier(&mut c, "alive").await;
+}
+
+/// WS-03: binary frames (empty, large, fragmented) get `invalid_format`
+/// without an id; the connection stays.
+#[tokio::test]
+async fn binary_frames_are_refused_but_connection_stays() {
+    let s = TestServer::start().await;
+    let mut pair = Pair::new(&s).await;
+    let mut raw = RawWs::connect(s.addr).await.expect("connect");
+    let frames: Vec<Vec<u8>> = vec![
+        vec![],
+        b"{\"type\":\"hello\"}".to_vec(),
+        vec![0xff; 1000],
+        vec![7; 65536],
+    ];
+    for round in 0..2 {
+        for f in &frames {
+            raw.send_frame(OP_BINARY, f, true).await.expect("send");
+            let e = raw.recv_json(DEFAULT_TIMEOUT).await.expect("an answer");
+            assert_eq!(e, invalid_format(), "round {round}, {} bytes", f.len());
+        }
+        // A binary message in two fragments is one message, one error.
+        raw.send_frame(OP_BINARY, b"abc", false).await.unwrap();
+        raw.send_frame(OP_CONT, b"def", true).await.unwrap();
+        assert_eq!(raw.recv_json(DEFAULT_TIMEOUT).await, Some(invalid_format()));
+        if round == 0 {
+            raw_hello(&s, "binary", &mut raw).await;
+        }
+    }
+    match raw.read_frame(Instant::now() + SHORT).await {
+        RawIncoming::Timeout => {}
+        other => panic!("unexpected {other:?}"),
+    }
+    // A text message split into fragments is processed normally.
+    raw.send_frame(OP_TEXT, b"{\"id\":\"frag\",", false)
+        .await
+        .unwrap();
+    raw.send_frame(OP_CONT, b"\"type\":", false).await.unwrap();
+    raw.send_frame(OP_CONT, b"\"room\"}", true).await.unwrap();
+    let r = raw.recv_json(DEFAULT_TIMEOUT).await.expect("answer");
+    assert_eq!(r["id"], "frag", "{r}");
+    assert_eq!(r["error"]["code"], "invalid_format");
+    pair.check().await;
+}
+
+/// WS-04: a message over 64 KiB (one frame or several fragments) closes only
+/// that connection; its session survives for resume; others carry on.
+#[tokio::test]
+async fn oversized_messages_close_only_their_connection() {
+    let s = TestServer::start().await;
+    let mut pair = Pair::new(&s).await;
+    for (name, fragments) in [
+        ("one frame", vec![65537usize]),
+        ("fragments", vec![40_000, 40_000]),
+        ("many small fragments", vec![4096; 17]),
+    ] {
+        let mut raw = RawWs::connect(s.addr).await.expect("connect");
+        let h = raw_hello(&s, "big", &mut raw).await;
+        let rid = h["hello"]["resumeid"].as_str().unwrap().to_owned();
+        let n = fragments.len();
+        for (i, len) in fragments.into_iter().enumerate() {
+            let op = if i == 0 { OP_TEXT } else { OP_CONT };
+            if raw
+                .send_frame(op, &vec![b' '; len], i + 1 == n)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let deadline = Instant::now() + DEFAULT_TIMEOUT;
+        loop {
+            match raw.read_frame(deadline).await {
+                RawIncoming::Closed => break,
+                RawIncoming::Frame { opcode, .. }
+                    if opcode == OP_CLOSE || opcode == OP_PONG || opcode == OP_PING => {}
+                other => panic!("{name}: expected the connection to close, got {other:?}"),
+            }
+        }
+        pair.check().await;
+        let mut c = s.client().await;
+        let r = c.hello_resume(&rid).await;
+        assert_eq!(r["type"], "hello", "{name}: session lost: {r}");
+    }
+}
+
+/// Invalid UTF-8 in a text frame. RFC 6455 requires failing the connection;
+/// upstream (gorilla) does not validate and lets the JSON decoder answer
+/// `invalid_format`. Either is acceptable here; what must hold is that the
+/// server answers one way or the other and nobody else notices.
+#[tokio::test]
+async fn invalid_utf8_text_frame() {
+    let s = TestServer::start().await;
+    let mut pair = Pair::new(&s).await;
+    for payload in [
+        b"\xff\xfe\xfd".to_vec(),
+        b"{\"type\":\"hello\",\"x\":\"\xc3\x28\"}".to_vec(),
+        b"{\"type\":\"room\xed\xa0\x80\"}".to_vec(),
+    ] {
+        for authenticated in [false, true] {
+            let mut raw = RawWs::connect(s.addr).await.expect("connect");
+            if authenticated {
+                raw_hello(&s, "utf8", &mut raw).await;
+            }
+            raw.send_frame(OP_TEXT, &payload, true).await.expect("send");
+            let deadline = Instant::now() + DEFAULT_TIMEOUT;
+            loop {
+                match raw.read_frame(deadline).await {
+                    RawIncoming::Frame {
+                        opcode: OP_TEXT,
+                        payload,
+                    } => {
+                        let v: Value = serde_json::from_slice(&payload).expect("JSON");
+                        assert_eq!(v["error"]["code"], "invalid_format", "{v}");
+                        break;
+                    }
+                    RawIncoming::Frame {
+                        opcode: OP_CLOSE, ..
+                    }
+                    | RawIncoming::Closed => break,
+                    RawIncoming::Frame { .. } => {}
+                    RawIncoming::Timeout => panic!("no reaction to invalid UTF-8"),
+                }
+            }
+            pair.check().await;
+        }
+    }
+}
+
+/// Deeply nested JSON anywhere in a message is refused (`invalid_format`)
+/// without harming the server; the connection stays.
+#[tokio::test]
+async fn deeply_nested_json_does_not_crash() {
+    let s = TestServer::start().await;
+    let mut pair = Pair::new(&s).await;
+    let mut c = s.user("nester").await;
+    let b_id = pair.b_id.clone();
+    let depth = 30_000;
+    let texts = [
+        deep(depth, "[", "]"),
+        deep(depth / 4, "{\"a\":", "}").replace("{\"a\":}", "{\"a\":1}"),
+        format!(
+            "{{\"type\":\"message\",\"message\":{{\"recipient\":{{\"type\":\"session\",\"sessionid\":\"{b_id}\"}},\"data\":{}}}}}",
+            deep(depth, "[", "]")
+        ),
+        format!("{{\"type\":\"unknown\",\"unknown\":{}}}", deep(depth, "[", "]")),
+        format!(
+            "{{\"type\":\"hello\",\"hello\":{{\"version\":\"1.0\",\"auth\":{{\"params\":{}}}}}}}",
+            deep(depth, "[", "]")
+        ),
+        // Unbalanced: never closed.
+        "[".repeat(60_000),
+    ];
+    for t in &texts {
+        assert!(t.len() <= 65536, "{}", t.len());
+        c.send_text(t).await;
+        let e = c
+            .recv_timeout(DEFAULT_TIMEOUT)
+            .await
+            .unwrap_or_else(|| panic!("no answer for {}...", &t[..60]));
+        assert_eq!(e, invalid_format(), "for {}...", &t[..40]);
+    }
+    pair.check().await;
+    barrier(&mut c, "alive").await;
+}
+
+/// What one garbage connection sends, cycling through the kinds.
+async fn garbage_client(
+    addr: std::net::SocketAddr,
+    backend_url: String,
+    seed: usize,
+    until: Instant,
+    conns: Arc<AtomicUsize>,
+) {
+    let mut i = seed;
+    while Instant::now() < until {
+        let Ok(mut raw) = RawWs::connect(addr).await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        conns.fetch_add(1, Ordering::Relaxed);
+        let mut alive = true;
+        for _ in 0..25 {
+            if !alive || Instant::now() >= until {
+                break;
+            }
+            i += 1;
+            let (op, payload, closes): (u8, Vec<u8>, bool) = match i % 16 {
+                0 => (OP_TEXT, b"{\"type\":".to_vec(), false),
+                1 => (OP_BINARY, vec![0xde, 0xad, 0xbe, 0xef], false),
+                2 => (
+                    OP_TEXT,
+                    format!("{{\"id\":\"{i}\",\"type\":\"nonsense\"}}").into_bytes(),
+                    false,
+                ),
+                3 => (
+                    OP_TEXT,
+                    br#"{"type":"hello","hello":{"version":"3.0"}}"#.to_vec(),
+                    false,
+                ),
+                4 => (
+                    OP_TEXT,
+                    json!({"type": "hello", "hello": {"version": "1.0", "auth": {
+                        "url": "http://nowhere.invalid/", "params": {"x": 1}}}})
+                    .to_string()
+                    .into_bytes(),
+                    false,
+                ),
+                5 => (
+                    OP_TEXT,
+                    br#"{"type":"message","message":{"recipient":{"type":"room"},"data":{}}}"#
+                        .to_vec(),
+                    false,
+                ),
+                6 => (OP_TEXT, b"{\"x\":\"\xff\xfe\"}".to_vec(), true),
+                7 => (OP_TEXT, deep(20_000, "[", "]").into_bytes(), false),
+                8 => (OP_TEXT, vec![b' '; 70_000], true),
+                9 => (OP_PING, b"storm".to_vec(), false),
+                10 => (OP_TEXT, b"{\"type\":\"hel".to_vec(), false), // unfinished fragment...
+                11 => (0x3, b"reserved opcode".to_vec(), true),
+                12 => (
+                    OP_TEXT,
+                    br#"{"type":"hello","hello":{"version":"1.0","resumeid":"Zm9vYmFy"}}"#.to_vec(),
+                    false,
+                ),
+                13 => (OP_CLOSE, vec![0x03, 0xe8], true),
+                14 => (
+                    OP_TEXT,
+                    json!({"type": "hello", "hello": {"version": "1.0", "auth": {
+                        "url": backend_url, "params": {"userid": format!("storm{i}")}}}})
+                    .to_string()
+                    .into_bytes(),
+                    false,
+                ),
+                _ => (OP_TEXT, vec![b'{'; 1000], false),
+            };
+            let fin = i % 16 != 10;
+            if raw.send_frame(op, &payload, fin).await.is_err() {
+                alive = false;
+            }
+            if !fin {
+                // ...finished with a continuation frame.
+                if raw.send_frame(OP_CONT, b"lo\"}", true).await.is_err() {
+                    alive = false;
+                }
+            }
+            if closes {
+                alive = false;
+            }
+            // Read a little, sometimes; mostly let answers pile up.
+            if i.is_multiple_of(3) {
+                if let RawIncoming::Closed = raw
+                    .read_frame(Instant::now() + Duration::from_millis(2))
+                    .await
+                {
+                    alive = false;
+                }
+            }
+        }
+        drop(raw);
+    }
+}
+
+/// ~50 connections sending garbage of every kind while two monitors exchange
+/// numbered messages: the monitors lose nothing, see nothing else, stay up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_storm_does_not_disturb_monitors() {
+    let s = TestServer::start().await;
+    let pair = Pair::new(&s).await;
+    let (mut a, mut b, a_id, b_id) = (pair.a, pair.b, pair.a_id, pair.b_id);
+    let until = Instant::now() + Duration::from_millis(3000);
+    let conns = Arc::new(AtomicUsize::new(0));
+    let mut storm = Vec::new();
+    for n in 0..50 {
+        storm.push(tokio::spawn(garbage_client(
+            s.addr,
+            s.backend.backend_url(),
+            n * 7,
+            until,
+            conns.clone(),
+        )));
+    }
+    const M: u64 = 300;
+    async fn monitor(mut me: TestClient, peer: String, until: Instant) -> (TestClient, Vec<u64>) {
+        let mut got = Vec::new();
+        let pace = (until - Instant::now()) / (M as u32 + 20);
+        for i in 0..M {
+            me.send_message(recipient_session(&peer), json!({"seq": i}))
+                .await;
+            while let Some(m) = me.recv_timeout(Duration::ZERO).await {
+                got.push(
+                    m["message"]["data"]["seq"]
+                        .as_u64()
+                        .unwrap_or_else(|| panic!("{m}")),
+                );
+            }
+            tokio::time::sleep(pace).await;
+        }
+        while (got.len() as u64) < M {
+            let m = me.recv().await;
+            got.push(
+                m["message"]["data"]["seq"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{m}")),
+            );
+        }
+        (me, got)
+    }
+    let ta = tokio::spawn(monitor(a, b_id.clone(), until));
+    let tb = tokio::spawn(monitor(b, a_id.clone(), until));
+    let (ra, rb) = (ta.await.expect("monitor a"), tb.await.expect("monitor b"));
+    for t in storm {
+        t.await.expect("garbage task");
+    }
+    let expected: Vec<u64> = (0..M).collect();
+    assert_eq!(ra.1, expected, "monitor a");
+    assert_eq!(rb.1, expected, "monitor b");
+    a = ra.0;
+    b = rb.0;
+    assert!(conns.load(Ordering::Relaxed) >= 50, "storm too small");
+    // Both still connected and alone.
+    a.send_message(recipient_session(&b_id), json!("done"))
+        .await;
+    assert_eq!(b.recv().await["message"]["data"], "done");
+    a.expect_no_message(SHORT).await;
+    // The server still takes new clients.
+    let mut c = s.client().await;
+    c.hello_user(&s.backend.backend_url(), "after-storm").await;
+}
+
+/// A client that never reads while a busy sender floods it is cut off by the
+/// server (bounded per-connection queue), nobody else is affected, and after
+/// resuming it gets exactly the messages it had not received, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_reader_is_cut_off_and_loses_nothing() {
+    let s = TestServer::start().await;
+    // Tiny receive window: the server's socket fills after a few frames.
+    let mut slow = RawWs::connect_small_rcvbuf(s.addr, 4096)
+        .await
+        .expect("connect");
+    let h = raw_hello(&s, "slow", &mut slow).await;
+    let slow_id = h["hello"]["sessionid"].as_str().unwrap().to_owned();
+    let slow_rid = h["hello"]["resumeid"].as_str().unwrap().to_owned();
+    assert_eq!(
+        metric(&s, "signaling_server_client_queue_overflows_total").await,
+        Some(0.0)
+    );
+
+    let mut fast = s.user("fast").await;
+    let other = s.user("other").await;
+    let other_id = other.session_id().unwrap().to_owned();
+    const N: u64 = 2000;
+    const EVERY: u64 = 20;
+    // The bystander reads all the time.
+    let bystander = tokio::spawn(async move {
+        let mut other = other.with_timeout(Duration::from_secs(20));
+        let mut got = Vec::new();
+        while (got.len() as u64) < N / EVERY {
+            let m = other.recv().await;
+            got.push(m["message"]["data"]["seq"].as_u64().unwrap());
+        }
+        (other, got)
+    });
+
+    let pad = "p".repeat(8000);
+    for i in 0..N {
+        fast.send_message(recipient_session(&slow_id), json!({"seq": i, "pad": pad}))
+            .await;
+        if i % EVERY == 0 {
+            fast.send_message(recipient_session(&other_id), json!({"seq": i}))
+                .await;
+        }
+    }
+    barrier(&mut fast, "flooded").await;
+
+    // The server gives up on the slow connection by itself (we still do not read).
+    assert_eventually!(
+        Duration::from_secs(20),
+        metric(&s, "signaling_server_client_queue_overflows_total").await == Some(1.0)
+    );
+    let (mut other, got) = bystander.await.expect("bystander");
+    assert_eq!(got, (0..N).step_by(EVERY as usize).collect::<Vec<_>>());
+    barrier(&mut fast, "fast-alive").await;
+    barrier(&mut other, "other-alive").await;
+
+    // What reached the slow client's socket before the cut can still be read.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let end = loop {
+        match slow.read_frame(deadline).await {
+            RawIncoming::Frame {
+                opcode: OP_TEXT,
+                payload,
+            } => {
+                let v: Value = serde_json::from_slice(&payload).expect("JSON frame");
+                seen.push(
+                    v["message"]["data"]["seq"]
+                        .as_u64()
+                        .unwrap_or_else(|| panic!("{v}")),
+                );
+            }
+            RawIncoming::Frame { .. } => {}
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(end, RawIncoming::Closed),
+        "slow connection not closed: {end:?}"
+    );
+    assert!((seen.len() as u64) < N, "the slow client was never cut off");
+
+    // Resume: the rest follows, in order, nothing twice.
+    let mut c = s.client().await;
+    let r = c.hello_resume(&slow_rid).await;
+    assert_eq!(r["hello"]["sessionid"], slow_id.as_str(), "{r}");
+    let first_missing = seen.len() as u64;
+    while (seen.len() as u64) < N {
+        match c.recv_timeout(Duration::from_secs(5)).await {
+            Some(m) => seen.push(
+                m["message"]["data"]["seq"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{m}")),
+            ),
+            None => break,
+        }
+    }
+    let gaps: Vec<u64> = (0..N).filter(|i| !seen.contains(i)).collect();
+    let dups: Vec<u64> = (0..N)
+        .filter(|i| seen.iter().filter(|x| *x == i).count() > 1)
+        .collect();
+    assert!(
+        dups.is_empty(),
+        "duplicates {dups:?}; {first_missing} read before the cut"
+    );
+    assert!(
+        gaps.is_empty(),
+        "{} messages lost (first missing: {:?}); {first_missing} were read before the cut",
+        gaps.len(),
+        &gaps[..gaps.len().min(10)]
+    );
+    assert_eq!(
+        seen,
+        (0..N).collect::<Vec<_>>(),
+        "order or duplicates wrong"
+    );
+    c.expect_no_message(SHORT).await;
+}
+
+/// The queue of a disconnected session is bounded: 10,000 messages are kept,
+/// the 10,001st ends the session. (Deliberate difference: upstream keeps an
+/// unbounded list; see `MAX_PENDING_MESSAGES` in crates/hub/src/settings.rs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_queue_of_disconnected_session_is_bounded() {
+    const LIMIT: u64 = 10_000;
+    let s = TestServer::start().await;
+    let mut sender = s.user("sender").await;
+    for (user, count, kept) in [("kept", LIMIT, true), ("dropped", LIMIT + 1, false)] {
+        let c = s.user(user).await;
+        let id = c.session_id().unwrap().to_owned();
+        let rid = c.resume_id().unwrap().to_owned();
+        c.close().await;
+        let sessions = metric_with(&s, "signaling_hub_sessions{", "clienttype=\"client\"").await;
+        for i in 0..count {
+            sender.send_message(recipient_session(&id), json!(i)).await;
+        }
+        barrier(&mut sender, user).await;
+        if !kept {
+            // The session is closed asynchronously; wait until it is gone.
+            assert_eventually!(
+                metric_with(&s, "signaling_hub_sessions{", "clienttype=\"client\"").await
+                    == sessions.map(|n| n - 1.0)
+            );
+        }
+        let mut c = s.client().await;
+        let r = c.hello_resume(&rid).await;
+        if kept {
+            assert_eq!(r["type"], "hello", "{r}");
+            for i in 0..count {
+                let m = c.recv().await;
+                assert_eq!(m["message"]["data"], i, "{m}");
+            }
+            c.expect_no_message(SHORT).await;
+        } else {
+            assert_eq!(r["error"]["code"], "no_such_session", "{r}");
+        }
+    }
+}
