@@ -4,6 +4,7 @@
 //! Nothing here knows about signaling; the hub and the binaries build on it.
 
 pub mod config;
+pub mod limits;
 pub mod listen;
 pub mod logging;
 pub mod metrics;

@@ -255,14 +255,8 @@ pub async fn run_from_config(path: std::path::PathBuf) -> Result<(), StartError>
 
 /// Many idle clients means many open sockets: use the hard limit.
 fn raise_nofile_limit() {
-    #[cfg(unix)]
-    {
-        // `ulimit -Hn` is what the service manager allows; no unsafe libc call
-        // needed since the soft limit is raised through /proc when possible.
-        if let Ok(limits) = std::fs::read_to_string("/proc/self/limits") {
-            if let Some(line) = limits.lines().find(|l| l.starts_with("Max open files")) {
-                tracing::debug!(limits = %line.split_whitespace().skip(3).take(2).collect::<Vec<_>>().join(" "), "open files limit");
-            }
-        }
+    match runtime::limits::raise_nofile() {
+        Ok(n) => info!(limit = n, "open files limit"),
+        Err(e) => warn!(error = %e, "could not raise the open files limit"),
     }
 }
