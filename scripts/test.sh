@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 # Debian package -> a file it installs.
 declare -A PEERS=(
   [nats-server]=/usr/sbin/nats-server
+  [janus]=/usr/bin/janus
+  [gcc]=/usr/bin/gcc
   [nextcloud-spreed-signaling]=/usr/bin/nextcloud-spreed-signaling-server
   [openssl]=/usr/bin/openssl
   [curl]=/usr/bin/curl
