@@ -117,11 +117,61 @@ impl Hub {
                 // Like upstream: accepted even without data (the room ignores it).
                 self.publish_room_request(backend, roomid, req)?;
             }
+            "dialout" => {
+                // Answered by `start_dialout` (it waits for the bridge).
+                return Err(ApiError::BadRequest(
+                    "dialout must be started asynchronously".into(),
+                ));
+            }
+            "switchto" => {
+                let sw = req.switchto.as_ref().ok_or_else(|| missing("switchto"))?;
+                self.send_switchto(sw)?;
+            }
             other => {
                 return Err(ApiError::BadRequest(format!(
                     "Unsupported request type: {other}"
                 )))
             }
+        }
+        Ok(())
+    }
+
+    /// `switchto`: each listed Talk session (a list, or a map to per-session
+    /// details) gets `event/room/switchto` on its own subject, so nobody
+    /// learns where the others go.
+    fn send_switchto(&self, sw: &proto::backend::RoomSwitchToRequest) -> Result<(), ApiError> {
+        let bad = |e: serde_json::Error| ApiError::BadRequest(e.to_string());
+        let targets: Vec<(String, Option<proto::Raw>)> = match &sw.sessions {
+            None => Vec::new(),
+            Some(raw) if raw.get().trim_start().starts_with('[') => {
+                serde_json::from_str::<Vec<String>>(raw.get())
+                    .map_err(bad)?
+                    .into_iter()
+                    .map(|s| (s, None))
+                    .collect()
+            }
+            Some(raw) => {
+                serde_json::from_str::<std::collections::BTreeMap<String, proto::Raw>>(raw.get())
+                    .map_err(bad)?
+                    .into_iter()
+                    .map(|(s, d)| (s, Some(d)))
+                    .collect()
+            }
+        };
+        for (room_session, details) in targets {
+            if room_session == SESSION_NOT_IN_MEETING {
+                continue;
+            }
+            let Some(public) = self.session_for_room_session(&room_session) else {
+                continue;
+            };
+            let mut event = EventServerMessage::new("room", "switchto");
+            event.switchto = Some(proto::client::SwitchToEvent {
+                roomid: sw.roomid.clone(),
+                details,
+            });
+            let msg = OutMsg::new(ServerMessage::event(event));
+            self.publish_to_session(&public, BusPayload::Message(msg));
         }
         Ok(())
     }
@@ -195,8 +245,38 @@ impl Hub {
             }
             if let Some(public) = self.session_for_room_session(rs) {
                 self.publish_to_session(&public, BusPayload::Message(msg.clone()));
+            } else if let Some(crate::session::AnySession::Virtual(v)) =
+                self.session_by_public_id(rs)
+            {
+                self.hang_up_virtual(&v, roomid);
             }
         }
+    }
+
+    /// A disinvited virtual session (upstream 1.2.2, #610): its internal
+    /// client is told to hang up the phone call.
+    fn hang_up_virtual(&self, v: &crate::session::VirtualSession, roomid: &str) {
+        if v.room().is_none_or(|r| r.id != roomid) {
+            return;
+        }
+        let Some(owner) = v.owner.upgrade() else {
+            return;
+        };
+        tracing::info!(session = %v.public_id, room = %roomid, "virtual session disinvited, hanging up");
+        let data = serde_json::json!({"type": "hangup", "hangup": {"reason": "disinvited"}});
+        owner.send_message(ServerMessage {
+            kind: "control".into(),
+            control: Some(proto::client::MessageServerMessage {
+                sender: None,
+                recipient: Some(proto::client::Recipient {
+                    kind: proto::client::RECIPIENT_SESSION.into(),
+                    sessionid: v.session_id.clone(),
+                    userid: v.user_id.clone(),
+                }),
+                data: Some(proto::to_raw(&data)),
+            }),
+            ..Default::default()
+        });
     }
 
     /// Translate Talk session ids to signaling session ids; drop entries

@@ -1,6 +1,7 @@
 //! Requests from the signaling server to Nextcloud: signed JSON POSTs with the
 //! OCS envelope unwrapped, a per-host concurrency limit, a timeout, and the
-//! capabilities cache that decides whether the v3 signaling API is used.
+//! fetching side of the capabilities cache (`capabilities.rs`), which decides
+//! whether the v3 signaling API is used and holds the hello v2 token key.
 
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode};
@@ -19,11 +20,12 @@ use tracing::{debug, warn};
 use url::Url;
 
 use crate::backends::Backends;
+use crate::capabilities::{
+    capabilities_url, CacheControl, CapabilitiesCache, FetchResult, Lookup, SpreedCapabilities,
+};
 
 /// Largest response body accepted from Nextcloud.
 const MAX_RESPONSE_BODY: usize = 4 * 1024 * 1024;
-/// How long a backend's capabilities are trusted.
-const CAPABILITIES_TTL: Duration = Duration::from_secs(3600);
 const MAX_REDIRECTS: usize = 10;
 
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +56,9 @@ pub struct BackendClient {
     features: String,
     per_host: usize,
     limits: Mutex<HashMap<String, Arc<Semaphore>>>,
-    capabilities: Mutex<HashMap<String, (Instant, bool)>>,
+    capabilities: CapabilitiesCache,
+    /// One capabilities request per Nextcloud at a time; the others wait for its answer.
+    fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for BackendClient {
@@ -109,7 +113,8 @@ impl BackendClient {
             features: features.join(", "),
             per_host: per_host.max(1),
             limits: Mutex::new(HashMap::new()),
-            capabilities: Mutex::new(HashMap::new()),
+            capabilities: CapabilitiesCache::default(),
+            fetching: Mutex::new(HashMap::new()),
         })
     }
 
@@ -239,60 +244,87 @@ impl BackendClient {
         Err(BackendError::Http("too many redirects".into()))
     }
 
-    /// Whether the backend announces `signaling-v3` (cached for an hour;
-    /// failures count as "no" and are retried on the next request).
+    /// Whether the backend announces `signaling-v3` (failures count as "no").
     async fn has_v3_api(&self, u: &Url) -> bool {
-        let key = u.as_str().to_owned();
-        if let Some((at, v3)) = self.capabilities.lock().get(&key) {
-            if at.elapsed() < CAPABILITIES_TTL {
-                return *v3;
-            }
-        }
-        let mut cap = u.clone();
-        let path = cap.path().to_owned();
-        let new_path = match path.find("/ocs/v2.php/") {
-            Some(pos) => format!("{}/ocs/v2.php/cloud/capabilities", &path[..pos]),
-            None => {
-                let base = if path.ends_with('/') {
-                    path.clone()
-                } else {
-                    format!("{path}/")
-                };
-                format!("{base}ocs/v2.php/cloud/capabilities")
-            }
-        };
-        cap.set_path(&new_path);
-        cap.set_query(None);
-        match self.fetch_capabilities(&cap).await {
-            Ok(v3) => {
-                self.capabilities.lock().insert(key, (Instant::now(), v3));
-                v3
-            }
-            Err(e) => {
-                debug!(url = %cap, error = %e, "could not fetch capabilities");
-                false
-            }
-        }
+        self.capabilities(u)
+            .await
+            .caps
+            .is_some_and(|c| c.has_feature(crate::capabilities::FEATURE_SIGNALING_V3))
     }
 
-    async fn fetch_capabilities(&self, cap: &Url) -> Result<bool, BackendError> {
-        let req = Request::builder()
+    /// The Talk capabilities of the Nextcloud `u` belongs to, from the cache
+    /// while fresh (see `capabilities.rs`).
+    pub async fn capabilities(&self, u: &Url) -> Lookup {
+        let cap = capabilities_url(u);
+        let key = cap.as_str().to_owned();
+        if let Some(l) = self.capabilities.fresh(&key, Instant::now()) {
+            return l;
+        }
+        let lock = self
+            .fetching
+            .lock()
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+            .clone();
+        let _guard = lock.lock().await;
+        // Someone else may have fetched while we waited.
+        if let Some(l) = self.capabilities.fresh(&key, Instant::now()) {
+            return l;
+        }
+        let etag = self.capabilities.etag(&key);
+        let (result, etag, cc) = match self.fetch_capabilities(&cap, etag.as_deref()).await {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(url = %cap, error = %e, "could not fetch capabilities");
+                (FetchResult::Failed, None, CacheControl::default())
+            }
+        };
+        self.capabilities
+            .store(&key, Instant::now(), result, etag, cc)
+    }
+
+    /// Make the next lookup for `u` ask Nextcloud (rate limited); true if it will.
+    pub fn invalidate_capabilities(&self, u: &Url) -> bool {
+        self.capabilities
+            .invalidate(capabilities_url(u).as_str(), Instant::now())
+    }
+
+    async fn fetch_capabilities(
+        &self,
+        cap: &Url,
+        etag: Option<&str>,
+    ) -> Result<(FetchResult, Option<String>, CacheControl), BackendError> {
+        let mut req = Request::builder()
             .method(Method::GET)
             .uri(cap.as_str())
             .header(header::ACCEPT, "application/json")
             .header("OCS-APIRequest", "true")
-            .header(header::USER_AGENT, &self.user_agent)
+            .header(header::USER_AGENT, &self.user_agent);
+        if let Some(etag) = etag {
+            req = req.header(header::IF_NONE_MATCH, etag);
+        }
+        let req = req
             .body(Full::new(Bytes::new()))
             .map_err(|e| BackendError::Http(e.to_string()))?;
         let resp = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
             .await
             .map_err(|_| BackendError::Timeout(cap.to_string()))?
             .map_err(|e| BackendError::Http(e.to_string()))?;
-        let ct = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+        let header_text = |name: header::HeaderName| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let new_etag = header_text(header::ETAG).filter(|e| !e.is_empty());
+        let cc = CacheControl::parse(&header_text(header::CACHE_CONTROL).unwrap_or_default());
+        if resp.status() == StatusCode::NOT_MODIFIED {
+            return Ok((FetchResult::NotModified, new_etag, cc));
+        }
+        if resp.status() != StatusCode::OK {
+            return Ok((FetchResult::Failed, None, cc));
+        }
+        let ct = header_text(header::CONTENT_TYPE).unwrap_or_default();
         if !ct.starts_with("application/json") {
             return Err(BackendError::UnsupportedContentType);
         }
@@ -302,12 +334,13 @@ impl BackendClient {
             .map_err(|e| BackendError::Http(e.to_string()))?
             .to_bytes();
         let data: serde_json::Value = decode_ocs(&bytes)?;
-        let features = data
-            .pointer("/capabilities/spreed/features")
-            .and_then(|f| f.as_array())
-            .map(|a| a.iter().any(|f| f.as_str() == Some("signaling-v3")))
-            .unwrap_or(false);
-        Ok(features)
+        let spreed = match data.pointer("/capabilities/spreed") {
+            Some(serde_json::Value::Object(m)) if !m.is_empty() => {
+                Some(SpreedCapabilities(m.clone()))
+            }
+            _ => None,
+        };
+        Ok((FetchResult::Fresh(spreed), new_etag, cc))
     }
 }
 

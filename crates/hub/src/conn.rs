@@ -9,9 +9,10 @@
 use bytes::Bytes;
 use parking_lot::Mutex;
 use proto::client::ServerMessage;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::session::ClientSession;
@@ -77,14 +78,26 @@ impl OutMsg {
 }
 
 /// One connected WebSocket client.
+///
+/// The outbound queue is a plain deque behind a mutex plus a `Notify`
+/// rather than a channel: an idle connection then holds no queue memory at
+/// all (a channel allocates its first block up front), which matters when a
+/// server holds tens of thousands of idle clients.
 pub struct Conn {
     pub id: u64,
     pub remote_addr: String,
     pub user_agent: String,
-    tx: mpsc::Sender<Outbound>,
+    queue: Mutex<Queue>,
+    notify: Notify,
     kill: CancellationToken,
     overflowed: AtomicBool,
     session: Mutex<Option<Arc<ClientSession>>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Outbound>,
+    closed: bool,
 }
 
 impl std::fmt::Debug for Conn {
@@ -101,18 +114,53 @@ impl Conn {
         id: u64,
         remote_addr: String,
         user_agent: String,
-        tx: mpsc::Sender<Outbound>,
         kill: CancellationToken,
     ) -> Arc<Conn> {
         Arc::new(Conn {
             id,
             remote_addr,
             user_agent,
-            tx,
+            queue: Mutex::new(Queue::default()),
+            notify: Notify::new(),
             kill,
             overflowed: AtomicBool::new(false),
             session: Mutex::new(None),
         })
+    }
+
+    /// Wait until something was queued (or the queue was closed).
+    pub async fn queued(&self) {
+        self.notify.notified().await
+    }
+
+    /// Take everything queued, in order. The queue's memory goes with it,
+    /// so an idle connection holds none.
+    pub fn take_queued(&self) -> VecDeque<Outbound> {
+        std::mem::take(&mut self.queue.lock().items)
+    }
+
+    /// Nothing is waiting to be written.
+    pub fn queue_is_empty(&self) -> bool {
+        self.queue.lock().items.is_empty()
+    }
+
+    /// Stop accepting frames (the connection task is ending) and return
+    /// what was still queued.
+    pub fn close_queue(&self) -> VecDeque<Outbound> {
+        let mut q = self.queue.lock();
+        q.closed = true;
+        std::mem::take(&mut q.items)
+    }
+
+    fn push(&self, item: Outbound, limit: usize) -> Result<(), Outbound> {
+        let mut q = self.queue.lock();
+        if q.closed || q.items.len() >= limit {
+            return Err(item);
+        }
+        q.items.push_back(item);
+        drop(q);
+        self.notify.notify_one();
+        Ok(())
     }
 
     pub fn is_connected(&self) -> bool {
@@ -129,16 +177,14 @@ impl Conn {
         if !self.is_connected() {
             return false;
         }
-        match self.tx.try_send(Outbound::Frame(frame)) {
+        match self.push(Outbound::Frame(frame), OUTBOUND_QUEUE) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !self.overflowed.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(conn = self.id, peer = %self.remote_addr, "client does not read fast enough, disconnecting");
+            Err(_) => {
+                if self.is_connected() && !self.queue.lock().closed {
+                    self.overflow();
                 }
-                self.kill.cancel();
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 
@@ -148,11 +194,10 @@ impl Conn {
         if !self.is_connected() {
             return Err(frame);
         }
-        match self.tx.try_send(Outbound::Frame(frame)) {
+        match self.push(Outbound::Frame(frame), OUTBOUND_QUEUE) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(Outbound::Frame(f)))
-            | Err(mpsc::error::TrySendError::Closed(Outbound::Frame(f))) => Err(f),
-            Err(_) => Err(Bytes::new()),
+            Err(Outbound::Frame(f)) => Err(f),
+            Err(Outbound::Close) => Err(Bytes::new()),
         }
     }
 
@@ -166,14 +211,15 @@ impl Conn {
 
     /// Queue a frame, then a close.
     pub fn send_and_close(&self, frame: Bytes) {
-        if self.send(frame) && self.tx.try_send(Outbound::Close).is_err() {
-            self.kill.cancel();
+        if self.send(frame) {
+            self.close();
         }
     }
 
     /// Queue a close after what is already queued.
     pub fn close(&self) {
-        if self.tx.try_send(Outbound::Close).is_err() {
+        // The close may exceed the frame limit by one: it must not be lost.
+        if self.push(Outbound::Close, OUTBOUND_QUEUE + 1).is_err() {
             self.kill.cancel();
         }
     }

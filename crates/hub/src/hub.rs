@@ -5,10 +5,11 @@
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
+use proto::backend::PingEntry;
 use proto::client::{
     ClientMessage, Error, EventServerMessage, HelloServerInfo, HelloServerMessage,
-    MessageServerMessage, Recipient, Sender, ServerMessage, SessionEntry, RECIPIENT_ROOM,
-    RECIPIENT_SESSION, RECIPIENT_USER,
+    MessageServerMessage, Recipient, Sender, ServerMessage, SessionEntry, RECIPIENT_CALL,
+    RECIPIENT_ROOM, RECIPIENT_SESSION, RECIPIENT_USER,
 };
 use serde_json::Value;
 use sha2::Sha256;
@@ -18,7 +19,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use url::Url;
@@ -26,7 +26,7 @@ use url::Url;
 use crate::backend_client::{BackendClient, BackendError};
 use crate::backends::Backends;
 use crate::bus::{Bus, BusMessage, BusPayload};
-use crate::conn::{Conn, OutMsg, Outbound};
+use crate::conn::{Conn, OutMsg};
 use crate::metrics::HubMetrics;
 use crate::room::{room_key, Room};
 use crate::session::{
@@ -35,6 +35,9 @@ use crate::session::{
 };
 use crate::sessionid::{SessionIdCodec, SessionIdData};
 use crate::settings::{HubSettings, ANONYMOUS_JOIN_TIMEOUT, RESUME_WINDOW};
+
+/// A room id and the ping entries of its sessions.
+type RoomPings = (String, Vec<PingEntry>);
 
 /// Work a message needs that cannot finish synchronously (backend requests).
 pub type Pending = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
@@ -108,6 +111,11 @@ pub struct Hub {
     info: Arc<HelloServerInfo>,
     info_internal: Arc<HelloServerInfo>,
     features: Vec<String>,
+    /// The `welcome` frame every new connection gets first, serialised once.
+    welcome: Bytes,
+    /// When the next combined room ping is due.
+    next_ping: Mutex<Instant>,
+    pub(crate) dialouts: crate::dialout::Dialouts,
     sid: AtomicU64,
     conn_ids: AtomicU64,
     reg: Mutex<Registry>,
@@ -144,6 +152,24 @@ impl Hub {
             settings.skip_verify,
         )?;
         metrics.backends_current.set(backends.all().len() as i64);
+        // Like upstream's welcome features: what clients and internal
+        // clients get, sorted.
+        let mut welcome_features: Vec<String> = features
+            .iter()
+            .chain(features_internal.iter())
+            .cloned()
+            .collect();
+        welcome_features.sort();
+        welcome_features.dedup();
+        let welcome = OutMsg::new(ServerMessage {
+            kind: "welcome".into(),
+            welcome: Some(proto::client::WelcomeServerMessage {
+                version: settings.version.clone(),
+                features: welcome_features,
+            }),
+            ..Default::default()
+        })
+        .frame();
         Ok(Arc::new_cyclic(|me| Hub {
             me: me.clone(),
             info: Arc::new(HelloServerInfo {
@@ -163,6 +189,9 @@ impl Hub {
             backends,
             metrics,
             features,
+            welcome,
+            next_ping: Mutex::new(Instant::now() + crate::settings::ROOM_PING_INTERVAL),
+            dialouts: Default::default(),
             sid: AtomicU64::new(0),
             conn_ids: AtomicU64::new(0),
             reg: Mutex::new(Registry::default()),
@@ -255,21 +284,68 @@ impl Hub {
                 self.close_session(&session);
             }
         }
-        for room in rooms {
-            for (url, entries) in room.due_ping(now) {
-                let hub = self.clone();
-                let roomid = room.id.clone();
-                tokio::spawn(async move {
-                    let req = proto::backend::BackendClientRequest::ping(&roomid, entries);
-                    let res: Result<Value, _> = hub
-                        .backend
-                        .perform_json_request(&url, &req, Some(hub.settings.backend_timeout))
-                        .await;
-                    hub.count_backend("ping", res.is_ok());
-                    if let Err(e) = res {
-                        warn!(room = %roomid, error = %e, "room ping failed");
+        for room in &rooms {
+            room.expire_transient(self, now);
+        }
+        let ping_due = {
+            let mut next = self.next_ping.lock();
+            if now >= *next {
+                *next = now + crate::settings::ROOM_PING_INTERVAL;
+                true
+            } else {
+                false
+            }
+        };
+        if ping_due {
+            // One list per Nextcloud URL, holding the entries of all rooms.
+            let mut by_url: Vec<(Url, Vec<RoomPings>)> = Vec::new();
+            for room in rooms {
+                for (url, entries) in room.ping_entries() {
+                    match by_url.iter_mut().find(|(u, _)| *u == url) {
+                        Some((_, list)) => list.push((room.id.clone(), entries)),
+                        None => by_url.push((url, vec![(room.id.clone(), entries)])),
                     }
-                });
+                }
+            }
+            for (url, rooms) in by_url {
+                let hub = self.clone();
+                tokio::spawn(async move { hub.send_pings(url, rooms).await });
+            }
+        }
+    }
+
+    /// Room pings to one Nextcloud. When it announces
+    /// `signaling.session-ping-limit` (upstream 0.5.0, #250) the sessions of
+    /// all rooms go in combined requests (empty room id) of at most that many
+    /// entries; otherwise each room pings on its own.
+    async fn send_pings(self: Arc<Self>, url: Url, rooms: Vec<RoomPings>) {
+        use crate::capabilities::{CONFIG_GROUP_SIGNALING, CONFIG_SESSION_PING_LIMIT};
+        let limit = self
+            .backend
+            .capabilities(&url)
+            .await
+            .caps
+            .and_then(|c| c.int_config(CONFIG_GROUP_SIGNALING, CONFIG_SESSION_PING_LIMIT))
+            .filter(|l| *l > 0)
+            .map(|l| l as usize);
+        let requests: Vec<RoomPings> = match limit {
+            None => rooms,
+            Some(limit) => {
+                let all: Vec<PingEntry> = rooms.into_iter().flat_map(|(_, e)| e).collect();
+                all.chunks(limit)
+                    .map(|c| (String::new(), c.to_vec()))
+                    .collect()
+            }
+        };
+        for (roomid, entries) in requests {
+            let req = proto::backend::BackendClientRequest::ping(&roomid, entries);
+            let res: Result<Value, _> = self
+                .backend
+                .perform_json_request(&url, &req, Some(self.settings.backend_timeout))
+                .await;
+            self.count_backend("ping", res.is_ok());
+            if let Err(e) = res {
+                warn!(room = %roomid, url = %url, error = %e, "room ping failed");
             }
         }
     }
@@ -288,12 +364,14 @@ impl Hub {
         &self,
         remote_addr: String,
         user_agent: String,
-        tx: mpsc::Sender<Outbound>,
         kill: CancellationToken,
     ) -> Arc<Conn> {
         self.metrics.connections.inc();
         let id = self.conn_ids.fetch_add(1, Ordering::Relaxed) + 1;
-        Conn::new(id, remote_addr, user_agent, tx, kill)
+        let conn = Conn::new(id, remote_addr, user_agent, kill);
+        // Clients learn the features (e.g. hello v2) before they say hello.
+        conn.send(self.welcome.clone());
+        conn
     }
 
     /// The connection ended (socket closed or killed). The session stays
@@ -468,7 +546,7 @@ impl Hub {
             id: id.to_owned(),
             kind: "hello".into(),
             hello: Some(HelloServerMessage {
-                version: proto::client::HELLO_VERSION_V1.into(),
+                version: session.hello_version.into(),
                 sessionid: session.public_id.to_string(),
                 resumeid: session.private_id.clone(),
                 userid: session.auth_user_id.clone(),
@@ -496,6 +574,36 @@ impl Hub {
             send_err(err_invalid_backend());
             return;
         };
+        let Some(backend_url) = session_backend_url(&hello.auth.url) else {
+            send_err(err_invalid_backend());
+            return;
+        };
+        if hello.version == proto::client::HELLO_VERSION_V2 {
+            let token = hello.v2_token().unwrap_or_default();
+            let claims = match self.verify_hello_token(&backend_url, &token).await {
+                Ok(c) => c,
+                Err(e) => {
+                    debug!(peer = %conn.remote_addr, error = %e, "hello v2 token refused");
+                    send_err(e);
+                    return;
+                }
+            };
+            if !conn.is_connected() {
+                return;
+            }
+            self.register(
+                conn,
+                id,
+                backend,
+                backend_url,
+                ClientType::Client,
+                proto::client::HELLO_VERSION_V2,
+                claims.subject,
+                claims.userdata,
+                hello.features.unwrap_or_default(),
+            );
+            return;
+        }
         let req = proto::backend::BackendClientRequest::auth(hello.auth.params.clone());
         let res: Result<proto::backend::BackendClientResponse, _> = self
             .backend
@@ -522,16 +630,13 @@ impl Hub {
             return;
         }
         let a = auth.auth.unwrap_or_default();
-        let Some(backend_url) = session_backend_url(&hello.auth.url) else {
-            send_err(err_invalid_backend());
-            return;
-        };
         self.register(
             conn,
             id,
             backend,
             backend_url,
             ClientType::Client,
+            proto::client::HELLO_VERSION_V1,
             a.userid,
             a.user.map(Arc::from),
             hello.features.unwrap_or_default(),
@@ -582,6 +687,11 @@ impl Hub {
             backend,
             backend_url,
             ClientType::Internal,
+            if hello.version == proto::client::HELLO_VERSION_V2 {
+                proto::client::HELLO_VERSION_V2
+            } else {
+                proto::client::HELLO_VERSION_V1
+            },
             String::new(),
             None,
             hello.features.unwrap_or_default(),
@@ -596,6 +706,7 @@ impl Hub {
         backend: Arc<crate::backends::Backend>,
         backend_url: Url,
         client_type: ClientType,
+        hello_version: &'static str,
         user_id: String,
         user_data: Option<Arc<proto::RawValue>>,
         features: Vec<String>,
@@ -622,6 +733,7 @@ impl Hub {
                 user_id,
                 user_data,
                 features,
+                hello_version,
             },
         );
         if client_type == ClientType::Client {
@@ -665,6 +777,50 @@ impl Hub {
             .sessions_total
             .inc(&[&backend.id, client_type.as_str()]);
         self.send_hello_response(conn, &session, id);
+    }
+
+    /// Check a hello v2 token against the key in the backend's capabilities.
+    /// A missing key, or a signature that does not verify with a cached key,
+    /// makes us ask Nextcloud again once (rate limited): the key may have
+    /// been created or rotated since we cached it.
+    async fn verify_hello_token(
+        &self,
+        backend_url: &Url,
+        token: &str,
+    ) -> Result<crate::token::TokenClaims, Error> {
+        use crate::capabilities::{CONFIG_GROUP_SIGNALING, CONFIG_HELLO_V2_TOKEN_KEY};
+        use crate::token::TokenError;
+        let map = |e: TokenError| match e {
+            TokenError::Invalid(_) => err_invalid_token(),
+            TokenError::Expired => Error::new("token_expired", "The token is expired."),
+            TokenError::NotValidYet => {
+                Error::new("token_not_valid_yet", "The token is not valid yet.")
+            }
+        };
+        // Refuse garbage before asking Nextcloud anything.
+        crate::token::token_algorithm(token).map_err(map)?;
+        let key_of = |l: &crate::capabilities::Lookup| {
+            l.caps
+                .as_ref()
+                .and_then(|c| c.string_config(CONFIG_GROUP_SIGNALING, CONFIG_HELLO_V2_TOKEN_KEY))
+        };
+        let lookup = self.backend.capabilities(backend_url).await;
+        let now = unix_now();
+        let first = match key_of(&lookup) {
+            Some(key) => crate::token::verify(token, &key, now).map(|c| (c, key)),
+            None => Err(TokenError::Invalid("no key found for issuer".into())),
+        };
+        match first {
+            Ok((claims, _)) => Ok(claims),
+            Err(TokenError::Invalid(_))
+                if lookup.cached && self.backend.invalidate_capabilities(backend_url) =>
+            {
+                let lookup = self.backend.capabilities(backend_url).await;
+                let key = key_of(&lookup).ok_or_else(err_invalid_token)?;
+                crate::token::verify(token, &key, unix_now()).map_err(map)
+            }
+            Err(e) => Err(map(e)),
+        }
     }
 
     fn mint_ids(&self, backend_id: &str) -> (u64, Arc<str>, String) {
@@ -786,7 +942,13 @@ impl Hub {
 
     fn send_room_reply(session: &ClientSession, id: &str, room: Option<&Room>) {
         let msg = match room {
-            Some(r) => ServerMessage::room(id, &r.id, r.properties()),
+            Some(r) => {
+                let mut m = ServerMessage::room(id, &r.id, r.properties());
+                if let Some(body) = m.room.as_mut() {
+                    body.bandwidth = room_bandwidth(r);
+                }
+                m
+            }
             None => ServerMessage::room(id, "", None),
         };
         session.send_message(msg);
@@ -814,8 +976,27 @@ impl Hub {
             }
             return None;
         }
+        if room_msg.federation.is_some() {
+            session.send_message(ServerMessage::error(
+                &msg.id,
+                Error::new(
+                    "federation_unsupported",
+                    "Federation is not supported by this server.",
+                ),
+            ));
+            return None;
+        }
         if let Some(room) = self.room_for(&session.backend, &room_msg.roomid) {
             if room.has_session(&session.public_id) {
+                // Upstream 1.2.0 (#547): tell the client instead of ignoring it,
+                // so its request gets an answer.
+                let mut details = serde_json::json!({"room": {"roomid": room.id}});
+                if let Some(p) = room.properties() {
+                    details["room"]["properties"] = serde_json::json!(p);
+                }
+                let mut err = Error::new("already_joined", "Already joined this room.");
+                err.details = Some(details);
+                session.send_message(ServerMessage::error(&msg.id, err));
                 return None;
             }
         }
@@ -939,6 +1120,7 @@ impl Hub {
                     .map(|s| SessionEntry {
                         sessionid: s.public_id().to_string(),
                         userid: s.user_id(),
+                        features: s.features(),
                         user: s.user_data(),
                         roomsessionid: match s {
                             AnySession::Client(c) => c.room_session_id(),
@@ -1077,7 +1259,9 @@ impl Hub {
                     session.backend.subject_suffix(),
                 )
             }
-            RECIPIENT_ROOM => match session.room() {
+            // Call recipients get it on the room subject; sessions that are not
+            // in the call drop it (see `ClientSession::on_bus_message`).
+            RECIPIENT_ROOM | RECIPIENT_CALL => match session.room() {
                 Some(room) => room.subject.clone(),
                 None => return,
             },
@@ -1137,7 +1321,12 @@ impl Hub {
                 let value = t
                     .value
                     .and_then(|v| serde_json::from_str::<Value>(v.get()).ok());
-                room.set_transient(self, &t.key, value);
+                // Go's `time.Duration`: nanoseconds.
+                let ttl = t
+                    .ttl
+                    .filter(|n| *n > 0)
+                    .map(|n| Duration::from_nanos(n as u64));
+                room.set_transient(self, &t.key, value, ttl);
             }
             "remove" => room.remove_transient(self, &t.key),
             _ => session.send_message(ServerMessage::error(
@@ -1178,6 +1367,25 @@ impl Hub {
                         room.publish_flags(self, &v);
                     }
                 }
+                if let Some(incall) = m.incall {
+                    if v.set_incall(incall) {
+                        room.publish_users_changed_with_internal(self);
+                    }
+                }
+                None
+            }
+            "incall" => {
+                // Upstream 1.1.0 (#421): the internal client's own call state.
+                let flags = internal.incall.as_ref()?.incall;
+                if session.set_internal_incall(flags.max(0)) {
+                    if let Some(room) = session.room() {
+                        room.publish_users_changed_with_internal(self);
+                    }
+                }
+                None
+            }
+            "dialout" => {
+                self.process_dialout_answer(session, &msg.id, internal.dialout.clone()?);
                 None
             }
             other => {
@@ -1413,6 +1621,19 @@ impl Hub {
             .set(self.backends.all().len() as i64);
     }
 
+    /// Every client and internal session.
+    pub(crate) fn client_sessions(&self) -> Vec<Arc<ClientSession>> {
+        self.reg
+            .lock()
+            .sessions
+            .values()
+            .filter_map(|s| match s {
+                AnySession::Client(c) => Some(c.clone()),
+                AnySession::Virtual(_) => None,
+            })
+            .collect()
+    }
+
     /// Say goodbye to every connected client (shutdown).
     pub fn close_all_connections(&self) {
         let sessions: Vec<Arc<ClientSession>> = self
@@ -1431,6 +1652,23 @@ impl Hub {
             }
         }
     }
+}
+
+/// Publishing limits of the room's backend, if it sets any (upstream 2.1.0, #1099).
+fn room_bandwidth(room: &Room) -> Option<proto::client::RoomBandwidth> {
+    let stream = room.backend.max_stream_bitrate.max(0) as u64;
+    let screen = room.backend.max_screen_bitrate.max(0) as u64;
+    (stream != 0 || screen != 0).then_some(proto::client::RoomBandwidth {
+        maxstreambitrate: stream,
+        maxscreenbitrate: screen,
+    })
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -11,7 +11,9 @@ pub mod backend_api;
 pub mod backend_client;
 pub mod backends;
 pub mod bus;
+pub mod capabilities;
 pub mod conn;
+pub mod dialout;
 mod filter;
 mod hub;
 pub mod metrics;
@@ -19,5 +21,6 @@ pub mod room;
 pub mod session;
 pub mod sessionid;
 pub mod settings;
+pub mod token;
 
 pub use hub::{err_invalid_format, Hub, HubError, HubStats, Pending};

@@ -12,7 +12,7 @@ use proto::{Raw, RawValue};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 use url::Url;
 
@@ -20,7 +20,6 @@ use crate::backends::Backend;
 use crate::bus::{BusError, BusHandler, BusMessage, BusPayload, Subscription};
 use crate::conn::OutMsg;
 use crate::session::{AnySession, ClientSession, VirtualSession};
-use crate::settings::ROOM_PING_INTERVAL;
 use crate::Hub;
 
 pub const FLAG_IN_CALL: i64 = 1;
@@ -39,8 +38,9 @@ struct RoomState {
     users: Vec<JsonMap>,
     last_requests: HashMap<String, i64>,
     transient: serde_json::Map<String, Value>,
+    /// Transient entries set with a TTL (upstream 1.2.0, #575) and when they go.
+    transient_expiry: HashMap<String, Instant>,
     closed: bool,
-    next_ping: Instant,
 }
 
 pub struct Room {
@@ -103,8 +103,8 @@ impl Room {
                 users: Vec::new(),
                 last_requests: HashMap::new(),
                 transient: serde_json::Map::new(),
+                transient_expiry: HashMap::new(),
                 closed: false,
-                next_ping: Instant::now() + ROOM_PING_INTERVAL,
             }),
             backend_subscription: Mutex::new(None),
             backend,
@@ -143,6 +143,11 @@ impl Room {
 
     pub fn sessions(&self) -> Vec<AnySession> {
         self.state.lock().sessions.clone()
+    }
+
+    /// Send `msg` to every member.
+    pub(crate) fn publish_message(&self, hub: &Hub, msg: ServerMessage) {
+        self.publish(hub, msg);
     }
 
     fn publish(&self, hub: &Hub, msg: ServerMessage) {
@@ -217,6 +222,7 @@ impl Room {
         let entry = SessionEntry {
             sessionid: session.public_id().to_string(),
             userid: user_id,
+            features: session.features(),
             user: session.user_data(),
             roomsessionid: match &session {
                 AnySession::Client(c) => c.room_session_id(),
@@ -337,14 +343,20 @@ impl Room {
         }
         for s in &st.sessions {
             let entry = match s {
-                AnySession::Client(c) if c.is_internal() => serde_json::json!({
-                    "inCall": FLAG_IN_CALL | FLAG_WITH_AUDIO,
-                    "sessionId": &*c.public_id,
-                    "lastPing": now,
-                    "internal": true,
-                }),
+                AnySession::Client(c) if c.is_internal() => {
+                    let mut e = serde_json::json!({
+                        "inCall": c.internal_incall(),
+                        "sessionId": &*c.public_id,
+                        "lastPing": now,
+                        "internal": true,
+                    });
+                    if !c.features.is_empty() {
+                        e["features"] = serde_json::json!(c.features);
+                    }
+                    e
+                }
                 AnySession::Virtual(v) => serde_json::json!({
-                    "inCall": FLAG_IN_CALL | FLAG_WITH_PHONE,
+                    "inCall": v.incall(),
                     "sessionId": &*v.public_id,
                     "lastPing": now,
                     "virtual": true,
@@ -386,7 +398,7 @@ impl Room {
         ServerMessage::event(event)
     }
 
-    fn publish_users_changed_with_internal(&self, hub: &Hub) {
+    pub(crate) fn publish_users_changed_with_internal(&self, hub: &Hub) {
         let users = self.state.lock().users.clone();
         self.publish(hub, self.participants_update(Vec::new(), users));
     }
@@ -511,13 +523,30 @@ impl Room {
         self.publish(hub, ServerMessage::event(event));
     }
 
-    /// Set (or with `None`, remove) a transient value; members are told via the room subject.
-    pub(crate) fn set_transient(&self, hub: &Hub, key: &str, value: Option<Value>) {
+    /// Set (or with `None`, remove) a transient value; members are told via
+    /// the room subject. With a `ttl` the entry is removed after that time
+    /// (housekeeping checks every second).
+    pub(crate) fn set_transient(
+        &self,
+        hub: &Hub,
+        key: &str,
+        value: Option<Value>,
+        ttl: Option<Duration>,
+    ) {
         let Some(value) = value.filter(|v| !v.is_null()) else {
             self.remove_transient(hub, key);
             return;
         };
         let mut st = self.state.lock();
+        match ttl {
+            Some(ttl) => {
+                st.transient_expiry
+                    .insert(key.to_owned(), Instant::now() + ttl);
+            }
+            None => {
+                st.transient_expiry.remove(key);
+            }
+        }
         let old = st.transient.get(key).cloned();
         if old.as_ref() == Some(&value) {
             return;
@@ -536,8 +565,30 @@ impl Room {
         );
     }
 
+    /// Remove transient entries whose TTL ran out.
+    pub(crate) fn expire_transient(&self, hub: &Hub, now: Instant) {
+        let expired: Vec<String> = {
+            let st = self.state.lock();
+            if st.transient_expiry.is_empty() {
+                return;
+            }
+            st.transient_expiry
+                .iter()
+                .filter(|(_, t)| **t <= now)
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        for key in expired {
+            self.remove_transient(hub, &key);
+        }
+    }
+
     pub(crate) fn remove_transient(&self, hub: &Hub, key: &str) {
-        let old = self.state.lock().transient.remove(key);
+        let old = {
+            let mut st = self.state.lock();
+            st.transient_expiry.remove(key);
+            st.transient.remove(key)
+        };
         let Some(old) = old else { return };
         self.publish(
             hub,
@@ -550,13 +601,13 @@ impl Room {
         );
     }
 
-    /// Ping entries grouped by backend URL, if this room's ping is due.
-    pub(crate) fn due_ping(&self, now: Instant) -> Vec<(Url, Vec<PingEntry>)> {
-        let mut st = self.state.lock();
-        if st.closed || now < st.next_ping {
+    /// Ping entries of the members, grouped by backend URL (the hub
+    /// combines them across rooms).
+    pub(crate) fn ping_entries(&self) -> Vec<(Url, Vec<PingEntry>)> {
+        let st = self.state.lock();
+        if st.closed {
             return Vec::new();
         }
-        st.next_ping = now + ROOM_PING_INTERVAL;
         let mut groups: Vec<(Url, Vec<PingEntry>)> = Vec::new();
         for s in &st.sessions {
             let (url, entry) = match s {

@@ -81,6 +81,11 @@ pub struct ClientSession {
     pub auth_user_id: String,
     pub user_data: Option<Arc<RawValue>>,
     pub features: Vec<String>,
+    /// Version of the hello that created the session, echoed on resume.
+    pub hello_version: &'static str,
+    /// In-call flags an internal client set for itself (`internal-incall`);
+    /// `None` means upstream's default for internal clients (in call with audio).
+    internal_incall: Mutex<Option<i64>>,
     room_join_time: AtomicI64,
     closed: AtomicBool,
     state: Mutex<SessionState>,
@@ -117,6 +122,7 @@ pub struct NewSession {
     pub user_id: String,
     pub user_data: Option<Arc<RawValue>>,
     pub features: Vec<String>,
+    pub hello_version: &'static str,
 }
 
 impl ClientSession {
@@ -133,6 +139,8 @@ impl ClientSession {
             auth_user_id: n.user_id,
             user_data: n.user_data,
             features: n.features,
+            hello_version: n.hello_version,
+            internal_incall: Mutex::new(None),
             room_join_time: AtomicI64::new(0),
             closed: AtomicBool::new(false),
             state: Mutex::new(SessionState::default()),
@@ -145,6 +153,26 @@ impl ClientSession {
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether the client announced `feature` in its hello.
+    pub fn has_feature(&self, feature: &str) -> bool {
+        self.features.iter().any(|f| f == feature)
+    }
+
+    /// In-call flags of an internal session as listed to the room. Clients
+    /// without `internal-incall` are "in call with audio", as upstream has it.
+    pub fn internal_incall(&self) -> i64 {
+        match *self.internal_incall.lock() {
+            Some(flags) => flags,
+            None if self.has_feature(proto::client::CLIENT_FEATURE_INTERNAL_INCALL) => 0,
+            None => crate::room::FLAG_IN_CALL | crate::room::FLAG_WITH_AUDIO,
+        }
+    }
+
+    /// Set by `internal/incall`; true if the value changed.
+    pub(crate) fn set_internal_incall(&self, flags: i64) -> bool {
+        self.internal_incall.lock().replace(flags) != Some(flags)
     }
 
     /// Subscribe the session and user subjects (called once after registration).
@@ -486,6 +514,24 @@ impl ClientSession {
     }
 }
 
+impl ClientSession {
+    /// A message sent to the `call` recipient while this session is not in
+    /// the call of its room.
+    fn is_call_message_not_for_me(&self, m: &ServerMessage) -> bool {
+        let body = m.message.as_ref().or(m.control.as_ref());
+        let to_call = body
+            .and_then(|b| b.sender.as_ref())
+            .is_some_and(|s| s.kind == proto::client::RECIPIENT_CALL);
+        if !to_call {
+            return false;
+        }
+        if self.is_internal() {
+            return self.internal_incall() & crate::room::FLAG_IN_CALL == 0;
+        }
+        !self.room().is_some_and(|r| r.is_in_call(&self.public_id))
+    }
+}
+
 impl BusHandler for ClientSession {
     fn on_bus_message(&self, _subject: &str, msg: &BusMessage) {
         if self.is_closed() {
@@ -513,6 +559,7 @@ impl BusHandler for ClientSession {
                     return;
                 }
                 let skip = match m.kind.as_str() {
+                    "message" | "control" if self.is_call_message_not_for_me(m) => true,
                     "message" => own(m.message.as_ref().and_then(|x| x.sender.as_ref())),
                     "control" => own(m.control.as_ref().and_then(|x| x.sender.as_ref())),
                     "event" => {
@@ -546,6 +593,7 @@ pub struct VirtualSession {
     pub backend: Arc<Backend>,
     pub backend_url: Url,
     flags: AtomicU32,
+    incall: AtomicI64,
     room: Mutex<Option<Arc<Room>>>,
 }
 
@@ -579,6 +627,14 @@ impl VirtualSession {
             backend: owner.backend.clone(),
             backend_url: owner.backend_url.clone(),
             flags: AtomicU32::new(msg.flags),
+            // Owners with `internal-incall` manage the flags themselves.
+            incall: AtomicI64::new(msg.incall.unwrap_or(
+                if owner.has_feature(proto::client::CLIENT_FEATURE_INTERNAL_INCALL) {
+                    0
+                } else {
+                    crate::room::FLAG_IN_CALL | crate::room::FLAG_WITH_PHONE
+                },
+            )),
             room: Mutex::new(None),
         })
     }
@@ -590,6 +646,15 @@ impl VirtualSession {
     /// True if the flags changed.
     pub fn set_flags(&self, flags: u32) -> bool {
         self.flags.swap(flags, Ordering::Relaxed) != flags
+    }
+
+    pub fn incall(&self) -> i64 {
+        self.incall.load(Ordering::Relaxed)
+    }
+
+    /// True if the in-call flags changed.
+    pub fn set_incall(&self, flags: i64) -> bool {
+        self.incall.swap(flags.max(0), Ordering::Relaxed) != flags.max(0)
     }
 
     pub fn room(&self) -> Option<Arc<Room>> {
@@ -652,5 +717,12 @@ impl AnySession {
     }
     pub fn is_internal(&self) -> bool {
         matches!(self, AnySession::Client(s) if s.is_internal())
+    }
+    /// Hello features, listed in join events (`join-features`).
+    pub fn features(&self) -> Vec<String> {
+        match self {
+            AnySession::Client(s) => s.features.clone(),
+            AnySession::Virtual(_) => Vec::new(),
+        }
     }
 }

@@ -229,18 +229,16 @@ impl SessionIdCodec {
     /// Encodes the private (resume) id of a session.
     pub fn encode_private(&self, d: &SessionIdData) -> String {
         let raw = self.seal(PRIVATE_SESSION_NAME, d, unix_secs_now(), None);
-        let id = GO_URL_BASE64.encode(raw);
-        self.private_cache.insert(&id, d);
-        id
+        // Not cached: the hub finds its own sessions by id string; the cache
+        // is for ids it has to decode, and would only cost memory here.
+        GO_URL_BASE64.encode(raw)
     }
 
     /// Encodes the public session id of a session.
     pub fn encode_public(&self, d: &SessionIdData) -> String {
         let mut raw = self.seal(PUBLIC_SESSION_NAME, d, unix_secs_now(), None);
         raw.reverse();
-        let id = GO_URL_BASE64.encode(raw);
-        self.public_cache.insert(&id, d);
-        id
+        GO_URL_BASE64.encode(raw)
     }
 
     /// Decodes and authenticates a private (resume) id.

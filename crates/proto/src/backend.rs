@@ -67,8 +67,33 @@ pub struct BackendServerRoomRequest {
     pub participants: Option<RoomParticipantsRequest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<RoomMessageRequest>,
+    /// Move sessions to another room (breakout rooms; upstream 1.1.0, #409).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switchto: Option<RoomSwitchToRequest>,
+    /// Start a phone call through a SIP bridge (upstream 1.2.0, #563).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dialout: Option<RoomDialoutRequest>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub received: i64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, Clone)]
+pub struct RoomSwitchToRequest {
+    /// Target room id.
+    #[serde(default)]
+    pub roomid: String,
+    /// Talk session ids: a list, or a map of session id to details (or null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<Raw>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, Clone)]
+pub struct RoomDialoutRequest {
+    /// E.164 number.
+    #[serde(default)]
+    pub number: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<Raw>,
 }
 
 fn is_zero(v: &i64) -> bool {

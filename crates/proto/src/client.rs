@@ -8,8 +8,10 @@ use std::sync::Arc;
 
 use crate::{raw_is_empty, Raw};
 
-/// The only hello version this server speaks at the reference level.
+/// Hello with `auth.params` validated by the backend.
 pub const HELLO_VERSION_V1: &str = "1.0";
+/// Hello with `auth.params.token`, a JWT signed by Nextcloud (upstream 1.0.0, #251).
+pub const HELLO_VERSION_V2: &str = "2.0";
 
 pub const CLIENT_TYPE_CLIENT: &str = "client";
 pub const CLIENT_TYPE_INTERNAL: &str = "internal";
@@ -22,18 +24,54 @@ pub const FEATURE_AUDIO_VIDEO_PERMISSIONS: &str = "audio-video-permissions";
 pub const FEATURE_TRANSIENT_DATA: &str = "transient-data";
 pub const FEATURE_INCALL_ALL: &str = "incall-all";
 pub const FEATURE_VIRTUAL_SESSIONS: &str = "virtual-sessions";
+pub const FEATURE_WELCOME: &str = "welcome";
+pub const FEATURE_HELLO_V2: &str = "hello-v2";
+pub const FEATURE_SWITCHTO: &str = "switchto";
+pub const FEATURE_DIALOUT: &str = "dialout";
+pub const FEATURE_FEDERATION: &str = "federation";
+pub const FEATURE_RECIPIENT_CALL: &str = "recipient-call";
+pub const FEATURE_JOIN_FEATURES: &str = "join-features";
+pub const FEATURE_CHAT_RELAY: &str = "chat-relay";
+
+/// Client features (hello `features`).
+pub const CLIENT_FEATURE_CHAT_RELAY: &str = "chat-relay";
+pub const CLIENT_FEATURE_INTERNAL_INCALL: &str = "internal-incall";
+pub const CLIENT_FEATURE_START_DIALOUT: &str = "start-dialout";
+
+/// Features added after the reference version, in upstream's order; each is
+/// listed only once it works here (Talk refuses servers that claim more).
+const LATER_FEATURES: &[&str] = &[
+    FEATURE_WELCOME,
+    FEATURE_HELLO_V2,
+    FEATURE_SWITCHTO,
+    FEATURE_DIALOUT,
+    FEATURE_RECIPIENT_CALL,
+    FEATURE_JOIN_FEATURES,
+];
 
 /// Features every normal client is told about.
 pub const DEFAULT_FEATURES: &[&str] = &[
     FEATURE_AUDIO_VIDEO_PERMISSIONS,
     FEATURE_TRANSIENT_DATA,
     FEATURE_INCALL_ALL,
+    LATER_FEATURES[0],
+    LATER_FEATURES[1],
+    LATER_FEATURES[2],
+    LATER_FEATURES[3],
+    LATER_FEATURES[4],
+    LATER_FEATURES[5],
 ];
 /// Features internal clients are told about.
 pub const DEFAULT_FEATURES_INTERNAL: &[&str] = &[
     FEATURE_VIRTUAL_SESSIONS,
     FEATURE_TRANSIENT_DATA,
     FEATURE_INCALL_ALL,
+    LATER_FEATURES[0],
+    LATER_FEATURES[1],
+    LATER_FEATURES[2],
+    LATER_FEATURES[3],
+    LATER_FEATURES[4],
+    LATER_FEATURES[5],
 ];
 
 /// A message received from a client.
@@ -129,7 +167,7 @@ pub struct InternalAuthParams {
 
 impl HelloClientMessage {
     pub fn check_valid(&mut self) -> Result<(), String> {
-        if self.version != HELLO_VERSION_V1 {
+        if self.version != HELLO_VERSION_V1 && self.version != HELLO_VERSION_V2 {
             return Err(format!("unsupported hello version: {}", self.version));
         }
         if !self.resumeid.is_empty() {
@@ -153,6 +191,9 @@ impl HelloClientMessage {
                         self.auth.url
                     ));
                 }
+                if self.version == HELLO_VERSION_V2 && self.v2_token()?.is_empty() {
+                    return Err("token missing".into());
+                }
                 Ok(())
             }
             CLIENT_TYPE_INTERNAL => {
@@ -164,6 +205,19 @@ impl HelloClientMessage {
             }
             _ => Err("unsupported auth type".into()),
         }
+    }
+
+    /// The JWT of a v2 hello (`auth.params.token`); errors when params are not an object.
+    pub fn v2_token(&self) -> Result<String, String> {
+        #[derive(Deserialize)]
+        struct Params {
+            #[serde(default)]
+            token: String,
+        }
+        let raw = self.auth.params.as_ref().ok_or("params missing")?;
+        serde_json::from_str::<Params>(raw.get())
+            .map(|p| p.token)
+            .map_err(|e| e.to_string())
     }
 
     /// Parameters of an internal hello; errors when they are not an object.
@@ -203,11 +257,28 @@ pub struct RoomClientMessage {
     pub roomid: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sessionid: String,
+    /// Join a room on another signaling server (upstream 2.0.0, #776).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<RoomFederationMessage>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct RoomFederationMessage {
+    #[serde(default)]
+    pub signaling: String,
+    #[serde(default)]
+    pub url: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub roomid: String,
+    #[serde(default)]
+    pub token: String,
 }
 
 pub const RECIPIENT_SESSION: &str = "session";
 pub const RECIPIENT_USER: &str = "user";
 pub const RECIPIENT_ROOM: &str = "room";
+/// Sessions in the call of the sender's room (upstream 2.0.2, #859).
+pub const RECIPIENT_CALL: &str = "call";
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 pub struct Recipient {
@@ -234,7 +305,7 @@ impl MessageClientMessage {
             return Err("message empty".into());
         }
         match self.recipient.kind.as_str() {
-            RECIPIENT_ROOM => Ok(()),
+            RECIPIENT_ROOM | RECIPIENT_CALL => Ok(()),
             RECIPIENT_SESSION if self.recipient.sessionid.is_empty() => {
                 Err("session id missing".into())
             }
@@ -267,6 +338,32 @@ pub struct InternalClientMessage {
     pub updatesession: Option<UpdateSessionInternal>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removesession: Option<RemoveSessionInternal>,
+    /// An internal client's own in-call flags (upstream 1.1.0, #421).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incall: Option<InCallInternal>,
+    /// Answer to a dial-out request (upstream 1.2.0, #563).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dialout: Option<DialoutInternal>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct InCallInternal {
+    #[serde(default)]
+    pub incall: i64,
+}
+
+/// `internal/dialout` from the client: `{type: "error"|"status", roomid, error?, status?}`.
+/// The same shape goes to the room as `dialout` message.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct DialoutInternal {
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub roomid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Error>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
 }
 
 fn check_common(sessionid: &str, roomid: &str) -> Result<(), String> {
@@ -293,6 +390,16 @@ impl InternalClientMessage {
             "removesession" => match &self.removesession {
                 None => Err("removesession missing".into()),
                 Some(m) => check_common(&m.sessionid, &m.roomid),
+            },
+            "incall" if self.incall.is_none() => Err("incall missing".into()),
+            "dialout" => match &self.dialout {
+                None => Err("dialout missing".into()),
+                Some(d) => match d.kind.as_str() {
+                    "" => Err("type missing".into()),
+                    "error" if d.error.is_none() => Err("error missing".into()),
+                    "status" if d.status.is_none() => Err("status missing".into()),
+                    _ => Ok(()),
+                },
             },
             _ => Ok(()),
         }
@@ -323,6 +430,9 @@ pub struct AddSessionInternal {
     pub user: Option<Raw>,
     #[serde(default)]
     pub flags: u32,
+    /// In-call flags of the virtual session (upstream 1.1.0, #421).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incall: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub options: Option<AddSessionOptions>,
 }
@@ -335,6 +445,8 @@ pub struct UpdateSessionInternal {
     pub roomid: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flags: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incall: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -355,6 +467,9 @@ pub struct TransientDataClientMessage {
     pub key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<Raw>,
+    /// Lifetime of the entry in nanoseconds (Go's `time.Duration`; upstream 1.2.0, #575).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<i64>,
 }
 
 impl TransientDataClientMessage {
@@ -407,6 +522,8 @@ pub struct ServerMessage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<Error>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub welcome: Option<WelcomeServerMessage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hello: Option<HelloServerMessage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bye: Option<ByeServerMessage>,
@@ -420,6 +537,21 @@ pub struct ServerMessage {
     pub event: Option<EventServerMessage>,
     #[serde(default, rename = "transient", skip_serializing_if = "Option::is_none")]
     pub transient: Option<TransientDataServerMessage>,
+    /// Requests to internal clients (dial-out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal: Option<serde_json::Value>,
+    /// Dial-out status/error relayed to a room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dialout: Option<DialoutInternal>,
+}
+
+/// Sent right after connecting (upstream 1.0.0, #288): clients learn the
+/// features, e.g. `hello-v2`, before they authenticate.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct WelcomeServerMessage {
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
 }
 
 impl ServerMessage {
@@ -447,6 +579,7 @@ impl ServerMessage {
             room: Some(RoomServerMessage {
                 roomid: roomid.to_owned(),
                 properties,
+                bandwidth: None,
             }),
             ..Default::default()
         }
@@ -513,6 +646,16 @@ pub struct RoomServerMessage {
     pub roomid: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub properties: Option<Raw>,
+    /// Publishing limits of the backend (upstream 2.1.0, #1099).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<RoomBandwidth>,
+}
+
+/// Bits per second.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RoomBandwidth {
+    pub maxstreambitrate: u64,
+    pub maxscreenbitrate: u64,
 }
 
 /// Who sent a `message`/`control`.
@@ -555,6 +698,16 @@ pub struct EventServerMessage {
     pub flags: Option<RoomFlagsEvent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<RoomEventMessage>,
+    /// `room/switchto` (breakout rooms; upstream 1.1.0, #409).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switchto: Option<SwitchToEvent>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct SwitchToEvent {
+    pub roomid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<Raw>,
 }
 
 impl EventServerMessage {
@@ -572,6 +725,9 @@ impl EventServerMessage {
 pub struct SessionEntry {
     pub sessionid: String,
     pub userid: String,
+    /// The client's hello features (`join-features`, upstream 2.0.2, #879).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<Arc<crate::RawValue>>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -647,7 +803,7 @@ mod tests {
             m.hello.as_ref().map(|h| h.auth.kind.as_str()),
             Some("client")
         );
-        let mut m = parse(r#"{"type":"hello","hello":{"version":"2.0","auth":{"url":"x"}}}"#);
+        let mut m = parse(r#"{"type":"hello","hello":{"version":"3.0","auth":{"url":"x"}}}"#);
         assert!(m
             .check_valid()
             .unwrap_err()

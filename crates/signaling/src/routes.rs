@@ -313,6 +313,15 @@ async fn backend_room(
         }
     };
     request.received = hub::bus::now_nanos();
+    if request.kind == "dialout" {
+        let Some(d) = request.dialout.as_ref() else {
+            return text(StatusCode::BAD_REQUEST, "dialout missing");
+        };
+        let (status, body) = server.hub.start_dialout(&backend, roomid, d).await;
+        let mut r = json(serde_json::to_vec(&body).unwrap_or_default());
+        *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+        return r;
+    }
     match server.hub.handle_room_request(&backend, roomid, request) {
         Ok(()) => json(Bytes::from_static(b"{}")),
         Err(hub::backend_api::ApiError::BadRequest(m)) => text(StatusCode::BAD_REQUEST, &m),

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use hub::conn::{Outbound, OUTBOUND_QUEUE};
+use hub::conn::Outbound;
 use hub::{Hub, Pending};
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -72,9 +71,10 @@ async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (tx, mut rx) = mpsc::channel(OUTBOUND_QUEUE);
     let kill = CancellationToken::new();
-    let conn = hub.new_conn(remote_addr, user_agent, tx, kill.clone());
+    let conn = hub.new_conn(remote_addr, user_agent, kill.clone());
+    // Frames taken from the connection's queue and not yet handed to the socket.
+    let mut batch: VecDeque<Outbound> = VecDeque::new();
     let (mut sink, mut stream) = ws.split();
     let mut inflight: Option<Pending> = None;
     let mut queued: VecDeque<Utf8Bytes> = VecDeque::new();
@@ -99,14 +99,15 @@ async fn run<S>(
                 let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
                 break;
             }
-            out = rx.recv() => {
-                let Some(first) = out else { break };
+            _ = conn.queued() => {
                 // Coalesce: everything queued right now goes out in one flush.
+                batch = conn.take_queued();
+                if batch.is_empty() {
+                    continue;
+                }
                 let mut close = false;
                 let write = async {
-                    let mut next = Some(first);
-                    let mut count = 0usize;
-                    while let Some(item) = next.take() {
+                    while let Some(item) = batch.pop_front() {
                         match item {
                             Outbound::Frame(bytes) => {
                                 if let Ok(text) = Utf8Bytes::try_from(bytes.clone()) {
@@ -114,7 +115,6 @@ async fn run<S>(
                                     in_flight.push_back((queued_bytes, bytes));
                                     sink.feed(Message::Text(text)).await?;
                                 }
-                                count += 1;
                             }
                             Outbound::Close => {
                                 close = true;
@@ -123,9 +123,6 @@ async fn run<S>(
                                 sink.feed(Message::Close(None)).await?;
                                 break;
                             }
-                        }
-                        if count < 256 {
-                            next = rx.try_recv().ok();
                         }
                     }
                     sink.flush().await
@@ -140,7 +137,7 @@ async fn run<S>(
                 }
                 match result {
                     Ok(Ok(())) if !close => {
-                        if rx.is_empty() {
+                        if conn.queue_is_empty() {
                             hub.refill(&conn);
                         }
                     }
@@ -243,8 +240,7 @@ async fn run<S>(
             .filter(|(end, _)| *end > done)
             .map(|(_, f)| f),
     );
-    rx.close();
-    while let Ok(item) = rx.try_recv() {
+    for item in batch.into_iter().chain(conn.close_queue()) {
         if let Outbound::Frame(f) = item {
             unsent.push(f);
         }

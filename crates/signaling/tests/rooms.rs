@@ -565,7 +565,7 @@ async fn perm_05_without_mcu_offers_are_forwarded_regardless_of_permissions() {
 
 // ----- ROOM-06 / ROOM-09 / ROOM-10: leaving -----------------------------------
 
-/// ROOM-06: re-joining the current room is a silent no-op; joining another
+/// ROOM-06: re-joining the current room changes nothing (`already_joined`); joining another
 /// room leaves the previous one first (leave notification + leave event).
 #[tokio::test]
 async fn room_06_rejoin_is_noop_and_switch_leaves_previous_room() {
@@ -576,8 +576,11 @@ async fn room_06_rejoin_is_noop_and_switch_leaves_previous_room() {
     drain(&mut b).await;
     s.backend.clear_requests();
 
-    a.send_with_id(json!({"type": "room", "room": {"roomid": "room1", "sessionid": "talk-a"}}))
+    // Upstream 1.2.0 answers a re-join with `already_joined` (talk_room.rs).
+    let r = a
+        .request(json!({"type": "room", "room": {"roomid": "room1", "sessionid": "talk-a"}}))
         .await;
+    assert_eq!(r["error"]["code"], "already_joined", "{r}");
     a.expect_no_message(SHORT).await;
     b.expect_no_message(Duration::from_millis(10)).await;
     assert_eq!(
@@ -1415,6 +1418,9 @@ async fn room_25_roomlist_invite_disinvite_update() {
 #[tokio::test]
 async fn room_26_room_ping_lists_talk_sessions() {
     let s = TestServer::start().await;
+    // Without `session-ping-limit` each room pings on its own (combined
+    // pings: talk_room.rs).
+    s.backend.set_signaling_config(json!({}));
     let created = Instant::now();
     let _a = s.user_in_room("alice", "room1", "talk-a").await;
     let mut g = s.client().await;

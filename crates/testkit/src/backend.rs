@@ -146,6 +146,10 @@ struct State {
     requests: Vec<RecordedRequest>,
     features: Vec<String>,
     config: Value,
+    /// `ETag` of the capabilities answer; a matching `If-None-Match` gets 304.
+    caps_etag: Option<String>,
+    /// `Cache-Control` of the capabilities answer.
+    caps_cache_control: Option<String>,
 }
 
 struct Shared {
@@ -266,6 +270,8 @@ impl FakeBackend {
                 requests: Vec::new(),
                 features: default_features(),
                 config: default_config(),
+                caps_etag: None,
+                caps_cache_control: None,
             }),
             recorded,
         });
@@ -356,6 +362,30 @@ impl FakeBackend {
     /// Replaces `spreed.config.signaling` only.
     pub fn set_signaling_config(&self, signaling: Value) {
         self.shared.state.lock().config["signaling"] = signaling;
+    }
+
+    /// Sends `ETag` (answering a matching `If-None-Match` with 304) and
+    /// `Cache-Control` with the capabilities; `None` leaves a header out.
+    pub fn set_capabilities_cache(&self, etag: Option<&str>, cache_control: Option<&str>) {
+        let mut state = self.shared.state.lock();
+        state.caps_etag = etag.map(str::to_owned);
+        state.caps_cache_control = cache_control.map(str::to_owned);
+    }
+
+    /// Publishes `key` as `config.signaling.hello-v2-token-key` (keeping the
+    /// other signaling settings).
+    pub fn set_token_key(&self, key: &str) {
+        let mut state = self.shared.state.lock();
+        if !state.config["signaling"].is_object() {
+            state.config["signaling"] = json!({});
+        }
+        state.config["signaling"]["hello-v2-token-key"] = Value::String(key.to_owned());
+    }
+
+    /// A hello v2 token for `user` (empty: guest) signed with `key`, with
+    /// this backend as issuer.
+    pub fn token(&self, key: crate::jwt::TokenKey, user: &str) -> String {
+        key.sign(&crate::jwt::hello_claims(&self.url(), user))
     }
 
     /// All requests so far, oldest first.
@@ -680,6 +710,13 @@ async fn handle(
         Some(h) => h(&body),
         None => Reply::Default,
     };
+    if kind == "capabilities" && matches!(reply, Reply::Default) {
+        return Ok(capabilities_response(
+            &shared,
+            &headers_of_last(&shared),
+            ocs,
+        ));
+    }
     loop {
         reply = match reply {
             Reply::Delay(d, inner) => {
@@ -716,6 +753,47 @@ async fn handle(
             }
         };
     }
+}
+
+/// Headers of the request just recorded (the capabilities query).
+fn headers_of_last(shared: &Shared) -> HeaderMap {
+    shared
+        .state
+        .lock()
+        .requests
+        .last()
+        .map(|r| r.headers.clone())
+        .unwrap_or_default()
+}
+
+/// The default capabilities answer with the configured cache headers.
+fn capabilities_response(shared: &Shared, headers: &HeaderMap, ocs: bool) -> Response<Full<Bytes>> {
+    let (etag, cc) = {
+        let state = shared.state.lock();
+        (state.caps_etag.clone(), state.caps_cache_control.clone())
+    };
+    let if_none_match = headers
+        .get(http::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok());
+    let mut resp = match (&etag, if_none_match) {
+        (Some(e), Some(m)) if e == m => {
+            let mut r = Response::new(Full::new(Bytes::new()));
+            *r.status_mut() = StatusCode::NOT_MODIFIED;
+            r
+        }
+        _ => {
+            let v = default_reply(shared, "capabilities", &Value::Null).unwrap_or(Value::Null);
+            let body = if ocs { ocs_wrap(v, 200, "OK") } else { v };
+            json_response(200, &body)
+        }
+    };
+    if let Some(e) = etag.and_then(|e| http::HeaderValue::from_str(&e).ok()) {
+        resp.headers_mut().insert(http::header::ETAG, e);
+    }
+    if let Some(c) = cc.and_then(|c| http::HeaderValue::from_str(&c).ok()) {
+        resp.headers_mut().insert(http::header::CACHE_CONTROL, c);
+    }
+    resp
 }
 
 /// The default answer for a request kind, `None` for kinds Talk does not know.

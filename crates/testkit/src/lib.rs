@@ -51,6 +51,7 @@ mod backend;
 mod checksum;
 mod client;
 mod http;
+pub mod jwt;
 mod process;
 
 use std::future::Future;
@@ -64,6 +65,7 @@ pub use client::{
     recipient_room, recipient_session, recipient_user, spreed_url, CloseInfo, Incoming, TestClient,
 };
 pub use http::{raw_http, raw_request, signed_room_request, HttpResponse, RawRequest};
+pub use jwt::{hello_claims, sign_hmac, unix_now, TokenKey};
 pub use process::{free_port, wait_for_port, ChildGuard, NatsServer, TempDir};
 
 /// Re-exported so tests can build raw WebSocket frames without naming the

@@ -62,8 +62,10 @@ impl TestServer {
         format!("http://{}/", self.addr)
     }
 
+    /// A connected client that ignores the `welcome` message (tests of the
+    /// welcome itself use `TestClient::connect`).
     pub async fn client(&self) -> TestClient {
-        TestClient::connect(&self.ws_url()).await
+        TestClient::connect(&self.ws_url()).await.skip("welcome")
     }
 
     /// A client that said hello as `user`.

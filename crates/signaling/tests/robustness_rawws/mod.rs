@@ -86,11 +86,23 @@ impl RawWs {
         if !head.starts_with("HTTP/1.1 101") {
             return Err(io::Error::other(format!("upgrade refused: {head}")));
         }
-        Ok(RawWs {
+        let mut ws = RawWs {
             stream,
             buf: buf[end..].to_vec(),
             mask_seed: 0x9e37_79b9,
-        })
+        };
+        // The server's first frame is always the `welcome` message (it is
+        // queued before the connection task starts); tests here look at
+        // what follows.
+        match ws.read_frame(Instant::now() + Duration::from_secs(5)).await {
+            RawIncoming::Frame {
+                opcode: OP_TEXT,
+                payload,
+            } if payload.starts_with(br#"{"type":"welcome""#) => Ok(ws),
+            other => Err(io::Error::other(format!(
+                "expected the welcome message first, got {other:?}"
+            ))),
+        }
     }
 
     /// Writes one masked frame.
