@@ -81,6 +81,9 @@ pub enum HubError {
 #[derive(Default)]
 struct Registry {
     sessions: HashMap<Arc<str>, AnySession>,
+    /// Session number -> public id: any valid encoding of a session's id
+    /// reaches it (upstream looks sessions up by this number).
+    by_sid: HashMap<u64, Arc<str>>,
     by_private: HashMap<String, Arc<ClientSession>>,
     rooms: HashMap<String, Arc<Room>>,
     /// Talk session id -> signaling public id.
@@ -758,6 +761,7 @@ impl Hub {
             }
             reg.sessions
                 .insert(public_id.clone(), AnySession::Client(session.clone()));
+            reg.by_sid.insert(sid, public_id.clone());
             reg.by_private.insert(private_id, session.clone());
             if anonymous {
                 reg.anonymous.insert(
@@ -855,6 +859,7 @@ impl Hub {
             let mut reg = self.reg.lock();
             reg.by_private.remove(&session.private_id);
             reg.expiring.remove(&session.public_id);
+            reg.by_sid.remove(&session.sid);
             reg.sessions.remove(&session.public_id).is_some()
         };
         if removed {
@@ -876,7 +881,16 @@ impl Hub {
     // rooms
 
     pub fn session_by_public_id(&self, id: &str) -> Option<AnySession> {
-        self.reg.lock().sessions.get(id).cloned()
+        if let Some(s) = self.reg.lock().sessions.get(id) {
+            return Some(s.clone());
+        }
+        // Another valid encoding of one of our ids (e.g. derived by a client
+        // from the resume id, as upstream's benchmark client does).
+        let data = self.codec.decode_public(id).ok()?;
+        let reg = self.reg.lock();
+        let public = reg.by_sid.get(&data.sid)?;
+        let session = reg.sessions.get(public)?;
+        (session.backend().id == data.backend_id).then(|| session.clone())
     }
 
     pub fn room_for(&self, backend: &crate::backends::Backend, id: &str) -> Option<Arc<Room>> {
@@ -1477,6 +1491,7 @@ impl Hub {
                 let mut reg = self.reg.lock();
                 reg.sessions
                     .insert(public_id.clone(), AnySession::Virtual(v.clone()));
+                reg.by_sid.insert(sid, public_id.clone());
                 reg.virtual_sessions.insert(
                     virtual_session_key(&session.public_id, &add.sessionid),
                     v.clone(),
@@ -1517,6 +1532,7 @@ impl Hub {
         let removed = {
             let mut reg = self.reg.lock();
             reg.virtual_sessions.retain(|_, s| !Arc::ptr_eq(s, v));
+            reg.by_sid.remove(&v.sid);
             reg.sessions.remove(&v.public_id).is_some()
         };
         if !removed {

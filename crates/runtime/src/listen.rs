@@ -72,13 +72,15 @@ pub enum Listener {
 impl Listener {
     pub async fn bind(addr: &ListenAddr) -> Result<Listener, ListenError> {
         match addr {
-            ListenAddr::Tcp(a) => TcpListener::bind(a)
-                .await
-                .map(Listener::Tcp)
-                .map_err(|source| ListenError::Bind {
-                    addr: a.clone(),
-                    source,
-                }),
+            ListenAddr::Tcp(a) => {
+                bind_tcp(a)
+                    .await
+                    .map(Listener::Tcp)
+                    .map_err(|source| ListenError::Bind {
+                        addr: a.clone(),
+                        source,
+                    })
+            }
             ListenAddr::Unix(path) => {
                 // A socket file left by a previous run would make bind fail.
                 if path.exists() {
@@ -108,6 +110,30 @@ impl Listener {
             Listener::Unix(_, p) => format!("unix:{}", p.display()),
         }
     }
+}
+
+/// Pending connections the kernel queues per listener. Many clients
+/// reconnect at once after a network blip; 128 (the default) makes some of
+/// them wait a second for a SYN retransmit.
+const LISTEN_BACKLOG: u32 = 4096;
+
+async fn bind_tcp(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "no address to bind")
+    }))
 }
 
 /// Load a PEM certificate chain and key into a TLS acceptor.

@@ -622,3 +622,26 @@ async fn rte_08_control_allowed_without_permission_list() {
     let c = a.recv_matching(is_msg_or_control).await;
     assert_eq!(c["control"]["data"], json!({"legacy": 2}), "{c}");
 }
+
+/// RTE-01 / SID-01: any valid encoding of a session's public id reaches it
+/// (upstream looks recipients up by the session number inside the id; its
+/// benchmark client derives public ids from resume ids this way).
+#[tokio::test]
+async fn rte_01_reencoded_public_id_reaches_the_session() {
+    let s = TestServer::start().await;
+    let mut a = s.user("alice").await;
+    let mut b = s.user("bob").await;
+    let codec =
+        hub::sessionid::SessionIdCodec::new(HASH_KEY.as_bytes(), BLOCK_KEY.as_bytes()).unwrap();
+    let data = codec.decode_private(b.resume_id().unwrap()).unwrap();
+    let other_encoding = codec.encode_public(&data);
+    assert_ne!(
+        other_encoding,
+        b.session_id().unwrap(),
+        "fresh IV and time give a new string"
+    );
+    a.send_message(recipient_session(&other_encoding), json!({"x": 1}))
+        .await;
+    let m = b.expect_type("message").await;
+    assert_eq!(m["message"]["data"]["x"], 1);
+}
