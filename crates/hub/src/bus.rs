@@ -75,7 +75,9 @@ pub trait Bus: Send + Sync {
 /// Ends its subscription when dropped.
 pub struct Subscription {
     bus: Weak<dyn Bus>,
-    subject: String,
+    /// Shared with the bus's own map key: session subjects are long and
+    /// every idle session holds a few of them.
+    subject: Arc<str>,
     id: u64,
 }
 
@@ -88,7 +90,7 @@ impl std::fmt::Debug for Subscription {
 }
 
 impl Subscription {
-    pub fn new(bus: Weak<dyn Bus>, subject: String, id: u64) -> Self {
+    pub fn new(bus: Weak<dyn Bus>, subject: Arc<str>, id: u64) -> Self {
         Subscription { bus, subject, id }
     }
     pub fn subject(&self) -> &str {
@@ -107,7 +109,12 @@ impl Drop for Subscription {
 /// NATS subjects may not contain whitespace or end with a dot; refuse them
 /// here too so a configuration that works in-process also works with NATS.
 pub fn check_subject(subject: &str) -> Result<(), BusError> {
-    if subject.is_empty() || subject.ends_with('.') || subject.chars().any(char::is_whitespace) {
+    // Bytes, not chars: subjects are ASCII (ids are base64), and this runs
+    // for every message published.
+    if subject.is_empty()
+        || subject.ends_with('.')
+        || subject.bytes().any(|b| b.is_ascii_whitespace())
+    {
         return Err(BusError::InvalidSubject(subject.to_owned()));
     }
     Ok(())
@@ -121,7 +128,7 @@ type Subscribers = Arc<Vec<(u64, Weak<dyn BusHandler>)>>;
 pub struct LoopbackBus {
     me: Weak<LoopbackBus>,
     next_id: AtomicU64,
-    subjects: RwLock<HashMap<String, Subscribers>>,
+    subjects: RwLock<HashMap<Arc<str>, Subscribers>>,
 }
 
 impl LoopbackBus {
@@ -162,15 +169,25 @@ impl Bus for LoopbackBus {
     ) -> Result<Subscription, BusError> {
         check_subject(subject)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        {
+        let key = {
             let mut map = self.subjects.write();
-            let entry = map.entry(subject.to_owned()).or_default();
-            let mut list: Vec<_> = entry.as_ref().clone();
-            list.push((id, handler));
-            *entry = Arc::new(list);
-        }
+            match map.get_key_value(subject) {
+                Some((key, subs)) => {
+                    let key = key.clone();
+                    let mut list: Vec<_> = subs.as_ref().clone();
+                    list.push((id, handler));
+                    map.insert(key.clone(), Arc::new(list));
+                    key
+                }
+                None => {
+                    let key: Arc<str> = Arc::from(subject);
+                    map.insert(key.clone(), Arc::new(vec![(id, handler)]));
+                    key
+                }
+            }
+        };
         let me: Weak<dyn Bus> = self.me.clone();
-        Ok(Subscription::new(me, subject.to_owned(), id))
+        Ok(Subscription::new(me, key, id))
     }
 
     fn unsubscribe(&self, subject: &str, id: u64) {
