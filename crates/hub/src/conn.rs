@@ -6,7 +6,6 @@
 //! a reason in the log and a metric) instead of growing memory, and what it
 //! had not received yet goes back to its session for delivery after resume.
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use proto::client::ServerMessage;
 use std::collections::VecDeque;
@@ -17,11 +16,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::session::ClientSession;
 
+/// The text of one frame: shared, immutable, and known to be UTF-8 (built
+/// from a `String`), so writing it needs no validation.
+pub type Frame = tokio_tungstenite::tungstenite::Utf8Bytes;
+
 /// Frames a connection task is asked to write.
 #[derive(Debug)]
 pub enum Outbound {
     /// One JSON text frame.
-    Frame(Bytes),
+    Frame(Frame),
     /// Write a normal close frame and end the connection.
     Close,
 }
@@ -33,7 +36,7 @@ pub const OUTBOUND_QUEUE: usize = 512;
 #[derive(Debug)]
 pub struct OutMsg {
     pub msg: ServerMessage,
-    text: OnceLock<Bytes>,
+    text: OnceLock<Frame>,
 }
 
 impl OutMsg {
@@ -45,9 +48,9 @@ impl OutMsg {
     }
 
     /// The frame text, serialised on first use.
-    pub fn frame(&self) -> Bytes {
+    pub fn frame(&self) -> Frame {
         self.text
-            .get_or_init(|| Bytes::from(self.msg.to_text()))
+            .get_or_init(|| Frame::from(self.msg.to_text()))
             .clone()
     }
 
@@ -173,7 +176,7 @@ impl Conn {
     }
 
     /// Queue a frame; false if the connection is gone or could not keep up.
-    pub fn send(&self, frame: Bytes) -> bool {
+    pub fn send(&self, frame: Frame) -> bool {
         if !self.is_connected() {
             return false;
         }
@@ -190,14 +193,14 @@ impl Conn {
 
     /// Queue a frame if there is room; hands it back when the queue is full
     /// (the caller keeps it as backlog) or the connection is gone.
-    pub fn offer(&self, frame: Bytes) -> Result<(), Bytes> {
+    pub fn offer(&self, frame: Frame) -> Result<(), Frame> {
         if !self.is_connected() {
             return Err(frame);
         }
         match self.push(Outbound::Frame(frame), OUTBOUND_QUEUE) {
             Ok(()) => Ok(()),
             Err(Outbound::Frame(f)) => Err(f),
-            Err(Outbound::Close) => Err(Bytes::new()),
+            Err(Outbound::Close) => Err(Frame::from_static("")),
         }
     }
 
@@ -210,7 +213,7 @@ impl Conn {
     }
 
     /// Queue a frame, then a close.
-    pub fn send_and_close(&self, frame: Bytes) {
+    pub fn send_and_close(&self, frame: Frame) {
         if self.send(frame) {
             self.close();
         }

@@ -2,7 +2,6 @@
 //! client message kind. Connection tasks feed it text frames; it answers
 //! through the connections' queues and the bus.
 
-use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
 use proto::backend::PingEntry;
@@ -78,12 +77,16 @@ pub enum HubError {
     Backend(#[from] BackendError),
 }
 
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 struct Registry {
-    sessions: HashMap<Arc<str>, AnySession>,
+    // foldhash instead of SipHash for the maps hit on every message:
+    // session ids are ~200 bytes and SipHash showed up in profiles.
+    sessions: FastMap<Arc<str>, AnySession>,
     /// Session number -> public id: any valid encoding of a session's id
     /// reaches it (upstream looks sessions up by this number).
-    by_sid: HashMap<u64, Arc<str>>,
+    by_sid: FastMap<u64, Arc<str>>,
     by_private: HashMap<String, Arc<ClientSession>>,
     rooms: HashMap<String, Arc<Room>>,
     /// Talk session id -> signaling public id.
@@ -115,7 +118,7 @@ pub struct Hub {
     info_internal: Arc<HelloServerInfo>,
     features: Vec<String>,
     /// The `welcome` frame every new connection gets first, serialised once.
-    welcome: Bytes,
+    welcome: crate::conn::Frame,
     /// When the next combined room ping is due.
     next_ping: Mutex<Instant>,
     pub(crate) dialouts: crate::dialout::Dialouts,
@@ -379,7 +382,7 @@ impl Hub {
 
     /// The connection ended (socket closed or killed). The session stays
     /// resumable for a while; frames the connection had not written are kept.
-    pub fn conn_closed(&self, conn: &Arc<Conn>, unsent: Vec<Bytes>) {
+    pub fn conn_closed(&self, conn: &Arc<Conn>, unsent: Vec<crate::conn::Frame>) {
         conn.kill();
         self.metrics.connections.dec();
         if conn.overflowed() {

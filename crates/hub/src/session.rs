@@ -2,7 +2,6 @@
 //! `client` or `internal` connection and can be resumed; a `VirtualSession` is
 //! created by an internal client (e.g. a SIP bridge) and has no socket.
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use proto::client::{ServerMessage, CLIENT_TYPE_CLIENT, CLIENT_TYPE_INTERNAL, CLIENT_TYPE_VIRTUAL};
 use proto::RawValue;
@@ -14,7 +13,7 @@ use url::Url;
 
 use crate::backends::Backend;
 use crate::bus::{BusHandler, BusMessage, BusPayload, Subscription};
-use crate::conn::{Conn, OutMsg};
+use crate::conn::{Conn, Frame, OutMsg};
 use crate::room::Room;
 use crate::settings::{MAX_BACKLOG, MAX_PENDING_MESSAGES};
 use crate::Hub;
@@ -48,7 +47,7 @@ impl ClientType {
 /// A frame kept for a session whose client is away.
 #[derive(Debug)]
 struct Pending {
-    frame: Bytes,
+    frame: Frame,
     participants_update: bool,
 }
 
@@ -255,7 +254,7 @@ impl ClientSession {
 
     /// Detach `conn` if it is still the attached one. Frames it had not
     /// written go back to the front of the pending queue, in order.
-    pub(crate) fn detach(&self, conn: &Arc<Conn>, unsent: Vec<Bytes>) -> bool {
+    pub(crate) fn detach(&self, conn: &Arc<Conn>, unsent: Vec<Frame>) -> bool {
         let mut st = self.state.lock();
         if !st.conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
             return false;

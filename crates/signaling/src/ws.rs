@@ -2,9 +2,8 @@
 //! order, writes what the hub queued (many frames per flush), pings, and
 //! enforces the hello deadline and the read deadline.
 
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use hub::conn::Outbound;
+use hub::conn::{Frame, Outbound};
 use hub::{Hub, Pending};
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -85,11 +84,11 @@ async fn run<S>(
     let mut last_read = Instant::now();
     // The first ping goes out at once (initial round-trip time), then every 54 s.
     let mut ping = tokio::time::interval(PING_INTERVAL);
-    let mut unsent: Vec<Bytes> = Vec::new();
+    let mut unsent: Vec<Frame> = Vec::new();
     // Frames handed to the socket but not known to be written completely:
     // (end offset in the byte stream, frame). After a failed write, those the
     // socket did not take in full go back to the session for a resume.
-    let mut in_flight: VecDeque<(u64, Bytes)> = VecDeque::new();
+    let mut in_flight: VecDeque<(u64, Frame)> = VecDeque::new();
     let mut queued_bytes: u64 = 0;
 
     'conn: loop {
@@ -111,12 +110,10 @@ async fn run<S>(
                 let write = async {
                     while let Some(item) = batch.pop_front() {
                         match item {
-                            Outbound::Frame(bytes) => {
-                                if let Ok(text) = Utf8Bytes::try_from(bytes.clone()) {
-                                    queued_bytes += frame_len(bytes.len());
-                                    in_flight.push_back((queued_bytes, bytes));
-                                    sink.feed(Message::Text(text)).await?;
-                                }
+                            Outbound::Frame(text) => {
+                                queued_bytes += frame_len(text.len());
+                                in_flight.push_back((queued_bytes, text.clone()));
+                                sink.feed(Message::Text(text)).await?;
                             }
                             Outbound::Close => {
                                 close = true;
