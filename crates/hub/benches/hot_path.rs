@@ -4,12 +4,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use std::hint::black_box;
 use hub::bus::{Bus, BusHandler, BusMessage, BusPayload, LoopbackBus};
 use hub::conn::{Frame, OutMsg};
 use hub::sessionid::{SessionIdCodec, SessionIdData};
 use parking_lot::Mutex;
 use proto::client::{parse_client_message, MessageServerMessage, Sender, ServerMessage};
+use std::hint::black_box;
 use std::sync::{Arc, Weak};
 
 const SESSION_ID: &str = "Zm-MqC7FTFewttFH6vpLRdlLzKOo5-PR-NoFOvpeuI98cFJQSmVKb0VON0RNOEFuQmR5NWR2S0hmaE9SRWMtTXpTcGo4RUpmVENpZXBLSXZMaVd3MFhLWFVCWk9icGNpYXhlelZNQ1J0UHo2Q3RKNzJvaWdGNG5PV1N6RHFQLUI";
@@ -31,7 +31,11 @@ fn parse_route_serialize(c: &mut Criterion) {
             let out = ServerMessage {
                 kind: "message".into(),
                 message: Some(MessageServerMessage {
-                    sender: Some(Sender { kind: body.recipient.kind, sessionid: SESSION_ID.into(), userid: "alice".into() }),
+                    sender: Some(Sender {
+                        kind: body.recipient.kind,
+                        sessionid: SESSION_ID.into(),
+                        userid: "alice".into(),
+                    }),
                     recipient: None,
                     data: body.data,
                 }),
@@ -61,7 +65,9 @@ fn room_fanout(c: &mut Criterion) {
     let mut group = c.benchmark_group("room_fanout");
     for n in [10usize, 100, 1000] {
         let bus = LoopbackBus::new();
-        let sinks: Vec<Arc<Sink>> = (0..n).map(|_| Arc::new(Sink(Mutex::new(Vec::new())))).collect();
+        let sinks: Vec<Arc<Sink>> = (0..n)
+            .map(|_| Arc::new(Sink(Mutex::new(Vec::new()))))
+            .collect();
         let _subs: Vec<_> = sinks
             .iter()
             .map(|s| {
@@ -73,7 +79,11 @@ fn room_fanout(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| {
                 let msg = ServerMessage::bye("x");
-                bus.publish("room.cm9vbTE=", BusMessage::new(BusPayload::Message(OutMsg::new(msg)))).unwrap();
+                bus.publish(
+                    "room.cm9vbTE=",
+                    BusMessage::new(BusPayload::Message(OutMsg::new(msg))),
+                )
+                .unwrap();
             })
         });
     }
@@ -81,11 +91,24 @@ fn room_fanout(c: &mut Criterion) {
 }
 
 fn session_ids(c: &mut Criterion) {
-    let codec = SessionIdCodec::with_cache_capacity(b"0123456789abcdef0123456789abcdef", b"fedcba9876543210", 0).unwrap();
-    let data = SessionIdData { sid: 42, created_unix_nanos: 1_700_000_000_000_000_000, backend_id: "backend1".into() };
+    let codec = SessionIdCodec::with_cache_capacity(
+        b"0123456789abcdef0123456789abcdef",
+        b"fedcba9876543210",
+        0,
+    )
+    .unwrap();
+    let data = SessionIdData {
+        sid: 42,
+        created_unix_nanos: 1_700_000_000_000_000_000,
+        backend_id: "backend1".into(),
+    };
     let public = codec.encode_public(&data);
-    c.bench_function("session_id_encode_public", |b| b.iter(|| black_box(codec.encode_public(black_box(&data)))));
-    c.bench_function("session_id_decode_public", |b| b.iter(|| black_box(codec.decode_public(black_box(&public)).unwrap())));
+    c.bench_function("session_id_encode_public", |b| {
+        b.iter(|| black_box(codec.encode_public(black_box(&data))))
+    });
+    c.bench_function("session_id_decode_public", |b| {
+        b.iter(|| black_box(codec.decode_public(black_box(&public)).unwrap()))
+    });
 }
 
 fn checksum(c: &mut Criterion) {
@@ -93,9 +116,22 @@ fn checksum(c: &mut Criterion) {
     let random = proto::backend::random_hex(64);
     let sum = proto::backend::checksum(&random, &body, b"secret");
     c.bench_function("checksum_validate_1k", |b| {
-        b.iter(|| black_box(proto::backend::validate_checksum(&sum, &random, black_box(&body), b"secret")))
+        b.iter(|| {
+            black_box(proto::backend::validate_checksum(
+                &sum,
+                &random,
+                black_box(&body),
+                b"secret",
+            ))
+        })
     });
 }
 
-criterion_group!(benches, parse_route_serialize, room_fanout, session_ids, checksum);
+criterion_group!(
+    benches,
+    parse_route_serialize,
+    room_fanout,
+    session_ids,
+    checksum
+);
 criterion_main!(benches);
