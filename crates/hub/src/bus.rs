@@ -59,6 +59,10 @@ pub trait BusHandler: Send + Sync {
 pub enum BusError {
     #[error("invalid subject {0:?}")]
     InvalidSubject(String),
+    /// The cluster bus cannot take more messages right now (its outbound
+    /// queue is at its bound, e.g. during a long NATS outage).
+    #[error("cluster bus overloaded: {0} messages waiting for NATS")]
+    Overloaded(usize),
 }
 
 /// Publish/subscribe between sessions, rooms and servers.

@@ -37,6 +37,9 @@ pub const OUTBOUND_QUEUE: usize = 512;
 pub struct OutMsg {
     pub msg: ServerMessage,
     text: OnceLock<Frame>,
+    /// The per-client variants of a backend chat message (`chat-relay`),
+    /// worked out once for all recipients.
+    chat: OnceLock<Option<Arc<crate::filter::ChatVariants>>>,
 }
 
 impl OutMsg {
@@ -44,7 +47,27 @@ impl OutMsg {
         Arc::new(OutMsg {
             msg,
             text: OnceLock::new(),
+            chat: OnceLock::new(),
         })
+    }
+
+    /// A message whose text is already known (relayed from a federated
+    /// server: the text keeps fields `msg` does not model).
+    pub fn with_text(msg: ServerMessage, text: String) -> Arc<OutMsg> {
+        Arc::new(OutMsg {
+            msg,
+            text: OnceLock::from(Frame::from(text)),
+            chat: OnceLock::new(),
+        })
+    }
+
+    /// For an `event/room/message` carrying chat comments: what clients with
+    /// and without `chat-relay` get instead. `None` when everyone gets the
+    /// message as it is.
+    pub(crate) fn chat_variants(&self) -> Option<Arc<crate::filter::ChatVariants>> {
+        self.chat
+            .get_or_init(|| crate::filter::chat_variants(&self.msg).map(Arc::new))
+            .clone()
     }
 
     /// The frame text, serialised on first use.

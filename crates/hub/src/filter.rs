@@ -79,3 +79,65 @@ pub fn is_nick_changed(msg: &OutMsg) -> bool {
     }
     serde_json::from_str::<D>(data.get()).is_ok_and(|d| d.kind == "nickChanged")
 }
+
+/// What a backend chat message (`event/room/message` with `chat.comment` or
+/// `chat.comments`, upstream 2.0.3 `chat-relay`) becomes per client.
+#[derive(Debug)]
+pub struct ChatVariants {
+    /// For clients that announced `chat-relay`: one message per comment.
+    pub relay: Vec<Arc<OutMsg>>,
+    /// For the others: the comments left out, only the refresh hint (or,
+    /// for a message that never had the hint, the comments as well).
+    pub plain: Vec<Arc<OutMsg>>,
+}
+
+/// `None` unless the message is a chat event with at least one comment.
+pub fn chat_variants(msg: &ServerMessage) -> Option<ChatVariants> {
+    let ev = msg.event.as_ref()?;
+    if ev.target != "room" || ev.kind != "message" {
+        return None;
+    }
+    let m = ev.message.as_ref()?;
+    let v: Value = serde_json::from_str(m.data.as_ref()?.get()).ok()?;
+    if v.get("type").and_then(Value::as_str) != Some("chat") {
+        return None;
+    }
+    let chat = v.get("chat")?.as_object()?;
+    let refresh = chat.get("refresh").and_then(Value::as_bool) == Some(true);
+    let present = |c: &&Value| !c.is_null();
+    let mut comments: Vec<Value> = chat
+        .get("comment")
+        .into_iter()
+        .filter(present)
+        .cloned()
+        .collect();
+    if let Some(Value::Array(list)) = chat.get("comments") {
+        comments.extend(list.iter().filter(present).cloned());
+    }
+    if comments.is_empty() {
+        return None;
+    }
+    let event_with = |data: Value| {
+        let mut event = EventServerMessage::new(&ev.target, &ev.kind);
+        event.message = Some(RoomEventMessage {
+            roomid: m.roomid.clone(),
+            data: Some(proto::to_raw(&data)),
+        });
+        OutMsg::new(ServerMessage {
+            id: msg.id.clone(),
+            ..ServerMessage::event(event)
+        })
+    };
+    let relay: Vec<Arc<OutMsg>> = comments
+        .into_iter()
+        .map(|c| event_with(serde_json::json!({"type": "chat", "chat": {"comment": c}})))
+        .collect();
+    let plain = if refresh {
+        vec![event_with(
+            serde_json::json!({"type": "chat", "chat": {"refresh": true}}),
+        )]
+    } else {
+        relay.clone()
+    };
+    Some(ChatVariants { relay, plain })
+}

@@ -305,6 +305,27 @@ impl Hub {
         if ping_due {
             // One list per Nextcloud URL, holding the entries of all rooms.
             let mut by_url: Vec<(Url, Vec<RoomPings>)> = Vec::new();
+            // Federated sessions are pinged here, at their own Nextcloud,
+            // for the local id of the room they are in elsewhere.
+            for s in self.client_sessions() {
+                let Some(f) = s.federation() else { continue };
+                let entry = PingEntry {
+                    userid: s.auth_user_id.clone(),
+                    sessionid: f.room_session_id.clone(),
+                };
+                let url = s.backend_url.clone();
+                let list = match by_url.iter_mut().find(|(u, _)| *u == url) {
+                    Some((_, list)) => list,
+                    None => {
+                        by_url.push((url, Vec::new()));
+                        &mut by_url.last_mut().expect("just pushed").1
+                    }
+                };
+                match list.iter_mut().find(|(r, _)| *r == f.room_id) {
+                    Some((_, entries)) => entries.push(entry),
+                    None => list.push((f.room_id.clone(), vec![entry])),
+                }
+            }
             for room in rooms {
                 for (url, entries) in room.ping_entries() {
                     match by_url.iter_mut().find(|(u, _)| *u == url) {
@@ -458,6 +479,12 @@ impl Hub {
             let conn = conn.clone();
             return Some(Box::pin(async move { hub.process_hello(&conn, msg).await }));
         };
+        if !matches!(msg.kind.as_str(), "room" | "hello" | "bye") {
+            if let Some(federation) = session.federation() {
+                federation.proxy(msg);
+                return None;
+            }
+        }
         match msg.kind.as_str() {
             "room" => self.process_room(conn, &session, msg),
             "message" => {
@@ -500,7 +527,7 @@ impl Hub {
             return;
         }
         match hello.auth.kind.as_str() {
-            proto::client::CLIENT_TYPE_CLIENT => {
+            proto::client::CLIENT_TYPE_CLIENT | proto::client::CLIENT_TYPE_FEDERATION => {
                 self.process_hello_client(conn, &msg.id, hello).await
             }
             proto::client::CLIENT_TYPE_INTERNAL => {
@@ -584,6 +611,16 @@ impl Hub {
             send_err(err_invalid_backend());
             return;
         };
+        if hello.auth.kind == proto::client::CLIENT_TYPE_FEDERATION {
+            // A remote signaling server relaying one of its clients: only
+            // when this Nextcloud supports it (upstream 2.0.0, #776).
+            use crate::capabilities::FEATURE_FEDERATION_V2;
+            let caps = self.backend.capabilities(&backend_url).await.caps;
+            if !caps.is_some_and(|c| c.has_feature(FEATURE_FEDERATION_V2)) {
+                send_err(crate::federation::err_federation_unsupported());
+                return;
+            }
+        }
         if hello.version == proto::client::HELLO_VERSION_V2 {
             let token = hello.v2_token().unwrap_or_default();
             let claims = match self.verify_hello_token(&backend_url, &token).await {
@@ -892,8 +929,14 @@ impl Hub {
         let data = self.codec.decode_public(id).ok()?;
         let reg = self.reg.lock();
         let public = reg.by_sid.get(&data.sid)?;
-        let session = reg.sessions.get(public)?;
-        (session.backend().id == data.backend_id).then(|| session.clone())
+        let session = reg.sessions.get(public)?.clone();
+        drop(reg);
+        // Session numbers are per process: in a cluster another node's
+        // session may carry the same number. Only the same creation time
+        // makes it another encoding of *our* session.
+        let ours = self.codec.decode_public(session.public_id()).ok()?;
+        (ours.created_unix_nanos == data.created_unix_nanos && ours.backend_id == data.backend_id)
+            .then_some(session)
     }
 
     pub fn room_for(&self, backend: &crate::backends::Backend, id: &str) -> Option<Arc<Room>> {
@@ -979,6 +1022,11 @@ impl Hub {
     ) -> Option<Pending> {
         let room_msg = msg.room.as_ref()?;
         if room_msg.roomid.is_empty() {
+            if let Some(federation) = session.federation() {
+                // The remote server answers (and the connection then ends).
+                federation.leave(msg);
+                return None;
+            }
             if session.leave_room(true).is_some() {
                 Self::send_room_reply(session, &msg.id, None);
             }
@@ -994,13 +1042,11 @@ impl Hub {
             return None;
         }
         if room_msg.federation.is_some() {
-            session.send_message(ServerMessage::error(
-                &msg.id,
-                Error::new(
-                    "federation_unsupported",
-                    "Federation is not supported by this server.",
-                ),
-            ));
+            // Joined on the remote server; it must not time out here meanwhile.
+            self.reg.lock().anonymous.remove(&conn.id);
+            session.leave_room(true);
+            let client = crate::federation::FederationClient::start(session, &msg);
+            session.set_federation(Some(client));
             return None;
         }
         if let Some(room) = self.room_for(&session.backend, &room_msg.roomid) {

@@ -44,6 +44,14 @@ impl ClientType {
     }
 }
 
+/// What a session makes of a message before queueing it.
+enum Filtered {
+    Drop,
+    Same,
+    /// Sent instead of the original (a per-session copy, or several).
+    Replaced(Vec<Arc<OutMsg>>),
+}
+
 /// A frame kept for a session whose client is away.
 #[derive(Debug)]
 struct Pending {
@@ -64,6 +72,8 @@ struct SessionState {
     subscriptions: Vec<Subscription>,
     room_subscription: Option<Subscription>,
     virtual_sessions: Vec<Arc<VirtualSession>>,
+    /// Set while the session is in a room of another server.
+    federation: Option<Arc<crate::federation::FederationClient>>,
 }
 
 /// A session of a `client` or `internal` connection.
@@ -210,6 +220,27 @@ impl ClientSession {
         self.state.lock().room.clone()
     }
 
+    /// The connection to the remote server of a federated room, if in one.
+    pub fn federation(&self) -> Option<Arc<crate::federation::FederationClient>> {
+        self.state.lock().federation.clone()
+    }
+
+    /// Replace the federated connection (the old one is closed).
+    pub(crate) fn set_federation(&self, client: Option<Arc<crate::federation::FederationClient>>) {
+        let old = std::mem::replace(&mut self.state.lock().federation, client);
+        if let Some(old) = old {
+            old.close();
+        }
+    }
+
+    /// The federation task `id` ended (error, or left the room).
+    pub(crate) fn federation_ended(&self, id: u64) {
+        let mut st = self.state.lock();
+        if st.federation.as_ref().is_some_and(|f| f.id == id) {
+            st.federation = None;
+        }
+    }
+
     pub fn room_session_id(&self) -> String {
         self.state.lock().room_session_id.clone()
     }
@@ -277,10 +308,19 @@ impl ClientSession {
     /// pulls them in as it drains; a client that falls too far behind is cut
     /// off and gets the rest after it resumes.
     pub fn send(&self, msg: &Arc<OutMsg>) {
-        let Some(filtered) = self.filter(msg) else {
-            return;
-        };
-        let msg = filtered.as_ref().unwrap_or(msg);
+        match self.filter(msg) {
+            Filtered::Drop => {}
+            Filtered::Same => self.deliver(msg),
+            Filtered::Replaced(list) => {
+                for m in &list {
+                    self.deliver(m);
+                }
+            }
+        }
+    }
+
+    /// Queue one (already filtered) message.
+    fn deliver(&self, msg: &Arc<OutMsg>) {
         let close_after = self.closes_connection(msg);
         let mut st = self.state.lock();
         if let Some(conn) = st.conn.clone() {
@@ -418,29 +458,51 @@ impl ClientSession {
         participants
     }
 
-    /// Per-session changes: hide display names for sessions with that permission.
-    fn filter(&self, msg: &Arc<OutMsg>) -> Option<Option<Arc<OutMsg>>> {
+    /// Per-session changes: chat comments only for clients with
+    /// `chat-relay`, display names hidden for sessions with that permission.
+    fn filter(&self, msg: &Arc<OutMsg>) -> Filtered {
         let m = &msg.msg;
         match m.kind.as_str() {
             "event" => {
-                let ev = m.event.as_ref()?;
-                if ev.target == "room"
+                let Some(ev) = m.event.as_ref() else {
+                    return Filtered::Drop;
+                };
+                let hide = ev.target == "room"
                     && (ev.kind == "join" || ev.kind == "message")
-                    && self.has_permission(PERMISSION_HIDE_DISPLAYNAMES)
-                {
-                    return Some(crate::filter::hide_display_names(msg));
+                    && self.has_permission(PERMISSION_HIDE_DISPLAYNAMES);
+                if let Some(chat) = msg.chat_variants() {
+                    let list = if self.has_feature(proto::client::CLIENT_FEATURE_CHAT_RELAY) {
+                        &chat.relay
+                    } else {
+                        &chat.plain
+                    };
+                    let list = list
+                        .iter()
+                        .map(|m| {
+                            hide.then(|| crate::filter::hide_display_names(m))
+                                .flatten()
+                                .unwrap_or_else(|| m.clone())
+                        })
+                        .collect();
+                    return Filtered::Replaced(list);
                 }
-                Some(None)
+                match hide
+                    .then(|| crate::filter::hide_display_names(msg))
+                    .flatten()
+                {
+                    Some(m) => Filtered::Replaced(vec![m]),
+                    None => Filtered::Same,
+                }
             }
             "message" => {
                 if self.has_permission(PERMISSION_HIDE_DISPLAYNAMES)
                     && crate::filter::is_nick_changed(msg)
                 {
-                    return None;
+                    return Filtered::Drop;
                 }
-                Some(None)
+                Filtered::Same
             }
-            _ => Some(None),
+            _ => Filtered::Same,
         }
     }
 
@@ -467,6 +529,9 @@ impl ClientSession {
     pub fn leave_room(&self, notify: bool) -> Option<Arc<Room>> {
         let hub = self.hub.upgrade()?;
         let mut st = self.state.lock();
+        if let Some(f) = st.federation.take() {
+            f.close();
+        }
         let room = st.room.take()?;
         st.room_subscription = None;
         let room_session_id = std::mem::take(&mut st.room_session_id);
@@ -500,6 +565,9 @@ impl ClientSession {
         let conn = st.conn.take();
         let virtuals = std::mem::take(&mut st.virtual_sessions);
         st.pending.clear();
+        if let Some(f) = st.federation.take() {
+            f.close();
+        }
         drop(st);
         if let Some(c) = &conn {
             c.set_session(None);

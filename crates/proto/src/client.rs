@@ -16,6 +16,8 @@ pub const HELLO_VERSION_V2: &str = "2.0";
 pub const CLIENT_TYPE_CLIENT: &str = "client";
 pub const CLIENT_TYPE_INTERNAL: &str = "internal";
 pub const CLIENT_TYPE_VIRTUAL: &str = "virtual";
+/// A signaling server relaying a client of another Nextcloud (upstream 2.0.0, #776).
+pub const CLIENT_TYPE_FEDERATION: &str = "federation";
 
 pub const FEATURE_MCU: &str = "mcu";
 pub const FEATURE_SIMULCAST: &str = "simulcast";
@@ -45,8 +47,10 @@ const LATER_FEATURES: &[&str] = &[
     FEATURE_HELLO_V2,
     FEATURE_SWITCHTO,
     FEATURE_DIALOUT,
+    FEATURE_FEDERATION,
     FEATURE_RECIPIENT_CALL,
     FEATURE_JOIN_FEATURES,
+    FEATURE_CHAT_RELAY,
 ];
 
 /// Features every normal client is told about.
@@ -60,6 +64,8 @@ pub const DEFAULT_FEATURES: &[&str] = &[
     LATER_FEATURES[3],
     LATER_FEATURES[4],
     LATER_FEATURES[5],
+    LATER_FEATURES[6],
+    LATER_FEATURES[7],
 ];
 /// Features internal clients are told about.
 pub const DEFAULT_FEATURES_INTERNAL: &[&str] = &[
@@ -72,6 +78,8 @@ pub const DEFAULT_FEATURES_INTERNAL: &[&str] = &[
     LATER_FEATURES[3],
     LATER_FEATURES[4],
     LATER_FEATURES[5],
+    LATER_FEATURES[6],
+    LATER_FEATURES[7],
 ];
 
 /// A message received from a client.
@@ -181,7 +189,10 @@ impl HelloClientMessage {
             self.auth.kind = CLIENT_TYPE_CLIENT.to_owned();
         }
         match self.auth.kind.as_str() {
-            CLIENT_TYPE_CLIENT => {
+            CLIENT_TYPE_CLIENT | CLIENT_TYPE_FEDERATION => {
+                if self.auth.kind == CLIENT_TYPE_FEDERATION && self.version != HELLO_VERSION_V2 {
+                    return Err("federation requires hello v2".into());
+                }
                 if self.auth.url.is_empty() {
                     return Err("url missing".into());
                 }
@@ -782,6 +793,9 @@ pub struct EventServerMessage {
     /// `room/switchto` (breakout rooms; upstream 1.1.0, #409).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switchto: Option<SwitchToEvent>,
+    /// `room/federation_resumed`: whether the remote session was resumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed: Option<bool>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

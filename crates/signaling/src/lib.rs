@@ -11,6 +11,7 @@ pub mod ws;
 use http::HeaderValue;
 use hub::backends::Backends;
 use hub::bus::{Bus, LoopbackBus};
+use hub::bus_nats::{is_loopback_url, NatsBus};
 use hub::metrics::HubMetrics;
 use hub::settings::HubSettings;
 use hub::Hub;
@@ -90,6 +91,8 @@ pub struct Server {
     pub(crate) welcome: bytes::Bytes,
     pub(crate) turn: turn::TurnConfig,
     stats_allowed: RwLock<Vec<IpAddr>>,
+    /// The NATS bus when clustering (also the hub's bus), for its state.
+    pub nats: Option<Arc<NatsBus>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -98,13 +101,26 @@ impl std::fmt::Debug for Server {
     }
 }
 
-fn bus_from_config(ini: &Ini) -> Arc<dyn Bus> {
+/// `[nats] url`: empty, `:loopback:` or `nats://loopback` select the
+/// in-process bus (single server); anything else is a comma list of NATS
+/// servers (credentials in the URL) that this server joins as a cluster node.
+/// Upstream defaults to `nats://127.0.0.1:4222`; we default to the
+/// in-process bus so that a single server needs no NATS.
+/// The hub's bus, and the same bus as NATS when clustering.
+type HubBus = (Arc<dyn Bus>, Option<Arc<NatsBus>>);
+
+fn bus_from_config(ini: &Ini, registry: &runtime::metrics::Registry) -> Result<HubBus, StartError> {
     let url = ini.get_string("nats", "url", "");
-    let url = url.trim();
-    if !(url.is_empty() || url == ":loopback:" || url == "nats://loopback") {
-        warn!(url = %url, "NATS clustering is not available in this build yet, using the in-process bus (single server)");
+    if is_loopback_url(&url) {
+        info!("no NATS server configured, using the in-process bus (single server)");
+        return Ok((LoopbackBus::new(), None));
     }
-    LoopbackBus::new()
+    let nats = NatsBus::connect(&url, registry).map_err(|e| StartError::Invalid {
+        section: "nats",
+        key: "url",
+        reason: e.to_string(),
+    })?;
+    Ok((nats.clone(), Some(nats)))
 }
 
 impl Server {
@@ -118,8 +134,10 @@ impl Server {
         {
             warn!("an MCU is configured but not supported by this build yet; running without MCU");
         }
-        let metrics = HubMetrics::new(runtime::metrics::Registry::new());
-        let hub = Hub::new(settings, backends, bus_from_config(ini), metrics)?;
+        let registry = runtime::metrics::Registry::new();
+        let (bus, nats) = bus_from_config(ini, &registry)?;
+        let metrics = HubMetrics::new(registry);
+        let hub = Hub::new(settings, backends, bus, metrics)?;
         let shutdown = Shutdown::new();
         hub.spawn_housekeeping(shutdown.token.clone());
         let features = hub.features().join(", ");
@@ -137,6 +155,7 @@ impl Server {
             welcome: welcome.into(),
             turn,
             stats_allowed: RwLock::new(stats_ips(ini)),
+            nats,
         }))
     }
 
@@ -228,6 +247,20 @@ pub async fn run_from_config(path: std::path::PathBuf) -> Result<(), StartError>
     let ini = Ini::load(&path)?;
     let server = Server::build(&ini)?;
     let listen = ListenConfig::from_config(&ini)?;
+    if let Some(nats) = server.nats.clone() {
+        // Like upstream, serve clients only once the cluster is reachable
+        // (the bus retries with backoff and logs each failure); Ctrl-C aborts.
+        tokio::select! {
+            _ = nats.wait_connected(true) => {}
+            _ = tokio::signal::ctrl_c() => {
+                return Err(StartError::Invalid {
+                    section: "nats",
+                    key: "url",
+                    reason: "interrupted while connecting to NATS".into(),
+                })
+            }
+        }
+    }
     raise_nofile_limit();
     bind_and_serve(&server, &listen).await?;
     info!(version = VERSION, "signaling server started");

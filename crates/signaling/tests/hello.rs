@@ -981,8 +981,10 @@ async fn hel_06_internal_hello() {
             "hello-v2",
             "switchto",
             "dialout",
+            "federation",
             "recipient-call",
-            "join-features"
+            "join-features",
+            "chat-relay"
         ])
     );
     assert_eq!(
@@ -1100,8 +1102,10 @@ async fn hel_09_client_features() {
             "hello-v2",
             "switchto",
             "dialout",
+            "federation",
             "recipient-call",
-            "join-features"
+            "join-features",
+            "chat-relay"
         ])
     );
 }
@@ -1127,8 +1131,10 @@ async fn hel_10_client_features_accepted() {
             "hello-v2",
             "switchto",
             "dialout",
+            "federation",
             "recipient-call",
-            "join-features"
+            "join-features",
+            "chat-relay"
         ])
     );
 }
@@ -1449,8 +1455,10 @@ async fn res_01_resume_returns_same_session() {
             "hello-v2",
             "switchto",
             "dialout",
+            "federation",
             "recipient-call",
-            "join-features"
+            "join-features",
+            "chat-relay"
         ])
     );
     assert_eq!(s.backend.count("auth"), auths, "resume asked the backend");
@@ -1484,8 +1492,10 @@ async fn res_01_internal_session_can_resume() {
             "hello-v2",
             "switchto",
             "dialout",
+            "federation",
             "recipient-call",
-            "join-features"
+            "join-features",
+            "chat-relay"
         ])
     );
 }

@@ -873,8 +873,10 @@ fn check_features(go: &Recording, ours: &Recording) -> Vec<String> {
         "hello-v2",
         "switchto",
         "dialout",
+        "federation",
         "recipient-call",
         "join-features",
+        "chat-relay",
     ] {
         want.insert(f.to_owned());
     }

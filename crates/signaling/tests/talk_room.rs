@@ -180,22 +180,3 @@ async fn room_reply_carries_bandwidth() {
     let r = b.join_room("room1", "talk-b").await;
     assert!(r["room"].get("bandwidth").is_none(), "{r}");
 }
-
-/// Federation (upstream 2.0.0, #776) is not implemented yet: a join that asks
-/// for it is refused with `federation_unsupported`, without a backend request
-/// (and `federation` is not among the features).
-#[tokio::test]
-async fn federated_join_is_refused_until_supported() {
-    let s = TestServer::start().await;
-    let mut a = s.user("alice").await;
-    let rooms = s.backend.count("room");
-    let r = a
-        .request(
-            json!({"type": "room", "room": {"roomid": "room1", "sessionid": "talk-a",
-            "federation": {"signaling": "ws://127.0.0.1:1/spreed", "url": "http://127.0.0.1:1/",
-                "roomid": "remote", "token": "t"}}}),
-        )
-        .await;
-    assert_eq!(r["error"]["code"], "federation_unsupported", "{r}");
-    assert_eq!(s.backend.count("room"), rooms);
-}

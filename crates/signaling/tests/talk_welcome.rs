@@ -17,6 +17,8 @@ const IMPLEMENTED: &[&str] = &[
     "transient-data",
     "recipient-call",
     "welcome",
+    "chat-relay",
+    "federation",
 ];
 
 fn header_features(v: Option<&str>) -> Vec<String> {
@@ -153,10 +155,8 @@ async fn welcome_endpoint_has_features_and_a_correct_date() {
 }
 
 /// The full check of the current Talk: all five required features, no
-/// optional one missing. `federation` and `chat-relay` are not implemented
-/// yet (see README "Differences").
+/// optional one missing.
 #[tokio::test]
-#[ignore = "federation and chat-relay are not implemented yet"]
 async fn talk_compatibility_check_passes() {
     let s = TestServer::start().await;
     let r = raw_request("GET", &format!("{}api/v1/welcome", s.base()), &[], "").await;

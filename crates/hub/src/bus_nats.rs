@@ -1,0 +1,509 @@
+//! The cluster bus over a real NATS server (`[nats] url`), so that several
+//! signaling servers deliver to each other's sessions and rooms.
+//!
+//! # Design
+//!
+//! - **One task owns the NATS client** ([`NatsBus::connect`] spawns it). The
+//!   hub never awaits NATS: [`Bus::publish`], [`Bus::subscribe`] and
+//!   [`Bus::unsubscribe`] are synchronous and only queue a [`Command`] for
+//!   that task. Publishes and subscriptions share **one ordered queue**, so a
+//!   `SUB` reaches the NATS server before any `PUB` the hub issued after it:
+//!   a session that subscribes the room subject and then publishes its join
+//!   event receives that event, exactly as with the in-process bus.
+//! - **Deliver only what comes back from NATS.** Sessions on this node
+//!   subscribe through NATS like everyone else and the connection does not
+//!   use `no_echo`, so a message to a local session makes a round trip to
+//!   the NATS server. This is the simplest design that can never deliver a
+//!   message twice (a local short-cut plus the echo would), at the cost of
+//!   one round trip for local traffic; measure before optimising it.
+//! - **One NATS subscription per subject**, however many local handlers it
+//!   has (a room subject is shared by all members on this node). A task per
+//!   subscription decodes each envelope once and calls the subject's
+//!   current handlers in arrival order: **per-subject order**, so everything
+//!   sent to one session subject is handled in order. Order *across*
+//!   subjects (e.g. a room event versus a direct message to a member) is not
+//!   kept: the client hands each subscription its own channel. Upstream
+//!   keeps it by funnelling all subscriptions of a session into one channel;
+//!   doing the same needs one dispatcher fed in socket order (later step).
+//! - **"Full"**: publishes waiting for the NATS task are bounded by
+//!   [`MAX_QUEUED_PUBLISHES`]. In normal operation the queue is empty (the
+//!   task hands messages to the client as fast as the hub makes them); it
+//!   grows only while NATS is unreachable or slower than the hub. At the
+//!   bound a publish is refused with [`BusError::Overloaded`], counted in
+//!   `signaling_nats_publish_rejected_total` and logged: never dropped
+//!   silently. Subscribe/unsubscribe commands are never refused (they are
+//!   bounded by the number of sessions and must not be lost).
+//! - **Connection**: the initial connect is retried in the background
+//!   (upstream blocks start-up instead; here the hub starts at once and its
+//!   messages wait in the queue), reconnects go on forever with a jittered
+//!   backoff from 1 s to 8 s, and the client restores every subscription
+//!   after a reconnect. `signaling_nats_connected` (1/0) and
+//!   `signaling_nats_reconnects_total` show the state.
+//!
+//! # What a NATS outage loses
+//!
+//! Core NATS keeps nothing for absent subscribers. While this node is
+//! disconnected its publishes wait in the queue (up to the bound) and go
+//! out after the reconnect, its own subscriptions are restored first, so
+//! traffic between sessions of this node is only delayed. Lost are: messages
+//! other nodes publish while this node is disconnected (or before it has
+//! re-subscribed), and messages that were in the socket buffers when the
+//! connection broke.
+
+use async_nats::{Client, ConnectOptions, Event, ServerAddr, Subscriber};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use parking_lot::RwLock;
+use rand::Rng;
+use runtime::metrics::{Counter, Gauge, Registry};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+
+use crate::bus::{
+    check_subject, decode_envelope, encode_envelope, Bus, BusError, BusHandler, BusMessage,
+    Subscription,
+};
+
+/// Publishes that may wait for the NATS task (about 20 MB of typical
+/// envelopes). Large enough to ride out an outage of several seconds on a
+/// busy server; a bound so an outage of minutes cannot exhaust memory.
+pub const MAX_QUEUED_PUBLISHES: usize = 65_536;
+
+/// First and longest delay between connection attempts (upstream: 1 s → 8 s).
+const INITIAL_RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(8);
+
+/// Whether `url` selects the in-process bus instead of a NATS server.
+pub fn is_loopback_url(url: &str) -> bool {
+    let url = url.trim();
+    url.is_empty() || url == ":loopback:" || url == "nats://loopback"
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NatsConfigError {
+    #[error("invalid NATS server address {addr:?}: {reason}")]
+    Address { addr: String, reason: String },
+    #[error("no NATS server address in {0:?}")]
+    Empty(String),
+}
+
+/// Commands for the task that owns the client, in the order the hub issued them.
+enum Command {
+    Publish(Arc<str>, Bytes),
+    Subscribe(Arc<str>),
+    Unsubscribe(Arc<str>),
+}
+
+type Handlers = Arc<Vec<(u64, Weak<dyn BusHandler>)>>;
+
+struct NatsMetrics {
+    connected: Arc<Gauge>,
+    reconnects: Arc<Counter>,
+    queued: Arc<Gauge>,
+    rejected: Arc<Counter>,
+    slow_consumers: Arc<Counter>,
+}
+
+impl NatsMetrics {
+    fn new(registry: &Registry) -> NatsMetrics {
+        NatsMetrics {
+            connected: registry.gauge(
+                "signaling_nats_connected",
+                "Whether the connection to NATS is up (1) or not (0)",
+            ),
+            reconnects: registry.counter(
+                "signaling_nats_reconnects_total",
+                "The number of times the connection to NATS was re-established",
+            ),
+            queued: registry.gauge(
+                "signaling_nats_publish_queue",
+                "Messages waiting to be handed to the NATS client",
+            ),
+            rejected: registry.counter(
+                "signaling_nats_publish_rejected_total",
+                "Messages refused because the NATS publish queue was full",
+            ),
+            slow_consumers: registry.counter(
+                "signaling_nats_slow_consumers_total",
+                "Messages the NATS client dropped because a subscription fell behind",
+            ),
+        }
+    }
+}
+
+/// The NATS implementation of [`Bus`]. See the module documentation.
+pub struct NatsBus {
+    me: Weak<NatsBus>,
+    next_id: AtomicU64,
+    /// Local handlers per subject. The write lock is also held while the
+    /// matching (un)subscribe command is queued, so commands for a subject
+    /// strictly alternate and match the map. Never held across `.await`.
+    subjects: RwLock<HashMap<Arc<str>, Handlers, foldhash::fast::RandomState>>,
+    /// Unbounded channel, bounded by hand for publishes (`metrics.queued`)
+    /// because (un)subscribes must never be refused.
+    commands: mpsc::UnboundedSender<Command>,
+    metrics: Arc<NatsMetrics>,
+    connected: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for NatsBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsBus")
+            .field("connected", &*self.connected.borrow())
+            .finish()
+    }
+}
+
+/// Split `[nats] url` (a comma list) into server addresses and the
+/// credentials of the first address that has some. The client does not read
+/// credentials from URLs itself; like nats.go, `user:pass@` is a user and
+/// password and a lone `token@` is a token.
+fn parse_urls(urls: &str) -> Result<(Vec<ServerAddr>, ConnectOptions), NatsConfigError> {
+    let mut addrs = Vec::new();
+    let mut options = ConnectOptions::new();
+    let mut have_auth = false;
+    for part in urls.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let addr: ServerAddr =
+            part.parse()
+                .map_err(|e: std::io::Error| NatsConfigError::Address {
+                    addr: redact(part),
+                    reason: e.to_string(),
+                })?;
+        if !have_auth {
+            if let Some(user) = addr.username() {
+                let user = percent_decode(user);
+                options = match addr.password() {
+                    Some(pass) => options.user_and_password(user, percent_decode(pass)),
+                    None => options.token(user),
+                };
+                have_auth = true;
+            }
+        }
+        addrs.push(addr);
+    }
+    if addrs.is_empty() {
+        return Err(NatsConfigError::Empty(redact(urls)));
+    }
+    Ok((addrs, options))
+}
+
+/// `nats://***@host:port` for logs: never print credentials.
+fn redact(url: &str) -> String {
+    url.split(',')
+        .map(|u| match (u.find("://"), u.rfind('@')) {
+            (Some(s), Some(at)) if at > s => format!("{}***{}", &u[..s + 3], &u[at..]),
+            (None, Some(at)) => format!("***{}", &u[at..]),
+            _ => u.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = |c: u8| char::from(c).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                // Two hex digits: at most 0xff, fits a byte.
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Delay before connection attempt `attempts` (1-based, reset after each
+/// successful connect): the first attempt at once (a restarted server is
+/// often back already), then 1 s doubling to 8 s, each ±25 % so that the
+/// nodes of a cluster do not reconnect in lockstep.
+fn retry_delay(attempts: usize) -> Duration {
+    if attempts <= 1 {
+        return Duration::ZERO;
+    }
+    let exp = u32::try_from(attempts - 2).unwrap_or(u32::MAX).min(3);
+    let base = (INITIAL_RETRY * 2u32.pow(exp)).min(MAX_RETRY);
+    base.mul_f64(rand::thread_rng().gen_range(0.75..1.25))
+}
+
+impl NatsBus {
+    /// Validate `urls` and start the task that connects (retrying forever)
+    /// and owns the client. Returns at once; must run inside a Tokio runtime.
+    /// Metrics are registered on `registry`.
+    pub fn connect(urls: &str, registry: &Registry) -> Result<Arc<NatsBus>, NatsConfigError> {
+        let (addrs, options) = parse_urls(urls)?;
+        let metrics = Arc::new(NatsMetrics::new(registry));
+        let (connected_tx, connected_rx) = watch::channel(false);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let ever_connected = Arc::new(AtomicBool::new(false));
+        let m = metrics.clone();
+        let shown = redact(urls);
+        let options = options
+            .name("nextcloud-spreed-signaling")
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .reconnect_delay_callback(retry_delay)
+            .event_callback(move |event| {
+                let m = m.clone();
+                let connected_tx = connected_tx.clone();
+                let ever = ever_connected.clone();
+                let shown = shown.clone();
+                async move {
+                    match event {
+                        Event::Connected => {
+                            m.connected.set(1);
+                            connected_tx.send_replace(true);
+                            if ever.swap(true, Ordering::Relaxed) {
+                                m.reconnects.inc();
+                                info!(url = %shown, "NATS connection re-established");
+                            } else {
+                                info!(url = %shown, "NATS connection established");
+                            }
+                        }
+                        Event::Disconnected => {
+                            m.connected.set(0);
+                            connected_tx.send_replace(false);
+                            warn!(url = %shown, "NATS connection lost, reconnecting");
+                        }
+                        Event::SlowConsumer(sid) => {
+                            m.slow_consumers.inc();
+                            error!(
+                                sid,
+                                "NATS subscription fell behind, the client dropped a message"
+                            );
+                        }
+                        Event::ClientError(e) => {
+                            warn!(url = %shown, error = %e, "could not connect to NATS, will retry")
+                        }
+                        other => info!(event = %other, "NATS"),
+                    }
+                }
+            });
+        let bus = Arc::new_cyclic(|me| NatsBus {
+            me: me.clone(),
+            next_id: AtomicU64::new(1),
+            subjects: RwLock::new(HashMap::default()),
+            commands: tx,
+            metrics: metrics.clone(),
+            connected: connected_rx,
+        });
+        tokio::spawn(run(bus.me.clone(), addrs, options, rx, metrics));
+        Ok(bus)
+    }
+
+    /// Whether the connection to NATS is up right now.
+    pub fn is_connected(&self) -> bool {
+        *self.connected.borrow()
+    }
+
+    /// Wait until the connection is up (or down, with `up = false`).
+    pub async fn wait_connected(&self, up: bool) {
+        let mut rx = self.connected.clone();
+        // Err only when the sender is gone, i.e. the client task ended.
+        let _ = rx.wait_for(|c| *c == up).await;
+    }
+
+    /// Number of subjects with at least one local handler.
+    pub fn subject_count(&self) -> usize {
+        self.subjects.read().len()
+    }
+
+    fn deliver(&self, subject: &str, msg: &BusMessage) {
+        // Snapshot, then call without the lock: handlers may (un)subscribe.
+        let handlers = self.subjects.read().get(subject).cloned();
+        for (_, h) in handlers.iter().flat_map(|l| l.iter()) {
+            if let Some(h) = h.upgrade() {
+                h.on_bus_message(subject, msg);
+            }
+        }
+    }
+}
+
+impl Bus for NatsBus {
+    fn publish(&self, subject: &str, msg: BusMessage) -> Result<(), BusError> {
+        check_subject(subject)?;
+        let queued = self.metrics.queued.get();
+        if queued >= MAX_QUEUED_PUBLISHES as i64 {
+            self.metrics.rejected.inc();
+            error!(subject, queued, "NATS publish queue full, message refused");
+            return Err(BusError::Overloaded(queued as usize));
+        }
+        self.metrics.queued.inc();
+        let payload = Bytes::from(encode_envelope(&msg));
+        if self
+            .commands
+            .send(Command::Publish(Arc::from(subject), payload))
+            .is_err()
+        {
+            // Only after the client task ended (runtime shutting down).
+            self.metrics.queued.dec();
+            debug!(subject, "NATS client task gone, message not sent");
+        }
+        Ok(())
+    }
+
+    fn subscribe(
+        &self,
+        subject: &str,
+        handler: Weak<dyn BusHandler>,
+    ) -> Result<Subscription, BusError> {
+        check_subject(subject)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let key = {
+            let mut map = self.subjects.write();
+            match map.get_key_value(subject) {
+                Some((key, list)) => {
+                    let key = key.clone();
+                    let mut list: Vec<_> = list.as_ref().clone();
+                    list.push((id, handler));
+                    map.insert(key.clone(), Arc::new(list));
+                    key
+                }
+                None => {
+                    let key: Arc<str> = Arc::from(subject);
+                    map.insert(key.clone(), Arc::new(vec![(id, handler)]));
+                    // Under the lock: see `subjects`.
+                    let _ = self.commands.send(Command::Subscribe(key.clone()));
+                    key
+                }
+            }
+        };
+        let me: Weak<dyn Bus> = self.me.clone();
+        Ok(Subscription::new(me, key, id))
+    }
+
+    fn unsubscribe(&self, subject: &str, id: u64) {
+        let mut map = self.subjects.write();
+        let Some((key, entry)) = map.get_key_value(subject) else {
+            return;
+        };
+        let key = key.clone();
+        let list: Vec<_> = entry.iter().filter(|(i, _)| *i != id).cloned().collect();
+        if list.is_empty() {
+            map.remove(subject);
+            let _ = self.commands.send(Command::Unsubscribe(key));
+        } else {
+            map.insert(key, Arc::new(list));
+        }
+    }
+}
+
+/// The task that owns the client: executes commands in order until the bus
+/// is dropped, then ends every subscription task and closes the connection.
+async fn run(
+    bus: Weak<NatsBus>,
+    addrs: Vec<ServerAddr>,
+    options: ConnectOptions,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    metrics: Arc<NatsMetrics>,
+) {
+    // With `retry_on_initial_connect` this returns at once and connects in
+    // the background; commands wait in the client's queue meanwhile.
+    let client: Client = match options.connect(addrs).await {
+        Ok(c) => c,
+        Err(e) => {
+            error!(error = %e, "NATS client could not start; cluster messages are not delivered");
+            return;
+        }
+    };
+    let mut subs: HashMap<Arc<str>, JoinHandle<()>, foldhash::fast::RandomState> =
+        HashMap::default();
+    while let Some(cmd) = commands.recv().await {
+        match cmd {
+            Command::Publish(subject, payload) => {
+                metrics.queued.dec();
+                // Awaits only while the client's own queue is full (NATS
+                // down or slow): that is the backpressure on our queue.
+                if let Err(e) = client.publish(subject.to_string(), payload).await {
+                    error!(subject = %subject, error = %e, "NATS publish failed");
+                }
+            }
+            Command::Subscribe(subject) => match client.subscribe(subject.to_string()).await {
+                Ok(sub) => {
+                    let task = tokio::spawn(receive(bus.clone(), subject.clone(), sub));
+                    if let Some(old) = subs.insert(subject, task) {
+                        old.abort();
+                    }
+                }
+                Err(e) => error!(subject = %subject, error = %e, "NATS subscribe failed"),
+            },
+            Command::Unsubscribe(subject) => {
+                // Aborting drops the `Subscriber`, which sends `UNSUB`.
+                if let Some(task) = subs.remove(&subject) {
+                    task.abort();
+                }
+            }
+        }
+    }
+    for task in subs.into_values() {
+        task.abort();
+    }
+    metrics.connected.set(0);
+}
+
+/// One NATS subscription: decode each message once and hand it to the
+/// subject's local handlers, in arrival order.
+async fn receive(bus: Weak<NatsBus>, subject: Arc<str>, mut sub: Subscriber) {
+    while let Some(m) = sub.next().await {
+        let Some(bus) = bus.upgrade() else { return };
+        match decode_envelope(&m.payload) {
+            Ok(msg) => bus.deliver(&subject, &msg),
+            Err(e) => warn!(subject = %subject, error = %e, "ignoring NATS message"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_spellings() {
+        for u in ["", " ", ":loopback:", "nats://loopback"] {
+            assert!(is_loopback_url(u), "{u:?}");
+        }
+        assert!(!is_loopback_url("nats://127.0.0.1:4222"));
+    }
+
+    #[test]
+    fn urls_with_credentials() {
+        let (addrs, _) =
+            parse_urls("nats://u%40x:p%2Fw@127.0.0.1:4222, nats://10.0.0.2:4223").expect("parse");
+        assert_eq!(addrs.len(), 2);
+        assert_eq!(addrs[1].port(), 4223);
+        assert_eq!(addrs[0].username(), Some("u%40x"));
+        assert_eq!(percent_decode("u%40x"), "u@x");
+        assert_eq!(percent_decode("p%2Fw%"), "p/w%");
+        assert!(parse_urls(" , ").is_err());
+        assert!(parse_urls("nats://[bad").is_err());
+        assert_eq!(
+            redact("nats://u:p@h:1,tok@h2"),
+            "nats://***@h:1,***@h2".to_owned()
+        );
+    }
+
+    #[test]
+    fn retry_delays_grow_to_eight_seconds_with_jitter() {
+        assert_eq!(retry_delay(1), Duration::ZERO);
+        let d = retry_delay(2);
+        assert!(d >= Duration::from_millis(750) && d <= Duration::from_millis(1250));
+        for n in [5, 6, 100, usize::MAX] {
+            let d = retry_delay(n);
+            assert!(
+                d >= Duration::from_secs(6) && d <= Duration::from_secs(10),
+                "{d:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! The NATS bus against a real `nats-server` (testkit's guard): two buses on
+//! one server stand for two signaling servers.
+
+use hub::bus::{Bus, BusError, BusHandler, BusMessage, BusPayload, Subscription};
+use hub::bus_nats::{NatsBus, MAX_QUEUED_PUBLISHES};
+use parking_lot::Mutex;
+use runtime::metrics::Registry;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use testkit::{assert_eventually, NatsServer};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// Records the first permission of every message (the tests' sequence numbers).
+#[derive(Default)]
+struct Rec(Mutex<Vec<String>>);
+
+impl BusHandler for Rec {
+    fn on_bus_message(&self, _subject: &str, msg: &BusMessage) {
+        if let BusPayload::Permissions(p) = &msg.payload {
+            self.0.lock().push(p.first().cloned().unwrap_or_default());
+        }
+    }
+}
+
+impl Rec {
+    fn got(&self) -> Vec<String> {
+        self.0.lock().clone()
+    }
+    fn count(&self, tag: &str) -> usize {
+        self.0.lock().iter().filter(|t| t.as_str() == tag).count()
+    }
+}
+
+fn msg(tag: &str) -> BusMessage {
+    BusMessage::new(BusPayload::Permissions(Arc::new(vec![tag.to_owned()])))
+}
+
+fn sub(bus: &Arc<NatsBus>, subject: &str, rec: &Arc<Rec>) -> Subscription {
+    let h: Weak<dyn BusHandler> = Arc::downgrade(&(rec.clone() as Arc<dyn BusHandler>));
+    bus.subscribe(subject, h).expect("subscribe")
+}
+
+async fn nats() -> NatsServer {
+    NatsServer::start().await.expect("nats-server starts")
+}
+
+async fn bus(nats: &NatsServer) -> (Arc<NatsBus>, Registry) {
+    let registry = Registry::new();
+    let bus = NatsBus::connect(&nats.url(), &registry).expect("valid url");
+    tokio::time::timeout(WAIT, bus.wait_connected(true))
+        .await
+        .expect("connects");
+    (bus, registry)
+}
+
+/// Publish `probe` on `subject` from `from` until `rec` has seen it: then the
+/// NATS server has processed `rec`'s subscription (SUB is asynchronous).
+async fn barrier(from: &Arc<NatsBus>, subject: &str, rec: &Rec) {
+    for _ in 0..150 {
+        from.publish(subject, msg("probe")).expect("publish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if rec.count("probe") > 0 {
+            rec.0.lock().clear();
+            return;
+        }
+    }
+    panic!("subscription on {subject} never became active");
+}
+
+#[tokio::test]
+async fn publish_subscribe_unsubscribe_on_one_node() {
+    let nats = nats().await;
+    let (bus, registry) = bus(&nats).await;
+    assert!(registry.render().contains("signaling_nats_connected 1"));
+    let rec = Arc::new(Rec::default());
+    // The SUB is queued before the PUBs, so no barrier is needed on one node.
+    let s = sub(&bus, "session.a", &rec);
+    for i in 0..3 {
+        bus.publish("session.a", msg(&i.to_string()))
+            .expect("publish");
+    }
+    assert_eventually!(WAIT, rec.got().len() == 3);
+    assert_eq!(rec.got(), ["0", "1", "2"]);
+
+    // A second local handler shares the one NATS subscription.
+    let rec2 = Arc::new(Rec::default());
+    let s2 = sub(&bus, "session.a", &rec2);
+    bus.publish("session.a", msg("3")).expect("publish");
+    assert_eventually!(WAIT, rec2.got() == ["3"]);
+    assert_eventually!(WAIT, rec.got().len() == 4);
+    assert_eq!(bus.subject_count(), 1);
+
+    drop(s);
+    drop(s2);
+    assert_eq!(bus.subject_count(), 0);
+    let marker = Arc::new(Rec::default());
+    let _m = sub(&bus, "session.marker", &marker);
+    bus.publish("session.a", msg("late")).expect("publish");
+    bus.publish("session.marker", msg("m")).expect("publish");
+    assert_eventually!(WAIT, marker.got() == ["m"]);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(rec.got().len(), 4, "{:?}", rec.got());
+    assert_eq!(rec2.got().len(), 1);
+
+    assert!(matches!(
+        bus.publish("a b", msg("x")),
+        Err(BusError::InvalidSubject(_))
+    ));
+}
+
+#[tokio::test]
+async fn messages_cross_nodes_in_order() {
+    let nats = nats().await;
+    let (a, _) = bus(&nats).await;
+    let (b, _) = bus(&nats).await;
+    let rec = Arc::new(Rec::default());
+    let _s = sub(&b, "session.b", &rec);
+    barrier(&a, "session.b", &rec).await;
+    let n = 2000;
+    for i in 0..n {
+        a.publish("session.b", msg(&i.to_string()))
+            .expect("publish");
+    }
+    assert_eventually!(WAIT, rec.got().len() >= n);
+    let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    assert_eq!(rec.got(), want);
+}
+
+/// Restart nats-server on the same port. Subscriptions come back by
+/// themselves; what this node published to its own subscriptions during the
+/// outage is delivered afterwards. Messages from other nodes during the
+/// outage are lost (core NATS keeps nothing), so they are not sent here.
+#[tokio::test]
+async fn reconnects_after_nats_restart_without_losing_local_messages() {
+    let mut nats = nats().await;
+    let (a, registry) = bus(&nats).await;
+    let (b, _) = bus(&nats).await;
+    let local = Arc::new(Rec::default());
+    let remote = Arc::new(Rec::default());
+    let _l = sub(&a, "session.local", &local);
+    let _r = sub(&b, "session.remote", &remote);
+    barrier(&a, "session.local", &local).await;
+    barrier(&a, "session.remote", &remote).await;
+
+    nats.stop();
+    tokio::time::timeout(WAIT, a.wait_connected(false))
+        .await
+        .expect("notices the outage");
+    assert!(registry.render().contains("signaling_nats_connected 0"));
+    for i in 0..50 {
+        a.publish("session.local", msg(&i.to_string()))
+            .expect("queued during the outage");
+    }
+    nats.restart().await.expect("nats-server restarts");
+    tokio::time::timeout(WAIT, a.wait_connected(true))
+        .await
+        .expect("reconnects");
+    tokio::time::timeout(WAIT, b.wait_connected(true))
+        .await
+        .expect("reconnects");
+
+    assert_eventually!(WAIT, local.got().len() >= 50);
+    let want: Vec<String> = (0..50).map(|i| i.to_string()).collect();
+    assert_eq!(
+        local.got(),
+        want,
+        "no loss, in order, for the local subscriber"
+    );
+
+    // Across nodes once both have re-subscribed.
+    barrier(&a, "session.remote", &remote).await;
+    for i in 0..100 {
+        a.publish("session.remote", msg(&i.to_string()))
+            .expect("publish");
+    }
+    assert_eventually!(WAIT, remote.got().len() >= 100);
+    let want: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+    assert_eq!(remote.got(), want);
+
+    let text = registry.render();
+    assert!(text.contains("signaling_nats_connected 1"), "{text}");
+    assert!(text.contains("signaling_nats_reconnects_total 1"), "{text}");
+}
+
+/// While NATS is down, publishes wait up to the bound; beyond it they are
+/// refused (and counted), not silently dropped.
+#[tokio::test]
+async fn full_queue_refuses_with_an_error_and_a_metric() {
+    let mut nats = nats().await;
+    let (a, registry) = bus(&nats).await;
+    nats.stop();
+    tokio::time::timeout(WAIT, a.wait_connected(false))
+        .await
+        .expect("notices the outage");
+    let mut refused = 0;
+    // The client's own queue (2048) takes some before ours fills.
+    for i in 0..MAX_QUEUED_PUBLISHES + 4096 {
+        match a.publish("session.x", msg(&i.to_string())) {
+            Ok(()) => {}
+            Err(BusError::Overloaded(_)) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+        if i % 4096 == 0 {
+            // Let the client task move what it can into the client's queue.
+            tokio::task::yield_now().await;
+        }
+    }
+    assert!(refused > 0);
+    let text = registry.render();
+    assert!(
+        text.contains(&format!("signaling_nats_publish_rejected_total {refused}")),
+        "{text}"
+    );
+}
