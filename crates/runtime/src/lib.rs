@@ -8,6 +8,7 @@ pub mod limits;
 pub mod listen;
 pub mod logging;
 pub mod metrics;
+pub mod net;
 pub mod shutdown;
 pub mod signals;
 

@@ -18,6 +18,7 @@ use hub::Hub;
 use parking_lot::RwLock;
 use runtime::config::{ConfigError, Ini};
 use runtime::listen::{self, ListenAddr, ListenError, Listener, ServeOptions};
+use runtime::net::IpNet;
 use runtime::shutdown::Shutdown;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -90,7 +91,8 @@ pub struct Server {
     pub(crate) features_header: HeaderValue,
     pub(crate) welcome: bytes::Bytes,
     pub(crate) turn: turn::TurnConfig,
-    stats_allowed: RwLock<Vec<IpAddr>>,
+    stats_allowed: RwLock<Vec<IpNet>>,
+    trusted_proxies: RwLock<Arc<Vec<IpNet>>>,
     /// The NATS bus when clustering (also the hub's bus), for its state.
     pub nats: Option<Arc<NatsBus>>,
 }
@@ -154,7 +156,8 @@ impl Server {
                 .unwrap_or(HeaderValue::from_static("")),
             welcome: welcome.into(),
             turn,
-            stats_allowed: RwLock::new(stats_ips(ini)),
+            stats_allowed: RwLock::new(stats_ips(ini)?),
+            trusted_proxies: RwLock::new(Arc::new(trusted_proxies(ini)?)),
             nats,
         }))
     }
@@ -163,14 +166,11 @@ impl Server {
         let Ok(ip) = ip.parse::<IpAddr>() else {
             return false;
         };
-        let ip = match ip {
-            IpAddr::V6(v6) => v6
-                .to_ipv4_mapped()
-                .map(IpAddr::V4)
-                .unwrap_or(IpAddr::V6(v6)),
-            v4 => v4,
-        };
-        self.stats_allowed.read().contains(&ip)
+        runtime::net::contains_any(&self.stats_allowed.read(), ip)
+    }
+
+    pub(crate) fn trusted_proxies(&self) -> Arc<Vec<IpNet>> {
+        self.trusted_proxies.read().clone()
     }
 
     /// Serve HTTP on already bound listeners.
@@ -187,7 +187,15 @@ impl Server {
     /// SIGHUP: re-read what can change without a restart.
     pub fn reload(&self, ini: &Ini) {
         self.hub.reload(ini);
-        *self.stats_allowed.write() = stats_ips(ini);
+        match (stats_ips(ini), trusted_proxies(ini)) {
+            (Ok(stats), Ok(proxies)) => {
+                *self.stats_allowed.write() = stats;
+                *self.trusted_proxies.write() = Arc::new(proxies);
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                warn!(error = %e, "keeping the old allowed_ips/trustedproxies")
+            }
+        }
         info!("configuration reloaded");
     }
 
@@ -202,13 +210,31 @@ impl Server {
     }
 }
 
-fn stats_ips(ini: &Ini) -> Vec<IpAddr> {
+/// `[stats] allowed_ips`: addresses or CIDR networks; default 127.0.0.1.
+fn stats_ips(ini: &Ini) -> Result<Vec<IpNet>, StartError> {
     let v = ini.get_string("stats", "allowed_ips", "");
     if v.trim().is_empty() {
-        vec![IpAddr::from([127, 0, 0, 1])]
-    } else {
-        crate::routes::parse_allowed_ips(&v)
+        return Ok(runtime::net::parse_list("127.0.0.1, ::1").unwrap_or_default());
     }
+    runtime::net::parse_list(&v).map_err(|bad| StartError::Invalid {
+        section: "stats",
+        key: "allowed_ips",
+        reason: format!("{bad:?} is not an IP address or network"),
+    })
+}
+
+/// `[app] trustedproxies`: who may tell us the client's address; default
+/// loopback and private networks.
+fn trusted_proxies(ini: &Ini) -> Result<Vec<IpNet>, StartError> {
+    let v = ini.get_string("app", "trustedproxies", "");
+    if v.trim().is_empty() {
+        return Ok(runtime::net::local_networks());
+    }
+    runtime::net::parse_list(&v).map_err(|bad| StartError::Invalid {
+        section: "app",
+        key: "trustedproxies",
+        reason: format!("{bad:?} is not an IP address or network"),
+    })
 }
 
 /// Bind every configured listener and serve it. Returns the TCP addresses bound.

@@ -7,6 +7,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use runtime::listen::{Body, PeerInfo};
+use runtime::net::IpNet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,29 +47,42 @@ fn json(body: impl Into<Bytes>) -> Response<Body> {
     r
 }
 
-/// The client's address: proxy headers count only when the connection comes
-/// from a trusted proxy (loopback or a Unix socket), so they cannot be used
-/// to spoof access to the statistics.
-pub fn client_ip(headers: &HeaderMap, peer: &PeerInfo) -> String {
-    let trusted = peer.addr.is_none_or(|a| a.ip().is_loopback());
-    if trusted {
-        if let Some(ip) = headers
-            .get("x-real-ip")
-            .and_then(|v| v.to_str().ok())
-            .filter(|s| !s.is_empty())
-        {
-            return ip.trim().to_owned();
+/// The client's address. Proxy headers count only when the connection comes
+/// from a trusted proxy (`[app] trustedproxies`, default loopback and private
+/// ranges; Unix sockets are always local). `X-Real-IP` wins when it is a valid
+/// address; otherwise `X-Forwarded-For` is read from the right, skipping
+/// trusted proxies, so a client cannot put a fake address in front.
+pub fn client_ip(headers: &HeaderMap, peer: &PeerInfo, trusted: &[IpNet]) -> String {
+    let peer_ip = peer.addr.map(|a| runtime::net::canonical(a.ip()));
+    let from_proxy = peer_ip.is_none_or(|ip| runtime::net::contains_any(trusted, ip));
+    if from_proxy {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+        };
+        if let Ok(ip) = header("x-real-ip").trim().parse::<IpAddr>() {
+            return runtime::net::canonical(ip).to_string();
         }
-        if let Some(ff) = headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .filter(|s| !s.is_empty())
+        let hops: Vec<IpAddr> = header("x-forwarded-for")
+            .split(',')
+            .filter_map(|h| h.trim().parse::<IpAddr>().ok())
+            .map(runtime::net::canonical)
+            .collect();
+        if let Some(ip) = hops
+            .iter()
+            .rev()
+            .find(|ip| !runtime::net::contains_any(trusted, **ip))
         {
-            return ff.split(',').next().unwrap_or("").trim().to_owned();
+            return ip.to_string();
+        }
+        if let Some(first) = hops.first() {
+            return first.to_string();
         }
     }
-    match peer.addr {
-        Some(a) => a.ip().to_string(),
+    match peer_ip {
+        Some(ip) => ip.to_string(),
         None => "127.0.0.1".to_owned(),
     }
 }
@@ -115,7 +129,7 @@ async fn route(
             if method != Method::GET {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
             }
-            let ip = client_ip(req.headers(), peer);
+            let ip = client_ip(req.headers(), peer, &server.trusted_proxies());
             if !server.stats_allowed(&ip) {
                 return text(StatusCode::FORBIDDEN, "Authentication check failed");
             }
@@ -202,7 +216,7 @@ fn upgrade(server: &Arc<Server>, mut req: Request<Incoming>, peer: &PeerInfo) ->
         return text(StatusCode::BAD_REQUEST, "Bad Request");
     };
     let accept = derive_accept_key(key.as_bytes());
-    let remote = client_ip(headers, peer);
+    let remote = client_ip(headers, peer, &server.trusted_proxies());
     let agent = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
