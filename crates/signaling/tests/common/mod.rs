@@ -1,6 +1,6 @@
 //! Shared harness of the end-to-end tests: our server in-process on port 0,
 //! with a fake Nextcloud backend from `testkit`.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use runtime::config::Ini;
 use signaling::{bind_and_serve, ListenConfig, Server};
