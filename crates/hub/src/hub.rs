@@ -65,6 +65,9 @@ fn err_invalid_token() -> Error {
 fn err_no_such_session() -> Error {
     Error::new("no_such_session", "The session to resume does not exist.")
 }
+fn err_too_many_requests() -> Error {
+    Error::new("too_many_requests", "Too many requests.")
+}
 fn err_internal(e: impl std::fmt::Display) -> Error {
     Error::new("internal_error", e.to_string())
 }
@@ -125,6 +128,7 @@ pub struct Hub {
     sid: AtomicU64,
     conn_ids: AtomicU64,
     reg: Mutex<Registry>,
+    throttler: crate::throttle::Throttler,
 }
 
 impl std::fmt::Debug for Hub {
@@ -201,11 +205,17 @@ impl Hub {
             sid: AtomicU64::new(0),
             conn_ids: AtomicU64::new(0),
             reg: Mutex::new(Registry::default()),
+            throttler: crate::throttle::Throttler::new(),
         }))
     }
 
     fn arc(&self) -> Option<Arc<Hub>> {
         self.me.upgrade()
+    }
+
+    /// Brute-force protection shared with the backend API.
+    pub fn throttler(&self) -> &crate::throttle::Throttler {
+        &self.throttler
     }
 
     /// Features advertised to clients and in the `X-Spreed-Signaling-Features` header.
@@ -242,6 +252,7 @@ impl Hub {
     }
 
     fn housekeeping(self: &Arc<Self>, now: Instant) {
+        self.throttler.cleanup(now);
         let (expired, anonymous, rooms) = {
             let mut reg = self.reg.lock();
             let expired: Vec<Arc<str>> = reg
@@ -523,7 +534,25 @@ impl Hub {
             return;
         };
         if !hello.resumeid.is_empty() {
-            self.process_resume(conn, &msg.id, &hello.resumeid);
+            // Resume ids are secrets: guessing is slowed down, then refused.
+            use crate::throttle::ACTION_RESUME;
+            if self
+                .throttler
+                .check(&conn.remote_addr, ACTION_RESUME)
+                .is_err()
+            {
+                conn.send(
+                    OutMsg::new(ServerMessage::error(&msg.id, err_too_many_requests())).frame(),
+                );
+                return;
+            }
+            if !self.process_resume(conn, &msg.id, &hello.resumeid) {
+                let delay = self.throttler.failed(&conn.remote_addr, ACTION_RESUME);
+                tokio::time::sleep(delay).await;
+                conn.send(
+                    OutMsg::new(ServerMessage::error(&msg.id, err_no_such_session())).frame(),
+                );
+            }
             return;
         }
         match hello.auth.kind.as_str() {
@@ -541,15 +570,16 @@ impl Hub {
         }
     }
 
-    fn process_resume(&self, conn: &Arc<Conn>, id: &str, resume_id: &str) {
+    /// Resume a session; false when there is none to resume (the caller
+    /// answers `no_such_session` after the brute-force delay).
+    fn process_resume(&self, conn: &Arc<Conn>, id: &str, resume_id: &str) -> bool {
         let session = self.reg.lock().by_private.get(resume_id).cloned();
         let Some(session) = session.filter(|s| !s.is_closed()) else {
             self.metrics.resume_failed.inc();
-            conn.send(OutMsg::new(ServerMessage::error(id, err_no_such_session())).frame());
-            return;
+            return false;
         };
         if !conn.is_connected() {
-            return;
+            return true;
         }
         if let Some(prev) = session.attach(conn) {
             info!(session = %session.public_id, previous = %prev.remote_addr, "closing previous connection of resumed session");
@@ -567,6 +597,7 @@ impl Hub {
                 room.notify_session_resumed(&session);
             }
         }
+        true
     }
 
     fn send_hello_response(&self, conn: &Arc<Conn>, session: &ClientSession, id: &str) {

@@ -23,6 +23,7 @@ pub mod room;
 pub mod session;
 pub mod sessionid;
 pub mod settings;
+pub mod throttle;
 pub mod token;
 
 pub use hub::{err_invalid_format, Hub, HubError, HubStats, Pending};

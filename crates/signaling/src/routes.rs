@@ -176,7 +176,8 @@ async fn route(
                 return text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
             }
             let roomid = percent_decode(roomid);
-            backend_room(server, req, &roomid).await
+            let ip = client_ip(req.headers(), peer, &server.trusted_proxies());
+            backend_room(server, req, &roomid, &ip).await
         }
         _ => text(StatusCode::NOT_FOUND, "404 page not found"),
     }
@@ -244,10 +245,21 @@ fn upgrade(server: &Arc<Server>, mut req: Request<Incoming>, peer: &PeerInfo) ->
     r
 }
 
+/// A failed authentication: answered after the brute-force delay.
+async fn auth_failed(server: &Server, ip: &str) -> Response<Body> {
+    let delay = server
+        .hub
+        .throttler()
+        .failed(ip, hub::throttle::ACTION_BACKEND_ROOM);
+    tokio::time::sleep(delay).await;
+    text(StatusCode::FORBIDDEN, "Authentication check failed")
+}
+
 async fn backend_room(
     server: &Arc<Server>,
     req: Request<Incoming>,
     roomid: &str,
+    ip: &str,
 ) -> Response<Body> {
     let headers = req.headers().clone();
     // Go's server requires a declared length; chunked requests are refused.
@@ -268,6 +280,14 @@ async fn backend_room(
     if !ct.starts_with("application/json") {
         return text(StatusCode::BAD_REQUEST, "Unsupported Content-Type");
     }
+    if server
+        .hub
+        .throttler()
+        .check(ip, hub::throttle::ACTION_BACKEND_ROOM)
+        .is_err()
+    {
+        return text(StatusCode::TOO_MANY_REQUESTS, "Too many requests");
+    }
     let random = headers
         .get(proto::backend::HEADER_RANDOM)
         .and_then(|v| v.to_str().ok())
@@ -279,7 +299,7 @@ async fn backend_room(
         .unwrap_or("")
         .to_owned();
     if random.is_empty() || checksum.is_empty() {
-        return text(StatusCode::FORBIDDEN, "Authentication check failed");
+        return auth_failed(server, ip).await;
     }
     let body = match tokio::time::timeout(
         BODY_READ_TIMEOUT,
@@ -297,7 +317,7 @@ async fn backend_room(
     {
         Some(u) if !u.is_empty() => match backends.get_str(u) {
             Some(b) => Some(b),
-            None => return text(StatusCode::FORBIDDEN, "Authentication check failed"),
+            None => return auth_failed(server, ip).await,
         },
         _ => None,
     };
@@ -310,13 +330,13 @@ async fn backend_room(
                     proto::backend::validate_checksum(&checksum, &random, &body, &b.secret)
                 }) {
                     Some(b) => b,
-                    None => return text(StatusCode::FORBIDDEN, "Authentication check failed"),
+                    None => return auth_failed(server, ip).await,
                 },
             },
         };
     if !proto::backend::validate_checksum(&checksum, &random, &body, &backend.secret) {
         warn!(backend = %backend.id, "backend request with invalid checksum");
-        return text(StatusCode::FORBIDDEN, "Authentication check failed");
+        return auth_failed(server, ip).await;
     }
     let mut request: proto::backend::BackendServerRoomRequest = match serde_json::from_slice(&body)
     {
