@@ -144,8 +144,25 @@ impl FederationClient {
 
     /// Relay a client message to the remote session. The local session id
     /// in a `session` recipient becomes the remote one on the way out.
-    pub fn proxy(&self, msg: ClientMessage) {
-        self.queue(Command::Send(to_text(&msg)));
+    ///
+    /// When the queue to the remote is full (it is slow or away) the
+    /// message is not dropped: the returned future waits for room, and the
+    /// client's connection task runs it before reading the next message, so
+    /// the client itself is slowed down instead.
+    pub fn proxy(&self, msg: ClientMessage) -> Option<crate::Pending> {
+        match self.tx.try_send(Command::Send(to_text(&msg))) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(cmd)) => {
+                let tx = self.tx.clone();
+                Some(Box::pin(async move {
+                    let _ = tx.send(cmd).await;
+                }))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                warn!(url = %self.federation.signaling, "federation closed, message not relayed");
+                None
+            }
+        }
     }
 
     /// The client left the room.

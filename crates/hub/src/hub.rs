@@ -492,8 +492,7 @@ impl Hub {
         };
         if !matches!(msg.kind.as_str(), "room" | "hello" | "bye") {
             if let Some(federation) = session.federation() {
-                federation.proxy(msg);
-                return None;
+                return federation.proxy(msg);
             }
         }
         match msg.kind.as_str() {
