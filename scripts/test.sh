@@ -12,6 +12,7 @@ declare -A PEERS=(
   [nextcloud-spreed-signaling]=/usr/bin/nextcloud-spreed-signaling-server
   [openssl]=/usr/bin/openssl
   [curl]=/usr/bin/curl
+  [nginx]=/usr/sbin/nginx
 )
 missing=()
 for pkg in "${!PEERS[@]}"; do

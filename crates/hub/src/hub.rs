@@ -15,7 +15,7 @@ use sha2::Sha256;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -107,7 +107,15 @@ struct Registry {
 pub struct HubStats {
     pub rooms: usize,
     pub sessions: usize,
+    /// SIGUSR1 received: no new connections, exit when the sessions are gone.
+    /// Only listed while true, so the usual answer stays as before.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
+
+/// Session counts per backend id, then per client type (`/api/v1/serverinfo`).
+pub type SessionCounts =
+    std::collections::BTreeMap<String, std::collections::BTreeMap<String, usize>>;
 
 pub struct Hub {
     me: Weak<Hub>,
@@ -129,6 +137,10 @@ pub struct Hub {
     conn_ids: AtomicU64,
     reg: Mutex<Registry>,
     throttler: crate::throttle::Throttler,
+    /// Set once by SIGUSR1 (upstream `ScheduleShutdown`), never cleared.
+    draining: AtomicBool,
+    /// Woken whenever a session goes away, so [`Hub::drained`] can re-check.
+    session_gone: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Hub {
@@ -206,6 +218,8 @@ impl Hub {
             conn_ids: AtomicU64::new(0),
             reg: Mutex::new(Registry::default()),
             throttler: crate::throttle::Throttler::new(),
+            draining: AtomicBool::new(false),
+            session_gone: tokio::sync::Notify::new(),
         }))
     }
 
@@ -228,6 +242,57 @@ impl Hub {
         HubStats {
             rooms: reg.rooms.len(),
             sessions: reg.sessions.len(),
+            draining: self.is_draining(),
+        }
+    }
+
+    /// Sessions per backend and client type (virtual sessions as `virtual`).
+    pub fn session_counts(&self) -> SessionCounts {
+        let reg = self.reg.lock();
+        let mut counts = SessionCounts::new();
+        for s in reg.sessions.values() {
+            *counts
+                .entry(s.backend().id.clone())
+                .or_default()
+                .entry(s.client_type().to_owned())
+                .or_default() += 1;
+        }
+        counts
+    }
+
+    /// Start draining (SIGUSR1). Returns false when already draining.
+    /// Refusing new connections is the HTTP layer's job; the hub only
+    /// reports, through [`Hub::drained`], when the last session is gone.
+    pub fn start_drain(&self) -> bool {
+        let first = !self.draining.swap(true, Ordering::SeqCst);
+        if first {
+            self.session_gone.notify_waiters();
+        }
+        first
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Whether sessions other than internal clients' remain. Like upstream,
+    /// internal clients (Nextcloud's own, the SIP bridge) do not hold up a
+    /// drain; their virtual sessions do, as they stand for real participants.
+    fn has_user_sessions(&self) -> bool {
+        self.reg.lock().sessions.values().any(|s| !s.is_internal())
+    }
+
+    /// Resolves once draining and no session other than internal ones is left.
+    pub async fn drained(&self) {
+        loop {
+            let gone = self.session_gone.notified();
+            tokio::pin!(gone);
+            // Register before checking, so a removal in between is not missed.
+            gone.as_mut().enable();
+            if self.is_draining() && !self.has_user_sessions() {
+                return;
+            }
+            gone.await;
         }
     }
 
@@ -936,6 +1001,7 @@ impl Hub {
             self.metrics
                 .sessions
                 .dec(&[&session.backend.id, session.client_type.as_str()]);
+            self.session_gone.notify_waiters();
         }
         let (conn, virtuals) = session.close_inner();
         if let Some(c) = conn {
@@ -1618,6 +1684,7 @@ impl Hub {
             return;
         }
         self.metrics.sessions.dec(&[&v.backend.id, "virtual"]);
+        self.session_gone.notify_waiters();
         v.set_room(None);
         let Some(room) = room else { return };
         room.remove_session(self, &v.public_id);

@@ -26,4 +26,4 @@ pub mod settings;
 pub mod throttle;
 pub mod token;
 
-pub use hub::{err_invalid_format, Hub, HubError, HubStats, Pending};
+pub use hub::{err_invalid_format, Hub, HubError, HubStats, Pending, SessionCounts};

@@ -5,6 +5,7 @@
 //! [`Server::build`] and [`Server::serve`] with listeners on port 0.
 
 pub mod routes;
+pub mod status;
 pub mod turn;
 pub mod ws;
 
@@ -95,6 +96,11 @@ pub struct Server {
     trusted_proxies: RwLock<Arc<Vec<IpNet>>>,
     /// The NATS bus when clustering (also the hub's bus), for its state.
     pub nats: Option<Arc<NatsBus>>,
+    /// For the uptime in `/api/v1/serverinfo`.
+    pub(crate) started: std::time::Instant,
+    /// `[app] draintimeout`: how long a drain may wait for the last session
+    /// (None: as long as it takes, like upstream).
+    pub drain_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for Server {
@@ -159,6 +165,8 @@ impl Server {
             stats_allowed: RwLock::new(stats_ips(ini)?),
             trusted_proxies: RwLock::new(Arc::new(trusted_proxies(ini)?)),
             nats,
+            started: std::time::Instant::now(),
+            drain_timeout: drain_timeout(ini)?,
         }))
     }
 
@@ -208,6 +216,21 @@ impl Server {
             warn!("some connections did not close within the grace period");
         }
     }
+}
+
+/// `[app] draintimeout` (seconds): the longest a SIGUSR1 drain waits for
+/// the last session before shutting down as on SIGTERM. Upstream has no such
+/// key and waits forever; so do we when it is missing or 0.
+fn drain_timeout(ini: &Ini) -> Result<Option<Duration>, StartError> {
+    let secs = ini.get_int("app", "draintimeout", 0)?;
+    if secs < 0 {
+        return Err(StartError::Invalid {
+            section: "app",
+            key: "draintimeout",
+            reason: format!("{secs} is negative"),
+        });
+    }
+    Ok((secs > 0).then(|| Duration::from_secs(secs as u64)))
 }
 
 /// `[stats] allowed_ips`: addresses or CIDR networks; default 127.0.0.1.
@@ -295,21 +318,53 @@ pub async fn run_from_config(path: std::path::PathBuf) -> Result<(), StartError>
         key: "signals",
         reason: e.to_string(),
     })?;
-    while let Some(sig) = signals.recv().await {
+    let mut drain_deadline = None;
+    loop {
+        let sig = tokio::select! {
+            sig = signals.recv() => sig,
+            // Re-created each turn; `drained` checks the state first, so
+            // nothing is missed while a signal is handled.
+            reason = drain_done(&server, drain_deadline), if server.hub.is_draining() => {
+                info!("{reason}, shutting down");
+                break;
+            }
+        };
         match sig {
-            runtime::signals::Signal::Reload => match Ini::load(&path) {
+            Some(runtime::signals::Signal::Reload) => match Ini::load(&path) {
                 Ok(ini) => server.reload(&ini),
                 Err(e) => warn!(error = %e, "could not reload configuration, keeping the old one"),
             },
-            runtime::signals::Signal::Drain => {
-                info!("SIGUSR1 ignored (drain comes with a later release)")
+            Some(runtime::signals::Signal::Drain) => {
+                if server.hub.start_drain() {
+                    drain_deadline = server
+                        .drain_timeout
+                        .map(|t| tokio::time::Instant::now() + t);
+                    info!(
+                        timeout = ?server.drain_timeout,
+                        "received SIGUSR1, refusing new connections and shutting down when the last session ends"
+                    );
+                }
             }
-            runtime::signals::Signal::Stop => break,
+            Some(runtime::signals::Signal::Stop) | None => break,
         }
     }
     info!("shutting down");
     server.stop(Duration::from_secs(10)).await;
     Ok(())
+}
+
+/// Wait until a drain is over: the last session ended or the deadline passed.
+async fn drain_done(server: &Server, deadline: Option<tokio::time::Instant>) -> &'static str {
+    let deadline = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = server.hub.drained() => "all sessions ended",
+        _ = deadline => "drain timeout reached",
+    }
 }
 
 /// Many idle clients means many open sockets: use the hard limit.

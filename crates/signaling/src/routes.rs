@@ -1,5 +1,5 @@
 //! HTTP routes: the client WebSocket, the backend API Nextcloud calls, the
-//! welcome page, statistics and metrics.
+//! welcome page, statistics, metrics, server info and the status page.
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -117,6 +117,19 @@ async fn route(
             if method != Method::GET {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
             }
+            if server.hub.is_draining() {
+                // Upstream closes its listeners on SIGUSR1, so clients see a
+                // failed connect and retry (elsewhere, behind a balancer). We
+                // keep listening for the backend API and stats of the sessions
+                // still here, and fail the upgrade the same way, but readably.
+                let mut r = text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The server is scheduled to shutdown.",
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+                return r;
+            }
             upgrade(server, req, peer)
         }
         "/api/v1/welcome" => {
@@ -125,13 +138,35 @@ async fn route(
             }
             json(server.welcome.clone())
         }
-        "/api/v1/stats" | "/metrics" => {
+        "/api/v1/stats" | "/metrics" | "/api/v1/serverinfo" | "/status" => {
             if method != Method::GET {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
             }
             let ip = client_ip(req.headers(), peer, &server.trusted_proxies());
             if !server.stats_allowed(&ip) {
                 return text(StatusCode::FORBIDDEN, "Authentication check failed");
+            }
+            if path == "/api/v1/serverinfo" {
+                let info = crate::status::ServerInfo::collect(server);
+                let mut body = serde_json::to_vec_pretty(&info).unwrap_or_default();
+                body.push(b'\n');
+                return json(body);
+            }
+            if path == "/status" {
+                let html = crate::status::ServerInfo::collect(server).to_html();
+                let mut r = Response::new(Full::new(Bytes::from(html)));
+                let h = r.headers_mut();
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                // Nothing on the page is loaded from elsewhere; say so.
+                h.insert(
+                    header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+                );
+                return r;
             }
             if path == "/metrics" {
                 let mut r =

@@ -1,5 +1,6 @@
 //! The `signaling` binary as an operator runs it: flags, configuration
-//! errors (exit code 64), signals (SIGTERM shutdown, SIGHUP reload).
+//! errors (exit code 64), signals (SIGTERM shutdown, SIGHUP reload,
+//! SIGUSR1 drain).
 #![allow(clippy::unwrap_used)]
 mod common;
 use common::*;
@@ -153,14 +154,19 @@ async fn sigterm_closes_clients_and_exits() {
     client.hello_user(&backend.backend_url(), "alice").await;
     signal(run.child.id().unwrap(), "TERM");
     client.expect_closed(Duration::from_secs(5)).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    assert_exits_0(&mut run, Duration::from_secs(10), "SIGTERM").await;
+}
+
+/// Wait up to `within` for the process to exit, and require exit code 0.
+async fn assert_exits_0(run: &mut Running, within: Duration, after: &str) {
+    let deadline = std::time::Instant::now() + within;
     let status = loop {
         if let Some(status) = run.child.exited() {
             break status;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "no exit after SIGTERM: {}",
+            "no exit after {after}: {}",
             run.child.log_tail(2000)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -169,6 +175,105 @@ async fn sigterm_closes_clients_and_exits() {
         status.contains("exit status: 0") || status.contains("code: 0") || status == "0",
         "exit: {status}"
     );
+}
+
+/// Start the binary with the test backend and `extra` config.
+async fn start_with_backend(
+    dir: &TempDir,
+    backend: &FakeBackend,
+    extra: &str,
+) -> (Running, String) {
+    let port = free_port();
+    let text =
+        config_for(&backend.url(), extra).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let path = write_config(dir, &text);
+    let run = start_binary(&path, port, &dir.join("log")).await;
+    let url = format!("ws://{}/spreed", run.addr);
+    (run, url)
+}
+
+/// Whether a WebSocket connect to `url` fails with 503 (draining).
+async fn upgrade_refused_503(url: &str) -> bool {
+    use tokio_tungstenite::tungstenite::Error;
+    match TestClient::try_connect(url, &[]).await {
+        Err(Error::Http(resp)) => resp.status() == 503,
+        _ => false,
+    }
+}
+
+/// SIGUSR1 drains (upstream 1.3.0): new connections are refused with 503,
+/// existing sessions keep working, the state shows in the stats and server
+/// info, and the process exits 0 once the last session said bye.
+#[tokio::test]
+async fn sigusr1_drains_then_exits_when_last_session_ends() {
+    let dir = TempDir::new("sig-usr1").unwrap();
+    let backend = FakeBackend::start(SECRET).await;
+    let (mut run, url) = start_with_backend(&dir, &backend, "").await;
+    let mut alice = TestClient::connect(&url).await.skip("welcome");
+    alice.hello_user(&backend.backend_url(), "alice").await;
+    let mut bob = TestClient::connect(&url).await.skip("welcome");
+    bob.hello_user(&backend.backend_url(), "bob").await;
+
+    signal(run.child.id().unwrap(), "USR1");
+    assert!(
+        eventually(Duration::from_secs(5), || upgrade_refused_503(&url)).await,
+        "new connections still accepted after SIGUSR1: {}",
+        run.child.log_tail(2000)
+    );
+    let stats = RawRequest::get(&format!("http://{}/api/v1/stats", run.addr))
+        .send()
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(stats["draining"], true, "{stats}");
+    assert_eq!(stats["sessions"], 2, "{stats}");
+
+    // The sessions already here are served as before.
+    let alice_id = alice.session_id().unwrap().to_owned();
+    bob.send_message(recipient_session(&alice_id), json!("draining?"))
+        .await;
+    let m = alice.expect_type("message").await;
+    assert_eq!(m["message"]["data"], "draining?");
+
+    alice.bye().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(run.child.exited().is_none(), "exited with bob still there");
+    bob.bye().await;
+    assert_exits_0(&mut run, Duration::from_secs(10), "the last bye").await;
+}
+
+/// `[app] draintimeout`: a drain that outlasts it ends like SIGTERM (clients
+/// get a close frame) and the process exits 0.
+#[tokio::test]
+async fn sigusr1_drain_timeout_closes_remaining_clients() {
+    let dir = TempDir::new("sig-usr1-timeout").unwrap();
+    let backend = FakeBackend::start(SECRET).await;
+    let (mut run, url) = start_with_backend(&dir, &backend, "[app]\ndraintimeout = 1\n").await;
+    let mut alice = TestClient::connect(&url).await.skip("welcome");
+    alice.hello_user(&backend.backend_url(), "alice").await;
+    let started = std::time::Instant::now();
+    signal(run.child.id().unwrap(), "USR1");
+    alice.expect_closed(Duration::from_secs(5)).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed before the drain timeout"
+    );
+    assert_exits_0(&mut run, Duration::from_secs(10), "the drain timeout").await;
+}
+
+/// A drain with no session but an internal client's exits at once: like
+/// upstream, internal clients (Nextcloud itself) do not hold it up.
+#[tokio::test]
+async fn sigusr1_without_user_sessions_exits_at_once() {
+    let dir = TempDir::new("sig-usr1-idle").unwrap();
+    let backend = FakeBackend::start(SECRET).await;
+    let (mut run, url) = start_with_backend(&dir, &backend, "").await;
+    let mut internal = TestClient::connect(&url).await.skip("welcome");
+    internal
+        .hello_internal(&backend.backend_url(), INTERNAL_SECRET)
+        .await;
+    signal(run.child.id().unwrap(), "USR1");
+    assert_exits_0(&mut run, Duration::from_secs(5), "SIGUSR1 without sessions").await;
 }
 
 /// BCFG-06 / HTTP-05: SIGHUP re-reads the backends without dropping clients.

@@ -1,0 +1,181 @@
+//! What an operator wants to know at a glance: `/api/v1/serverinfo` (JSON)
+//! and `/status` (the same as a small HTML page). Both are served only to
+//! `[stats] allowed_ips`, like `/api/v1/stats`, since they reveal backends.
+
+use hub::SessionCounts;
+use serde::Serialize;
+
+use crate::Server;
+
+/// The body of `/api/v1/serverinfo`.
+#[derive(Debug, Serialize)]
+pub struct ServerInfo {
+    pub version: &'static str,
+    /// Whole seconds since the server started.
+    pub uptime: u64,
+    /// SIGUSR1 received: new connections are refused, the process exits
+    /// when the last session ends.
+    pub draining: bool,
+    pub rooms: usize,
+    pub sessions: Sessions,
+    pub nats: Nats,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Sessions {
+    pub total: usize,
+    /// Backend id -> client type (`client`, `internal`, `virtual`,
+    /// `federation`) -> count.
+    pub backends: SessionCounts,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Nats {
+    /// `in-process` (single server, no NATS) or `nats` (clustered).
+    pub mode: &'static str,
+    /// Always true for the in-process bus.
+    pub connected: bool,
+}
+
+impl ServerInfo {
+    pub fn collect(server: &Server) -> ServerInfo {
+        let stats = server.hub.stats();
+        let backends = server.hub.session_counts();
+        ServerInfo {
+            version: crate::VERSION,
+            uptime: server.started.elapsed().as_secs(),
+            draining: stats.draining,
+            rooms: stats.rooms,
+            sessions: Sessions {
+                total: backends.values().flat_map(|m| m.values()).sum(),
+                backends,
+            },
+            nats: match &server.nats {
+                Some(n) => Nats {
+                    mode: "nats",
+                    connected: n.is_connected(),
+                },
+                None => Nats {
+                    mode: "in-process",
+                    connected: true,
+                },
+            },
+        }
+    }
+
+    /// `/status`: one self-contained page (no external assets, so it works
+    /// behind any proxy and offline), refreshing itself every 10 s.
+    pub fn to_html(&self) -> String {
+        let mut rows = String::new();
+        for (backend, types) in &self.sessions.backends {
+            for (kind, n) in types {
+                rows.push_str(&format!(
+                    "<tr><td>{}</td><td>{}</td><td class=\"n\">{n}</td></tr>\n",
+                    escape(backend),
+                    escape(kind)
+                ));
+            }
+        }
+        if rows.is_empty() {
+            rows.push_str("<tr><td colspan=\"3\">no sessions</td></tr>\n");
+        }
+        let (state, state_class) = if self.draining {
+            ("draining: refusing new connections", "warn")
+        } else {
+            ("running", "ok")
+        };
+        let (nats, nats_class) = match (self.nats.mode, self.nats.connected) {
+            ("in-process", _) => ("in-process bus (single server)", "ok"),
+            (_, true) => ("connected", "ok"),
+            (_, false) => ("disconnected", "bad"),
+        };
+        format!(
+            r#"<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="refresh" content="10">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Signaling server status</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; background: #fafafa; }}
+h1 {{ font-size: 1.4em; }}
+table {{ border-collapse: collapse; margin-bottom: 1.5em; }}
+th, td {{ text-align: left; padding: .3em .8em; border-bottom: 1px solid #ddd; }}
+td.n {{ text-align: right; font-variant-numeric: tabular-nums; }}
+.ok {{ color: #17692e; }} .warn {{ color: #a15c00; }} .bad {{ color: #b00020; }}
+footer {{ color: #777; font-size: .85em; }}
+</style>
+</head>
+<body>
+<h1>Signaling server status</h1>
+<table id="server">
+<tr><th>Version</th><td>{version}</td></tr>
+<tr><th>State</th><td id="state" class="{state_class}">{state}</td></tr>
+<tr><th>Uptime</th><td id="uptime">{uptime}</td></tr>
+<tr><th>NATS</th><td id="nats" class="{nats_class}">{nats}</td></tr>
+<tr><th>Rooms</th><td id="rooms" class="n">{rooms}</td></tr>
+<tr><th>Sessions</th><td id="sessions" class="n">{total}</td></tr>
+</table>
+<table id="backends">
+<tr><th>Backend</th><th>Client type</th><th>Sessions</th></tr>
+{rows}</table>
+<footer>Refreshes every 10 seconds. The same as JSON: <code>/api/v1/serverinfo</code>.</footer>
+</body>
+</html>
+"#,
+            version = escape(self.version),
+            uptime = human_duration(self.uptime),
+            rooms = self.rooms,
+            total = self.sessions.total,
+        )
+    }
+}
+
+/// `3d 4h 5m 6s`, leaving out leading zero units.
+fn human_duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m {s}s"),
+        _ => format!("{d}d {h}h {m}m {s}s"),
+    }
+}
+
+/// Backend ids come from the configuration; escape them anyway.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_duration_drops_leading_zero_units() {
+        assert_eq!(human_duration(5), "5s");
+        assert_eq!(human_duration(65), "1m 5s");
+        assert_eq!(human_duration(3600), "1h 0m 0s");
+        assert_eq!(human_duration(90061), "1d 1h 1m 1s");
+    }
+
+    #[test]
+    fn escape_html() {
+        assert_eq!(
+            escape("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+    }
+}
