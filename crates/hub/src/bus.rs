@@ -126,44 +126,105 @@ pub fn check_subject(subject: &str) -> Result<(), BusError> {
 
 type Subscribers = Arc<Vec<(u64, Weak<dyn BusHandler>)>>;
 
+/// Local handlers per subject, shared by both bus implementations. The lists
+/// are copy-on-write: delivery takes a snapshot and calls handlers without
+/// holding the lock, so a handler may subscribe or unsubscribe while being
+/// called. Keys are shared with the `Subscription`s (session subjects are
+/// long and every idle session holds a few).
+#[derive(Default)]
+pub(crate) struct SubjectTable {
+    next_id: AtomicU64,
+    /// foldhash: subjects are long and looked up on every publish.
+    subjects: RwLock<HashMap<Arc<str>, Subscribers, foldhash::fast::RandomState>>,
+}
+
+impl SubjectTable {
+    /// Add a handler; `on_first` runs under the table's lock when the
+    /// subject had no handler yet. Returns the shared key and the handler id.
+    pub(crate) fn add(
+        &self,
+        subject: &str,
+        handler: Weak<dyn BusHandler>,
+        on_first: impl FnOnce(&Arc<str>),
+    ) -> (Arc<str>, u64) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut map = self.subjects.write();
+        let key = match map.get_key_value(subject) {
+            Some((key, subs)) => {
+                let key = key.clone();
+                let mut list: Vec<_> = subs.as_ref().clone();
+                list.push((id, handler));
+                map.insert(key.clone(), Arc::new(list));
+                key
+            }
+            None => {
+                let key: Arc<str> = Arc::from(subject);
+                map.insert(key.clone(), Arc::new(vec![(id, handler)]));
+                on_first(&key);
+                key
+            }
+        };
+        (key, id)
+    }
+
+    /// Remove a handler; `on_last` runs under the lock when it was the last.
+    pub(crate) fn remove(&self, subject: &str, id: u64, on_last: impl FnOnce(Arc<str>)) {
+        let mut map = self.subjects.write();
+        let Some((key, entry)) = map.get_key_value(subject) else {
+            return;
+        };
+        let key = key.clone();
+        let list: Vec<_> = entry.iter().filter(|(i, _)| *i != id).cloned().collect();
+        if list.is_empty() {
+            map.remove(subject);
+            on_last(key);
+        } else {
+            map.insert(key, Arc::new(list));
+        }
+    }
+
+    /// Call every handler of `subject`.
+    pub(crate) fn deliver(&self, subject: &str, msg: &BusMessage) {
+        let subs = self.subjects.read().get(subject).cloned();
+        for (_, handler) in subs.iter().flat_map(|l| l.iter()) {
+            if let Some(h) = handler.upgrade() {
+                h.on_bus_message(subject, msg);
+            }
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.subjects.read().len()
+    }
+}
+
 /// In-process bus for a single server. Deliveries are synchronous and never
 /// dropped (unlike upstream's loopback, which discards on a full channel):
 /// the receiving session applies its own bounded queue.
 pub struct LoopbackBus {
     me: Weak<LoopbackBus>,
-    next_id: AtomicU64,
-    /// foldhash: subjects are long and looked up on every publish.
-    subjects: RwLock<HashMap<Arc<str>, Subscribers, foldhash::fast::RandomState>>,
+    table: SubjectTable,
 }
 
 impl LoopbackBus {
     pub fn new() -> Arc<LoopbackBus> {
         Arc::new_cyclic(|me| LoopbackBus {
             me: me.clone(),
-            next_id: AtomicU64::new(1),
-            subjects: RwLock::new(HashMap::default()),
+            table: SubjectTable::default(),
         })
     }
 
     /// Number of subjects with at least one subscriber (for tests and stats).
     pub fn subject_count(&self) -> usize {
-        self.subjects.read().len()
+        self.table.len()
     }
 }
 
 impl Bus for LoopbackBus {
     fn publish(&self, subject: &str, msg: BusMessage) -> Result<(), BusError> {
+        // Refused like NATS would (NATS-02); the check is a few memchr scans.
         check_subject(subject)?;
-        // Copy-on-write list: take a snapshot, release the lock, then deliver,
-        // so handlers may subscribe or unsubscribe while being called.
-        let subs = self.subjects.read().get(subject).cloned();
-        if let Some(subs) = subs {
-            for (_, handler) in subs.iter() {
-                if let Some(h) = handler.upgrade() {
-                    h.on_bus_message(subject, &msg);
-                }
-            }
-        }
+        self.table.deliver(subject, &msg);
         Ok(())
     }
 
@@ -173,38 +234,13 @@ impl Bus for LoopbackBus {
         handler: Weak<dyn BusHandler>,
     ) -> Result<Subscription, BusError> {
         check_subject(subject)?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let key = {
-            let mut map = self.subjects.write();
-            match map.get_key_value(subject) {
-                Some((key, subs)) => {
-                    let key = key.clone();
-                    let mut list: Vec<_> = subs.as_ref().clone();
-                    list.push((id, handler));
-                    map.insert(key.clone(), Arc::new(list));
-                    key
-                }
-                None => {
-                    let key: Arc<str> = Arc::from(subject);
-                    map.insert(key.clone(), Arc::new(vec![(id, handler)]));
-                    key
-                }
-            }
-        };
+        let (key, id) = self.table.add(subject, handler, |_| {});
         let me: Weak<dyn Bus> = self.me.clone();
         Ok(Subscription::new(me, key, id))
     }
 
     fn unsubscribe(&self, subject: &str, id: u64) {
-        let mut map = self.subjects.write();
-        if let Some(entry) = map.get_mut(subject) {
-            let list: Vec<_> = entry.iter().filter(|(i, _)| *i != id).cloned().collect();
-            if list.is_empty() {
-                map.remove(subject);
-            } else {
-                *entry = Arc::new(list);
-            }
-        }
+        self.table.remove(subject, id, |_| {});
     }
 }
 

@@ -53,11 +53,10 @@
 use async_nats::{Client, ConnectOptions, Event, ServerAddr, Subscriber};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use parking_lot::RwLock;
 use rand::Rng;
 use runtime::metrics::{Counter, Gauge, Registry};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -66,7 +65,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::bus::{
     check_subject, decode_envelope, encode_envelope, Bus, BusError, BusHandler, BusMessage,
-    Subscription,
+    SubjectTable, Subscription,
 };
 
 /// Publishes that may wait for the NATS task (about 20 MB of typical
@@ -98,8 +97,6 @@ enum Command {
     Subscribe(Arc<str>),
     Unsubscribe(Arc<str>),
 }
-
-type Handlers = Arc<Vec<(u64, Weak<dyn BusHandler>)>>;
 
 struct NatsMetrics {
     connected: Arc<Gauge>,
@@ -139,11 +136,11 @@ impl NatsMetrics {
 /// The NATS implementation of [`Bus`]. See the module documentation.
 pub struct NatsBus {
     me: Weak<NatsBus>,
-    next_id: AtomicU64,
-    /// Local handlers per subject. The write lock is also held while the
-    /// matching (un)subscribe command is queued, so commands for a subject
-    /// strictly alternate and match the map. Never held across `.await`.
-    subjects: RwLock<HashMap<Arc<str>, Handlers, foldhash::fast::RandomState>>,
+    /// Local handlers per subject. The table's lock is also held while the
+    /// matching (un)subscribe command is queued (in its `on_first`/`on_last`
+    /// hooks), so commands for a subject strictly alternate and match the
+    /// table. Never held across `.await`.
+    table: SubjectTable,
     /// Unbounded channel, bounded by hand for publishes (`metrics.queued`)
     /// because (un)subscribes must never be refused.
     commands: mpsc::UnboundedSender<Command>,
@@ -292,8 +289,7 @@ impl NatsBus {
             });
         let bus = Arc::new_cyclic(|me| NatsBus {
             me: me.clone(),
-            next_id: AtomicU64::new(1),
-            subjects: RwLock::new(HashMap::default()),
+            table: SubjectTable::default(),
             commands: tx,
             metrics: metrics.clone(),
             connected: connected_rx,
@@ -316,17 +312,11 @@ impl NatsBus {
 
     /// Number of subjects with at least one local handler.
     pub fn subject_count(&self) -> usize {
-        self.subjects.read().len()
+        self.table.len()
     }
 
     fn deliver(&self, subject: &str, msg: &BusMessage) {
-        // Snapshot, then call without the lock: handlers may (un)subscribe.
-        let handlers = self.subjects.read().get(subject).cloned();
-        for (_, h) in handlers.iter().flat_map(|l| l.iter()) {
-            if let Some(h) = h.upgrade() {
-                h.on_bus_message(subject, msg);
-            }
-        }
+        self.table.deliver(subject, msg);
     }
 }
 
@@ -359,43 +349,17 @@ impl Bus for NatsBus {
         handler: Weak<dyn BusHandler>,
     ) -> Result<Subscription, BusError> {
         check_subject(subject)?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let key = {
-            let mut map = self.subjects.write();
-            match map.get_key_value(subject) {
-                Some((key, list)) => {
-                    let key = key.clone();
-                    let mut list: Vec<_> = list.as_ref().clone();
-                    list.push((id, handler));
-                    map.insert(key.clone(), Arc::new(list));
-                    key
-                }
-                None => {
-                    let key: Arc<str> = Arc::from(subject);
-                    map.insert(key.clone(), Arc::new(vec![(id, handler)]));
-                    // Under the lock: see `subjects`.
-                    let _ = self.commands.send(Command::Subscribe(key.clone()));
-                    key
-                }
-            }
-        };
+        let (key, id) = self.table.add(subject, handler, |key| {
+            let _ = self.commands.send(Command::Subscribe(key.clone()));
+        });
         let me: Weak<dyn Bus> = self.me.clone();
         Ok(Subscription::new(me, key, id))
     }
 
     fn unsubscribe(&self, subject: &str, id: u64) {
-        let mut map = self.subjects.write();
-        let Some((key, entry)) = map.get_key_value(subject) else {
-            return;
-        };
-        let key = key.clone();
-        let list: Vec<_> = entry.iter().filter(|(i, _)| *i != id).cloned().collect();
-        if list.is_empty() {
-            map.remove(subject);
+        self.table.remove(subject, id, |key| {
             let _ = self.commands.send(Command::Unsubscribe(key));
-        } else {
-            map.insert(key, Arc::new(list));
-        }
+        });
     }
 }
 
