@@ -1383,7 +1383,7 @@ impl Hub {
                         if c.backend.id != session.backend.id {
                             return;
                         }
-                        proto::cluster::session_subject(&c.public_id)
+                        c.subject.clone()
                     }
                     Some(AnySession::Virtual(v)) => {
                         if v.backend.id != session.backend.id {
@@ -1394,12 +1394,12 @@ impl Hub {
                             sessionid: v.session_id.clone(),
                             userid: String::new(),
                         });
-                        proto::cluster::session_subject(&v.owner_public_id)
+                        v.owner_subject.clone()
                     }
                     None => match self.codec.decode_public(target) {
                         // A valid id of a session elsewhere in the cluster.
                         Ok(data) if data.backend_id == session.backend.id => {
-                            proto::cluster::session_subject(target)
+                            Arc::from(proto::cluster::session_subject(target))
                         }
                         _ => {
                             debug!(session = %session.public_id, "message to unknown session dropped");
@@ -1412,11 +1412,11 @@ impl Hub {
                 if body.recipient.userid == session.auth_user_id {
                     return;
                 }
-                proto::cluster::encoded_subject(
+                Arc::from(proto::cluster::encoded_subject(
                     "user",
                     &body.recipient.userid,
                     session.backend.subject_suffix(),
-                )
+                ))
             }
             // Call recipients get it on the room subject; sessions that are not
             // in the call drop it (see `ClientSession::on_bus_message`).

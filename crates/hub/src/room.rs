@@ -49,7 +49,7 @@ pub struct Room {
     pub backend: Arc<Backend>,
     /// `<backend id>|<room id>`: rooms of different backends never mix.
     pub key: String,
-    pub subject: String,
+    pub subject: Arc<str>,
     state: Mutex<RoomState>,
     backend_subscription: Mutex<Option<Subscription>>,
 }
@@ -94,7 +94,7 @@ impl Room {
             hub: Arc::downgrade(hub),
             id: id.to_owned(),
             key: room_key(&backend, id),
-            subject: room_subject(&backend, id),
+            subject: Arc::from(room_subject(&backend, id)),
             state: Mutex::new(RoomState {
                 sessions: Vec::new(),
                 in_call: HashSet::new(),

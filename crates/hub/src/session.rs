@@ -82,6 +82,9 @@ pub struct ClientSession {
     me: Weak<ClientSession>,
     pub sid: u64,
     pub public_id: Arc<str>,
+    /// `session.<public id>`, built once: every message to this session is
+    /// published on it.
+    pub subject: Arc<str>,
     pub private_id: String,
     pub client_type: ClientType,
     pub backend: Arc<Backend>,
@@ -140,6 +143,7 @@ impl ClientSession {
             hub: Arc::downgrade(hub),
             me: me.clone(),
             sid: n.sid,
+            subject: Arc::from(proto::cluster::session_subject(&n.public_id)),
             public_id: n.public_id,
             private_id: n.private_id,
             client_type: n.client_type,
@@ -187,10 +191,7 @@ impl ClientSession {
     /// Subscribe the session and user subjects (called once after registration).
     pub(crate) fn subscribe(&self, hub: &Hub) -> Result<(), crate::bus::BusError> {
         let me: Weak<dyn BusHandler> = self.me.clone();
-        let mut subs = vec![hub.bus.subscribe(
-            &proto::cluster::session_subject(&self.public_id),
-            me.clone(),
-        )?];
+        let mut subs = vec![hub.bus.subscribe(&self.subject, me.clone())?];
         if !self.auth_user_id.is_empty() {
             let subject = proto::cluster::encoded_subject(
                 "user",
@@ -649,6 +650,8 @@ impl BusHandler for ClientSession {
 pub struct VirtualSession {
     pub owner: Weak<ClientSession>,
     pub owner_public_id: Arc<str>,
+    /// The owner's session subject: messages for this session go there.
+    pub owner_subject: Arc<str>,
     pub sid: u64,
     pub public_id: Arc<str>,
     pub private_id: String,
@@ -684,6 +687,7 @@ impl VirtualSession {
         Arc::new(VirtualSession {
             owner: Arc::downgrade(owner),
             owner_public_id: owner.public_id.clone(),
+            owner_subject: owner.subject.clone(),
             sid,
             public_id,
             private_id,
