@@ -83,6 +83,12 @@ pub fn is_loopback_url(url: &str) -> bool {
     url.is_empty() || url == ":loopback:" || url == "nats://loopback"
 }
 
+/// Checks the syntax of a non-loopback `[nats] url` value without connecting
+/// (`signaling check`); returns the number of server addresses.
+pub fn validate_urls(urls: &str) -> Result<usize, NatsConfigError> {
+    parse_urls(urls).map(|(addrs, _)| addrs.len())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum NatsConfigError {
     #[error("invalid NATS server address {addr:?}: {reason}")]

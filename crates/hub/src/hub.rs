@@ -111,6 +111,9 @@ pub struct HubStats {
     /// Only listed while true, so the usual answer stays as before.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub draining: bool,
+    /// The media server's figures, when one is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcu: Option<Value>,
 }
 
 /// Session counts per backend id, then per client type (`/api/v1/serverinfo`).
@@ -141,6 +144,18 @@ pub struct Hub {
     draining: AtomicBool,
     /// Woken whenever a session goes away, so [`Hub::drained`] can re-check.
     session_gone: tokio::sync::Notify,
+    /// The media server, when `[mcu]` configures one.
+    pub(crate) mcu: Option<Arc<dyn crate::mcu::Mcu>>,
+    pub(crate) mcu_metrics: Option<crate::mcu::metrics::McuMetrics>,
+    /// `[mcu] allowedcandidates` / `blockedcandidates`, reloadable.
+    pub(crate) candidate_filter: parking_lot::RwLock<crate::mcu::candidates::CandidateFilter>,
+}
+
+/// What the hub needs of a configured MCU.
+pub struct HubMcu {
+    pub mcu: Arc<dyn crate::mcu::Mcu>,
+    pub metrics: crate::mcu::metrics::McuMetrics,
+    pub filter: crate::mcu::candidates::CandidateFilter,
 }
 
 impl std::fmt::Debug for Hub {
@@ -155,17 +170,30 @@ impl Hub {
         backends: Arc<Backends>,
         bus: Arc<dyn Bus>,
         metrics: HubMetrics,
+        mcu: Option<HubMcu>,
     ) -> Result<Arc<Hub>, HubError> {
         let codec = SessionIdCodec::new(&settings.hash_key, &settings.block_key)
             .map_err(|e| HubError::SessionKeys(e.to_string()))?;
+        // Media features only when there is a media server (as upstream).
+        let media: &[&str] = if mcu.is_some() {
+            proto::client::MCU_FEATURES
+        } else {
+            &[]
+        };
         let features: Vec<String> = proto::client::DEFAULT_FEATURES
             .iter()
+            .chain(media)
             .map(|s| s.to_string())
             .collect();
         let features_internal: Vec<String> = proto::client::DEFAULT_FEATURES_INTERNAL
             .iter()
+            .chain(media)
             .map(|s| s.to_string())
             .collect();
+        let (mcu, mcu_metrics, filter) = match mcu {
+            Some(m) => (Some(m.mcu), Some(m.metrics), m.filter),
+            None => (None, None, Default::default()),
+        };
         let backend = BackendClient::new(
             backends.clone(),
             &settings.version,
@@ -220,6 +248,9 @@ impl Hub {
             throttler: crate::throttle::Throttler::new(),
             draining: AtomicBool::new(false),
             session_gone: tokio::sync::Notify::new(),
+            mcu,
+            mcu_metrics,
+            candidate_filter: parking_lot::RwLock::new(filter),
         }))
     }
 
@@ -243,6 +274,7 @@ impl Hub {
             rooms: reg.rooms.len(),
             sessions: reg.sessions.len(),
             draining: self.is_draining(),
+            mcu: self.mcu.as_ref().map(|m| m.stats()),
         }
     }
 
@@ -562,14 +594,8 @@ impl Hub {
         }
         match msg.kind.as_str() {
             "room" => self.process_room(conn, &session, msg),
-            "message" => {
-                self.process_message(&session, msg, false);
-                None
-            }
-            "control" => {
-                self.process_message(&session, msg, true);
-                None
-            }
+            "message" => self.process_message(&session, msg, false),
+            "control" => self.process_message(&session, msg, true),
             "internal" => self.process_internal(&session, msg),
             "transient" => {
                 self.process_transient(&session, msg);
@@ -1364,30 +1390,51 @@ impl Hub {
     // ---------------------------------------------------------------------
     // message / control
 
-    fn process_message(&self, session: &Arc<ClientSession>, msg: ClientMessage, control: bool) {
+    fn process_message(
+        self: &Arc<Self>,
+        session: &Arc<ClientSession>,
+        msg: ClientMessage,
+        control: bool,
+    ) -> Option<Pending> {
         let body = if control { msg.control } else { msg.message };
-        let Some(body) = body else { return };
+        let body = body?;
+        // MCU verbs and `unshareScreen` only matter with a media server.
+        let mcu_data = if self.mcu.is_some() && !control {
+            crate::mcu::routing::McuData::parse(body.data.as_ref())
+        } else {
+            None
+        };
         if control && !(session.is_internal() || session.has_permission(PERMISSION_CONTROL)) {
             debug!(session = %session.public_id, "ignoring control message without permission");
-            return;
+            return None;
         }
         let mut server_recipient: Option<Recipient> = None;
         let subject = match body.recipient.kind.as_str() {
             RECIPIENT_SESSION => {
                 let target = &body.recipient.sessionid;
+                if let Some(data) = &mcu_data {
+                    if let Some(pending) = self.intercept_mcu(session, &msg.id, target, data) {
+                        return pending;
+                    }
+                }
                 if **target == *session.public_id {
-                    return;
+                    return None;
                 }
                 match self.session_by_public_id(target) {
                     Some(AnySession::Client(c)) => {
                         if c.backend.id != session.backend.id {
-                            return;
+                            return None;
+                        }
+                        if let Some(data) = &mcu_data {
+                            if self.intercept_sendoffer(session, &c, &msg.id, data) {
+                                return None;
+                            }
                         }
                         c.subject.clone()
                     }
                     Some(AnySession::Virtual(v)) => {
                         if v.backend.id != session.backend.id {
-                            return;
+                            return None;
                         }
                         server_recipient = Some(Recipient {
                             kind: RECIPIENT_SESSION.into(),
@@ -1399,18 +1446,22 @@ impl Hub {
                     None => match self.codec.decode_public(target) {
                         // A valid id of a session elsewhere in the cluster.
                         Ok(data) if data.backend_id == session.backend.id => {
+                            if mcu_data.as_ref().is_some_and(|d| d.kind == "sendoffer") {
+                                debug!(session = %session.public_id, "sendoffer to a session on another server is not supported");
+                                return None;
+                            }
                             Arc::from(proto::cluster::session_subject(target))
                         }
                         _ => {
                             debug!(session = %session.public_id, "message to unknown session dropped");
-                            return;
+                            return None;
                         }
                     },
                 }
             }
             RECIPIENT_USER => {
                 if body.recipient.userid == session.auth_user_id {
-                    return;
+                    return None;
                 }
                 Arc::from(proto::cluster::encoded_subject(
                     "user",
@@ -1422,10 +1473,13 @@ impl Hub {
             // in the call drop it (see `ClientSession::on_bus_message`).
             RECIPIENT_ROOM | RECIPIENT_CALL => match session.room() {
                 Some(room) => room.subject.clone(),
-                None => return,
+                None => return None,
             },
-            _ => return,
+            _ => return None,
         };
+        if mcu_data.as_ref().is_some_and(|d| d.kind == "unshareScreen") {
+            self.schedule_unshare_screen(session);
+        }
         let payload = MessageServerMessage {
             sender: Some(Sender {
                 kind: body.recipient.kind.clone(),
@@ -1454,6 +1508,7 @@ impl Hub {
         ) {
             warn!(error = %e, "could not publish message");
         }
+        None
     }
 
     // ---------------------------------------------------------------------
@@ -1778,6 +1833,12 @@ impl Hub {
     /// Re-read reloadable settings (SIGHUP).
     pub fn reload(&self, ini: &runtime::config::Ini) {
         self.backends.reload(ini);
+        if self.mcu.is_some() {
+            match crate::mcu::candidates::CandidateFilter::from_config(ini) {
+                Ok(f) => *self.candidate_filter.write() = f,
+                Err(e) => warn!(error = %e, "keeping the old candidate filter"),
+            }
+        }
         self.metrics
             .backends_current
             .set(self.backends.all().len() as i64);
@@ -1794,6 +1855,13 @@ impl Hub {
                 AnySession::Virtual(_) => None,
             })
             .collect()
+    }
+
+    /// Release everything on the media server (shutdown).
+    pub async fn stop_mcu(&self) {
+        if let Some(mcu) = &self.mcu {
+            mcu.stop().await;
+        }
     }
 
     /// Say goodbye to every connected client (shutdown).

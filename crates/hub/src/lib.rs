@@ -18,6 +18,7 @@ pub mod dialout;
 pub mod federation;
 mod filter;
 mod hub;
+pub mod mcu;
 pub mod metrics;
 pub mod room;
 pub mod session;
@@ -26,4 +27,4 @@ pub mod settings;
 pub mod throttle;
 pub mod token;
 
-pub use hub::{err_invalid_format, Hub, HubError, HubStats, Pending, SessionCounts};
+pub use hub::{err_invalid_format, Hub, HubError, HubMcu, HubStats, Pending, SessionCounts};

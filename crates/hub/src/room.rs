@@ -448,12 +448,14 @@ impl Room {
         }
         for c in left_call {
             debug!(session = %c.public_id, room = %self.id, "session left call");
+            c.release_mcu_objects();
         }
         self.publish(hub, self.participants_update(changed, users));
     }
 
     /// Backend `incall` with `all: true`.
     pub(crate) fn publish_users_in_call_changed_all(&self, hub: &Hub, flags: i64) {
+        let mut left_call = Vec::new();
         {
             let mut st = self.state.lock();
             if flags & FLAG_IN_CALL != 0 {
@@ -474,9 +476,20 @@ impl Room {
                 }
             } else if !st.in_call.is_empty() {
                 st.in_call.clear();
+                left_call = st
+                    .sessions
+                    .iter()
+                    .filter_map(|s| match s {
+                        AnySession::Client(c) => Some(c.clone()),
+                        _ => None,
+                    })
+                    .collect();
             } else {
                 return;
             }
+        }
+        for c in left_call {
+            c.release_mcu_objects();
         }
         let mut event = EventServerMessage::new("participants", "update");
         event.update = Some(RoomEvent {

@@ -74,6 +74,8 @@ struct SessionState {
     virtual_sessions: Vec<Arc<VirtualSession>>,
     /// Set while the session is in a room of another server.
     federation: Option<Arc<crate::federation::FederationClient>>,
+    /// Publishers and subscribers on the media server.
+    mcu: crate::mcu::session::McuObjects,
 }
 
 /// A session of a `client` or `internal` connection.
@@ -267,6 +269,32 @@ impl ClientSession {
         st.permissions = Some(set);
         drop(st);
         info!(session = %self.public_id, ?permissions, "permissions changed");
+        if let Some(hub) = self.hub.upgrade() {
+            hub.check_publisher_permissions(self);
+        }
+    }
+
+    /// Work on the session's MCU objects (under the state lock: keep `f`
+    /// short and free of `.await`).
+    pub(crate) fn with_mcu<T>(
+        &self,
+        f: impl FnOnce(&mut crate::mcu::session::McuObjects) -> T,
+    ) -> T {
+        f(&mut self.state.lock().mcu)
+    }
+
+    /// Close every publisher and subscriber (upstream `releaseMcuObjects`):
+    /// on leaving the room or the call, and when the session ends.
+    pub(crate) fn release_mcu_objects(&self) {
+        let objects = {
+            let mut st = self.state.lock();
+            if st.mcu.is_empty() {
+                return;
+            }
+            st.mcu.take_all()
+        };
+        info!(session = %self.public_id, count = objects.len(), "releasing MCU objects");
+        crate::mcu::session::close_in_background(objects);
     }
 
     /// Attach a connection (hello or resume); returns the one it replaced.
@@ -538,6 +566,7 @@ impl ClientSession {
         let room_session_id = std::mem::take(&mut st.room_session_id);
         drop(st);
         self.room_join_time.store(0, Ordering::Release);
+        self.release_mcu_objects();
         hub.remove_room_session(&self.public_id);
         if notify && !room_session_id.is_empty() {
             hub.notify_backend_leave(self, &room.id, room_session_id);
@@ -569,7 +598,9 @@ impl ClientSession {
         if let Some(f) = st.federation.take() {
             f.close();
         }
+        let mcu = st.mcu.take_all();
         drop(st);
+        crate::mcu::session::close_in_background(mcu);
         if let Some(c) = &conn {
             c.set_session(None);
         }

@@ -22,6 +22,7 @@ pub const CLIENT_TYPE_FEDERATION: &str = "federation";
 pub const FEATURE_MCU: &str = "mcu";
 pub const FEATURE_SIMULCAST: &str = "simulcast";
 pub const FEATURE_UPDATE_SDP: &str = "update-sdp";
+pub const FEATURE_OFFER_CODECS: &str = "offer-codecs";
 pub const FEATURE_AUDIO_VIDEO_PERMISSIONS: &str = "audio-video-permissions";
 pub const FEATURE_TRANSIENT_DATA: &str = "transient-data";
 pub const FEATURE_INCALL_ALL: &str = "incall-all";
@@ -51,6 +52,15 @@ const LATER_FEATURES: &[&str] = &[
     FEATURE_RECIPIENT_CALL,
     FEATURE_JOIN_FEATURES,
     FEATURE_CHAT_RELAY,
+];
+
+/// Features announced only while an MCU is configured (`offer-codecs`:
+/// codec preferences with offers, upstream 2.0.2).
+pub const MCU_FEATURES: &[&str] = &[
+    FEATURE_MCU,
+    FEATURE_SIMULCAST,
+    FEATURE_UPDATE_SDP,
+    FEATURE_OFFER_CODECS,
 ];
 
 /// Features every normal client is told about.

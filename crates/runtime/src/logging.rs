@@ -3,6 +3,14 @@
 
 use tracing_subscriber::EnvFilter;
 
+/// Whether [`init`] can use `level` (else it falls back to `info`); the
+/// error describes what is wrong with it.
+pub fn check_level(level: &str) -> Result<(), String> {
+    EnvFilter::try_new(level)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// Install the global subscriber. `level` is the configured default
 /// (`error`, `warn`, `info`, `debug`, `trace` or a full filter directive).
 pub fn init(level: &str) {

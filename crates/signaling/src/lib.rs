@@ -131,21 +131,102 @@ fn bus_from_config(ini: &Ini, registry: &runtime::metrics::Registry) -> Result<H
     Ok((nats.clone(), Some(nats)))
 }
 
+fn mcu_int(ini: &Ini, key: &'static str, default: u64) -> Result<u64, StartError> {
+    let v = ini.get_int("mcu", key, 0)?;
+    if v < 0 {
+        return Err(StartError::Invalid {
+            section: "mcu",
+            key,
+            reason: format!("{v} is negative"),
+        });
+    }
+    Ok(if v == 0 { default } else { v as u64 })
+}
+
+/// `[mcu]`: `type = janus` (or only a `url`) drives one Janus gateway.
+fn mcu_from_config(
+    ini: &Ini,
+    registry: &runtime::metrics::Registry,
+) -> Result<Option<hub::HubMcu>, StartError> {
+    use hub::mcu::janus::{JanusMcu, JanusSettings};
+    let url = ini.get_string("mcu", "url", "");
+    let kind = ini.get_string("mcu", "type", "");
+    let kind = if kind.is_empty() && !url.is_empty() {
+        "janus".to_owned()
+    } else {
+        kind
+    };
+    match kind.as_str() {
+        "" => {
+            info!("no MCU configured, audio/video goes peer to peer");
+            return Ok(None);
+        }
+        "janus" => {}
+        "proxy" => {
+            warn!("[mcu] type = proxy is not supported by this build yet; running without MCU");
+            return Ok(None);
+        }
+        other => {
+            return Err(StartError::Invalid {
+                section: "mcu",
+                key: "type",
+                reason: format!("unsupported MCU type {other:?} (janus or proxy)"),
+            })
+        }
+    }
+    let url = url.split_whitespace().next().unwrap_or_default().to_owned();
+    if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+        return Err(StartError::Invalid {
+            section: "mcu",
+            key: "url",
+            reason: format!("{url:?} is not a ws:// or wss:// URL of a Janus gateway"),
+        });
+    }
+    let mut settings = JanusSettings::new(url);
+    settings.max_stream_bitrate = mcu_int(
+        ini,
+        "maxstreambitrate",
+        hub::mcu::janus::DEFAULT_MAX_STREAM_BITRATE,
+    )?;
+    settings.max_screen_bitrate = mcu_int(
+        ini,
+        "maxscreenbitrate",
+        hub::mcu::janus::DEFAULT_MAX_SCREEN_BITRATE,
+    )?;
+    settings.timeout = Duration::from_secs(mcu_int(
+        ini,
+        "timeout",
+        hub::mcu::janus::DEFAULT_TIMEOUT.as_secs(),
+    )?);
+    settings.gateway.request_timeout = settings.timeout;
+    let filter = hub::mcu::candidates::CandidateFilter::from_config(ini).map_err(|reason| {
+        StartError::Invalid {
+            section: "mcu",
+            key: "allowedcandidates/blockedcandidates",
+            reason,
+        }
+    })?;
+    let metrics = hub::mcu::metrics::McuMetrics::new(registry);
+    info!(url = %settings.url, timeout = ?settings.timeout, "using Janus as MCU");
+    let mcu = JanusMcu::start(settings, metrics.clone());
+    Ok(Some(hub::HubMcu {
+        mcu,
+        metrics,
+        filter,
+    }))
+}
+
 impl Server {
     /// Build the server from a parsed configuration. Must run inside a Tokio runtime.
     pub fn build(ini: &Ini) -> Result<Arc<Server>, StartError> {
         let settings = HubSettings::from_config(ini, VERSION)?;
         let turn = turn::TurnConfig::from_config(ini)?;
         let backends = Arc::new(Backends::from_config(ini)?);
-        if !ini.get_string("mcu", "type", "").is_empty()
-            || !ini.get_string("mcu", "url", "").is_empty()
-        {
-            warn!("an MCU is configured but not supported by this build yet; running without MCU");
-        }
         let registry = runtime::metrics::Registry::new();
         let (bus, nats) = bus_from_config(ini, &registry)?;
+        let mcu = mcu_from_config(ini, &registry)?;
         let metrics = HubMetrics::new(registry);
-        let hub = Hub::new(settings, backends, bus, metrics)?;
+        let hub = Hub::new(settings, backends, bus, metrics, mcu)?;
         let shutdown = Shutdown::new();
         hub.spawn_housekeeping(shutdown.token.clone());
         let features = hub.features().join(", ");
@@ -211,6 +292,8 @@ impl Server {
     pub async fn stop(&self, grace: Duration) {
         self.hub.close_all_connections();
         tokio::time::sleep(Duration::from_millis(100)).await;
+        // Rooms and handles in Janus go with us, not with Janus's timeout.
+        let _ = tokio::time::timeout(grace, self.hub.stop_mcu()).await;
         self.shutdown.trigger();
         if !self.shutdown.wait(grace).await {
             warn!("some connections did not close within the grace period");

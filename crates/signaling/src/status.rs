@@ -19,6 +19,9 @@ pub struct ServerInfo {
     pub rooms: usize,
     pub sessions: Sessions,
     pub nats: Nats,
+    /// The media server (`/api/v1/stats`' `mcu`), absent without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcu: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -42,6 +45,7 @@ impl ServerInfo {
         let stats = server.hub.stats();
         let backends = server.hub.session_counts();
         ServerInfo {
+            mcu: stats.mcu.clone(),
             version: crate::VERSION,
             uptime: server.started.elapsed().as_secs(),
             draining: stats.draining,
@@ -89,6 +93,21 @@ impl ServerInfo {
             (_, true) => ("connected", "ok"),
             (_, false) => ("disconnected", "bad"),
         };
+        let (mcu, mcu_class) = match &self.mcu {
+            None => ("none (peer to peer)".to_owned(), "ok"),
+            Some(m) if m["connected"] == true => (
+                format!(
+                    "{} connected, {} publishers",
+                    m["url"].as_str().unwrap_or_default(),
+                    m["publishers"]
+                ),
+                "ok",
+            ),
+            Some(m) => (
+                format!("{} disconnected", m["url"].as_str().unwrap_or_default()),
+                "bad",
+            ),
+        };
         format!(
             r#"<!DOCTYPE html>
 <html lang="en">
@@ -114,6 +133,7 @@ footer {{ color: #777; font-size: .85em; }}
 <tr><th>State</th><td id="state" class="{state_class}">{state}</td></tr>
 <tr><th>Uptime</th><td id="uptime">{uptime}</td></tr>
 <tr><th>NATS</th><td id="nats" class="{nats_class}">{nats}</td></tr>
+<tr><th>MCU</th><td id="mcu" class="{mcu_class}">{mcu}</td></tr>
 <tr><th>Rooms</th><td id="rooms" class="n">{rooms}</td></tr>
 <tr><th>Sessions</th><td id="sessions" class="n">{total}</td></tr>
 </table>
@@ -125,6 +145,7 @@ footer {{ color: #777; font-size: .85em; }}
 </html>
 "#,
             version = escape(self.version),
+            mcu = escape(&mcu),
             uptime = human_duration(self.uptime),
             rooms = self.rooms,
             total = self.sessions.total,

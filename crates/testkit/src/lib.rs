@@ -15,6 +15,8 @@
 //!   that time out instead of hanging, plus `hello`/`room`/`message` helpers.
 //! * [`NatsServer`], [`ChildGuard`], [`TempDir`], [`free_port`] — guards that
 //!   start real processes for tests and clean them up in `Drop`.
+//! * [`janus::Janus`] — a real Janus gateway (generated config, loopback
+//!   only) and [`webrtc::WebRtcPeer`], a real WebRTC peer for media tests.
 //! * [`eventually`] and [`assert_eventually!`] for conditions that become true
 //!   asynchronously.
 //!
@@ -51,8 +53,10 @@ mod backend;
 mod checksum;
 mod client;
 mod http;
+pub mod janus;
 pub mod jwt;
 mod process;
+pub mod webrtc;
 
 use std::future::Future;
 use std::time::Duration;

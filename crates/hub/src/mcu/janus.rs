@@ -1,0 +1,1200 @@
+//! [`JanusMcu`]: the MCU on one Janus gateway (`[mcu] type = janus`).
+//!
+//! Every published stream gets its own VideoRoom with one publisher (feed 1
+//! for video, 2 for screen), as upstream does; subscribers join that room.
+//!
+//! # Tasks
+//!
+//! - A supervisor task owns the [`Gateway`]: it connects (retrying with
+//!   backoff, so the server starts while Janus is down), creates one Janus
+//!   session per connection epoch and publishes it on a watch channel.
+//! - Each publisher and each subscriber is one task that owns its Janus
+//!   handle. It handles commands from the hub (offers, answers, candidates,
+//!   close) and the handle's events one at a time, so the answer to an offer
+//!   always reaches the client before the candidates Janus trickles after it.
+//!
+//! # Janus restarts (better than upstream's JAN-03)
+//!
+//! When the connection breaks, every handle ends with
+//! [`HandleEvent::Gone`]. Publishers and subscribers are *not* closed: they
+//! wait for the next epoch's session, then
+//! 1. a publisher creates a new room, joins it again and tells its session
+//!    ([`McuListener::on_publisher_reset`]), which asks the client for a new
+//!    offer; the publisher stays in the registry the whole time, so
+//!    subscribers keep finding it;
+//! 2. a subscriber attaches a new handle and joins the publisher's new room
+//!    as soon as that publisher sends media again, then hands the fresh offer
+//!    (with its new sid) to its session ([`McuListener::on_update_offer`]).
+//!
+//! A subscriber that cannot be rebuilt within [`REBUILD_WAIT`] is closed.
+
+use parking_lot::Mutex;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use ::janus::videoroom::{self, error_codes, CreateRoom, RoomId, StreamSelection};
+use ::janus::{
+    ApiGeneration, ConnectionState, Error as JanusError, Gateway, GatewayConfig, GoneReason,
+    Handle, HandleEvent, HandleEvents, IceCandidate, Jsep, Session,
+};
+
+use super::metrics::McuMetrics;
+use super::{
+    BoxFuture, CodecPrefs, Mcu, McuClient, McuError, McuListener, McuMessage, MediaTypes,
+    PublisherParams, Responder, StreamType,
+};
+
+/// Upstream's default caps, bits/s.
+pub const DEFAULT_MAX_STREAM_BITRATE: u64 = 1024 * 1024;
+pub const DEFAULT_MAX_SCREEN_BITRATE: u64 = 2048 * 1024;
+/// `[mcu] timeout` default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a subscriber waits for its publisher to come back after Janus
+/// restarted (the publishing client has to send a new offer first).
+pub const REBUILD_WAIT: Duration = Duration::from_secs(60);
+/// Start-up connection attempts back off from 1 s to this.
+const CONNECT_BACKOFF_MAX: Duration = Duration::from_secs(16);
+/// Commands queued per publisher/subscriber before the hub waits.
+const COMMAND_QUEUE: usize = 64;
+
+/// What `[mcu]` says about a Janus MCU.
+#[derive(Clone, Debug)]
+pub struct JanusSettings {
+    pub url: String,
+    pub max_stream_bitrate: u64,
+    pub max_screen_bitrate: u64,
+    pub timeout: Duration,
+    pub gateway: GatewayConfig,
+}
+
+impl JanusSettings {
+    pub fn new(url: impl Into<String>) -> JanusSettings {
+        JanusSettings {
+            url: url.into(),
+            max_stream_bitrate: DEFAULT_MAX_STREAM_BITRATE,
+            max_screen_bitrate: DEFAULT_MAX_SCREEN_BITRATE,
+            timeout: DEFAULT_TIMEOUT,
+            gateway: GatewayConfig::default(),
+        }
+    }
+
+    fn max_bitrate(&self, stream: StreamType) -> u64 {
+        match stream {
+            StreamType::Video => self.max_stream_bitrate,
+            StreamType::Screen => self.max_screen_bitrate,
+        }
+    }
+}
+
+/// The Janus session of the current connection.
+#[derive(Clone)]
+struct Live {
+    session: Session,
+    generation: ApiGeneration,
+    since: SystemTime,
+    version: String,
+}
+
+type PubKey = (Arc<str>, StreamType);
+
+#[derive(Default)]
+struct Registry {
+    publishers: HashMap<PubKey, Arc<ClientObj>>,
+    subscribers: HashMap<u64, Arc<ClientObj>>,
+}
+
+struct Inner {
+    settings: JanusSettings,
+    metrics: McuMetrics,
+    /// `None` while Janus is unreachable.
+    live: watch::Sender<Option<Live>>,
+    // Plain mutex: short map operations only, never held across `.await`.
+    reg: Mutex<Registry>,
+    /// Bumped whenever a publisher appears, starts sending, is rebuilt or
+    /// goes away, so that waiting subscribers look again.
+    changed: watch::Sender<u64>,
+    next_id: AtomicU64,
+    cancel: CancellationToken,
+}
+
+impl Inner {
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn live(&self) -> Result<Live, McuError> {
+        self.live.borrow().clone().ok_or(McuError::NotConnected)
+    }
+
+    /// Waits (until `deadline`) for a session of an epoch other than `not`.
+    async fn wait_live(&self, not: Option<u64>, deadline: Instant) -> Result<Live, McuError> {
+        let mut rx = self.live.subscribe();
+        let wait = async {
+            rx.wait_for(|l| {
+                l.as_ref()
+                    .is_some_and(|l| Some(l.session.epoch()) != not && l.session.gone().is_none())
+            })
+            .await
+            .map(|live| live.clone())
+        };
+        match tokio::time::timeout_at(deadline, wait).await {
+            Ok(Ok(live)) => live.ok_or(McuError::NotConnected),
+            Ok(Err(_)) => Err(McuError::Closed),
+            Err(_) => Err(McuError::Timeout("Janus connection")),
+        }
+    }
+}
+
+/// The MCU on one Janus gateway.
+pub struct JanusMcu {
+    inner: Arc<Inner>,
+}
+
+impl JanusMcu {
+    /// Starts connecting in the background; until Janus answers, MCU
+    /// requests fail with "not connected" (clients get `processing_failed`
+    /// or `client_not_found`).
+    pub fn start(settings: JanusSettings, metrics: McuMetrics) -> Arc<JanusMcu> {
+        let (live, _) = watch::channel(None);
+        let (changed, _) = watch::channel(0);
+        let inner = Arc::new(Inner {
+            settings,
+            metrics,
+            live,
+            reg: Mutex::new(Registry::default()),
+            changed,
+            next_id: AtomicU64::new(0),
+            cancel: CancellationToken::new(),
+        });
+        tokio::spawn(supervise(inner.clone()));
+        Arc::new(JanusMcu { inner })
+    }
+
+    /// Resolves once connected to Janus (or after `timeout`): for tests and
+    /// `signaling check`.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        self.inner
+            .wait_live(None, Instant::now() + timeout)
+            .await
+            .is_ok()
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.inner.live.borrow().is_some()
+    }
+}
+
+/// Owns the gateway: connects, keeps one session per epoch, publishes it.
+async fn supervise(inner: Arc<Inner>) {
+    let url = inner.settings.url.clone();
+    let mut delay = Duration::from_secs(1);
+    let gateway = loop {
+        let attempt = Gateway::connect_with(&url, inner.settings.gateway.clone());
+        tokio::select! {
+            _ = inner.cancel.cancelled() => return,
+            res = attempt => match res {
+                Ok(g) => break g,
+                Err(e) => {
+                    warn!(%url, error = %e, retry_in = ?delay, "cannot connect to Janus");
+                }
+            }
+        }
+        tokio::select! {
+            _ = inner.cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(CONNECT_BACKOFF_MAX);
+    };
+    let mut state = gateway.state();
+    let mut current: Option<u64> = None;
+    loop {
+        let st = state.borrow_and_update().clone();
+        match st {
+            ConnectionState::Connected { epoch, info } if current != Some(epoch) => {
+                match info.check_mcu_requirements() {
+                    Err(e) => warn!(%url, error = %e, "Janus is not usable as MCU"),
+                    Ok(w) if w.full_trickle_disabled => {
+                        warn!(%url, "full-trickle is disabled in Janus, call set-up will be slow")
+                    }
+                    Ok(_) => {}
+                }
+                match gateway.create_session().await {
+                    Ok(session) => {
+                        info!(%url, epoch, version = %info.version_string, session = session.id(), "connected to Janus");
+                        if current.is_some() {
+                            inner.metrics.janus_reconnects.inc();
+                        }
+                        current = Some(epoch);
+                        inner.metrics.janus_connected.set(1);
+                        inner.live.send_replace(Some(Live {
+                            session,
+                            generation: info.api_generation(),
+                            since: SystemTime::now(),
+                            version: info.version_string.clone(),
+                        }));
+                    }
+                    Err(e) => {
+                        warn!(%url, error = %e, "cannot create Janus session, retrying");
+                        tokio::select! {
+                            _ = inner.cancel.cancelled() => break,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+            ConnectionState::Connected { .. } => {}
+            ConnectionState::Disconnected {
+                reason, retry_in, ..
+            } => {
+                if inner.live.borrow().is_some() {
+                    warn!(%url, %reason, ?retry_in, "lost the connection to Janus");
+                }
+                inner.metrics.janus_connected.set(0);
+                inner.live.send_replace(None);
+            }
+            ConnectionState::Closed => break,
+        }
+        tokio::select! {
+            _ = inner.cancel.cancelled() => break,
+            r = state.changed() => if r.is_err() { break },
+        }
+    }
+    inner.metrics.janus_connected.set(0);
+    inner.live.send_replace(None);
+    gateway.close().await;
+}
+
+enum Cmd {
+    Message(McuMessage, Responder),
+    Close(oneshot::Sender<()>),
+}
+
+/// A publisher or subscriber as the hub holds it; the task does the work.
+struct ClientObj {
+    id: u64,
+    stream: StreamType,
+    /// Publisher: the client's sid. Subscriber: the Janus handle id.
+    sid: Mutex<String>,
+    /// The publishing session (subscribers only).
+    publisher: Option<Arc<str>>,
+    media: AtomicU8,
+    /// Publishers: the room of the current epoch (0 while there is none)
+    /// and whether Janus receives media in it.
+    room: AtomicU64,
+    sending: AtomicBool,
+    cmd: mpsc::Sender<Cmd>,
+    timeout: Duration,
+}
+
+impl McuClient for ClientObj {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn sid(&self) -> String {
+        self.sid.lock().clone()
+    }
+    fn stream_type(&self) -> StreamType {
+        self.stream
+    }
+    fn publisher_id(&self) -> Option<&str> {
+        self.publisher.as_deref()
+    }
+    fn media(&self) -> MediaTypes {
+        MediaTypes(self.media.load(Ordering::Relaxed))
+    }
+    fn set_media(&self, media: MediaTypes) {
+        self.media.store(media.0, Ordering::Relaxed);
+    }
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            if self.cmd.send(Cmd::Close(tx)).await.is_ok() {
+                // Bounded: destroying a room and detaching are two requests.
+                let _ = tokio::time::timeout(self.timeout * 2, rx).await;
+            }
+        })
+    }
+    fn send_message(&self, msg: McuMessage, reply: Responder) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(mpsc::error::SendError(Cmd::Message(_, reply))) =
+                self.cmd.send(Cmd::Message(msg, reply)).await
+            {
+                reply(Err(McuError::Closed));
+            }
+        })
+    }
+}
+
+impl Mcu for JanusMcu {
+    fn new_publisher(
+        &self,
+        listener: Arc<dyn McuListener>,
+        params: PublisherParams,
+    ) -> BoxFuture<'_, Result<Arc<dyn McuClient>, McuError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let cap = inner.settings.max_bitrate(params.stream);
+            let bitrate = if params.bitrate == 0 {
+                cap
+            } else {
+                params.bitrate.min(cap)
+            };
+            let live = inner.live()?;
+            let setup = PublisherSetup {
+                id: params.id.clone(),
+                stream: params.stream,
+                bitrate,
+                codecs: params.codecs.clone(),
+            };
+            let conn = tokio::time::timeout(inner.settings.timeout, setup.run(&live))
+                .await
+                .map_err(|_| McuError::Timeout("publisher set-up"))??;
+            let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+            let obj = Arc::new(ClientObj {
+                id: inner.next_id.fetch_add(1, Ordering::Relaxed) + 1,
+                stream: params.stream,
+                sid: Mutex::new(params.sid.clone()),
+                publisher: None,
+                media: AtomicU8::new(params.media.0),
+                room: AtomicU64::new(conn.room),
+                sending: AtomicBool::new(false),
+                cmd: tx,
+                timeout: inner.settings.timeout,
+            });
+            let key = (params.id.clone(), params.stream);
+            let old = inner.reg.lock().publishers.insert(key.clone(), obj.clone());
+            if let Some(old) = old {
+                // The session replaced its publisher; the old one goes.
+                let _ = old.cmd.try_send(Cmd::Close(oneshot::channel().0));
+            }
+            inner.bump();
+            let labels = [params.stream.as_str()];
+            inner.metrics.publishers.inc(&labels);
+            inner.metrics.publishers_total.inc(&labels);
+            info!(session = %params.id, stream = params.stream.as_str(), room = conn.room, handle = conn.handle.id(), bitrate, "publisher created");
+            let task = PublisherTask {
+                inner: inner.clone(),
+                me: obj.clone(),
+                listener: listener.clone(),
+                key,
+                setup,
+                receiving: [false; 2],
+            };
+            tokio::spawn(task.run(conn, rx));
+            Ok(obj as Arc<dyn McuClient>)
+        })
+    }
+
+    fn new_subscriber(
+        &self,
+        listener: Arc<dyn McuListener>,
+        publisher: Arc<str>,
+        stream: StreamType,
+    ) -> BoxFuture<'_, Result<Arc<dyn McuClient>, McuError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let deadline = Instant::now() + inner.settings.timeout;
+            let key = (publisher.clone(), stream);
+            // Wait for the publisher to exist (it may still be setting up).
+            let mut changed = inner.changed.subscribe();
+            let mut counted = false;
+            loop {
+                changed.borrow_and_update();
+                if inner.reg.lock().publishers.contains_key(&key) {
+                    break;
+                }
+                if !counted {
+                    counted = true;
+                    inner.metrics.no_publisher_total.inc(&[stream.as_str()]);
+                }
+                match tokio::time::timeout_at(deadline, changed.changed()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(McuError::Closed),
+                    Err(_) => return Err(McuError::Timeout("publisher")),
+                }
+            }
+            let live = inner.live()?;
+            let (handle, events) =
+                tokio::time::timeout_at(deadline, live.session.attach(videoroom::PLUGIN))
+                    .await
+                    .map_err(|_| McuError::Timeout("attach"))??;
+            let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+            let obj = Arc::new(ClientObj {
+                id: inner.next_id.fetch_add(1, Ordering::Relaxed) + 1,
+                stream,
+                sid: Mutex::new(handle.id().to_string()),
+                publisher: Some(publisher.clone()),
+                media: AtomicU8::new(0),
+                room: AtomicU64::new(0),
+                sending: AtomicBool::new(false),
+                cmd: tx,
+                timeout: inner.settings.timeout,
+            });
+            inner.reg.lock().subscribers.insert(obj.id, obj.clone());
+            let labels = [stream.as_str()];
+            inner.metrics.subscribers.inc(&labels);
+            inner.metrics.subscribers_total.inc(&labels);
+            debug!(publisher = %publisher, stream = stream.as_str(), handle = handle.id(), "subscriber created");
+            let task = SubscriberTask {
+                inner: inner.clone(),
+                me: obj.clone(),
+                listener: listener.clone(),
+                key,
+                room: 0,
+                joined: false,
+                generation: live.generation,
+            };
+            tokio::spawn(task.run(SubConn { handle, events }, rx));
+            Ok(obj as Arc<dyn McuClient>)
+        })
+    }
+
+    fn stats(&self) -> Value {
+        let inner = &self.inner;
+        let reg = inner.reg.lock();
+        let mut out = Map::new();
+        out.insert("url".into(), inner.settings.url.clone().into());
+        let live = inner.live.borrow().clone();
+        out.insert("connected".into(), live.is_some().into());
+        out.insert("publishers".into(), reg.publishers.len().into());
+        out.insert(
+            "clients".into(),
+            (reg.publishers.len() + reg.subscribers.len()).into(),
+        );
+        if let Some(live) = live {
+            let nanos = live
+                .since
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as i64)
+                .unwrap_or(0);
+            out.insert("uptime".into(), crate::bus::rfc3339_nanos(nanos).into());
+            out.insert("version".into(), live.version.into());
+        }
+        Value::Object(out)
+    }
+
+    fn timeout(&self) -> Duration {
+        self.inner.settings.timeout
+    }
+
+    fn stop(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let all: Vec<Arc<ClientObj>> = {
+                let reg = self.inner.reg.lock();
+                reg.subscribers
+                    .values()
+                    .chain(reg.publishers.values())
+                    .cloned()
+                    .collect()
+            };
+            for c in all {
+                c.close().await;
+            }
+            self.inner.cancel.cancel();
+        })
+    }
+}
+
+/// What creating (or re-creating) a publisher's room needs.
+#[derive(Clone)]
+struct PublisherSetup {
+    id: Arc<str>,
+    stream: StreamType,
+    bitrate: u64,
+    codecs: CodecPrefs,
+}
+
+struct PubConn {
+    handle: Handle,
+    events: HandleEvents,
+    room: RoomId,
+}
+
+impl PublisherSetup {
+    /// Attach, create the stream's room, join it as its publisher.
+    async fn run(&self, live: &Live) -> Result<PubConn, McuError> {
+        let (handle, events) = live.session.attach(videoroom::PLUGIN).await?;
+        let mut create = CreateRoom::for_stream(
+            format!("{}|{}", self.id, self.stream.as_str()),
+            self.bitrate,
+        );
+        create.audiocodec = self.codecs.audio.clone();
+        create.videocodec = self.codecs.video.clone();
+        create.vp9_profile = self.codecs.vp9_profile.clone();
+        create.h264_profile = self.codecs.h264_profile.clone();
+        let room = videoroom::create_room(&handle, &create).await?;
+        if let Err(e) = videoroom::join_publisher(&handle, room, self.stream.feed_id(), None).await
+        {
+            let _ = videoroom::destroy_room(&handle, room).await;
+            return Err(e.into());
+        }
+        Ok(PubConn {
+            handle,
+            events,
+            room,
+        })
+    }
+}
+
+/// Waits for the next event of the current handle; never resolves without one.
+async fn next_event(events: Option<&mut HandleEvents>) -> Option<HandleEvent> {
+    match events {
+        Some(e) => e.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn poll_opt<T>(f: &mut Option<BoxFuture<'static, T>>) -> T {
+    match f {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a handle event means for the object.
+enum Flow {
+    Continue,
+    /// The connection to Janus is gone: rebuild on the next epoch.
+    Lost,
+    /// Janus ended it (hangup, detach, room destroyed): close.
+    Close,
+}
+
+fn gone_flow(reason: GoneReason) -> Flow {
+    match reason {
+        GoneReason::ConnectionLost | GoneReason::SessionTimedOut | GoneReason::SessionNotFound => {
+            Flow::Lost
+        }
+        GoneReason::SessionDestroyed | GoneReason::Closed => Flow::Close,
+    }
+}
+
+fn candidate_json(c: &IceCandidate) -> Value {
+    serde_json::to_value(c).unwrap_or(Value::Null)
+}
+
+fn jsep_json(j: Jsep) -> Value {
+    serde_json::to_value(j).unwrap_or(Value::Null)
+}
+
+fn jsep_from_payload(payload: &Map<String, Value>, kind: &str) -> Result<Jsep, McuError> {
+    let sdp = payload
+        .get("sdp")
+        .and_then(Value::as_str)
+        .ok_or_else(|| McuError::InvalidPayload("payload does not contain an sdp".into()))?;
+    Ok(Jsep {
+        kind: kind.to_owned(),
+        sdp: sdp.to_owned(),
+        extra: Map::new(),
+    })
+}
+
+fn candidate_from_payload(payload: &Map<String, Value>) -> Result<IceCandidate, McuError> {
+    let c = payload
+        .get("candidate")
+        .ok_or_else(|| McuError::InvalidPayload("payload does not contain a candidate".into()))?;
+    serde_json::from_value(c.clone())
+        .map_err(|e| McuError::InvalidPayload(format!("invalid candidate: {e}")))
+}
+
+fn check_sid(msg: &McuMessage, me: &ClientObj) -> Result<(), McuError> {
+    let expected = me.sid();
+    if msg.sid.is_empty() || msg.sid == expected {
+        Ok(())
+    } else {
+        Err(McuError::SidMismatch {
+            got: msg.sid.clone(),
+            expected,
+        })
+    }
+}
+
+/// Bounds one Janus operation by the MCU timeout.
+async fn bounded<T>(
+    timeout: Duration,
+    what: &'static str,
+    f: impl Future<Output = Result<T, JanusError>>,
+) -> Result<T, McuError> {
+    match tokio::time::timeout(timeout, f).await {
+        Ok(r) => r.map_err(McuError::from),
+        Err(_) => Err(McuError::Timeout(what)),
+    }
+}
+
+struct PublisherTask {
+    inner: Arc<Inner>,
+    me: Arc<ClientObj>,
+    /// Strong: the listener itself only holds a weak reference to its
+    /// session, so there is no cycle.
+    listener: Arc<dyn McuListener>,
+    key: PubKey,
+    setup: PublisherSetup,
+    /// Whether Janus receives audio / video: drives the stream gauges.
+    receiving: [bool; 2],
+}
+
+impl PublisherTask {
+    async fn run(mut self, conn: PubConn, mut rx: mpsc::Receiver<Cmd>) {
+        let mut conn = Some(conn);
+        let mut epoch = conn.as_ref().map(|c| c.handle.session().epoch());
+        let mut rebuild: Option<BoxFuture<'static, Result<PubConn, McuError>>> = None;
+        let mut done: Option<oneshot::Sender<()>> = None;
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    None => break,
+                    Some(Cmd::Close(tx)) => { done = Some(tx); break }
+                    Some(Cmd::Message(msg, reply)) => {
+                        let res = match &conn {
+                            Some(c) => self.handle_message(c, msg).await,
+                            None => Err(McuError::NotConnected),
+                        };
+                        reply(res);
+                    }
+                },
+                ev = next_event(conn.as_mut().map(|c| &mut c.events)) => {
+                    match self.handle_event(ev) {
+                        Flow::Continue => {}
+                        Flow::Close => break,
+                        Flow::Lost => {
+                            warn!(session = %self.key.0, stream = self.key.1.as_str(), "publisher lost its Janus connection, will rebuild");
+                            conn = None;
+                            self.set_receiving(0, false);
+                            self.set_receiving(1, false);
+                            self.me.room.store(0, Ordering::Release);
+                            self.me.sending.store(false, Ordering::Release);
+                            self.inner.bump();
+                            let inner = self.inner.clone();
+                            let setup = self.setup.clone();
+                            let old = epoch;
+                            rebuild = Some(Box::pin(async move {
+                                let live = inner.wait_live(old, Instant::now() + Duration::from_secs(86400 * 365)).await?;
+                                tokio::time::timeout(inner.settings.timeout, setup.run(&live))
+                                    .await
+                                    .map_err(|_| McuError::Timeout("publisher rebuild"))?
+                            }));
+                        }
+                    }
+                },
+                res = poll_opt(&mut rebuild) => {
+                    rebuild = None;
+                    match res {
+                        Ok(c) => {
+                            epoch = Some(c.handle.session().epoch());
+                            self.me.room.store(c.room, Ordering::Release);
+                            info!(session = %self.key.0, stream = self.key.1.as_str(), room = c.room, "publisher rebuilt after Janus reconnect");
+                            self.inner.metrics.rebuilt_total.inc(&["publisher"]);
+                            conn = Some(c);
+                            self.inner.bump();
+                            self.listener.on_publisher_reset(&*self.me);
+                        }
+                        Err(e) => {
+                            // Janus went away again (or never came back in
+                            // time): wait for the next epoch.
+                            warn!(session = %self.key.0, error = %e, "could not rebuild publisher");
+                            let inner = self.inner.clone();
+                            let setup = self.setup.clone();
+                            let old = inner.live.borrow().as_ref().map(|l| l.session.epoch()).or(epoch);
+                            epoch = old;
+                            rebuild = Some(Box::pin(async move {
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                                let live = inner.wait_live(None, Instant::now() + Duration::from_secs(86400 * 365)).await?;
+                                tokio::time::timeout(inner.settings.timeout, setup.run(&live))
+                                    .await
+                                    .map_err(|_| McuError::Timeout("publisher rebuild"))?
+                            }));
+                        }
+                    }
+                },
+            }
+        }
+        self.shutdown(conn).await;
+        if let Some(tx) = done {
+            let _ = tx.send(());
+        }
+    }
+
+    async fn handle_message(
+        &self,
+        c: &PubConn,
+        msg: McuMessage,
+    ) -> Result<Option<Value>, McuError> {
+        self.inner.metrics.messages_total.inc(&[&msg.kind]);
+        let timeout = self.inner.settings.timeout;
+        match msg.kind.as_str() {
+            "offer" => {
+                let offer = jsep_from_payload(&msg.payload, "offer")?;
+                let config = videoroom::PublisherConfig::all_media();
+                let r = bounded(
+                    timeout,
+                    "configure",
+                    videoroom::configure_publisher(&c.handle, &config, Some(offer)),
+                )
+                .await?;
+                Ok(r.jsep.map(jsep_json))
+            }
+            "candidate" => {
+                check_sid(&msg, &self.me)?;
+                let cand = candidate_from_payload(&msg.payload)?;
+                bounded(timeout, "trickle", c.handle.trickle(&cand)).await?;
+                Ok(None)
+            }
+            "endOfCandidates" => Ok(None),
+            other => Err(McuError::Unsupported(other.to_owned())),
+        }
+    }
+
+    fn set_receiving(&mut self, idx: usize, on: bool) {
+        if self.receiving[idx] == on {
+            return;
+        }
+        self.receiving[idx] = on;
+        let label = match (idx, self.key.1) {
+            (0, _) => "audio",
+            (_, StreamType::Screen) => "screen",
+            _ => "video",
+        };
+        if on {
+            self.inner.metrics.publisher_streams.inc(&[label]);
+        } else {
+            self.inner.metrics.publisher_streams.dec(&[label]);
+        }
+    }
+
+    fn handle_event(&mut self, ev: Option<HandleEvent>) -> Flow {
+        let Some(ev) = ev else { return Flow::Lost };
+        tracing::trace!(session = %self.key.0, event = ?ev, "publisher event");
+        match ev {
+            HandleEvent::Trickle(c) => {
+                self.listener
+                    .on_ice_candidate(&*self.me, json!({ "candidate": candidate_json(&c) }));
+                Flow::Continue
+            }
+            HandleEvent::TrickleCompleted => Flow::Continue,
+            HandleEvent::WebrtcUp => {
+                debug!(session = %self.key.0, stream = self.key.1.as_str(), "publisher connected");
+                self.me.sending.store(true, Ordering::Release);
+                self.inner.bump();
+                Flow::Continue
+            }
+            HandleEvent::Media(m) => {
+                let idx = if m.kind == "audio" { 0 } else { 1 };
+                self.set_receiving(idx, m.receiving);
+                Flow::Continue
+            }
+            HandleEvent::SlowLink(s) => {
+                debug!(session = %self.key.0, uplink = s.uplink, lost = s.lost, "publisher slow link");
+                Flow::Continue
+            }
+            HandleEvent::Event(e) => match videoroom::VideoRoomEvent::parse(&e) {
+                Some(videoroom::VideoRoomEvent::Destroyed) => {
+                    info!(session = %self.key.0, "publisher room destroyed, closing");
+                    Flow::Close
+                }
+                other => {
+                    debug!(session = %self.key.0, event = ?other, "publisher event");
+                    Flow::Continue
+                }
+            },
+            HandleEvent::Hangup { reason } => {
+                info!(session = %self.key.0, stream = self.key.1.as_str(), %reason, "publisher hung up, closing");
+                Flow::Close
+            }
+            HandleEvent::Detached => Flow::Close,
+            HandleEvent::Gone(reason) => gone_flow(reason),
+            HandleEvent::Lagged { missed } => {
+                warn!(session = %self.key.0, missed, "publisher missed Janus events");
+                Flow::Continue
+            }
+        }
+    }
+
+    async fn shutdown(mut self, conn: Option<PubConn>) {
+        let timeout = self.inner.settings.timeout;
+        if let Some(c) = conn {
+            if let Err(e) = bounded(
+                timeout,
+                "destroy",
+                videoroom::destroy_room(&c.handle, c.room),
+            )
+            .await
+            {
+                debug!(room = c.room, error = %e, "could not destroy publisher room");
+            }
+            let _ = bounded(timeout, "detach", c.handle.detach()).await;
+        }
+        self.set_receiving(0, false);
+        self.set_receiving(1, false);
+        let subscribers: Vec<Arc<ClientObj>> = {
+            let mut reg = self.inner.reg.lock();
+            if reg
+                .publishers
+                .get(&self.key)
+                .is_some_and(|p| Arc::ptr_eq(p, &self.me))
+            {
+                reg.publishers.remove(&self.key);
+            }
+            reg.subscribers
+                .values()
+                .filter(|s| s.stream == self.key.1 && s.publisher.as_deref() == Some(&*self.key.0))
+                .cloned()
+                .collect()
+        };
+        self.me.room.store(0, Ordering::Release);
+        self.inner.bump();
+        // Janus does not tell subscribers when a room goes away.
+        for s in subscribers {
+            let _ = s.cmd.try_send(Cmd::Close(oneshot::channel().0));
+        }
+        self.inner.metrics.publishers.dec(&[self.key.1.as_str()]);
+        info!(session = %self.key.0, stream = self.key.1.as_str(), "publisher closed");
+        self.listener.publisher_closed(&*self.me);
+    }
+}
+
+struct SubConn {
+    handle: Handle,
+    events: HandleEvents,
+}
+
+/// Result of a (re)build of a subscriber: new handle, its offer, the room.
+type Rebuilt = (SubConn, Jsep, RoomId);
+
+struct SubscriberTask {
+    inner: Arc<Inner>,
+    me: Arc<ClientObj>,
+    /// Strong: the listener itself only holds a weak reference to its
+    /// session, so there is no cycle.
+    listener: Arc<dyn McuListener>,
+    key: PubKey,
+    /// The publisher room joined (0 before the first join).
+    room: RoomId,
+    joined: bool,
+    generation: ApiGeneration,
+}
+
+/// Joins the room of publisher `key` once it sends media, retrying until
+/// `deadline` (upstream: "publisher not sending yet, wait and retry").
+async fn join_when_ready(
+    inner: &Inner,
+    handle: &Handle,
+    key: &PubKey,
+    generation: ApiGeneration,
+    selection: &StreamSelection,
+    deadline: Instant,
+) -> Result<(Jsep, RoomId), McuError> {
+    let mut changed = inner.changed.subscribe();
+    let mut counted = false;
+    loop {
+        changed.borrow_and_update();
+        let room = inner
+            .reg
+            .lock()
+            .publishers
+            .get(key)
+            .map(|p| p.room.load(Ordering::Acquire))
+            .unwrap_or(0);
+        if room != 0 {
+            let join =
+                videoroom::join_subscriber(handle, room, key.1.feed_id(), generation, selection);
+            match tokio::time::timeout_at(deadline, join).await {
+                Err(_) => return Err(McuError::Timeout("join")),
+                Ok(Ok(j)) => return Ok((j.jsep, room)),
+                Ok(Err(JanusError::Plugin { code, .. }))
+                    if code == error_codes::NO_SUCH_FEED || code == error_codes::NO_SUCH_ROOM => {}
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+        if !counted {
+            counted = true;
+            debug!(publisher = %key.0, stream = key.1.as_str(), "publisher not sending yet, waiting");
+        }
+        match tokio::time::timeout_at(deadline, changed.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(McuError::Closed),
+            Err(_) => return Err(McuError::Timeout("publisher")),
+        }
+    }
+}
+
+impl SubscriberTask {
+    async fn run(mut self, conn: SubConn, mut rx: mpsc::Receiver<Cmd>) {
+        let mut conn = Some(conn);
+        let mut rebuild: Option<BoxFuture<'static, Result<Rebuilt, McuError>>> = None;
+        let mut done: Option<oneshot::Sender<()>> = None;
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    None => break,
+                    Some(Cmd::Close(tx)) => { done = Some(tx); break }
+                    Some(Cmd::Message(msg, reply)) => {
+                        let res = self.handle_message(&mut conn, msg).await;
+                        reply(res);
+                    }
+                },
+                ev = next_event(conn.as_mut().map(|c| &mut c.events)) => {
+                    match self.handle_event(ev) {
+                        Flow::Continue => {}
+                        Flow::Close => break,
+                        Flow::Lost => {
+                            let epoch = conn.as_ref().map(|c| c.handle.session().epoch());
+                            conn = None;
+                            self.joined = false;
+                            if self.me.sending.swap(false, Ordering::AcqRel) {
+                                self.inner.metrics.subscriber_streams.dec(&[self.key.1.as_str()]);
+                            }
+                            if !self.room_was_joined() {
+                                // Never negotiated: nothing to restore.
+                                break;
+                            }
+                            rebuild = Some(self.rebuild(epoch));
+                        }
+                    }
+                },
+                res = poll_opt(&mut rebuild) => {
+                    rebuild = None;
+                    match res {
+                        Ok((c, offer, room)) => {
+                            *self.me.sid.lock() = c.handle.id().to_string();
+                            self.room = room;
+                            self.joined = true;
+                            conn = Some(c);
+                            info!(publisher = %self.key.0, stream = self.key.1.as_str(), sid = %self.me.sid(), "subscriber rebuilt after Janus reconnect");
+                            self.inner.metrics.rebuilt_total.inc(&["subscriber"]);
+                            self.listener.on_update_offer(&*self.me, jsep_json(offer));
+                        }
+                        Err(e) => {
+                            warn!(publisher = %self.key.0, stream = self.key.1.as_str(), error = %e, "could not rebuild subscriber, closing");
+                            break;
+                        }
+                    }
+                },
+            }
+        }
+        self.shutdown(conn).await;
+        if let Some(tx) = done {
+            let _ = tx.send(());
+        }
+    }
+
+    fn room_was_joined(&self) -> bool {
+        self.room != 0
+    }
+
+    fn rebuild(&self, old_epoch: Option<u64>) -> BoxFuture<'static, Result<Rebuilt, McuError>> {
+        let inner = self.inner.clone();
+        let key = self.key.clone();
+        Box::pin(async move {
+            let deadline = Instant::now() + REBUILD_WAIT;
+            let live = inner.wait_live(old_epoch, deadline).await?;
+            let (handle, events) = live.session.attach(videoroom::PLUGIN).await?;
+            let (offer, room) = join_when_ready(
+                &inner,
+                &handle,
+                &key,
+                live.generation,
+                &StreamSelection::default(),
+                deadline,
+            )
+            .await?;
+            Ok((SubConn { handle, events }, offer, room))
+        })
+    }
+
+    /// A fresh handle for a subscriber that must join again (Janus refuses a
+    /// second `join` on a handle: "already joined").
+    async fn replace_handle(&mut self, conn: &mut Option<SubConn>) -> Result<(), McuError> {
+        let live = self.inner.live()?;
+        let timeout = self.inner.settings.timeout;
+        if let Some(old) = conn.take() {
+            let _ = bounded(timeout, "detach", old.handle.detach()).await;
+        }
+        let (handle, events) =
+            bounded(timeout, "attach", live.session.attach(videoroom::PLUGIN)).await?;
+        *self.me.sid.lock() = handle.id().to_string();
+        self.generation = live.generation;
+        self.joined = false;
+        *conn = Some(SubConn { handle, events });
+        Ok(())
+    }
+
+    async fn join(
+        &mut self,
+        conn: &mut Option<SubConn>,
+        selection: &StreamSelection,
+    ) -> Result<Option<Value>, McuError> {
+        if self.joined {
+            self.replace_handle(conn).await?;
+        }
+        for attempt in 0..2 {
+            let Some(c) = conn.as_ref() else {
+                return Err(McuError::NotConnected);
+            };
+            let deadline = Instant::now() + self.inner.settings.timeout;
+            match join_when_ready(
+                &self.inner,
+                &c.handle,
+                &self.key,
+                self.generation,
+                selection,
+                deadline,
+            )
+            .await
+            {
+                Ok((offer, room)) => {
+                    self.room = room;
+                    self.joined = true;
+                    return Ok(Some(jsep_json(offer)));
+                }
+                Err(McuError::Janus(JanusError::Plugin { code, .. }))
+                    if code == error_codes::ALREADY_JOINED && attempt == 0 =>
+                {
+                    self.replace_handle(conn).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(McuError::Closed)
+    }
+
+    async fn handle_message(
+        &mut self,
+        conn: &mut Option<SubConn>,
+        msg: McuMessage,
+    ) -> Result<Option<Value>, McuError> {
+        self.inner.metrics.messages_total.inc(&[&msg.kind]);
+        let timeout = self.inner.settings.timeout;
+        match msg.kind.as_str() {
+            "requestoffer" | "sendoffer" => {
+                let selection = StreamSelection::from_payload(&msg.payload)
+                    .map_err(McuError::InvalidPayload)?;
+                if self.joined && !msg.sid.is_empty() && msg.sid == self.me.sid() {
+                    let Some(c) = conn.as_ref() else {
+                        return Err(McuError::NotConnected);
+                    };
+                    let offer = bounded(
+                        timeout,
+                        "configure",
+                        videoroom::update_subscriber(&c.handle, &selection),
+                    )
+                    .await?;
+                    return Ok(offer.map(jsep_json));
+                }
+                self.join(conn, &selection).await
+            }
+            "answer" => {
+                check_sid(&msg, &self.me)?;
+                let answer = jsep_from_payload(&msg.payload, "answer")?;
+                let c = conn.as_ref().ok_or(McuError::NotConnected)?;
+                bounded(
+                    timeout,
+                    "start",
+                    videoroom::start_subscriber(&c.handle, self.room, answer),
+                )
+                .await?;
+                Ok(None)
+            }
+            "candidate" => {
+                check_sid(&msg, &self.me)?;
+                let cand = candidate_from_payload(&msg.payload)?;
+                let c = conn.as_ref().ok_or(McuError::NotConnected)?;
+                bounded(timeout, "trickle", c.handle.trickle(&cand)).await?;
+                Ok(None)
+            }
+            "endOfCandidates" => Ok(None),
+            "selectStream" => {
+                let selection = StreamSelection::from_payload(&msg.payload)
+                    .map_err(McuError::InvalidPayload)?;
+                if !selection.has_values() {
+                    return Ok(None);
+                }
+                let c = conn.as_ref().ok_or(McuError::NotConnected)?;
+                bounded(
+                    timeout,
+                    "configure",
+                    videoroom::select_stream(&c.handle, &selection),
+                )
+                .await?;
+                Ok(None)
+            }
+            other => Err(McuError::Unsupported(other.to_owned())),
+        }
+    }
+
+    fn handle_event(&mut self, ev: Option<HandleEvent>) -> Flow {
+        let Some(ev) = ev else { return Flow::Lost };
+        match ev {
+            HandleEvent::Trickle(c) => {
+                self.listener
+                    .on_ice_candidate(&*self.me, json!({ "candidate": candidate_json(&c) }));
+                Flow::Continue
+            }
+            HandleEvent::TrickleCompleted => Flow::Continue,
+            HandleEvent::WebrtcUp => {
+                if !self.me.sending.swap(true, Ordering::AcqRel) {
+                    self.inner
+                        .metrics
+                        .subscriber_streams
+                        .inc(&[self.key.1.as_str()]);
+                }
+                Flow::Continue
+            }
+            HandleEvent::Media(_) | HandleEvent::SlowLink(_) => Flow::Continue,
+            HandleEvent::Event(e) => match videoroom::VideoRoomEvent::parse(&e) {
+                Some(videoroom::VideoRoomEvent::Destroyed) => Flow::Close,
+                Some(videoroom::VideoRoomEvent::Updated {
+                    media_gone: true, ..
+                }) => {
+                    debug!(publisher = %self.key.0, "publisher of subscriber left");
+                    Flow::Close
+                }
+                Some(videoroom::VideoRoomEvent::Updated {
+                    jsep: Some(offer), ..
+                })
+                | Some(videoroom::VideoRoomEvent::UpdateOffer(offer)) => {
+                    self.listener.on_update_offer(&*self.me, jsep_json(offer));
+                    Flow::Continue
+                }
+                other => {
+                    debug!(publisher = %self.key.0, event = ?other, "subscriber event");
+                    Flow::Continue
+                }
+            },
+            HandleEvent::Hangup { reason } => {
+                debug!(publisher = %self.key.0, %reason, "subscriber hung up, closing");
+                Flow::Close
+            }
+            HandleEvent::Detached => Flow::Close,
+            HandleEvent::Gone(reason) => gone_flow(reason),
+            HandleEvent::Lagged { missed } => {
+                warn!(publisher = %self.key.0, missed, "subscriber missed Janus events");
+                Flow::Continue
+            }
+        }
+    }
+
+    async fn shutdown(self, conn: Option<SubConn>) {
+        if let Some(c) = conn {
+            let _ = bounded(self.inner.settings.timeout, "detach", c.handle.detach()).await;
+        }
+        if self.me.sending.swap(false, Ordering::AcqRel) {
+            self.inner
+                .metrics
+                .subscriber_streams
+                .dec(&[self.key.1.as_str()]);
+        }
+        self.inner.reg.lock().subscribers.remove(&self.me.id);
+        self.inner.metrics.subscribers.dec(&[self.key.1.as_str()]);
+        debug!(publisher = %self.key.0, stream = self.key.1.as_str(), "subscriber closed");
+        self.listener.subscriber_closed(&*self.me);
+    }
+}

@@ -1,0 +1,85 @@
+//! MCU metrics with upstream's names (OBS-03, MCU part) plus the state of
+//! the Janus connection and its rebuilds, which upstream does not expose.
+
+use runtime::metrics::{Counter, CounterVec, Gauge, GaugeVec, Registry};
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct McuMetrics {
+    pub publishers: Arc<GaugeVec>,
+    pub publishers_total: Arc<CounterVec>,
+    pub subscribers: Arc<GaugeVec>,
+    pub subscribers_total: Arc<CounterVec>,
+    pub no_publisher_total: Arc<CounterVec>,
+    pub messages_total: Arc<CounterVec>,
+    pub publisher_streams: Arc<GaugeVec>,
+    pub subscriber_streams: Arc<GaugeVec>,
+    pub janus_connected: Arc<Gauge>,
+    pub janus_reconnects: Arc<Counter>,
+    pub rebuilt_total: Arc<CounterVec>,
+    pub candidates_filtered: Arc<Counter>,
+}
+
+impl McuMetrics {
+    pub fn new(registry: &Registry) -> McuMetrics {
+        McuMetrics {
+            publishers: registry.gauge_vec(
+                "signaling_mcu_publishers",
+                "The current number of publishers",
+                &["type"],
+            ),
+            publishers_total: registry.counter_vec(
+                "signaling_mcu_publishers_total",
+                "The total number of created publishers",
+                &["type"],
+            ),
+            subscribers: registry.gauge_vec(
+                "signaling_mcu_subscribers",
+                "The current number of subscribers",
+                &["type"],
+            ),
+            subscribers_total: registry.counter_vec(
+                "signaling_mcu_subscribers_total",
+                "The total number of created subscribers",
+                &["type"],
+            ),
+            no_publisher_total: registry.counter_vec(
+                "signaling_mcu_nopublisher_total",
+                "The total number of subscribe requests where no publisher exists",
+                &["type"],
+            ),
+            messages_total: registry.counter_vec(
+                "signaling_mcu_messages_total",
+                "The total number of MCU messages",
+                &["type"],
+            ),
+            publisher_streams: registry.gauge_vec(
+                "signaling_mcu_publisher_streams",
+                "The current number of published media streams",
+                &["type"],
+            ),
+            subscriber_streams: registry.gauge_vec(
+                "signaling_mcu_subscriber_streams",
+                "The current number of subscribed media streams",
+                &["type"],
+            ),
+            janus_connected: registry.gauge(
+                "signaling_mcu_janus_connected",
+                "Whether the connection to the Janus gateway is up (1) or not (0)",
+            ),
+            janus_reconnects: registry.counter(
+                "signaling_mcu_janus_reconnects_total",
+                "The total number of reconnections to the Janus gateway",
+            ),
+            rebuilt_total: registry.counter_vec(
+                "signaling_mcu_rebuilt_total",
+                "Publishers and subscribers re-created after Janus came back",
+                &["kind"],
+            ),
+            candidates_filtered: registry.counter(
+                "signaling_mcu_candidates_filtered_total",
+                "ICE candidates from clients dropped by allowedcandidates/blockedcandidates",
+            ),
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! The MCU as the hub sees it: something that turns a session's offer into a
+//! published stream and lets other sessions subscribe to it.
+//!
+//! Talk clients never talk to the media server; every SDP and candidate
+//! travels as a signaling `message` whose `data.type` is one of the MCU
+//! verbs ([`VERBS`]). The hub intercepts those (`routing`), checks
+//! permissions, and hands them to the publisher or subscriber objects of the
+//! session (`session::McuObjects`). Those objects come from an [`Mcu`]:
+//! [`janus::JanusMcu`] drives one Janus gateway directly; the proxy client
+//! (another implementation of the same traits) will drive a pool of them.
+//!
+//! Every publisher and subscriber is one task that owns its Janus handle and
+//! works through its commands and the handle's events in order. Replies that
+//! must reach the client in a fixed order (Janus's SDP answer before the
+//! candidates Janus trickles right after it) are delivered through a
+//! [`Responder`] that the task calls before it reads the next event.
+
+pub mod candidates;
+pub mod janus;
+pub mod metrics;
+pub(crate) mod routing;
+pub mod sdp;
+pub(crate) mod session;
+
+use serde_json::{Map, Value};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The `data.type` values of a `message` that belong to the MCU.
+pub const VERBS: [&str; 7] = [
+    "offer",
+    "answer",
+    "candidate",
+    "endOfCandidates",
+    "selectStream",
+    "requestoffer",
+    "sendoffer",
+];
+
+/// The two kinds of stream a session can publish (upstream knows no other).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StreamType {
+    Video,
+    Screen,
+}
+
+impl StreamType {
+    pub fn parse(s: &str) -> Option<StreamType> {
+        match s {
+            "video" => Some(StreamType::Video),
+            "screen" => Some(StreamType::Screen),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamType::Video => "video",
+            StreamType::Screen => "screen",
+        }
+    }
+
+    /// The VideoRoom feed id of the (single) publisher in the stream's room.
+    pub fn feed_id(self) -> u64 {
+        match self {
+            StreamType::Video => 1,
+            StreamType::Screen => 2,
+        }
+    }
+
+    pub const ALL: [StreamType; 2] = [StreamType::Video, StreamType::Screen];
+}
+
+/// Which media a publisher sends (a bit set, as upstream's `MediaType`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MediaTypes(pub u8);
+
+impl MediaTypes {
+    pub const AUDIO: MediaTypes = MediaTypes(1);
+    pub const VIDEO: MediaTypes = MediaTypes(2);
+    pub const SCREEN: MediaTypes = MediaTypes(4);
+
+    pub fn contains(self, other: MediaTypes) -> bool {
+        self.0 & other.0 == other.0 && other.0 != 0
+    }
+
+    pub fn insert(&mut self, other: MediaTypes) {
+        self.0 |= other.0;
+    }
+}
+
+/// Codec preferences a client may send with its offer (`offer-codecs`);
+/// they shape the VideoRoom created for the publisher.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CodecPrefs {
+    pub audio: Option<String>,
+    pub video: Option<String>,
+    pub vp9_profile: Option<String>,
+    pub h264_profile: Option<String>,
+}
+
+/// Everything that can go wrong between the hub and the media server.
+#[derive(Debug, thiserror::Error)]
+pub enum McuError {
+    #[error("not connected to the media server")]
+    NotConnected,
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+    #[error("message sid {got:?} does not match {expected:?}")]
+    SidMismatch { got: String, expected: String },
+    #[error("unsupported message type {0:?}")]
+    Unsupported(String),
+    #[error("invalid payload: {0}")]
+    InvalidPayload(String),
+    #[error("the publisher or subscriber is closed")]
+    Closed,
+    #[error(transparent)]
+    Janus(#[from] ::janus::Error),
+}
+
+/// One MCU verb from a client, already checked for shape.
+#[derive(Clone, Debug)]
+pub struct McuMessage {
+    /// One of [`VERBS`].
+    pub kind: String,
+    /// The publisher/subscriber id the client refers to (may be empty).
+    pub sid: String,
+    pub payload: Map<String, Value>,
+}
+
+/// Where the result of [`McuClient::send_message`] goes: `Ok(Some(jsep))`
+/// for an SDP (answer or offer) to forward, `Ok(None)` when there is
+/// nothing to tell the client.
+pub type Responder = Box<dyn FnOnce(Result<Option<Value>, McuError>) + Send>;
+
+/// Receives what the media server does on its own for one session.
+pub trait McuListener: Send + Sync {
+    /// A new offer for a subscriber: Janus renegotiated (the publisher
+    /// changed its streams), or the subscriber was rebuilt after the media
+    /// server came back (then with a new sid).
+    fn on_update_offer(&self, client: &dyn McuClient, offer: Value);
+    /// A local candidate of the media server for one of the session's
+    /// publishers or subscribers.
+    fn on_ice_candidate(&self, client: &dyn McuClient, candidate: Value);
+    /// A publisher was rebuilt after the media server restarted: the client
+    /// must send a new offer for it.
+    fn on_publisher_reset(&self, client: &dyn McuClient);
+    fn publisher_closed(&self, client: &dyn McuClient);
+    fn subscriber_closed(&self, client: &dyn McuClient);
+}
+
+/// A publisher or a subscriber.
+pub trait McuClient: Send + Sync {
+    /// Unique per MCU client object (never reused).
+    fn id(&self) -> u64;
+    /// What clients send back as `sid`: chosen by the publishing client, or
+    /// the Janus handle id for subscribers.
+    fn sid(&self) -> String;
+    fn stream_type(&self) -> StreamType;
+    /// The publishing session for a subscriber, `None` for a publisher.
+    fn publisher_id(&self) -> Option<&str>;
+    /// Media the publisher sends (empty for subscribers).
+    fn media(&self) -> MediaTypes;
+    fn set_media(&self, media: MediaTypes);
+    /// Release everything on the media server. Idempotent; resolves once
+    /// released (or given up on).
+    fn close(&self) -> BoxFuture<'_, ()>;
+    /// Queue a client verb for the media server. Resolves once queued (so
+    /// that the next verb of the client is queued behind it); `reply` is
+    /// called exactly once, later, also on error.
+    fn send_message(&self, msg: McuMessage, reply: Responder) -> BoxFuture<'_, ()>;
+}
+
+/// Parameters of a new publisher.
+#[derive(Clone, Debug)]
+pub struct PublisherParams {
+    /// Public id of the publishing session.
+    pub id: Arc<str>,
+    pub sid: String,
+    pub stream: StreamType,
+    /// Requested bitrate, already capped by the backend; 0 = the MCU's cap.
+    pub bitrate: u64,
+    pub media: MediaTypes,
+    pub codecs: CodecPrefs,
+}
+
+/// A media server.
+pub trait Mcu: Send + Sync {
+    fn new_publisher(
+        &self,
+        listener: Arc<dyn McuListener>,
+        params: PublisherParams,
+    ) -> BoxFuture<'_, Result<Arc<dyn McuClient>, McuError>>;
+
+    /// A subscriber of `publisher`'s stream; waits (up to the MCU timeout)
+    /// for the publisher to appear.
+    fn new_subscriber(
+        &self,
+        listener: Arc<dyn McuListener>,
+        publisher: Arc<str>,
+        stream: StreamType,
+    ) -> BoxFuture<'_, Result<Arc<dyn McuClient>, McuError>>;
+
+    /// The `mcu` part of `/api/v1/stats`.
+    fn stats(&self) -> Value;
+
+    /// Bounds every MCU operation (`[mcu] timeout`).
+    fn timeout(&self) -> std::time::Duration;
+
+    /// Release everything (server shutdown).
+    fn stop(&self) -> BoxFuture<'_, ()>;
+}

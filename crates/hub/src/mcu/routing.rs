@@ -1,0 +1,574 @@
+//! The hub's side of the MCU: which `message`s are MCU verbs, who may send
+//! them, which publisher or subscriber they go to, and how the media
+//! server's answers travel back (RTE-09/10, JAN-05..15, PERM-04..06).
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{debug, info, warn};
+
+use proto::client::{Error, ServerMessage};
+
+use super::sdp::media_types;
+use super::session::{close_in_background, mcu_message, SessionListener};
+use super::{CodecPrefs, McuClient, McuError, McuMessage, MediaTypes, PublisherParams, StreamType};
+use crate::session::{
+    ClientSession, PERMISSION_PUBLISH_AUDIO, PERMISSION_PUBLISH_MEDIA, PERMISSION_PUBLISH_SCREEN,
+    PERMISSION_PUBLISH_VIDEO,
+};
+use crate::{Hub, Pending};
+
+/// Upstream closes a screen publisher this long after `unshareScreen`
+/// (browsers do not always close the peer connection).
+pub const UNSHARE_SCREEN_DELAY: Duration = Duration::from_secs(1);
+
+fn err_not_allowed(reason: &str) -> Error {
+    Error::new("not_allowed", reason)
+}
+fn err_client_not_found() -> Error {
+    Error::new(
+        "client_not_found",
+        "No MCU client found to send message to.",
+    )
+}
+fn err_processing_failed() -> Error {
+    Error::new(
+        "processing_failed",
+        "Processing of the message failed, please check server logs.",
+    )
+}
+
+/// The parts of a message's `data` the MCU reads (upstream
+/// `MessageClientMessageData`). Data that does not have this shape is not an
+/// MCU message and is forwarded like any other.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub(crate) struct McuData {
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub sid: String,
+    #[serde(rename = "roomType", default)]
+    pub room_type: String,
+    #[serde(default)]
+    pub payload: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub bitrate: Option<f64>,
+    #[serde(default)]
+    pub audiocodec: Option<String>,
+    #[serde(default)]
+    pub videocodec: Option<String>,
+    #[serde(default)]
+    pub vp9profile: Option<String>,
+    #[serde(default)]
+    pub h264profile: Option<String>,
+}
+
+impl McuData {
+    pub fn parse(data: Option<&proto::Raw>) -> Option<McuData> {
+        serde_json::from_str(data?.get()).ok()
+    }
+
+    fn payload(&self) -> Map<String, Value> {
+        self.payload.clone().unwrap_or_default()
+    }
+
+    fn candidate_line(&self) -> Option<&str> {
+        self.payload
+            .as_ref()?
+            .get("candidate")?
+            .get("candidate")?
+            .as_str()
+    }
+}
+
+/// Why a publish attempt is refused (PERM-05).
+enum Deny {
+    Permission(&'static str),
+    Sdp(String),
+}
+
+impl std::fmt::Display for Deny {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Deny::Permission(p) => write!(f, "permission {p:?} missing"),
+            Deny::Sdp(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// What `session` may publish with this offer (PERM-05): screen needs
+/// `publish-screen`; otherwise `publish-media` allows everything, or each
+/// audio/video m-line needs its own permission. The SDP is checked for both
+/// stream types, so garbage never reaches Janus.
+fn check_offer(
+    session: &ClientSession,
+    stream: StreamType,
+    payload: &Map<String, Value>,
+) -> Result<MediaTypes, Deny> {
+    let sdp = payload
+        .get("sdp")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Deny::Sdp("payload does not contain a valid sdp".into()))?;
+    let media = media_types(sdp).map_err(|e| Deny::Sdp(e.to_string()))?;
+    if stream == StreamType::Screen {
+        if !session.has_permission(PERMISSION_PUBLISH_SCREEN) {
+            return Err(Deny::Permission(PERMISSION_PUBLISH_SCREEN));
+        }
+        return Ok(MediaTypes::SCREEN);
+    }
+    if !session.has_permission(PERMISSION_PUBLISH_MEDIA) {
+        if media.contains(MediaTypes::AUDIO) && !session.has_permission(PERMISSION_PUBLISH_AUDIO) {
+            return Err(Deny::Permission(PERMISSION_PUBLISH_AUDIO));
+        }
+        if media.contains(MediaTypes::VIDEO) && !session.has_permission(PERMISSION_PUBLISH_VIDEO) {
+            return Err(Deny::Permission(PERMISSION_PUBLISH_VIDEO));
+        }
+    }
+    Ok(media)
+}
+
+/// Upstream's `IsAllowedToSend` for verbs other than offers (candidates,
+/// `sendoffer`): screen needs `publish-screen`, anything else one of the
+/// media permissions.
+fn may_send(session: &ClientSession, stream: &str) -> bool {
+    if stream == "screen" {
+        return session.has_permission(PERMISSION_PUBLISH_SCREEN);
+    }
+    session.has_permission(PERMISSION_PUBLISH_MEDIA)
+        || session.has_permission(PERMISSION_PUBLISH_AUDIO)
+        || session.has_permission(PERMISSION_PUBLISH_VIDEO)
+}
+
+impl Hub {
+    /// Called for every session-recipient `message` while an MCU is
+    /// configured. `Some(pending)` (or `Some(None)` when handed to a task)
+    /// means the message was an MCU verb and is consumed.
+    pub(crate) fn intercept_mcu(
+        self: &Arc<Self>,
+        session: &Arc<ClientSession>,
+        msg_id: &str,
+        recipient: &str,
+        data: &McuData,
+    ) -> Option<Option<Pending>> {
+        self.mcu.as_ref()?;
+        match data.kind.as_str() {
+            "requestoffer" => {
+                // May wait for the publisher: never block the client's other
+                // messages for that.
+                let hub = self.clone();
+                let fut = hub.process_mcu(
+                    session.clone(),
+                    session.clone(),
+                    msg_id.to_owned(),
+                    recipient.to_owned(),
+                    data.clone(),
+                );
+                tokio::spawn(fut);
+                Some(None)
+            }
+            "offer" | "answer" | "endOfCandidates" | "selectStream" | "candidate" => {
+                let hub = self.clone();
+                Some(Some(Box::pin(hub.process_mcu(
+                    session.clone(),
+                    session.clone(),
+                    msg_id.to_owned(),
+                    recipient.to_owned(),
+                    data.clone(),
+                ))))
+            }
+            _ => None,
+        }
+    }
+
+    /// `sendoffer` to a local session: the sender pushes its stream to the
+    /// recipient (JAN-10). Returns true when consumed.
+    pub(crate) fn intercept_sendoffer(
+        self: &Arc<Self>,
+        sender: &Arc<ClientSession>,
+        recipient: &Arc<ClientSession>,
+        msg_id: &str,
+        data: &McuData,
+    ) -> bool {
+        if self.mcu.is_none() || data.kind != "sendoffer" {
+            return false;
+        }
+        if !may_send(sender, &data.room_type) {
+            info!(session = %sender.public_id, stream = %data.room_type, "not allowed to send offer");
+            sender.send_message(ServerMessage::error(
+                msg_id,
+                err_not_allowed("Not allowed to send offer"),
+            ));
+            return true;
+        }
+        let hub = self.clone();
+        tokio::spawn(hub.process_mcu(
+            sender.clone(),
+            recipient.clone(),
+            msg_id.to_owned(),
+            sender.public_id.to_string(),
+            data.clone(),
+        ));
+        true
+    }
+
+    /// `unshareScreen` (RTE-09): close the sender's screen publisher a
+    /// moment later, in case the browser keeps the peer connection open.
+    pub(crate) fn schedule_unshare_screen(&self, session: &Arc<ClientSession>) {
+        if self.mcu.is_none() {
+            return;
+        }
+        let weak = Arc::downgrade(session);
+        tokio::spawn(async move {
+            tokio::time::sleep(UNSHARE_SCREEN_DELAY).await;
+            let Some(s) = weak.upgrade() else { return };
+            let publisher = s.with_mcu(|m| m.publishers.remove(&StreamType::Screen));
+            if let Some(p) = publisher {
+                info!(session = %s.public_id, "closing screen publisher after unshareScreen");
+                p.close().await;
+            }
+        });
+    }
+
+    /// Upstream `isInSameCall` (PERM-06).
+    fn is_in_same_call(&self, sender: &ClientSession, recipient: &str) -> bool {
+        if sender.is_internal() {
+            return true;
+        }
+        let Some(room) = sender.room() else {
+            return false;
+        };
+        if !room.is_in_call(&sender.public_id) {
+            return false;
+        }
+        let Some(other) = self.session_by_public_id(recipient) else {
+            return false;
+        };
+        let Some(other_room) = other.room() else {
+            return false;
+        };
+        if !Arc::ptr_eq(&room, &other_room) {
+            return false;
+        }
+        other.is_internal() || other_room.is_in_call(other.public_id())
+    }
+
+    /// Upstream `processMcuMessage`: find or create the MCU object of
+    /// `session` the verb is for and hand it over. Errors go to `sender`.
+    async fn process_mcu(
+        self: Arc<Self>,
+        sender: Arc<ClientSession>,
+        session: Arc<ClientSession>,
+        msg_id: String,
+        recipient: String,
+        data: McuData,
+    ) {
+        if self.mcu.is_none() {
+            return;
+        }
+        let own = *session.public_id == *recipient;
+        let stream = StreamType::parse(&data.room_type);
+        let mut payload = data.payload();
+        let client: Result<Option<Arc<dyn McuClient>>, McuError> = match data.kind.as_str() {
+            "requestoffer" | "sendoffer" => {
+                if data.kind == "requestoffer" {
+                    if own {
+                        debug!(session = %session.public_id, "not requesting an offer from itself");
+                        return;
+                    }
+                    if !self.settings.allow_subscribe_any
+                        && !self.is_in_same_call(&sender, &recipient)
+                    {
+                        info!(session = %session.public_id, publisher = %recipient, "not in the same call, not requesting offer");
+                        sender.send_message(ServerMessage::error(
+                            &msg_id,
+                            err_not_allowed("Not allowed to request offer."),
+                        ));
+                        return;
+                    }
+                }
+                match stream {
+                    Some(stream) => self
+                        .get_or_create_subscriber(&session, Arc::from(recipient.as_str()), stream)
+                        .await
+                        .map(Some),
+                    None => Ok(None),
+                }
+            }
+            "offer" => {
+                let Some(stream) = stream else {
+                    sender.send_message(ServerMessage::error(&msg_id, err_client_not_found()));
+                    return;
+                };
+                let media = match check_offer(&session, stream, &payload) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        info!(session = %session.public_id, stream = stream.as_str(), reason = %e, "offer refused");
+                        sender.send_message(ServerMessage::error(
+                            &msg_id,
+                            err_not_allowed("Not allowed to publish."),
+                        ));
+                        return;
+                    }
+                };
+                let filter = self.candidate_filter.read().clone();
+                if let Some(Value::String(sdp)) = payload.get("sdp") {
+                    if let Some(filtered) = filter.filter_sdp(sdp) {
+                        payload.insert("sdp".into(), Value::String(filtered));
+                    }
+                }
+                self.get_or_create_publisher(&session, stream, &data, media)
+                    .await
+                    .map(Some)
+            }
+            "selectStream" => {
+                if own {
+                    debug!(session = %session.public_id, "not selecting a stream of its own");
+                    return;
+                }
+                Ok(stream.and_then(|st| {
+                    session.with_mcu(|m| {
+                        m.subscribers
+                            .get(&(Arc::from(recipient.as_str()), st))
+                            .cloned()
+                    })
+                }))
+            }
+            _ => {
+                if data.kind == "candidate" {
+                    let filtered = match data.candidate_line() {
+                        Some(line) => self.candidate_filter.read().is_filtered(line),
+                        None => false,
+                    };
+                    if filtered {
+                        debug!(session = %session.public_id, "candidate filtered");
+                        self.metrics_mcu_candidate_filtered();
+                        return;
+                    }
+                }
+                if own {
+                    if !may_send(&session, &data.room_type) {
+                        info!(session = %session.public_id, "not allowed to send candidate");
+                        sender.send_message(ServerMessage::error(
+                            &msg_id,
+                            err_not_allowed("Not allowed to send candidate."),
+                        ));
+                        return;
+                    }
+                    Ok(stream.and_then(|st| session.with_mcu(|m| m.publishers.get(&st).cloned())))
+                } else {
+                    Ok(stream.and_then(|st| {
+                        session.with_mcu(|m| {
+                            m.subscribers
+                                .get(&(Arc::from(recipient.as_str()), st))
+                                .cloned()
+                        })
+                    }))
+                }
+            }
+        };
+        let client = match client {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                debug!(session = %session.public_id, kind = %data.kind, to = %recipient, "no MCU client for message");
+                sender.send_message(ServerMessage::error(&msg_id, err_client_not_found()));
+                return;
+            }
+            Err(e) => {
+                warn!(session = %session.public_id, kind = %data.kind, to = %recipient, error = %e, "could not create MCU client");
+                sender.send_message(ServerMessage::error(&msg_id, err_client_not_found()));
+                return;
+            }
+        };
+        let msg = McuMessage {
+            kind: data.kind.clone(),
+            sid: data.sid.clone(),
+            payload,
+        };
+        let reply_client = client.clone();
+        let kind = data.kind.clone();
+        let reply = Box::new(move |res: Result<Option<Value>, McuError>| match res {
+            Err(e) => {
+                warn!(session = %session.public_id, kind = %kind, to = %recipient, error = %e, "MCU message failed");
+                sender.send_message(ServerMessage::error(&msg_id, err_processing_failed()));
+            }
+            Ok(None) => {}
+            Ok(Some(jsep)) => send_mcu_response(&session, &*reply_client, &recipient, jsep),
+        });
+        client.send_message(msg, reply).await;
+    }
+
+    fn metrics_mcu_candidate_filtered(&self) {
+        if let Some(m) = &self.mcu_metrics {
+            m.candidates_filtered.inc();
+        }
+    }
+
+    async fn get_or_create_publisher(
+        &self,
+        session: &Arc<ClientSession>,
+        stream: StreamType,
+        data: &McuData,
+        media: MediaTypes,
+    ) -> Result<Arc<dyn McuClient>, McuError> {
+        if let Some(p) = session.with_mcu(|m| m.publishers.get(&stream).cloned()) {
+            p.set_media(media);
+            return Ok(p);
+        }
+        let mcu = self.mcu.clone().ok_or(McuError::NotConnected)?;
+        let backend_cap = match stream {
+            StreamType::Video => session.backend.max_stream_bitrate,
+            StreamType::Screen => session.backend.max_screen_bitrate,
+        }
+        .max(0) as u64;
+        let requested = data
+            .bitrate
+            .filter(|b| b.is_finite() && *b > 0.0)
+            .map(|b| b as u64);
+        let bitrate = match (requested, backend_cap) {
+            (None, cap) => cap,
+            (Some(b), 0) => b,
+            (Some(b), cap) => b.min(cap),
+        };
+        let params = PublisherParams {
+            id: session.public_id.clone(),
+            sid: data.sid.clone(),
+            stream,
+            bitrate,
+            media,
+            codecs: CodecPrefs {
+                audio: data.audiocodec.clone().filter(|s| !s.is_empty()),
+                video: data.videocodec.clone().filter(|s| !s.is_empty()),
+                vp9_profile: data.vp9profile.clone().filter(|s| !s.is_empty()),
+                h264_profile: data.h264profile.clone().filter(|s| !s.is_empty()),
+            },
+        };
+        let listener = Arc::new(SessionListener {
+            session: Arc::downgrade(session),
+        });
+        let publisher = mcu.new_publisher(listener, params).await?;
+        let prev = session.with_mcu(|m| match m.publishers.get(&stream) {
+            Some(prev) => Some(prev.clone()),
+            None => {
+                m.publishers.insert(stream, publisher.clone());
+                None
+            }
+        });
+        if let Some(prev) = prev {
+            // Another offer created one meanwhile.
+            close_in_background(vec![publisher]);
+            return Ok(prev);
+        }
+        if session.is_closed() {
+            let all = session.with_mcu(|m| m.take_all());
+            close_in_background(all);
+            return Err(McuError::Closed);
+        }
+        info!(session = %session.public_id, stream = stream.as_str(), "publishing");
+        Ok(publisher)
+    }
+
+    async fn get_or_create_subscriber(
+        &self,
+        session: &Arc<ClientSession>,
+        publisher: Arc<str>,
+        stream: StreamType,
+    ) -> Result<Arc<dyn McuClient>, McuError> {
+        let key = (publisher.clone(), stream);
+        if let Some(s) = session.with_mcu(|m| m.subscribers.get(&key).cloned()) {
+            return Ok(s);
+        }
+        let mcu = self.mcu.clone().ok_or(McuError::NotConnected)?;
+        let listener = Arc::new(SessionListener {
+            session: Arc::downgrade(session),
+        });
+        let subscriber = mcu.new_subscriber(listener, publisher, stream).await?;
+        let prev = session.with_mcu(|m| match m.subscribers.get(&key) {
+            Some(prev) => Some(prev.clone()),
+            None => {
+                m.subscribers.insert(key.clone(), subscriber.clone());
+                None
+            }
+        });
+        if let Some(prev) = prev {
+            close_in_background(vec![subscriber]);
+            return Ok(prev);
+        }
+        if session.is_closed() {
+            let all = session.with_mcu(|m| m.take_all());
+            close_in_background(all);
+            return Err(McuError::Closed);
+        }
+        debug!(session = %session.public_id, publisher = %key.0, stream = stream.as_str(), "subscribing");
+        Ok(subscriber)
+    }
+
+    /// PERM-04: after a permission change, close the publishers the session
+    /// may no longer feed.
+    pub(crate) fn check_publisher_permissions(&self, session: &ClientSession) {
+        if self.mcu.is_none() {
+            return;
+        }
+        // Read the permissions first: `with_mcu` holds the state lock.
+        let media = session.has_permission(PERMISSION_PUBLISH_MEDIA);
+        let audio = session.has_permission(PERMISSION_PUBLISH_AUDIO);
+        let video = session.has_permission(PERMISSION_PUBLISH_VIDEO);
+        let screen = session.has_permission(PERMISSION_PUBLISH_SCREEN);
+        let mut closing = Vec::new();
+        session.with_mcu(|m| {
+            if !media {
+                if let Some(p) = m.publishers.get(&StreamType::Video) {
+                    let sends = p.media();
+                    if (sends.contains(MediaTypes::AUDIO) && !audio)
+                        || (sends.contains(MediaTypes::VIDEO) && !video)
+                    {
+                        closing.extend(m.publishers.remove(&StreamType::Video));
+                    }
+                }
+            }
+            if !screen {
+                closing.extend(m.publishers.remove(&StreamType::Screen));
+            }
+        });
+        if !closing.is_empty() {
+            info!(session = %session.public_id, count = closing.len(), "permissions revoked, closing publishers");
+        }
+        close_in_background(closing);
+    }
+}
+
+/// Upstream `sendMcuMessageResponse`: an answer comes from the session
+/// itself, an offer from the publisher it subscribes to.
+fn send_mcu_response(
+    session: &ClientSession,
+    client: &dyn McuClient,
+    recipient: &str,
+    jsep: Value,
+) {
+    let kind = jsep.get("type").and_then(Value::as_str).unwrap_or_default();
+    let msg = match kind {
+        "answer" => mcu_message(
+            &session.public_id,
+            &session.public_id,
+            &session.user_id(),
+            "answer",
+            client.stream_type(),
+            &jsep,
+            &client.sid(),
+        ),
+        "offer" => mcu_message(
+            &session.public_id,
+            recipient,
+            "",
+            "offer",
+            client.stream_type(),
+            &jsep,
+            &client.sid(),
+        ),
+        other => {
+            warn!(session = %session.public_id, kind = other, "unsupported MCU response");
+            return;
+        }
+    };
+    session.send_message(msg);
+}

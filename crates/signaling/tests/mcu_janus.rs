@@ -1,0 +1,729 @@
+//! The MCU against a real Janus (Debian's 1.1.x, started per test on
+//! loopback) with real WebRTC peers (`testkit::webrtc`, str0m): media is
+//! published through our server into Janus and received by subscribers; bad
+//! input gets the documented errors; a Janus restart during a call heals;
+//! nothing is left behind in Janus (admin API handle count, room list).
+//!
+//! IDs: JAN-04..18, RTE-09/10, PERM-04..06 (../shared/FEATURES.md).
+
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use testkit::janus::{Janus, JanusOptions};
+use testkit::webrtc::{PeerState, WebRtcPeer};
+
+/// Long enough for ICE + DTLS on a loaded CI machine.
+const MEDIA_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Janus's default session timeout (60 s): our keepalives come every 30 s.
+async fn start_janus() -> Janus {
+    Janus::start_with(JanusOptions {
+        session_timeout: 60,
+    })
+    .await
+}
+
+async fn mcu_server(janus: &Janus, extra: &str) -> TestServer {
+    let s = TestServer::start_with(&format!(
+        "[mcu]\ntype = janus\nurl = {}\ntimeout = 5\n{extra}",
+        janus.url()
+    ))
+    .await;
+    // Connected to Janus before the test talks to it.
+    assert_eventually!(
+        Duration::from_secs(10),
+        metrics(&s)
+            .await
+            .contains("signaling_mcu_janus_connected 1")
+    );
+    s
+}
+
+async fn metrics(s: &TestServer) -> String {
+    let resp = raw_http(
+        &s.addr.to_string(),
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_or_default();
+    String::from_utf8_lossy(&resp).into_owned()
+}
+
+fn gauge(text: &str, line_start: &str) -> i64 {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn all_in_call(s: &TestServer, room: &str) {
+    let r = s
+        .backend_request(
+            room,
+            json!({"type": "incall", "incall": {"incall": 7, "all": true}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// The number of VideoRoom rooms in Janus.
+async fn janus_rooms(janus: &Janus) -> usize {
+    let gw = ::janus::Gateway::connect(&janus.url())
+        .await
+        .expect("gateway");
+    let session = gw.create_session().await.expect("session");
+    let (handle, _events) = session
+        .attach(::janus::videoroom::PLUGIN)
+        .await
+        .expect("attach");
+    let rooms = ::janus::videoroom::list_rooms(&handle).await.expect("list");
+    let _ = handle.detach().await;
+    let _ = session.destroy().await;
+    gw.close().await;
+    rooms.len()
+}
+
+/// A signaling client with the WebRTC peers it runs, keyed by MCU sid;
+/// candidates from the server are handed to the peer of their sid.
+struct MediaClient {
+    ws: TestClient,
+    id: String,
+    peers: HashMap<String, Arc<WebRtcPeer>>,
+    /// Candidates for sids without a peer yet.
+    early: Vec<(String, String)>,
+}
+
+impl MediaClient {
+    async fn join(s: &TestServer, user: &str, room: &str) -> MediaClient {
+        let ws = s.user_in_room(user, room, &format!("talk-{user}")).await;
+        let id = ws.session_id().expect("session id").to_owned();
+        MediaClient {
+            ws,
+            id,
+            peers: HashMap::new(),
+            early: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, to: &str, data: Value) -> String {
+        self.ws.send_message(recipient_session(to), data).await
+    }
+
+    fn add_peer(&mut self, sid: &str, peer: Arc<WebRtcPeer>) {
+        self.peers.insert(sid.to_owned(), peer);
+    }
+
+    async fn forward_candidate(&mut self, msg: &Value) {
+        let data = &msg["message"]["data"];
+        let sid = data["sid"].as_str().unwrap_or_default().to_owned();
+        let line = data["payload"]["candidate"]["candidate"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        match self.peers.get(&sid) {
+            Some(p) => p.add_remote_candidate(&line).await,
+            None => self.early.push((sid, line)),
+        }
+    }
+
+    async fn flush_early(&mut self) {
+        let early = std::mem::take(&mut self.early);
+        for (sid, line) in early {
+            match self.peers.get(&sid) {
+                Some(p) => p.add_remote_candidate(&line).await,
+                None => self.early.push((sid, line)),
+            }
+        }
+    }
+
+    /// The next MCU message of `kind` (`answer`, `offer`, `requestoffer`,
+    /// or `error`), forwarding candidates on the way. Events are skipped.
+    async fn next(&mut self, kind: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + MEDIA_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let msg = self
+                .ws
+                .recv_timeout(left)
+                .await
+                .unwrap_or_else(|| panic!("no {kind} within {MEDIA_TIMEOUT:?}"));
+            if msg["type"] == "error" {
+                if kind == "error" {
+                    return msg;
+                }
+                panic!("unexpected error while waiting for {kind}: {msg}");
+            }
+            if msg["type"] != "message" {
+                continue;
+            }
+            let t = msg["message"]["data"]["type"].as_str().unwrap_or_default();
+            if t == "candidate" {
+                self.forward_candidate(&msg).await;
+                continue;
+            }
+            if t == kind {
+                return msg;
+            }
+        }
+    }
+
+    /// Forward candidates for `duration`; returns any other message.
+    async fn pump(&mut self, duration: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + duration;
+        let mut other = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return other;
+            }
+            let Some(msg) = self.ws.recv_timeout(left).await else {
+                return other;
+            };
+            if msg["type"] == "message" && msg["message"]["data"]["type"] == "candidate" {
+                self.forward_candidate(&msg).await;
+            } else {
+                other.push(msg);
+            }
+        }
+    }
+
+    /// Pump until `peer` satisfies `f`.
+    async fn pump_until(&mut self, sid: &str, f: impl Fn(&PeerState) -> bool) -> PeerState {
+        let peer = self.peers.get(sid).expect("peer").clone();
+        let deadline = tokio::time::Instant::now() + MEDIA_TIMEOUT;
+        while tokio::time::Instant::now() < deadline {
+            if f(&peer.state()) {
+                return peer.state();
+            }
+            self.pump(Duration::from_millis(100)).await;
+        }
+        panic!("peer {sid} did not get there: {:?}", peer.state());
+    }
+
+    /// Publish `stream` (`video` with audio+video, `screen` with video).
+    async fn publish(&mut self, stream: &str, sid: &str) -> Arc<WebRtcPeer> {
+        let peer = Arc::new(WebRtcPeer::start().await);
+        let offer = peer.create_offer(stream == "video", true).await;
+        let me = self.id.clone();
+        self.send(
+            &me,
+            json!({"type": "offer", "roomType": stream, "sid": sid,
+                   "payload": {"type": "offer", "sdp": offer}}),
+        )
+        .await;
+        self.send(
+            &me,
+            json!({"type": "candidate", "roomType": stream, "sid": sid,
+                   "payload": {"candidate": {"candidate": peer.local_candidate(),
+                                             "sdpMid": "0", "sdpMLineIndex": 0}}}),
+        )
+        .await;
+        let answer = self.next("answer").await;
+        let data = &answer["message"]["data"];
+        assert_eq!(data["from"], me.as_str(), "{answer}");
+        assert_eq!(data["to"], me.as_str(), "{answer}");
+        assert_eq!(data["roomType"], stream, "{answer}");
+        assert_eq!(data["sid"], sid, "{answer}");
+        assert_eq!(answer["message"]["sender"]["sessionid"], me.as_str());
+        peer.accept_answer(data["payload"]["sdp"].as_str().expect("sdp"))
+            .await
+            .expect("answer accepted");
+        self.add_peer(sid, peer.clone());
+        self.flush_early().await;
+        self.pump_until(sid, |s| s.connected).await;
+        peer
+    }
+
+    /// Answer an offer message with a new peer; returns the sid.
+    async fn answer_offer(&mut self, offer: &Value) -> (String, Arc<WebRtcPeer>) {
+        let data = &offer["message"]["data"];
+        let sid = data["sid"].as_str().expect("sid").to_owned();
+        let from = data["from"].as_str().expect("from").to_owned();
+        let stream = data["roomType"].as_str().expect("roomType").to_owned();
+        let peer = Arc::new(WebRtcPeer::start().await);
+        let answer = peer
+            .accept_offer(data["payload"]["sdp"].as_str().expect("sdp"))
+            .await
+            .expect("offer accepted");
+        self.send(
+            &from,
+            json!({"type": "answer", "roomType": stream, "sid": sid,
+                   "payload": {"type": "answer", "sdp": answer}}),
+        )
+        .await;
+        self.send(
+            &from,
+            json!({"type": "candidate", "roomType": stream, "sid": sid,
+                   "payload": {"candidate": {"candidate": peer.local_candidate(),
+                                             "sdpMid": "0", "sdpMLineIndex": 0}}}),
+        )
+        .await;
+        self.add_peer(&sid, peer.clone());
+        self.flush_early().await;
+        (sid, peer)
+    }
+
+    /// `requestoffer` for `publisher`'s `stream`, answered; waits for
+    /// audio (video streams) and video frames.
+    async fn subscribe(&mut self, publisher: &str, stream: &str) -> (String, Arc<WebRtcPeer>) {
+        self.send(
+            publisher,
+            json!({"type": "requestoffer", "roomType": stream}),
+        )
+        .await;
+        let offer = self.next("offer").await;
+        let data = &offer["message"]["data"];
+        assert_eq!(data["from"], publisher, "{offer}");
+        assert_eq!(data["to"], self.id.as_str(), "{offer}");
+        assert_eq!(data["roomType"], stream, "{offer}");
+        assert_eq!(offer["message"]["sender"]["sessionid"], publisher);
+        let (sid, peer) = self.answer_offer(&offer).await;
+        let audio = stream == "video";
+        self.pump_until(&sid, |s| {
+            s.video_frames > 10 && (!audio || s.audio_frames > 10)
+        })
+        .await;
+        (sid, peer)
+    }
+}
+
+/// JAN-05..08, JAN-12, JAN-14, JAN-16/17, RTE-09: audio+video published
+/// through our server reach a subscriber; a screen share is a second
+/// stream; a late subscriber gets media too; `unshareScreen` closes the
+/// screen publisher; the publisher leaving tears everything down in Janus.
+#[tokio::test]
+async fn jan_media_flows_through_janus_and_is_released() {
+    let janus = start_janus().await;
+    let s = mcu_server(&janus, "").await;
+    let mut alice = MediaClient::join(&s, "alice", "room1").await;
+    let mut bob = MediaClient::join(&s, "bob", "room1").await;
+    all_in_call(&s, "room1").await;
+    let alice_id = alice.id.clone();
+
+    let pub_video = alice.publish("video", "alice-video").await;
+    let (bob_video_sid, _bob_video) = bob.subscribe(&alice_id, "video").await;
+    assert!(pub_video.state().audio_sent > 0 && pub_video.state().video_sent > 0);
+
+    // A second stream: the screen.
+    let _pub_screen = alice.publish("screen", "alice-screen").await;
+    let (_bob_screen_sid, bob_screen) = bob.subscribe(&alice_id, "screen").await;
+    assert_eq!(bob_screen.state().audio_frames, 0, "screen has no audio");
+
+    // A third participant joins late.
+    let mut carol = MediaClient::join(&s, "carol", "room1").await;
+    all_in_call(&s, "room1").await;
+    let (_carol_sid, _carol_peer) = carol.subscribe(&alice_id, "video").await;
+
+    // Stream selection on a running subscriber is accepted (JAN-14).
+    bob.send(
+        &alice_id,
+        json!({"type": "selectStream", "roomType": "video", "sid": bob_video_sid,
+               "payload": {"substream": 0, "temporal": 0, "audio": true, "video": true}}),
+    )
+    .await;
+    // In-place update with the current sid: a fresh offer, same sid (JAN-09).
+    bob.send(
+        &alice_id,
+        json!({"type": "requestoffer", "roomType": "video", "sid": bob_video_sid}),
+    )
+    .await;
+    let update = bob.next("offer").await;
+    assert_eq!(update["message"]["data"]["sid"], bob_video_sid.as_str());
+    let other = bob.pump(Duration::from_millis(300)).await;
+    assert!(
+        other.iter().all(|m| m["type"] != "error"),
+        "no errors: {other:?}"
+    );
+
+    let m = metrics(&s).await;
+    assert_eq!(
+        gauge(&m, "signaling_mcu_publishers{type=\"video\"}"),
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        gauge(&m, "signaling_mcu_publishers{type=\"screen\"}"),
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        gauge(&m, "signaling_mcu_subscribers{type=\"video\"}"),
+        2,
+        "{m}"
+    );
+    // Publisher (video, screen) + subscribers (bob 2, carol 1).
+    assert_eq!(janus.handle_count().await, 5);
+    assert_eq!(janus_rooms(&janus).await, 2);
+
+    // unshareScreen to the room: the screen publisher goes a second later,
+    // and with it bob's screen subscriber.
+    alice
+        .ws
+        .send_message(recipient_room(), json!({"type": "unshareScreen"}))
+        .await;
+    assert_eventually!(Duration::from_secs(5), janus.handle_count().await == 3);
+    assert_eventually!(
+        Duration::from_secs(5),
+        gauge(
+            &metrics(&s).await,
+            "signaling_mcu_publishers{type=\"screen\"}"
+        ) == 0
+    );
+
+    // The publisher leaves the room: its room and all subscribers go.
+    alice.ws.leave_room().await;
+    assert_eventually!(Duration::from_secs(5), janus.handle_count().await == 0);
+    assert_eq!(janus_rooms(&janus).await, 0);
+    let m = metrics(&s).await;
+    assert_eq!(
+        gauge(&m, "signaling_mcu_subscribers{type=\"video\"}"),
+        0,
+        "{m}"
+    );
+    assert_eq!(
+        gauge(&m, "signaling_mcu_publishers{type=\"video\"}"),
+        0,
+        "{m}"
+    );
+}
+
+/// The documented errors for bad input (JAN-11, JAN-15, PERM-05/06), and no
+/// leak after the sessions are gone.
+#[tokio::test]
+async fn jan_bad_input_gets_documented_errors_and_nothing_leaks() {
+    let janus = start_janus().await;
+    let s = mcu_server(&janus, "").await;
+    let mut alice = MediaClient::join(&s, "alice", "room1").await;
+    let mut bob = MediaClient::join(&s, "bob", "room1").await;
+    let alice_id = alice.id.clone();
+    let bob_id = bob.id.clone();
+
+    // requestoffer while nobody is in the call: not allowed (PERM-06).
+    let id = bob
+        .send(
+            &alice_id,
+            json!({"type": "requestoffer", "roomType": "video"}),
+        )
+        .await;
+    let e = bob.next("error").await;
+    assert_eq!(e["id"], id.as_str());
+    assert_eq!(e["error"]["code"], "not_allowed");
+    assert_eq!(e["error"]["message"], "Not allowed to request offer.");
+    all_in_call(&s, "room1").await;
+
+    // Garbage SDP: refused before it reaches Janus (PERM-05).
+    for sdp in ["hello", "v=0\r\nthis is not sdp\r\n", ""] {
+        for stream in ["video", "screen"] {
+            alice
+                .send(
+                    &alice_id,
+                    json!({"type": "offer", "roomType": stream, "sid": "x",
+                           "payload": {"type": "offer", "sdp": sdp}}),
+                )
+                .await;
+            let e = alice.next("error").await;
+            assert_eq!(e["error"]["code"], "not_allowed", "{sdp:?}: {e}");
+            assert_eq!(e["error"]["message"], "Not allowed to publish.");
+        }
+    }
+    // Unknown stream type, candidates for streams never published,
+    // selectStream without subscriber: no MCU client (JAN-15).
+    let peer = WebRtcPeer::start().await;
+    let offer = peer.create_offer(true, true).await;
+    alice
+        .send(
+            &alice_id,
+            json!({"type": "offer", "roomType": "holo", "sid": "x",
+                   "payload": {"type": "offer", "sdp": offer}}),
+        )
+        .await;
+    assert_eq!(
+        alice.next("error").await["error"]["code"],
+        "client_not_found"
+    );
+    alice
+        .send(
+            &alice_id,
+            json!({"type": "candidate", "roomType": "screen", "sid": "x",
+                   "payload": {"candidate": {"candidate": peer.local_candidate(), "sdpMid": "0"}}}),
+        )
+        .await;
+    assert_eq!(
+        alice.next("error").await["error"]["code"],
+        "client_not_found"
+    );
+    bob.send(
+        &alice_id,
+        json!({"type": "selectStream", "roomType": "video", "payload": {"substream": 1}}),
+    )
+    .await;
+    assert_eq!(bob.next("error").await["error"]["code"], "client_not_found");
+    // requestoffer for a session that does not exist.
+    bob.send(
+        "not-a-session",
+        json!({"type": "requestoffer", "roomType": "video"}),
+    )
+    .await;
+    assert_eq!(bob.next("error").await["error"]["code"], "not_allowed");
+
+    // A real publisher and subscriber.
+    alice.publish("video", "alice-video").await;
+    bob.send(
+        &alice_id,
+        json!({"type": "requestoffer", "roomType": "video"}),
+    )
+    .await;
+    let offer = bob.next("offer").await;
+    let sid = offer["message"]["data"]["sid"]
+        .as_str()
+        .expect("sid")
+        .to_owned();
+    // Stale sids are refused (JAN-11).
+    bob.send(
+        &alice_id,
+        json!({"type": "answer", "roomType": "video", "sid": "1234",
+               "payload": {"type": "answer", "sdp": "v=0"}}),
+    )
+    .await;
+    let e = bob.next("error").await;
+    assert_eq!(e["error"]["code"], "processing_failed", "{e}");
+    alice
+        .send(
+            &alice_id,
+            json!({"type": "candidate", "roomType": "video", "sid": "stale",
+                   "payload": {"candidate": {"candidate": peer.local_candidate(), "sdpMid": "0"}}}),
+        )
+        .await;
+    assert_eq!(
+        alice.next("error").await["error"]["code"],
+        "processing_failed"
+    );
+    // Stream selection values Janus does not know.
+    bob.send(
+        &alice_id,
+        json!({"type": "selectStream", "roomType": "video", "sid": sid,
+               "payload": {"substream": "high"}}),
+    )
+    .await;
+    assert_eq!(
+        bob.next("error").await["error"]["code"],
+        "processing_failed"
+    );
+    // Own-session requestoffer is ignored (JAN-15).
+    alice
+        .send(
+            &alice_id,
+            json!({"type": "requestoffer", "roomType": "video"}),
+        )
+        .await;
+    let quiet = alice.pump(Duration::from_millis(300)).await;
+    assert!(quiet.iter().all(|m| m["type"] != "error"), "{quiet:?}");
+
+    // sendoffer: alice pushes her stream to bob (JAN-10).
+    alice
+        .send(&bob_id, json!({"type": "sendoffer", "roomType": "video"}))
+        .await;
+    // Bob already subscribes alice's video: the existing subscriber makes a
+    // fresh offer (a new Janus handle, so a new sid).
+    let pushed = bob.next("offer").await;
+    assert_eq!(pushed["message"]["data"]["from"], alice_id.as_str());
+    assert_ne!(pushed["message"]["data"]["sid"], sid.as_str());
+
+    // Revoking the media permissions closes the publisher (PERM-04).
+    assert_eq!(janus.handle_count().await, 2);
+    let r = s
+        .backend_request(
+            "room1",
+            json!({"type": "participants", "participants": {
+                "changed": [{"sessionId": "talk-alice", "permissions": [], "participantType": 3}],
+                "users": [{"sessionId": "talk-alice", "participantType": 3}]}}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    // The publisher goes, and with it bob's subscriber.
+    assert_eventually!(Duration::from_secs(5), janus.handle_count().await == 0);
+    // Without permission an offer is refused.
+    let offer = peer.create_offer(true, true).await;
+    alice
+        .send(
+            &alice_id,
+            json!({"type": "offer", "roomType": "video", "sid": "again",
+                   "payload": {"type": "offer", "sdp": offer}}),
+        )
+        .await;
+    assert_eq!(alice.next("error").await["error"]["code"], "not_allowed");
+
+    // Sessions end: Janus has nothing left.
+    alice.ws.bye().await;
+    bob.ws.bye().await;
+    assert_eventually!(Duration::from_secs(5), janus.handle_count().await == 0);
+    assert_eq!(janus_rooms(&janus).await, 0);
+}
+
+/// JAN-03 done better: Janus is killed and restarted during a call. The
+/// publisher is rebuilt and its client asked for a new offer
+/// (`requestoffer` from its own session); the subscriber gets a fresh offer
+/// with a new sid once the publisher sends again; media flows again
+/// without anyone leaving the room.
+#[tokio::test]
+async fn jan_call_recovers_after_janus_restart() {
+    let mut janus = start_janus().await;
+    let s = mcu_server(&janus, "").await;
+    let mut alice = MediaClient::join(&s, "alice", "room1").await;
+    let mut bob = MediaClient::join(&s, "bob", "room1").await;
+    all_in_call(&s, "room1").await;
+    let alice_id = alice.id.clone();
+    alice.publish("video", "alice-video").await;
+    let (old_sid, _old) = bob.subscribe(&alice_id, "video").await;
+
+    janus.restart().await;
+
+    // The publisher's client is asked for a new offer.
+    let ask = alice.next("requestoffer").await;
+    let data = &ask["message"]["data"];
+    assert_eq!(data["from"], alice_id.as_str(), "{ask}");
+    assert_eq!(data["roomType"], "video");
+    assert_eq!(data["sid"], "alice-video");
+    // Like a browser, it renegotiates with a new peer connection.
+    alice.peers.clear();
+    alice.publish("video", "alice-video").await;
+
+    // The subscriber gets a fresh offer from the rebuilt subscriber.
+    let offer = bob.next("offer").await;
+    let new_sid = offer["message"]["data"]["sid"]
+        .as_str()
+        .expect("sid")
+        .to_owned();
+    assert_eq!(offer["message"]["data"]["from"], alice_id.as_str());
+    assert_ne!(new_sid, old_sid, "a rebuilt subscriber has a new handle");
+    let (sid, _peer) = bob.answer_offer(&offer).await;
+    bob.pump_until(&sid, |s| s.audio_frames > 10 && s.video_frames > 10)
+        .await;
+
+    let m = metrics(&s).await;
+    assert!(m.contains("signaling_mcu_janus_reconnects_total 1"), "{m}");
+    assert!(
+        m.contains("signaling_mcu_rebuilt_total{kind=\"publisher\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("signaling_mcu_rebuilt_total{kind=\"subscriber\"} 1"),
+        "{m}"
+    );
+    // Nothing of the old epoch is left: one publisher, one subscriber.
+    assert_eq!(janus.handle_count().await, 2);
+}
+
+/// `mcu`, `simulcast`, `update-sdp` and `offer-codecs` are announced only
+/// with an MCU; `/api/v1/stats` shows the Janus connection.
+#[tokio::test]
+async fn jan_features_and_stats_with_mcu() {
+    let janus = start_janus().await;
+    let s = mcu_server(&janus, "").await;
+    let mut c = s.client().await;
+    let hello = c.hello_user(&s.backend.backend_url(), "alice").await;
+    let features: Vec<&str> = hello["hello"]["server"]["features"]
+        .as_array()
+        .expect("features")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for f in ["mcu", "simulcast", "update-sdp", "offer-codecs"] {
+        assert!(features.contains(&f), "{f} missing in {features:?}");
+    }
+    let plain = TestServer::start().await;
+    let mut c = plain.client().await;
+    let hello = c.hello_user(&plain.backend.backend_url(), "alice").await;
+    let features = hello["hello"]["server"]["features"].to_string();
+    assert!(!features.contains("\"mcu\""), "{features}");
+
+    let resp = raw_http(
+        &s.addr.to_string(),
+        b"GET /api/v1/stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("stats");
+    let text = String::from_utf8_lossy(&resp);
+    let body = &text[text.find("\r\n\r\n").expect("body") + 4..];
+    let stats: Value = serde_json::from_str(body).expect("json");
+    assert_eq!(stats["mcu"]["connected"], true, "{stats}");
+    assert_eq!(stats["mcu"]["url"], janus.url().as_str());
+}
+
+/// The VideoRoom rooms in Janus as Janus lists them.
+async fn janus_room_list(janus: &Janus) -> Vec<Value> {
+    let gw = ::janus::Gateway::connect(&janus.url())
+        .await
+        .expect("gateway");
+    let session = gw.create_session().await.expect("session");
+    let (handle, _events) = session
+        .attach(::janus::videoroom::PLUGIN)
+        .await
+        .expect("attach");
+    let r = handle
+        .message(json!({"request": "list"}), None)
+        .await
+        .expect("list");
+    let _ = handle.detach().await;
+    let _ = session.destroy().await;
+    gw.close().await;
+    r.data["list"].as_array().cloned().unwrap_or_default()
+}
+
+/// JAN-04, JAN-06, offer-codecs: the publisher's room is named
+/// `<session>|<stream>`, its bitrate is the client's capped by the backend
+/// and the MCU, and the codec preferences of the offer shape it.
+#[tokio::test]
+async fn jan_room_bitrate_and_codecs_follow_the_offer() {
+    let janus = start_janus().await;
+    let s = mcu_server(&janus, "maxscreenbitrate = 300000\n").await;
+    let mut alice = MediaClient::join(&s, "alice", "room1").await;
+    let alice_id = alice.id.clone();
+    let peer = Arc::new(WebRtcPeer::start().await);
+    let offer = peer.create_offer(true, true).await;
+    alice
+        .send(
+            &alice_id,
+            json!({"type": "offer", "roomType": "video", "sid": "v", "bitrate": 500000,
+                   "audiocodec": "opus", "videocodec": "vp9,vp8", "vp9profile": "0",
+                   "payload": {"type": "offer", "sdp": offer}}),
+        )
+        .await;
+    let answer = alice.next("answer").await;
+    let sdp = answer["message"]["data"]["payload"]["sdp"]
+        .as_str()
+        .expect("sdp");
+    assert!(sdp.contains("VP9/90000"), "{sdp}");
+    // A screen share asking for more than the MCU allows.
+    let screen = WebRtcPeer::start().await;
+    let offer = screen.create_offer(false, true).await;
+    alice
+        .send(
+            &alice_id,
+            json!({"type": "offer", "roomType": "screen", "sid": "s", "bitrate": 9000000,
+                   "payload": {"type": "offer", "sdp": offer}}),
+        )
+        .await;
+    alice.next("answer").await;
+    let rooms = janus_room_list(&janus).await;
+    let room = |stream: &str| {
+        rooms
+            .iter()
+            .find(|r| r["description"] == format!("{alice_id}|{stream}").as_str())
+            .unwrap_or_else(|| panic!("no {stream} room in {rooms:?}"))
+            .clone()
+    };
+    let video = room("video");
+    assert_eq!(video["bitrate"], 500000, "{video}");
+    assert_eq!(video["videocodec"], "vp9,vp8", "{video}");
+    assert_eq!(video["audiocodec"], "opus", "{video}");
+    assert_eq!(video["max_publishers"], 1, "{video}");
+    let screen_room = room("screen");
+    assert_eq!(screen_room["bitrate"], 300000, "{screen_room}");
+}
