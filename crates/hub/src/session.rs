@@ -74,8 +74,9 @@ struct SessionState {
     virtual_sessions: Vec<Arc<VirtualSession>>,
     /// Set while the session is in a room of another server.
     federation: Option<Arc<crate::federation::FederationClient>>,
-    /// Publishers and subscribers on the media server.
-    mcu: crate::mcu::session::McuObjects,
+    /// Publishers and subscribers on the media server; boxed so that
+    /// sessions without media pay one pointer.
+    mcu: Option<Box<crate::mcu::session::McuObjects>>,
 }
 
 /// A session of a `client` or `internal` connection.
@@ -280,7 +281,7 @@ impl ClientSession {
         &self,
         f: impl FnOnce(&mut crate::mcu::session::McuObjects) -> T,
     ) -> T {
-        f(&mut self.state.lock().mcu)
+        f(self.state.lock().mcu.get_or_insert_with(Default::default))
     }
 
     /// Close every publisher and subscriber (upstream `releaseMcuObjects`):
@@ -288,10 +289,10 @@ impl ClientSession {
     pub(crate) fn release_mcu_objects(&self) {
         let objects = {
             let mut st = self.state.lock();
-            if st.mcu.is_empty() {
-                return;
+            match st.mcu.as_mut() {
+                Some(m) if !m.is_empty() => m.take_all(),
+                _ => return,
             }
-            st.mcu.take_all()
         };
         info!(session = %self.public_id, count = objects.len(), "releasing MCU objects");
         crate::mcu::session::close_in_background(objects);
@@ -598,7 +599,7 @@ impl ClientSession {
         if let Some(f) = st.federation.take() {
             f.close();
         }
-        let mcu = st.mcu.take_all();
+        let mcu = st.mcu.take().map(|mut m| m.take_all()).unwrap_or_default();
         drop(st);
         crate::mcu::session::close_in_background(mcu);
         if let Some(c) = &conn {

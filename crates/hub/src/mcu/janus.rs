@@ -916,6 +916,7 @@ async fn join_when_ready(
         }
         if !counted {
             counted = true;
+            inner.metrics.no_publisher_total.inc(&[key.1.as_str()]);
             debug!(publisher = %key.0, stream = key.1.as_str(), "publisher not sending yet, waiting");
         }
         match tokio::time::timeout_at(deadline, changed.changed()).await {
