@@ -727,3 +727,43 @@ async fn jan_room_bitrate_and_codecs_follow_the_offer() {
     let screen_room = room("screen");
     assert_eq!(screen_room["bitrate"], 300000, "{screen_room}");
 }
+
+/// ICE candidate filtering (upstream 2.0.4): a blocked candidate is dropped
+/// silently before any publisher lookup (no error, counted), an allowed one
+/// inside a blocked network goes on (here: to "no publisher"), and mDNS
+/// names never pass.
+#[tokio::test]
+async fn jan_candidates_from_blocked_networks_never_reach_janus() {
+    let janus = start_janus().await;
+    let s = mcu_server(
+        &janus,
+        "allowedcandidates = 10.1.0.0/16\nblockedcandidates = 10.0.0.0/8\n",
+    )
+    .await;
+    let mut alice = MediaClient::join(&s, "alice", "room1").await;
+    let me = alice.id.clone();
+    let candidate = |addr: &str| {
+        json!({"type": "candidate", "roomType": "video", "sid": "x",
+               "payload": {"candidate": {"candidate":
+                   format!("candidate:1 1 udp 2122260223 {addr} 5000 typ host"), "sdpMid": "0"}}})
+    };
+    alice.send(&me, candidate("10.2.3.4")).await;
+    alice.send(&me, candidate("abcd-ef.local")).await;
+    let quiet = alice.pump(Duration::from_millis(300)).await;
+    assert!(quiet.iter().all(|m| m["type"] != "error"), "{quiet:?}");
+    assert_eq!(
+        gauge(
+            &metrics(&s).await,
+            "signaling_mcu_candidates_filtered_total"
+        ),
+        2
+    );
+    // Allowed, and 8.8.8.8 is in no list: both get as far as the lookup.
+    for addr in ["10.1.2.3", "8.8.8.8"] {
+        alice.send(&me, candidate(addr)).await;
+        assert_eq!(
+            alice.next("error").await["error"]["code"],
+            "client_not_found"
+        );
+    }
+}
