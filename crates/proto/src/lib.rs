@@ -11,6 +11,7 @@
 pub mod backend;
 pub mod client;
 pub mod cluster;
+pub mod proxy;
 
 pub use serde_json::value::RawValue;
 

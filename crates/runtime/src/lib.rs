@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod net;
 pub mod shutdown;
 pub mod signals;
+pub mod upgrade;
 
 /// Exit code for a configuration that cannot be used (sysexits `EX_USAGE`).
 pub const EXIT_CONFIG: i32 = 64;

@@ -131,18 +131,6 @@ fn bus_from_config(ini: &Ini, registry: &runtime::metrics::Registry) -> Result<H
     Ok((nats.clone(), Some(nats)))
 }
 
-fn mcu_int(ini: &Ini, key: &'static str, default: u64) -> Result<u64, StartError> {
-    let v = ini.get_int("mcu", key, 0)?;
-    if v < 0 {
-        return Err(StartError::Invalid {
-            section: "mcu",
-            key,
-            reason: format!("{v} is negative"),
-        });
-    }
-    Ok(if v == 0 { default } else { v as u64 })
-}
-
 /// `[mcu]`: `type = janus` (or only a `url`) drives one Janus gateway.
 fn mcu_from_config(
     ini: &Ini,
@@ -174,31 +162,12 @@ fn mcu_from_config(
             })
         }
     }
-    let url = url.split_whitespace().next().unwrap_or_default().to_owned();
-    if !(url.starts_with("ws://") || url.starts_with("wss://")) {
-        return Err(StartError::Invalid {
+    let settings =
+        JanusSettings::from_config(ini).map_err(|(key, reason)| StartError::Invalid {
             section: "mcu",
-            key: "url",
-            reason: format!("{url:?} is not a ws:// or wss:// URL of a Janus gateway"),
-        });
-    }
-    let mut settings = JanusSettings::new(url);
-    settings.max_stream_bitrate = mcu_int(
-        ini,
-        "maxstreambitrate",
-        hub::mcu::janus::DEFAULT_MAX_STREAM_BITRATE,
-    )?;
-    settings.max_screen_bitrate = mcu_int(
-        ini,
-        "maxscreenbitrate",
-        hub::mcu::janus::DEFAULT_MAX_SCREEN_BITRATE,
-    )?;
-    settings.timeout = Duration::from_secs(mcu_int(
-        ini,
-        "timeout",
-        hub::mcu::janus::DEFAULT_TIMEOUT.as_secs(),
-    )?);
-    settings.gateway.request_timeout = settings.timeout;
+            key,
+            reason,
+        })?;
     let filter = hub::mcu::candidates::CandidateFilter::from_config(ini).map_err(|reason| {
         StartError::Invalid {
             section: "mcu",

@@ -11,7 +11,6 @@ use runtime::net::IpNet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tracing::{debug, warn};
 
 use crate::Server;
@@ -226,39 +225,17 @@ fn percent_decode(s: &str) -> String {
 }
 
 fn upgrade(server: &Arc<Server>, mut req: Request<Incoming>, peer: &PeerInfo) -> Response<Body> {
+    let (response, on_upgrade) = match runtime::upgrade::accept(&mut req) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
     let headers = req.headers();
-    let has_token = |name: header::HeaderName, token: &str| {
-        headers.get_all(name).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.split(',').any(|p| p.trim().eq_ignore_ascii_case(token)))
-        })
-    };
-    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
-        return text(StatusCode::BAD_REQUEST, "Bad Request");
-    }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .and_then(|v| v.to_str().ok())
-        != Some("13")
-    {
-        let mut r = text(StatusCode::BAD_REQUEST, "Bad Request");
-        r.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        return r;
-    }
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        return text(StatusCode::BAD_REQUEST, "Bad Request");
-    };
-    let accept = derive_accept_key(key.as_bytes());
     let remote = client_ip(headers, peer, &server.trusted_proxies());
     let agent = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let on_upgrade = hyper::upgrade::on(&mut req);
     let hub = server.hub.clone();
     let token = server.shutdown.token.clone();
     server.shutdown.tracker.spawn(async move {
@@ -269,15 +246,7 @@ fn upgrade(server: &Arc<Server>, mut req: Request<Incoming>, peer: &PeerInfo) ->
             Err(e) => debug!(error = %e, "upgrade failed"),
         }
     });
-    let mut r = Response::new(Full::new(Bytes::new()));
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = r.headers_mut();
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(v) = HeaderValue::from_str(&accept) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    r
+    response
 }
 
 /// A failed authentication: answered after the brute-force delay.

@@ -37,7 +37,8 @@ impl TokenKey {
         der[16..].to_owned()
     }
 
-    fn private_pem(self) -> &'static str {
+    /// The private key (PEM), e.g. for a Go server's `token_key` file.
+    pub fn private_pem(self) -> &'static str {
         match self {
             TokenKey::Rsa => RSA_PRIV,
             TokenKey::Rsa2 => RSA2_PRIV,

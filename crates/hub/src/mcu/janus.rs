@@ -86,7 +86,44 @@ impl JanusSettings {
         }
     }
 
-    fn max_bitrate(&self, stream: StreamType) -> u64 {
+    /// `[mcu] url`, `maxstreambitrate`, `maxscreenbitrate` and `timeout`
+    /// (the same keys in `server.conf` and `proxy.conf`). Errors name the key.
+    pub fn from_config(
+        ini: &runtime::config::Ini,
+    ) -> Result<JanusSettings, (&'static str, String)> {
+        fn positive(
+            ini: &runtime::config::Ini,
+            key: &'static str,
+            default: u64,
+        ) -> Result<u64, (&'static str, String)> {
+            let v = ini
+                .get_int("mcu", key, 0)
+                .map_err(|e| (key, e.to_string()))?;
+            if v < 0 {
+                return Err((key, format!("{v} is negative")));
+            }
+            Ok(if v == 0 { default } else { v as u64 })
+        }
+        let url = ini.get_string("mcu", "url", "");
+        let url = url.split_whitespace().next().unwrap_or_default().to_owned();
+        if !url.starts_with("ws://") {
+            return Err((
+                "url",
+                format!(
+                    "{url:?} is not a ws:// URL of a Janus gateway (wss:// is not supported yet)"
+                ),
+            ));
+        }
+        let mut s = JanusSettings::new(url);
+        s.max_stream_bitrate = positive(ini, "maxstreambitrate", DEFAULT_MAX_STREAM_BITRATE)?;
+        s.max_screen_bitrate = positive(ini, "maxscreenbitrate", DEFAULT_MAX_SCREEN_BITRATE)?;
+        s.timeout = Duration::from_secs(positive(ini, "timeout", DEFAULT_TIMEOUT.as_secs())?);
+        s.gateway.request_timeout = s.timeout;
+        Ok(s)
+    }
+
+    /// The cap of a stream type, bits/s.
+    pub fn max_bitrate(&self, stream: StreamType) -> u64 {
         match stream {
             StreamType::Video => self.max_stream_bitrate,
             StreamType::Screen => self.max_screen_bitrate,

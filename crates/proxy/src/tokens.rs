@@ -1,0 +1,144 @@
+//! Who may use the proxy: signaling servers present a JWT signed with their
+//! RSA key (`iss` = token id, `iat` = now); the proxy knows the public keys
+//! (`[tokens] <id> = <public key file>`). Reloaded on SIGHUP.
+
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use proto::client::Error;
+use runtime::config::Ini;
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing::{info, warn};
+
+/// Tokens issued longer ago than this are expired (upstream `maxTokenAge`).
+pub const MAX_TOKEN_AGE: Duration = Duration::from_secs(5 * 60);
+
+/// Why a hello token was refused: the wire error and the metric label
+/// (`signaling_proxy_token_errors_total{reason}`, upstream's labels).
+#[derive(Debug, PartialEq, Eq)]
+pub struct TokenError {
+    pub code: &'static str,
+    pub reason: &'static str,
+}
+
+impl TokenError {
+    fn auth(reason: &'static str) -> TokenError {
+        TokenError {
+            code: "auth_failed",
+            reason,
+        }
+    }
+
+    pub fn to_error(&self) -> Error {
+        match self.code {
+            "token_expired" => Error::new("token_expired", "The token is expired."),
+            "token_not_valid_yet" => {
+                Error::new("token_not_valid_yet", "The token is not valid yet.")
+            }
+            _ => Error::new("auth_failed", "The token could not be authenticated."),
+        }
+    }
+}
+
+/// Token id -> public key.
+#[derive(Default)]
+pub struct Tokens {
+    keys: HashMap<String, DecodingKey>,
+}
+
+#[derive(serde::Deserialize)]
+struct Claims {
+    #[serde(default)]
+    iss: String,
+    #[serde(default)]
+    iat: Option<i64>,
+}
+
+impl Tokens {
+    /// `[tokens]` for `tokentype = static`. With `strict`, a key that cannot
+    /// be read fails the whole load (start-up); otherwise it is skipped with
+    /// a warning (reload keeps the proxy running).
+    pub fn load(ini: &Ini, strict: bool) -> Result<Tokens, String> {
+        let mut keys = HashMap::new();
+        for (id, file) in ini.keys("tokens") {
+            let loaded = std::fs::read(file)
+                .map_err(|e| format!("cannot read public key {file:?} of token {id:?}: {e}"))
+                .and_then(|pem| {
+                    DecodingKey::from_rsa_pem(&pem)
+                        .map_err(|e| format!("no RSA public key in {file:?} (token {id:?}): {e}"))
+                });
+            match loaded {
+                Ok(key) => {
+                    keys.insert(id.to_owned(), key);
+                }
+                Err(e) if strict => return Err(e),
+                Err(e) => warn!("{e}, ignoring"),
+            }
+        }
+        let mut ids: Vec<&String> = keys.keys().collect();
+        ids.sort();
+        if ids.is_empty() {
+            warn!("no token keys loaded: no signaling server can connect");
+        } else {
+            info!(tokens = ?ids, "token keys loaded");
+        }
+        Ok(Tokens { keys })
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.keys.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Checks a hello token; returns the token id (the issuer).
+    pub fn verify(&self, token: &str) -> Result<String, TokenError> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| TokenError::auth("auth-failed"))?;
+        let alg = header.alg;
+        if !matches!(alg, Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512) {
+            return Err(TokenError::auth("unsupported-signing-method"));
+        }
+        // The issuer picks the key, so it is read before the signature is
+        // checked; nothing else of the claims is trusted before that.
+        let claims = token
+            .split('.')
+            .nth(1)
+            .and_then(|p| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(p)
+                    .ok()
+            })
+            .and_then(|b| serde_json::from_slice::<Claims>(&b).ok())
+            .ok_or_else(|| TokenError::auth("unsupported-claims"))?;
+        let key = self
+            .keys
+            .get(&claims.iss)
+            .ok_or_else(|| TokenError::auth("unsupported-issuer"))?;
+        let mut validation = Validation::new(alg);
+        validation.leeway = 0;
+        validation.required_spec_claims.clear();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        jsonwebtoken::decode::<serde_json::Value>(token, key, &validation)
+            .map_err(|_| TokenError::auth("auth-failed"))?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let iat = claims.iat.unwrap_or(0);
+        if iat > now {
+            return Err(TokenError {
+                code: "token_not_valid_yet",
+                reason: "not-valid-yet",
+            });
+        }
+        if iat < now - MAX_TOKEN_AGE.as_secs() as i64 {
+            return Err(TokenError {
+                code: "token_expired",
+                reason: "expired",
+            });
+        }
+        Ok(claims.iss)
+    }
+}
