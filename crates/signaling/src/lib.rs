@@ -151,8 +151,30 @@ fn mcu_from_config(
         }
         "janus" => {}
         "proxy" => {
-            warn!("[mcu] type = proxy is not supported by this build yet; running without MCU");
-            return Ok(None);
+            let settings =
+                hub::mcu::proxy::ProxySettings::from_config(ini).map_err(|(key, reason)| {
+                    StartError::Invalid {
+                        section: "mcu",
+                        key,
+                        reason,
+                    }
+                })?;
+            let filter =
+                hub::mcu::candidates::CandidateFilter::from_config(ini).map_err(|reason| {
+                    StartError::Invalid {
+                        section: "mcu",
+                        key: "allowedcandidates/blockedcandidates",
+                        reason,
+                    }
+                })?;
+            let metrics = hub::mcu::metrics::McuMetrics::new(registry);
+            info!(proxies = ?settings.urls, "using MCU proxies");
+            let mcu = hub::mcu::proxy::ProxyMcu::start(settings, metrics.clone());
+            return Ok(Some(hub::HubMcu {
+                mcu,
+                metrics,
+                filter,
+            }));
         }
         other => {
             return Err(StartError::Invalid {

@@ -18,6 +18,7 @@
 pub mod candidates;
 pub mod janus;
 pub mod metrics;
+pub mod proxy;
 pub(crate) mod routing;
 pub mod sdp;
 pub(crate) mod session;

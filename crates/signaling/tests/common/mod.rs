@@ -2,6 +2,8 @@
 //! with a fake Nextcloud backend from `testkit`.
 #![allow(dead_code, unused_imports)]
 
+pub mod media;
+
 use runtime::config::Ini;
 use signaling::{bind_and_serve, ListenConfig, Server};
 use std::net::SocketAddr;

@@ -1,0 +1,767 @@
+//! [`ProxyMcu`]: the MCU through one or more MCU proxies (`[mcu] type =
+//! proxy`, PXS-*). Each proxy fronts one Janus; publishers go to the
+//! connected proxy with the lowest load that is not draining, subscribers to
+//! the proxy of their publisher.
+//!
+//! One task per proxy owns its WebSocket: it says hello with an RS256 token
+//! (`[mcu] token_id` / `token_key`), resumes its proxy session after a
+//! reconnect, matches replies to requests by id and routes payloads and
+//! events to the publisher or subscriber they name.
+
+use futures_util::{SinkExt, StreamExt};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use parking_lot::Mutex;
+use proto::proxy::{
+    CommandProxyClientMessage, HelloProxyClientMessage, PayloadProxyClientMessage,
+    ProxyClientMessage, ProxyServerMessage, HELLO_VERSION,
+};
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::metrics::McuMetrics;
+use super::{
+    BoxFuture, Mcu, McuClient, McuError, McuListener, McuMessage, MediaTypes, PublisherParams,
+    Responder, StreamType,
+};
+
+/// What `[mcu]` says about proxies.
+#[derive(Clone)]
+pub struct ProxySettings {
+    pub urls: Vec<String>,
+    pub token_id: String,
+    pub token_key: EncodingKey,
+    /// `[mcu] proxytimeout`: one request to a proxy (default 2 s).
+    pub request_timeout: Duration,
+    /// `[mcu] timeout`: creating a subscriber may wait this long for its
+    /// publisher.
+    pub timeout: Duration,
+    pub max_stream_bitrate: u64,
+    pub max_screen_bitrate: u64,
+}
+
+impl ProxySettings {
+    /// Reads `[mcu]` for `type = proxy`. Errors name the key.
+    pub fn from_config(
+        ini: &runtime::config::Ini,
+    ) -> Result<ProxySettings, (&'static str, String)> {
+        let urltype = ini.get_string("mcu", "urltype", "static");
+        if urltype != "static" {
+            return Err((
+                "urltype",
+                format!("{urltype:?} is not supported yet (static)"),
+            ));
+        }
+        let urls: Vec<String> = ini
+            .get_string("mcu", "url", "")
+            .split_whitespace()
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .collect();
+        if urls.is_empty() {
+            return Err(("url", "no proxy URL configured".into()));
+        }
+        if let Some(bad) = urls.iter().find(|u| !u.starts_with("ws://")) {
+            return Err((
+                "url",
+                format!("{bad:?} is not a ws:// URL (wss:// is not supported yet)"),
+            ));
+        }
+        let token_id = ini.get_string("mcu", "token_id", "");
+        if token_id.is_empty() {
+            return Err(("token_id", "missing".into()));
+        }
+        let file = ini.get_string("mcu", "token_key", "");
+        let pem = std::fs::read(&file).map_err(|e| ("token_key", format!("{file:?}: {e}")))?;
+        let token_key = EncodingKey::from_rsa_pem(&pem)
+            .map_err(|e| ("token_key", format!("{file:?} is no RSA private key: {e}")))?;
+        let secs = |key: &'static str, default: u64| -> Result<u64, (&'static str, String)> {
+            let v = ini
+                .get_int("mcu", key, 0)
+                .map_err(|e| (key, e.to_string()))?;
+            Ok(if v <= 0 { default } else { v as u64 })
+        };
+        Ok(ProxySettings {
+            urls,
+            token_id,
+            token_key,
+            request_timeout: Duration::from_secs(secs("proxytimeout", 2)?),
+            timeout: Duration::from_secs(secs("timeout", 10)?),
+            max_stream_bitrate: secs("maxstreambitrate", super::janus::DEFAULT_MAX_STREAM_BITRATE)?,
+            max_screen_bitrate: secs("maxscreenbitrate", super::janus::DEFAULT_MAX_SCREEN_BITRATE)?,
+        })
+    }
+
+    fn token(&self) -> String {
+        let iat = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::RS256),
+            &json!({"iat": iat, "iss": self.token_id}),
+            &self.token_key,
+        )
+        .unwrap_or_default()
+    }
+}
+
+type Reply = oneshot::Sender<ProxyServerMessage>;
+
+/// A publisher or subscriber hosted on a proxy.
+struct ProxyClient {
+    id: u64,
+    /// The proxy's id of it (`clientId`).
+    proxy_id: String,
+    stream: StreamType,
+    sid: Mutex<String>,
+    publisher: Option<Arc<str>>,
+    media: AtomicU8,
+    conn: Weak<ProxyConn>,
+    listener: Arc<dyn McuListener>,
+    closed: AtomicBool,
+    timeout: Duration,
+}
+
+/// One proxy and the connection to it.
+struct ProxyConn {
+    url: String,
+    cmd: mpsc::Sender<(ProxyClientMessage, Option<Reply>)>,
+    connected: AtomicBool,
+    draining: AtomicBool,
+    load: AtomicI64,
+    next_msg: AtomicU64,
+    clients: Mutex<HashMap<String, Arc<ProxyClient>>>,
+    settings: Arc<ProxySettings>,
+    shared: Arc<Shared>,
+}
+
+type PublisherMap = HashMap<(Arc<str>, StreamType), (Arc<ProxyConn>, String)>;
+
+/// What every proxy connection and the MCU share.
+struct Shared {
+    /// (publishing session, stream) -> (proxy, proxy client id): where
+    /// subscribers of a publisher must go.
+    publishers: Mutex<PublisherMap>,
+    metrics: McuMetrics,
+    changed: watch::Sender<u64>,
+}
+
+impl Shared {
+    /// A client ended: forget it and count it.
+    fn gone(&self, client: &ProxyClient) {
+        let labels = [client.stream.as_str()];
+        if client.publisher.is_some() {
+            self.metrics.subscribers.dec(&labels);
+        } else {
+            self.metrics.publishers.dec(&labels);
+            self.publishers
+                .lock()
+                .retain(|_, (_, id)| *id != client.proxy_id);
+        }
+    }
+}
+
+struct Inner {
+    settings: Arc<ProxySettings>,
+    shared: Arc<Shared>,
+    conns: Vec<Arc<ProxyConn>>,
+    next_id: AtomicU64,
+    cancel: CancellationToken,
+}
+
+/// The MCU through proxies.
+pub struct ProxyMcu {
+    inner: Arc<Inner>,
+}
+
+impl ProxyMcu {
+    pub fn start(settings: ProxySettings, metrics: McuMetrics) -> Arc<ProxyMcu> {
+        let settings = Arc::new(settings);
+        let cancel = CancellationToken::new();
+        let (changed, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            publishers: Mutex::new(HashMap::new()),
+            metrics,
+            changed,
+        });
+        let mut conns = Vec::new();
+        for url in &settings.urls {
+            let (tx, rx) = mpsc::channel(256);
+            let conn = Arc::new(ProxyConn {
+                url: url.clone(),
+                cmd: tx,
+                connected: AtomicBool::new(false),
+                draining: AtomicBool::new(false),
+                load: AtomicI64::new(0),
+                next_msg: AtomicU64::new(0),
+                clients: Mutex::new(HashMap::new()),
+                settings: settings.clone(),
+                shared: shared.clone(),
+            });
+            tokio::spawn(run_conn(conn.clone(), rx, cancel.clone()));
+            conns.push(conn);
+        }
+        Arc::new(ProxyMcu {
+            inner: Arc::new(Inner {
+                settings,
+                shared,
+                conns,
+                next_id: AtomicU64::new(0),
+                cancel,
+            }),
+        })
+    }
+
+    /// Resolves once every proxy is connected (or after `timeout`).
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if self
+                .inner
+                .conns
+                .iter()
+                .all(|c| c.connected.load(Ordering::Acquire))
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+}
+
+impl ProxyConn {
+    /// Sends a request and waits for the reply with its id.
+    async fn request(&self, mut msg: ProxyClientMessage) -> Result<ProxyServerMessage, McuError> {
+        if !self.connected.load(Ordering::Acquire) {
+            return Err(McuError::NotConnected);
+        }
+        msg.id = (self.next_msg.fetch_add(1, Ordering::Relaxed) + 1).to_string();
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send((msg, Some(tx)))
+            .await
+            .map_err(|_| McuError::Closed)?;
+        match tokio::time::timeout(self.settings.request_timeout, rx).await {
+            Ok(Ok(reply)) if reply.kind == "error" => Err(McuError::InvalidPayload(
+                reply.error.map(|e| e.to_string()).unwrap_or_default(),
+            )),
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(McuError::NotConnected),
+            Err(_) => Err(McuError::Timeout("proxy request")),
+        }
+    }
+
+    fn command(kind: &str) -> CommandProxyClientMessage {
+        CommandProxyClientMessage {
+            kind: kind.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// One proxy's connection: connect, hello (or resume), relay, reconnect.
+async fn run_conn(
+    conn: Arc<ProxyConn>,
+    mut rx: mpsc::Receiver<(ProxyClientMessage, Option<Reply>)>,
+    cancel: CancellationToken,
+) {
+    let url = format!("{}/proxy", conn.url);
+    let mut session_id = String::new();
+    let mut delay = Duration::from_secs(1);
+    loop {
+        let attempt = tokio_tungstenite::connect_async(&url);
+        let ws = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = tokio::time::timeout(Duration::from_secs(10), attempt) => r,
+        };
+        let mut ws = match ws {
+            Ok(Ok((ws, _))) => ws,
+            Ok(Err(e)) => {
+                warn!(%url, error = %e, retry_in = ?delay, "cannot connect to MCU proxy");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(16));
+                continue;
+            }
+            Err(_) => continue,
+        };
+        // Hello: resume the old session if there is one.
+        let hello = ProxyClientMessage {
+            id: "hello".into(),
+            kind: "hello".into(),
+            hello: Some(HelloProxyClientMessage {
+                version: HELLO_VERSION.into(),
+                resumeid: session_id.clone(),
+                features: Vec::new(),
+                token: if session_id.is_empty() {
+                    conn.settings.token()
+                } else {
+                    String::new()
+                },
+            }),
+            ..Default::default()
+        };
+        let text = serde_json::to_string(&hello).unwrap_or_default();
+        if ws.send(Message::text(text)).await.is_err() {
+            continue;
+        }
+        let reply = tokio::time::timeout(conn.settings.request_timeout * 5, async {
+            while let Some(Ok(m)) = ws.next().await {
+                if let Message::Text(t) = m {
+                    if let Ok(msg) = serde_json::from_str::<ProxyServerMessage>(t.as_str()) {
+                        if msg.id == "hello" {
+                            return Some(msg);
+                        }
+                    }
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten();
+        match reply {
+            Some(m) if m.kind == "hello" => {
+                let new_id = m.hello.map(|h| h.sessionid).unwrap_or_default();
+                if new_id != session_id && !session_id.is_empty() {
+                    lost_clients(&conn);
+                }
+                session_id = new_id;
+                delay = Duration::from_secs(1);
+                info!(%url, session = %session_id, "connected to MCU proxy");
+            }
+            Some(m) => {
+                let code = m.error.as_ref().map(|e| e.code.clone()).unwrap_or_default();
+                if code == "no_such_session" {
+                    // The proxy forgot us: start a new session.
+                    lost_clients(&conn);
+                    session_id.clear();
+                    continue;
+                }
+                warn!(%url, %code, "MCU proxy refused hello");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(16));
+                continue;
+            }
+            None => continue,
+        }
+        conn.connected.store(true, Ordering::Release);
+        let mut pending: HashMap<String, Reply> = HashMap::new();
+        let mut ping = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    let _ = ws.send(Message::Close(None)).await;
+                    conn.connected.store(false, Ordering::Release);
+                    return;
+                }
+                _ = ping.tick() => {
+                    if ws.send(Message::Ping(Default::default())).await.is_err() {
+                        break;
+                    }
+                }
+                cmd = rx.recv() => {
+                    let Some((msg, reply)) = cmd else { return };
+                    if let Some(r) = reply {
+                        pending.insert(msg.id.clone(), r);
+                    }
+                    let text = serde_json::to_string(&msg).unwrap_or_default();
+                    if ws.send(Message::text(text)).await.is_err() {
+                        break;
+                    }
+                }
+                m = ws.next() => match m {
+                    Some(Ok(Message::Text(t))) => {
+                        let Ok(msg) = serde_json::from_str::<ProxyServerMessage>(t.as_str()) else {
+                            debug!(%url, "undecodable message from proxy");
+                            continue;
+                        };
+                        if !msg.id.is_empty() {
+                            if let Some(r) = pending.remove(&msg.id) {
+                                let _ = r.send(msg);
+                                continue;
+                            }
+                        }
+                        if msg.kind == "bye" {
+                            break;
+                        }
+                        process_push(&conn, msg);
+                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => {}
+                }
+            }
+        }
+        conn.connected.store(false, Ordering::Release);
+        warn!(%url, "lost the connection to the MCU proxy, reconnecting");
+    }
+}
+
+/// The proxy session is gone (proxy restarted): its clients are too.
+fn lost_clients(conn: &ProxyConn) {
+    let clients: Vec<Arc<ProxyClient>> = conn.clients.lock().drain().map(|(_, c)| c).collect();
+    for c in clients {
+        c.closed.store(true, Ordering::Release);
+        conn.shared.gone(&c);
+        if c.publisher.is_some() {
+            c.listener.subscriber_closed(&*c);
+        } else {
+            c.listener.publisher_closed(&*c);
+        }
+    }
+}
+
+/// Payloads and events the proxy sends on its own.
+fn process_push(conn: &ProxyConn, msg: ProxyServerMessage) {
+    match (msg.kind.as_str(), msg.payload, msg.event) {
+        ("payload", Some(p), _) => {
+            let client = conn.clients.lock().get(&p.client_id).cloned();
+            let Some(client) = client else { return };
+            let payload = p.payload.unwrap_or(Value::Null);
+            match p.kind.as_str() {
+                "offer" => {
+                    let offer = payload.get("offer").cloned().unwrap_or(Value::Null);
+                    client.listener.on_update_offer(&*client, offer);
+                }
+                // `{"candidate": {...}}`, what the listener wants.
+                "candidate" => client.listener.on_ice_candidate(&*client, payload),
+                other => debug!(kind = other, "unsupported payload from proxy"),
+            }
+        }
+        ("event", _, Some(e)) => match e.kind.as_str() {
+            "update-load" => conn.load.store(e.load, Ordering::Relaxed),
+            "shutdown-scheduled" => {
+                info!(url = %conn.url, "MCU proxy is draining: no new publishers there");
+                conn.draining.store(true, Ordering::Release);
+            }
+            "backend-disconnected" | "backend-connected" => {
+                debug!(url = %conn.url, event = %e.kind, "proxy backend state");
+            }
+            "subscriber-sid-updated" => {
+                if let Some(c) = conn.clients.lock().get(&e.client_id) {
+                    *c.sid.lock() = e.sid;
+                }
+            }
+            "publisher-reset" => {
+                let client = conn.clients.lock().get(&e.client_id).cloned();
+                if let Some(c) = client {
+                    c.listener.on_publisher_reset(&*c);
+                }
+            }
+            "publisher-closed" | "subscriber-closed" => {
+                let client = conn.clients.lock().remove(&e.client_id);
+                if let Some(c) = client {
+                    c.closed.store(true, Ordering::Release);
+                    conn.shared.gone(&c);
+                    if e.kind == "publisher-closed" {
+                        c.listener.publisher_closed(&*c);
+                    } else {
+                        c.listener.subscriber_closed(&*c);
+                    }
+                }
+            }
+            other => debug!(kind = other, "unsupported event from proxy"),
+        },
+        _ => {}
+    }
+}
+
+impl McuClient for ProxyClient {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn sid(&self) -> String {
+        self.sid.lock().clone()
+    }
+    fn stream_type(&self) -> StreamType {
+        self.stream
+    }
+    fn publisher_id(&self) -> Option<&str> {
+        self.publisher.as_deref()
+    }
+    fn media(&self) -> MediaTypes {
+        MediaTypes(self.media.load(Ordering::Relaxed))
+    }
+    fn set_media(&self, media: MediaTypes) {
+        self.media.store(media.0, Ordering::Relaxed);
+    }
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if self.closed.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            let Some(conn) = self.conn.upgrade() else {
+                return;
+            };
+            conn.clients.lock().remove(&self.proxy_id);
+            conn.shared.gone(self);
+            let kind = if self.publisher.is_some() {
+                "delete-subscriber"
+            } else {
+                "delete-publisher"
+            };
+            let mut command = ProxyConn::command(kind);
+            command.client_id = self.proxy_id.clone();
+            let msg = ProxyClientMessage {
+                kind: "command".into(),
+                command: Some(command),
+                ..Default::default()
+            };
+            if let Err(e) = conn.request(msg).await {
+                debug!(error = %e, "could not delete proxy client");
+            }
+            if self.publisher.is_some() {
+                self.listener.subscriber_closed(self);
+            } else {
+                self.listener.publisher_closed(self);
+            }
+        })
+    }
+    fn send_message(&self, msg: McuMessage, reply: Responder) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let Some(conn) = self.conn.upgrade() else {
+                reply(Err(McuError::Closed));
+                return;
+            };
+            let request = ProxyClientMessage {
+                kind: "payload".into(),
+                payload: Some(PayloadProxyClientMessage {
+                    kind: msg.kind,
+                    client_id: self.proxy_id.clone(),
+                    sid: msg.sid,
+                    payload: Some(msg.payload),
+                }),
+                ..Default::default()
+            };
+            let timeout = self.timeout;
+            // Queued in order on the connection; the answer is awaited
+            // apart so that the client's next message is not held up.
+            let (tx, rx) = oneshot::channel();
+            let mut request = request;
+            request.id = (conn.next_msg.fetch_add(1, Ordering::Relaxed) + 1).to_string();
+            if !conn.connected.load(Ordering::Acquire) {
+                reply(Err(McuError::NotConnected));
+                return;
+            }
+            if conn.cmd.send((request, Some(tx))).await.is_err() {
+                reply(Err(McuError::Closed));
+                return;
+            }
+            tokio::spawn(async move {
+                let res = match tokio::time::timeout(timeout, rx).await {
+                    Ok(Ok(m)) if m.kind == "error" => Err(McuError::InvalidPayload(
+                        m.error.map(|e| e.to_string()).unwrap_or_default(),
+                    )),
+                    Ok(Ok(m)) => Ok(m.payload.and_then(|p| p.payload).filter(|v| !v.is_null())),
+                    Ok(Err(_)) => Err(McuError::NotConnected),
+                    Err(_) => Err(McuError::Timeout("proxy payload")),
+                };
+                reply(res);
+            });
+        })
+    }
+}
+
+impl Inner {
+    /// Connected, not draining, lowest load first (upstream sorts by load).
+    fn candidates(&self) -> Vec<Arc<ProxyConn>> {
+        let mut list: Vec<Arc<ProxyConn>> = self
+            .conns
+            .iter()
+            .filter(|c| c.connected.load(Ordering::Acquire) && !c.draining.load(Ordering::Acquire))
+            .cloned()
+            .collect();
+        list.sort_by_key(|c| c.load.load(Ordering::Relaxed));
+        list
+    }
+}
+
+impl Mcu for ProxyMcu {
+    fn new_publisher(
+        &self,
+        listener: Arc<dyn McuListener>,
+        params: PublisherParams,
+    ) -> BoxFuture<'_, Result<Arc<dyn McuClient>, McuError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let cap = match params.stream {
+                StreamType::Video => inner.settings.max_stream_bitrate,
+                StreamType::Screen => inner.settings.max_screen_bitrate,
+            };
+            let bitrate = if params.bitrate == 0 {
+                cap
+            } else {
+                params.bitrate.min(cap)
+            };
+            let mut last = McuError::NotConnected;
+            for conn in inner.candidates() {
+                let mut command = ProxyConn::command("create-publisher");
+                command.sid = params.sid.clone();
+                command.stream_type = params.stream.as_str().into();
+                command.bitrate = bitrate;
+                command.mediatypes = params.media.0 as u32;
+                let msg = ProxyClientMessage {
+                    kind: "command".into(),
+                    command: Some(command),
+                    ..Default::default()
+                };
+                let reply = match conn.request(msg).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        warn!(url = %conn.url, error = %e, "proxy could not create publisher, trying the next");
+                        last = e;
+                        continue;
+                    }
+                };
+                let proxy_id = reply.command.map(|c| c.id).unwrap_or_default();
+                let client = Arc::new(ProxyClient {
+                    id: inner.next_id.fetch_add(1, Ordering::Relaxed) + 1,
+                    proxy_id: proxy_id.clone(),
+                    stream: params.stream,
+                    sid: Mutex::new(params.sid.clone()),
+                    publisher: None,
+                    media: AtomicU8::new(params.media.0),
+                    conn: Arc::downgrade(&conn),
+                    listener: listener.clone(),
+                    closed: AtomicBool::new(false),
+                    timeout: inner.settings.timeout,
+                });
+                conn.clients.lock().insert(proxy_id.clone(), client.clone());
+                let shared = &inner.shared;
+                shared
+                    .publishers
+                    .lock()
+                    .insert((params.id.clone(), params.stream), (conn.clone(), proxy_id));
+                shared.changed.send_modify(|n| *n = n.wrapping_add(1));
+                let labels = [params.stream.as_str()];
+                shared.metrics.publishers.inc(&labels);
+                shared.metrics.publishers_total.inc(&labels);
+                info!(session = %params.id, url = %conn.url, "publishing through proxy");
+                return Ok(client as Arc<dyn McuClient>);
+            }
+            Err(last)
+        })
+    }
+
+    fn new_subscriber(
+        &self,
+        listener: Arc<dyn McuListener>,
+        publisher: Arc<str>,
+        stream: StreamType,
+    ) -> BoxFuture<'_, Result<Arc<dyn McuClient>, McuError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let key = (publisher.clone(), stream);
+            let deadline = tokio::time::Instant::now() + inner.settings.timeout;
+            let shared = &inner.shared;
+            let mut changed = shared.changed.subscribe();
+            let mut counted = false;
+            let (conn, proxy_publisher) = loop {
+                changed.borrow_and_update();
+                if let Some(found) = shared.publishers.lock().get(&key).cloned() {
+                    break found;
+                }
+                if !counted {
+                    counted = true;
+                    shared.metrics.no_publisher_total.inc(&[stream.as_str()]);
+                }
+                match tokio::time::timeout_at(deadline, changed.changed()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(McuError::Closed),
+                    Err(_) => return Err(McuError::Timeout("publisher")),
+                }
+            };
+            let mut command = ProxyConn::command("create-subscriber");
+            command.publisher_id = proxy_publisher;
+            command.stream_type = stream.as_str().into();
+            let msg = ProxyClientMessage {
+                kind: "command".into(),
+                command: Some(command),
+                ..Default::default()
+            };
+            let reply = conn.request(msg).await?;
+            let c = reply.command.unwrap_or_default();
+            let client = Arc::new(ProxyClient {
+                id: inner.next_id.fetch_add(1, Ordering::Relaxed) + 1,
+                proxy_id: c.id.clone(),
+                stream,
+                sid: Mutex::new(c.sid),
+                publisher: Some(publisher),
+                media: AtomicU8::new(0),
+                conn: Arc::downgrade(&conn),
+                listener,
+                closed: AtomicBool::new(false),
+                timeout: inner.settings.timeout,
+            });
+            conn.clients.lock().insert(c.id, client.clone());
+            let labels = [stream.as_str()];
+            shared.metrics.subscribers.inc(&labels);
+            shared.metrics.subscribers_total.inc(&labels);
+            Ok(client as Arc<dyn McuClient>)
+        })
+    }
+
+    fn stats(&self) -> Value {
+        let proxies: Vec<Value> = self
+            .inner
+            .conns
+            .iter()
+            .map(|c| {
+                json!({
+                    "url": c.url,
+                    "connected": c.connected.load(Ordering::Acquire),
+                    "load": c.load.load(Ordering::Relaxed),
+                    "shutdown": c.draining.load(Ordering::Acquire),
+                    "clients": c.clients.lock().len(),
+                })
+            })
+            .collect();
+        let mut out = Map::new();
+        out.insert("type".into(), "proxy".into());
+        out.insert(
+            "connected".into(),
+            self.inner
+                .conns
+                .iter()
+                .any(|c| c.connected.load(Ordering::Acquire))
+                .into(),
+        );
+        out.insert(
+            "publishers".into(),
+            self.inner.shared.publishers.lock().len().into(),
+        );
+        out.insert("proxies".into(), Value::Array(proxies));
+        Value::Object(out)
+    }
+
+    fn timeout(&self) -> Duration {
+        self.inner.settings.timeout
+    }
+
+    fn stop(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let all: Vec<Arc<ProxyClient>> = self
+                .inner
+                .conns
+                .iter()
+                .flat_map(|c| c.clients.lock().values().cloned().collect::<Vec<_>>())
+                .collect();
+            for c in all {
+                c.close().await;
+            }
+            self.inner.cancel.cancel();
+        })
+    }
+}

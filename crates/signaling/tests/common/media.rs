@@ -1,0 +1,273 @@
+//! Media-test helpers shared by the MCU tests: a signaling client that runs
+//! real WebRTC peers (`testkit::webrtc`) and relays their candidates, plus
+//! metric and Janus helpers.
+#![allow(dead_code)]
+
+use super::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use testkit::janus::{Janus, JanusOptions};
+use testkit::webrtc::{PeerState, WebRtcPeer};
+
+/// Long enough for ICE + DTLS on a loaded CI machine.
+pub const MEDIA_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Janus's default session timeout (60 s): our keepalives come every 30 s.
+pub async fn start_janus() -> Janus {
+    Janus::start_with(JanusOptions {
+        session_timeout: 60,
+    })
+    .await
+}
+
+pub async fn metrics(s: &TestServer) -> String {
+    let resp = raw_http(
+        &s.addr.to_string(),
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_or_default();
+    String::from_utf8_lossy(&resp).into_owned()
+}
+
+pub fn gauge(text: &str, line_start: &str) -> i64 {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+pub async fn all_in_call(s: &TestServer, room: &str) {
+    let r = s
+        .backend_request(
+            room,
+            json!({"type": "incall", "incall": {"incall": 7, "all": true}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// The number of VideoRoom rooms in Janus.
+pub async fn janus_rooms(janus: &Janus) -> usize {
+    let gw = ::janus::Gateway::connect(&janus.url())
+        .await
+        .expect("gateway");
+    let session = gw.create_session().await.expect("session");
+    let (handle, _events) = session
+        .attach(::janus::videoroom::PLUGIN)
+        .await
+        .expect("attach");
+    let rooms = ::janus::videoroom::list_rooms(&handle).await.expect("list");
+    let _ = handle.detach().await;
+    let _ = session.destroy().await;
+    gw.close().await;
+    rooms.len()
+}
+
+/// A signaling client with the WebRTC peers it runs, keyed by MCU sid;
+/// candidates from the server are handed to the peer of their sid.
+pub struct MediaClient {
+    pub ws: TestClient,
+    pub id: String,
+    pub peers: HashMap<String, Arc<WebRtcPeer>>,
+    /// Candidates for sids without a peer yet.
+    early: Vec<(String, String)>,
+}
+
+impl MediaClient {
+    pub async fn join(s: &TestServer, user: &str, room: &str) -> MediaClient {
+        let ws = s.user_in_room(user, room, &format!("talk-{user}")).await;
+        let id = ws.session_id().expect("session id").to_owned();
+        MediaClient {
+            ws,
+            id,
+            peers: HashMap::new(),
+            early: Vec::new(),
+        }
+    }
+
+    pub async fn send(&mut self, to: &str, data: Value) -> String {
+        self.ws.send_message(recipient_session(to), data).await
+    }
+
+    pub fn add_peer(&mut self, sid: &str, peer: Arc<WebRtcPeer>) {
+        self.peers.insert(sid.to_owned(), peer);
+    }
+
+    pub async fn forward_candidate(&mut self, msg: &Value) {
+        let data = &msg["message"]["data"];
+        let sid = data["sid"].as_str().unwrap_or_default().to_owned();
+        let line = data["payload"]["candidate"]["candidate"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        match self.peers.get(&sid) {
+            Some(p) => p.add_remote_candidate(&line).await,
+            None => self.early.push((sid, line)),
+        }
+    }
+
+    pub async fn flush_early(&mut self) {
+        let early = std::mem::take(&mut self.early);
+        for (sid, line) in early {
+            match self.peers.get(&sid) {
+                Some(p) => p.add_remote_candidate(&line).await,
+                None => self.early.push((sid, line)),
+            }
+        }
+    }
+
+    /// The next MCU message of `kind` (`answer`, `offer`, `requestoffer`,
+    /// or `error`), forwarding candidates on the way. Events are skipped.
+    pub async fn next(&mut self, kind: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + MEDIA_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let msg = self
+                .ws
+                .recv_timeout(left)
+                .await
+                .unwrap_or_else(|| panic!("no {kind} within {MEDIA_TIMEOUT:?}"));
+            if msg["type"] == "error" {
+                if kind == "error" {
+                    return msg;
+                }
+                panic!("unexpected error while waiting for {kind}: {msg}");
+            }
+            if msg["type"] != "message" {
+                continue;
+            }
+            let t = msg["message"]["data"]["type"].as_str().unwrap_or_default();
+            if t == "candidate" {
+                self.forward_candidate(&msg).await;
+                continue;
+            }
+            if t == kind {
+                return msg;
+            }
+        }
+    }
+
+    /// Forward candidates for `duration`; returns any other message.
+    pub async fn pump(&mut self, duration: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + duration;
+        let mut other = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return other;
+            }
+            let Some(msg) = self.ws.recv_timeout(left).await else {
+                return other;
+            };
+            if msg["type"] == "message" && msg["message"]["data"]["type"] == "candidate" {
+                self.forward_candidate(&msg).await;
+            } else {
+                other.push(msg);
+            }
+        }
+    }
+
+    /// Pump until `peer` satisfies `f`.
+    pub async fn pump_until(&mut self, sid: &str, f: impl Fn(&PeerState) -> bool) -> PeerState {
+        let peer = self.peers.get(sid).expect("peer").clone();
+        let deadline = tokio::time::Instant::now() + MEDIA_TIMEOUT;
+        while tokio::time::Instant::now() < deadline {
+            if f(&peer.state()) {
+                return peer.state();
+            }
+            self.pump(Duration::from_millis(100)).await;
+        }
+        panic!("peer {sid} did not get there: {:?}", peer.state());
+    }
+
+    /// Publish `stream` (`video` with audio+video, `screen` with video).
+    pub async fn publish(&mut self, stream: &str, sid: &str) -> Arc<WebRtcPeer> {
+        let peer = Arc::new(WebRtcPeer::start().await);
+        let offer = peer.create_offer(stream == "video", true).await;
+        let me = self.id.clone();
+        self.send(
+            &me,
+            json!({"type": "offer", "roomType": stream, "sid": sid,
+                   "payload": {"type": "offer", "sdp": offer}}),
+        )
+        .await;
+        self.send(
+            &me,
+            json!({"type": "candidate", "roomType": stream, "sid": sid,
+                   "payload": {"candidate": {"candidate": peer.local_candidate(),
+                                             "sdpMid": "0", "sdpMLineIndex": 0}}}),
+        )
+        .await;
+        let answer = self.next("answer").await;
+        let data = &answer["message"]["data"];
+        assert_eq!(data["from"], me.as_str(), "{answer}");
+        assert_eq!(data["to"], me.as_str(), "{answer}");
+        assert_eq!(data["roomType"], stream, "{answer}");
+        assert_eq!(data["sid"], sid, "{answer}");
+        assert_eq!(answer["message"]["sender"]["sessionid"], me.as_str());
+        peer.accept_answer(data["payload"]["sdp"].as_str().expect("sdp"))
+            .await
+            .expect("answer accepted");
+        self.add_peer(sid, peer.clone());
+        self.flush_early().await;
+        self.pump_until(sid, |s| s.connected).await;
+        peer
+    }
+
+    /// Answer an offer message with a new peer; returns the sid.
+    pub async fn answer_offer(&mut self, offer: &Value) -> (String, Arc<WebRtcPeer>) {
+        let data = &offer["message"]["data"];
+        // A Go proxy 0.4.1 gives subscribers no sid: then there is none.
+        let sid = data["sid"].as_str().unwrap_or_default().to_owned();
+        let from = data["from"].as_str().expect("from").to_owned();
+        let stream = data["roomType"].as_str().expect("roomType").to_owned();
+        let peer = Arc::new(WebRtcPeer::start().await);
+        let answer = peer
+            .accept_offer(data["payload"]["sdp"].as_str().expect("sdp"))
+            .await
+            .expect("offer accepted");
+        self.send(
+            &from,
+            json!({"type": "answer", "roomType": stream, "sid": sid,
+                   "payload": {"type": "answer", "sdp": answer}}),
+        )
+        .await;
+        self.send(
+            &from,
+            json!({"type": "candidate", "roomType": stream, "sid": sid,
+                   "payload": {"candidate": {"candidate": peer.local_candidate(),
+                                             "sdpMid": "0", "sdpMLineIndex": 0}}}),
+        )
+        .await;
+        self.add_peer(&sid, peer.clone());
+        self.flush_early().await;
+        (sid, peer)
+    }
+
+    /// `requestoffer` for `publisher`'s `stream`, answered; waits for
+    /// audio (video streams) and video frames.
+    pub async fn subscribe(&mut self, publisher: &str, stream: &str) -> (String, Arc<WebRtcPeer>) {
+        self.send(
+            publisher,
+            json!({"type": "requestoffer", "roomType": stream}),
+        )
+        .await;
+        let offer = self.next("offer").await;
+        let data = &offer["message"]["data"];
+        assert_eq!(data["from"], publisher, "{offer}");
+        assert_eq!(data["to"], self.id.as_str(), "{offer}");
+        assert_eq!(data["roomType"], stream, "{offer}");
+        assert_eq!(offer["message"]["sender"]["sessionid"], publisher);
+        let (sid, peer) = self.answer_offer(&offer).await;
+        let audio = stream == "video";
+        self.pump_until(&sid, |s| {
+            s.video_frames > 10 && (!audio || s.audio_frames > 10)
+        })
+        .await;
+        (sid, peer)
+    }
+}

@@ -1,0 +1,223 @@
+//! `[mcu] type = proxy` (PXS-*): our signaling server in front of two of our
+//! proxies, each with its own real Janus, with real media; and in front of
+//! Debian's Go proxy 0.4.1.
+
+mod common;
+
+use common::media::*;
+use common::*;
+use proxy::ProxyServer;
+use runtime::config::Ini;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+use testkit::janus::Janus;
+
+struct OurProxy {
+    server: Arc<ProxyServer>,
+    addr: SocketAddr,
+    _janus: Janus,
+}
+
+async fn our_proxy(dir: &TempDir, name: &str) -> OurProxy {
+    let janus = start_janus().await;
+    let public = dir.join(&format!("{name}-server1.pem"));
+    std::fs::write(&public, TokenKey::Rsa.public_pem()).expect("key");
+    let ini = Ini::parse(&format!(
+        "[http]\nlisten = 127.0.0.1:0\n[tokens]\nserver1 = {}\n[mcu]\nurl = {}\ntimeout = 5\n",
+        public.display(),
+        janus.url()
+    ))
+    .expect("config");
+    let server = ProxyServer::build(&ini).expect("proxy builds");
+    let addr = proxy::bind_and_serve(&server, &ini).await.expect("binds")[0];
+    assert!(server.mcu().wait_connected(Duration::from_secs(10)).await);
+    OurProxy {
+        server,
+        addr,
+        _janus: janus,
+    }
+}
+
+fn signaling_config(dir: &TempDir, urls: &[String]) -> String {
+    let key = dir.join("server1.key");
+    std::fs::write(&key, TokenKey::Rsa.private_pem()).expect("key");
+    format!(
+        "[mcu]\ntype = proxy\nurl = {}\ntoken_id = server1\ntoken_key = {}\ntimeout = 5\nproxytimeout = 5\n",
+        urls.join(" "),
+        key.display()
+    )
+}
+
+async fn stats(s: &TestServer) -> Value {
+    let resp = raw_http(
+        &s.addr.to_string(),
+        b"GET /api/v1/stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_or_default();
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    text.find("\r\n\r\n")
+        .and_then(|i| serde_json::from_str(&text[i + 4..]).ok())
+        .unwrap_or(Value::Null)
+}
+
+async fn proxy_metric(p: &OurProxy, line: &str) -> i64 {
+    let resp = raw_http(
+        &p.addr.to_string(),
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_or_default();
+    gauge(&String::from_utf8_lossy(&resp), line)
+}
+
+/// PXS placement and drain with media: publishers go to the least loaded
+/// proxy, subscribers to their publisher's proxy; a draining proxy gets no
+/// new publisher and ends when its last stream does.
+#[tokio::test]
+async fn pxs_publishers_spread_over_proxies_with_media_and_drain() {
+    let dir = TempDir::new("mcu-proxy").expect("dir");
+    let a = our_proxy(&dir, "a").await;
+    let b = our_proxy(&dir, "b").await;
+    let urls = [format!("ws://{}", a.addr), format!("ws://{}", b.addr)];
+    let s = TestServer::start_with(&signaling_config(&dir, &urls)).await;
+    assert_eventually!(
+        Duration::from_secs(10),
+        stats(&s).await["mcu"]["proxies"]
+            .as_array()
+            .is_some_and(|p| p.iter().all(|p| p["connected"] == true))
+    );
+    let mut alice = MediaClient::join(&s, "alice", "room1").await;
+    let mut bob = MediaClient::join(&s, "bob", "room1").await;
+    let mut carol = MediaClient::join(&s, "carol", "room1").await;
+    all_in_call(&s, "room1").await;
+    let (alice_id, bob_id) = (alice.id.clone(), bob.id.clone());
+
+    alice.publish("video", "alice-video").await;
+    assert_eq!(
+        proxy_metric(&a, "signaling_proxy_publishers{type=\"video\"}").await,
+        1
+    );
+    // The signaling server learns proxy A's new load, then places bob on B.
+    assert_eventually!(
+        Duration::from_secs(5),
+        stats(&s).await["mcu"]["proxies"][0]["load"] == 1
+    );
+    bob.publish("video", "bob-video").await;
+    assert_eq!(
+        proxy_metric(&b, "signaling_proxy_publishers{type=\"video\"}").await,
+        1
+    );
+
+    // Carol receives both, each from the publisher's proxy.
+    carol.subscribe(&alice_id, "video").await;
+    carol.subscribe(&bob_id, "video").await;
+    assert_eq!(
+        proxy_metric(&a, "signaling_proxy_subscribers{type=\"video\"}").await,
+        1
+    );
+    assert_eq!(
+        proxy_metric(&b, "signaling_proxy_subscribers{type=\"video\"}").await,
+        1
+    );
+
+    // Drain B: the next publisher goes to A although A is busier.
+    assert!(b.server.start_drain());
+    assert_eventually!(
+        Duration::from_secs(5),
+        stats(&s).await["mcu"]["proxies"][1]["shutdown"] == true
+    );
+    carol.publish("screen", "carol-screen").await;
+    assert_eq!(
+        proxy_metric(&a, "signaling_proxy_publishers{type=\"screen\"}").await,
+        1
+    );
+    let drained = {
+        let p = b.server.clone();
+        tokio::spawn(async move { p.drained().await })
+    };
+    // Bob leaves: his publisher and carol's subscription of it end on B.
+    bob.ws.leave_room().await;
+    tokio::time::timeout(Duration::from_secs(10), drained)
+        .await
+        .expect("B drained when its last stream ended")
+        .expect("task");
+    assert_eq!(
+        proxy_metric(&b, "signaling_proxy_subscribers{type=\"video\"}").await,
+        0
+    );
+}
+
+/// Our signaling server with Debian's Go proxy 0.4.1 in front of Janus:
+/// media flows publisher -> Go proxy -> Janus -> subscriber.
+#[tokio::test]
+async fn pxs_our_signaling_with_the_go_proxy() {
+    let dir = TempDir::new("go-proxy").expect("dir");
+    let janus = start_janus().await;
+    let public = dir.join("server1.pem");
+    std::fs::write(&public, TokenKey::Rsa.public_pem()).expect("key");
+    let bin = std::env::var_os("GO_SIGNALING_PROXY")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/usr/bin/nextcloud-spreed-signaling-proxy".into());
+    assert!(
+        bin.is_file(),
+        "Go proxy not found at {} (apt-get install nextcloud-spreed-signaling)",
+        bin.display()
+    );
+    let mut guard = None;
+    let mut addr = None;
+    for attempt in 0..3 {
+        let port = free_port();
+        let conf = dir.join(&format!("proxy-{attempt}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "[http]\nlisten = 127.0.0.1:{port}\n[app]\ntokentype = static\n\
+                 [tokens]\nserver1 = {}\n[mcu]\ntype = janus\nurl = {}\n",
+                public.display(),
+                janus.url()
+            ),
+        )
+        .expect("config");
+        let mut cmd = Command::new(&bin);
+        cmd.arg("-config").arg(&conf).current_dir(dir.path());
+        let log = dir.join(&format!("proxy-{attempt}.log"));
+        let mut child = ChildGuard::spawn("nextcloud-spreed-signaling-proxy", &mut cmd, Some(&log))
+            .expect("spawn");
+        let a = SocketAddr::from(([127, 0, 0, 1], port));
+        if wait_for_port(a, Duration::from_secs(10), Some(&mut child))
+            .await
+            .is_ok()
+        {
+            guard = Some(child);
+            addr = Some(a);
+            break;
+        }
+    }
+    let _proxy = guard.expect("Go proxy started");
+    let urls = [format!("ws://{}", addr.expect("addr"))];
+    let s = TestServer::start_with(&signaling_config(&dir, &urls)).await;
+    assert_eventually!(
+        Duration::from_secs(10),
+        stats(&s).await["mcu"]["proxies"][0]["connected"] == true
+    );
+    let mut alice = MediaClient::join(&s, "alice", "room1").await;
+    let mut bob = MediaClient::join(&s, "bob", "room1").await;
+    all_in_call(&s, "room1").await;
+    let alice_id = alice.id.clone();
+    // The Go proxy keeps a control handle of its own.
+    let base = janus.handle_count().await;
+    alice.publish("video", "alice-video").await;
+    bob.subscribe(&alice_id, "video").await;
+    assert_eq!(janus.handle_count().await, base + 2);
+    // Both leave: our server deletes publisher and subscriber on the proxy.
+    // (The Go proxy does not close subscribers of a closed publisher by
+    // itself, so bob's goes when bob leaves.)
+    alice.ws.leave_room().await;
+    bob.ws.leave_room().await;
+    assert_eventually!(Duration::from_secs(5), janus.handle_count().await == base);
+}
