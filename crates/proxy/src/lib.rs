@@ -205,14 +205,10 @@ pub struct ProxyServer {
 }
 
 fn stats_ips(ini: &Ini) -> Result<Vec<IpNet>, StartError> {
-    let v = ini.get_string("stats", "allowed_ips", "");
-    if v.trim().is_empty() {
-        return Ok(runtime::net::parse_list("127.0.0.1, ::1").unwrap_or_default());
-    }
-    runtime::net::parse_list(&v).map_err(|bad| StartError::Invalid {
+    runtime::net::stats_allowed(ini).map_err(|reason| StartError::Invalid {
         section: "stats",
         key: "allowed_ips",
-        reason: format!("{bad:?} is not an IP address or network"),
+        reason,
     })
 }
 

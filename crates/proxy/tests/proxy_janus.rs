@@ -124,10 +124,13 @@ async fn recv_until(
     }
 }
 
-async fn pump(
+/// Reads messages until `peer` satisfies `until`, handing it the candidate
+/// lines `candidate` finds in them (proxy payloads or client messages).
+async fn pump_with(
     c: &mut TestClient,
     peer: &WebRtcPeer,
     until: impl Fn(&testkit::webrtc::PeerState) -> bool,
+    candidate: impl Fn(&Value) -> Option<&str>,
 ) {
     let deadline = tokio::time::Instant::now() + MEDIA_TIMEOUT;
     while !until(&peer.state()) {
@@ -137,11 +140,23 @@ async fn pump(
             peer.state()
         );
         if let Some(m) = c.recv_timeout(Duration::from_millis(50)).await {
-            if let Some(line) = m["payload"]["payload"]["candidate"]["candidate"].as_str() {
+            assert_ne!(m["type"], "error", "{m}");
+            if let Some(line) = candidate(&m) {
                 peer.add_remote_candidate(line).await;
             }
         }
     }
+}
+
+async fn pump(
+    c: &mut TestClient,
+    peer: &WebRtcPeer,
+    until: impl Fn(&testkit::webrtc::PeerState) -> bool,
+) {
+    pump_with(c, peer, until, |m| {
+        m["payload"]["payload"]["candidate"]["candidate"].as_str()
+    })
+    .await
 }
 
 fn candidate_payload(client_id: &str, sid: &str, peer: &WebRtcPeer) -> Value {
@@ -561,18 +576,8 @@ async fn client_pump(
     peer: &WebRtcPeer,
     until: impl Fn(&testkit::webrtc::PeerState) -> bool,
 ) {
-    let deadline = tokio::time::Instant::now() + MEDIA_TIMEOUT;
-    while !until(&peer.state()) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "peer: {:?}",
-            peer.state()
-        );
-        if let Some(m) = c.recv_timeout(Duration::from_millis(50)).await {
-            assert_ne!(m["type"], "error", "{m}");
-            if let Some(line) = m["message"]["data"]["payload"]["candidate"]["candidate"].as_str() {
-                peer.add_remote_candidate(line).await;
-            }
-        }
-    }
+    pump_with(c, peer, until, |m| {
+        m["message"]["data"]["payload"]["candidate"]["candidate"].as_str()
+    })
+    .await
 }

@@ -3,6 +3,7 @@
 //!
 //! Nothing here knows about signaling; the hub and the binaries build on it.
 
+pub mod cli;
 pub mod config;
 pub mod limits;
 pub mod listen;

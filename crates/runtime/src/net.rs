@@ -89,6 +89,16 @@ pub fn contains_any(list: &[IpNet], ip: IpAddr) -> bool {
     list.iter().any(|n| n.contains(ip))
 }
 
+/// `[stats] allowed_ips`: addresses or CIDR networks, default 127.0.0.1 and
+/// ::1. The error names the entry that is neither.
+pub fn stats_allowed(ini: &crate::config::Ini) -> Result<Vec<IpNet>, String> {
+    let v = ini.get_string("stats", "allowed_ips", "");
+    if v.trim().is_empty() {
+        return Ok(parse_list("127.0.0.1, ::1").unwrap_or_default());
+    }
+    parse_list(&v).map_err(|bad| format!("{bad:?} is not an IP address or network"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

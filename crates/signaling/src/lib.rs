@@ -131,75 +131,48 @@ fn bus_from_config(ini: &Ini, registry: &runtime::metrics::Registry) -> Result<H
     Ok((nats.clone(), Some(nats)))
 }
 
-/// `[mcu]`: `type = janus` (or only a `url`) drives one Janus gateway.
+/// `[mcu]`: `type = janus` (or only a `url`) drives one Janus gateway,
+/// `type = proxy` a pool of them through MCU proxies.
 fn mcu_from_config(
     ini: &Ini,
     registry: &runtime::metrics::Registry,
 ) -> Result<Option<hub::HubMcu>, StartError> {
-    use hub::mcu::janus::{JanusMcu, JanusSettings};
-    let url = ini.get_string("mcu", "url", "");
-    let kind = ini.get_string("mcu", "type", "");
-    let kind = if kind.is_empty() && !url.is_empty() {
-        "janus".to_owned()
-    } else {
-        kind
+    use hub::mcu::{janus, proxy, Mcu};
+    let invalid = |(key, reason): (&'static str, String)| StartError::Invalid {
+        section: "mcu",
+        key,
+        reason,
     };
-    match kind.as_str() {
-        "" => {
-            info!("no MCU configured, audio/video goes peer to peer");
-            return Ok(None);
+    let url = ini.get_string("mcu", "url", "");
+    let kind = match ini.get_string("mcu", "type", "") {
+        k if k.is_empty() && !url.is_empty() => "janus".to_owned(),
+        k => k,
+    };
+    if kind.is_empty() {
+        info!("no MCU configured, audio/video goes peer to peer");
+        return Ok(None);
+    }
+    let filter = hub::mcu::candidates::CandidateFilter::from_config(ini)
+        .map_err(|reason| invalid(("allowedcandidates/blockedcandidates", reason)))?;
+    let metrics = hub::mcu::metrics::McuMetrics::new(registry);
+    let mcu: Arc<dyn Mcu> = match kind.as_str() {
+        "janus" => {
+            let settings = janus::JanusSettings::from_config(ini).map_err(invalid)?;
+            info!(url = %settings.url, timeout = ?settings.timeout, "using Janus as MCU");
+            janus::JanusMcu::start(settings, metrics.clone())
         }
-        "janus" => {}
         "proxy" => {
-            let settings =
-                hub::mcu::proxy::ProxySettings::from_config(ini).map_err(|(key, reason)| {
-                    StartError::Invalid {
-                        section: "mcu",
-                        key,
-                        reason,
-                    }
-                })?;
-            let filter =
-                hub::mcu::candidates::CandidateFilter::from_config(ini).map_err(|reason| {
-                    StartError::Invalid {
-                        section: "mcu",
-                        key: "allowedcandidates/blockedcandidates",
-                        reason,
-                    }
-                })?;
-            let metrics = hub::mcu::metrics::McuMetrics::new(registry);
+            let settings = proxy::ProxySettings::from_config(ini).map_err(invalid)?;
             info!(proxies = ?settings.urls, "using MCU proxies");
-            let mcu = hub::mcu::proxy::ProxyMcu::start(settings, metrics.clone());
-            return Ok(Some(hub::HubMcu {
-                mcu,
-                metrics,
-                filter,
-            }));
+            proxy::ProxyMcu::start(settings, metrics.clone())
         }
         other => {
-            return Err(StartError::Invalid {
-                section: "mcu",
-                key: "type",
-                reason: format!("unsupported MCU type {other:?} (janus or proxy)"),
-            })
+            return Err(invalid((
+                "type",
+                format!("unsupported MCU type {other:?} (janus or proxy)"),
+            )))
         }
-    }
-    let settings =
-        JanusSettings::from_config(ini).map_err(|(key, reason)| StartError::Invalid {
-            section: "mcu",
-            key,
-            reason,
-        })?;
-    let filter = hub::mcu::candidates::CandidateFilter::from_config(ini).map_err(|reason| {
-        StartError::Invalid {
-            section: "mcu",
-            key: "allowedcandidates/blockedcandidates",
-            reason,
-        }
-    })?;
-    let metrics = hub::mcu::metrics::McuMetrics::new(registry);
-    info!(url = %settings.url, timeout = ?settings.timeout, "using Janus as MCU");
-    let mcu = JanusMcu::start(settings, metrics.clone());
+    };
     Ok(Some(hub::HubMcu {
         mcu,
         metrics,
@@ -309,14 +282,10 @@ fn drain_timeout(ini: &Ini) -> Result<Option<Duration>, StartError> {
 
 /// `[stats] allowed_ips`: addresses or CIDR networks; default 127.0.0.1.
 fn stats_ips(ini: &Ini) -> Result<Vec<IpNet>, StartError> {
-    let v = ini.get_string("stats", "allowed_ips", "");
-    if v.trim().is_empty() {
-        return Ok(runtime::net::parse_list("127.0.0.1, ::1").unwrap_or_default());
-    }
-    runtime::net::parse_list(&v).map_err(|bad| StartError::Invalid {
+    runtime::net::stats_allowed(ini).map_err(|reason| StartError::Invalid {
         section: "stats",
         key: "allowed_ips",
-        reason: format!("{bad:?} is not an IP address or network"),
+        reason,
     })
 }
 

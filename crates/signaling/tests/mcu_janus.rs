@@ -395,26 +395,6 @@ async fn jan_features_and_stats_with_mcu() {
     assert_eq!(stats["mcu"]["url"], janus.url().as_str());
 }
 
-/// The VideoRoom rooms in Janus as Janus lists them.
-async fn janus_room_list(janus: &Janus) -> Vec<Value> {
-    let gw = ::janus::Gateway::connect(&janus.url())
-        .await
-        .expect("gateway");
-    let session = gw.create_session().await.expect("session");
-    let (handle, _events) = session
-        .attach(::janus::videoroom::PLUGIN)
-        .await
-        .expect("attach");
-    let r = handle
-        .message(json!({"request": "list"}), None)
-        .await
-        .expect("list");
-    let _ = handle.detach().await;
-    let _ = session.destroy().await;
-    gw.close().await;
-    r.data["list"].as_array().cloned().unwrap_or_default()
-}
-
 /// JAN-04, JAN-06, offer-codecs: the publisher's room is named
 /// `<session>|<stream>`, its bitrate is the client's capped by the backend
 /// and the MCU, and the codec preferences of the offer shape it.

@@ -32,7 +32,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -48,8 +48,8 @@ use ::janus::{
 
 use super::metrics::McuMetrics;
 use super::{
-    BoxFuture, CodecPrefs, Mcu, McuClient, McuError, McuListener, McuMessage, MediaTypes,
-    PublisherParams, Responder, StreamType,
+    BoxFuture, ClientInfo, CodecPrefs, Mcu, McuClient, McuError, McuListener, McuMessage,
+    MediaTypes, PublisherParams, Responder, StreamType,
 };
 
 /// Upstream's default caps, bits/s.
@@ -317,13 +317,9 @@ enum Cmd {
 
 /// A publisher or subscriber as the hub holds it; the task does the work.
 struct ClientObj {
-    id: u64,
-    stream: StreamType,
-    /// Publisher: the client's sid. Subscriber: the Janus handle id.
-    sid: Mutex<String>,
-    /// The publishing session (subscribers only).
-    publisher: Option<Arc<str>>,
-    media: AtomicU8,
+    /// The sid is the client's for publishers, the Janus handle id for
+    /// subscribers.
+    info: ClientInfo,
     /// Publishers: the room of the current epoch (0 while there is none)
     /// and whether Janus receives media in it.
     room: AtomicU64,
@@ -333,23 +329,8 @@ struct ClientObj {
 }
 
 impl McuClient for ClientObj {
-    fn id(&self) -> u64 {
-        self.id
-    }
-    fn sid(&self) -> String {
-        self.sid.lock().clone()
-    }
-    fn stream_type(&self) -> StreamType {
-        self.stream
-    }
-    fn publisher_id(&self) -> Option<&str> {
-        self.publisher.as_deref()
-    }
-    fn media(&self) -> MediaTypes {
-        MediaTypes(self.media.load(Ordering::Relaxed))
-    }
-    fn set_media(&self, media: MediaTypes) {
-        self.media.store(media.0, Ordering::Relaxed);
+    fn info(&self) -> &ClientInfo {
+        &self.info
     }
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
@@ -397,11 +378,13 @@ impl Mcu for JanusMcu {
                 .map_err(|_| McuError::Timeout("publisher set-up"))??;
             let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
             let obj = Arc::new(ClientObj {
-                id: inner.next_id.fetch_add(1, Ordering::Relaxed) + 1,
-                stream: params.stream,
-                sid: Mutex::new(params.sid.clone()),
-                publisher: None,
-                media: AtomicU8::new(params.media.0),
+                info: ClientInfo::new(
+                    inner.next_id.fetch_add(1, Ordering::Relaxed) + 1,
+                    params.stream,
+                    params.sid.clone(),
+                    None,
+                    params.media,
+                ),
                 room: AtomicU64::new(conn.room),
                 sending: AtomicBool::new(false),
                 cmd: tx,
@@ -466,17 +449,23 @@ impl Mcu for JanusMcu {
                     .map_err(|_| McuError::Timeout("attach"))??;
             let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
             let obj = Arc::new(ClientObj {
-                id: inner.next_id.fetch_add(1, Ordering::Relaxed) + 1,
-                stream,
-                sid: Mutex::new(handle.id().to_string()),
-                publisher: Some(publisher.clone()),
-                media: AtomicU8::new(0),
+                info: ClientInfo::new(
+                    inner.next_id.fetch_add(1, Ordering::Relaxed) + 1,
+                    stream,
+                    handle.id().to_string(),
+                    Some(publisher.clone()),
+                    MediaTypes::default(),
+                ),
                 room: AtomicU64::new(0),
                 sending: AtomicBool::new(false),
                 cmd: tx,
                 timeout: inner.settings.timeout,
             });
-            inner.reg.lock().subscribers.insert(obj.id, obj.clone());
+            inner
+                .reg
+                .lock()
+                .subscribers
+                .insert(obj.info.id, obj.clone());
             let labels = [stream.as_str()];
             inner.metrics.subscribers.inc(&labels);
             inner.metrics.subscribers_total.inc(&labels);
@@ -710,15 +699,7 @@ impl PublisherTask {
                             self.me.room.store(0, Ordering::Release);
                             self.me.sending.store(false, Ordering::Release);
                             self.inner.bump();
-                            let inner = self.inner.clone();
-                            let setup = self.setup.clone();
-                            let old = epoch;
-                            rebuild = Some(Box::pin(async move {
-                                let live = inner.wait_live(old, Instant::now() + Duration::from_secs(86400 * 365)).await?;
-                                tokio::time::timeout(inner.settings.timeout, setup.run(&live))
-                                    .await
-                                    .map_err(|_| McuError::Timeout("publisher rebuild"))?
-                            }));
+                            rebuild = Some(self.rebuild(epoch, Duration::ZERO));
                         }
                     }
                 },
@@ -738,17 +719,7 @@ impl PublisherTask {
                             // Janus went away again (or never came back in
                             // time): wait for the next epoch.
                             warn!(session = %self.key.0, error = %e, "could not rebuild publisher");
-                            let inner = self.inner.clone();
-                            let setup = self.setup.clone();
-                            let old = inner.live.borrow().as_ref().map(|l| l.session.epoch()).or(epoch);
-                            epoch = old;
-                            rebuild = Some(Box::pin(async move {
-                                tokio::time::sleep(Duration::from_secs(1)).await;
-                                let live = inner.wait_live(None, Instant::now() + Duration::from_secs(86400 * 365)).await?;
-                                tokio::time::timeout(inner.settings.timeout, setup.run(&live))
-                                    .await
-                                    .map_err(|_| McuError::Timeout("publisher rebuild"))?
-                            }));
+                            rebuild = Some(self.rebuild(None, Duration::from_secs(1)));
                         }
                     }
                 },
@@ -758,6 +729,25 @@ impl PublisherTask {
         if let Some(tx) = done {
             let _ = tx.send(());
         }
+    }
+
+    /// Re-creates the publisher's room once a Janus session of an epoch
+    /// other than `old` exists (after `pause`); waits as long as it takes.
+    fn rebuild(
+        &self,
+        old: Option<u64>,
+        pause: Duration,
+    ) -> BoxFuture<'static, Result<PubConn, McuError>> {
+        let inner = self.inner.clone();
+        let setup = self.setup.clone();
+        Box::pin(async move {
+            tokio::time::sleep(pause).await;
+            let forever = Instant::now() + Duration::from_secs(86400 * 365);
+            let live = inner.wait_live(old, forever).await?;
+            tokio::time::timeout(inner.settings.timeout, setup.run(&live))
+                .await
+                .map_err(|_| McuError::Timeout("publisher rebuild"))?
+        })
     }
 
     async fn handle_message(
@@ -882,7 +872,9 @@ impl PublisherTask {
             }
             reg.subscribers
                 .values()
-                .filter(|s| s.stream == self.key.1 && s.publisher.as_deref() == Some(&*self.key.0))
+                .filter(|s| {
+                    s.info.stream == self.key.1 && s.info.publisher.as_deref() == Some(&*self.key.0)
+                })
                 .cloned()
                 .collect()
         };
@@ -1002,7 +994,7 @@ impl SubscriberTask {
                     rebuild = None;
                     match res {
                         Ok((c, offer, room)) => {
-                            *self.me.sid.lock() = c.handle.id().to_string();
+                            *self.me.info.sid.lock() = c.handle.id().to_string();
                             self.room = room;
                             self.joined = true;
                             conn = Some(c);
@@ -1058,7 +1050,7 @@ impl SubscriberTask {
         }
         let (handle, events) =
             bounded(timeout, "attach", live.session.attach(videoroom::PLUGIN)).await?;
-        *self.me.sid.lock() = handle.id().to_string();
+        *self.me.info.sid.lock() = handle.id().to_string();
         self.generation = live.generation;
         self.joined = false;
         *conn = Some(SubConn { handle, events });
@@ -1230,7 +1222,7 @@ impl SubscriberTask {
                 .subscriber_streams
                 .dec(&[self.key.1.as_str()]);
         }
-        self.inner.reg.lock().subscribers.remove(&self.me.id);
+        self.inner.reg.lock().subscribers.remove(&self.me.info.id);
         self.inner.metrics.subscribers.dec(&[self.key.1.as_str()]);
         debug!(publisher = %self.key.0, stream = self.key.1.as_str(), "subscriber closed");
         self.listener.subscriber_closed(&*self.me);

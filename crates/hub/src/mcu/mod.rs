@@ -153,19 +153,63 @@ pub trait McuListener: Send + Sync {
     fn subscriber_closed(&self, client: &dyn McuClient);
 }
 
-/// A publisher or a subscriber.
-pub trait McuClient: Send + Sync {
+/// What every publisher and subscriber object knows about itself, whatever
+/// media server hosts it.
+#[derive(Debug)]
+pub struct ClientInfo {
     /// Unique per MCU client object (never reused).
-    fn id(&self) -> u64;
+    pub id: u64,
+    pub stream: StreamType,
     /// What clients send back as `sid`: chosen by the publishing client, or
     /// the Janus handle id for subscribers.
-    fn sid(&self) -> String;
-    fn stream_type(&self) -> StreamType;
+    pub sid: parking_lot::Mutex<String>,
     /// The publishing session for a subscriber, `None` for a publisher.
-    fn publisher_id(&self) -> Option<&str>;
+    pub publisher: Option<Arc<str>>,
     /// Media the publisher sends (empty for subscribers).
-    fn media(&self) -> MediaTypes;
-    fn set_media(&self, media: MediaTypes);
+    pub media: std::sync::atomic::AtomicU8,
+}
+
+impl ClientInfo {
+    pub fn new(
+        id: u64,
+        stream: StreamType,
+        sid: String,
+        publisher: Option<Arc<str>>,
+        media: MediaTypes,
+    ) -> ClientInfo {
+        ClientInfo {
+            id,
+            stream,
+            sid: parking_lot::Mutex::new(sid),
+            publisher,
+            media: std::sync::atomic::AtomicU8::new(media.0),
+        }
+    }
+}
+
+/// A publisher or a subscriber.
+pub trait McuClient: Send + Sync {
+    fn info(&self) -> &ClientInfo;
+    fn id(&self) -> u64 {
+        self.info().id
+    }
+    fn sid(&self) -> String {
+        self.info().sid.lock().clone()
+    }
+    fn stream_type(&self) -> StreamType {
+        self.info().stream
+    }
+    fn publisher_id(&self) -> Option<&str> {
+        self.info().publisher.as_deref()
+    }
+    fn media(&self) -> MediaTypes {
+        MediaTypes(self.info().media.load(std::sync::atomic::Ordering::Relaxed))
+    }
+    fn set_media(&self, media: MediaTypes) {
+        self.info()
+            .media
+            .store(media.0, std::sync::atomic::Ordering::Relaxed);
+    }
     /// Release everything on the media server. Idempotent; resolves once
     /// released (or given up on).
     fn close(&self) -> BoxFuture<'_, ()>;

@@ -17,7 +17,7 @@ use proto::proxy::{
 };
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -27,8 +27,8 @@ use tracing::{debug, info, warn};
 
 use super::metrics::McuMetrics;
 use super::{
-    BoxFuture, Mcu, McuClient, McuError, McuListener, McuMessage, MediaTypes, PublisherParams,
-    Responder, StreamType,
+    BoxFuture, ClientInfo, Mcu, McuClient, McuError, McuListener, McuMessage, MediaTypes,
+    PublisherParams, Responder, StreamType,
 };
 
 /// What `[mcu]` says about proxies.
@@ -115,13 +115,9 @@ type Reply = oneshot::Sender<ProxyServerMessage>;
 
 /// A publisher or subscriber hosted on a proxy.
 struct ProxyClient {
-    id: u64,
+    info: ClientInfo,
     /// The proxy's id of it (`clientId`).
     proxy_id: String,
-    stream: StreamType,
-    sid: Mutex<String>,
-    publisher: Option<Arc<str>>,
-    media: AtomicU8,
     conn: Weak<ProxyConn>,
     listener: Arc<dyn McuListener>,
     closed: AtomicBool,
@@ -155,8 +151,8 @@ struct Shared {
 impl Shared {
     /// A client ended: forget it and count it.
     fn gone(&self, client: &ProxyClient) {
-        let labels = [client.stream.as_str()];
-        if client.publisher.is_some() {
+        let labels = [client.info.stream.as_str()];
+        if client.info.publisher.is_some() {
             self.metrics.subscribers.dec(&labels);
         } else {
             self.metrics.publishers.dec(&labels);
@@ -415,7 +411,7 @@ fn lost_clients(conn: &ProxyConn) {
     for c in clients {
         c.closed.store(true, Ordering::Release);
         conn.shared.gone(&c);
-        if c.publisher.is_some() {
+        if c.info.publisher.is_some() {
             c.listener.subscriber_closed(&*c);
         } else {
             c.listener.publisher_closed(&*c);
@@ -451,7 +447,7 @@ fn process_push(conn: &ProxyConn, msg: ProxyServerMessage) {
             }
             "subscriber-sid-updated" => {
                 if let Some(c) = conn.clients.lock().get(&e.client_id) {
-                    *c.sid.lock() = e.sid;
+                    *c.info.sid.lock() = e.sid;
                 }
             }
             "publisher-reset" => {
@@ -479,23 +475,8 @@ fn process_push(conn: &ProxyConn, msg: ProxyServerMessage) {
 }
 
 impl McuClient for ProxyClient {
-    fn id(&self) -> u64 {
-        self.id
-    }
-    fn sid(&self) -> String {
-        self.sid.lock().clone()
-    }
-    fn stream_type(&self) -> StreamType {
-        self.stream
-    }
-    fn publisher_id(&self) -> Option<&str> {
-        self.publisher.as_deref()
-    }
-    fn media(&self) -> MediaTypes {
-        MediaTypes(self.media.load(Ordering::Relaxed))
-    }
-    fn set_media(&self, media: MediaTypes) {
-        self.media.store(media.0, Ordering::Relaxed);
+    fn info(&self) -> &ClientInfo {
+        &self.info
     }
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
@@ -507,7 +488,7 @@ impl McuClient for ProxyClient {
             };
             conn.clients.lock().remove(&self.proxy_id);
             conn.shared.gone(self);
-            let kind = if self.publisher.is_some() {
+            let kind = if self.info.publisher.is_some() {
                 "delete-subscriber"
             } else {
                 "delete-publisher"
@@ -522,7 +503,7 @@ impl McuClient for ProxyClient {
             if let Err(e) = conn.request(msg).await {
                 debug!(error = %e, "could not delete proxy client");
             }
-            if self.publisher.is_some() {
+            if self.info.publisher.is_some() {
                 self.listener.subscriber_closed(self);
             } else {
                 self.listener.publisher_closed(self);
@@ -627,12 +608,14 @@ impl Mcu for ProxyMcu {
                 };
                 let proxy_id = reply.command.map(|c| c.id).unwrap_or_default();
                 let client = Arc::new(ProxyClient {
-                    id: inner.next_id.fetch_add(1, Ordering::Relaxed) + 1,
+                    info: ClientInfo::new(
+                        inner.next_id.fetch_add(1, Ordering::Relaxed) + 1,
+                        params.stream,
+                        params.sid.clone(),
+                        None,
+                        params.media,
+                    ),
                     proxy_id: proxy_id.clone(),
-                    stream: params.stream,
-                    sid: Mutex::new(params.sid.clone()),
-                    publisher: None,
-                    media: AtomicU8::new(params.media.0),
                     conn: Arc::downgrade(&conn),
                     listener: listener.clone(),
                     closed: AtomicBool::new(false),
@@ -694,12 +677,14 @@ impl Mcu for ProxyMcu {
             let reply = conn.request(msg).await?;
             let c = reply.command.unwrap_or_default();
             let client = Arc::new(ProxyClient {
-                id: inner.next_id.fetch_add(1, Ordering::Relaxed) + 1,
+                info: ClientInfo::new(
+                    inner.next_id.fetch_add(1, Ordering::Relaxed) + 1,
+                    stream,
+                    c.sid,
+                    Some(publisher),
+                    MediaTypes::default(),
+                ),
                 proxy_id: c.id.clone(),
-                stream,
-                sid: Mutex::new(c.sid),
-                publisher: Some(publisher),
-                media: AtomicU8::new(0),
                 conn: Arc::downgrade(&conn),
                 listener,
                 closed: AtomicBool::new(false),

@@ -50,8 +50,8 @@ pub async fn all_in_call(s: &TestServer, room: &str) {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
-/// The number of VideoRoom rooms in Janus.
-pub async fn janus_rooms(janus: &Janus) -> usize {
+/// The VideoRoom rooms in Janus as Janus lists them.
+pub async fn janus_room_list(janus: &Janus) -> Vec<Value> {
     let gw = ::janus::Gateway::connect(&janus.url())
         .await
         .expect("gateway");
@@ -60,11 +60,19 @@ pub async fn janus_rooms(janus: &Janus) -> usize {
         .attach(::janus::videoroom::PLUGIN)
         .await
         .expect("attach");
-    let rooms = ::janus::videoroom::list_rooms(&handle).await.expect("list");
+    let r = handle
+        .message(json!({"request": "list"}), None)
+        .await
+        .expect("list");
     let _ = handle.detach().await;
     let _ = session.destroy().await;
     gw.close().await;
-    rooms.len()
+    r.data["list"].as_array().cloned().unwrap_or_default()
+}
+
+/// The number of VideoRoom rooms in Janus.
+pub async fn janus_rooms(janus: &Janus) -> usize {
+    janus_room_list(janus).await.len()
 }
 
 /// A signaling client with the WebRTC peers it runs, keyed by MCU sid;
