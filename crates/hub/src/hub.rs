@@ -1833,7 +1833,8 @@ impl Hub {
     /// Re-read reloadable settings (SIGHUP).
     pub fn reload(&self, ini: &runtime::config::Ini) {
         self.backends.reload(ini);
-        if self.mcu.is_some() {
+        if let Some(mcu) = &self.mcu {
+            mcu.reload(ini);
             match crate::mcu::candidates::CandidateFilter::from_config(ini) {
                 Ok(f) => *self.candidate_filter.write() = f,
                 Err(e) => warn!(error = %e, "keeping the old candidate filter"),

@@ -83,13 +83,12 @@ async fn pxs_publishers_spread_over_proxies_with_media_and_drain() {
     let dir = TempDir::new("mcu-proxy").expect("dir");
     let a = our_proxy(&dir, "a").await;
     let b = our_proxy(&dir, "b").await;
+    // Only A at first; B comes with a reload (SIGHUP) below.
     let urls = [format!("ws://{}", a.addr), format!("ws://{}", b.addr)];
-    let s = TestServer::start_with(&signaling_config(&dir, &urls)).await;
+    let s = TestServer::start_with(&signaling_config(&dir, &urls[..1])).await;
     assert_eventually!(
         Duration::from_secs(10),
-        stats(&s).await["mcu"]["proxies"]
-            .as_array()
-            .is_some_and(|p| p.iter().all(|p| p["connected"] == true))
+        stats(&s).await["mcu"]["proxies"][0]["connected"] == true
     );
     let mut alice = MediaClient::join(&s, "alice", "room1").await;
     let mut bob = MediaClient::join(&s, "bob", "room1").await;
@@ -101,6 +100,13 @@ async fn pxs_publishers_spread_over_proxies_with_media_and_drain() {
     assert_eq!(
         proxy_metric(&a, "signaling_proxy_publishers{type=\"video\"}").await,
         1
+    );
+    // SIGHUP with B added: connected without a restart.
+    let text = config_for(&s.backend.url(), &signaling_config(&dir, &urls));
+    s.server.reload(&Ini::parse(&text).expect("config"));
+    assert_eventually!(
+        Duration::from_secs(10),
+        stats(&s).await["mcu"]["proxies"][1]["connected"] == true
     );
     // The signaling server learns proxy A's new load, then places bob on B.
     assert_eventually!(

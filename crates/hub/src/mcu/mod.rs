@@ -257,4 +257,7 @@ pub trait Mcu: Send + Sync {
 
     /// Release everything (server shutdown).
     fn stop(&self) -> BoxFuture<'_, ()>;
+
+    /// SIGHUP: take what can change without a restart.
+    fn reload(&self, _ini: &runtime::config::Ini) {}
 }

@@ -135,6 +135,8 @@ struct ProxyConn {
     clients: Mutex<HashMap<String, Arc<ProxyClient>>>,
     settings: Arc<ProxySettings>,
     shared: Arc<Shared>,
+    /// Ends this connection (shutdown, or the URL was removed).
+    cancel: CancellationToken,
 }
 
 type PublisherMap = HashMap<(Arc<str>, StreamType), (Arc<ProxyConn>, String)>;
@@ -166,7 +168,8 @@ impl Shared {
 struct Inner {
     settings: Arc<ProxySettings>,
     shared: Arc<Shared>,
-    conns: Vec<Arc<ProxyConn>>,
+    /// Changed by SIGHUP (`[mcu] url`); plain lock, never held across `.await`.
+    conns: parking_lot::RwLock<Vec<Arc<ProxyConn>>>,
     next_id: AtomicU64,
     cancel: CancellationToken,
 }
@@ -186,32 +189,18 @@ impl ProxyMcu {
             metrics,
             changed,
         });
-        let mut conns = Vec::new();
+        let inner = Arc::new(Inner {
+            settings: settings.clone(),
+            shared,
+            conns: parking_lot::RwLock::new(Vec::new()),
+            next_id: AtomicU64::new(0),
+            cancel,
+        });
         for url in &settings.urls {
-            let (tx, rx) = mpsc::channel(256);
-            let conn = Arc::new(ProxyConn {
-                url: url.clone(),
-                cmd: tx,
-                connected: AtomicBool::new(false),
-                draining: AtomicBool::new(false),
-                load: AtomicI64::new(0),
-                next_msg: AtomicU64::new(0),
-                clients: Mutex::new(HashMap::new()),
-                settings: settings.clone(),
-                shared: shared.clone(),
-            });
-            tokio::spawn(run_conn(conn.clone(), rx, cancel.clone()));
-            conns.push(conn);
+            let conn = inner.connect(url);
+            inner.conns.write().push(conn);
         }
-        Arc::new(ProxyMcu {
-            inner: Arc::new(Inner {
-                settings,
-                shared,
-                conns,
-                next_id: AtomicU64::new(0),
-                cancel,
-            }),
-        })
+        Arc::new(ProxyMcu { inner })
     }
 
     /// Resolves once every proxy is connected (or after `timeout`).
@@ -221,6 +210,7 @@ impl ProxyMcu {
             if self
                 .inner
                 .conns
+                .read()
                 .iter()
                 .all(|c| c.connected.load(Ordering::Acquire))
             {
@@ -556,10 +546,30 @@ impl McuClient for ProxyClient {
 }
 
 impl Inner {
+    /// A new connection task for `url`.
+    fn connect(&self, url: &str) -> Arc<ProxyConn> {
+        let (tx, rx) = mpsc::channel(256);
+        let conn = Arc::new(ProxyConn {
+            url: url.to_owned(),
+            cmd: tx,
+            connected: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            load: AtomicI64::new(0),
+            next_msg: AtomicU64::new(0),
+            clients: Mutex::new(HashMap::new()),
+            settings: self.settings.clone(),
+            shared: self.shared.clone(),
+            cancel: self.cancel.child_token(),
+        });
+        tokio::spawn(run_conn(conn.clone(), rx, conn.cancel.clone()));
+        conn
+    }
+
     /// Connected, not draining, lowest load first (upstream sorts by load).
     fn candidates(&self) -> Vec<Arc<ProxyConn>> {
         let mut list: Vec<Arc<ProxyConn>> = self
             .conns
+            .read()
             .iter()
             .filter(|c| c.connected.load(Ordering::Acquire) && !c.draining.load(Ordering::Acquire))
             .cloned()
@@ -699,9 +709,8 @@ impl Mcu for ProxyMcu {
     }
 
     fn stats(&self) -> Value {
-        let proxies: Vec<Value> = self
-            .inner
-            .conns
+        let conns = self.inner.conns.read().clone();
+        let proxies: Vec<Value> = conns
             .iter()
             .map(|c| {
                 json!({
@@ -717,8 +726,7 @@ impl Mcu for ProxyMcu {
         out.insert("type".into(), "proxy".into());
         out.insert(
             "connected".into(),
-            self.inner
-                .conns
+            conns
                 .iter()
                 .any(|c| c.connected.load(Ordering::Acquire))
                 .into(),
@@ -735,11 +743,43 @@ impl Mcu for ProxyMcu {
         self.inner.settings.timeout
     }
 
+    /// SIGHUP: connect to added proxy URLs; removed ones get no new
+    /// publishers and are disconnected once their last stream is gone.
+    fn reload(&self, ini: &runtime::config::Ini) {
+        let urls: Vec<String> = ini
+            .get_string("mcu", "url", "")
+            .split_whitespace()
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .filter(|u| u.starts_with("ws://"))
+            .collect();
+        let mut conns = self.inner.conns.write();
+        for url in &urls {
+            if !conns.iter().any(|c| &c.url == url) {
+                info!(%url, "MCU proxy added");
+                let conn = self.inner.connect(url);
+                conns.push(conn);
+            }
+        }
+        let (keep, removed): (Vec<_>, Vec<_>) =
+            conns.drain(..).partition(|c| urls.contains(&c.url));
+        *conns = keep;
+        drop(conns);
+        for conn in removed {
+            info!(url = %conn.url, "MCU proxy removed, draining it");
+            conn.draining.store(true, Ordering::Release);
+            tokio::spawn(async move {
+                while !conn.clients.lock().is_empty() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                conn.cancel.cancel();
+            });
+        }
+    }
+
     fn stop(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let all: Vec<Arc<ProxyClient>> = self
-                .inner
-                .conns
+            let conns = self.inner.conns.read().clone();
+            let all: Vec<Arc<ProxyClient>> = conns
                 .iter()
                 .flat_map(|c| c.clients.lock().values().cloned().collect::<Vec<_>>())
                 .collect();
