@@ -13,6 +13,7 @@ declare -A PEERS=(
   [openssl]=/usr/bin/openssl
   [curl]=/usr/bin/curl
   [nginx]=/usr/sbin/nginx
+  [etcd-server]=/usr/bin/etcd
 )
 missing=()
 for pkg in "${!PEERS[@]}"; do

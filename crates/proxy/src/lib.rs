@@ -189,7 +189,7 @@ pub struct ProxyServer {
     country: String,
     mcu: Arc<JanusMcu>,
     janus: JanusSettings,
-    tokens: RwLock<Tokens>,
+    tokens: RwLock<Arc<Tokens>>,
     // Plain mutex, never held across `.await`.
     reg: Mutex<Tables>,
     load: AtomicI64,
@@ -251,16 +251,6 @@ impl ProxyServer {
                 key,
                 reason,
             })?;
-        let tokentype = ini.get_string("app", "tokentype", "static");
-        if tokentype != "static" {
-            return Err(StartError::Invalid {
-                section: "app",
-                key: "tokentype",
-                reason: format!(
-                    "unsupported token type {tokentype:?} (static; etcd is not supported yet)"
-                ),
-            });
-        }
         let tokens = Tokens::load(ini, true).map_err(|reason| StartError::Invalid {
             section: "tokens",
             key: "*",
@@ -285,7 +275,7 @@ impl ProxyServer {
             country,
             mcu,
             janus,
-            tokens: RwLock::new(tokens),
+            tokens: RwLock::new(Arc::new(tokens)),
             reg: Mutex::new(Tables::default()),
             load: AtomicI64::new(0),
             draining: AtomicBool::new(false),
@@ -312,7 +302,7 @@ impl ProxyServer {
     /// SIGHUP: tokens and the stats IPs. Sessions stay.
     pub fn reload(&self, ini: &Ini) {
         match Tokens::load(ini, false) {
-            Ok(t) => *self.tokens.write() = t,
+            Ok(t) => *self.tokens.write() = Arc::new(t),
             Err(e) => warn!(error = %e, "keeping the old tokens"),
         }
         match stats_ips(ini) {
@@ -518,7 +508,7 @@ impl ProxyServer {
                 );
                 return;
             }
-            self.process_hello(conn, msg);
+            self.process_hello(conn, msg).await;
             return;
         };
         match msg.kind.as_str() {
@@ -548,7 +538,7 @@ impl ProxyServer {
         }
     }
 
-    fn process_hello(&self, conn: &mut ConnState, msg: ProxyClientMessage) {
+    async fn process_hello(&self, conn: &mut ConnState, msg: ProxyClientMessage) {
         let Some(hello) = msg.hello else { return };
         let session = if !hello.resumeid.is_empty() {
             let found = self.reg.lock().sessions.get(&hello.resumeid).cloned();
@@ -563,7 +553,8 @@ impl ProxyServer {
             info!(session = %session.id, "proxy session resumed");
             session
         } else {
-            let issuer = match self.tokens.read().verify(&hello.token) {
+            let tokens = self.tokens.read().clone();
+            let issuer = match tokens.verify(&hello.token).await {
                 Ok(iss) => iss,
                 Err(e) => {
                     info!(reason = e.reason, "proxy hello refused");

@@ -40,10 +40,12 @@ impl TokenError {
     }
 }
 
-/// Token id -> public key.
+/// Token id -> public key: from `[tokens]` (static) or read from etcd at
+/// each hello (`tokentype = etcd`, keys under `[tokens] keyformat`).
 #[derive(Default)]
 pub struct Tokens {
     keys: HashMap<String, DecodingKey>,
+    etcd: Option<(hub::etcd::EtcdClient, Vec<String>)>,
 }
 
 #[derive(serde::Deserialize)]
@@ -59,6 +61,25 @@ impl Tokens {
     /// be read fails the whole load (start-up); otherwise it is skipped with
     /// a warning (reload keeps the proxy running).
     pub fn load(ini: &Ini, strict: bool) -> Result<Tokens, String> {
+        match ini.get_string("app", "tokentype", "static").as_str() {
+            "static" => {}
+            "etcd" => {
+                let client = hub::etcd::EtcdClient::new(&ini.get_string("tokens", "endpoints", ""))
+                    .map_err(|e| format!("[tokens] endpoints: {e}"))?;
+                let formats: Vec<String> = ini
+                    .get_string("tokens", "keyformat", "/%s")
+                    .split(',')
+                    .map(|f| f.trim().to_owned())
+                    .filter(|f| !f.is_empty())
+                    .collect();
+                info!(endpoints = ?client.endpoints(), ?formats, "token keys come from etcd");
+                return Ok(Tokens {
+                    keys: HashMap::new(),
+                    etcd: Some((client, formats)),
+                });
+            }
+            other => return Err(format!("unsupported token type {other:?} (static or etcd)")),
+        }
         let mut keys = HashMap::new();
         for (id, file) in ini.keys("tokens") {
             let loaded = std::fs::read(file)
@@ -82,7 +103,26 @@ impl Tokens {
         } else {
             info!(tokens = ?ids, "token keys loaded");
         }
-        Ok(Tokens { keys })
+        Ok(Tokens { keys, etcd: None })
+    }
+
+    /// The public key of token `id`.
+    async fn key(&self, id: &str) -> Option<DecodingKey> {
+        let Some((client, formats)) = &self.etcd else {
+            return self.keys.get(id).cloned();
+        };
+        for format in formats {
+            let key = format.replace("%s", id);
+            match client.get(&key).await {
+                Ok(Some(pem)) => match DecodingKey::from_rsa_pem(&pem) {
+                    Ok(k) => return Some(k),
+                    Err(e) => warn!(%key, error = %e, "no RSA public key in etcd value"),
+                },
+                Ok(None) => {}
+                Err(e) => warn!(%key, error = %e, "cannot read token key from etcd"),
+            }
+        }
+        None
     }
 
     pub fn ids(&self) -> Vec<String> {
@@ -92,7 +132,7 @@ impl Tokens {
     }
 
     /// Checks a hello token; returns the token id (the issuer).
-    pub fn verify(&self, token: &str) -> Result<String, TokenError> {
+    pub async fn verify(&self, token: &str) -> Result<String, TokenError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| TokenError::auth("auth-failed"))?;
         let alg = header.alg;
@@ -112,15 +152,15 @@ impl Tokens {
             .and_then(|b| serde_json::from_slice::<Claims>(&b).ok())
             .ok_or_else(|| TokenError::auth("unsupported-claims"))?;
         let key = self
-            .keys
-            .get(&claims.iss)
+            .key(&claims.iss)
+            .await
             .ok_or_else(|| TokenError::auth("unsupported-issuer"))?;
         let mut validation = Validation::new(alg);
         validation.leeway = 0;
         validation.required_spec_claims.clear();
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        jsonwebtoken::decode::<serde_json::Value>(token, key, &validation)
+        jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
             .map_err(|_| TokenError::auth("auth-failed"))?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -581,3 +581,47 @@ async fn client_pump(
     })
     .await
 }
+
+/// `tokentype = etcd` with a real etcd: keys are read at each hello, so a
+/// key put into etcd works at once and one removed stops working.
+#[tokio::test]
+async fn pxy_token_keys_from_etcd() {
+    let etcd = testkit::EtcdServer::start().await.expect("etcd starts");
+    let janus = Janus::start_with(JanusOptions {
+        session_timeout: 60,
+    })
+    .await;
+    let ini = Ini::parse(&format!(
+        "[http]\nlisten = 127.0.0.1:0\n[app]\ntokentype = etcd\n\
+         [tokens]\nendpoints = {}\nkeyformat = /signaling/proxy/tokens/%s/public-key\n\
+         [mcu]\nurl = {}\n",
+        etcd.endpoint(),
+        janus.url()
+    ))
+    .unwrap();
+    let server = ProxyServer::build(&ini).unwrap();
+    let addr = proxy::bind_and_serve(&server, &ini).await.unwrap()[0];
+    let url = format!("ws://{addr}/proxy");
+    let mut c = TestClient::connect(&url).await;
+    let r = hello(&mut c, &token("server1", TokenKey::Rsa, unix_now())).await;
+    assert_eq!(r["error"]["code"], "auth_failed", "no key yet: {r}");
+    etcd.put(
+        "/signaling/proxy/tokens/server1/public-key",
+        TokenKey::Rsa.public_pem(),
+    )
+    .await
+    .unwrap();
+    let mut c = TestClient::connect(&url).await;
+    let r = hello(&mut c, &token("server1", TokenKey::Rsa, unix_now())).await;
+    assert_eq!(r["type"], "hello", "{r}");
+    // The wrong key for that id is still refused.
+    let mut c = TestClient::connect(&url).await;
+    let r = hello(&mut c, &token("server1", TokenKey::Rsa2, unix_now())).await;
+    assert_eq!(r["error"]["code"], "auth_failed", "{r}");
+    etcd.delete("/signaling/proxy/tokens/server1/public-key")
+        .await
+        .unwrap();
+    let mut c = TestClient::connect(&url).await;
+    let r = hello(&mut c, &token("server1", TokenKey::Rsa, unix_now())).await;
+    assert_eq!(r["error"]["code"], "auth_failed", "key removed: {r}");
+}

@@ -227,3 +227,47 @@ async fn pxs_our_signaling_with_the_go_proxy() {
     bob.ws.leave_room().await;
     assert_eventually!(Duration::from_secs(5), janus.handle_count().await == base);
 }
+
+/// `urltype = etcd` with a real etcd: the signaling server follows the
+/// proxies listed under `keyprefix` (added: connected and used; removed:
+/// dropped from the list).
+#[tokio::test]
+async fn pxs_proxy_urls_from_etcd() {
+    let etcd = EtcdServer::start().await.expect("etcd starts");
+    let dir = TempDir::new("mcu-proxy-etcd").expect("dir");
+    let a = our_proxy(&dir, "a").await;
+    let key = dir.join("server1.key");
+    std::fs::write(&key, TokenKey::Rsa.private_pem()).expect("key");
+    let s = TestServer::start_with(&format!(
+        "[mcu]\ntype = proxy\nurltype = etcd\nendpoints = {}\nkeyprefix = /signaling/proxy/server\n\
+         token_id = server1\ntoken_key = {}\ntimeout = 5\n",
+        etcd.endpoint(),
+        key.display()
+    ))
+    .await;
+    assert_eq!(stats(&s).await["mcu"]["proxies"], json!([]));
+    etcd.put(
+        "/signaling/proxy/server/a",
+        &json!({"address": format!("http://{}", a.addr)}).to_string(),
+    )
+    .await
+    .expect("put");
+    assert_eventually!(
+        Duration::from_secs(10),
+        stats(&s).await["mcu"]["proxies"][0]["connected"] == true
+    );
+    let mut alice = MediaClient::join(&s, "alice", "room1").await;
+    alice.publish("video", "alice-video").await;
+    assert_eq!(
+        proxy_metric(&a, "signaling_proxy_publishers{type=\"video\"}").await,
+        1
+    );
+    alice.ws.leave_room().await;
+    etcd.delete("/signaling/proxy/server/a")
+        .await
+        .expect("delete");
+    assert_eventually!(
+        Duration::from_secs(10),
+        stats(&s).await["mcu"]["proxies"] == json!([])
+    );
+}

@@ -291,6 +291,114 @@ impl NatsServer {
     }
 }
 
+/// A real single-node `etcd` (Debian `etcd-server`) on loopback ports, its
+/// data in a temp dir; killed on drop. Keys are written through etcd's JSON
+/// gateway, so tests need no etcd client.
+#[derive(Debug)]
+pub struct EtcdServer {
+    child: ChildGuard,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl EtcdServer {
+    /// Binary: `$ETCD_BIN` or `etcd` in `PATH`.
+    pub async fn start() -> io::Result<EtcdServer> {
+        let binary = find_binary("etcd", "ETCD_BIN")?;
+        let dir = TempDir::new("testkit-etcd")?;
+        let mut last_err = None;
+        for attempt in 0..3 {
+            let (port, peer) = (free_port(), free_port());
+            let client = format!("http://127.0.0.1:{port}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let mut cmd = Command::new(&binary);
+            cmd.arg("--name")
+                .arg("test")
+                .arg("--data-dir")
+                .arg(dir.join(&format!("data-{attempt}")))
+                .args([
+                    "--listen-client-urls",
+                    &client,
+                    "--advertise-client-urls",
+                    &client,
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &peer_url,
+                    "--initial-advertise-peer-urls",
+                    &peer_url,
+                ])
+                .arg("--initial-cluster")
+                .arg(format!("test={peer_url}"));
+            let mut child = ChildGuard::spawn("etcd", &mut cmd, Some(&dir.join("etcd.log")))?;
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            match wait_for_port(addr, STARTUP_TIMEOUT, Some(&mut child)).await {
+                Ok(()) => {
+                    return Ok(EtcdServer {
+                        child,
+                        port,
+                        _dir: dir,
+                    })
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| io::Error::other("etcd did not start")))
+    }
+
+    /// `127.0.0.1:<port>` (the form `endpoints` takes).
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    async fn call(&self, path: &str, body: serde_json::Value) -> io::Result<()> {
+        let body = body.to_string();
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        // etcd may take a moment after opening its port to elect itself.
+        let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let resp =
+                crate::raw_http(&self.endpoint(), req.as_bytes(), Duration::from_secs(5)).await?;
+            let text = String::from_utf8_lossy(&resp);
+            if text.starts_with("HTTP/1.1 200") {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(io::Error::other(format!("etcd refused {path}: {text}")));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn put(&self, key: &str, value: &str) -> io::Result<()> {
+        use base64::Engine;
+        let b = base64::engine::general_purpose::STANDARD;
+        self.call(
+            "/v3/kv/put",
+            serde_json::json!({"key": b.encode(key), "value": b.encode(value)}),
+        )
+        .await
+    }
+
+    pub async fn delete(&self, key: &str) -> io::Result<()> {
+        use base64::Engine;
+        let b = base64::engine::general_purpose::STANDARD;
+        self.call(
+            "/v3/kv/deleterange",
+            serde_json::json!({"key": b.encode(key)}),
+        )
+        .await
+    }
+
+    pub fn log(&self) -> String {
+        self.child.log_tail(64 * 1024)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

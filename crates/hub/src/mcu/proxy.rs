@@ -35,6 +35,9 @@ use super::{
 #[derive(Clone)]
 pub struct ProxySettings {
     pub urls: Vec<String>,
+    /// `urltype = etcd`: the etcd client and the key prefix whose values
+    /// (`{"address": "http://proxy:9090"}`) name the proxies.
+    pub etcd: Option<(crate::etcd::EtcdClient, String)>,
     pub token_id: String,
     pub token_key: EncodingKey,
     /// `[mcu] proxytimeout`: one request to a proxy (default 2 s).
@@ -52,26 +55,30 @@ impl ProxySettings {
         ini: &runtime::config::Ini,
     ) -> Result<ProxySettings, (&'static str, String)> {
         let urltype = ini.get_string("mcu", "urltype", "static");
-        if urltype != "static" {
-            return Err((
-                "urltype",
-                format!("{urltype:?} is not supported yet (static)"),
-            ));
-        }
-        let urls: Vec<String> = ini
-            .get_string("mcu", "url", "")
-            .split_whitespace()
-            .map(|u| u.trim_end_matches('/').to_owned())
-            .collect();
-        if urls.is_empty() {
-            return Err(("url", "no proxy URL configured".into()));
-        }
-        if let Some(bad) = urls.iter().find(|u| !u.starts_with("ws://")) {
-            return Err((
-                "url",
-                format!("{bad:?} is not a ws:// URL (wss:// is not supported yet)"),
-            ));
-        }
+        let (urls, etcd) = match urltype.as_str() {
+            "static" => {
+                let urls = parse_urls(&ini.get_string("mcu", "url", "")).map_err(|e| ("url", e))?;
+                if urls.is_empty() {
+                    return Err(("url", "no proxy URL configured".into()));
+                }
+                (urls, None)
+            }
+            "etcd" => {
+                let client = crate::etcd::EtcdClient::new(&ini.get_string("mcu", "endpoints", ""))
+                    .map_err(|e| ("endpoints", e.to_string()))?;
+                let prefix = ini.get_string("mcu", "keyprefix", "");
+                if prefix.is_empty() {
+                    return Err(("keyprefix", "missing".into()));
+                }
+                (Vec::new(), Some((client, prefix)))
+            }
+            other => {
+                return Err((
+                    "urltype",
+                    format!("{other:?} is not supported (static or etcd)"),
+                ))
+            }
+        };
         let token_id = ini.get_string("mcu", "token_id", "");
         if token_id.is_empty() {
             return Err(("token_id", "missing".into()));
@@ -88,6 +95,7 @@ impl ProxySettings {
         };
         Ok(ProxySettings {
             urls,
+            etcd,
             token_id,
             token_key,
             request_timeout: Duration::from_secs(secs("proxytimeout", 2)?),
@@ -112,6 +120,28 @@ impl ProxySettings {
 }
 
 type Reply = oneshot::Sender<ProxyServerMessage>;
+
+/// How often the proxy list is re-read from etcd.
+const ETCD_POLL: Duration = Duration::from_secs(2);
+
+/// Proxy URLs as the Go server takes them: `ws://` as is, `http://` turned
+/// into `ws://` (`wss://`/`https://` are not supported yet).
+fn parse_urls(list: &str) -> Result<Vec<String>, String> {
+    list.split_whitespace()
+        .map(|u| {
+            let u = u.trim_end_matches('/');
+            if let Some(rest) = u.strip_prefix("http://") {
+                Ok(format!("ws://{rest}"))
+            } else if u.starts_with("ws://") {
+                Ok(u.to_owned())
+            } else {
+                Err(format!(
+                    "{u:?} is not a ws:// or http:// URL (TLS to proxies is not supported yet)"
+                ))
+            }
+        })
+        .collect()
+}
 
 /// A publisher or subscriber hosted on a proxy.
 struct ProxyClient {
@@ -196,9 +226,9 @@ impl ProxyMcu {
             next_id: AtomicU64::new(0),
             cancel,
         });
-        for url in &settings.urls {
-            let conn = inner.connect(url);
-            inner.conns.write().push(conn);
+        inner.set_urls(&settings.urls);
+        if let Some((client, prefix)) = settings.etcd.clone() {
+            tokio::spawn(inner.clone().discover(client, prefix));
         }
         Arc::new(ProxyMcu { inner })
     }
@@ -546,6 +576,69 @@ impl McuClient for ProxyClient {
 }
 
 impl Inner {
+    /// Make the proxy list `urls`: connect to new ones, drain removed ones.
+    fn set_urls(&self, urls: &[String]) {
+        let mut conns = self.conns.write();
+        for url in urls {
+            if !conns.iter().any(|c| &c.url == url) {
+                info!(%url, "MCU proxy added");
+                let conn = self.connect(url);
+                conns.push(conn);
+            }
+        }
+        let (keep, removed): (Vec<_>, Vec<_>) =
+            conns.drain(..).partition(|c| urls.contains(&c.url));
+        *conns = keep;
+        drop(conns);
+        for conn in removed {
+            info!(url = %conn.url, "MCU proxy removed, draining it");
+            conn.draining.store(true, Ordering::Release);
+            tokio::spawn(async move {
+                while !conn.clients.lock().is_empty() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                conn.cancel.cancel();
+            });
+        }
+    }
+
+    /// `urltype = etcd`: follow the proxies listed under the key prefix.
+    async fn discover(self: Arc<Self>, client: crate::etcd::EtcdClient, prefix: String) {
+        let mut known: Option<Vec<String>> = None;
+        loop {
+            match client.get_prefix(&prefix).await {
+                Ok(kvs) => {
+                    let mut urls: Vec<String> = kvs
+                        .iter()
+                        .filter_map(|(key, value)| {
+                            let v: Value = serde_json::from_slice(value).ok()?;
+                            let address = v["address"].as_str()?;
+                            match parse_urls(address) {
+                                Ok(mut u) => u.pop(),
+                                Err(e) => {
+                                    warn!(%key, error = %e, "ignoring proxy address from etcd");
+                                    None
+                                }
+                            }
+                        })
+                        .collect();
+                    urls.sort();
+                    urls.dedup();
+                    if known.as_ref() != Some(&urls) {
+                        info!(?urls, "proxy list from etcd");
+                        self.set_urls(&urls);
+                        known = Some(urls);
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot read proxy list from etcd"),
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = tokio::time::sleep(ETCD_POLL) => {}
+            }
+        }
+    }
+
     /// A new connection task for `url`.
     fn connect(&self, url: &str) -> Arc<ProxyConn> {
         let (tx, rx) = mpsc::channel(256);
@@ -746,33 +839,12 @@ impl Mcu for ProxyMcu {
     /// SIGHUP: connect to added proxy URLs; removed ones get no new
     /// publishers and are disconnected once their last stream is gone.
     fn reload(&self, ini: &runtime::config::Ini) {
-        let urls: Vec<String> = ini
-            .get_string("mcu", "url", "")
-            .split_whitespace()
-            .map(|u| u.trim_end_matches('/').to_owned())
-            .filter(|u| u.starts_with("ws://"))
-            .collect();
-        let mut conns = self.inner.conns.write();
-        for url in &urls {
-            if !conns.iter().any(|c| &c.url == url) {
-                info!(%url, "MCU proxy added");
-                let conn = self.inner.connect(url);
-                conns.push(conn);
-            }
+        if self.inner.settings.etcd.is_some() {
+            return;
         }
-        let (keep, removed): (Vec<_>, Vec<_>) =
-            conns.drain(..).partition(|c| urls.contains(&c.url));
-        *conns = keep;
-        drop(conns);
-        for conn in removed {
-            info!(url = %conn.url, "MCU proxy removed, draining it");
-            conn.draining.store(true, Ordering::Release);
-            tokio::spawn(async move {
-                while !conn.clients.lock().is_empty() {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                conn.cancel.cancel();
-            });
+        match parse_urls(&ini.get_string("mcu", "url", "")) {
+            Ok(urls) => self.inner.set_urls(&urls),
+            Err(e) => warn!(error = %e, "keeping the old proxy URLs"),
         }
     }
 
