@@ -149,6 +149,8 @@ pub struct Hub {
     pub(crate) mcu_metrics: Option<crate::mcu::metrics::McuMetrics>,
     /// `[mcu] allowedcandidates` / `blockedcandidates`, reloadable.
     pub(crate) candidate_filter: parking_lot::RwLock<crate::mcu::candidates::CandidateFilter>,
+    /// Client locations for publisher placement, reloadable.
+    pub(crate) geoip: parking_lot::RwLock<Arc<crate::geoip::GeoIp>>,
 }
 
 /// What the hub needs of a configured MCU.
@@ -156,6 +158,7 @@ pub struct HubMcu {
     pub mcu: Arc<dyn crate::mcu::Mcu>,
     pub metrics: crate::mcu::metrics::McuMetrics,
     pub filter: crate::mcu::candidates::CandidateFilter,
+    pub geoip: crate::geoip::GeoIp,
 }
 
 impl std::fmt::Debug for Hub {
@@ -190,9 +193,9 @@ impl Hub {
             .chain(media)
             .map(|s| s.to_string())
             .collect();
-        let (mcu, mcu_metrics, filter) = match mcu {
-            Some(m) => (Some(m.mcu), Some(m.metrics), m.filter),
-            None => (None, None, Default::default()),
+        let (mcu, mcu_metrics, filter, geoip) = match mcu {
+            Some(m) => (Some(m.mcu), Some(m.metrics), m.filter, m.geoip),
+            None => (None, None, Default::default(), Default::default()),
         };
         let backend = BackendClient::new(
             backends.clone(),
@@ -251,6 +254,7 @@ impl Hub {
             mcu,
             mcu_metrics,
             candidate_filter: parking_lot::RwLock::new(filter),
+            geoip: parking_lot::RwLock::new(Arc::new(geoip)),
         }))
     }
 
@@ -1838,6 +1842,10 @@ impl Hub {
             match crate::mcu::candidates::CandidateFilter::from_config(ini) {
                 Ok(f) => *self.candidate_filter.write() = f,
                 Err(e) => warn!(error = %e, "keeping the old candidate filter"),
+            }
+            match crate::geoip::GeoIp::from_config(ini) {
+                Ok(g) => *self.geoip.write() = Arc::new(g),
+                Err(e) => warn!(error = %e, "keeping the old GeoIP settings"),
             }
         }
         self.metrics

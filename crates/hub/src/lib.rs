@@ -18,6 +18,7 @@ pub mod dialout;
 pub mod etcd;
 pub mod federation;
 mod filter;
+pub mod geoip;
 mod hub;
 pub mod mcu;
 pub mod metrics;

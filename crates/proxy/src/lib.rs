@@ -706,6 +706,8 @@ impl ProxyServer {
                 bitrate,
                 media: MediaTypes(cmd.mediatypes as u8),
                 codecs: CodecPrefs::default(),
+                country: None,
+                continents: Vec::new(),
             };
             (
                 self.mcu.new_publisher(listener.clone(), params).await,

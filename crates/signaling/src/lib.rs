@@ -154,6 +154,11 @@ fn mcu_from_config(
     }
     let filter = hub::mcu::candidates::CandidateFilter::from_config(ini)
         .map_err(|reason| invalid(("allowedcandidates/blockedcandidates", reason)))?;
+    let geoip = hub::geoip::GeoIp::from_config(ini).map_err(|e| StartError::Invalid {
+        section: "geoip",
+        key: "*",
+        reason: e.to_string(),
+    })?;
     let metrics = hub::mcu::metrics::McuMetrics::new(registry);
     let mcu: Arc<dyn Mcu> = match kind.as_str() {
         "janus" => {
@@ -177,6 +182,7 @@ fn mcu_from_config(
         mcu,
         metrics,
         filter,
+        geoip,
     }))
 }
 

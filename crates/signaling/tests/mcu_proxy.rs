@@ -21,11 +21,15 @@ struct OurProxy {
 }
 
 async fn our_proxy(dir: &TempDir, name: &str) -> OurProxy {
+    our_proxy_in(dir, name, "").await
+}
+
+async fn our_proxy_in(dir: &TempDir, name: &str, country: &str) -> OurProxy {
     let janus = start_janus().await;
     let public = dir.join(&format!("{name}-server1.pem"));
     std::fs::write(&public, TokenKey::Rsa.public_pem()).expect("key");
     let ini = Ini::parse(&format!(
-        "[http]\nlisten = 127.0.0.1:0\n[tokens]\nserver1 = {}\n[mcu]\nurl = {}\ntimeout = 5\n",
+        "[http]\nlisten = 127.0.0.1:0\n[app]\ncountry = {country}\n[tokens]\nserver1 = {}\n[mcu]\nurl = {}\ntimeout = 5\n",
         public.display(),
         janus.url()
     ))
@@ -269,5 +273,51 @@ async fn pxs_proxy_urls_from_etcd() {
     assert_eventually!(
         Duration::from_secs(10),
         stats(&s).await["mcu"]["proxies"] == json!([])
+    );
+}
+
+/// PXS GeoIP placement: a client in Canada publishes on the US proxy
+/// although the German one comes first at equal load; with the client in
+/// South Africa and `AF = NA` as continent override, the US proxy wins even
+/// at a higher load. (Clients are all on 127.0.0.1 here, so the country
+/// comes from `[geoip-overrides]`, re-read on SIGHUP.)
+#[tokio::test]
+async fn pxs_publishers_prefer_proxies_near_the_client() {
+    let dir = TempDir::new("mcu-proxy-geo").expect("dir");
+    let de = our_proxy_in(&dir, "de", "DE").await;
+    let us = our_proxy_in(&dir, "us", "US").await;
+    let urls = [format!("ws://{}", de.addr), format!("ws://{}", us.addr)];
+    let mcu = signaling_config(&dir, &urls);
+    let s = TestServer::start_with(&format!("{mcu}[geoip-overrides]\n127.0.0.1 = CA\n")).await;
+    assert_eventually!(
+        Duration::from_secs(10),
+        stats(&s).await["mcu"]["proxies"]
+            .as_array()
+            .is_some_and(|p| p.iter().all(|p| p["connected"] == true))
+    );
+    assert_eq!(stats(&s).await["mcu"]["proxies"][1]["country"], "US");
+    let mut alice = MediaClient::join(&s, "alice", "room1").await;
+    alice.publish("video", "alice-video").await;
+    assert_eq!(
+        proxy_metric(&us, "signaling_proxy_publishers{type=\"video\"}").await,
+        1
+    );
+    assert_eq!(
+        proxy_metric(&de, "signaling_proxy_publishers{type=\"video\"}").await,
+        0
+    );
+    assert_eventually!(
+        Duration::from_secs(5),
+        stats(&s).await["mcu"]["proxies"][1]["load"] == 1
+    );
+    let text = config_for(
+        &s.backend.url(),
+        &format!("{mcu}[geoip-overrides]\n127.0.0.1 = ZA\n[continent-overrides]\nAF = NA\n"),
+    );
+    s.server.reload(&Ini::parse(&text).expect("config"));
+    alice.publish("screen", "alice-screen").await;
+    assert_eq!(
+        proxy_metric(&us, "signaling_proxy_publishers{type=\"screen\"}").await,
+        1
     );
 }

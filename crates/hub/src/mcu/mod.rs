@@ -230,6 +230,10 @@ pub struct PublisherParams {
     pub bitrate: u64,
     pub media: MediaTypes,
     pub codecs: CodecPrefs,
+    /// Where the publishing client is (GeoIP), to prefer proxies in the
+    /// same country, then on these continents (overrides applied).
+    pub country: Option<String>,
+    pub continents: Vec<String>,
 }
 
 /// A media server.

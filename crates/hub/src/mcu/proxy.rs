@@ -161,6 +161,8 @@ struct ProxyConn {
     connected: AtomicBool,
     draining: AtomicBool,
     load: AtomicI64,
+    /// The proxy's country (its hello), upper case, or empty.
+    country: Mutex<String>,
     next_msg: AtomicU64,
     clients: Mutex<HashMap<String, Arc<ProxyClient>>>,
     settings: Arc<ProxySettings>,
@@ -347,6 +349,13 @@ async fn run_conn(
         .flatten();
         match reply {
             Some(m) if m.kind == "hello" => {
+                let country = m
+                    .hello
+                    .as_ref()
+                    .and_then(|h| h.server.as_ref())
+                    .map(|s| s.country.to_uppercase())
+                    .unwrap_or_default();
+                *conn.country.lock() = country;
                 let new_id = m.hello.map(|h| h.sessionid).unwrap_or_default();
                 if new_id != session_id && !session_id.is_empty() {
                     lost_clients(&conn);
@@ -648,6 +657,7 @@ impl Inner {
             connected: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             load: AtomicI64::new(0),
+            country: Mutex::new(String::new()),
             next_msg: AtomicU64::new(0),
             clients: Mutex::new(HashMap::new()),
             settings: self.settings.clone(),
@@ -658,8 +668,9 @@ impl Inner {
         conn
     }
 
-    /// Connected, not draining, lowest load first (upstream sorts by load).
-    fn candidates(&self) -> Vec<Arc<ProxyConn>> {
+    /// Connected, not draining; by load (upstream's order), then proxies
+    /// in the client's country first, then those on its continents.
+    fn candidates(&self, country: Option<&str>, continents: &[String]) -> Vec<Arc<ProxyConn>> {
         let mut list: Vec<Arc<ProxyConn>> = self
             .conns
             .read()
@@ -668,6 +679,22 @@ impl Inner {
             .cloned()
             .collect();
         list.sort_by_key(|c| c.load.load(Ordering::Relaxed));
+        if let Some(country) = country {
+            // Stable: within each group the load order stays.
+            list.sort_by_key(|c| {
+                let theirs = c.country.lock().clone();
+                if theirs == country {
+                    0
+                } else if crate::geoip::continents(&theirs)
+                    .iter()
+                    .any(|t| continents.iter().any(|c| c == t))
+                {
+                    1
+                } else {
+                    2
+                }
+            });
+        }
         list
     }
 }
@@ -690,7 +717,7 @@ impl Mcu for ProxyMcu {
                 params.bitrate.min(cap)
             };
             let mut last = McuError::NotConnected;
-            for conn in inner.candidates() {
+            for conn in inner.candidates(params.country.as_deref(), &params.continents) {
                 let mut command = ProxyConn::command("create-publisher");
                 command.sid = params.sid.clone();
                 command.stream_type = params.stream.as_str().into();
@@ -810,6 +837,7 @@ impl Mcu for ProxyMcu {
                     "url": c.url,
                     "connected": c.connected.load(Ordering::Acquire),
                     "load": c.load.load(Ordering::Relaxed),
+                    "country": c.country.lock().clone(),
                     "shutdown": c.draining.load(Ordering::Acquire),
                     "clients": c.clients.lock().len(),
                 })

@@ -442,10 +442,23 @@ impl Hub {
                 vp9_profile: data.vp9profile.clone().filter(|s| !s.is_empty()),
                 h264_profile: data.h264profile.clone().filter(|s| !s.is_empty()),
             },
+            country: None,
+            continents: Vec::new(),
         };
         let listener = Arc::new(SessionListener {
             session: Arc::downgrade(session),
         });
+        let mut params = params;
+        let geoip = self.geoip.read().clone();
+        if geoip.is_enabled() {
+            let ip = session
+                .conn()
+                .and_then(|c| c.remote_addr.parse::<std::net::IpAddr>().ok());
+            params.country = ip.and_then(|ip| geoip.lookup(ip));
+            if let Some(c) = &params.country {
+                params.continents = geoip.client_continents(c);
+            }
+        }
         let publisher = mcu.new_publisher(listener, params).await?;
         let prev = session.with_mcu(|m| match m.publishers.get(&stream) {
             Some(prev) => Some(prev.clone()),
