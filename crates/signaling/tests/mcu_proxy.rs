@@ -321,3 +321,87 @@ async fn pxs_publishers_prefer_proxies_near_the_client() {
         1
     );
 }
+
+/// A TCP relay to `target` whose connections can all be cut at once (the
+/// network between signaling server and proxy failing).
+struct Relay {
+    addr: SocketAddr,
+    cut: Arc<parking_lot::Mutex<tokio_util::sync::CancellationToken>>,
+}
+
+impl Relay {
+    async fn start(target: SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let cut = Arc::new(parking_lot::Mutex::new(
+            tokio_util::sync::CancellationToken::new(),
+        ));
+        let c = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let token = c.lock().clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = token.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    }
+                });
+            }
+        });
+        Relay { addr, cut }
+    }
+
+    fn cut(&self) {
+        let mut t = self.cut.lock();
+        t.cancel();
+        *t = tokio_util::sync::CancellationToken::new();
+    }
+}
+
+/// PXS reconnect: the connection to the proxy breaks mid-call; the
+/// signaling server reconnects and resumes its proxy session, so the
+/// publisher survives and new subscribers still reach it.
+#[tokio::test]
+async fn pxs_proxy_connection_loss_resumes_the_session() {
+    let dir = TempDir::new("mcu-proxy-resume").expect("dir");
+    let a = our_proxy(&dir, "a").await;
+    let relay = Relay::start(a.addr).await;
+    let urls = [format!("ws://{}", relay.addr)];
+    let s = TestServer::start_with(&signaling_config(&dir, &urls)).await;
+    assert_eventually!(
+        Duration::from_secs(10),
+        stats(&s).await["mcu"]["proxies"][0]["connected"] == true
+    );
+    let mut alice = MediaClient::join(&s, "alice", "room1").await;
+    let mut bob = MediaClient::join(&s, "bob", "room1").await;
+    let mut carol = MediaClient::join(&s, "carol", "room1").await;
+    all_in_call(&s, "room1").await;
+    let alice_id = alice.id.clone();
+    alice.publish("video", "alice-video").await;
+    bob.subscribe(&alice_id, "video").await;
+
+    relay.cut();
+    assert_eventually!(
+        Duration::from_secs(5),
+        stats(&s).await["mcu"]["proxies"][0]["connected"] == false
+    );
+    assert_eventually!(
+        Duration::from_secs(10),
+        stats(&s).await["mcu"]["proxies"][0]["connected"] == true
+    );
+    assert_eq!(
+        proxy_metric(&a, "signaling_proxy_sessions_resumed_total").await,
+        1
+    );
+    assert_eq!(
+        proxy_metric(&a, "signaling_proxy_publishers{type=\"video\"}").await,
+        1
+    );
+    // The resumed session still serves: a new subscriber gets media.
+    carol.subscribe(&alice_id, "video").await;
+}
