@@ -204,6 +204,40 @@ mod tests {
     }
 
     #[test]
+    fn reads_a_maxmind_database() {
+        let dir = testkit::TempDir::new("geoip").unwrap();
+        let path = dir.join("test.mmdb");
+        std::fs::write(
+            &path,
+            testkit::mmdb::country_db(&[("127.0.0.0", 8, "NZ"), ("10.1.0.0", 16, "BR")]),
+        )
+        .unwrap();
+        let ini = Ini::parse(&format!(
+            "[geoip]\nurl = file://{}\n[geoip-overrides]\n127.0.0.2 = DE\n",
+            path.display()
+        ))
+        .unwrap();
+        let g = GeoIp::from_config(&ini).unwrap();
+        assert_eq!(
+            g.lookup("127.0.0.1".parse().unwrap()).as_deref(),
+            Some("NZ")
+        );
+        assert_eq!(
+            g.lookup("10.1.200.3".parse().unwrap()).as_deref(),
+            Some("BR")
+        );
+        assert_eq!(g.lookup("10.2.0.1".parse().unwrap()), None);
+        // Overrides win over the database.
+        assert_eq!(
+            g.lookup("127.0.0.2".parse().unwrap()).as_deref(),
+            Some("DE")
+        );
+        // A file that is no database is a start-up error.
+        std::fs::write(&path, b"not a database").unwrap();
+        assert!(GeoIp::from_config(&ini).is_err());
+    }
+
+    #[test]
     fn overrides_come_first() {
         let ini = Ini::parse(
             "[geoip-overrides]\n127.0.0.1 = de\n10.0.0.0/8 = US\n[continent-overrides]\nAF = EU\n",

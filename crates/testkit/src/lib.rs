@@ -55,6 +55,7 @@ mod client;
 mod http;
 pub mod janus;
 pub mod jwt;
+pub mod mmdb;
 mod process;
 pub mod webrtc;
 
