@@ -405,3 +405,33 @@ async fn pxs_proxy_connection_loss_resumes_the_session() {
     // The resumed session still serves: a new subscriber gets media.
     carol.subscribe(&alice_id, "video").await;
 }
+
+/// `dnsdiscovery = true`: a proxy URL with a host name becomes one
+/// connection per address the name resolves to (here `localhost`), and the
+/// one that answers serves publishers.
+#[tokio::test]
+async fn pxs_dns_discovery_connects_to_each_address() {
+    let dir = TempDir::new("mcu-proxy-dns").expect("dir");
+    let a = our_proxy(&dir, "a").await;
+    let urls = [format!("ws://localhost:{}", a.addr.port())];
+    let s = TestServer::start_with(&format!(
+        "{}dnsdiscovery = true\n",
+        signaling_config(&dir, &urls)
+    ))
+    .await;
+    let want = format!("ws://127.0.0.1:{}", a.addr.port());
+    assert_eventually!(
+        Duration::from_secs(10),
+        stats(&s).await["mcu"]["proxies"]
+            .as_array()
+            .is_some_and(|p| p
+                .iter()
+                .any(|p| p["url"] == want.as_str() && p["connected"] == true))
+    );
+    let mut alice = MediaClient::join(&s, "alice", "room1").await;
+    alice.publish("video", "alice-video").await;
+    assert_eq!(
+        proxy_metric(&a, "signaling_proxy_publishers{type=\"video\"}").await,
+        1
+    );
+}

@@ -38,6 +38,9 @@ pub struct ProxySettings {
     /// `urltype = etcd`: the etcd client and the key prefix whose values
     /// (`{"address": "http://proxy:9090"}`) name the proxies.
     pub etcd: Option<(crate::etcd::EtcdClient, String)>,
+    /// `dnsdiscovery`: connect to every address a URL's host resolves to,
+    /// following DNS changes.
+    pub dns_discovery: bool,
     pub token_id: String,
     pub token_key: EncodingKey,
     /// `[mcu] proxytimeout`: one request to a proxy (default 2 s).
@@ -93,9 +96,13 @@ impl ProxySettings {
                 .map_err(|e| (key, e.to_string()))?;
             Ok(if v <= 0 { default } else { v as u64 })
         };
+        let dns_discovery = ini
+            .get_bool("mcu", "dnsdiscovery", false)
+            .map_err(|e| ("dnsdiscovery", e.to_string()))?;
         Ok(ProxySettings {
             urls,
             etcd,
+            dns_discovery,
             token_id,
             token_key,
             request_timeout: Duration::from_secs(secs("proxytimeout", 2)?),
@@ -120,6 +127,9 @@ impl ProxySettings {
 }
 
 type Reply = oneshot::Sender<ProxyServerMessage>;
+
+/// How often proxy host names are resolved again (`dnsdiscovery`).
+const DNS_INTERVAL: Duration = Duration::from_secs(30);
 
 /// How often the proxy list is re-read from etcd.
 const ETCD_POLL: Duration = Duration::from_secs(2);
@@ -202,6 +212,9 @@ struct Inner {
     shared: Arc<Shared>,
     /// Changed by SIGHUP (`[mcu] url`); plain lock, never held across `.await`.
     conns: parking_lot::RwLock<Vec<Arc<ProxyConn>>>,
+    /// With `dnsdiscovery`: the configured URLs, resolved into `conns`.
+    dns_urls: Mutex<Vec<String>>,
+    dns_changed: tokio::sync::Notify,
     next_id: AtomicU64,
     cancel: CancellationToken,
 }
@@ -225,12 +238,18 @@ impl ProxyMcu {
             settings: settings.clone(),
             shared,
             conns: parking_lot::RwLock::new(Vec::new()),
+            dns_urls: Mutex::new(Vec::new()),
+            dns_changed: tokio::sync::Notify::new(),
             next_id: AtomicU64::new(0),
             cancel,
         });
-        inner.set_urls(&settings.urls);
         if let Some((client, prefix)) = settings.etcd.clone() {
             tokio::spawn(inner.clone().discover(client, prefix));
+        } else if settings.dns_discovery {
+            *inner.dns_urls.lock() = settings.urls.clone();
+            tokio::spawn(inner.clone().follow_dns());
+        } else {
+            inner.set_urls(&settings.urls);
         }
         Arc::new(ProxyMcu { inner })
     }
@@ -611,6 +630,48 @@ impl Inner {
         }
     }
 
+    /// `dnsdiscovery`: one connection per address of each URL's host,
+    /// re-resolved every [`DNS_INTERVAL`] (and at once after a reload).
+    async fn follow_dns(self: Arc<Self>) {
+        loop {
+            let urls = self.dns_urls.lock().clone();
+            let mut resolved = Vec::new();
+            for url in &urls {
+                let Some(rest) = url.strip_prefix("ws://") else {
+                    continue;
+                };
+                let (hostport, path) = rest.split_once('/').unwrap_or((rest, ""));
+                let hostport = if hostport.contains(':') {
+                    hostport.to_owned()
+                } else {
+                    format!("{hostport}:80")
+                };
+                let looked_up = tokio::net::lookup_host(hostport.clone()).await;
+                match looked_up {
+                    Ok(addrs) => {
+                        for a in addrs {
+                            let path = if path.is_empty() {
+                                String::new()
+                            } else {
+                                format!("/{path}")
+                            };
+                            resolved.push(format!("ws://{a}{path}"));
+                        }
+                    }
+                    Err(e) => warn!(%url, error = %e, "cannot resolve proxy host"),
+                }
+            }
+            resolved.sort();
+            resolved.dedup();
+            self.set_urls(&resolved);
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = self.dns_changed.notified() => {}
+                _ = tokio::time::sleep(DNS_INTERVAL) => {}
+            }
+        }
+    }
+
     /// `urltype = etcd`: follow the proxies listed under the key prefix.
     async fn discover(self: Arc<Self>, client: crate::etcd::EtcdClient, prefix: String) {
         let mut known: Option<Vec<String>> = None;
@@ -871,6 +932,10 @@ impl Mcu for ProxyMcu {
             return;
         }
         match parse_urls(&ini.get_string("mcu", "url", "")) {
+            Ok(urls) if self.inner.settings.dns_discovery => {
+                *self.inner.dns_urls.lock() = urls;
+                self.inner.dns_changed.notify_one();
+            }
             Ok(urls) => self.inner.set_urls(&urls),
             Err(e) => warn!(error = %e, "keeping the old proxy URLs"),
         }
