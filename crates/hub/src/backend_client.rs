@@ -81,22 +81,10 @@ impl BackendClient {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_secs(10)));
-        let tls = if skip_verify {
+        if skip_verify {
             warn!("backend certificate verification is disabled ([backend] skipverify)");
-            rustls::ClientConfig::builder()
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(insecure::AcceptAll::new()))
-                .with_no_client_auth()
-        } else {
-            let mut roots = rustls::RootCertStore::empty();
-            let native = rustls_native_roots();
-            for cert in native {
-                let _ = roots.add(cert);
-            }
-            rustls::ClientConfig::builder()
-                .with_root_certificates(roots)
-                .with_no_client_auth()
-        };
+        }
+        let tls = tls_client_config(skip_verify);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -355,6 +343,24 @@ fn decode_ocs<T: DeserializeOwned>(body: &[u8]) -> Result<T, BackendError> {
         return Err(BackendError::IncompleteOcs);
     }
     serde_json::from_str(data.get()).map_err(|e| BackendError::Decode(e.to_string()))
+}
+
+/// TLS client settings: the system's root certificates, or (with
+/// `skipverify`, development only) no certificate check at all.
+pub fn tls_client_config(skip_verify: bool) -> rustls::ClientConfig {
+    if skip_verify {
+        return rustls::ClientConfig::builder()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(insecure::AcceptAll::new()))
+            .with_no_client_auth();
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_roots() {
+        let _ = roots.add(cert);
+    }
+    rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
 }
 
 fn rustls_native_roots() -> Vec<rustls::pki_types::CertificateDer<'static>> {

@@ -37,12 +37,8 @@ pub const SUBPROTOCOL: &str = "janus-protocol";
 /// upgraded across a restart).
 pub(crate) async fn open(url: &str, config: &GatewayConfig) -> Result<(Ws, ServerInfo), String> {
     let attempt = async {
-        if url.starts_with("wss:") {
-            return Err(
-                "wss:// is not supported yet; run Janus behind ws:// on a trusted network"
-                    .to_owned(),
-            );
-        }
+        // wss:// uses TLS with the system's root certificates
+        // (tokio-tungstenite with rustls and native roots).
         let mut request = url
             .into_client_request()
             .map_err(|e| format!("invalid URL: {e}"))?;

@@ -996,26 +996,33 @@ async fn handle(
     }
 }
 
-/// `[http] listen` (default `127.0.0.1:9090`, like upstream's sample).
+/// `[http] listen` (default `127.0.0.1:9090`, like upstream's sample) and
+/// `[https] listen` with `certificate` and `key` (ours: upstream's proxy
+/// has no TLS listener and needs a reverse proxy for `wss://`).
 pub async fn bind_and_serve(
     server: &Arc<ProxyServer>,
     ini: &Ini,
 ) -> Result<Vec<SocketAddr>, StartError> {
-    let listen = ini.get_string("http", "listen", "127.0.0.1:9090");
     let read_timeout = Duration::from_secs(ini.get_int("http", "readtimeout", 15)?.max(1) as u64);
+    let mut bound = Vec::new();
+    for a in listen::parse_listen(&ini.get_string("http", "listen", "127.0.0.1:9090")) {
+        bound.push((Listener::bind(&a).await?, None));
+    }
+    let https = listen::parse_listen(&ini.get_string("https", "listen", ""));
+    if !https.is_empty() {
+        let cert = ini.get_string("https", "certificate", "");
+        let key = ini.get_string("https", "key", "");
+        let tls = listen::load_tls(cert.as_ref(), key.as_ref())?;
+        for a in https {
+            bound.push((Listener::bind(&a).await?, Some(tls.clone())));
+        }
+    }
     let mut addrs = Vec::new();
-    for a in listen::parse_listen(&listen) {
-        let l = Listener::bind(&a).await?;
+    for (l, tls) in bound {
         if let Some(addr) = l.local_addr() {
             addrs.push(addr);
         }
-        server.serve(
-            l,
-            ServeOptions {
-                read_timeout,
-                tls: None,
-            },
-        );
+        server.serve(l, ServeOptions { read_timeout, tls });
     }
     Ok(addrs)
 }

@@ -435,3 +435,67 @@ async fn pxs_dns_discovery_connects_to_each_address() {
         1
     );
 }
+
+/// `wss://` to a proxy with a TLS listener: with `skipverify` (self-signed
+/// test certificate) the signaling server connects and publishes; without
+/// it the untrusted certificate is refused.
+#[tokio::test]
+async fn pxs_tls_to_the_proxy() {
+    let dir = TempDir::new("mcu-proxy-tls").expect("dir");
+    let janus = start_janus().await;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = dir.join("server1.pem");
+    std::fs::write(&public, TokenKey::Rsa.public_pem()).expect("key");
+    let ini = Ini::parse(&format!(
+        "[http]\nlisten = 127.0.0.1:0\n[https]\nlisten = 127.0.0.1:0\ncertificate = {}\nkey = {}\n\
+         [tokens]\nserver1 = {}\n[mcu]\nurl = {}\n",
+        cert.display(),
+        key.display(),
+        public.display(),
+        janus.url()
+    ))
+    .expect("config");
+    let proxy = ProxyServer::build(&ini).expect("proxy");
+    let addrs = proxy::bind_and_serve(&proxy, &ini).await.expect("bind");
+    let https = addrs[1];
+    let urls = [format!("wss://{https}")];
+
+    let strict = TestServer::start_with(&signaling_config(&dir, &urls)).await;
+    let secure = TestServer::start_with(&format!(
+        "{}skipverify = true\n",
+        signaling_config(&dir, &urls)
+    ))
+    .await;
+    assert_eventually!(
+        Duration::from_secs(10),
+        stats(&secure).await["mcu"]["proxies"][0]["connected"] == true
+    );
+    assert_eq!(
+        stats(&strict).await["mcu"]["proxies"][0]["connected"],
+        false
+    );
+    let mut alice = MediaClient::join(&secure, "alice", "room1").await;
+    alice.publish("video", "alice-video").await;
+}

@@ -106,12 +106,10 @@ impl JanusSettings {
         }
         let url = ini.get_string("mcu", "url", "");
         let url = url.split_whitespace().next().unwrap_or_default().to_owned();
-        if !url.starts_with("ws://") {
+        if !(url.starts_with("ws://") || url.starts_with("wss://")) {
             return Err((
                 "url",
-                format!(
-                    "{url:?} is not a ws:// URL of a Janus gateway (wss:// is not supported yet)"
-                ),
+                format!("{url:?} is not a ws:// or wss:// URL of a Janus gateway"),
             ));
         }
         let mut s = JanusSettings::new(url);

@@ -41,6 +41,8 @@ pub struct ProxySettings {
     /// `dnsdiscovery`: connect to every address a URL's host resolves to,
     /// following DNS changes.
     pub dns_discovery: bool,
+    /// TLS for `wss://` proxies (`[mcu] skipverify` turns checks off).
+    pub tls: Arc<rustls::ClientConfig>,
     pub token_id: String,
     pub token_key: EncodingKey,
     /// `[mcu] proxytimeout`: one request to a proxy (default 2 s).
@@ -99,10 +101,18 @@ impl ProxySettings {
         let dns_discovery = ini
             .get_bool("mcu", "dnsdiscovery", false)
             .map_err(|e| ("dnsdiscovery", e.to_string()))?;
+        let skip_verify = ini
+            .get_bool("mcu", "skipverify", false)
+            .map_err(|e| ("skipverify", e.to_string()))?;
+        if skip_verify {
+            warn!("proxy certificate verification is disabled ([mcu] skipverify)");
+        }
+        let tls = Arc::new(crate::backend_client::tls_client_config(skip_verify));
         Ok(ProxySettings {
             urls,
             etcd,
             dns_discovery,
+            tls,
             token_id,
             token_key,
             request_timeout: Duration::from_secs(secs("proxytimeout", 2)?),
@@ -134,19 +144,21 @@ const DNS_INTERVAL: Duration = Duration::from_secs(30);
 /// How often the proxy list is re-read from etcd.
 const ETCD_POLL: Duration = Duration::from_secs(2);
 
-/// Proxy URLs as the Go server takes them: `ws://` as is, `http://` turned
-/// into `ws://` (`wss://`/`https://` are not supported yet).
+/// Proxy URLs as the Go server takes them: `ws://`/`wss://` as they are,
+/// `http://`/`https://` turned into those.
 fn parse_urls(list: &str) -> Result<Vec<String>, String> {
     list.split_whitespace()
         .map(|u| {
             let u = u.trim_end_matches('/');
             if let Some(rest) = u.strip_prefix("http://") {
                 Ok(format!("ws://{rest}"))
-            } else if u.starts_with("ws://") {
+            } else if let Some(rest) = u.strip_prefix("https://") {
+                Ok(format!("wss://{rest}"))
+            } else if u.starts_with("ws://") || u.starts_with("wss://") {
                 Ok(u.to_owned())
             } else {
                 Err(format!(
-                    "{u:?} is not a ws:// or http:// URL (TLS to proxies is not supported yet)"
+                    "{u:?} is not a ws://, wss://, http:// or https:// URL"
                 ))
             }
         })
@@ -313,7 +325,14 @@ async fn run_conn(
     let mut session_id = String::new();
     let mut delay = Duration::from_secs(1);
     loop {
-        let attempt = tokio_tungstenite::connect_async(&url);
+        let attempt = tokio_tungstenite::connect_async_tls_with_config(
+            &url,
+            None,
+            false,
+            Some(tokio_tungstenite::Connector::Rustls(
+                conn.settings.tls.clone(),
+            )),
+        );
         let ws = tokio::select! {
             _ = cancel.cancelled() => return,
             r = tokio::time::timeout(Duration::from_secs(10), attempt) => r,
@@ -637,12 +656,14 @@ impl Inner {
             let urls = self.dns_urls.lock().clone();
             let mut resolved = Vec::new();
             for url in &urls {
-                let Some(rest) = url.strip_prefix("ws://") else {
+                let Some((scheme, rest)) = url.split_once("://") else {
                     continue;
                 };
                 let (hostport, path) = rest.split_once('/').unwrap_or((rest, ""));
                 let hostport = if hostport.contains(':') {
                     hostport.to_owned()
+                } else if scheme == "wss" {
+                    format!("{hostport}:443")
                 } else {
                     format!("{hostport}:80")
                 };
@@ -655,7 +676,7 @@ impl Inner {
                             } else {
                                 format!("/{path}")
                             };
-                            resolved.push(format!("ws://{a}{path}"));
+                            resolved.push(format!("{scheme}://{a}{path}"));
                         }
                     }
                     Err(e) => warn!(%url, error = %e, "cannot resolve proxy host"),
