@@ -277,6 +277,48 @@ impl BackendClient {
             .invalidate(capabilities_url(u).as_str(), Instant::now())
     }
 
+    /// For `signaling check`: fetch `u`'s capabilities now (no cache) and
+    /// report the HTTP status, the server's `Date` and the Talk part.
+    pub async fn probe_capabilities(&self, u: &Url) -> Result<CapabilitiesProbe, BackendError> {
+        let cap = capabilities_url(u);
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(cap.as_str())
+            .header(header::ACCEPT, "application/json")
+            .header("OCS-APIRequest", "true")
+            .header(header::USER_AGENT, &self.user_agent)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| BackendError::Http(e.to_string()))?;
+        let resp = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
+            .await
+            .map_err(|_| BackendError::Timeout(cap.to_string()))?
+            .map_err(|e| BackendError::Http(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let date = resp
+            .headers()
+            .get(header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = Limited::new(resp.into_body(), MAX_RESPONSE_BODY)
+            .collect()
+            .await
+            .map_err(|e| BackendError::Http(e.to_string()))?
+            .to_bytes();
+        let spreed = decode_ocs::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|d| d.pointer("/capabilities/spreed").cloned())
+            .and_then(|v| match v {
+                serde_json::Value::Object(m) if !m.is_empty() => Some(SpreedCapabilities(m)),
+                _ => None,
+            });
+        Ok(CapabilitiesProbe {
+            url: cap.to_string(),
+            status,
+            date,
+            spreed,
+        })
+    }
+
     async fn fetch_capabilities(
         &self,
         cap: &Url,
@@ -343,6 +385,15 @@ fn decode_ocs<T: DeserializeOwned>(body: &[u8]) -> Result<T, BackendError> {
         return Err(BackendError::IncompleteOcs);
     }
     serde_json::from_str(data.get()).map_err(|e| BackendError::Decode(e.to_string()))
+}
+
+/// What [`BackendClient::probe_capabilities`] saw.
+#[derive(Debug)]
+pub struct CapabilitiesProbe {
+    pub url: String,
+    pub status: u16,
+    pub date: Option<String>,
+    pub spreed: Option<SpreedCapabilities>,
 }
 
 /// TLS client settings: the system's root certificates, or (with

@@ -4,7 +4,8 @@
 //! `main.rs` only parses flags and calls [`run_from_config`]; tests call
 //! [`Server::build`] and [`Server::serve`] with listeners on port 0.
 
-pub mod routes;
+pub mod check;
+mod routes;
 pub mod status;
 pub mod turn;
 pub mod ws;

@@ -369,11 +369,3 @@ async fn backend_room(
         }
     }
 }
-
-/// Parse `[stats] allowed_ips`.
-pub fn parse_allowed_ips(value: &str) -> Vec<IpAddr> {
-    runtime::config::split_list(value, ',')
-        .iter()
-        .filter_map(|s| s.parse().ok())
-        .collect()
-}

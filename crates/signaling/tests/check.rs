@@ -1,0 +1,102 @@
+//! `signaling check`: the real binary against a fake Nextcloud and a real
+//! Janus, once with everything right and once per typical mistake.
+
+mod common;
+
+use common::media::start_janus;
+use common::*;
+
+async fn check(config: &str) -> (i32, String) {
+    let dir = TempDir::new("check").expect("dir");
+    let path = dir.join("server.conf");
+    std::fs::write(&path, config).expect("write");
+    // Blocking wait on its own thread; `check` bounds every step itself.
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_signaling"))
+            .arg("check")
+            .arg("--config")
+            .arg(&path)
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn with_port(config: String, port: u16) -> String {
+    config.replace(
+        "listen = 127.0.0.1:0",
+        &format!("listen = 127.0.0.1:{port}"),
+    )
+}
+
+#[tokio::test]
+async fn check_passes_when_everything_is_right() {
+    let backend = FakeBackend::start(SECRET).await;
+    let janus = start_janus().await;
+    let config = with_port(
+        config_for(
+            &backend.url(),
+            &format!("[mcu]\ntype = janus\nurl = {}\n", janus.url()),
+        ),
+        free_port(),
+    );
+    let (code, out) = check(&config).await;
+    assert_eq!(code, 0, "{out}");
+    for line in [
+        "ok    configuration",
+        "ok    [http] listen",
+        "capabilities answered, Talk installed",
+        "signed request accepted",
+        "clock in sync",
+        "Janus 1.1",
+        "in-process bus",
+        "0 failed",
+    ] {
+        assert!(out.contains(line), "{line:?} missing in:\n{out}");
+    }
+}
+
+#[tokio::test]
+async fn check_names_each_typical_mistake() {
+    let backend = FakeBackend::start(SECRET).await;
+    // Wrong shared secret.
+    let wrong = with_port(config_for(&backend.url(), ""), free_port())
+        .replace(&format!("secret = {SECRET}"), "secret = not-the-secret");
+    let (code, out) = check(&wrong).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL") && out.contains("shared secret is refused"),
+        "{out}"
+    );
+
+    // Nextcloud not reachable, Janus not reachable, port taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let dead = format!("http://127.0.0.1:{}/", free_port());
+    let config = with_port(
+        config_for(
+            &dead,
+            &format!(
+                "[mcu]\ntype = janus\nurl = ws://127.0.0.1:{}\n",
+                free_port()
+            ),
+        ),
+        port,
+    );
+    let (code, out) = check(&config).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("capabilities not reachable"), "{out}");
+    assert!(out.contains("FAIL  janus"), "{out}");
+    assert!(out.contains("FAIL  [http] listen"), "{out}");
+
+    // A configuration error names the key.
+    let (code, out) = check("[http]\nlisten = 127.0.0.1:0\n[sessions]\nhashkey = 0123456789abcdef0123456789abcdef\nblockkey = short\n").await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL  configuration"), "{out}");
+    assert!(out.contains("block"), "{out}");
+}
