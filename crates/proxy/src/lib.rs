@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod conn;
 pub mod session;
 pub mod tokens;

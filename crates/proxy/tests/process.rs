@@ -133,3 +133,55 @@ async fn pxy_sighup_reloads_tokens_and_sigusr1_drains_then_exits() {
     testkit::assert_eventually!(Duration::from_secs(5), janus.handle_count().await == 0);
     child.kill();
 }
+
+/// Runs `proxy check` (blocking) on the `proxy.conf` in `dir`.
+fn proxy_check(dir: &std::path::Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_proxy"))
+        .arg("check")
+        .arg("--config")
+        .arg(dir.join("proxy.conf"))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// `proxy check`: passes with Janus up and a token key, names what is wrong
+/// otherwise.
+#[tokio::test]
+async fn pxy_check_reports_janus_tokens_and_listeners() {
+    let janus = Janus::start_with(JanusOptions {
+        session_timeout: 60,
+    })
+    .await;
+    let dir = TempDir::new("proxy-check").unwrap();
+    write_config(&dir, free_port(), &janus, &[("server1", TokenKey::Rsa)]);
+    let path = dir.path().to_owned();
+    let (code, out) = tokio::task::spawn_blocking(move || proxy_check(&path))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("ok    janus") && out.contains("server1"),
+        "{out}"
+    );
+
+    // No tokens, Janus gone, port taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    std::fs::write(
+        dir.join("proxy.conf"),
+        format!(
+            "[http]\nlisten = 127.0.0.1:{port}\n[mcu]\nurl = ws://127.0.0.1:{}\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let (code, out) = proxy_check(dir.path());
+    assert_eq!(code, 1, "{out}");
+    for want in ["FAIL  janus", "FAIL  [tokens]", "FAIL  [http] listen"] {
+        assert!(out.contains(want), "{want:?} missing in {out}");
+    }
+}
