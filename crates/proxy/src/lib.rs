@@ -302,6 +302,12 @@ impl ProxyServer {
 
     /// SIGHUP: tokens and the stats IPs. Sessions stay.
     pub fn reload(&self, ini: &Ini) {
+        let level = ini.get_string("app", "loglevel", "info");
+        match runtime::logging::set_level(&level) {
+            Ok(true) => info!(%level, "log level applied"),
+            Ok(false) => {}
+            Err(e) => warn!(%level, error = %e, "keeping the old log level"),
+        }
         match Tokens::load(ini, false) {
             Ok(t) => *self.tokens.write() = Arc::new(t),
             Err(e) => warn!(error = %e, "keeping the old tokens"),

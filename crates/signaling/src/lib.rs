@@ -246,6 +246,12 @@ impl Server {
 
     /// SIGHUP: re-read what can change without a restart.
     pub fn reload(&self, ini: &Ini) {
+        let level = ini.get_string("app", "loglevel", "info");
+        match runtime::logging::set_level(&level) {
+            Ok(true) => info!(%level, "log level applied"),
+            Ok(false) => {}
+            Err(e) => warn!(%level, error = %e, "keeping the old log level"),
+        }
         self.hub.reload(ini);
         match (stats_ips(ini), trusted_proxies(ini)) {
             (Ok(stats), Ok(proxies)) => {

@@ -325,3 +325,52 @@ async fn sighup_reloads_backends_without_dropping_clients() {
     let m = alice.expect_type("message").await;
     assert_eq!(m["message"]["data"], "still there?");
 }
+
+/// SIGHUP applies a changed `[app] loglevel` (without `RUST_LOG`): a hello
+/// is not logged at `warn`, and is after the reload to `info`.
+#[tokio::test]
+async fn sighup_applies_the_log_level() {
+    let dir = TempDir::new("sig-loglevel").unwrap();
+    let backend = FakeBackend::start(SECRET).await;
+    let port = free_port();
+    let text = config_for(&backend.url(), "[app]\nloglevel = warn\n")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let path = write_config(&dir, &text);
+    let log = dir.join("log");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config").arg(&path).env_remove("RUST_LOG");
+    let mut child = ChildGuard::spawn("signaling", &mut cmd, Some(&log)).unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    wait_for_port(
+        addr.parse().unwrap(),
+        Duration::from_secs(10),
+        Some(&mut child),
+    )
+    .await
+    .unwrap();
+    let url = format!("ws://{addr}/spreed");
+    let mut alice = TestClient::connect(&url).await.skip("welcome");
+    alice.hello_user(&backend.backend_url(), "alice").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !before.contains("register user"),
+        "logged at warn: {before}"
+    );
+
+    std::fs::write(&path, text.replace("loglevel = warn", "loglevel = info")).unwrap();
+    signal(child.id().unwrap(), "HUP");
+    assert_eventually!(std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("log level applied"));
+    let mut bob = TestClient::connect(&url).await.skip("welcome");
+    bob.hello_user(&backend.backend_url(), "bob").await;
+    assert_eventually!(std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("register user"));
+    // alice is still connected.
+    let alice_id = alice.session_id().unwrap().to_owned();
+    bob.send_message(recipient_session(&alice_id), json!("hi"))
+        .await;
+    assert_eq!(alice.expect_type("message").await["message"]["data"], "hi");
+}
