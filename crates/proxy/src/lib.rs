@@ -203,6 +203,8 @@ pub struct ProxyServer {
     pub shutdown: Shutdown,
     server_header: HeaderValue,
     next_sid: AtomicU64,
+    /// The `[https]` certificate, reloaded on SIGHUP.
+    tls: Mutex<Option<listen::Tls>>,
 }
 
 fn stats_ips(ini: &Ini) -> Result<Vec<IpNet>, StartError> {
@@ -290,6 +292,7 @@ impl ProxyServer {
             ))
             .unwrap_or(HeaderValue::from_static("nextcloud-spreed-signaling-proxy")),
             next_sid: AtomicU64::new(0),
+            tls: Mutex::new(None),
         });
         *server.stats_allowed.write() = stats_ips(ini)?;
         server.spawn_housekeeping();
@@ -307,6 +310,14 @@ impl ProxyServer {
             Ok(true) => info!(%level, "log level applied"),
             Ok(false) => {}
             Err(e) => warn!(%level, error = %e, "keeping the old log level"),
+        }
+        if let Some(tls) = self.tls.lock().clone() {
+            let cert = ini.get_string("https", "certificate", "");
+            let key = ini.get_string("https", "key", "");
+            match tls.reload(cert.as_ref(), key.as_ref()) {
+                Ok(()) => info!(%cert, "TLS certificate reloaded"),
+                Err(e) => warn!(error = %e, "keeping the old TLS certificate"),
+            }
         }
         match Tokens::load(ini, false) {
             Ok(t) => *self.tokens.write() = Arc::new(t),
@@ -1019,7 +1030,8 @@ pub async fn bind_and_serve(
     if !https.is_empty() {
         let cert = ini.get_string("https", "certificate", "");
         let key = ini.get_string("https", "key", "");
-        let tls = listen::load_tls(cert.as_ref(), key.as_ref())?;
+        let tls = listen::Tls::new(listen::load_tls(cert.as_ref(), key.as_ref())?);
+        *server.tls.lock() = Some(tls.clone());
         for a in https {
             bound.push((Listener::bind(&a).await?, Some(tls.clone())));
         }

@@ -166,6 +166,29 @@ pub fn load_tls(cert: &Path, key: &Path) -> Result<TlsAcceptor, ListenError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// The TLS settings of HTTPS listeners, replaceable on SIGHUP (renewed
+/// certificates): new connections use the current acceptor, open ones keep
+/// theirs.
+#[derive(Clone)]
+pub struct Tls(Arc<parking_lot::RwLock<TlsAcceptor>>);
+
+impl Tls {
+    pub fn new(acceptor: TlsAcceptor) -> Tls {
+        Tls(Arc::new(parking_lot::RwLock::new(acceptor)))
+    }
+
+    pub fn current(&self) -> TlsAcceptor {
+        self.0.read().clone()
+    }
+
+    /// Loads `cert`/`key` again; on error the old ones stay.
+    pub fn reload(&self, cert: &Path, key: &Path) -> Result<(), ListenError> {
+        let acceptor = load_tls(cert, key)?;
+        *self.0.write() = acceptor;
+        Ok(())
+    }
+}
+
 /// What a handler knows about the connection a request came on.
 #[derive(Clone, Debug)]
 pub struct PeerInfo {
@@ -178,7 +201,7 @@ pub struct PeerInfo {
 #[derive(Clone)]
 pub struct ServeOptions {
     pub read_timeout: Duration,
-    pub tls: Option<TlsAcceptor>,
+    pub tls: Option<Tls>,
 }
 
 /// Accept connections until shutdown and serve each with `handler`.
@@ -213,7 +236,7 @@ where
             let shutdown2 = shutdown.clone();
             shutdown.tracker.spawn(async move {
                 match (stream, options.tls.clone()) {
-                    (Stream::Tcp(s), Some(acceptor)) => match acceptor.accept(s).await {
+                    (Stream::Tcp(s), Some(tls)) => match tls.current().accept(s).await {
                         Ok(tls) => {
                             serve_conn(
                                 tls,

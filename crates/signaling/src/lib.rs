@@ -102,6 +102,8 @@ pub struct Server {
     /// `[app] draintimeout`: how long a drain may wait for the last session
     /// (None: as long as it takes, like upstream).
     pub drain_timeout: Option<Duration>,
+    /// The HTTPS listeners' certificate, reloaded on SIGHUP.
+    tls: parking_lot::Mutex<Option<listen::Tls>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -219,6 +221,7 @@ impl Server {
             nats,
             started: std::time::Instant::now(),
             drain_timeout: drain_timeout(ini)?,
+            tls: parking_lot::Mutex::new(None),
         }))
     }
 
@@ -253,6 +256,14 @@ impl Server {
             Err(e) => warn!(%level, error = %e, "keeping the old log level"),
         }
         self.hub.reload(ini);
+        if let Some(tls) = self.tls.lock().clone() {
+            let cert = ini.get_string("https", "certificate", "");
+            let key = ini.get_string("https", "key", "");
+            match tls.reload(cert.as_ref(), key.as_ref()) {
+                Ok(()) => info!(%cert, "TLS certificate reloaded"),
+                Err(e) => warn!(error = %e, "keeping the old TLS certificate"),
+            }
+        }
         match (stats_ips(ini), trusted_proxies(ini)) {
             (Ok(stats), Ok(proxies)) => {
                 *self.stats_allowed.write() = stats;
@@ -327,7 +338,11 @@ pub async fn bind_and_serve(
         bound.push((Listener::bind(a).await?, None));
     }
     if !cfg.https.is_empty() {
-        let tls = listen::load_tls(cfg.certificate.as_ref(), cfg.key.as_ref())?;
+        let tls = listen::Tls::new(listen::load_tls(
+            cfg.certificate.as_ref(),
+            cfg.key.as_ref(),
+        )?);
+        *server.tls.lock() = Some(tls.clone());
         for a in &cfg.https {
             bound.push((Listener::bind(a).await?, Some(tls.clone())));
         }

@@ -772,3 +772,65 @@ async fn obs_02_allowed_ips_list_and_reload() {
     assert_eq!(get(&url, &[]).await.status, 403);
     assert_eq!(get(&url, &[("X-Real-IP", "10.0.0.2")]).await.status, 200);
 }
+
+/// A self-signed certificate for `CN=<cn>` into `cert`/`key`.
+fn make_cert(cn: &str, cert: &std::path::Path, key: &std::path::Path) {
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .arg("ec_paramgen_curve:prime256v1")
+        .args(["-nodes", "-days", "1", "-subj", &format!("/CN={cn}")])
+        .arg("-keyout")
+        .arg(key)
+        .arg("-out")
+        .arg(cert)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The subject of the certificate `addr` presents.
+async fn served_subject(addr: std::net::SocketAddr) -> String {
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "openssl s_client -connect {addr} </dev/null 2>/dev/null | openssl x509 -noout -subject"
+            ))
+            .output()
+            .expect("run openssl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    })
+    .await
+    .expect("join")
+}
+
+/// SIGHUP (`Server::reload`) picks up a renewed certificate for new
+/// connections; a broken one is refused and the old one kept.
+#[tokio::test]
+async fn https_certificate_is_reloaded() {
+    let dir = TempDir::new("sig-tls-reload").expect("temp dir");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    make_cert("first", &cert, &key);
+    let backend = FakeBackend::start(SECRET).await;
+    let extra = format!(
+        "[https]\nlisten = 127.0.0.1:0\ncertificate = {}\nkey = {}\n",
+        cert.display(),
+        key.display()
+    );
+    let text = config_for(&backend.url(), &extra);
+    let (server, addrs) = start_all(&text).await;
+    let https = addrs[1];
+    assert!(served_subject(https).await.contains("CN = first"));
+
+    make_cert("second", &cert, &key);
+    server.reload(&runtime::config::Ini::parse(&text).expect("config"));
+    assert!(served_subject(https).await.contains("CN = second"));
+
+    std::fs::write(&cert, "not a certificate").expect("write");
+    server.reload(&runtime::config::Ini::parse(&text).expect("config"));
+    assert!(served_subject(https).await.contains("CN = second"));
+}
