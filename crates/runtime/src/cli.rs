@@ -8,8 +8,62 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn usage(name: &str) -> ! {
-    eprintln!("usage: {name} [--config FILE] [--version]");
+    eprintln!("usage: {name} [check] [--config FILE] [--version]");
     std::process::exit(crate::EXIT_CONFIG);
+}
+
+/// Like [`main`], with a `check` subcommand: `NAME check [--config FILE]`
+/// runs `check(config path)`, which prints its findings and returns the
+/// number of failures (exit code 0 only for none).
+pub fn main_with_check<F, Fut, E, C, CFut>(
+    name: &str,
+    default_config: &str,
+    version_line: &str,
+    run: F,
+    check: C,
+) -> ExitCode
+where
+    F: FnOnce(PathBuf) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+    C: FnOnce(PathBuf) -> CFut,
+    CFut: Future<Output = usize>,
+{
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) != Some("check") {
+        return main(name, default_config, version_line, run);
+    }
+    let mut config = PathBuf::from(default_config);
+    let mut rest = args.iter().skip(1);
+    while let Some(a) = rest.next() {
+        match a.trim_start_matches('-') {
+            "config" => match rest.next() {
+                Some(p) => config = PathBuf::from(p),
+                None => usage(name),
+            },
+            c if c.starts_with("config=") => config = PathBuf::from(&c["config=".len()..]),
+            _ => usage(name),
+        }
+    }
+    // Only the findings on stdout; library errors to stderr.
+    crate::logging::init("error");
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("could not start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let failed = rt.block_on(check(config));
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 /// Parses the command line and runs `run(config path)` to completion.

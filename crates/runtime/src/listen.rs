@@ -181,6 +181,17 @@ impl Tls {
         self.0.read().clone()
     }
 
+    /// SIGHUP: load `[https] certificate`/`key` of `ini` again and log the
+    /// outcome; on error the old ones stay.
+    pub fn reload_from(&self, ini: &crate::config::Ini) {
+        let cert = ini.get_string("https", "certificate", "");
+        let key = ini.get_string("https", "key", "");
+        match self.reload(cert.as_ref(), key.as_ref()) {
+            Ok(()) => info!(%cert, "TLS certificate reloaded"),
+            Err(e) => warn!(error = %e, "keeping the old TLS certificate"),
+        }
+    }
+
     /// Loads `cert`/`key` again; on error the old ones stay.
     pub fn reload(&self, cert: &Path, key: &Path) -> Result<(), ListenError> {
         let acceptor = load_tls(cert, key)?;

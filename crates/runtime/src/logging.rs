@@ -59,3 +59,13 @@ pub fn set_level(level: &str) -> Result<bool, String> {
     reload(filter)?;
     Ok(true)
 }
+
+/// SIGHUP: apply `[app] loglevel` of `ini` and log the outcome.
+pub fn apply_config_level(ini: &crate::config::Ini) {
+    let level = ini.get_string("app", "loglevel", "info");
+    match set_level(&level) {
+        Ok(true) => tracing::info!(%level, "log level applied"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(%level, error = %e, "keeping the old log level"),
+    }
+}

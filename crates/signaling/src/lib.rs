@@ -249,20 +249,10 @@ impl Server {
 
     /// SIGHUP: re-read what can change without a restart.
     pub fn reload(&self, ini: &Ini) {
-        let level = ini.get_string("app", "loglevel", "info");
-        match runtime::logging::set_level(&level) {
-            Ok(true) => info!(%level, "log level applied"),
-            Ok(false) => {}
-            Err(e) => warn!(%level, error = %e, "keeping the old log level"),
-        }
+        runtime::logging::apply_config_level(ini);
         self.hub.reload(ini);
         if let Some(tls) = self.tls.lock().clone() {
-            let cert = ini.get_string("https", "certificate", "");
-            let key = ini.get_string("https", "key", "");
-            match tls.reload(cert.as_ref(), key.as_ref()) {
-                Ok(()) => info!(%cert, "TLS certificate reloaded"),
-                Err(e) => warn!(error = %e, "keeping the old TLS certificate"),
-            }
+            tls.reload_from(ini);
         }
         match (stats_ips(ini), trusted_proxies(ini)) {
             (Ok(stats), Ok(proxies)) => {
