@@ -702,11 +702,7 @@ impl ProxyServer {
         });
         let (result, bitrate) = if publisher {
             let cap = self.janus.max_bitrate(stream);
-            let bitrate = if cmd.bitrate == 0 {
-                cap
-            } else {
-                cmd.bitrate.min(cap)
-            };
+            let bitrate = hub::mcu::cap_bitrate(cmd.bitrate, cap);
             let params = PublisherParams {
                 id: Arc::from(id.as_str()),
                 sid: cmd.sid.clone(),

@@ -12,6 +12,19 @@ fn usage(name: &str) -> ! {
     std::process::exit(crate::EXIT_CONFIG);
 }
 
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("could not start runtime: {e}");
+            None
+        }
+    }
+}
+
 /// Like [`main`], with a `check` subcommand: `NAME check [--config FILE]`
 /// runs `check(config path)`, which prints its findings and returns the
 /// number of failures (exit code 0 only for none).
@@ -47,15 +60,8 @@ where
     }
     // Only the findings on stdout; library errors to stderr.
     crate::logging::init("error");
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("could not start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
     };
     let failed = rt.block_on(check(config));
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
@@ -97,15 +103,8 @@ where
         .map(|ini| ini.get_string("app", "loglevel", "info"))
         .unwrap_or_else(|_| "info".into());
     crate::logging::init(&level);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("could not start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
     };
     match rt.block_on(run(config.clone())) {
         Ok(()) => ExitCode::SUCCESS,

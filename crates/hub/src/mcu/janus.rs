@@ -359,11 +359,7 @@ impl Mcu for JanusMcu {
         Box::pin(async move {
             let inner = &self.inner;
             let cap = inner.settings.max_bitrate(params.stream);
-            let bitrate = if params.bitrate == 0 {
-                cap
-            } else {
-                params.bitrate.min(cap)
-            };
+            let bitrate = super::cap_bitrate(params.bitrate, cap);
             let live = inner.live()?;
             let setup = PublisherSetup {
                 id: params.id.clone(),

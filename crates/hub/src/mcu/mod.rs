@@ -219,6 +219,15 @@ pub trait McuClient: Send + Sync {
     fn send_message(&self, msg: McuMessage, reply: Responder) -> BoxFuture<'_, ()>;
 }
 
+/// A publisher's bitrate: what was asked for (0: nothing), at most `cap`.
+pub fn cap_bitrate(requested: u64, cap: u64) -> u64 {
+    if requested == 0 {
+        cap
+    } else {
+        requested.min(cap)
+    }
+}
+
 /// Parameters of a new publisher.
 #[derive(Clone, Debug)]
 pub struct PublisherParams {

@@ -793,11 +793,7 @@ impl Mcu for ProxyMcu {
                 StreamType::Video => inner.settings.max_stream_bitrate,
                 StreamType::Screen => inner.settings.max_screen_bitrate,
             };
-            let bitrate = if params.bitrate == 0 {
-                cap
-            } else {
-                params.bitrate.min(cap)
-            };
+            let bitrate = super::cap_bitrate(params.bitrate, cap);
             let mut last = McuError::NotConnected;
             for conn in inner.candidates(params.country.as_deref(), &params.continents) {
                 let mut command = ProxyConn::command("create-publisher");

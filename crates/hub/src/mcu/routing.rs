@@ -65,8 +65,22 @@ pub(crate) struct McuData {
 }
 
 impl McuData {
+    /// `None` unless `data` is an MCU verb, `sendoffer` or `unshareScreen`.
+    /// Every session and room message passes here while an MCU is
+    /// configured, so the type is read first without allocating, and only
+    /// those few kinds are decoded in full (payload maps included).
     pub fn parse(data: Option<&proto::Raw>) -> Option<McuData> {
-        serde_json::from_str(data?.get()).ok()
+        #[derive(Deserialize)]
+        struct Kind<'a> {
+            #[serde(rename = "type", borrow, default)]
+            kind: Option<std::borrow::Cow<'a, str>>,
+        }
+        let text = data?.get();
+        let kind = serde_json::from_str::<Kind>(text).ok()?.kind?;
+        if !(super::VERBS.contains(&&*kind) || kind == "unshareScreen") {
+            return None;
+        }
+        serde_json::from_str(text).ok()
     }
 
     fn payload(&self) -> Map<String, Value> {
