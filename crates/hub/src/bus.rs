@@ -59,8 +59,9 @@ pub trait BusHandler: Send + Sync {
 pub enum BusError {
     #[error("invalid subject {0:?}")]
     InvalidSubject(String),
-    /// The cluster bus cannot take more messages right now (its outbound
-    /// queue is at its bound, e.g. during a long NATS outage).
+    /// The cluster bus could not pass the message on to other servers (its
+    /// queue to NATS is at its bound, e.g. during a long NATS outage). This
+    /// server's own subscribers did get it.
     #[error("cluster bus overloaded: {0} messages waiting for NATS")]
     Overloaded(usize),
 }

@@ -10,12 +10,13 @@
 //!   `SUB` reaches the NATS server before any `PUB` the hub issued after it:
 //!   a session that subscribes the room subject and then publishes its join
 //!   event receives that event, exactly as with the in-process bus.
-//! - **Deliver only what comes back from NATS.** Sessions on this node
-//!   subscribe through NATS like everyone else and the connection does not
-//!   use `no_echo`, so a message to a local session makes a round trip to
-//!   the NATS server. This is the simplest design that can never deliver a
-//!   message twice (a local short-cut plus the echo would), at the cost of
-//!   one round trip for local traffic; measure before optimising it.
+//! - **Local first, NATS for the others.** A publish is handed to this
+//!   node's own handlers of the subject at once (synchronously, exactly as
+//!   the in-process bus does) and then queued for NATS; the connection uses
+//!   `no_echo`, so the NATS server never sends our own messages back and
+//!   nothing is delivered twice. Traffic between sessions of one node thus
+//!   never depends on NATS: it costs no round trip, and a NATS outage (or a
+//!   message lost in a broken socket) cannot lose or delay it.
 //! - **One NATS subscription per subject**, however many local handlers it
 //!   has (a room subject is shared by all members on this node). A task per
 //!   subscription decodes each envelope once and calls the subject's
@@ -31,7 +32,8 @@
 //!   grows only while NATS is unreachable or slower than the hub. At the
 //!   bound a publish is refused with [`BusError::Overloaded`], counted in
 //!   `signaling_nats_publish_rejected_total` and logged: never dropped
-//!   silently. Subscribe/unsubscribe commands are never refused (they are
+//!   silently (this node's own handlers already have it; other nodes miss
+//!   it). Subscribe/unsubscribe commands are never refused (they are
 //!   bounded by the number of sessions and must not be lost).
 //! - **Connection**: the initial connect is retried in the background
 //!   (upstream blocks start-up instead; here the hub starts at once and its
@@ -42,13 +44,12 @@
 //!
 //! # What a NATS outage loses
 //!
-//! Core NATS keeps nothing for absent subscribers. While this node is
-//! disconnected its publishes wait in the queue (up to the bound) and go
-//! out after the reconnect, its own subscriptions are restored first, so
-//! traffic between sessions of this node is only delayed. Lost are: messages
-//! other nodes publish while this node is disconnected (or before it has
+//! Nothing between sessions of one node (see above). Core NATS keeps nothing
+//! for absent subscribers, so across nodes these are lost: messages other
+//! nodes publish while this node is disconnected (or before it has
 //! re-subscribed), and messages that were in the socket buffers when the
-//! connection broke.
+//! connection broke. This node's own publishes wait in the queue (up to the
+//! bound) and go out after the reconnect.
 
 use async_nats::{Client, ConnectOptions, Event, ServerAddr, Subscriber};
 use bytes::Bytes;
@@ -254,6 +255,8 @@ impl NatsBus {
         let shown = redact(urls);
         let options = options
             .name("nextcloud-spreed-signaling")
+            // Local handlers get our messages directly (see the module docs).
+            .no_echo()
             .retry_on_initial_connect()
             .max_reconnects(None)
             .reconnect_delay_callback(retry_delay)
@@ -329,10 +332,14 @@ impl NatsBus {
 impl Bus for NatsBus {
     fn publish(&self, subject: &str, msg: BusMessage) -> Result<(), BusError> {
         check_subject(subject)?;
+        self.deliver(subject, &msg);
         let queued = self.metrics.queued.get();
         if queued >= MAX_QUEUED_PUBLISHES as i64 {
             self.metrics.rejected.inc();
-            error!(subject, queued, "NATS publish queue full, message refused");
+            error!(
+                subject,
+                queued, "NATS publish queue full, message not sent to other servers"
+            );
             return Err(BusError::Overloaded(queued as usize));
         }
         self.metrics.queued.inc();

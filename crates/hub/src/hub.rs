@@ -33,7 +33,7 @@ use crate::session::{
     VirtualSession, PERMISSION_CONTROL, PERMISSION_TRANSIENT_DATA,
 };
 use crate::sessionid::{SessionIdCodec, SessionIdData};
-use crate::settings::{HubSettings, ANONYMOUS_JOIN_TIMEOUT, RESUME_WINDOW};
+use crate::settings::{HubSettings, ANONYMOUS_JOIN_TIMEOUT};
 
 /// A room id and the ping entries of its sessions.
 type RoomPings = (String, Vec<PingEntry>);
@@ -526,8 +526,10 @@ impl Hub {
         reg.anonymous.remove(&conn.id);
         if let Some(s) = &session {
             if !s.is_closed() && reg.sessions.contains_key(&s.public_id) {
-                reg.expiring
-                    .insert(s.public_id.clone(), Instant::now() + RESUME_WINDOW);
+                reg.expiring.insert(
+                    s.public_id.clone(),
+                    Instant::now() + self.settings.resume_window,
+                );
             }
         }
         drop(reg);

@@ -3,7 +3,8 @@
 use runtime::config::{ConfigError, Ini};
 use std::time::Duration;
 
-/// Seconds a disconnected session stays resumable.
+/// How long a disconnected session stays resumable unless `[sessions]
+/// resumewindow` says otherwise.
 pub const RESUME_WINDOW: Duration = Duration::from_secs(30);
 /// A new connection must say hello within this time.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
@@ -27,6 +28,8 @@ pub struct HubSettings {
     pub connections_per_host: usize,
     pub skip_verify: bool,
     pub allow_subscribe_any: bool,
+    /// How long a disconnected session waits for its client to resume.
+    pub resume_window: Duration,
 }
 
 impl HubSettings {
@@ -53,6 +56,15 @@ impl HubSettings {
         }
         let timeout = ini.get_int("backend", "timeout", 10)?;
         let per_host = ini.get_int("backend", "connectionsperhost", 8)?;
+        let resume = ini.get_int("sessions", "resumewindow", RESUME_WINDOW.as_secs() as i64)?;
+        if !(1..=3600).contains(&resume) {
+            return Err(ConfigError::Invalid {
+                section: "sessions".into(),
+                key: "resumewindow".into(),
+                value: resume.to_string(),
+                reason: "must be between 1 and 3600 seconds".into(),
+            });
+        }
         Ok(HubSettings {
             version: version.to_owned(),
             hash_key,
@@ -62,6 +74,7 @@ impl HubSettings {
             connections_per_host: if per_host <= 0 { 8 } else { per_host as usize },
             skip_verify: ini.get_bool("backend", "skipverify", false)?,
             allow_subscribe_any: ini.get_bool("app", "allowsubscribeany", false)?,
+            resume_window: Duration::from_secs(resume as u64),
         })
     }
 }

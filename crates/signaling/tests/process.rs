@@ -80,6 +80,10 @@ fn config_errors_name_section_and_key() {
             "[sessions]\nhashkey = 0123456789abcdef0123456789abcdef\n[backend]\ntimeout = soon\n",
             "[backend] timeout",
         ),
+        (
+            "[sessions]\nhashkey = 0123456789abcdef0123456789abcdef\nresumewindow = 0\n",
+            "[sessions] resumewindow",
+        ),
     ] {
         let path = write_config(&dir, &format!("{base}{extra}"));
         let (code, err) = run_to_exit(&path);

@@ -3,6 +3,8 @@
 //! does not read must be disconnected (bounded memory) without losing the
 //! messages meant for it.
 //!
+//! (The garbage storm with hundreds of connections is in survival.rs.)
+//!
 //! Feature ids: WS-03 (binary frames), WS-04 (read limit), WS-07 (ordering),
 //! WS-09 (session kept after a cut connection), MSG-03/MSG-04 (invalid
 //! messages), RES-05/RES-09 (queued messages after resume).
@@ -14,8 +16,6 @@ mod rawws;
 
 use common::*;
 use rawws::{RawIncoming, RawWs, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -398,170 +398,6 @@ async fn deeply_nested_json_does_not_crash() {
     }
     pair.check().await;
     barrier(&mut c, "alive").await;
-}
-
-/// What one garbage connection sends, cycling through the kinds.
-async fn garbage_client(
-    addr: std::net::SocketAddr,
-    backend_url: String,
-    seed: usize,
-    until: Instant,
-    conns: Arc<AtomicUsize>,
-) {
-    let mut i = seed;
-    while Instant::now() < until {
-        let Ok(mut raw) = RawWs::connect(addr).await else {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        };
-        conns.fetch_add(1, Ordering::Relaxed);
-        let mut alive = true;
-        for _ in 0..25 {
-            if !alive || Instant::now() >= until {
-                break;
-            }
-            i += 1;
-            let (op, payload, closes): (u8, Vec<u8>, bool) = match i % 16 {
-                0 => (OP_TEXT, b"{\"type\":".to_vec(), false),
-                1 => (OP_BINARY, vec![0xde, 0xad, 0xbe, 0xef], false),
-                2 => (
-                    OP_TEXT,
-                    format!("{{\"id\":\"{i}\",\"type\":\"nonsense\"}}").into_bytes(),
-                    false,
-                ),
-                3 => (
-                    OP_TEXT,
-                    br#"{"type":"hello","hello":{"version":"3.0"}}"#.to_vec(),
-                    false,
-                ),
-                4 => (
-                    OP_TEXT,
-                    json!({"type": "hello", "hello": {"version": "1.0", "auth": {
-                        "url": "http://nowhere.invalid/", "params": {"x": 1}}}})
-                    .to_string()
-                    .into_bytes(),
-                    false,
-                ),
-                5 => (
-                    OP_TEXT,
-                    br#"{"type":"message","message":{"recipient":{"type":"room"},"data":{}}}"#
-                        .to_vec(),
-                    false,
-                ),
-                6 => (OP_TEXT, b"{\"x\":\"\xff\xfe\"}".to_vec(), true),
-                7 => (OP_TEXT, deep(20_000, "[", "]").into_bytes(), false),
-                8 => (OP_TEXT, vec![b' '; 70_000], true),
-                9 => (OP_PING, b"storm".to_vec(), false),
-                10 => (OP_TEXT, b"{\"type\":\"hel".to_vec(), false), // unfinished fragment...
-                11 => (0x3, b"reserved opcode".to_vec(), true),
-                12 => (
-                    OP_TEXT,
-                    br#"{"type":"hello","hello":{"version":"1.0","resumeid":"Zm9vYmFy"}}"#.to_vec(),
-                    false,
-                ),
-                13 => (OP_CLOSE, vec![0x03, 0xe8], true),
-                14 => (
-                    OP_TEXT,
-                    json!({"type": "hello", "hello": {"version": "1.0", "auth": {
-                        "url": backend_url, "params": {"userid": format!("storm{i}")}}}})
-                    .to_string()
-                    .into_bytes(),
-                    false,
-                ),
-                _ => (OP_TEXT, vec![b'{'; 1000], false),
-            };
-            let fin = i % 16 != 10;
-            if raw.send_frame(op, &payload, fin).await.is_err() {
-                alive = false;
-            }
-            if !fin {
-                // ...finished with a continuation frame.
-                if raw.send_frame(OP_CONT, b"lo\"}", true).await.is_err() {
-                    alive = false;
-                }
-            }
-            if closes {
-                alive = false;
-            }
-            // Read a little, sometimes; mostly let answers pile up.
-            if i.is_multiple_of(3) {
-                if let RawIncoming::Closed = raw
-                    .read_frame(Instant::now() + Duration::from_millis(2))
-                    .await
-                {
-                    alive = false;
-                }
-            }
-        }
-        drop(raw);
-    }
-}
-
-/// ~50 connections sending garbage of every kind while two monitors exchange
-/// numbered messages: the monitors lose nothing, see nothing else, stay up.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_storm_does_not_disturb_monitors() {
-    let s = TestServer::start().await;
-    let pair = Pair::new(&s).await;
-    let (mut a, mut b, a_id, b_id) = (pair.a, pair.b, pair.a_id, pair.b_id);
-    let until = Instant::now() + Duration::from_millis(3000);
-    let conns = Arc::new(AtomicUsize::new(0));
-    let mut storm = Vec::new();
-    for n in 0..50 {
-        storm.push(tokio::spawn(garbage_client(
-            s.addr,
-            s.backend.backend_url(),
-            n * 7,
-            until,
-            conns.clone(),
-        )));
-    }
-    const M: u64 = 300;
-    async fn monitor(mut me: TestClient, peer: String, until: Instant) -> (TestClient, Vec<u64>) {
-        let mut got = Vec::new();
-        let pace = (until - Instant::now()) / (M as u32 + 20);
-        for i in 0..M {
-            me.send_message(recipient_session(&peer), json!({"seq": i}))
-                .await;
-            while let Some(m) = me.recv_timeout(Duration::ZERO).await {
-                got.push(
-                    m["message"]["data"]["seq"]
-                        .as_u64()
-                        .unwrap_or_else(|| panic!("{m}")),
-                );
-            }
-            tokio::time::sleep(pace).await;
-        }
-        while (got.len() as u64) < M {
-            let m = me.recv().await;
-            got.push(
-                m["message"]["data"]["seq"]
-                    .as_u64()
-                    .unwrap_or_else(|| panic!("{m}")),
-            );
-        }
-        (me, got)
-    }
-    let ta = tokio::spawn(monitor(a, b_id.clone(), until));
-    let tb = tokio::spawn(monitor(b, a_id.clone(), until));
-    let (ra, rb) = (ta.await.expect("monitor a"), tb.await.expect("monitor b"));
-    for t in storm {
-        t.await.expect("garbage task");
-    }
-    let expected: Vec<u64> = (0..M).collect();
-    assert_eq!(ra.1, expected, "monitor a");
-    assert_eq!(rb.1, expected, "monitor b");
-    a = ra.0;
-    b = rb.0;
-    assert!(conns.load(Ordering::Relaxed) >= 50, "storm too small");
-    // Both still connected and alone.
-    a.send_message(recipient_session(&b_id), json!("done"))
-        .await;
-    assert_eq!(b.recv().await["message"]["data"], "done");
-    a.expect_no_message(SHORT).await;
-    // The server still takes new clients.
-    let mut c = s.client().await;
-    c.hello_user(&s.backend.backend_url(), "after-storm").await;
 }
 
 /// A client that never reads while a busy sender floods it is cut off by the

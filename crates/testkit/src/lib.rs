@@ -17,6 +17,8 @@
 //!   start real processes for tests and clean them up in `Drop`.
 //! * [`janus::Janus`] — a real Janus gateway (generated config, loopback
 //!   only) and [`webrtc::WebRtcPeer`], a real WebRTC peer for media tests.
+//! * [`Monitors`] — two sessions exchanging numbered messages during a fault
+//!   test; the final check fails on any loss, reordering or disconnect.
 //! * [`eventually`] and [`assert_eventually!`] for conditions that become true
 //!   asynchronously.
 //!
@@ -56,6 +58,7 @@ mod http;
 pub mod janus;
 pub mod jwt;
 pub mod mmdb;
+mod monitor;
 mod process;
 pub mod webrtc;
 
@@ -71,6 +74,7 @@ pub use client::{
 };
 pub use http::{raw_http, raw_request, signed_room_request, HttpResponse, RawRequest};
 pub use jwt::{hello_claims, sign_hmac, unix_now, TokenKey};
+pub use monitor::{MonitorReport, Monitors};
 pub use process::{free_port, wait_for_port, ChildGuard, EtcdServer, NatsServer, TempDir};
 
 /// Re-exported so tests can build raw WebSocket frames without naming the

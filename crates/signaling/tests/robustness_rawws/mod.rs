@@ -4,9 +4,11 @@
 //! tiny receive buffer, so server back-pressure starts early).
 #![allow(dead_code)]
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -241,4 +243,105 @@ fn parse_frame(buf: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
         }
     }
     Some((opcode, payload, pos + len))
+}
+
+/// What one garbage connection sends, cycling through the kinds.
+pub async fn garbage_client(
+    addr: std::net::SocketAddr,
+    backend_url: String,
+    seed: usize,
+    until: Instant,
+    conns: Arc<AtomicUsize>,
+) {
+    let mut i = seed;
+    while Instant::now() < until {
+        let Ok(mut raw) = RawWs::connect(addr).await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        conns.fetch_add(1, Ordering::Relaxed);
+        let mut alive = true;
+        for _ in 0..25 {
+            if !alive || Instant::now() >= until {
+                break;
+            }
+            i += 1;
+            let (op, payload, closes): (u8, Vec<u8>, bool) = match i % 16 {
+                0 => (OP_TEXT, b"{\"type\":".to_vec(), false),
+                1 => (OP_BINARY, vec![0xde, 0xad, 0xbe, 0xef], false),
+                2 => (
+                    OP_TEXT,
+                    format!("{{\"id\":\"{i}\",\"type\":\"nonsense\"}}").into_bytes(),
+                    false,
+                ),
+                3 => (
+                    OP_TEXT,
+                    br#"{"type":"hello","hello":{"version":"3.0"}}"#.to_vec(),
+                    false,
+                ),
+                4 => (
+                    OP_TEXT,
+                    json!({"type": "hello", "hello": {"version": "1.0", "auth": {
+                        "url": "http://nowhere.invalid/", "params": {"x": 1}}}})
+                    .to_string()
+                    .into_bytes(),
+                    false,
+                ),
+                5 => (
+                    OP_TEXT,
+                    br#"{"type":"message","message":{"recipient":{"type":"room"},"data":{}}}"#
+                        .to_vec(),
+                    false,
+                ),
+                6 => (OP_TEXT, b"{\"x\":\"\xff\xfe\"}".to_vec(), true),
+                7 => (
+                    OP_TEXT,
+                    format!("{}{}", "[".repeat(20_000), "]".repeat(20_000)).into_bytes(),
+                    false,
+                ),
+                8 => (OP_TEXT, vec![b' '; 70_000], true),
+                9 => (OP_PING, b"storm".to_vec(), false),
+                10 => (OP_TEXT, b"{\"type\":\"hel".to_vec(), false), // unfinished fragment...
+                11 => (0x3, b"reserved opcode".to_vec(), true),
+                12 => (
+                    OP_TEXT,
+                    br#"{"type":"hello","hello":{"version":"1.0","resumeid":"Zm9vYmFy"}}"#.to_vec(),
+                    false,
+                ),
+                13 => (OP_CLOSE, vec![0x03, 0xe8], true),
+                14 => (
+                    OP_TEXT,
+                    json!({"type": "hello", "hello": {"version": "1.0", "auth": {
+                        "url": backend_url, "params": {"userid": format!("storm{i}")}}}})
+                    .to_string()
+                    .into_bytes(),
+                    false,
+                ),
+                _ => (OP_TEXT, vec![b'{'; 1000], false),
+            };
+            let fin = i % 16 != 10;
+            if raw.send_frame(op, &payload, fin).await.is_err() {
+                alive = false;
+            }
+            if !fin {
+                // ...finished with a continuation frame.
+                if raw.send_frame(OP_CONT, b"lo\"}", true).await.is_err() {
+                    alive = false;
+                }
+            }
+            if closes {
+                alive = false;
+            }
+            // Read a little, sometimes; mostly let answers pile up.
+            if i.is_multiple_of(3) {
+                if let RawIncoming::Closed = raw
+                    .read_frame(Instant::now() + Duration::from_millis(2))
+                    .await
+                {
+                    alive = false;
+                }
+            }
+        }
+        drop(raw);
+    }
 }
