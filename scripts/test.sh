@@ -14,6 +14,7 @@ declare -A PEERS=(
   [curl]=/usr/bin/curl
   [nginx]=/usr/sbin/nginx
   [etcd-server]=/usr/bin/etcd
+  [chromium]=/usr/bin/chromium
 )
 missing=()
 for pkg in "${!PEERS[@]}"; do

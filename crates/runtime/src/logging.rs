@@ -1,10 +1,29 @@
 //! Logging through `tracing`: `RUST_LOG` wins over the configured level so an
 //! operator can turn up detail for one run without editing the config.
 //! Without `RUST_LOG`, SIGHUP applies a changed `[app] loglevel` in place.
+//!
+//! Besides the log itself, the last warnings and errors are kept in memory
+//! ([`recent`]) for the status page: an operator who opens it after a
+//! complaint sees what went wrong without searching the journal.
 
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::reload::Handle;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// Warnings and errors kept for [`recent`].
+pub const RECENT_KEPT: usize = 20;
+/// Longest message text kept per event (bytes).
+const RECENT_TEXT: usize = 400;
 
 type Reload = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
 
@@ -28,16 +47,120 @@ pub fn init(level: &str) {
         .or_else(|| EnvFilter::try_new(level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .with_target(false)
-        .with_filter_reloading();
-    let handle = builder.reload_handle();
+        .with_filter(filter);
+    // Warnings and errors are kept whatever the log level (a filter of its
+    // own, so less severe callsites stay disabled for this layer).
+    let keep = RecentLayer.with_filter(LevelFilter::WARN);
     // A second call (tests) keeps the first subscriber; that is fine.
-    if builder.try_init().is_ok() && reloadable {
+    let installed = tracing_subscriber::registry()
+        .with(log)
+        .with(keep)
+        .try_init()
+        .is_ok();
+    if installed && reloadable {
         let _ = RELOAD.set(boxed(handle));
+    }
+}
+
+/// One kept warning or error.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RecentEvent {
+    /// Seconds since the Unix epoch.
+    pub time: u64,
+    /// `ERROR` or `WARN`.
+    pub level: &'static str,
+    /// The message followed by its fields (`key=value`), shortened.
+    pub message: String,
+}
+
+/// Everything kept so far and how many warnings/errors there were in all.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Recent {
+    pub warnings: u64,
+    pub errors: u64,
+    /// Newest first.
+    pub events: Vec<RecentEvent>,
+}
+
+static RECENT: Mutex<VecDeque<RecentEvent>> = Mutex::new(VecDeque::new());
+static WARNINGS: AtomicU64 = AtomicU64::new(0);
+static ERRORS: AtomicU64 = AtomicU64::new(0);
+
+/// The last [`RECENT_KEPT`] warnings and errors of this process.
+pub fn recent() -> Recent {
+    Recent {
+        warnings: WARNINGS.load(Ordering::Relaxed),
+        errors: ERRORS.load(Ordering::Relaxed),
+        events: RECENT.lock().iter().rev().cloned().collect(),
+    }
+}
+
+struct RecentLayer;
+
+impl<S: Subscriber> Layer<S> for RecentLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let level = *event.metadata().level();
+        let level = if level == Level::ERROR {
+            ERRORS.fetch_add(1, Ordering::Relaxed);
+            "ERROR"
+        } else {
+            WARNINGS.fetch_add(1, Ordering::Relaxed);
+            "WARN"
+        };
+        let mut text = Text::default();
+        event.record(&mut text);
+        let mut message = text.message;
+        message.push_str(&text.fields);
+        if message.len() > RECENT_TEXT {
+            let mut cut = RECENT_TEXT;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
+        let time = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut kept = RECENT.lock();
+        if kept.len() == RECENT_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(RecentEvent {
+            time,
+            level,
+            message,
+        });
+    }
+}
+
+#[derive(Default)]
+struct Text {
+    message: String,
+    fields: String,
+}
+
+impl Visit for Text {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message.push_str(value);
+        } else {
+            let _ = write!(self.fields, " {}={value}", field.name());
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.message, "{value:?}");
+        } else {
+            let _ = write!(self.fields, " {}={value:?}", field.name());
+        }
     }
 }
 
@@ -67,5 +190,43 @@ pub fn apply_config_level(ini: &crate::config::Ini) {
         Ok(true) => tracing::info!(%level, "log level applied"),
         Ok(false) => {}
         Err(e) => tracing::warn!(%level, error = %e, "keeping the old log level"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_and_errors_are_kept_newest_first_and_bounded() {
+        init("error");
+        let before = recent();
+        tracing::info!("not kept");
+        tracing::warn!(peer = "192.0.2.1", "first warning");
+        for i in 0..RECENT_KEPT {
+            tracing::error!(n = i, "error {i}");
+        }
+        tracing::warn!(text = %"x".repeat(1000), "long");
+        let r = recent();
+        assert_eq!(r.warnings, before.warnings + 2);
+        assert_eq!(r.errors, before.errors + RECENT_KEPT as u64);
+        assert_eq!(r.events.len(), RECENT_KEPT);
+        assert_eq!(r.events[0].level, "WARN");
+        assert!(
+            r.events[0].message.starts_with("long text=xxx"),
+            "{:?}",
+            r.events[0]
+        );
+        assert!(r.events[0].message.len() <= RECENT_TEXT + '…'.len_utf8());
+        assert_eq!(
+            r.events[1].message,
+            format!("error {} n={}", RECENT_KEPT - 1, RECENT_KEPT - 1)
+        );
+        assert!(r.events.iter().all(|e| e.message != "not kept"));
+        // The first warning was pushed out by the newer events.
+        assert!(r
+            .events
+            .iter()
+            .all(|e| !e.message.starts_with("first warning")));
     }
 }

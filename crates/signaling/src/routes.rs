@@ -303,6 +303,7 @@ async fn backend_room(
         .unwrap_or("")
         .to_owned();
     if random.is_empty() || checksum.is_empty() {
+        warn!(peer = %ip, "backend request without checksum headers");
         return auth_failed(server, ip).await;
     }
     let body = match tokio::time::timeout(
@@ -321,25 +322,32 @@ async fn backend_room(
     {
         Some(u) if !u.is_empty() => match backends.get_str(u) {
             Some(b) => Some(b),
-            None => return auth_failed(server, ip).await,
+            None => {
+                warn!(peer = %ip, backend = u, "backend request from a backend not in [backend] backends");
+                return auth_failed(server, ip).await;
+            }
         },
         _ => None,
     };
-    let backend =
-        match backend {
-            Some(b) => b,
-            None => match backends.compat() {
+    let backend = match backend {
+        Some(b) => b,
+        None => {
+            match backends.compat() {
                 Some(c) => c.clone(),
                 None => match backends.all().into_iter().find(|b| {
                     proto::backend::validate_checksum(&checksum, &random, &body, &b.secret)
                 }) {
                     Some(b) => b,
-                    None => return auth_failed(server, ip).await,
+                    None => {
+                        warn!(peer = %ip, "backend request whose checksum matches no backend's secret");
+                        return auth_failed(server, ip).await;
+                    }
                 },
-            },
-        };
+            }
+        }
+    };
     if !proto::backend::validate_checksum(&checksum, &random, &body, &backend.secret) {
-        warn!(backend = %backend.id, "backend request with invalid checksum");
+        warn!(peer = %ip, backend = %backend.id, "backend request with invalid checksum (check the shared secret)");
         return auth_failed(server, ip).await;
     }
     let mut request: proto::backend::BackendServerRoomRequest = match serde_json::from_slice(&body)

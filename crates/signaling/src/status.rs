@@ -22,6 +22,11 @@ pub struct ServerInfo {
     /// The media server (`/api/v1/stats`' `mcu`), absent without one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mcu: Option<serde_json::Value>,
+    /// Warnings and errors logged since start, with the last few.
+    pub log: runtime::logging::Recent,
+    /// When this was collected (seconds since the Unix epoch), to show the
+    /// age of the logged events.
+    pub now: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -54,6 +59,11 @@ impl ServerInfo {
                 total: backends.values().flat_map(|m| m.values()).sum(),
                 backends,
             },
+            log: runtime::logging::recent(),
+            now: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
             nats: match &server.nats {
                 Some(n) => Nats {
                     mode: "nats",
@@ -82,6 +92,19 @@ impl ServerInfo {
         }
         if rows.is_empty() {
             rows.push_str("<tr><td colspan=\"3\">no sessions</td></tr>\n");
+        }
+        let mut events = String::new();
+        for e in &self.log.events {
+            let class = if e.level == "ERROR" { "bad" } else { "warn" };
+            events.push_str(&format!(
+                "<tr><td>{} ago</td><td class=\"{class}\">{}</td><td>{}</td></tr>\n",
+                human_duration(self.now.saturating_sub(e.time)),
+                e.level,
+                escape(&e.message)
+            ));
+        }
+        if events.is_empty() {
+            events.push_str("<tr><td colspan=\"3\">none</td></tr>\n");
         }
         let (state, state_class) = if self.draining {
             ("draining: refusing new connections", "warn")
@@ -118,7 +141,8 @@ impl ServerInfo {
 <title>Signaling server status</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; background: #fafafa; }}
-h1 {{ font-size: 1.4em; }}
+h1 {{ font-size: 1.4em; }} h2 {{ font-size: 1.1em; }}
+#log td {{ vertical-align: top; }} #log td:last-child {{ font-family: monospace; font-size: .85em; word-break: break-all; }}
 table {{ border-collapse: collapse; margin-bottom: 1.5em; }}
 th, td {{ text-align: left; padding: .3em .8em; border-bottom: 1px solid #ddd; }}
 td.n {{ text-align: right; font-variant-numeric: tabular-nums; }}
@@ -140,6 +164,11 @@ footer {{ color: #777; font-size: .85em; }}
 <table id="backends">
 <tr><th>Backend</th><th>Client type</th><th>Sessions</th></tr>
 {rows}</table>
+<h2>Recent warnings and errors</h2>
+<p id="logcounts">{warnings} warnings, {errors} errors since start; the last {kept} are kept.</p>
+<table id="log">
+<tr><th>When</th><th>Level</th><th>Message</th></tr>
+{events}</table>
 <footer>Refreshes every 10 seconds. The same as JSON: <code>/api/v1/serverinfo</code>.</footer>
 </body>
 </html>
@@ -149,6 +178,9 @@ footer {{ color: #777; font-size: .85em; }}
             uptime = human_duration(self.uptime),
             rooms = self.rooms,
             total = self.sessions.total,
+            warnings = self.log.warnings,
+            errors = self.log.errors,
+            kept = runtime::logging::RECENT_KEPT,
         )
     }
 }

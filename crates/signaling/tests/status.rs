@@ -193,3 +193,147 @@ async fn drain_timeout_config() {
         Some(std::time::Duration::from_secs(30))
     );
 }
+
+/// A request with a forged checksum: the server logs a warning.
+async fn forged_backend_request(s: &TestServer) {
+    let r = raw_request(
+        "POST",
+        &format!("{}api/v1/room/room1", s.base()),
+        &[
+            ("Content-Type", "application/json"),
+            ("Spreed-Signaling-Random", &random_hex(64)),
+            ("Spreed-Signaling-Checksum", &"0".repeat(64)),
+        ],
+        r#"{"type":"message","message":{"data":{}}}"#,
+    )
+    .await;
+    assert_eq!(r.status, 403);
+}
+
+/// Warnings and errors are counted and the last ones kept, newest first,
+/// with their fields; the status page lists them (escaped).
+#[tokio::test]
+async fn recent_warnings_show_in_serverinfo_and_status() {
+    let s = TestServer::start().await;
+    let before = serverinfo(&s).await["log"]["warnings"].as_u64().unwrap();
+    forged_backend_request(&s).await;
+    let info = serverinfo(&s).await;
+    assert!(info["log"]["warnings"].as_u64().unwrap() > before, "{info}");
+    let events = info["log"]["events"].as_array().unwrap();
+    assert!(events.len() <= 20);
+    let e = events
+        .iter()
+        .find(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("checksum matches no backend"))
+        })
+        .unwrap_or_else(|| panic!("{info}"));
+    assert_eq!(e["level"], "WARN");
+    assert!(
+        e["message"].as_str().unwrap().contains("peer=127.0.0.1"),
+        "{e}"
+    );
+    let age = info["now"].as_u64().unwrap() - e["time"].as_u64().unwrap();
+    assert!(age < 10, "{e}");
+    let html = get(&format!("{}status", s.base()), &[]).await.text();
+    assert!(
+        html.contains("<h2>Recent warnings and errors</h2>"),
+        "{html}"
+    );
+    assert!(
+        html.contains(
+            "<td class=\"warn\">WARN</td><td>backend request whose checksum matches no backend"
+        ),
+        "{html}"
+    );
+}
+
+/// The status page as a browser shows it: Debian's Chromium, headless,
+/// loads `/status` (no request blocked by our CSP, no console error), its
+/// rendered DOM carries the live values, and a screenshot is taken (kept
+/// at `$CARGO_TARGET_TMPDIR/status.png` for a human to look at).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_renders_in_headless_chromium() {
+    let s = TestServer::start().await;
+    let _alice = s.user_in_room("alice", "room1", "talk-a").await;
+    let _bob = s.user("bob").await;
+    forged_backend_request(&s).await;
+    let url = format!("{}status", s.base());
+    let dir = TempDir::new("chromium").unwrap();
+    let shot = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status.png");
+    let blank = dir.join("blank.png");
+    let profile = dir.join("profile");
+
+    let run = move |args: Vec<String>| {
+        let out = std::process::Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-extensions",
+                "--disable-background-networking",
+                "--enable-logging=stderr",
+                "--v=0",
+                "--window-size=1000,700",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(args)
+            .output()
+            .expect("chromium runs (Debian package `chromium`; scripts/test.sh installs it)");
+        assert!(out.status.success(), "chromium failed: {out:?}");
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (dom, log) = {
+        let (run, url) = (run.clone(), url.clone());
+        tokio::task::spawn_blocking(move || run(vec!["--dump-dom".into(), url]))
+            .await
+            .unwrap()
+    };
+    for bad in ["Refused to", "Content Security Policy", "Uncaught"] {
+        assert!(!log.contains(bad), "{bad} in the browser log: {log}");
+    }
+    assert!(dom.contains(signaling::VERSION), "{dom}");
+    assert!(
+        dom.contains(r#"<td id="sessions" class="n">2</td>"#),
+        "{dom}"
+    );
+    assert!(
+        dom.contains(r#"<td id="state" class="ok">running</td>"#),
+        "{dom}"
+    );
+    assert!(dom.contains("checksum matches no backend"), "{dom}");
+
+    let args = |path: &std::path::Path, url: &str| {
+        vec![format!("--screenshot={}", path.display()), url.to_owned()]
+    };
+    let (page_args, blank_args) = (args(&shot, &url), args(&blank, "about:blank"));
+    {
+        let run = run.clone();
+        tokio::task::spawn_blocking(move || {
+            run(page_args);
+            run(blank_args);
+        })
+        .await
+        .unwrap();
+    }
+    let png = std::fs::read(&shot).expect("screenshot written");
+    let empty = std::fs::read(&blank).expect("blank screenshot written");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+    // IHDR: width and height as requested.
+    let width = u32::from_be_bytes(png[16..20].try_into().unwrap());
+    let height = u32::from_be_bytes(png[20..24].try_into().unwrap());
+    assert_eq!((width, height), (1000, 700));
+    // Text, tables and colours compress far worse than an empty page.
+    assert!(
+        png.len() > 3 * empty.len(),
+        "screenshot {} bytes, blank page {} bytes: nothing rendered?",
+        png.len(),
+        empty.len()
+    );
+    eprintln!("status page screenshot: {}", shot.display());
+}
