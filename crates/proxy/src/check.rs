@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use crate::tokens::Tokens;
 
+/// A certificate expiring within this many days is a warning.
+const CERT_WARN_DAYS: i64 = 14;
+
 /// Runs every check; returns the number of failures.
 pub async fn run(path: &Path) -> usize {
     let mut failed = 0;
@@ -80,6 +83,29 @@ pub async fn run(path: &Path) -> usize {
                     Err(e) => line(false, &what, format!("cannot bind: {e}")),
                 },
                 _ => line(false, &what, "not an address".into()),
+            }
+        }
+    }
+    if !ini.get_string("https", "listen", "").is_empty() {
+        let cert = ini.get_string("https", "certificate", "");
+        let key = ini.get_string("https", "key", "");
+        let what = "[https] certificate";
+        match runtime::listen::load_tls(cert.as_ref(), key.as_ref()) {
+            Err(e) => line(false, what, e.to_string()),
+            Ok(_) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0);
+                match runtime::x509::pem_file_validity(cert.as_ref())
+                    .and_then(|v| runtime::x509::judge(v, now, CERT_WARN_DAYS))
+                {
+                    Ok((true, text)) => line(true, what, format!("{cert} loads, {text}")),
+                    Ok((false, text)) => {
+                        println!("warn  {what}: {cert} expires soon: {text}; renew it")
+                    }
+                    Err(e) => line(false, what, format!("{cert}: {e}")),
+                }
             }
         }
     }

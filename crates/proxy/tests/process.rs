@@ -168,6 +168,42 @@ async fn pxy_check_reports_janus_tokens_and_listeners() {
         "{out}"
     );
 
+    // An HTTPS listener whose certificate expires in 3 days: a warning.
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-subj", "/CN=localhost", "-days", "3", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let conf = std::fs::read_to_string(dir.join("proxy.conf")).unwrap()
+        + &format!(
+            "[https]\nlisten = 127.0.0.1:{}\ncertificate = {}\nkey = {}\n",
+            free_port(),
+            cert.display(),
+            key.display()
+        );
+    std::fs::write(dir.join("proxy.conf"), conf).unwrap();
+    let path = dir.path().to_owned();
+    let (code, out) = tokio::task::spawn_blocking(move || proxy_check(&path))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("warn  [https] certificate") && out.contains("expires soon"),
+        "{out}"
+    );
+
     // No tokens, Janus gone, port taken.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();

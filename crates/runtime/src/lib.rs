@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod dates;
 pub mod limits;
 pub mod listen;
 pub mod logging;
@@ -13,6 +14,7 @@ pub mod net;
 pub mod shutdown;
 pub mod signals;
 pub mod upgrade;
+pub mod x509;
 
 /// Exit code for a configuration that cannot be used (sysexits `EX_USAGE`).
 pub const EXIT_CONFIG: i32 = 64;

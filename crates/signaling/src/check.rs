@@ -18,6 +18,8 @@ use crate::{ListenConfig, Server};
 /// Clock difference to a backend that earns a warning / a failure: hello-v2
 /// tokens and Talk's own check tolerate little skew.
 const SKEW_WARN: i64 = 5;
+/// A certificate expiring within this many days is a warning.
+const CERT_WARN_DAYS: i64 = 14;
 const SKEW_FAIL: i64 = 60;
 
 #[derive(Default)]
@@ -40,17 +42,6 @@ impl Report {
     }
 }
 
-/// Days since 1970-01-01 of a civil date (proleptic Gregorian).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// Seconds since the epoch of an HTTP date (`Thu, 03 Dec 2026 17:45:00 GMT`).
 pub fn parse_http_date(s: &str) -> Option<i64> {
     let parts: Vec<&str> = s.split_whitespace().collect();
@@ -68,7 +59,12 @@ pub fn parse_http_date(s: &str) -> Option<i64> {
     let [h, mi, sec] = hms.as_slice() else {
         return None;
     };
-    Some(days_from_civil(y, month, d) * 86_400 + h * 3600 + mi * 60 + sec)
+    Some(
+        runtime::dates::days_from_civil(y, month as u32, d as u32) * 86_400
+            + h * 3600
+            + mi * 60
+            + sec,
+    )
 }
 
 fn now() -> i64 {
@@ -108,12 +104,19 @@ fn check_listeners(r: &mut Report, listen: &ListenConfig) {
         }
     }
     if !listen.https.is_empty() {
+        let what = "[https] certificate";
         match runtime::listen::load_tls(listen.certificate.as_ref(), listen.key.as_ref()) {
-            Ok(_) => r.ok(
-                "[https] certificate",
-                format!("{} loads", listen.certificate),
-            ),
-            Err(e) => r.fail("[https] certificate", format!("{e}")),
+            Err(e) => r.fail(what, format!("{e}")),
+            Ok(_) => match runtime::x509::pem_file_validity(listen.certificate.as_ref())
+                .and_then(|v| runtime::x509::judge(v, now(), CERT_WARN_DAYS))
+            {
+                Ok((true, text)) => r.ok(what, format!("{} loads, {text}", listen.certificate)),
+                Ok((false, text)) => r.warn(
+                    what,
+                    format!("{} expires soon: {text}; renew it", listen.certificate),
+                ),
+                Err(e) => r.fail(what, format!("{}: {e}", listen.certificate)),
+            },
         }
     }
 }

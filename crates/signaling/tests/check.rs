@@ -100,3 +100,88 @@ async fn check_names_each_typical_mistake() {
     assert!(out.contains("FAIL  configuration"), "{out}");
     assert!(out.contains("block"), "{out}");
 }
+
+/// A self-signed certificate made by the `openssl` CLI, valid for `days`.
+fn certificate(dir: &TempDir, name: &str, days: u32) -> (String, String) {
+    let cert = dir.join(&format!("{name}.crt"));
+    let key = dir.join(&format!("{name}.key"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args([
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-days",
+            &days.to_string(),
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(out.status.success(), "{out:?}");
+    (cert.display().to_string(), key.display().to_string())
+}
+
+/// The HTTPS certificate's expiry: far away is ok with the date, within 14
+/// days a warning (exit code still 0), a file that is no certificate fails.
+#[tokio::test]
+async fn check_reports_certificate_expiry() {
+    let backend = FakeBackend::start(SECRET).await;
+    let dir = TempDir::new("check-cert").expect("dir");
+    let https = |(cert, key): (String, String)| {
+        with_port(
+            config_for(
+                &backend.url(),
+                &format!(
+                    "[https]\nlisten = 127.0.0.1:{}\ncertificate = {cert}\nkey = {key}\n",
+                    free_port()
+                ),
+            ),
+            free_port(),
+        )
+    };
+    let in_days = |days: i64| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        runtime::dates::date(now + days * 86_400)
+    };
+
+    let (code, out) = check(&https(certificate(&dir, "long", 400))).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ok    [https] certificate"), "{out}");
+    assert!(
+        out.contains(&format!("valid until {}", in_days(400))),
+        "{out}"
+    );
+
+    let (code, out) = check(&https(certificate(&dir, "short", 5))).await;
+    assert_eq!(code, 0, "a warning is no failure: {out}");
+    assert!(out.contains("warn  [https] certificate"), "{out}");
+    assert!(out.contains("expires soon"), "{out}");
+    assert!(
+        out.contains(&format!("valid until {}", in_days(5))),
+        "{out}"
+    );
+
+    let (_, key) = certificate(&dir, "other", 400);
+    let bogus = dir.join("bogus.crt");
+    std::fs::write(
+        &bogus,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let (code, out) = check(&https((bogus.display().to_string(), key))).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL  [https] certificate"), "{out}");
+}
