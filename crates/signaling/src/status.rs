@@ -116,8 +116,52 @@ impl ServerInfo {
             (_, true) => ("connected", "ok"),
             (_, false) => ("disconnected", "bad"),
         };
+        let mut proxies = String::new();
+        if let Some(list) = self.mcu.as_ref().and_then(|m| m["proxies"].as_array()) {
+            proxies.push_str(
+                "<table id=\"proxies\">\n<tr><th>Proxy</th><th>State</th><th>Load</th>\
+                 <th>Country</th><th>Clients</th></tr>\n",
+            );
+            for p in list {
+                let (state, class) = match (p["connected"] == true, p["shutdown"] == true) {
+                    (true, false) => ("connected", "ok"),
+                    (true, true) => ("draining", "warn"),
+                    (false, _) => ("disconnected", "bad"),
+                };
+                proxies.push_str(&format!(
+                    "<tr><td>{}</td><td class=\"{class}\">{state}</td><td class=\"n\">{}</td>\
+                     <td>{}</td><td class=\"n\">{}</td></tr>\n",
+                    escape(p["url"].as_str().unwrap_or_default()),
+                    p["load"].as_u64().unwrap_or(0),
+                    escape(p["country"].as_str().unwrap_or_default()),
+                    p["clients"].as_u64().unwrap_or(0),
+                ));
+            }
+            proxies.push_str("</table>\n");
+        }
         let (mcu, mcu_class) = match &self.mcu {
             None => ("none (peer to peer)".to_owned(), "ok"),
+            Some(m) if m["type"] == "proxy" => {
+                let list = m["proxies"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                let up = list.iter().filter(|p| p["connected"] == true).count();
+                (
+                    format!(
+                        "{up} of {} proxies connected, {} publishers",
+                        list.len(),
+                        m["publishers"]
+                    ),
+                    if up == 0 {
+                        "bad"
+                    } else if up < list.len() {
+                        "warn"
+                    } else {
+                        "ok"
+                    },
+                )
+            }
             Some(m) if m["connected"] == true => (
                 format!(
                     "{} connected, {} publishers",
@@ -161,7 +205,7 @@ footer {{ color: #777; font-size: .85em; }}
 <tr><th>Rooms</th><td id="rooms" class="n">{rooms}</td></tr>
 <tr><th>Sessions</th><td id="sessions" class="n">{total}</td></tr>
 </table>
-<table id="backends">
+{proxies}<table id="backends">
 <tr><th>Backend</th><th>Client type</th><th>Sessions</th></tr>
 {rows}</table>
 <h2>Recent warnings and errors</h2>
@@ -215,6 +259,52 @@ fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proxy_mcu_lists_each_proxy() {
+        let info = ServerInfo {
+            version: "x",
+            uptime: 1,
+            draining: false,
+            rooms: 0,
+            sessions: Sessions {
+                total: 0,
+                backends: Default::default(),
+            },
+            nats: Nats {
+                mode: "in-process",
+                connected: true,
+            },
+            mcu: Some(
+                serde_json::json!({"type": "proxy", "connected": true, "publishers": 3,
+                "proxies": [
+                    {"url": "ws://a:9090", "connected": true, "load": 12, "country": "DE",
+                     "shutdown": false, "clients": 4},
+                    {"url": "ws://b<9090", "connected": true, "load": 0, "country": "",
+                     "shutdown": true, "clients": 0},
+                    {"url": "ws://c:9090", "connected": false, "load": 0, "country": "",
+                     "shutdown": false, "clients": 0}]}),
+            ),
+            log: Default::default(),
+            now: 0,
+        };
+        let html = info.to_html();
+        assert!(
+            html.contains(
+                r#"<td id="mcu" class="warn">2 of 3 proxies connected, 3 publishers</td>"#
+            ),
+            "{html}"
+        );
+        assert!(html.contains(r#"<tr><td>ws://a:9090</td><td class="ok">connected</td><td class="n">12</td><td>DE</td><td class="n">4</td></tr>"#), "{html}");
+        assert!(
+            html.contains(r#"<td>ws://b&lt;9090</td><td class="warn">draining</td>"#),
+            "{html}"
+        );
+        assert!(
+            html.contains(r#"<td>ws://c:9090</td><td class="bad">disconnected</td>"#),
+            "{html}"
+        );
+    }
 
     #[test]
     fn human_duration_drops_leading_zero_units() {
