@@ -92,6 +92,33 @@ pub struct CommandProxyClientMessage {
     pub bitrate: u64,
     #[serde(default, skip_serializing_if = "is_zero_u32")]
     pub mediatypes: u32,
+    /// Remote streams (`create-subscriber` on a proxy other than the
+    /// publisher's): the publisher's proxy and a token for it whose `sub`
+    /// is `publisherId`.
+    #[serde(
+        default,
+        rename = "remoteUrl",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub remote_url: String,
+    #[serde(
+        default,
+        rename = "remoteToken",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub remote_token: String,
+    /// `publish-remote` / `unpublish-remote` (proxy to proxy): where the
+    /// publisher's Janus sends RTP.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hostname: String,
+    #[serde(default, skip_serializing_if = "is_zero_u16")]
+    pub port: u16,
+    #[serde(default, rename = "rtcpPort", skip_serializing_if = "is_zero_u16")]
+    pub rtcp_port: u16,
+}
+
+fn is_zero_u16(v: &u16) -> bool {
+    *v == 0
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -111,6 +138,23 @@ impl CommandProxyClientMessage {
                 Err("publisher id missing".into())
             }
             "create-subscriber" if self.stream_type.is_empty() => Err("stream type missing".into()),
+            "create-subscriber" if !self.remote_url.is_empty() && self.remote_token.is_empty() => {
+                Err("remote token missing".into())
+            }
+            "create-subscriber"
+                if !self.remote_url.is_empty()
+                    && !["ws://", "wss://", "http://", "https://"]
+                        .iter()
+                        .any(|p| self.remote_url.starts_with(p)) =>
+            {
+                Err("invalid remote url".into())
+            }
+            "get-publisher-streams" if self.client_id.is_empty() => Err("client id missing".into()),
+            "publish-remote" | "unpublish-remote"
+                if self.client_id.is_empty() || self.hostname.is_empty() || self.port == 0 =>
+            {
+                Err("client id, hostname and port are required".into())
+            }
             "delete-publisher" | "delete-subscriber" if self.client_id.is_empty() => {
                 Err("client id missing".into())
             }
@@ -208,6 +252,10 @@ pub struct CommandProxyServerMessage {
     pub id: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sid: String,
+    /// `get-publisher-streams`: the publisher's streams (Janus's
+    /// remote-publisher form: `mid`, `mindex`, `type`, `codec`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streams: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -230,6 +278,30 @@ pub struct EventProxyServerMessage {
     pub load: i64,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sid: String,
+    /// `update-load` of a proxy with `[bandwidth]` limits: how much of them
+    /// its publishers and subscribers use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<EventProxyServerBandwidth>,
+}
+
+/// Percentages of a proxy's `[bandwidth] incoming` / `outgoing` limits in
+/// use (absent: no limit). At 100 a signaling server places no more
+/// publishers (incoming) or subscribers (outgoing) there if it can avoid it.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct EventProxyServerBandwidth {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incoming: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outgoing: Option<f64>,
+}
+
+impl EventProxyServerBandwidth {
+    pub fn allows_incoming(&self) -> bool {
+        self.incoming.is_none_or(|p| p < 100.0)
+    }
+    pub fn allows_outgoing(&self) -> bool {
+        self.outgoing.is_none_or(|p| p < 100.0)
+    }
 }
 
 fn is_zero_i64(v: &i64) -> bool {

@@ -18,6 +18,7 @@
 
 pub mod check;
 pub mod conn;
+pub mod remote;
 pub mod session;
 pub mod tokens;
 
@@ -49,6 +50,7 @@ use tracing::{debug, info, warn};
 use hub::mcu::janus::{JanusMcu, JanusSettings};
 use hub::mcu::{
     CodecPrefs, Mcu, McuClient, McuError, McuMessage, MediaTypes, PublisherParams, StreamType,
+    SubscriberParams,
 };
 
 use crate::conn::ConnState;
@@ -83,6 +85,16 @@ fn err_shutdown_scheduled() -> Error {
 }
 fn err_internal(e: impl std::fmt::Display) -> Error {
     Error::new("internal_error", e.to_string())
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RemoteSubscribeError {
+    #[error("remote token refused: {}", .0.reason)]
+    Token(tokens::TokenError),
+    #[error("remote streams not supported here")]
+    Unsupported,
+    #[error("{0}")]
+    Failed(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +189,15 @@ struct ClientEntry {
     /// Bits/s this client may move (the publisher's cap, for subscribers
     /// that of their publisher): the load.
     bitrate: u64,
+    /// A subscriber of a remote stream: its share of the remote publisher.
+    remote: Option<remote::FeedGuard>,
+}
+
+/// A proxy that receives a publisher's stream from us (`publish-remote`).
+struct RemoteUse {
+    /// Its proxy session here, told `publisher-closed`.
+    session: String,
+    remote_id: String,
 }
 
 #[derive(Default)]
@@ -205,6 +226,14 @@ pub struct ProxyServer {
     next_sid: AtomicU64,
     /// The `[https]` certificate, reloaded on SIGHUP.
     tls: Mutex<Option<listen::Tls>>,
+    /// Remote streams we receive from other proxies.
+    remotes: Arc<remote::Remotes>,
+    /// `[bandwidth] incoming` / `outgoing` in bits/s (0: no limit).
+    bandwidth_limits: (u64, u64),
+    /// The bandwidth percentages last announced.
+    bandwidth: Mutex<Option<proto::proxy::EventProxyServerBandwidth>>,
+    /// Publisher client id -> proxies we send its stream to.
+    remote_uses: Mutex<HashMap<String, Vec<RemoteUse>>>,
 }
 
 fn stats_ips(ini: &Ini) -> Result<Vec<IpNet>, StartError> {
@@ -268,6 +297,26 @@ impl ProxyServer {
                 reason: format!("{country:?} is not an ISO 3166 country code"),
             });
         }
+        let remote_settings =
+            remote::RemoteSettings::from_config(ini).map_err(|(key, reason)| {
+                StartError::Invalid {
+                    section: "app",
+                    key,
+                    reason,
+                }
+            })?;
+        let limit = |key: &'static str| -> Result<u64, StartError> {
+            let v = ini.get_int("bandwidth", key, 0)?;
+            if v < 0 {
+                return Err(StartError::Invalid {
+                    section: "bandwidth",
+                    key,
+                    reason: format!("{v} is negative"),
+                });
+            }
+            Ok(v as u64 * 1024 * 1024)
+        };
+        let bandwidth_limits = (limit("incoming")?, limit("outgoing")?);
         let registry = Registry::new();
         let mcu_metrics = hub::mcu::metrics::McuMetrics::new(&registry);
         let metrics = ProxyMetrics::new(&registry);
@@ -293,6 +342,10 @@ impl ProxyServer {
             .unwrap_or(HeaderValue::from_static("nextcloud-spreed-signaling-proxy")),
             next_sid: AtomicU64::new(0),
             tls: Mutex::new(None),
+            remotes: remote::Remotes::new(remote_settings),
+            remote_uses: Mutex::new(HashMap::new()),
+            bandwidth_limits,
+            bandwidth: Mutex::new(None),
         });
         *server.stats_allowed.write() = stats_ips(ini)?;
         server.spawn_housekeeping();
@@ -301,6 +354,22 @@ impl ProxyServer {
 
     pub fn mcu(&self) -> &Arc<JanusMcu> {
         &self.mcu
+    }
+
+    /// What the hello tells signaling servers: `remote-streams` when this
+    /// proxy can fetch streams from others (`[app] token_id`) and its
+    /// Janus has remote publishers.
+    fn features(&self) -> Vec<String> {
+        if self.remotes.enabled() && self.mcu.supports_remote_streams() {
+            vec!["remote-streams".into()]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Number of other proxies we receive remote streams from.
+    pub fn remote_links(&self) -> usize {
+        self.remotes.link_count()
     }
 
     /// SIGHUP: tokens and the stats IPs. Sessions stay.
@@ -387,10 +456,43 @@ impl ProxyServer {
         bits.div_ceil(1024 * 1024) as i64
     }
 
+    /// Use of the `[bandwidth]` limits (percent), if any is set: incoming
+    /// counts the publishers' caps, outgoing the subscribers'.
+    fn current_bandwidth(&self) -> Option<proto::proxy::EventProxyServerBandwidth> {
+        let (limit_in, limit_out) = self.bandwidth_limits;
+        if limit_in == 0 && limit_out == 0 {
+            return None;
+        }
+        let (mut incoming, mut outgoing) = (0u64, 0u64);
+        for c in self.reg.lock().clients.values() {
+            if c.publisher {
+                incoming += c.bitrate;
+            } else {
+                outgoing += c.bitrate;
+            }
+        }
+        let pct = |used: u64, limit: u64| {
+            (limit > 0).then(|| (used as f64 * 100.0 / limit as f64 * 1000.0).round() / 1000.0)
+        };
+        Some(proto::proxy::EventProxyServerBandwidth {
+            incoming: pct(incoming, limit_in),
+            outgoing: pct(outgoing, limit_out),
+        })
+    }
+
     fn update_load(&self) {
         let load = self.current_load();
         self.metrics.load.set(load);
-        if self.load.swap(load, Ordering::SeqCst) == load || self.is_draining() {
+        let bandwidth = self.current_bandwidth();
+        let bandwidth_changed = {
+            let mut last = self.bandwidth.lock();
+            let changed = *last != bandwidth;
+            *last = bandwidth;
+            changed
+        };
+        if (self.load.swap(load, Ordering::SeqCst) == load && !bandwidth_changed)
+            || self.is_draining()
+        {
             return;
         }
         let msg = self.load_event();
@@ -403,6 +505,7 @@ impl ProxyServer {
         ProxyServerMessage::event(EventProxyServerMessage {
             kind: "update-load".into(),
             load: self.load.load(Ordering::SeqCst),
+            bandwidth: *self.bandwidth.lock(),
             ..Default::default()
         })
     }
@@ -423,6 +526,7 @@ impl ProxyServer {
     }
 
     fn delete_session(&self, id: &str) {
+        self.end_remote_uses_of(id);
         let clients: Vec<(String, ClientEntry)> = {
             let mut reg = self.reg.lock();
             if reg.sessions.remove(id).is_none() {
@@ -451,6 +555,10 @@ impl ProxyServer {
     }
 
     fn count_gone(&self, c: &ClientEntry) {
+        if let Some(guard) = c.remote.clone() {
+            let remotes = self.remotes.clone();
+            tokio::spawn(async move { remotes.release(&guard).await });
+        }
         let labels = [c.client.stream_type().as_str()];
         if c.publisher {
             self.metrics.publishers.dec(&labels);
@@ -590,7 +698,7 @@ impl ProxyServer {
                 sessionid: session.id.clone(),
                 server: Some(HelloServerInfo {
                     version: VERSION.into(),
-                    features: Vec::new(),
+                    features: self.features(),
                     country: self.country.clone(),
                 }),
             }),
@@ -667,15 +775,193 @@ impl ProxyServer {
                     kind: "command".into(),
                     command: Some(CommandProxyServerMessage {
                         id: cmd.client_id,
-                        sid: String::new(),
+                        ..Default::default()
                     }),
                     ..Default::default()
                 });
+            }
+            "get-publisher-streams" | "publish-remote" | "unpublish-remote" => {
+                let Some(me) = self.me.upgrade() else { return };
+                let session = session.clone();
+                tokio::spawn(async move { me.remote_command(&session, msg.id, cmd).await });
             }
             _ => session.send(&ProxyServerMessage::error(
                 &msg.id,
                 err_unsupported_command(),
             )),
+        }
+    }
+
+    /// Remote streams, publisher side: another proxy (a session here like
+    /// any signaling server's) fetches a publisher's streams and has them
+    /// sent to its Janus. Any session may name any publisher: the proxy
+    /// authenticated with a token of ours.
+    async fn remote_command(
+        &self,
+        session: &Arc<ProxySession>,
+        msg_id: String,
+        cmd: CommandProxyClientMessage,
+    ) {
+        let stream = {
+            let reg = self.reg.lock();
+            reg.clients
+                .get(&cmd.client_id)
+                .filter(|c| c.publisher)
+                .map(|c| c.client.stream_type())
+        };
+        let Some(stream) = stream else {
+            session.send(&ProxyServerMessage::error(&msg_id, err_unknown_client()));
+            return;
+        };
+        let remote_id = format!(
+            "{}-{}@{}:{}:{}",
+            cmd.client_id, session.id, cmd.hostname, cmd.port, cmd.rtcp_port
+        );
+        let mut reply = CommandProxyServerMessage {
+            id: cmd.client_id.clone(),
+            ..Default::default()
+        };
+        let res = match cmd.kind.as_str() {
+            "get-publisher-streams" => self
+                .mcu
+                .publisher_streams(&cmd.client_id, stream)
+                .await
+                .map(|s| reply.streams = Some(s)),
+            "publish-remote" => {
+                let res = self
+                    .mcu
+                    .publish_remotely(
+                        &cmd.client_id,
+                        stream,
+                        remote_id.clone(),
+                        cmd.hostname.clone(),
+                        cmd.port,
+                        cmd.rtcp_port,
+                    )
+                    .await;
+                if res.is_ok() {
+                    info!(publisher = %cmd.client_id, to = %format!("{}:{}", cmd.hostname, cmd.port), "publishing remotely");
+                    let mut uses = self.remote_uses.lock();
+                    let list = uses.entry(cmd.client_id.clone()).or_default();
+                    if !list.iter().any(|u| u.remote_id == remote_id) {
+                        list.push(RemoteUse {
+                            session: session.id.clone(),
+                            remote_id,
+                        });
+                    }
+                }
+                res
+            }
+            _ => {
+                if let Some(list) = self.remote_uses.lock().get_mut(&cmd.client_id) {
+                    list.retain(|u| u.remote_id != remote_id);
+                }
+                self.mcu
+                    .unpublish_remotely(&cmd.client_id, stream, remote_id)
+                    .await
+            }
+        };
+        match res {
+            Ok(()) => session.send(&ProxyServerMessage {
+                id: msg_id,
+                kind: "command".into(),
+                command: Some(reply),
+                ..Default::default()
+            }),
+            Err(e) => {
+                warn!(kind = %cmd.kind, publisher = %cmd.client_id, error = %e, "remote stream command failed");
+                session.send(&ProxyServerMessage::error(&msg_id, err_internal(e)));
+            }
+        }
+    }
+
+    /// A publisher ended: the proxies receiving it are told.
+    pub(crate) fn publisher_gone(&self, client_id: &str) {
+        let uses = self
+            .remote_uses
+            .lock()
+            .remove(client_id)
+            .unwrap_or_default();
+        for u in uses {
+            let session = self.reg.lock().sessions.get(&u.session).cloned();
+            if let Some(s) = session {
+                s.send(&ProxyServerMessage::event(EventProxyServerMessage {
+                    kind: "publisher-closed".into(),
+                    client_id: client_id.to_owned(),
+                    ..Default::default()
+                }));
+            }
+        }
+    }
+
+    /// A proxy's session ended: stop sending it what it asked for.
+    fn end_remote_uses_of(&self, session: &str) {
+        let ended: Vec<(String, String)> = {
+            let mut uses = self.remote_uses.lock();
+            let mut ended = Vec::new();
+            for (publisher, list) in uses.iter_mut() {
+                list.retain(|u| {
+                    let mine = u.session == session;
+                    if mine {
+                        ended.push((publisher.clone(), u.remote_id.clone()));
+                    }
+                    !mine
+                });
+            }
+            uses.retain(|_, l| !l.is_empty());
+            ended
+        };
+        for (publisher, remote_id) in ended {
+            let stream = self
+                .reg
+                .lock()
+                .clients
+                .get(&publisher)
+                .map(|c| c.client.stream_type());
+            if let (Some(stream), Some(me)) = (stream, self.me.upgrade()) {
+                tokio::spawn(async move {
+                    let _ = me
+                        .mcu
+                        .unpublish_remotely(&publisher, stream, remote_id)
+                        .await;
+                });
+            }
+        }
+    }
+
+    /// A subscriber of a publisher on another proxy (see [`remote`]).
+    async fn remote_subscriber(
+        &self,
+        cmd: &CommandProxyClientMessage,
+        stream: StreamType,
+        listener: Arc<ProxyListener>,
+    ) -> Result<(Arc<dyn McuClient>, remote::FeedGuard), RemoteSubscribeError> {
+        if !self.remotes.enabled() || !self.mcu.supports_remote_streams() {
+            return Err(RemoteSubscribeError::Unsupported);
+        }
+        let tokens = self.tokens.read().clone();
+        let (_, subject) = tokens
+            .verify_claims(&cmd.remote_token)
+            .await
+            .map_err(RemoteSubscribeError::Token)?;
+        if subject != cmd.publisher_id {
+            return Err(RemoteSubscribeError::Token(tokens::TokenError::auth(
+                "wrong-subject",
+            )));
+        }
+        let cap = self.janus.max_bitrate(stream);
+        let guard = self
+            .remotes
+            .acquire(&self.mcu, &cmd.remote_url, &cmd.publisher_id, stream, cap)
+            .await
+            .map_err(|e| RemoteSubscribeError::Failed(e.to_string()))?;
+        let params = SubscriberParams::new(guard.key(), stream);
+        match self.mcu.new_subscriber(listener, params).await {
+            Ok(c) => Ok((c, guard)),
+            Err(e) => {
+                self.remotes.release(&guard).await;
+                Err(RemoteSubscribeError::Failed(e.to_string()))
+            }
         }
     }
 
@@ -694,6 +980,7 @@ impl ProxyServer {
             return;
         };
         let id = uuid();
+        let mut remote_guard = None;
         let listener = Arc::new(ProxyListener {
             server: self.me.clone(),
             session: Arc::downgrade(session),
@@ -717,6 +1004,26 @@ impl ProxyServer {
                 self.mcu.new_publisher(listener.clone(), params).await,
                 bitrate,
             )
+        } else if !cmd.remote_url.is_empty() {
+            match self.remote_subscriber(&cmd, stream, listener.clone()).await {
+                Ok((client, guard)) => {
+                    remote_guard = Some(guard);
+                    (Ok(client), self.janus.max_bitrate(stream))
+                }
+                Err(e) => {
+                    warn!(session = %session.id, url = %cmd.remote_url, error = %e, "could not subscribe to a remote stream");
+                    let error = match e {
+                        RemoteSubscribeError::Token(t) => t.to_error(),
+                        RemoteSubscribeError::Unsupported => Error::new(
+                            "unsupported_subscriber",
+                            "Remote subscribers are not supported.",
+                        ),
+                        RemoteSubscribeError::Failed(e) => err_internal(e),
+                    };
+                    session.send(&ProxyServerMessage::error(&msg_id, error));
+                    return;
+                }
+            }
         } else {
             let bitrate = self
                 .reg
@@ -729,8 +1036,7 @@ impl ProxyServer {
                 self.mcu
                     .new_subscriber(
                         listener.clone(),
-                        Arc::from(cmd.publisher_id.as_str()),
-                        stream,
+                        SubscriberParams::new(Arc::from(cmd.publisher_id.as_str()), stream),
                     )
                     .await,
                 bitrate,
@@ -738,6 +1044,11 @@ impl ProxyServer {
         };
         let client = match result {
             Ok(c) => c,
+            Err(e) if remote_guard.is_some() => {
+                // Not reached: remote failures return above.
+                session.send(&ProxyServerMessage::error(&msg_id, err_internal(e)));
+                return;
+            }
             Err(McuError::Timeout(_)) => {
                 let what = if publisher { "publisher" } else { "subscriber" };
                 session.send(&ProxyServerMessage::error(
@@ -769,6 +1080,7 @@ impl ProxyServer {
                         session: session.id.clone(),
                         publisher,
                         bitrate,
+                        remote: remote_guard.clone(),
                     },
                 );
             }
@@ -776,6 +1088,9 @@ impl ProxyServer {
         };
         if !still_there {
             client.close().await;
+            if let Some(g) = remote_guard {
+                self.remotes.release(&g).await;
+            }
             return;
         }
         let labels = [stream.as_str()];
@@ -789,7 +1104,11 @@ impl ProxyServer {
         session.send(&ProxyServerMessage {
             id: msg_id,
             kind: "command".into(),
-            command: Some(CommandProxyServerMessage { id, sid }),
+            command: Some(CommandProxyServerMessage {
+                id,
+                sid,
+                ..Default::default()
+            }),
             ..Default::default()
         });
     }
@@ -852,6 +1171,7 @@ impl ProxyServer {
         json!({
             "sessions": sessions,
             "load": self.load.load(Ordering::SeqCst),
+            "bandwidth": *self.bandwidth.lock(),
             "mcu": self.mcu.stats(),
             "draining": self.is_draining(),
         })

@@ -191,6 +191,7 @@ impl McuListener for ProxyListener {
 
     fn publisher_closed(&self, _client: &dyn McuClient) {
         if let Some(server) = self.server.upgrade() {
+            server.publisher_gone(&self.client_id);
             if server.forget_client(&self.client_id) {
                 self.event("publisher-closed", String::new());
             }

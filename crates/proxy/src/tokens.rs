@@ -22,7 +22,7 @@ pub struct TokenError {
 }
 
 impl TokenError {
-    fn auth(reason: &'static str) -> TokenError {
+    pub fn auth(reason: &'static str) -> TokenError {
         TokenError {
             code: "auth_failed",
             reason,
@@ -54,6 +54,8 @@ struct Claims {
     iss: String,
     #[serde(default)]
     iat: Option<i64>,
+    #[serde(default)]
+    sub: String,
 }
 
 impl Tokens {
@@ -133,6 +135,12 @@ impl Tokens {
 
     /// Checks a hello token; returns the token id (the issuer).
     pub async fn verify(&self, token: &str) -> Result<String, TokenError> {
+        self.verify_claims(token).await.map(|(iss, _)| iss)
+    }
+
+    /// Checks a token; returns its issuer and subject (remote streams: the
+    /// signaling server names the publisher a subscriber may use).
+    pub async fn verify_claims(&self, token: &str) -> Result<(String, String), TokenError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| TokenError::auth("auth-failed"))?;
         let alg = header.alg;
@@ -179,6 +187,6 @@ impl Tokens {
                 reason: "expired",
             });
         }
-        Ok(claims.iss)
+        Ok((claims.iss, claims.sub))
     }
 }

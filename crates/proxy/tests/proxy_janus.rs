@@ -625,3 +625,75 @@ async fn pxy_token_keys_from_etcd() {
     let r = hello(&mut c, &token("server1", TokenKey::Rsa, unix_now())).await;
     assert_eq!(r["error"]["code"], "auth_failed", "key removed: {r}");
 }
+
+/// Remote streams, the refusals: a proxy without `[app] token_id` answers
+/// `unsupported_subscriber` (the signaling server then uses the
+/// publisher's proxy); one with it checks the remote token (its subject
+/// must be the publisher) and reports an unreachable publisher proxy; the
+/// proxy-to-proxy commands validate their fields and client ids.
+#[tokio::test]
+async fn pxy_remote_subscribers_are_checked() {
+    let plain = TestProxy::start().await;
+    let (mut c, _) = plain.session().await;
+    let create = |token: &str, url: &str| {
+        json!({"type": "command", "command": {"type": "create-subscriber",
+            "streamType": "video", "publisherId": "pub-1",
+            "remoteUrl": url, "remoteToken": token}})
+    };
+    let good = TokenKey::Rsa.sign(&json!({"iss": "server1", "iat": unix_now(), "sub": "pub-1"}));
+    let r = c.request(create(&good, "ws://127.0.0.1:9/")).await;
+    assert_eq!(r["error"]["code"], "unsupported_subscriber", "{r}");
+    // Malformed: a remote URL without a token, or not a URL.
+    let r = c.request(create("", "ws://127.0.0.1:9/")).await;
+    assert_eq!(r["error"]["code"], "invalid_format", "{r}");
+    let r = c.request(create(&good, "nowhere")).await;
+    assert_eq!(r["error"]["code"], "invalid_format", "{r}");
+    for cmd in [
+        json!({"type": "get-publisher-streams"}),
+        json!({"type": "publish-remote", "clientId": "x", "port": 5000}),
+        json!({"type": "unpublish-remote", "clientId": "x", "hostname": "h"}),
+    ] {
+        let r = c.request(json!({"type": "command", "command": cmd})).await;
+        assert_eq!(r["error"]["code"], "invalid_format", "{cmd}: {r}");
+    }
+    let r = c
+        .request(json!({"type": "command", "command": {"type": "get-publisher-streams", "clientId": "nobody"}}))
+        .await;
+    assert_eq!(r["error"]["code"], "unknown_client", "{r}");
+
+    // A proxy that can fetch remote streams.
+    let dir = TempDir::new("proxy-remote").unwrap();
+    let key = dir.join("remote.key");
+    std::fs::write(&key, TokenKey::Rsa.private_pem()).unwrap();
+    let text = config(dir.path(), &plain.janus, &[("server1", TokenKey::Rsa)]).replace(
+        "[app]\n",
+        &format!(
+            "[app]\nhostname = 127.0.0.1\ntoken_id = server1\ntoken_key = {}\n",
+            key.display()
+        ),
+    );
+    let ini = Ini::parse(&text).unwrap();
+    let server = ProxyServer::build(&ini).unwrap();
+    let addr = proxy::bind_and_serve(&server, &ini).await.unwrap()[0];
+    assert!(server.mcu().wait_connected(Duration::from_secs(10)).await);
+    let mut c = TestClient::connect(&format!("ws://{addr}/proxy")).await;
+    let h = hello(&mut c, &token("server1", TokenKey::Rsa, unix_now())).await;
+    assert_eq!(
+        h["hello"]["server"]["features"],
+        json!(["remote-streams"]),
+        "{h}"
+    );
+    let wrong = TokenKey::Rsa.sign(&json!({"iss": "server1", "iat": unix_now(), "sub": "pub-2"}));
+    let r = c.request(create(&wrong, "ws://127.0.0.1:9/")).await;
+    assert_eq!(r["error"]["code"], "auth_failed", "{r}");
+    let unknown_issuer =
+        TokenKey::Rsa.sign(&json!({"iss": "stranger", "iat": unix_now(), "sub": "pub-1"}));
+    let r = c
+        .request(create(&unknown_issuer, "ws://127.0.0.1:9/"))
+        .await;
+    assert_eq!(r["error"]["code"], "auth_failed", "{r}");
+    let dead = format!("ws://127.0.0.1:{}/", free_port());
+    let r = c.request(create(&good, &dead)).await;
+    assert_eq!(r["error"]["code"], "internal_error", "{r}");
+    assert_eq!(server.remote_links(), 0);
+}

@@ -25,11 +25,37 @@ async fn our_proxy(dir: &TempDir, name: &str) -> OurProxy {
 }
 
 async fn our_proxy_in(dir: &TempDir, name: &str, country: &str) -> OurProxy {
+    our_proxy_with(dir, name, country, "").await
+}
+
+/// A proxy that also fetches remote streams from others: it signs its
+/// hellos to them with the key the proxies trust as `server1`.
+async fn remote_capable_proxy(dir: &TempDir, name: &str, country: &str) -> OurProxy {
+    remote_capable_proxy_with(dir, name, country, "").await
+}
+
+/// The same with more configuration sections (`extra`).
+async fn remote_capable_proxy_with(
+    dir: &TempDir,
+    name: &str,
+    country: &str,
+    extra: &str,
+) -> OurProxy {
+    let private = dir.join(&format!("{name}-remote.key"));
+    std::fs::write(&private, TokenKey::Rsa.private_pem()).expect("key");
+    let app = format!(
+        "hostname = 127.0.0.1\ntoken_id = server1\ntoken_key = {}\n{extra}",
+        private.display()
+    );
+    our_proxy_with(dir, name, country, &app).await
+}
+
+async fn our_proxy_with(dir: &TempDir, name: &str, country: &str, app: &str) -> OurProxy {
     let janus = start_janus().await;
     let public = dir.join(&format!("{name}-server1.pem"));
     std::fs::write(&public, TokenKey::Rsa.public_pem()).expect("key");
     let ini = Ini::parse(&format!(
-        "[http]\nlisten = 127.0.0.1:0\n[app]\ncountry = {country}\n[tokens]\nserver1 = {}\n[mcu]\nurl = {}\ntimeout = 5\n",
+        "[http]\nlisten = 127.0.0.1:0\n[app]\ncountry = {country}\n{app}[tokens]\nserver1 = {}\n[mcu]\nurl = {}\ntimeout = 5\n",
         public.display(),
         janus.url()
     ))
@@ -320,6 +346,185 @@ async fn pxs_publishers_prefer_proxies_near_the_client() {
         proxy_metric(&us, "signaling_proxy_publishers{type=\"screen\"}").await,
         1
     );
+}
+
+/// How many remote publications (`publish_remotely`) the video publisher
+/// (feed 1) of each room of `janus` has.
+async fn janus_remotes(janus: &Janus) -> usize {
+    let gw = ::janus::Gateway::connect(&janus.url())
+        .await
+        .expect("gateway");
+    let session = gw.create_session().await.expect("session");
+    let (handle, _events) = session
+        .attach(::janus::videoroom::PLUGIN)
+        .await
+        .expect("attach");
+    let mut n = 0;
+    for room in janus_room_list(janus).await {
+        let r = handle
+            .message(
+                json!({"request": "listremotes", "room": room["room"], "publisher_id": 1}),
+                None,
+            )
+            .await;
+        if let Ok(r) = r {
+            n += r.data["list"].as_array().map_or(0, Vec::len);
+        }
+    }
+    let _ = handle.detach().await;
+    let _ = session.destroy().await;
+    gw.close().await;
+    n
+}
+
+/// Remote streams (upstream 1.3.0): alice publishes from Germany on the
+/// German proxy; bob, in the US, is served by the US proxy, which fetches
+/// the stream from the German one (Janus to Janus RTP) — media reaches him
+/// and the German proxy carries no subscriber. When alice stops, bob's
+/// subscriber ends and the US proxy closes its link. Without a nearer
+/// proxy (carol, also in Germany) the subscriber stays at the publisher's.
+#[tokio::test]
+async fn pxs_remote_stream_through_a_proxy_near_the_subscriber() {
+    let dir = TempDir::new("mcu-proxy-remote").expect("dir");
+    let de = remote_capable_proxy(&dir, "de", "DE").await;
+    let us = remote_capable_proxy(&dir, "us", "US").await;
+    let urls = [format!("ws://{}", de.addr), format!("ws://{}", us.addr)];
+    let mcu = signaling_config(&dir, &urls);
+    let geo = |country: &str| format!("{mcu}[geoip-overrides]\n127.0.0.1 = {country}\n");
+    let s = TestServer::start_with(&geo("DE")).await;
+    assert_eventually!(
+        Duration::from_secs(10),
+        stats(&s).await["mcu"]["proxies"]
+            .as_array()
+            .is_some_and(|p| p.iter().all(|p| p["connected"] == true))
+    );
+    let mut alice = MediaClient::join(&s, "alice", "room1").await;
+    let mut bob = MediaClient::join(&s, "bob", "room1").await;
+    let mut carol = MediaClient::join(&s, "carol", "room1").await;
+    all_in_call(&s, "room1").await;
+    let alice_id = alice.id.clone();
+    alice.publish("video", "alice-video").await;
+    assert_eq!(
+        proxy_metric(&de, "signaling_proxy_publishers{type=\"video\"}").await,
+        1
+    );
+
+    // Carol, in Germany too: served where alice publishes.
+    carol.subscribe(&alice_id, "video").await;
+    assert_eq!(
+        proxy_metric(&de, "signaling_proxy_subscribers{type=\"video\"}").await,
+        1
+    );
+
+    // Bob is in the US now (all clients share 127.0.0.1 here).
+    let text = config_for(&s.backend.url(), &geo("US"));
+    s.server.reload(&Ini::parse(&text).expect("config"));
+    bob.subscribe(&alice_id, "video").await;
+    assert_eq!(
+        proxy_metric(&us, "signaling_proxy_subscribers{type=\"video\"}").await,
+        1,
+        "bob is served by the US proxy"
+    );
+    assert_eq!(
+        proxy_metric(&de, "signaling_proxy_subscribers{type=\"video\"}").await,
+        1,
+        "only carol at the German proxy"
+    );
+    assert_eq!(us.server.remote_links(), 1);
+    assert_eq!(
+        gauge(
+            &metrics(&s).await,
+            "signaling_mcu_remote_subscribers_total{type=\"video\"}"
+        ),
+        1
+    );
+
+    // Janus US holds the remote publisher's room; Janus DE sends to it.
+    assert_eq!(janus_rooms(&us._janus).await, 1);
+    assert_eq!(janus_remotes(&de._janus).await, 1);
+
+    // Bob leaves: the US proxy unpublishes, removes the remote publisher
+    // and closes its link; alice and carol go on.
+    bob.ws.leave_room().await;
+    assert_eventually!(Duration::from_secs(10), us.server.remote_links() == 0);
+    assert_eventually!(Duration::from_secs(10), janus_rooms(&us._janus).await == 0);
+    assert_eventually!(
+        Duration::from_secs(10),
+        janus_remotes(&de._janus).await == 0
+    );
+    assert_eq!(
+        proxy_metric(&de, "signaling_proxy_subscribers{type=\"video\"}").await,
+        1
+    );
+
+    // He comes back and subscribes again: a new link, media again.
+    let mut bob = MediaClient::join(&s, "bob", "room1").await;
+    all_in_call(&s, "room1").await;
+    bob.subscribe(&alice_id, "video").await;
+    assert_eq!(us.server.remote_links(), 1);
+
+    // Alice stops publishing: bob's remote subscriber and the link end.
+    alice.ws.leave_room().await;
+    assert_eventually!(
+        Duration::from_secs(10),
+        proxy_metric(&us, "signaling_proxy_subscribers{type=\"video\"}").await == 0
+    );
+    assert_eventually!(Duration::from_secs(10), us.server.remote_links() == 0);
+    assert_eventually!(
+        Duration::from_secs(10),
+        proxy_metric(&de, "signaling_proxy_publishers{type=\"video\"}").await == 0
+    );
+    assert_eventually!(Duration::from_secs(10), janus_rooms(&us._janus).await == 0);
+    assert_eventually!(Duration::from_secs(10), janus_rooms(&de._janus).await == 0);
+}
+
+/// Remote streams by load (upstream's `[bandwidth] outgoing`): proxy A may
+/// send 1 Mbit/s, which carol's subscription of alice's camera uses up; A
+/// announces 100 % and bob's subscription goes through proxy B, which
+/// fetches the stream from A. Both receive media.
+#[tokio::test]
+async fn pxs_remote_stream_when_the_publishers_proxy_is_full() {
+    let dir = TempDir::new("mcu-proxy-full").expect("dir");
+    let a = remote_capable_proxy_with(&dir, "a", "", "[bandwidth]\noutgoing = 1\n").await;
+    let b = remote_capable_proxy(&dir, "b", "").await;
+    let urls = [format!("ws://{}", a.addr), format!("ws://{}", b.addr)];
+    let s = TestServer::start_with(&signaling_config(&dir, &urls)).await;
+    assert_eventually!(
+        Duration::from_secs(10),
+        stats(&s).await["mcu"]["proxies"]
+            .as_array()
+            .is_some_and(|p| p.iter().all(|p| p["connected"] == true))
+    );
+    let mut alice = MediaClient::join(&s, "alice", "room1").await;
+    let mut bob = MediaClient::join(&s, "bob", "room1").await;
+    let mut carol = MediaClient::join(&s, "carol", "room1").await;
+    all_in_call(&s, "room1").await;
+    let alice_id = alice.id.clone();
+    alice.publish("video", "alice-video").await;
+    assert_eq!(
+        proxy_metric(&a, "signaling_proxy_publishers{type=\"video\"}").await,
+        1
+    );
+    carol.subscribe(&alice_id, "video").await;
+    assert_eq!(
+        proxy_metric(&a, "signaling_proxy_subscribers{type=\"video\"}").await,
+        1
+    );
+    assert_eventually!(
+        Duration::from_secs(5),
+        stats(&s).await["mcu"]["proxies"][0]["bandwidth"]["outgoing"] == 100.0
+    );
+    bob.subscribe(&alice_id, "video").await;
+    assert_eq!(
+        proxy_metric(&b, "signaling_proxy_subscribers{type=\"video\"}").await,
+        1,
+        "bob is served by B"
+    );
+    assert_eq!(
+        proxy_metric(&a, "signaling_proxy_subscribers{type=\"video\"}").await,
+        1
+    );
+    assert_eq!(b.server.remote_links(), 1);
 }
 
 /// A TCP relay to `target` whose connections can all be cut at once (the

@@ -11,6 +11,8 @@ pub struct McuMetrics {
     pub subscribers: Arc<GaugeVec>,
     pub subscribers_total: Arc<CounterVec>,
     pub no_publisher_total: Arc<CounterVec>,
+    /// Subscribers served by a proxy other than their publisher's.
+    pub remote_subscribers_total: Arc<CounterVec>,
     pub messages_total: Arc<CounterVec>,
     pub publisher_streams: Arc<GaugeVec>,
     pub subscriber_streams: Arc<GaugeVec>,
@@ -46,6 +48,11 @@ impl McuMetrics {
             no_publisher_total: registry.counter_vec(
                 "signaling_mcu_nopublisher_total",
                 "The total number of subscribe requests where no publisher exists",
+                &["type"],
+            ),
+            remote_subscribers_total: registry.counter_vec(
+                "signaling_mcu_remote_subscribers_total",
+                "The total number of subscribers served through a remote stream by a proxy other than the publisher's",
                 &["type"],
             ),
             messages_total: registry.counter_vec(

@@ -118,6 +118,8 @@ pub enum McuError {
     InvalidPayload(String),
     #[error("the publisher or subscriber is closed")]
     Closed,
+    #[error("no such publisher")]
+    NotFound,
     #[error(transparent)]
     Janus(#[from] ::janus::Error),
 }
@@ -245,6 +247,29 @@ pub struct PublisherParams {
     pub continents: Vec<String>,
 }
 
+/// Parameters of a new subscriber.
+#[derive(Clone, Debug)]
+pub struct SubscriberParams {
+    /// Public id of the publishing session.
+    pub publisher: Arc<str>,
+    pub stream: StreamType,
+    /// Where the subscribing client is (GeoIP): with proxies, a proxy near
+    /// it may serve the stream instead of the publisher's (remote streams).
+    pub country: Option<String>,
+    pub continents: Vec<String>,
+}
+
+impl SubscriberParams {
+    pub fn new(publisher: Arc<str>, stream: StreamType) -> SubscriberParams {
+        SubscriberParams {
+            publisher,
+            stream,
+            country: None,
+            continents: Vec::new(),
+        }
+    }
+}
+
 /// A media server.
 pub trait Mcu: Send + Sync {
     fn new_publisher(
@@ -258,8 +283,7 @@ pub trait Mcu: Send + Sync {
     fn new_subscriber(
         &self,
         listener: Arc<dyn McuListener>,
-        publisher: Arc<str>,
-        stream: StreamType,
+        params: SubscriberParams,
     ) -> BoxFuture<'_, Result<Arc<dyn McuClient>, McuError>>;
 
     /// The `mcu` part of `/api/v1/stats`.

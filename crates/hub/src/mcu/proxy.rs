@@ -12,8 +12,8 @@ use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use parking_lot::Mutex;
 use proto::proxy::{
-    CommandProxyClientMessage, HelloProxyClientMessage, PayloadProxyClientMessage,
-    ProxyClientMessage, ProxyServerMessage, HELLO_VERSION,
+    CommandProxyClientMessage, CommandProxyServerMessage, HelloProxyClientMessage,
+    PayloadProxyClientMessage, ProxyClientMessage, ProxyServerMessage, HELLO_VERSION,
 };
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 use super::metrics::McuMetrics;
 use super::{
     BoxFuture, ClientInfo, Mcu, McuClient, McuError, McuListener, McuMessage, MediaTypes,
-    PublisherParams, Responder, StreamType,
+    PublisherParams, Responder, StreamType, SubscriberParams,
 };
 
 /// What `[mcu]` says about proxies.
@@ -123,16 +123,23 @@ impl ProxySettings {
     }
 
     fn token(&self) -> String {
+        self.token_for("")
+    }
+
+    /// A token naming `sub` (remote streams: the publisher another proxy
+    /// may fetch for us); without a subject for hellos.
+    fn token_for(&self, sub: &str) -> String {
         let iat = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        jsonwebtoken::encode(
-            &Header::new(Algorithm::RS256),
-            &json!({"iat": iat, "iss": self.token_id}),
-            &self.token_key,
-        )
-        .unwrap_or_default()
+        let claims = if sub.is_empty() {
+            json!({"iat": iat, "iss": self.token_id})
+        } else {
+            json!({"iat": iat, "iss": self.token_id, "sub": sub})
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &self.token_key)
+            .unwrap_or_default()
     }
 }
 
@@ -185,6 +192,10 @@ struct ProxyConn {
     load: AtomicI64,
     /// The proxy's country (its hello), upper case, or empty.
     country: Mutex<String>,
+    /// What its hello advertised (`remote-streams`).
+    features: Mutex<Vec<String>>,
+    /// Use of its `[bandwidth]` limits, from `update-load` (none: unlimited).
+    bandwidth: Mutex<proto::proxy::EventProxyServerBandwidth>,
     next_msg: AtomicU64,
     clients: Mutex<HashMap<String, Arc<ProxyClient>>>,
     settings: Arc<ProxySettings>,
@@ -394,6 +405,12 @@ async fn run_conn(
                     .map(|s| s.country.to_uppercase())
                     .unwrap_or_default();
                 *conn.country.lock() = country;
+                *conn.features.lock() = m
+                    .hello
+                    .as_ref()
+                    .and_then(|h| h.server.as_ref())
+                    .map(|s| s.features.clone())
+                    .unwrap_or_default();
                 let new_id = m.hello.map(|h| h.sessionid).unwrap_or_default();
                 if new_id != session_id && !session_id.is_empty() {
                     lost_clients(&conn);
@@ -504,7 +521,10 @@ fn process_push(conn: &ProxyConn, msg: ProxyServerMessage) {
             }
         }
         ("event", _, Some(e)) => match e.kind.as_str() {
-            "update-load" => conn.load.store(e.load, Ordering::Relaxed),
+            "update-load" => {
+                conn.load.store(e.load, Ordering::Relaxed);
+                *conn.bandwidth.lock() = e.bandwidth.unwrap_or_default();
+            }
             "shutdown-scheduled" => {
                 info!(url = %conn.url, "MCU proxy is draining: no new publishers there");
                 conn.draining.store(true, Ordering::Release);
@@ -740,6 +760,8 @@ impl Inner {
             draining: AtomicBool::new(false),
             load: AtomicI64::new(0),
             country: Mutex::new(String::new()),
+            features: Mutex::new(Vec::new()),
+            bandwidth: Mutex::new(Default::default()),
             next_msg: AtomicU64::new(0),
             clients: Mutex::new(HashMap::new()),
             settings: self.settings.clone(),
@@ -761,23 +783,82 @@ impl Inner {
             .cloned()
             .collect();
         list.sort_by_key(|c| c.load.load(Ordering::Relaxed));
+        // Proxies at their incoming bandwidth limit last (stable).
+        list.sort_by_key(|c| !c.bandwidth.lock().allows_incoming());
         if let Some(country) = country {
             // Stable: within each group the load order stays.
-            list.sort_by_key(|c| {
-                let theirs = c.country.lock().clone();
-                if theirs == country {
-                    0
-                } else if crate::geoip::continents(&theirs)
-                    .iter()
-                    .any(|t| continents.iter().any(|c| c == t))
-                {
-                    1
-                } else {
-                    2
-                }
-            });
+            list.sort_by_key(|c| nearness(c, country, continents));
         }
         list
+    }
+
+    /// Remote streams: another proxy able to fetch the stream from the
+    /// publisher's and to send more, when the publisher's proxy has used up
+    /// its outgoing bandwidth (then the nearest such one), or when one is
+    /// nearer to the subscriber (own country before own continent; among
+    /// equally near ones the least loaded).
+    fn remote_for(
+        &self,
+        publisher: &Arc<ProxyConn>,
+        country: Option<&str>,
+        continents: &[String],
+    ) -> Option<Arc<ProxyConn>> {
+        let others = self
+            .candidates(country, continents)
+            .into_iter()
+            .filter(|c| !Arc::ptr_eq(c, publisher))
+            .filter(|c| c.features.lock().iter().any(|f| f == "remote-streams"))
+            .filter(|c| c.bandwidth.lock().allows_outgoing());
+        if !publisher.bandwidth.lock().allows_outgoing() {
+            return others.into_iter().next();
+        }
+        let country = country?;
+        let theirs = nearness(publisher, country, continents);
+        others
+            .into_iter()
+            .find(|c| nearness(c, country, continents) < theirs)
+    }
+}
+
+/// 0: the proxy is in `country`, 1: on one of `continents`, 2: elsewhere.
+fn nearness(c: &ProxyConn, country: &str, continents: &[String]) -> u8 {
+    let theirs = c.country.lock().clone();
+    if theirs == country {
+        0
+    } else if crate::geoip::continents(&theirs)
+        .iter()
+        .any(|t| continents.iter().any(|c| c == t))
+    {
+        1
+    } else {
+        2
+    }
+}
+
+impl Inner {
+    /// `create-subscriber` on `conn`, of the publisher `proxy_publisher`
+    /// hosted by `home` (remote when they differ).
+    async fn create_subscriber(
+        &self,
+        conn: &Arc<ProxyConn>,
+        home: &Arc<ProxyConn>,
+        proxy_publisher: &str,
+        stream: StreamType,
+    ) -> Result<CommandProxyServerMessage, McuError> {
+        let mut command = ProxyConn::command("create-subscriber");
+        command.publisher_id = proxy_publisher.to_owned();
+        command.stream_type = stream.as_str().into();
+        if !Arc::ptr_eq(conn, home) {
+            // Resolved like a relative link `proxy` by the other proxy.
+            command.remote_url = format!("{}/", home.url);
+            command.remote_token = self.settings.token_for(proxy_publisher);
+        }
+        let msg = ProxyClientMessage {
+            kind: "command".into(),
+            command: Some(command),
+            ..Default::default()
+        };
+        Ok(conn.request(msg).await?.command.unwrap_or_default())
     }
 }
 
@@ -849,10 +930,15 @@ impl Mcu for ProxyMcu {
     fn new_subscriber(
         &self,
         listener: Arc<dyn McuListener>,
-        publisher: Arc<str>,
-        stream: StreamType,
+        params: SubscriberParams,
     ) -> BoxFuture<'_, Result<Arc<dyn McuClient>, McuError>> {
         Box::pin(async move {
+            let SubscriberParams {
+                publisher,
+                stream,
+                country,
+                continents,
+            } = params;
             let inner = &self.inner;
             let key = (publisher.clone(), stream);
             let deadline = tokio::time::Instant::now() + inner.settings.timeout;
@@ -874,16 +960,37 @@ impl Mcu for ProxyMcu {
                     Err(_) => return Err(McuError::Timeout("publisher")),
                 }
             };
-            let mut command = ProxyConn::command("create-subscriber");
-            command.publisher_id = proxy_publisher;
-            command.stream_type = stream.as_str().into();
-            let msg = ProxyClientMessage {
-                kind: "command".into(),
-                command: Some(command),
-                ..Default::default()
+            let remote = inner.remote_for(&conn, country.as_deref(), &continents);
+            let (conn, c) = match remote {
+                Some(near) => {
+                    match inner
+                        .create_subscriber(&near, &conn, &proxy_publisher, stream)
+                        .await
+                    {
+                        Ok(c) => {
+                            info!(publisher = %publisher, from = %conn.url, via = %near.url, "subscribing through a remote stream");
+                            shared
+                                .metrics
+                                .remote_subscribers_total
+                                .inc(&[stream.as_str()]);
+                            (near, c)
+                        }
+                        Err(e) => {
+                            warn!(url = %near.url, error = %e, "remote stream refused, subscribing at the publisher's proxy");
+                            let c = inner
+                                .create_subscriber(&conn, &conn, &proxy_publisher, stream)
+                                .await?;
+                            (conn, c)
+                        }
+                    }
+                }
+                None => {
+                    let c = inner
+                        .create_subscriber(&conn, &conn, &proxy_publisher, stream)
+                        .await?;
+                    (conn, c)
+                }
             };
-            let reply = conn.request(msg).await?;
-            let c = reply.command.unwrap_or_default();
             let client = Arc::new(ProxyClient {
                 info: ClientInfo::new(
                     inner.next_id.fetch_add(1, Ordering::Relaxed) + 1,
@@ -915,6 +1022,7 @@ impl Mcu for ProxyMcu {
                     "url": c.url,
                     "connected": c.connected.load(Ordering::Acquire),
                     "load": c.load.load(Ordering::Relaxed),
+                    "bandwidth": *c.bandwidth.lock(),
                     "country": c.country.lock().clone(),
                     "shutdown": c.draining.load(Ordering::Acquire),
                     "clients": c.clients.lock().len(),

@@ -12,7 +12,10 @@ use proto::client::{Error, ServerMessage};
 
 use super::sdp::media_types;
 use super::session::{close_in_background, mcu_message, SessionListener};
-use super::{CodecPrefs, McuClient, McuError, McuMessage, MediaTypes, PublisherParams, StreamType};
+use super::{
+    CodecPrefs, McuClient, McuError, McuMessage, MediaTypes, PublisherParams, StreamType,
+    SubscriberParams,
+};
 use crate::session::{
     ClientSession, PERMISSION_PUBLISH_AUDIO, PERMISSION_PUBLISH_MEDIA, PERMISSION_PUBLISH_SCREEN,
     PERMISSION_PUBLISH_VIDEO,
@@ -463,16 +466,7 @@ impl Hub {
             session: Arc::downgrade(session),
         });
         let mut params = params;
-        let geoip = self.geoip.read().clone();
-        if geoip.is_enabled() {
-            let ip = session
-                .conn()
-                .and_then(|c| c.remote_addr.parse::<std::net::IpAddr>().ok());
-            params.country = ip.and_then(|ip| geoip.lookup(ip));
-            if let Some(c) = &params.country {
-                params.continents = geoip.client_continents(c);
-            }
-        }
+        (params.country, params.continents) = self.location(session);
         let publisher = mcu.new_publisher(listener, params).await?;
         let prev = session.with_mcu(|m| match m.publishers.get(&stream) {
             Some(prev) => Some(prev.clone()),
@@ -495,6 +489,24 @@ impl Hub {
         Ok(publisher)
     }
 
+    /// The client's country (GeoIP, overrides applied) and continents, to
+    /// place its streams on a proxy near it.
+    fn location(&self, session: &Arc<ClientSession>) -> (Option<String>, Vec<String>) {
+        let geoip = self.geoip.read().clone();
+        if !geoip.is_enabled() {
+            return (None, Vec::new());
+        }
+        let ip = session
+            .conn()
+            .and_then(|c| c.remote_addr.parse::<std::net::IpAddr>().ok());
+        let country = ip.and_then(|ip| geoip.lookup(ip));
+        let continents = country
+            .as_ref()
+            .map(|c| geoip.client_continents(c))
+            .unwrap_or_default();
+        (country, continents)
+    }
+
     async fn get_or_create_subscriber(
         &self,
         session: &Arc<ClientSession>,
@@ -509,7 +521,9 @@ impl Hub {
         let listener = Arc::new(SessionListener {
             session: Arc::downgrade(session),
         });
-        let subscriber = mcu.new_subscriber(listener, publisher, stream).await?;
+        let mut params = SubscriberParams::new(publisher, stream);
+        (params.country, params.continents) = self.location(session);
+        let subscriber = mcu.new_subscriber(listener, params).await?;
         let prev = session.with_mcu(|m| match m.subscribers.get(&key) {
             Some(prev) => Some(prev.clone()),
             None => {
