@@ -414,7 +414,7 @@ pub fn tls_client_config(skip_verify: bool) -> rustls::ClientConfig {
         .with_no_client_auth()
 }
 
-fn rustls_native_roots() -> Vec<rustls::pki_types::CertificateDer<'static>> {
+pub(crate) fn rustls_native_roots() -> Vec<rustls::pki_types::CertificateDer<'static>> {
     let result = rustls_native_certs::load_native_certs();
     for e in &result.errors {
         debug!(error = %e, "could not load a native root certificate");

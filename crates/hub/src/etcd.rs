@@ -1,16 +1,21 @@
 //! A small etcd v3 client over etcd's JSON gateway (`POST /v3/kv/range`),
 //! for what the MCU proxy setup reads from etcd: the proxies' URLs
 //! (`[mcu] urltype = etcd`) and the signaling servers' public keys
-//! (`proxy.conf` `tokentype = etcd`). Plain HTTP to the configured
-//! endpoints, tried in turn; no gRPC stack for two reads.
+//! (`proxy.conf` `tokentype = etcd`). HTTP or HTTPS (with the `cacert`,
+//! `clientcert` and `clientkey` of upstream's configuration) to the
+//! configured endpoints, tried in turn; no gRPC stack for two reads.
+//! DNS SRV discovery (`discoverysrv`) is not supported: it is refused at
+//! start-up with a message naming the key.
 
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::Duration;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -21,12 +26,14 @@ pub enum EtcdError {
     NoEndpoints,
     #[error("etcd at {endpoint}: {reason}")]
     Request { endpoint: String, reason: String },
+    #[error("{key}: {reason}")]
+    Config { key: &'static str, reason: String },
 }
 
 #[derive(Clone)]
 pub struct EtcdClient {
     endpoints: Vec<String>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
 }
 
@@ -50,9 +57,105 @@ fn range_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// The TLS settings of `section` (`cacert`, `clientcert`, `clientkey`), if
+/// any: the CA the etcd servers' certificates must chain to (else the
+/// system's roots) and the client certificate etcd may require.
+fn tls_config(
+    ini: &runtime::config::Ini,
+    section: &str,
+) -> Result<Option<rustls::ClientConfig>, EtcdError> {
+    let file = |key: &'static str| ini.get_string(section, key, "");
+    let (ca, cert, key) = (file("cacert"), file("clientcert"), file("clientkey"));
+    if ca.is_empty() && cert.is_empty() && key.is_empty() {
+        return Ok(None);
+    }
+    let read = |key: &'static str, path: &str| {
+        std::fs::read(path).map_err(|e| EtcdError::Config {
+            key,
+            reason: format!("{path:?}: {e}"),
+        })
+    };
+    let certs = |key: &'static str, path: &str| {
+        let pem = read(key, path)?;
+        let list: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+            .filter_map(Result::ok)
+            .collect();
+        if list.is_empty() {
+            return Err(EtcdError::Config {
+                key,
+                reason: format!("no certificate in {path:?}"),
+            });
+        }
+        Ok(list)
+    };
+    let roots = if ca.is_empty() {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in crate::backend_client::rustls_native_roots() {
+            let _ = roots.add(c);
+        }
+        Arc::new(roots)
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in certs("cacert", &ca)? {
+            roots.add(c).map_err(|e| EtcdError::Config {
+                key: "cacert",
+                reason: e.to_string(),
+            })?;
+        }
+        Arc::new(roots)
+    };
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = match (cert.is_empty(), key.is_empty()) {
+        (true, true) => builder.with_no_client_auth(),
+        (false, false) => {
+            let chain = certs("clientcert", &cert)?;
+            let pem = read("clientkey", &key)?;
+            let private = rustls_pemfile::private_key(&mut pem.as_slice())
+                .ok()
+                .flatten()
+                .ok_or_else(|| EtcdError::Config {
+                    key: "clientkey",
+                    reason: format!("no private key in {key:?}"),
+                })?;
+            builder
+                .with_client_auth_cert(chain, private)
+                .map_err(|e| EtcdError::Config {
+                    key: "clientkey",
+                    reason: e.to_string(),
+                })?
+        }
+        (true, false) | (false, true) => {
+            return Err(EtcdError::Config {
+                key: "clientcert",
+                reason: "clientcert and clientkey go together".into(),
+            })
+        }
+    };
+    Ok(Some(config))
+}
+
 impl EtcdClient {
     /// `endpoints`: comma-separated `host:port` (or `http://host:port`).
     pub fn new(endpoints: &str) -> Result<EtcdClient, EtcdError> {
+        Self::build(endpoints, None)
+    }
+
+    /// The client `[section]` describes: `endpoints` and the TLS keys
+    /// (`discoverysrv` is refused).
+    pub fn from_config(ini: &runtime::config::Ini, section: &str) -> Result<EtcdClient, EtcdError> {
+        let endpoints = ini.get_string(section, "endpoints", "");
+        if endpoints.trim().is_empty() && !ini.get_string(section, "discoverysrv", "").is_empty() {
+            return Err(EtcdError::Config {
+                key: "discoverysrv",
+                reason: "DNS SRV discovery of etcd is not supported; list the servers in endpoints"
+                    .into(),
+            });
+        }
+        Self::build(&endpoints, tls_config(ini, section)?)
+    }
+
+    fn build(endpoints: &str, tls: Option<rustls::ClientConfig>) -> Result<EtcdClient, EtcdError> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let endpoints: Vec<String> = endpoints
             .split(',')
             .map(str::trim)
@@ -62,16 +165,22 @@ impl EtcdClient {
                 if e.starts_with("http://") || e.starts_with("https://") {
                     e.to_owned()
                 } else {
-                    format!("http://{e}")
+                    format!("{scheme}://{e}")
                 }
             })
             .collect();
         if endpoints.is_empty() {
             return Err(EtcdError::NoEndpoints);
         }
+        let tls = tls.unwrap_or_else(|| crate::backend_client::tls_client_config(false));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
         Ok(EtcdClient {
             endpoints,
-            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            client: Client::builder(TokioExecutor::new()).build(connector),
             timeout: Duration::from_secs(5),
         })
     }

@@ -57,7 +57,7 @@ pub async fn run(path: &Path) -> usize {
         Err(e) => line(false, "[tokens]", e),
         Ok(t) if ini.get_string("app", "tokentype", "static") == "etcd" => {
             let endpoints = ini.get_string("tokens", "endpoints", "");
-            match hub::etcd::EtcdClient::new(&endpoints) {
+            match hub::etcd::EtcdClient::from_config(&ini, "tokens") {
                 Ok(c) => match tokio::time::timeout(Duration::from_secs(5), c.get("/")).await {
                     Ok(Ok(_)) => line(true, "[tokens] etcd", format!("{endpoints} answers")),
                     Ok(Err(e)) => line(false, "[tokens] etcd", e.to_string()),

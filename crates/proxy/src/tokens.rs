@@ -66,8 +66,11 @@ impl Tokens {
         match ini.get_string("app", "tokentype", "static").as_str() {
             "static" => {}
             "etcd" => {
-                let client = hub::etcd::EtcdClient::new(&ini.get_string("tokens", "endpoints", ""))
-                    .map_err(|e| format!("[tokens] endpoints: {e}"))?;
+                let client =
+                    hub::etcd::EtcdClient::from_config(ini, "tokens").map_err(|e| match e {
+                        hub::etcd::EtcdError::Config { .. } => format!("[tokens] {e}"),
+                        e => format!("[tokens] endpoints: {e}"),
+                    })?;
                 let formats: Vec<String> = ini
                     .get_string("tokens", "keyformat", "/%s")
                     .split(',')

@@ -697,3 +697,70 @@ async fn pxy_remote_subscribers_are_checked() {
     assert_eq!(r["error"]["code"], "internal_error", "{r}");
     assert_eq!(server.remote_links(), 0);
 }
+
+/// etcd over HTTPS with client certificates (`cacert`, `clientcert`,
+/// `clientkey`, as upstream): token keys are read from an etcd that
+/// requires them; without the client certificate etcd refuses us, and
+/// `discoverysrv` is refused at start-up with the key named.
+#[tokio::test]
+async fn pxy_token_keys_from_etcd_over_tls() {
+    let etcd = testkit::EtcdServer::start_tls().await.expect("etcd starts");
+    let tls = etcd.tls().expect("tls").clone();
+    etcd.put(
+        "/signaling/proxy/tokens/server1/public-key",
+        TokenKey::Rsa.public_pem(),
+    )
+    .await
+    .unwrap();
+    let janus = Janus::start_with(JanusOptions {
+        session_timeout: 60,
+    })
+    .await;
+    let config = |tls_keys: &str| {
+        format!(
+            "[http]\nlisten = 127.0.0.1:0\n[app]\ntokentype = etcd\n\
+             [tokens]\nendpoints = {}\nkeyformat = /signaling/proxy/tokens/%s/public-key\n{tls_keys}\
+             [mcu]\nurl = {}\n",
+            etcd.endpoint(),
+            janus.url()
+        )
+    };
+    let full = format!(
+        "cacert = {}\nclientcert = {}\nclientkey = {}\n",
+        tls.cacert.display(),
+        tls.clientcert.display(),
+        tls.clientkey.display()
+    );
+    let ini = Ini::parse(&config(&full)).unwrap();
+    let server = ProxyServer::build(&ini).unwrap();
+    let addr = proxy::bind_and_serve(&server, &ini).await.unwrap()[0];
+    let mut c = TestClient::connect(&format!("ws://{addr}/proxy")).await;
+    let r = hello(&mut c, &token("server1", TokenKey::Rsa, unix_now())).await;
+    assert_eq!(r["type"], "hello", "key read over TLS: {r}");
+
+    // Only the CA: etcd wants a client certificate, the key is not found.
+    let ini = Ini::parse(&config(&format!("cacert = {}\n", tls.cacert.display()))).unwrap();
+    let server = ProxyServer::build(&ini).unwrap();
+    let addr = proxy::bind_and_serve(&server, &ini).await.unwrap()[0];
+    let mut c = TestClient::connect(&format!("ws://{addr}/proxy")).await;
+    let r = hello(&mut c, &token("server1", TokenKey::Rsa, unix_now())).await;
+    assert_eq!(r["error"]["code"], "auth_failed", "{r}");
+
+    let srv = Ini::parse(&config("").replace(
+        &format!("endpoints = {}", etcd.endpoint()),
+        "discoverysrv = example.com",
+    ))
+    .unwrap();
+    let err = ProxyServer::build(&srv).err().expect("refused").to_string();
+    assert!(err.contains("discoverysrv"), "{err}");
+    let half = Ini::parse(&config(&format!(
+        "clientcert = {}\n",
+        tls.clientcert.display()
+    )))
+    .unwrap();
+    let err = ProxyServer::build(&half)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("clientkey"), "{err}");
+}

@@ -69,8 +69,11 @@ impl ProxySettings {
                 (urls, None)
             }
             "etcd" => {
-                let client = crate::etcd::EtcdClient::new(&ini.get_string("mcu", "endpoints", ""))
-                    .map_err(|e| ("endpoints", e.to_string()))?;
+                let client =
+                    crate::etcd::EtcdClient::from_config(ini, "mcu").map_err(|e| match e {
+                        crate::etcd::EtcdError::Config { key, reason } => (key, reason),
+                        e => ("endpoints", e.to_string()),
+                    })?;
                 let prefix = ini.get_string("mcu", "keyprefix", "");
                 if prefix.is_empty() {
                     return Err(("keyprefix", "missing".into()));
