@@ -347,7 +347,10 @@ fn make_certs(dir: &TempDir) -> io::Result<(EtcdTls, PathBuf, PathBuf)> {
     )?;
     let mut made = Vec::new();
     // etcd's JSON gateway connects to etcd itself with the server certificate.
-    for (name, usage) in [("server", "serverAuth,clientAuth"), ("client", "clientAuth")] {
+    for (name, usage) in [
+        ("server", "serverAuth,clientAuth"),
+        ("client", "clientAuth"),
+    ] {
         let (key, csr, crt, ext) = (
             p(&format!("{name}.key")),
             p(&format!("{name}.csr")),
