@@ -26,6 +26,8 @@ pub enum BusPayload {
     Room(Arc<BackendServerRoomRequest>),
     /// A new permission list for a session.
     Permissions(Arc<Vec<String>>),
+    /// A node's members of a room (clustering, ours).
+    Presence(Arc<proto::cluster::RoomPresence>),
 }
 
 #[derive(Clone, Debug)]
@@ -321,6 +323,12 @@ pub fn encode_envelope(msg: &BusMessage) -> Vec<u8> {
                 &serde_json::to_vec(p.as_ref()).unwrap_or_else(|_| b"[]".to_vec()),
             );
         }
+        BusPayload::Presence(p) => {
+            out.extend_from_slice(b"\"type\":\"x-presence\",\"presence\":");
+            out.extend_from_slice(
+                &serde_json::to_vec(p.as_ref()).unwrap_or_else(|_| b"null".to_vec()),
+            );
+        }
     }
     out.extend_from_slice(b",\"id\":\"\"}");
     out
@@ -342,6 +350,10 @@ pub fn decode_envelope(data: &[u8]) -> Result<BusMessage, EnvelopeError> {
         proto::cluster::BUS_TYPE_PERMISSIONS => {
             BusPayload::Permissions(Arc::new(env.permissions.unwrap_or_default()))
         }
+        proto::cluster::BUS_TYPE_PRESENCE => BusPayload::Presence(Arc::new(
+            env.presence
+                .ok_or(EnvelopeError::MissingPayload(env.kind.clone()))?,
+        )),
         other => return Err(EnvelopeError::UnsupportedType(other.to_owned())),
     };
     Ok(BusMessage { send_time, payload })

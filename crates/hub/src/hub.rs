@@ -123,6 +123,8 @@ pub type SessionCounts =
 pub struct Hub {
     me: Weak<Hub>,
     pub settings: HubSettings,
+    /// This process in the cluster (random; in room presence messages).
+    pub node_id: Arc<str>,
     codec: SessionIdCodec,
     pub bus: Arc<dyn Bus>,
     pub backend: BackendClient,
@@ -236,6 +238,7 @@ impl Hub {
                 country: String::new(),
             }),
             settings,
+            node_id: Arc::from(hex::encode(rand::random::<[u8; 8]>())),
             codec,
             bus,
             backend,
@@ -404,6 +407,7 @@ impl Hub {
         }
         for room in &rooms {
             room.expire_transient(self, now);
+            room.cluster_tick(self, now);
         }
         let ping_due = {
             let mut next = self.next_ping.lock();

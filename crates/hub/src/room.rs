@@ -41,6 +41,21 @@ struct RoomState {
     /// Transient entries set with a TTL (upstream 1.2.0, #575) and when they go.
     transient_expiry: HashMap<String, Instant>,
     closed: bool,
+    /// Clustering: members through other nodes, by session id.
+    remote: HashMap<String, RemoteMember>,
+    /// When each other node last sent its presence for this room.
+    nodes: HashMap<String, Instant>,
+    /// When this node last sent its presence.
+    presence_sent: Option<Instant>,
+}
+
+/// A member of the room through another node (clustering).
+struct RemoteMember {
+    /// Known from that node's presence; `None` while only its join event
+    /// has been seen.
+    node: Option<String>,
+    since: Instant,
+    entry: SessionEntry,
 }
 
 pub struct Room {
@@ -52,6 +67,9 @@ pub struct Room {
     pub subject: Arc<str>,
     state: Mutex<RoomState>,
     backend_subscription: Mutex<Option<Subscription>>,
+    /// Clustering: the room's own subscription of its subject, to follow
+    /// members on other nodes.
+    presence_subscription: Mutex<Option<Subscription>>,
 }
 
 impl std::fmt::Debug for Room {
@@ -105,8 +123,12 @@ impl Room {
                 transient: serde_json::Map::new(),
                 transient_expiry: HashMap::new(),
                 closed: false,
+                remote: HashMap::new(),
+                nodes: HashMap::new(),
+                presence_sent: None,
             }),
             backend_subscription: Mutex::new(None),
+            presence_subscription: Mutex::new(None),
             backend,
         });
         let handler: Weak<dyn BusHandler> = Arc::downgrade(&(room.clone() as Arc<dyn BusHandler>));
@@ -114,6 +136,11 @@ impl Room {
             .bus
             .subscribe(&backend_room_subject(&room.backend, id), handler)?;
         *room.backend_subscription.lock() = Some(sub);
+        if hub.settings.presence_interval.is_some() {
+            let handler: Weak<dyn BusHandler> =
+                Arc::downgrade(&(room.clone() as Arc<dyn BusHandler>));
+            *room.presence_subscription.lock() = Some(hub.bus.subscribe(&room.subject, handler)?);
+        }
         Ok(room)
     }
 
@@ -211,6 +238,19 @@ impl Room {
             }));
         }
         before_announce(&others);
+        let remote: Vec<SessionEntry> = self
+            .state
+            .lock()
+            .remote
+            .values()
+            .map(|m| m.entry.clone())
+            .collect();
+        if let (AnySession::Client(c), false) = (&session, remote.is_empty()) {
+            // Members through other nodes, after those of this one.
+            let mut event = EventServerMessage::new("room", "join");
+            event.join = Some(remote);
+            c.send_message(ServerMessage::event(event));
+        }
         hub.metrics
             .room_sessions
             .inc(&[&self.backend.id, &self.id, session.client_type()]);
@@ -232,6 +272,10 @@ impl Room {
         let mut event = EventServerMessage::new("room", "join");
         event.join = Some(vec![entry]);
         self.publish(hub, ServerMessage::event(event));
+        if hub.settings.presence_interval.is_some() {
+            // The first member here asks the other nodes for theirs.
+            self.send_presence(hub, others.is_empty());
+        }
         match &session {
             AnySession::Client(c) => {
                 if c.is_internal() {
@@ -268,10 +312,13 @@ impl Room {
         hub.metrics
             .room_sessions
             .dec(&[&self.backend.id, &self.id, session.client_type()]);
-        if remaining > 0 {
+        if remaining > 0 || hub.settings.presence_interval.is_some() {
+            // Clustered, members elsewhere learn it even from the last one.
             let mut event = EventServerMessage::new("room", "leave");
             event.leave = Some(vec![public_id.to_owned()]);
             self.publish(hub, ServerMessage::event(event));
+        }
+        if remaining > 0 {
             if session.is_internal() {
                 self.publish_users_changed_with_internal(hub);
             }
@@ -284,6 +331,7 @@ impl Room {
     fn destroy(&self, hub: &Hub) {
         hub.remove_room(self);
         self.backend_subscription.lock().take();
+        self.presence_subscription.lock().take();
         for t in ["client", "internal", "virtual"] {
             hub.metrics
                 .room_sessions
@@ -733,6 +781,212 @@ impl Room {
     }
 }
 
+/// The `join` entry of a member.
+fn entry_of(session: &AnySession, data_user: Option<&String>) -> SessionEntry {
+    let mut userid = session.user_id();
+    if userid.is_empty() {
+        userid = data_user.cloned().unwrap_or_default();
+    }
+    SessionEntry {
+        sessionid: session.public_id().to_string(),
+        userid,
+        features: session.features(),
+        user: session.user_data(),
+        roomsessionid: match session {
+            AnySession::Client(c) => c.room_session_id(),
+            AnySession::Virtual(_) => String::new(),
+        },
+    }
+}
+
+/// Clustering (ours; upstream's NATS rooms only know their own node's
+/// members): every node hosting members of a room sends its member list on
+/// the room subject — when its first member joins (asking the others for
+/// theirs), when asked, and every `[nats] presenceinterval`. Together with
+/// the join and leave events already on that subject, each node knows the
+/// whole room: a joiner is told about members on other nodes, and when a
+/// node falls silent for three intervals (it died, or lost NATS) its
+/// members leave the room for everybody else.
+impl Room {
+    fn is_local(st: &RoomState, id: &str) -> bool {
+        st.sessions.iter().any(|s| **s.public_id() == *id)
+    }
+
+    /// Send this node's members (and ask for the others' with `request`).
+    pub(crate) fn send_presence(&self, hub: &Hub, request: bool) {
+        let presence = {
+            let mut st = self.state.lock();
+            if st.closed && !st.sessions.is_empty() {
+                return;
+            }
+            st.presence_sent = Some(Instant::now());
+            proto::cluster::RoomPresence {
+                node: hub.node_id.to_string(),
+                sessions: st
+                    .sessions
+                    .iter()
+                    .map(|s| entry_of(s, st.session_user.get(s.public_id())))
+                    .collect(),
+                request,
+            }
+        };
+        let msg = BusMessage::new(BusPayload::Presence(Arc::new(presence)));
+        if let Err(e) = hub.bus.publish(&self.subject, msg) {
+            debug!(room = %self.id, error = %e, "could not send room presence");
+        }
+    }
+
+    /// Tell this node's members in the room (not the bus: the news is
+    /// about other nodes, which know it already).
+    fn tell_local(&self, msg: ServerMessage) {
+        let members = self.sessions();
+        let out = OutMsg::new(msg);
+        for s in members {
+            if let AnySession::Client(c) = s {
+                c.send(&out);
+            }
+        }
+    }
+
+    fn follow_event(&self, msg: &ServerMessage) {
+        let Some(ev) = msg.event.as_ref().filter(|e| e.target == "room") else {
+            return;
+        };
+        let mut st = self.state.lock();
+        match ev.kind.as_str() {
+            "join" => {
+                for e in ev.join.iter().flatten() {
+                    if !Self::is_local(&st, &e.sessionid) && !st.remote.contains_key(&e.sessionid) {
+                        st.remote.insert(
+                            e.sessionid.clone(),
+                            RemoteMember {
+                                node: None,
+                                since: Instant::now(),
+                                entry: e.clone(),
+                            },
+                        );
+                    }
+                }
+            }
+            "leave" => {
+                for id in ev.leave.iter().flatten() {
+                    st.remote.remove(id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn apply_presence(&self, hub: &Hub, p: &proto::cluster::RoomPresence) {
+        if *p.node == *hub.node_id {
+            return;
+        }
+        let now = Instant::now();
+        let (joined, left) = {
+            let mut st = self.state.lock();
+            if st.closed {
+                return;
+            }
+            st.nodes.insert(p.node.clone(), now);
+            let listed: HashSet<&str> = p.sessions.iter().map(|e| e.sessionid.as_str()).collect();
+            let mut left = Vec::new();
+            st.remote.retain(|id, m| {
+                let gone =
+                    m.node.as_deref() == Some(p.node.as_str()) && !listed.contains(id.as_str());
+                if gone {
+                    left.push(id.clone());
+                }
+                !gone
+            });
+            let mut joined = Vec::new();
+            for e in &p.sessions {
+                if Self::is_local(&st, &e.sessionid) {
+                    continue;
+                }
+                match st.remote.get_mut(&e.sessionid) {
+                    Some(m) => m.node = Some(p.node.clone()),
+                    None => {
+                        st.remote.insert(
+                            e.sessionid.clone(),
+                            RemoteMember {
+                                node: Some(p.node.clone()),
+                                since: now,
+                                entry: e.clone(),
+                            },
+                        );
+                        joined.push(e.clone());
+                    }
+                }
+            }
+            (joined, left)
+        };
+        if !joined.is_empty() {
+            let mut event = EventServerMessage::new("room", "join");
+            event.join = Some(joined);
+            self.tell_local(ServerMessage::event(event));
+        }
+        if !left.is_empty() {
+            let mut event = EventServerMessage::new("room", "leave");
+            event.leave = Some(left);
+            self.tell_local(ServerMessage::event(event));
+        }
+        if p.request {
+            self.send_presence(hub, false);
+        }
+    }
+
+    /// Housekeeping: presence when due, and the members of nodes that
+    /// fell silent leave.
+    pub(crate) fn cluster_tick(&self, hub: &Hub, now: Instant) {
+        let Some(interval) = hub.settings.presence_interval else {
+            return;
+        };
+        let (due, left) = {
+            let mut st = self.state.lock();
+            if st.closed {
+                return;
+            }
+            let due = st
+                .presence_sent
+                .is_none_or(|t| now.duration_since(t) >= interval);
+            let silent: HashSet<String> = st
+                .nodes
+                .iter()
+                .filter(|(_, t)| now.duration_since(**t) > interval * 3)
+                .map(|(n, _)| n.clone())
+                .collect();
+            st.nodes.retain(|n, _| !silent.contains(n));
+            let mut left = Vec::new();
+            st.remote.retain(|id, m| {
+                let gone = match &m.node {
+                    Some(n) => silent.contains(n),
+                    // Never confirmed by its node's presence.
+                    None => now.duration_since(m.since) > interval * 3,
+                };
+                if gone {
+                    left.push(id.clone());
+                }
+                !gone
+            });
+            (due && !st.sessions.is_empty(), left)
+        };
+        if !left.is_empty() {
+            warn!(room = %self.id, sessions = left.len(), "members on a silent node left the room");
+            let mut event = EventServerMessage::new("room", "leave");
+            event.leave = Some(left);
+            self.tell_local(ServerMessage::event(event));
+        }
+        if due {
+            self.send_presence(hub, false);
+        }
+    }
+
+    /// Number of members through other nodes.
+    pub fn remote_count(&self) -> usize {
+        self.state.lock().remote.len()
+    }
+}
+
 fn strip_permissions(mut list: Vec<JsonMap>) -> Vec<JsonMap> {
     for u in list.iter_mut() {
         u.remove("permissions");
@@ -742,10 +996,19 @@ fn strip_permissions(mut list: Vec<JsonMap>) -> Vec<JsonMap> {
 
 impl BusHandler for Room {
     fn on_bus_message(&self, _subject: &str, msg: &BusMessage) {
-        if let BusPayload::Room(req) = &msg.payload {
-            if let Some(hub) = self.hub.upgrade() {
-                self.process_backend_request(&hub, req);
+        match &msg.payload {
+            BusPayload::Room(req) => {
+                if let Some(hub) = self.hub.upgrade() {
+                    self.process_backend_request(&hub, req);
+                }
             }
+            BusPayload::Message(out) => self.follow_event(&out.msg),
+            BusPayload::Presence(p) => {
+                if let Some(hub) = self.hub.upgrade() {
+                    self.apply_presence(&hub, p);
+                }
+            }
+            BusPayload::Permissions(_) => {}
         }
     }
 }

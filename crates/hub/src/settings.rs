@@ -6,6 +6,8 @@ use std::time::Duration;
 /// How long a disconnected session stays resumable unless `[sessions]
 /// resumewindow` says otherwise.
 pub const RESUME_WINDOW: Duration = Duration::from_secs(30);
+/// Default `[nats] presenceinterval`.
+pub const PRESENCE_INTERVAL: Duration = Duration::from_secs(5);
 /// A new connection must say hello within this time.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 /// An anonymous session must join a room within this time.
@@ -30,6 +32,10 @@ pub struct HubSettings {
     pub allow_subscribe_any: bool,
     /// How long a disconnected session waits for its client to resume.
     pub resume_window: Duration,
+    /// Clustered (`[nats] url` names a server): how often each node tells
+    /// the others its members of each room (`[nats] presenceinterval`,
+    /// ours); a node silent for three intervals counts as gone.
+    pub presence_interval: Option<Duration>,
 }
 
 impl HubSettings {
@@ -75,6 +81,18 @@ impl HubSettings {
             skip_verify: ini.get_bool("backend", "skipverify", false)?,
             allow_subscribe_any: ini.get_bool("app", "allowsubscribeany", false)?,
             resume_window: Duration::from_secs(resume as u64),
+            presence_interval: if crate::bus_nats::is_loopback_url(
+                &ini.get_string("nats", "url", ""),
+            ) {
+                None
+            } else {
+                let secs = ini.get_int(
+                    "nats",
+                    "presenceinterval",
+                    PRESENCE_INTERVAL.as_secs() as i64,
+                )?;
+                Some(Duration::from_secs(secs.clamp(1, 60) as u64))
+            },
         })
     }
 }

@@ -12,6 +12,26 @@ use crate::client::ServerMessage;
 pub const BUS_TYPE_MESSAGE: &str = "message";
 pub const BUS_TYPE_ROOM: &str = "room";
 pub const BUS_TYPE_PERMISSIONS: &str = "permissions";
+/// Ours (not upstream's): a node's local members of a room, on the room
+/// subject, so every node knows the whole room (see [`RoomPresence`]).
+pub const BUS_TYPE_PRESENCE: &str = "x-presence";
+
+/// What a node tells the others about one room: the sessions that are
+/// members through it, sent when its members change, when asked and
+/// periodically. A node that stops sending it has gone; its members are
+/// then taken out of the room everywhere.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RoomPresence {
+    /// The sending node's id (random per process).
+    pub node: String,
+    /// Its local members, as in `join` events.
+    #[serde(default)]
+    pub sessions: Vec<crate::client::SessionEntry>,
+    /// The sender wants every other node's presence now (a room it has
+    /// just started to host).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub request: bool,
+}
 
 /// Envelope of every cluster message.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -26,6 +46,8 @@ pub struct BusEnvelope {
     pub room: Option<BackendServerRoomRequest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub permissions: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<RoomPresence>,
     #[serde(default)]
     pub id: String,
 }

@@ -1,7 +1,8 @@
-//! Two of our servers sharing one real `nats-server` (issue 7, first step):
-//! deliveries between sessions on different nodes. Room *membership* is still
-//! per node at this step (join/leave events and participant lists of remote
-//! sessions are not shared); only the room subject's fan-out spans nodes.
+//! Two of our servers sharing one real `nats-server` (issue 7): deliveries
+//! between sessions on different nodes, and room membership across nodes
+//! (room presence: a joiner learns about members on other nodes, and the
+//! members of a node that dies leave). In-call state, transient data and
+//! session limits are still per node.
 
 mod common;
 
@@ -22,7 +23,7 @@ struct Cluster {
 async fn cluster() -> Cluster {
     let nats = NatsServer::start().await.expect("nats-server starts");
     let backend = FakeBackend::start(SECRET).await;
-    let extra = format!("[nats]\nurl = {}\n", nats.url());
+    let extra = format!("[nats]\nurl = {}\npresenceinterval = 1\n", nats.url());
     let (sa, a) = start_server(&config_for(&backend.url(), &extra)).await;
     let (sb, b) = start_server(&config_for(&backend.url(), &extra)).await;
     for s in [&sa, &sb] {
@@ -151,4 +152,133 @@ async fn room_message_reaches_members_on_both_nodes() {
     }
     // Not looped back to the sender, even though it went through NATS.
     alice.expect_no_message(SHORT).await;
+}
+
+/// Session ids listed by the room `join` events `c` receives until `want`
+/// are all there (or the timeout).
+async fn joined_until(c: &mut TestClient, want: &[&str]) -> std::collections::BTreeSet<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !want.iter().all(|w| seen.contains(*w)) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(m) = c.recv_timeout(left).await else {
+            panic!("join events so far: {seen:?}, want {want:?}");
+        };
+        if m["type"] == "event" && m["event"]["target"] == "room" && m["event"]["type"] == "join" {
+            for e in m["event"]["join"].as_array().unwrap_or(&Vec::new()) {
+                assert!(
+                    seen.insert(e["sessionid"].as_str().unwrap_or_default().to_owned()),
+                    "listed twice: {m}"
+                );
+            }
+        }
+    }
+    seen
+}
+
+async fn left_until(c: &mut TestClient, who: &str) {
+    let m = c
+        .recv_matching(|m| {
+            m["type"] == "event"
+                && m["event"]["type"] == "leave"
+                && m["event"]["leave"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|x| x == who))
+        })
+        .await;
+    assert_eq!(m["event"]["target"], "room", "{m}");
+}
+
+/// A joiner on one node is told about the members on the other (their
+/// node answers its presence request); a later joiner gets them at once;
+/// the last member leaving a node is seen leaving on the other.
+#[tokio::test]
+async fn room_members_on_other_nodes_are_announced() {
+    let c = cluster().await;
+    let mut alice = c.user(c.a, "alice").await;
+    alice.join_room("room1", "talk-a").await;
+    let alice_id = id_of(&alice);
+    let mut bob = c.user(c.b, "bob").await;
+    bob.join_room("room1", "talk-b").await;
+    let bob_id = id_of(&bob);
+    let seen = joined_until(&mut bob, &[&alice_id, &bob_id]).await;
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    // alice hears of bob through the room subject.
+    joined_until(&mut alice, &[&bob_id]).await;
+
+    let mut carol = c.user(c.b, "carol").await;
+    carol.join_room("room1", "talk-c").await;
+    let carol_id = id_of(&carol);
+    let seen = joined_until(&mut carol, &[&alice_id, &bob_id, &carol_id]).await;
+    assert_eq!(seen.len(), 3, "{seen:?}");
+
+    // alice is node A's last member: B's members still see her leave.
+    alice.leave_room().await;
+    left_until(&mut bob, &alice_id).await;
+    left_until(&mut carol, &alice_id).await;
+    // ... and a newcomer on B is not told about her any more.
+    let mut dave = c.user(c.b, "dave").await;
+    dave.join_room("room1", "talk-d").await;
+    let dave_id = id_of(&dave);
+    let seen = joined_until(&mut dave, &[&bob_id, &carol_id, &dave_id]).await;
+    assert!(!seen.contains(&alice_id), "{seen:?}");
+    dave.expect_no_message(Duration::from_millis(1500)).await;
+}
+
+/// Node failure: a real `signaling` process is killed (SIGKILL, no leave
+/// sent); within three presence intervals its member leaves the room for
+/// the members on the surviving node, and no ghost is announced later.
+#[tokio::test]
+async fn members_of_a_killed_node_leave_the_room() {
+    let nats = NatsServer::start().await.expect("nats-server starts");
+    let backend = FakeBackend::start(SECRET).await;
+    let extra = format!("[nats]\nurl = {}\npresenceinterval = 1\n", nats.url());
+    let dir = TempDir::new("cluster-kill").expect("dir");
+    let port = free_port();
+    let config = dir.join("server.conf");
+    std::fs::write(
+        &config,
+        config_for(&backend.url(), &extra).replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+    )
+    .expect("config");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"));
+    cmd.arg("--config").arg(&config).env("RUST_LOG", "warn");
+    let mut node_a =
+        ChildGuard::spawn("signaling", &mut cmd, Some(&dir.join("log"))).expect("spawn");
+    wait_for_port(
+        ([127, 0, 0, 1], port).into(),
+        Duration::from_secs(10),
+        Some(&mut node_a),
+    )
+    .await
+    .expect("node A listens");
+    let (sb, b) = start_server(&config_for(&backend.url(), &extra)).await;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        sb.nats.clone().expect("NATS bus").wait_connected(true),
+    )
+    .await
+    .expect("node B connected");
+
+    let mut alice = TestClient::connect(&format!("ws://127.0.0.1:{port}/spreed"))
+        .await
+        .skip("welcome");
+    alice.hello_user(&backend.backend_url(), "alice").await;
+    alice.join_room("room1", "talk-a").await;
+    let alice_id = id_of(&alice);
+    let mut bob = TestClient::connect(&spreed_url(b)).await.skip("welcome");
+    bob.hello_user(&backend.backend_url(), "bob").await;
+    bob.join_room("room1", "talk-b").await;
+    let bob_id = id_of(&bob);
+    joined_until(&mut bob, &[&alice_id, &bob_id]).await;
+
+    let killed = std::time::Instant::now();
+    node_a.kill();
+    let mut bob = bob.with_timeout(Duration::from_secs(10));
+    left_until(&mut bob, &alice_id).await;
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(6), "left after {took:?}");
+    // Nothing more: no ghost comes back.
+    bob.expect_no_message(Duration::from_secs(3)).await;
+    drop(sb);
 }
