@@ -79,7 +79,9 @@ impl Hub {
             }
             "incall" => {
                 let incall = req.incall.as_mut().ok_or_else(|| missing("incall"))?;
-                if !incall.all {
+                // Clustered, each node's room translates the Talk session
+                // ids (it knows the other nodes' members too).
+                if !incall.all && !self.clustered() {
                     incall.users = self.fixup_sessions(std::mem::take(&mut incall.users));
                     incall.changed = self.fixup_sessions(std::mem::take(&mut incall.changed));
                     if incall.users.is_empty() && incall.changed.is_empty() {
@@ -93,6 +95,10 @@ impl Hub {
                     .participants
                     .as_mut()
                     .ok_or_else(|| missing("participants"))?;
+                if self.clustered() {
+                    self.publish_room_request(backend, roomid, req)?;
+                    return Ok(());
+                }
                 p.users = self.fixup_sessions(std::mem::take(&mut p.users));
                 p.changed = self.fixup_sessions(std::mem::take(&mut p.changed));
                 if p.users.is_empty() && p.changed.is_empty() {
@@ -277,6 +283,10 @@ impl Hub {
             }),
             ..Default::default()
         });
+    }
+
+    fn clustered(&self) -> bool {
+        self.settings.presence_interval.is_some()
     }
 
     /// Translate Talk session ids to signaling session ids; drop entries

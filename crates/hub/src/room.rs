@@ -189,6 +189,17 @@ impl Room {
 
     /// Add a member. `before_announce` sees the members that were there
     /// before (the joiner gets that list before its own join event).
+    /// Events that follow a backend request: every node of a cluster
+    /// handles the request itself, so each tells only its own members
+    /// (published on the bus, they would arrive once per node).
+    fn announce(&self, hub: &Hub, msg: ServerMessage) {
+        if hub.settings.presence_interval.is_some() {
+            self.tell_local(msg);
+        } else {
+            self.publish(hub, msg);
+        }
+    }
+
     pub(crate) fn add_session(
         &self,
         hub: &Hub,
@@ -361,7 +372,7 @@ impl Room {
         }
         st.properties = properties.clone();
         drop(st);
-        self.publish(hub, ServerMessage::room("", &self.id, properties));
+        self.announce(hub, ServerMessage::room("", &self.id, properties));
     }
 
     /// Fill missing user ids and append internal and virtual sessions.
@@ -498,7 +509,7 @@ impl Room {
             debug!(session = %c.public_id, room = %self.id, "session left call");
             c.release_mcu_objects();
         }
-        self.publish(hub, self.participants_update(changed, users));
+        self.announce(hub, self.participants_update(changed, users));
     }
 
     /// Backend `incall` with `all: true`.
@@ -556,7 +567,7 @@ impl Room {
         changed: Vec<JsonMap>,
         users: Vec<JsonMap>,
     ) {
-        self.publish(hub, self.participants_update(changed, users));
+        self.announce(hub, self.participants_update(changed, users));
     }
 
     /// After a resume without a queued participants update, send the last known list.
@@ -581,7 +592,7 @@ impl Room {
             roomid: self.id.clone(),
             data: Some(data),
         });
-        self.publish(hub, ServerMessage::event(event));
+        self.announce(hub, ServerMessage::event(event));
     }
 
     /// Set (or with `None`, remove) a transient value; members are told via
@@ -760,16 +771,23 @@ impl Room {
                     };
                     self.publish_users_in_call_changed_all(hub, flags);
                 } else {
-                    self.publish_users_in_call_changed(
-                        hub,
-                        incall.changed.clone(),
-                        incall.users.clone(),
-                    );
+                    let (changed, users) = self.translated(hub, &incall.changed, &incall.users);
+                    if changed.is_empty() && users.is_empty() {
+                        return;
+                    }
+                    self.publish_users_in_call_changed(hub, changed, users);
                 }
             }
             "participants" => {
                 if let Some(p) = &req.participants {
-                    self.publish_users_changed(hub, p.changed.clone(), p.users.clone());
+                    let (changed, users) = self.translated(hub, &p.changed, &p.users);
+                    if changed.is_empty() && users.is_empty() {
+                        return;
+                    }
+                    if hub.settings.presence_interval.is_some() {
+                        self.apply_local_permissions(hub, &changed);
+                    }
+                    self.publish_users_changed(hub, changed, users);
                 }
             }
             "message" => {
@@ -777,6 +795,69 @@ impl Room {
                 self.publish_room_message(hub, data);
             }
             other => debug!(room = %self.id, kind = %other, "unsupported backend room request"),
+        }
+    }
+}
+
+impl Room {
+    /// Clustered, backend requests reach every node with Nextcloud's (Talk)
+    /// session ids: each node translates them itself, knowing its own
+    /// sessions and, from the room presence, those of the others. Single
+    /// node, the hub translated them before (entries kept as they are).
+    fn translated(
+        &self,
+        hub: &Hub,
+        changed: &[JsonMap],
+        users: &[JsonMap],
+    ) -> (Vec<JsonMap>, Vec<JsonMap>) {
+        if hub.settings.presence_interval.is_none() {
+            return (changed.to_vec(), users.to_vec());
+        }
+        let remote: HashMap<String, String> = self
+            .state
+            .lock()
+            .remote
+            .values()
+            .filter(|m| !m.entry.roomsessionid.is_empty())
+            .map(|m| (m.entry.roomsessionid.clone(), m.entry.sessionid.clone()))
+            .collect();
+        let fix = |list: &[JsonMap]| -> Vec<JsonMap> {
+            list.iter()
+                .filter_map(|u| {
+                    let rs = u.get("sessionId").and_then(Value::as_str)?;
+                    if rs == "0" {
+                        return None;
+                    }
+                    let public = hub
+                        .session_for_room_session(rs)
+                        .map(|p| p.to_string())
+                        .or_else(|| remote.get(rs).cloned())?;
+                    let mut u = u.clone();
+                    u.insert("sessionId".into(), Value::String(public));
+                    Some(u)
+                })
+                .collect()
+        };
+        (fix(changed), fix(users))
+    }
+
+    /// Clustered: permissions in a participants update for this node's
+    /// members (the node that got the request could not address them).
+    fn apply_local_permissions(&self, hub: &Hub, changed: &[JsonMap]) {
+        for user in changed {
+            let Some(Value::Array(list)) = user.get("permissions") else {
+                continue;
+            };
+            let Some(sid) = user.get("sessionId").and_then(Value::as_str) else {
+                continue;
+            };
+            let perms: Option<Vec<String>> =
+                list.iter().map(|p| p.as_str().map(str::to_owned)).collect();
+            if let (Some(perms), Some(AnySession::Client(c))) =
+                (perms, hub.session_by_public_id(sid))
+            {
+                c.set_permissions(&perms);
+            }
         }
     }
 }

@@ -282,3 +282,54 @@ async fn members_of_a_killed_node_leave_the_room() {
     bob.expect_no_message(Duration::from_secs(3)).await;
     drop(sb);
 }
+
+/// Backend requests with Talk session ids reach any node (BAPI-13 across
+/// the cluster): each node translates them, also for members on other
+/// nodes, and tells only its own members, so everyone gets exactly one
+/// participants update listing both sessions by their signaling ids —
+/// whichever node Nextcloud asked.
+#[tokio::test]
+async fn incall_request_to_any_node_reaches_everyone_once() {
+    let c = cluster().await;
+    let mut alice = c.user(c.a, "alice").await;
+    alice.join_room("room1", "talk-a").await;
+    let mut bob = c.user(c.b, "bob").await;
+    bob.join_room("room1", "talk-b").await;
+    let (alice_id, bob_id) = (id_of(&alice), id_of(&bob));
+    joined_until(&mut bob, &[&alice_id, &bob_id]).await;
+    joined_until(&mut alice, &[&bob_id]).await;
+    for (n, node) in [c.a, c.b].into_iter().enumerate() {
+        let flags = 3 + 4 * n as i64;
+        let r = c
+            .backend
+            .send_room_request(
+                &format!("http://{node}/"),
+                "room1",
+                &json!({"type": "incall", "incall": {"incall": flags,
+                    "changed": [{"sessionId": "talk-a", "inCall": flags}, {"sessionId": "talk-b", "inCall": flags}],
+                    "users": [{"sessionId": "talk-a", "inCall": flags}, {"sessionId": "talk-b", "inCall": flags}]}}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        for x in [&mut alice, &mut bob] {
+            let ev = x
+                .recv_matching(|v| v["type"] == "event" && v["event"]["target"] == "participants")
+                .await;
+            let mut ids: Vec<&str> = ev["event"]["update"]["users"]
+                .as_array()
+                .expect("users")
+                .iter()
+                .map(|u| {
+                    assert_eq!(u["inCall"], flags, "{ev}");
+                    u["sessionId"].as_str().unwrap_or_default()
+                })
+                .collect();
+            ids.sort();
+            let mut want = vec![alice_id.as_str(), bob_id.as_str()];
+            want.sort();
+            assert_eq!(ids, want, "{ev}");
+            // Exactly once.
+            x.expect_no_message(Duration::from_millis(500)).await;
+        }
+    }
+}
