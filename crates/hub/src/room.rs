@@ -285,7 +285,7 @@ impl Room {
         self.publish(hub, ServerMessage::event(event));
         if hub.settings.presence_interval.is_some() {
             // The first member here asks the other nodes for theirs.
-            self.send_presence(hub, others.is_empty());
+            self.send_presence(hub, others.is_empty(), false);
         }
         match &session {
             AnySession::Client(c) => {
@@ -893,8 +893,9 @@ impl Room {
         st.sessions.iter().any(|s| **s.public_id() == *id)
     }
 
-    /// Send this node's members (and ask for the others' with `request`).
-    pub(crate) fn send_presence(&self, hub: &Hub, request: bool) {
+    /// Send this node's members (and ask for the others' with `request`;
+    /// with `transient`, the room's transient data too).
+    pub(crate) fn send_presence(&self, hub: &Hub, request: bool, transient: bool) {
         let presence = {
             let mut st = self.state.lock();
             if st.closed && !st.sessions.is_empty() {
@@ -902,6 +903,11 @@ impl Room {
             }
             st.presence_sent = Some(Instant::now());
             proto::cluster::RoomPresence {
+                transient: if transient {
+                    st.transient.clone()
+                } else {
+                    serde_json::Map::new()
+                },
                 node: hub.node_id.to_string(),
                 sessions: st
                     .sessions
@@ -930,6 +936,20 @@ impl Room {
     }
 
     fn follow_event(&self, msg: &ServerMessage) {
+        if let Some(t) = msg.transient.as_ref().filter(|_| msg.kind == "transient") {
+            // Set or removed on another node (or here: then already applied).
+            let mut st = self.state.lock();
+            match (t.kind.as_str(), &t.value) {
+                ("set", Some(v)) => {
+                    st.transient.insert(t.key.clone(), v.clone());
+                }
+                ("remove", _) => {
+                    st.transient.remove(&t.key);
+                }
+                _ => {}
+            }
+            return;
+        }
         let Some(ev) = msg.event.as_ref().filter(|e| e.target == "room") else {
             return;
         };
@@ -963,12 +983,19 @@ impl Room {
             return;
         }
         let now = Instant::now();
-        let (joined, left) = {
+        let (joined, left, learned) = {
             let mut st = self.state.lock();
             if st.closed {
                 return;
             }
             st.nodes.insert(p.node.clone(), now);
+            let mut learned = Vec::new();
+            for (key, value) in &p.transient {
+                if !st.transient.contains_key(key) {
+                    st.transient.insert(key.clone(), value.clone());
+                    learned.push((key.clone(), value.clone()));
+                }
+            }
             let listed: HashSet<&str> = p.sessions.iter().map(|e| e.sessionid.as_str()).collect();
             let mut left = Vec::new();
             st.remote.retain(|id, m| {
@@ -999,8 +1026,16 @@ impl Room {
                     }
                 }
             }
-            (joined, left)
+            (joined, left, learned)
         };
+        for (key, value) in learned {
+            self.tell_local(ServerMessage::transient(TransientDataServerMessage {
+                kind: "set".into(),
+                key,
+                value: Some(value),
+                ..Default::default()
+            }));
+        }
         if !joined.is_empty() {
             let mut event = EventServerMessage::new("room", "join");
             event.join = Some(joined);
@@ -1012,7 +1047,7 @@ impl Room {
             self.tell_local(ServerMessage::event(event));
         }
         if p.request {
-            self.send_presence(hub, false);
+            self.send_presence(hub, false, true);
         }
     }
 
@@ -1058,7 +1093,7 @@ impl Room {
             self.tell_local(ServerMessage::event(event));
         }
         if due {
-            self.send_presence(hub, false);
+            self.send_presence(hub, false, false);
         }
     }
 

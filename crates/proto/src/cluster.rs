@@ -31,6 +31,10 @@ pub struct RoomPresence {
     /// just started to host).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub request: bool,
+    /// The room's transient data, in answers to a request (a node that
+    /// starts hosting the room learns what was set before).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub transient: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Envelope of every cluster message.

@@ -1,8 +1,9 @@
 //! Two of our servers sharing one real `nats-server` (issue 7): deliveries
 //! between sessions on different nodes, and room membership across nodes
 //! (room presence: a joiner learns about members on other nodes, and the
-//! members of a node that dies leave). In-call state, transient data and
-//! session limits are still per node.
+//! members of a node that dies leave), backend requests at any node, and
+//! transient data. Session limits and resume on another node are still per
+//! node.
 
 mod common;
 
@@ -331,5 +332,46 @@ async fn incall_request_to_any_node_reaches_everyone_once() {
             // Exactly once.
             x.expect_no_message(Duration::from_millis(500)).await;
         }
+    }
+}
+
+/// Transient data spans the nodes: a node that starts hosting the room
+/// learns what was set before (from the presence answers), later changes
+/// travel on the room subject, and a newcomer's `initial` data on either
+/// node has everything.
+#[tokio::test]
+async fn transient_data_is_shared_by_the_nodes() {
+    let c = cluster().await;
+    let mut alice = c.user(c.a, "alice").await;
+    alice.join_room("room1", "talk-a").await;
+    let set = |key: &str, value: i64| json!({"type": "transient", "transient": {"type": "set", "key": key, "value": value}});
+    alice.send_json(&set("x", 1)).await;
+    alice
+        .recv_matching(|m| m["type"] == "transient" && m["transient"]["key"] == "x")
+        .await;
+
+    let mut bob = c.user(c.b, "bob").await;
+    bob.join_room("room1", "talk-b").await;
+    let m = bob
+        .recv_matching(|m| m["type"] == "transient" && m["transient"]["key"] == "x")
+        .await;
+    assert_eq!(m["transient"]["value"], 1, "{m}");
+
+    bob.send_json(&set("y", 2)).await;
+    let m = alice
+        .recv_matching(|m| m["type"] == "transient" && m["transient"]["key"] == "y")
+        .await;
+    assert_eq!(m["transient"]["type"], "set", "{m}");
+    bob.recv_matching(|m| m["type"] == "transient" && m["transient"]["key"] == "y")
+        .await;
+
+    for node in [c.a, c.b] {
+        let mut carol = c.user(node, "carol").await;
+        carol.join_room("room1", &format!("talk-c-{node}")).await;
+        let m = carol
+            .recv_matching(|m| m["type"] == "transient" && m["transient"]["type"] == "initial")
+            .await;
+        assert_eq!(m["transient"]["data"], json!({"x": 1, "y": 2}), "{m}");
+        carol.leave_room().await;
     }
 }
