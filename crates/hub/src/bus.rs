@@ -72,6 +72,11 @@ pub enum BusError {
 /// Publish/subscribe between sessions, rooms and servers.
 pub trait Bus: Send + Sync {
     fn publish(&self, subject: &str, msg: BusMessage) -> Result<(), BusError>;
+    /// For subjects only this server listens on (a local session's): its
+    /// handlers only, nothing to other servers.
+    fn publish_local(&self, subject: &str, msg: BusMessage) -> Result<(), BusError> {
+        self.publish(subject, msg)
+    }
     fn subscribe(
         &self,
         subject: &str,

@@ -356,6 +356,12 @@ impl Bus for NatsBus {
         Ok(())
     }
 
+    fn publish_local(&self, subject: &str, msg: BusMessage) -> Result<(), BusError> {
+        check_subject(subject)?;
+        self.deliver(subject, &msg);
+        Ok(())
+    }
+
     fn subscribe(
         &self,
         subject: &str,

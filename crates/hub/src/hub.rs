@@ -1419,6 +1419,8 @@ impl Hub {
             return None;
         }
         let mut server_recipient: Option<Recipient> = None;
+        // A session of this server: nobody elsewhere listens on its subject.
+        let mut local_only = false;
         let subject = match body.recipient.kind.as_str() {
             RECIPIENT_SESSION => {
                 let target = &body.recipient.sessionid;
@@ -1440,6 +1442,7 @@ impl Hub {
                                 return None;
                             }
                         }
+                        local_only = true;
                         c.subject.clone()
                     }
                     Some(AnySession::Virtual(v)) => {
@@ -1512,10 +1515,13 @@ impl Hub {
                 ..Default::default()
             }
         };
-        if let Err(e) = self.bus.publish(
-            &subject,
-            BusMessage::new(BusPayload::Message(OutMsg::new(out))),
-        ) {
+        let msg = BusMessage::new(BusPayload::Message(OutMsg::new(out)));
+        let sent = if local_only {
+            self.bus.publish_local(&subject, msg)
+        } else {
+            self.bus.publish(&subject, msg)
+        };
+        if let Err(e) = sent {
             warn!(error = %e, "could not publish message");
         }
         None
