@@ -375,3 +375,97 @@ async fn transient_data_is_shared_by_the_nodes() {
         carol.leave_room().await;
     }
 }
+
+/// The cluster heals after a NATS outage longer than three presence
+/// intervals: each side saw the other's members leave meanwhile (the other
+/// server might have died) and sees them join again once the presence
+/// flows; messages between the servers work again.
+#[tokio::test]
+async fn membership_heals_after_a_nats_outage() {
+    let mut nats = NatsServer::start().await.expect("nats-server starts");
+    let backend = FakeBackend::start(SECRET).await;
+    let extra = format!("[nats]\nurl = {}\npresenceinterval = 1\n", nats.url());
+    let (sa, a) = start_server(&config_for(&backend.url(), &extra)).await;
+    let (sb, b) = start_server(&config_for(&backend.url(), &extra)).await;
+    let buses = [sa.nats.clone().expect("bus"), sb.nats.clone().expect("bus")];
+    for bus in &buses {
+        tokio::time::timeout(Duration::from_secs(10), bus.wait_connected(true))
+            .await
+            .expect("connected");
+    }
+    let user = |addr, name: &'static str| {
+        let backend_url = backend.backend_url();
+        async move {
+            let mut c = TestClient::connect(&spreed_url(addr)).await.skip("welcome");
+            c.hello_user(&backend_url, name).await;
+            c.join_room("room1", &format!("talk-{name}")).await;
+            c.with_timeout(Duration::from_secs(15))
+        }
+    };
+    let mut alice = user(a, "alice").await;
+    let mut bob = user(b, "bob").await;
+    let (alice_id, bob_id) = (id_of(&alice), id_of(&bob));
+    joined_until(&mut bob, &[&alice_id, &bob_id]).await;
+    joined_until(&mut alice, &[&bob_id]).await;
+
+    nats.stop();
+    left_until(&mut bob, &alice_id).await;
+    left_until(&mut alice, &bob_id).await;
+    nats.restart().await.expect("nats-server restarts");
+    for bus in &buses {
+        tokio::time::timeout(Duration::from_secs(20), bus.wait_connected(true))
+            .await
+            .expect("reconnected");
+    }
+    joined_until(&mut bob, &[&alice_id]).await;
+    joined_until(&mut alice, &[&bob_id]).await;
+    until_reachable(&mut alice, recipient_session(&bob_id), &mut bob).await;
+    drop((sa, sb));
+}
+
+/// Three servers, one member on each: every member is told about the two
+/// others, a room message reaches both others exactly once, and a member
+/// leaving is seen by both.
+#[tokio::test]
+async fn three_nodes_share_one_room() {
+    let nats = NatsServer::start().await.expect("nats-server starts");
+    let backend = FakeBackend::start(SECRET).await;
+    let extra = format!("[nats]\nurl = {}\npresenceinterval = 1\n", nats.url());
+    let mut servers = Vec::new();
+    let mut clients = Vec::new();
+    for name in ["n0", "n1", "n2"] {
+        let (s, addr) = start_server(&config_for(&backend.url(), &extra)).await;
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            s.nats.clone().expect("bus").wait_connected(true),
+        )
+        .await
+        .expect("connected");
+        let mut c = TestClient::connect(&spreed_url(addr)).await.skip("welcome");
+        c.hello_user(&backend.backend_url(), name).await;
+        c.join_room("room1", &format!("talk-{name}")).await;
+        servers.push(s);
+        clients.push(c);
+    }
+    let ids: Vec<String> = clients.iter().map(id_of).collect();
+    let all: Vec<&str> = ids.iter().map(String::as_str).collect();
+    for c in clients.iter_mut() {
+        joined_until(c, &all).await;
+    }
+    for c in clients.iter_mut() {
+        while c.recv_timeout(Duration::from_millis(300)).await.is_some() {}
+    }
+    clients[0]
+        .send_message(recipient_room(), json!({"from": "n0"}))
+        .await;
+    for c in clients[1..].iter_mut() {
+        let m = c.recv_matching(|m| m["type"] == "message").await;
+        assert_eq!(m["message"]["data"], json!({"from": "n0"}), "{m}");
+        c.expect_no_message(Duration::from_millis(300)).await;
+    }
+    clients[2].leave_room().await;
+    for c in clients[..2].iter_mut() {
+        left_until(c, &ids[2]).await;
+    }
+    drop(servers);
+}
