@@ -131,7 +131,13 @@ impl Hub {
             }
             "switchto" => {
                 let sw = req.switchto.as_ref().ok_or_else(|| missing("switchto"))?;
-                self.send_switchto(sw)?;
+                if self.clustered() {
+                    // Every node's room tells its own sessions.
+                    switchto_targets(sw).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+                    self.publish_room_request(backend, roomid, req)?;
+                } else {
+                    self.send_switchto(sw)?;
+                }
             }
             other => {
                 return Err(ApiError::BadRequest(format!(
@@ -146,24 +152,7 @@ impl Hub {
     /// details) gets `event/room/switchto` on its own subject, so nobody
     /// learns where the others go.
     fn send_switchto(&self, sw: &proto::backend::RoomSwitchToRequest) -> Result<(), ApiError> {
-        let bad = |e: serde_json::Error| ApiError::BadRequest(e.to_string());
-        let targets: Vec<(String, Option<proto::Raw>)> = match &sw.sessions {
-            None => Vec::new(),
-            Some(raw) if raw.get().trim_start().starts_with('[') => {
-                serde_json::from_str::<Vec<String>>(raw.get())
-                    .map_err(bad)?
-                    .into_iter()
-                    .map(|s| (s, None))
-                    .collect()
-            }
-            Some(raw) => {
-                serde_json::from_str::<std::collections::BTreeMap<String, proto::Raw>>(raw.get())
-                    .map_err(bad)?
-                    .into_iter()
-                    .map(|(s, d)| (s, Some(d)))
-                    .collect()
-            }
-        };
+        let targets = switchto_targets(sw).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         for (room_session, details) in targets {
             if room_session == SESSION_NOT_IN_MEETING {
                 continue;
@@ -285,7 +274,7 @@ impl Hub {
         });
     }
 
-    fn clustered(&self) -> bool {
+    pub(crate) fn clustered(&self) -> bool {
         self.settings.presence_interval.is_some()
     }
 
@@ -305,4 +294,26 @@ impl Hub {
             })
             .collect()
     }
+}
+
+/// The Talk sessions a `switchto` names, each with its details: a list of
+/// session ids, or a map from session id to details.
+pub(crate) fn switchto_targets(
+    sw: &proto::backend::RoomSwitchToRequest,
+) -> Result<Vec<(String, Option<proto::Raw>)>, serde_json::Error> {
+    Ok(match &sw.sessions {
+        None => Vec::new(),
+        Some(raw) if raw.get().trim_start().starts_with('[') => {
+            serde_json::from_str::<Vec<String>>(raw.get())?
+                .into_iter()
+                .map(|s| (s, None))
+                .collect()
+        }
+        Some(raw) => {
+            serde_json::from_str::<std::collections::BTreeMap<String, proto::Raw>>(raw.get())?
+                .into_iter()
+                .map(|(s, d)| (s, Some(d)))
+                .collect()
+        }
+    })
 }

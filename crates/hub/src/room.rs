@@ -794,6 +794,27 @@ impl Room {
                 let data = req.message.as_ref().and_then(|m| m.data.clone());
                 self.publish_room_message(hub, data);
             }
+            // Clustered only (single node, the hub answers it directly).
+            "switchto" => {
+                let Some(sw) = &req.switchto else { return };
+                let Ok(targets) = crate::backend_api::switchto_targets(sw) else {
+                    return;
+                };
+                for (room_session, details) in targets {
+                    let Some(public) = hub.session_for_room_session(&room_session) else {
+                        continue;
+                    };
+                    let Some(AnySession::Client(c)) = hub.session_by_public_id(&public) else {
+                        continue;
+                    };
+                    let mut event = EventServerMessage::new("room", "switchto");
+                    event.switchto = Some(proto::client::SwitchToEvent {
+                        roomid: sw.roomid.clone(),
+                        details,
+                    });
+                    c.send_message(ServerMessage::event(event));
+                }
+            }
             other => debug!(room = %self.id, kind = %other, "unsupported backend room request"),
         }
     }

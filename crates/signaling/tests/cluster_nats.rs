@@ -469,3 +469,38 @@ async fn three_nodes_share_one_room() {
     }
     drop(servers);
 }
+
+/// `switchto` sent to one node reaches the listed sessions on every node,
+/// each with its own details.
+#[tokio::test]
+async fn switchto_reaches_sessions_on_every_node() {
+    let c = cluster().await;
+    let mut alice = c.user(c.a, "alice").await;
+    alice.join_room("room1", "talk-a").await;
+    let mut bob = c.user(c.b, "bob").await;
+    bob.join_room("room1", "talk-b").await;
+    let (alice_id, bob_id) = (id_of(&alice), id_of(&bob));
+    joined_until(&mut bob, &[&alice_id, &bob_id]).await;
+    joined_until(&mut alice, &[&alice_id, &bob_id]).await;
+    let r = c
+        .backend
+        .send_room_request(
+            &format!("http://{}/", c.a),
+            "room1",
+            &json!({"type": "switchto", "switchto": {"roomid": "breakout",
+                "sessions": {"talk-a": {"n": 1}, "talk-b": {"n": 2}}}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    for (x, n) in [(&mut alice, 1), (&mut bob, 2)] {
+        let m = x
+            .recv_matching(|m| m["type"] == "event" && m["event"]["type"] == "switchto")
+            .await;
+        assert_eq!(
+            m["event"]["switchto"],
+            json!({"roomid": "breakout", "details": {"n": n}}),
+            "{m}"
+        );
+        x.expect_no_message(Duration::from_millis(300)).await;
+    }
+}
