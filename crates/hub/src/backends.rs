@@ -65,18 +65,28 @@ impl Backend {
         }
     }
 
-    /// Count a `client` session against the limit; internal and virtual
-    /// sessions are never counted.
-    pub fn add_session(&self, public_id: &Arc<str>) -> Result<(), proto::client::Error> {
+    /// Count a `client` session against the limit (`elsewhere`: sessions
+    /// of this backend on the other servers of a cluster); internal and
+    /// virtual sessions are never counted.
+    pub fn add_session(
+        &self,
+        public_id: &Arc<str>,
+        elsewhere: u64,
+    ) -> Result<(), proto::client::Error> {
         if self.session_limit == 0 {
             return Ok(());
         }
         let mut sessions = self.sessions.lock();
-        if sessions.len() as u64 >= self.session_limit {
+        if sessions.len() as u64 + elsewhere >= self.session_limit {
             return Err(session_limit_exceeded());
         }
         sessions.insert(public_id.clone());
         Ok(())
+    }
+
+    /// Sessions counted against the limit on this server.
+    pub fn counted_sessions(&self) -> u64 {
+        self.sessions.lock().len() as u64
     }
 
     pub fn remove_session(&self, public_id: &str) {
@@ -392,13 +402,17 @@ mod tests {
         let be = b.get_str("https://c/").expect("backend");
         let a: Arc<str> = Arc::from("a");
         let c: Arc<str> = Arc::from("c");
-        assert!(be.add_session(&a).is_ok());
+        assert!(be.add_session(&a, 0).is_ok());
         assert_eq!(
-            be.add_session(&c).unwrap_err().code,
+            be.add_session(&c, 0).unwrap_err().code,
             "session_limit_exceeded"
         );
         be.remove_session("a");
-        assert!(be.add_session(&c).is_ok());
+        assert!(be.add_session(&c, 0).is_ok());
+        // One session on another server of the cluster fills the limit too.
+        be.remove_session("c");
+        assert!(be.add_session(&a, 1).is_err());
+        assert_eq!(be.counted_sessions(), 0);
     }
 
     #[test]

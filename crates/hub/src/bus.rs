@@ -28,6 +28,8 @@ pub enum BusPayload {
     Permissions(Arc<Vec<String>>),
     /// A node's members of a room (clustering, ours).
     Presence(Arc<proto::cluster::RoomPresence>),
+    /// A node's session counts (clustering, ours).
+    Node(Arc<proto::cluster::NodeStatus>),
 }
 
 #[derive(Clone, Debug)]
@@ -334,6 +336,12 @@ pub fn encode_envelope(msg: &BusMessage) -> Vec<u8> {
                 &serde_json::to_vec(p.as_ref()).unwrap_or_else(|_| b"null".to_vec()),
             );
         }
+        BusPayload::Node(n) => {
+            out.extend_from_slice(b"\"type\":\"x-node\",\"node\":");
+            out.extend_from_slice(
+                &serde_json::to_vec(n.as_ref()).unwrap_or_else(|_| b"null".to_vec()),
+            );
+        }
     }
     out.extend_from_slice(b",\"id\":\"\"}");
     out
@@ -355,6 +363,10 @@ pub fn decode_envelope(data: &[u8]) -> Result<BusMessage, EnvelopeError> {
         proto::cluster::BUS_TYPE_PERMISSIONS => {
             BusPayload::Permissions(Arc::new(env.permissions.unwrap_or_default()))
         }
+        proto::cluster::BUS_TYPE_NODE => BusPayload::Node(Arc::new(
+            env.node
+                .ok_or(EnvelopeError::MissingPayload(env.kind.clone()))?,
+        )),
         proto::cluster::BUS_TYPE_PRESENCE => BusPayload::Presence(Arc::new(
             env.presence
                 .ok_or(EnvelopeError::MissingPayload(env.kind.clone()))?,

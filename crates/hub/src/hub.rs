@@ -24,7 +24,7 @@ use url::Url;
 
 use crate::backend_client::{BackendClient, BackendError};
 use crate::backends::Backends;
-use crate::bus::{Bus, BusMessage, BusPayload};
+use crate::bus::{Bus, BusHandler, BusMessage, BusPayload, Subscription};
 use crate::conn::{Conn, OutMsg};
 use crate::metrics::HubMetrics;
 use crate::room::{room_key, Room};
@@ -125,6 +125,12 @@ pub struct Hub {
     pub settings: HubSettings,
     /// This process in the cluster (random; in room presence messages).
     pub node_id: Arc<str>,
+    /// Clustering: the other nodes' session counts per backend, and when
+    /// each last reported.
+    node_counts: Mutex<HashMap<String, (Instant, BackendCounts)>>,
+    /// What this node last reported, and when.
+    counts_sent: Mutex<(Option<Instant>, BackendCounts)>,
+    nodes_subscription: Mutex<Option<Subscription>>,
     codec: SessionIdCodec,
     pub bus: Arc<dyn Bus>,
     pub backend: BackendClient,
@@ -168,6 +174,9 @@ impl std::fmt::Debug for Hub {
         f.debug_struct("Hub").finish()
     }
 }
+
+/// Backend id -> sessions counted against its limit.
+type BackendCounts = std::collections::BTreeMap<String, u64>;
 
 impl Hub {
     pub fn new(
@@ -239,6 +248,9 @@ impl Hub {
             }),
             settings,
             node_id: Arc::from(hex::encode(rand::random::<[u8; 8]>())),
+            node_counts: Mutex::new(HashMap::new()),
+            counts_sent: Mutex::new((None, Default::default())),
+            nodes_subscription: Mutex::new(None),
             codec,
             bus,
             backend,
@@ -340,6 +352,7 @@ impl Hub {
         self: &Arc<Self>,
         token: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
+        self.subscribe_node_status();
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -357,6 +370,7 @@ impl Hub {
 
     fn housekeeping(self: &Arc<Self>, now: Instant) {
         self.throttler.cleanup(now);
+        self.cluster_counts_tick(now);
         let (expired, anonymous, rooms) = {
             let mut reg = self.reg.lock();
             let expired: Vec<Arc<str>> = reg
@@ -911,7 +925,7 @@ impl Hub {
             },
         );
         if client_type == ClientType::Client {
-            if let Err(e) = backend.add_session(&public_id) {
+            if let Err(e) = backend.add_session(&public_id, self.sessions_elsewhere(&backend.id)) {
                 self.metrics.session_limit_exceeded.inc(&[&backend.id]);
                 warn!(backend = %backend.id, "session limit exceeded");
                 conn.send(OutMsg::new(ServerMessage::error(id, e)).frame());
@@ -1098,6 +1112,69 @@ impl Hub {
     }
 
     /// Public id of the signaling session bound to a Talk session id.
+    /// Clustering: follow the other nodes' session counts.
+    fn subscribe_node_status(self: &Arc<Self>) {
+        if self.settings.presence_interval.is_none() {
+            return;
+        }
+        let handler: Arc<dyn BusHandler> = self.clone();
+        match self
+            .bus
+            .subscribe(proto::cluster::NODES_SUBJECT, Arc::downgrade(&handler))
+        {
+            Ok(sub) => *self.nodes_subscription.lock() = Some(sub),
+            Err(e) => warn!(error = %e, "cannot follow the cluster's session counts"),
+        }
+    }
+
+    /// Sessions of `backend` on the other (live) nodes of the cluster.
+    fn sessions_elsewhere(&self, backend: &str) -> u64 {
+        let Some(interval) = self.settings.presence_interval else {
+            return 0;
+        };
+        let now = Instant::now();
+        self.node_counts
+            .lock()
+            .values()
+            .filter(|(t, _)| now.duration_since(*t) <= interval * 3)
+            .filter_map(|(_, counts)| counts.get(backend))
+            .sum()
+    }
+
+    /// Report this node's counts when they changed or every interval;
+    /// forget nodes silent for three intervals.
+    fn cluster_counts_tick(&self, now: Instant) {
+        let Some(interval) = self.settings.presence_interval else {
+            return;
+        };
+        self.node_counts
+            .lock()
+            .retain(|_, (t, _)| now.duration_since(*t) <= interval * 3);
+        let counts: BackendCounts = self
+            .backends
+            .all()
+            .iter()
+            .filter(|b| b.session_limit > 0)
+            .map(|b| (b.id.clone(), b.counted_sessions()))
+            .collect();
+        {
+            let mut sent = self.counts_sent.lock();
+            let due = sent.0.is_none_or(|t| now.duration_since(t) >= interval);
+            if !due && sent.1 == counts {
+                return;
+            }
+            *sent = (Some(now), counts.clone());
+        }
+        let status = proto::cluster::NodeStatus {
+            node: self.node_id.to_string(),
+            sessions: counts,
+        };
+        let msg = BusMessage::new(BusPayload::Node(Arc::new(status)));
+        if let Err(e) = self.bus.publish(proto::cluster::NODES_SUBJECT, msg) {
+            debug!(error = %e, "could not report session counts");
+        }
+    }
+
     pub fn session_for_room_session(&self, room_session_id: &str) -> Option<Arc<str>> {
         self.reg.lock().room_sessions.get(room_session_id).cloned()
     }
@@ -1927,4 +2004,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Clustering: the other nodes' session counts (`cluster.nodes`).
+impl BusHandler for Hub {
+    fn on_bus_message(&self, _subject: &str, msg: &BusMessage) {
+        if let BusPayload::Node(n) = &msg.payload {
+            if *n.node != *self.node_id {
+                self.node_counts
+                    .lock()
+                    .insert(n.node.clone(), (Instant::now(), n.sessions.clone()));
+            }
+        }
+    }
 }

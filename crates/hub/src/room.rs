@@ -1145,7 +1145,7 @@ impl BusHandler for Room {
                     self.apply_presence(&hub, p);
                 }
             }
-            BusPayload::Permissions(_) => {}
+            BusPayload::Permissions(_) | BusPayload::Node(_) => {}
         }
     }
 }

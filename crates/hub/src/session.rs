@@ -639,7 +639,7 @@ impl BusHandler for ClientSession {
         }
         match &msg.payload {
             BusPayload::Permissions(p) => self.set_permissions(p),
-            BusPayload::Room(_) | BusPayload::Presence(_) => {}
+            BusPayload::Room(_) | BusPayload::Presence(_) | BusPayload::Node(_) => {}
             BusPayload::Message(out) => {
                 let m = &out.msg;
                 let own = |sender: Option<&proto::client::Sender>| {

@@ -16,6 +16,20 @@ pub const BUS_TYPE_PERMISSIONS: &str = "permissions";
 /// subject, so every node knows the whole room (see [`RoomPresence`]).
 pub const BUS_TYPE_PRESENCE: &str = "x-presence";
 
+/// Ours: a node's count of `client` sessions per backend, on
+/// [`NODES_SUBJECT`] every presence interval and when it changed, so that
+/// `sessionlimit` holds for the whole cluster.
+pub const BUS_TYPE_NODE: &str = "x-node";
+pub const NODES_SUBJECT: &str = "cluster.nodes";
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node: String,
+    /// Backend id -> sessions counted against its limit.
+    #[serde(default)]
+    pub sessions: std::collections::BTreeMap<String, u64>,
+}
+
 /// What a node tells the others about one room: the sessions that are
 /// members through it, sent when its members change, when asked and
 /// periodically. A node that stops sending it has gone; its members are
@@ -52,6 +66,8 @@ pub struct BusEnvelope {
     pub permissions: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub presence: Option<RoomPresence>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeStatus>,
     #[serde(default)]
     pub id: String,
 }

@@ -504,3 +504,50 @@ async fn switchto_reaches_sessions_on_every_node() {
         x.expect_no_message(Duration::from_millis(300)).await;
     }
 }
+
+/// `sessionlimit` holds for the whole cluster: with a limit of 2, one
+/// session on each node fills it, a third is refused on either node, and a
+/// place is free again once one of them ends.
+#[tokio::test]
+async fn session_limit_counts_every_node() {
+    let nats = NatsServer::start().await.expect("nats-server starts");
+    let backend = FakeBackend::start(SECRET).await;
+    let extra = format!(
+        "[nats]\nurl = {}\npresenceinterval = 1\n[backend1]\nsessionlimit = 2\n",
+        nats.url()
+    );
+    let (sa, a) = start_server(&config_for(&backend.url(), &extra)).await;
+    let (sb, b) = start_server(&config_for(&backend.url(), &extra)).await;
+    for s in [&sa, &sb] {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            s.nats.clone().expect("bus").wait_connected(true),
+        )
+        .await
+        .expect("connected");
+    }
+    let hello = |addr, user: &'static str| {
+        let url = backend.backend_url();
+        async move {
+            let mut c = TestClient::connect(&spreed_url(addr)).await.skip("welcome");
+            let r = c
+                .hello_v1(&url, json!({"userid": user, "ticket": "t"}))
+                .await;
+            (c, r)
+        }
+    };
+    let (_alice, r) = hello(a, "alice").await;
+    assert_eq!(r["type"], "hello", "{r}");
+    let (mut bob, r) = hello(b, "bob").await;
+    assert_eq!(r["type"], "hello", "{r}");
+    // Counts go out within a housekeeping round (1 s) when they change.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for node in [a, b] {
+        let (_c, r) = hello(node, "carol").await;
+        assert_eq!(r["error"]["code"], "session_limit_exceeded", "{r}");
+    }
+    bob.bye().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_c, r) = hello(a, "carol").await;
+    assert_eq!(r["type"], "hello", "{r}");
+}
