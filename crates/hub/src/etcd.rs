@@ -4,8 +4,8 @@
 //! (`proxy.conf` `tokentype = etcd`). HTTP or HTTPS (with the `cacert`,
 //! `clientcert` and `clientkey` of upstream's configuration) to the
 //! configured endpoints, tried in turn; no gRPC stack for two reads.
-//! DNS SRV discovery (`discoverysrv`) is not supported: it is refused at
-//! start-up with a message naming the key.
+//! Endpoints may also come from DNS SRV records (`discoverysrv`,
+//! `discoveryservice`), looked up again at most every minute.
 
 use base64::Engine;
 use bytes::Bytes;
@@ -30,9 +30,18 @@ pub enum EtcdError {
     Config { key: &'static str, reason: String },
 }
 
+/// `discoverysrv` domain, `discoveryservice`, and when the records were
+/// last read.
+type SrvDiscovery = (
+    String,
+    String,
+    Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
+);
+
 #[derive(Clone)]
 pub struct EtcdClient {
-    endpoints: Vec<String>,
+    endpoints: Arc<parking_lot::RwLock<Vec<String>>>,
+    srv: Option<SrvDiscovery>,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
 }
@@ -40,7 +49,7 @@ pub struct EtcdClient {
 impl std::fmt::Debug for EtcdClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EtcdClient")
-            .field("endpoints", &self.endpoints)
+            .field("endpoints", &*self.endpoints.read())
             .finish()
     }
 }
@@ -144,14 +153,48 @@ impl EtcdClient {
     /// (`discoverysrv` is refused).
     pub fn from_config(ini: &runtime::config::Ini, section: &str) -> Result<EtcdClient, EtcdError> {
         let endpoints = ini.get_string(section, "endpoints", "");
-        if endpoints.trim().is_empty() && !ini.get_string(section, "discoverysrv", "").is_empty() {
-            return Err(EtcdError::Config {
-                key: "discoverysrv",
-                reason: "DNS SRV discovery of etcd is not supported; list the servers in endpoints"
-                    .into(),
-            });
+        let tls = tls_config(ini, section)?;
+        let domain = ini.get_string(section, "discoverysrv", "");
+        if endpoints.trim().is_empty() && !domain.is_empty() {
+            let mut client = Self::build("discovered-by-srv", tls)?;
+            client.endpoints.write().clear();
+            client.srv = Some((
+                domain,
+                ini.get_string(section, "discoveryservice", ""),
+                Arc::new(parking_lot::Mutex::new(None)),
+            ));
+            return Ok(client);
         }
-        Self::build(&endpoints, tls_config(ini, section)?)
+        Self::build(&endpoints, tls)
+    }
+
+    /// With `discoverysrv`: read the SRV records when there are no
+    /// endpoints yet or the last lookup is a minute old.
+    async fn refresh_srv(&self) -> Result<(), EtcdError> {
+        let Some((domain, service, last)) = &self.srv else {
+            return Ok(());
+        };
+        let due = last
+            .lock()
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+        if !due && !self.endpoints.read().is_empty() {
+            return Ok(());
+        }
+        match crate::dns_srv::etcd_endpoints(domain, service).await {
+            Ok(list) => {
+                *last.lock() = Some(std::time::Instant::now());
+                *self.endpoints.write() = list;
+                Ok(())
+            }
+            Err(reason) if self.endpoints.read().is_empty() => Err(EtcdError::Request {
+                endpoint: format!("SRV {domain}"),
+                reason,
+            }),
+            Err(reason) => {
+                tracing::warn!(%domain, %reason, "etcd SRV lookup failed, keeping the endpoints");
+                Ok(())
+            }
+        }
     }
 
     fn build(endpoints: &str, tls: Option<rustls::ClientConfig>) -> Result<EtcdClient, EtcdError> {
@@ -179,19 +222,22 @@ impl EtcdClient {
             .enable_http1()
             .build();
         Ok(EtcdClient {
-            endpoints,
+            endpoints: Arc::new(parking_lot::RwLock::new(endpoints)),
+            srv: None,
             client: Client::builder(TokioExecutor::new()).build(connector),
             timeout: Duration::from_secs(5),
         })
     }
 
-    pub fn endpoints(&self) -> &[String] {
-        &self.endpoints
+    pub fn endpoints(&self) -> Vec<String> {
+        self.endpoints.read().clone()
     }
 
     async fn range(&self, body: Value) -> Result<Vec<(String, Vec<u8>)>, EtcdError> {
+        self.refresh_srv().await?;
         let mut last = EtcdError::NoEndpoints;
-        for endpoint in &self.endpoints {
+        let endpoints = self.endpoints();
+        for endpoint in &endpoints {
             match self.range_at(endpoint, &body).await {
                 Ok(kvs) => return Ok(kvs),
                 Err(reason) => {

@@ -15,6 +15,7 @@ pub mod bus_nats;
 pub mod capabilities;
 pub mod conn;
 pub mod dialout;
+pub mod dns_srv;
 pub mod etcd;
 pub mod federation;
 mod filter;

@@ -700,8 +700,8 @@ async fn pxy_remote_subscribers_are_checked() {
 
 /// etcd over HTTPS with client certificates (`cacert`, `clientcert`,
 /// `clientkey`, as upstream): token keys are read from an etcd that
-/// requires them; without the client certificate etcd refuses us, and
-/// `discoverysrv` is refused at start-up with the key named.
+/// requires them; without the client certificate etcd refuses us; the
+/// endpoints may come from DNS SRV records (`discoverysrv`).
 #[tokio::test]
 async fn pxy_token_keys_from_etcd_over_tls() {
     let etcd = testkit::EtcdServer::start_tls().await.expect("etcd starts");
@@ -746,13 +746,41 @@ async fn pxy_token_keys_from_etcd_over_tls() {
     let r = hello(&mut c, &token("server1", TokenKey::Rsa, unix_now())).await;
     assert_eq!(r["error"]["code"], "auth_failed", "{r}");
 
-    let srv = Ini::parse(&config("").replace(
-        &format!("endpoints = {}", etcd.endpoint()),
-        "discoverysrv = example.com",
-    ))
+    // The endpoints from DNS SRV records instead (`_etcd-client-ssl._tcp`
+    // for TLS), served by a DNS server on loopback.
+    let port: u16 = etcd.endpoint().rsplit(':').next().unwrap().parse().unwrap();
+    let dns = testkit::dns::FakeDns::start(
+        [(
+            "_etcd-client-ssl._tcp.etcd.test".to_owned(),
+            vec![(0, 0, port, "127.0.0.1".to_owned())],
+        )]
+        .into_iter()
+        .collect(),
+    )
+    .await
     .unwrap();
-    let err = ProxyServer::build(&srv).err().expect("refused").to_string();
-    assert!(err.contains("discoverysrv"), "{err}");
+    hub::dns_srv::set_nameservers(vec![dns.addr()]);
+    let with_srv = |domain: &str| {
+        Ini::parse(&config(&full).replace(
+            &format!("endpoints = {}", etcd.endpoint()),
+            &format!("discoverysrv = {domain}"),
+        ))
+        .unwrap()
+    };
+    let srv = with_srv("etcd.test");
+    let server = ProxyServer::build(&srv).unwrap();
+    let addr = proxy::bind_and_serve(&server, &srv).await.unwrap()[0];
+    let mut c = TestClient::connect(&format!("ws://{addr}/proxy")).await;
+    let r = hello(&mut c, &token("server1", TokenKey::Rsa, unix_now())).await;
+    assert_eq!(r["type"], "hello", "endpoint found by SRV: {r}");
+    // A domain without records: the hello fails (no key), nothing panics.
+    let none = with_srv("nothing.test");
+    let server = ProxyServer::build(&none).unwrap();
+    let addr = proxy::bind_and_serve(&server, &none).await.unwrap()[0];
+    let mut c = TestClient::connect(&format!("ws://{addr}/proxy")).await;
+    let r = hello(&mut c, &token("server1", TokenKey::Rsa, unix_now())).await;
+    assert_eq!(r["error"]["code"], "auth_failed", "{r}");
+
     let half = Ini::parse(&config(&format!(
         "clientcert = {}\n",
         tls.clientcert.display()

@@ -54,6 +54,7 @@
 mod backend;
 mod checksum;
 mod client;
+pub mod dns;
 mod http;
 pub mod janus;
 pub mod jwt;
