@@ -104,18 +104,8 @@ impl Hub {
                 if p.users.is_empty() && p.changed.is_empty() {
                     return Ok(());
                 }
-                for user in &p.changed {
-                    let Some(Value::Array(list)) = user.get("permissions") else {
-                        continue;
-                    };
-                    let Some(sid) = user.get("sessionId").and_then(Value::as_str) else {
-                        continue;
-                    };
-                    let perms: Option<Vec<String>> =
-                        list.iter().map(|p| p.as_str().map(str::to_owned)).collect();
-                    if let Some(perms) = perms {
-                        self.publish_to_session(sid, BusPayload::Permissions(Arc::new(perms)));
-                    }
+                for (sid, perms) in changed_permissions(&p.changed) {
+                    self.publish_to_session(&sid, BusPayload::Permissions(Arc::new(perms)));
                 }
                 self.publish_room_request(backend, roomid, req)?;
             }
@@ -316,4 +306,21 @@ pub(crate) fn switchto_targets(
                 .collect()
         }
     })
+}
+
+/// The sessions of a participants update's `changed` entries that carry a
+/// `permissions` list, with that list.
+pub(crate) fn changed_permissions(changed: &[JsonMap]) -> Vec<(String, Vec<String>)> {
+    changed
+        .iter()
+        .filter_map(|user| {
+            let Some(Value::Array(list)) = user.get("permissions") else {
+                return None;
+            };
+            let sid = user.get("sessionId").and_then(Value::as_str)?;
+            let perms: Option<Vec<String>> =
+                list.iter().map(|p| p.as_str().map(str::to_owned)).collect();
+            Some((sid.to_owned(), perms?))
+        })
+        .collect()
 }

@@ -865,18 +865,8 @@ impl Room {
     /// Clustered: permissions in a participants update for this node's
     /// members (the node that got the request could not address them).
     fn apply_local_permissions(&self, hub: &Hub, changed: &[JsonMap]) {
-        for user in changed {
-            let Some(Value::Array(list)) = user.get("permissions") else {
-                continue;
-            };
-            let Some(sid) = user.get("sessionId").and_then(Value::as_str) else {
-                continue;
-            };
-            let perms: Option<Vec<String>> =
-                list.iter().map(|p| p.as_str().map(str::to_owned)).collect();
-            if let (Some(perms), Some(AnySession::Client(c))) =
-                (perms, hub.session_by_public_id(sid))
-            {
+        for (sid, perms) in crate::backend_api::changed_permissions(changed) {
+            if let Some(AnySession::Client(c)) = hub.session_by_public_id(&sid) {
                 c.set_permissions(&perms);
             }
         }

@@ -504,21 +504,7 @@ async fn run_link(
             serde_json::to_string(&hello).unwrap_or_default(),
         ))
         .await;
-    let answer = tokio::time::timeout(REQUEST_TIMEOUT, async {
-        while let Some(Ok(m)) = ws.next().await {
-            if let Message::Text(t) = m {
-                if let Ok(msg) = serde_json::from_str::<ProxyServerMessage>(t.as_str()) {
-                    if msg.id == "hello" {
-                        return Some(msg);
-                    }
-                }
-            }
-        }
-        None
-    })
-    .await
-    .ok()
-    .flatten();
+    let answer = hub::mcu::proxy::hello_reply(&mut ws, REQUEST_TIMEOUT).await;
     match answer {
         Some(m) if m.kind == "hello" => {
             info!(url = %link.url, "connected to remote proxy");
@@ -550,11 +536,7 @@ async fn run_link(
             }
             cmd = rx.recv() => {
                 let Some((msg, reply)) = cmd else { break };
-                if let Some(r) = reply {
-                    pending.insert(msg.id.clone(), r);
-                }
-                let text = serde_json::to_string(&msg).unwrap_or_default();
-                if ws.send(Message::text(text)).await.is_err() {
+                if !hub::mcu::proxy::send_request(&mut ws, &mut pending, msg, reply).await {
                     break;
                 }
             }

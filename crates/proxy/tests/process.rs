@@ -169,23 +169,8 @@ async fn pxy_check_reports_janus_tokens_and_listeners() {
     );
 
     // An HTTPS listener whose certificate expires in 3 days: a warning.
-    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-subj", "/CN=localhost", "-days", "3", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{made:?}");
+    let (cert, key) = testkit::self_signed_cert(&dir, "tls", 3).unwrap();
+
     let conf = std::fs::read_to_string(dir.join("proxy.conf")).unwrap()
         + &format!(
             "[https]\nlisten = 127.0.0.1:{}\ncertificate = {}\nkey = {}\n",

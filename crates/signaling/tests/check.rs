@@ -101,33 +101,9 @@ async fn check_names_each_typical_mistake() {
     assert!(out.contains("block"), "{out}");
 }
 
-/// A self-signed certificate made by the `openssl` CLI, valid for `days`.
+/// A self-signed certificate valid for `days` (paths as strings).
 fn certificate(dir: &TempDir, name: &str, days: u32) -> (String, String) {
-    let cert = dir.join(&format!("{name}.crt"));
-    let key = dir.join(&format!("{name}.key"));
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args([
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-            "-days",
-            &days.to_string(),
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl runs");
-    assert!(out.status.success(), "{out:?}");
+    let (cert, key) = self_signed_cert(dir, name, days).expect("openssl makes a certificate");
     (cert.display().to_string(), key.display().to_string())
 }
 

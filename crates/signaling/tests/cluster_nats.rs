@@ -43,6 +43,19 @@ async fn cluster() -> Cluster {
 }
 
 impl Cluster {
+    /// alice on node A and bob on node B in `room1`, each told about both
+    /// (their join events read).
+    async fn pair_in_room(&self) -> (TestClient, TestClient, String, String) {
+        let mut alice = self.user(self.a, "alice").await;
+        alice.join_room("room1", "talk-a").await;
+        let mut bob = self.user(self.b, "bob").await;
+        bob.join_room("room1", "talk-b").await;
+        let (alice_id, bob_id) = (id_of(&alice), id_of(&bob));
+        joined_until(&mut bob, &[&alice_id, &bob_id]).await;
+        joined_until(&mut alice, &[&alice_id, &bob_id]).await;
+        (alice, bob, alice_id, bob_id)
+    }
+
     async fn user(&self, addr: std::net::SocketAddr, user: &str) -> TestClient {
         let mut c = TestClient::connect(&spreed_url(addr)).await.skip("welcome");
         c.hello_user(&self.backend.backend_url(), user).await;
@@ -292,13 +305,7 @@ async fn members_of_a_killed_node_leave_the_room() {
 #[tokio::test]
 async fn incall_request_to_any_node_reaches_everyone_once() {
     let c = cluster().await;
-    let mut alice = c.user(c.a, "alice").await;
-    alice.join_room("room1", "talk-a").await;
-    let mut bob = c.user(c.b, "bob").await;
-    bob.join_room("room1", "talk-b").await;
-    let (alice_id, bob_id) = (id_of(&alice), id_of(&bob));
-    joined_until(&mut bob, &[&alice_id, &bob_id]).await;
-    joined_until(&mut alice, &[&bob_id]).await;
+    let (mut alice, mut bob, alice_id, bob_id) = c.pair_in_room().await;
     for (n, node) in [c.a, c.b].into_iter().enumerate() {
         let flags = 3 + 4 * n as i64;
         let r = c
@@ -475,13 +482,7 @@ async fn three_nodes_share_one_room() {
 #[tokio::test]
 async fn switchto_reaches_sessions_on_every_node() {
     let c = cluster().await;
-    let mut alice = c.user(c.a, "alice").await;
-    alice.join_room("room1", "talk-a").await;
-    let mut bob = c.user(c.b, "bob").await;
-    bob.join_room("room1", "talk-b").await;
-    let (alice_id, bob_id) = (id_of(&alice), id_of(&bob));
-    joined_until(&mut bob, &[&alice_id, &bob_id]).await;
-    joined_until(&mut alice, &[&alice_id, &bob_id]).await;
+    let (mut alice, mut bob, _, _) = c.pair_in_room().await;
     let r = c
         .backend
         .send_room_request(

@@ -351,29 +351,16 @@ async fn pxs_publishers_prefer_proxies_near_the_client() {
 /// How many remote publications (`publish_remotely`) the video publisher
 /// (feed 1) of each room of `janus` has.
 async fn janus_remotes(janus: &Janus) -> usize {
-    let gw = ::janus::Gateway::connect(&janus.url())
-        .await
-        .expect("gateway");
-    let session = gw.create_session().await.expect("session");
-    let (handle, _events) = session
-        .attach(::janus::videoroom::PLUGIN)
-        .await
-        .expect("attach");
+    let rooms = janus_room_list(janus).await;
+    let probe = VideoRoomProbe::open(janus).await;
     let mut n = 0;
-    for room in janus_room_list(janus).await {
-        let r = handle
-            .message(
-                json!({"request": "listremotes", "room": room["room"], "publisher_id": 1}),
-                None,
-            )
-            .await;
-        if let Ok(r) = r {
-            n += r.data["list"].as_array().map_or(0, Vec::len);
+    for room in rooms {
+        let body = json!({"request": "listremotes", "room": room["room"], "publisher_id": 1});
+        if let Some(r) = probe.request(body).await {
+            n += r["list"].as_array().map_or(0, Vec::len);
         }
     }
-    let _ = handle.detach().await;
-    let _ = session.destroy().await;
-    gw.close().await;
+    probe.close().await;
     n
 }
 
@@ -648,29 +635,7 @@ async fn pxs_dns_discovery_connects_to_each_address() {
 async fn pxs_tls_to_the_proxy() {
     let dir = TempDir::new("mcu-proxy-tls").expect("dir");
     let janus = start_janus().await;
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (cert, key) = self_signed_cert(&dir, "proxy-tls", 1).expect("certificate");
     let public = dir.join("server1.pem");
     std::fs::write(&public, TokenKey::Rsa.public_pem()).expect("key");
     let ini = Ini::parse(&format!(

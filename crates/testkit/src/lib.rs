@@ -76,7 +76,10 @@ pub use client::{
 pub use http::{raw_http, raw_request, signed_room_request, HttpResponse, RawRequest};
 pub use jwt::{hello_claims, sign_hmac, unix_now, TokenKey};
 pub use monitor::{MonitorReport, Monitors};
-pub use process::{free_port, wait_for_port, ChildGuard, EtcdServer, EtcdTls, NatsServer, TempDir};
+pub use process::{
+    free_port, self_signed_cert, wait_for_port, ChildGuard, EtcdServer, EtcdTls, NatsServer,
+    TempDir,
+};
 
 /// Re-exported so tests can build raw WebSocket frames without naming the
 /// tungstenite crate themselves.

@@ -324,6 +324,36 @@ fn openssl(args: &[&str]) -> io::Result<()> {
     }
 }
 
+/// A self-signed certificate for `localhost` and 127.0.0.1, valid for
+/// `days`, made with the `openssl` CLI: `<dir>/<name>.crt` and `.key`.
+pub fn self_signed_cert(dir: &TempDir, name: &str, days: u32) -> io::Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (
+        dir.join(&format!("{name}.crt")),
+        dir.join(&format!("{name}.key")),
+    );
+    let s = |p: &PathBuf| p.display().to_string();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        "-days",
+        &days.to_string(),
+        "-keyout",
+        &s(&key),
+        "-out",
+        &s(&cert),
+    ])?;
+    Ok((cert, key))
+}
+
 /// A CA, a server certificate for 127.0.0.1 and a client certificate.
 fn make_certs(dir: &TempDir) -> io::Result<(EtcdTls, PathBuf, PathBuf)> {
     let p = |n: &str| dir.join(n);

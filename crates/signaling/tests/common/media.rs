@@ -50,24 +50,51 @@ pub async fn all_in_call(s: &TestServer, room: &str) {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
+/// A VideoRoom handle of its own in a Janus, for looking at its state.
+pub struct VideoRoomProbe {
+    gw: ::janus::Gateway,
+    session: ::janus::Session,
+    handle: ::janus::Handle,
+}
+
+impl VideoRoomProbe {
+    pub async fn open(janus: &Janus) -> VideoRoomProbe {
+        let gw = ::janus::Gateway::connect(&janus.url())
+            .await
+            .expect("gateway");
+        let session = gw.create_session().await.expect("session");
+        let (handle, _events) = session
+            .attach(::janus::videoroom::PLUGIN)
+            .await
+            .expect("attach");
+        VideoRoomProbe {
+            gw,
+            session,
+            handle,
+        }
+    }
+
+    /// The plugin's answer to `body`, or `None` if Janus refused it.
+    pub async fn request(&self, body: Value) -> Option<Value> {
+        self.handle.message(body, None).await.ok().map(|r| r.data)
+    }
+
+    pub async fn close(self) {
+        let _ = self.handle.detach().await;
+        let _ = self.session.destroy().await;
+        self.gw.close().await;
+    }
+}
+
 /// The VideoRoom rooms in Janus as Janus lists them.
 pub async fn janus_room_list(janus: &Janus) -> Vec<Value> {
-    let gw = ::janus::Gateway::connect(&janus.url())
-        .await
-        .expect("gateway");
-    let session = gw.create_session().await.expect("session");
-    let (handle, _events) = session
-        .attach(::janus::videoroom::PLUGIN)
-        .await
-        .expect("attach");
-    let r = handle
-        .message(json!({"request": "list"}), None)
+    let probe = VideoRoomProbe::open(janus).await;
+    let r = probe
+        .request(json!({"request": "list"}))
         .await
         .expect("list");
-    let _ = handle.detach().await;
-    let _ = session.destroy().await;
-    gw.close().await;
-    r.data["list"].as_array().cloned().unwrap_or_default()
+    probe.close().await;
+    r["list"].as_array().cloned().unwrap_or_default()
 }
 
 /// The number of VideoRoom rooms in Janus.
