@@ -115,6 +115,12 @@ pub struct MediaClient {
 impl MediaClient {
     pub async fn join(s: &TestServer, user: &str, room: &str) -> MediaClient {
         let ws = s.user_in_room(user, room, &format!("talk-{user}")).await;
+        Self::from_client(ws)
+    }
+
+    /// Around a client that said hello (and joined its room) elsewhere,
+    /// e.g. at a `signaling` process.
+    pub fn from_client(ws: TestClient) -> MediaClient {
         let id = ws.session_id().expect("session id").to_owned();
         MediaClient {
             ws,
