@@ -90,8 +90,16 @@ pub fn parse_answer(msg: &[u8], id: u16) -> Option<Vec<SrvRecord>> {
     }
     let rcode = msg.get(3)? & 0x0f;
     let (qd, an) = (u16_at(msg, 4)?, u16_at(msg, 6)?);
-    if rcode != 0 {
-        return Some(Vec::new());
+    match rcode {
+        0 => {}
+        // NXDOMAIN: the name has no records.
+        3 => return Some(Vec::new()),
+        // SERVFAIL, REFUSED, ...: ask the next name server.
+        _ => return None,
+    }
+    if msg.get(2)? & 0x02 != 0 {
+        // Truncated (no TCP fallback here): not a complete answer.
+        return None;
     }
     let mut pos = 12;
     for _ in 0..qd {

@@ -180,9 +180,10 @@ impl EtcdClient {
         if !due && !self.endpoints.read().is_empty() {
             return Ok(());
         }
+        // Also after a failure: not one lookup per read while DNS is down.
+        *last.lock() = Some(std::time::Instant::now());
         match crate::dns_srv::etcd_endpoints(domain, service).await {
             Ok(list) => {
-                *last.lock() = Some(std::time::Instant::now());
                 *self.endpoints.write() = list;
                 Ok(())
             }

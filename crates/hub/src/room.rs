@@ -557,7 +557,7 @@ impl Room {
             all: true,
             ..Default::default()
         });
-        self.publish(hub, ServerMessage::event(event));
+        self.announce(hub, ServerMessage::event(event));
     }
 
     /// Backend `participants`.

@@ -839,7 +839,19 @@ impl ProxyServer {
                         cmd.rtcp_port,
                     )
                     .await;
-                if res.is_ok() {
+                let gone = {
+                    let reg = self.reg.lock();
+                    !reg.sessions.contains_key(&session.id)
+                        || !reg.clients.contains_key(&cmd.client_id)
+                };
+                if res.is_ok() && gone {
+                    // The asking proxy or the publisher went while Janus
+                    // set it up: undo, nobody would stop it later.
+                    let _ = self
+                        .mcu
+                        .unpublish_remotely(&cmd.client_id, stream, remote_id.clone())
+                        .await;
+                } else if res.is_ok() {
                     info!(publisher = %cmd.client_id, to = %format!("{}:{}", cmd.hostname, cmd.port), "publishing remotely");
                     let mut uses = self.remote_uses.lock();
                     let list = uses.entry(cmd.client_id.clone()).or_default();

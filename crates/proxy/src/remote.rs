@@ -39,6 +39,8 @@ use tracing::{debug, info, warn};
 use hub::mcu::janus::{JanusMcu, RemotePublisher};
 use hub::mcu::StreamType;
 
+static FEED_SEQ: AtomicU64 = AtomicU64::new(0);
+
 /// One request to the other proxy (hello included).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -312,7 +314,13 @@ impl Remotes {
                     Arc::new(Feed {
                         publisher_id: publisher_id.to_owned(),
                         stream,
-                        key: Arc::from(format!("remote|{}|{publisher_id}", link.url)),
+                        // Unique per feed: an old feed of the same publisher
+                        // still closing must not take new subscribers along.
+                        key: Arc::from(format!(
+                            "remote|{}|{publisher_id}|{}",
+                            link.url,
+                            FEED_SEQ.fetch_add(1, Ordering::Relaxed)
+                        )),
                         users: Mutex::new(0),
                         state: tokio::sync::Mutex::new(None),
                         ended: AtomicBool::new(false),
@@ -336,6 +344,10 @@ impl Remotes {
                 link.url.clone(),
                 "publisher closed".into(),
             ));
+        }
+        if state.as_ref().is_some_and(|p| p.publisher.is_closed()) {
+            // Our Janus lost it (restart): set it up again.
+            *state = None;
         }
         if state.is_none() {
             match publish(&link, &feed, mcu, &settings.hostname, bitrate).await {
@@ -561,7 +573,10 @@ async fn run_link(
                         };
                         for f in ended {
                             info!(url = %link.url, publisher = %f.publisher_id, "remote publisher closed");
-                            end_feed(&link, &f, None, false).await;
+                            // Not inline: a set-up in progress may hold the
+                            // feed while it waits for a reply this task reads.
+                            let link = link.clone();
+                            tokio::spawn(async move { end_feed(&link, &f, None, false).await });
                         }
                     }
                 }
@@ -570,7 +585,10 @@ async fn run_link(
             }
         }
     }
-    // Gone: every feed through this link ends.
+    // Gone: every feed through this link ends; requests still waiting fail
+    // at once instead of at their timeout.
+    drop(pending);
+    rx.close();
     link.cancel.cancel();
     let feeds: Vec<Arc<Feed>> = link.feeds.lock().drain().map(|(_, f)| f).collect();
     if !feeds.is_empty() {

@@ -552,3 +552,27 @@ async fn session_limit_counts_every_node() {
     let (_c, r) = hello(a, "carol").await;
     assert_eq!(r["type"], "hello", "{r}");
 }
+
+/// `incall` with `all: true` (ending the call for everyone) is handled by
+/// every node for its own members: one event each, not one per node.
+#[tokio::test]
+async fn incall_all_reaches_everyone_once() {
+    let c = cluster().await;
+    let (mut alice, mut bob, _, _) = c.pair_in_room().await;
+    let r = c
+        .backend
+        .send_room_request(
+            &format!("http://{}/", c.b),
+            "room1",
+            &json!({"type": "incall", "incall": {"incall": 7, "all": true}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    for x in [&mut alice, &mut bob] {
+        let ev = x
+            .recv_matching(|v| v["type"] == "event" && v["event"]["target"] == "participants")
+            .await;
+        assert_eq!(ev["event"]["update"]["all"], true, "{ev}");
+        x.expect_no_message(Duration::from_millis(500)).await;
+    }
+}
