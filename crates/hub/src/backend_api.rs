@@ -3,9 +3,8 @@
 //! requests published to the room's backend subject so every server applies
 //! them.
 
-use proto::backend::{BackendServerRoomRequest, JsonMap};
+use proto::backend::BackendServerRoomRequest;
 use proto::client::{EventServerMessage, RoomDisinviteEvent, RoomEvent, ServerMessage};
-use serde_json::Value;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -33,7 +32,7 @@ impl Hub {
         &self,
         backend: &Arc<Backend>,
         roomid: &str,
-        mut req: BackendServerRoomRequest,
+        req: BackendServerRoomRequest,
     ) -> Result<(), ApiError> {
         let missing = |what: &str| ApiError::BadRequest(format!("{what} missing"));
         match req.kind.as_str() {
@@ -77,36 +76,16 @@ impl Hub {
                 self.publish_room_request(backend, roomid, req)?;
                 self.send_disinvite(backend, roomid, "deleted", &users, &[]);
             }
+            // Talk session ids are translated by the room on each server
+            // (it knows its own sessions and, clustered, the others').
             "incall" => {
-                let incall = req.incall.as_mut().ok_or_else(|| missing("incall"))?;
-                // Clustered, each node's room translates the Talk session
-                // ids (it knows the other nodes' members too).
-                if !incall.all && !self.clustered() {
-                    incall.users = self.fixup_sessions(std::mem::take(&mut incall.users));
-                    incall.changed = self.fixup_sessions(std::mem::take(&mut incall.changed));
-                    if incall.users.is_empty() && incall.changed.is_empty() {
-                        return Ok(());
-                    }
-                }
+                req.incall.as_ref().ok_or_else(|| missing("incall"))?;
                 self.publish_room_request(backend, roomid, req)?;
             }
             "participants" => {
-                let p = req
-                    .participants
-                    .as_mut()
+                req.participants
+                    .as_ref()
                     .ok_or_else(|| missing("participants"))?;
-                if self.clustered() {
-                    self.publish_room_request(backend, roomid, req)?;
-                    return Ok(());
-                }
-                p.users = self.fixup_sessions(std::mem::take(&mut p.users));
-                p.changed = self.fixup_sessions(std::mem::take(&mut p.changed));
-                if p.users.is_empty() && p.changed.is_empty() {
-                    return Ok(());
-                }
-                for (sid, perms) in changed_permissions(&p.changed) {
-                    self.publish_to_session(&sid, BusPayload::Permissions(Arc::new(perms)));
-                }
                 self.publish_room_request(backend, roomid, req)?;
             }
             "message" => {
@@ -121,13 +100,8 @@ impl Hub {
             }
             "switchto" => {
                 let sw = req.switchto.as_ref().ok_or_else(|| missing("switchto"))?;
-                if self.clustered() {
-                    // Every node's room tells its own sessions.
-                    switchto_targets(sw).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-                    self.publish_room_request(backend, roomid, req)?;
-                } else {
-                    self.send_switchto(sw)?;
-                }
+                switchto_targets(sw).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+                self.publish_room_request(backend, roomid, req)?;
             }
             other => {
                 return Err(ApiError::BadRequest(format!(
@@ -141,26 +115,6 @@ impl Hub {
     /// `switchto`: each listed Talk session (a list, or a map to per-session
     /// details) gets `event/room/switchto` on its own subject, so nobody
     /// learns where the others go.
-    fn send_switchto(&self, sw: &proto::backend::RoomSwitchToRequest) -> Result<(), ApiError> {
-        let targets = switchto_targets(sw).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        for (room_session, details) in targets {
-            if room_session == SESSION_NOT_IN_MEETING {
-                continue;
-            }
-            let Some(public) = self.session_for_room_session(&room_session) else {
-                continue;
-            };
-            let mut event = EventServerMessage::new("room", "switchto");
-            event.switchto = Some(proto::client::SwitchToEvent {
-                roomid: sw.roomid.clone(),
-                details,
-            });
-            let msg = OutMsg::new(ServerMessage::event(event));
-            self.publish_to_session(&public, BusPayload::Message(msg));
-        }
-        Ok(())
-    }
-
     fn send_roomlist(
         &self,
         kind: &str,
@@ -263,27 +217,6 @@ impl Hub {
             ..Default::default()
         });
     }
-
-    pub(crate) fn clustered(&self) -> bool {
-        self.settings.presence_interval.is_some()
-    }
-
-    /// Translate Talk session ids to signaling session ids; drop entries
-    /// without a known session.
-    fn fixup_sessions(&self, users: Vec<JsonMap>) -> Vec<JsonMap> {
-        users
-            .into_iter()
-            .filter_map(|mut u| {
-                let rs = match u.get("sessionId") {
-                    Some(Value::String(s)) if s != SESSION_NOT_IN_MEETING => s.clone(),
-                    _ => return None,
-                };
-                let public = self.session_for_room_session(&rs)?;
-                u.insert("sessionId".into(), Value::String(public.to_string()));
-                Some(u)
-            })
-            .collect()
-    }
 }
 
 /// The Talk sessions a `switchto` names, each with its details: a list of
@@ -306,21 +239,4 @@ pub(crate) fn switchto_targets(
                 .collect()
         }
     })
-}
-
-/// The sessions of a participants update's `changed` entries that carry a
-/// `permissions` list, with that list.
-pub(crate) fn changed_permissions(changed: &[JsonMap]) -> Vec<(String, Vec<String>)> {
-    changed
-        .iter()
-        .filter_map(|user| {
-            let Some(Value::Array(list)) = user.get("permissions") else {
-                return None;
-            };
-            let sid = user.get("sessionId").and_then(Value::as_str)?;
-            let perms: Option<Vec<String>> =
-                list.iter().map(|p| p.as_str().map(str::to_owned)).collect();
-            Some((sid.to_owned(), perms?))
-        })
-        .collect()
 }

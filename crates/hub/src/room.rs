@@ -784,9 +784,7 @@ impl Room {
                     if changed.is_empty() && users.is_empty() {
                         return;
                     }
-                    if hub.settings.presence_interval.is_some() {
-                        self.apply_local_permissions(hub, &changed);
-                    }
+                    self.apply_local_permissions(hub, &changed);
                     self.publish_users_changed(hub, changed, users);
                 }
             }
@@ -794,7 +792,6 @@ impl Room {
                 let data = req.message.as_ref().and_then(|m| m.data.clone());
                 self.publish_room_message(hub, data);
             }
-            // Clustered only (single node, the hub answers it directly).
             "switchto" => {
                 let Some(sw) = &req.switchto else { return };
                 let Ok(targets) = crate::backend_api::switchto_targets(sw) else {
@@ -821,19 +818,16 @@ impl Room {
 }
 
 impl Room {
-    /// Clustered, backend requests reach every node with Nextcloud's (Talk)
-    /// session ids: each node translates them itself, knowing its own
-    /// sessions and, from the room presence, those of the others. Single
-    /// node, the hub translated them before (entries kept as they are).
+    /// Backend requests carry Nextcloud's (Talk) session ids: every server
+    /// translates them itself, knowing its own sessions and, clustered, the
+    /// others' from the room presence. Entries of unknown sessions (and
+    /// "0", not in the meeting) are dropped.
     fn translated(
         &self,
         hub: &Hub,
         changed: &[JsonMap],
         users: &[JsonMap],
     ) -> (Vec<JsonMap>, Vec<JsonMap>) {
-        if hub.settings.presence_interval.is_none() {
-            return (changed.to_vec(), users.to_vec());
-        }
         let remote: HashMap<String, String> = self
             .state
             .lock()
@@ -862,15 +856,31 @@ impl Room {
         (fix(changed), fix(users))
     }
 
-    /// Clustered: permissions in a participants update for this node's
-    /// members (the node that got the request could not address them).
+    /// Permissions in a participants update, for this server's members.
     fn apply_local_permissions(&self, hub: &Hub, changed: &[JsonMap]) {
-        for (sid, perms) in crate::backend_api::changed_permissions(changed) {
+        for (sid, perms) in changed_permissions(changed) {
             if let Some(AnySession::Client(c)) = hub.session_by_public_id(&sid) {
                 c.set_permissions(&perms);
             }
         }
     }
+}
+
+/// The sessions of a participants update's `changed` entries that carry a
+/// `permissions` list, with that list.
+pub(crate) fn changed_permissions(changed: &[JsonMap]) -> Vec<(String, Vec<String>)> {
+    changed
+        .iter()
+        .filter_map(|user| {
+            let Some(Value::Array(list)) = user.get("permissions") else {
+                return None;
+            };
+            let sid = user.get("sessionId").and_then(Value::as_str)?;
+            let perms: Option<Vec<String>> =
+                list.iter().map(|p| p.as_str().map(str::to_owned)).collect();
+            Some((sid.to_owned(), perms?))
+        })
+        .collect()
 }
 
 /// The `join` entry of a member.
