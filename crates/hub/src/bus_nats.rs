@@ -153,6 +153,9 @@ pub struct NatsBus {
     commands: mpsc::UnboundedSender<Command>,
     metrics: Arc<NatsMetrics>,
     connected: watch::Receiver<bool>,
+    /// The client, once the task has created it: requests between servers
+    /// ([`crate::cluster`]) use it directly, outside the ordered queue.
+    client: std::sync::OnceLock<Client>,
 }
 
 impl std::fmt::Debug for NatsBus {
@@ -302,6 +305,7 @@ impl NatsBus {
             commands: tx,
             metrics: metrics.clone(),
             connected: connected_rx,
+            client: std::sync::OnceLock::new(),
         });
         tokio::spawn(run(bus.me.clone(), addrs, options, rx, metrics));
         Ok(bus)
@@ -317,6 +321,12 @@ impl NatsBus {
         let mut rx = self.connected.clone();
         // Err only when the sender is gone, i.e. the client task ended.
         let _ = rx.wait_for(|c| *c == up).await;
+    }
+
+    /// The NATS client, once started (at once after [`NatsBus::connect`],
+    /// connected or not).
+    pub fn client(&self) -> Option<Client> {
+        self.client.get().cloned()
     }
 
     /// Number of subjects with at least one local handler.
@@ -400,6 +410,9 @@ async fn run(
             return;
         }
     };
+    if let Some(b) = bus.upgrade() {
+        let _ = b.client.set(client.clone());
+    }
     let mut subs: HashMap<Arc<str>, JoinHandle<()>, foldhash::fast::RandomState> =
         HashMap::default();
     while let Some(cmd) = commands.recv().await {

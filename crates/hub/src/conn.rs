@@ -27,6 +27,9 @@ pub enum Outbound {
     Frame(Frame),
     /// Write a normal close frame and end the connection.
     Close,
+    /// Clustering: the client's session is on another server; from now on
+    /// pass frames through this link (see [`crate::relay`]).
+    Relay(Box<crate::relay::RelayLink>),
 }
 
 /// Capacity of a connection's outbound queue, in frames.
@@ -117,6 +120,8 @@ pub struct Conn {
     notify: Notify,
     kill: CancellationToken,
     overflowed: AtomicBool,
+    /// Its frames are relayed to another server from now on.
+    relayed: AtomicBool,
     session: Mutex<Option<Arc<ClientSession>>>,
 }
 
@@ -150,6 +155,7 @@ impl Conn {
             notify: Notify::new(),
             kill,
             overflowed: AtomicBool::new(false),
+            relayed: AtomicBool::new(false),
             session: Mutex::new(None),
         })
     }
@@ -223,7 +229,7 @@ impl Conn {
         match self.push(Outbound::Frame(frame), OUTBOUND_QUEUE) {
             Ok(()) => Ok(()),
             Err(Outbound::Frame(f)) => Err(f),
-            Err(Outbound::Close) => Err(Frame::from_static("")),
+            Err(_) => Err(Frame::from_static("")),
         }
     }
 
@@ -233,6 +239,19 @@ impl Conn {
             tracing::warn!(conn = self.id, peer = %self.remote_addr, "client does not read fast enough, disconnecting");
         }
         self.kill.cancel();
+    }
+
+    /// Hand the connection task a relay to another server (after what is
+    /// queued); false when the connection is gone.
+    pub(crate) fn relay(&self, link: Box<crate::relay::RelayLink>) -> bool {
+        self.relayed.store(true, Ordering::Relaxed);
+        self.push(Outbound::Relay(link), OUTBOUND_QUEUE + 1).is_ok()
+    }
+
+    /// The connection's frames go to another server now: the connection
+    /// task must not hand further client frames to this hub.
+    pub fn is_relayed(&self) -> bool {
+        self.relayed.load(Ordering::Relaxed)
     }
 
     /// Queue a frame, then a close.

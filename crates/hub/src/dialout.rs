@@ -61,24 +61,98 @@ impl Hub {
                 &Error::new("invalid_roomid", "The room id must be numeric."),
             );
         }
-        let bridges: Vec<Arc<ClientSession>> = self
+        if let Some(answer) = self.dialout_here(backend, roomid, req).await {
+            return answer;
+        }
+        // Clustering: a bridge connected to another server.
+        let mut first_error: Option<DialoutAnswer> = None;
+        if let Some(cluster) = self.cluster.get() {
+            for node in self.nodes_with_bridges(&backend.id) {
+                let question = proto::cluster::DialoutRequest {
+                    node: self.node_id.to_string(),
+                    target: node.clone(),
+                    backend: backend.id.clone(),
+                    roomid: roomid.to_owned(),
+                    request: req.clone(),
+                };
+                let answer: Option<proto::cluster::DialoutAnswer> = cluster
+                    .ask(
+                        proto::cluster::DIALOUT_SUBJECT,
+                        &question,
+                        self.live_nodes(),
+                        START_DIALOUT_TIMEOUT + Duration::from_secs(5),
+                    )
+                    .await;
+                match answer {
+                    Some(a) if a.status == 200 => return (a.status, a.body),
+                    Some(a) => {
+                        debug!(node = %node, status = a.status, "dial-out refused on another server");
+                        first_error.get_or_insert((a.status, a.body));
+                    }
+                    None => debug!(node = %node, "no dial-out answer from another server"),
+                }
+            }
+        }
+        first_error.unwrap_or_else(|| {
+            answer_error(
+                404,
+                &Error::new(
+                    "no_client_available",
+                    "No available client found to trigger dialout.",
+                ),
+            )
+        })
+    }
+
+    /// The bridges of `backend` connected here.
+    fn local_bridges(&self, backend: &str) -> Vec<Arc<ClientSession>> {
+        self.client_sessions()
+            .into_iter()
+            .filter(|s| {
+                s.is_internal()
+                    && s.backend.id == backend
+                    && s.conn().is_some()
+                    && s.has_feature(proto::client::CLIENT_FEATURE_START_DIALOUT)
+            })
+            .collect()
+    }
+
+    /// Backend ids with a bridge here, sorted (reported to the cluster).
+    pub(crate) fn local_bridge_backends(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
             .client_sessions()
             .into_iter()
             .filter(|s| {
                 s.is_internal()
-                    && s.backend.id == backend.id
                     && s.conn().is_some()
                     && s.has_feature(proto::client::CLIENT_FEATURE_START_DIALOUT)
             })
+            .map(|s| s.backend.id.clone())
             .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// Try the bridges connected here in turn; `None` when there is none.
+    async fn dialout_here(
+        &self,
+        backend: &Backend,
+        roomid: &str,
+        req: &proto::backend::RoomDialoutRequest,
+    ) -> Option<DialoutAnswer> {
+        let bridges = self.local_bridges(&backend.id);
+        if bridges.is_empty() {
+            return None;
+        }
         let mut first_error: Option<Error> = None;
         for bridge in bridges {
             match self.dialout_in_session(&bridge, backend, roomid, req).await {
                 Ok(callid) => {
-                    return (
+                    return Some((
                         200,
                         json!({"type": "dialout", "dialout": {"callid": callid}}),
-                    )
+                    ))
                 }
                 Err(e) => {
                     debug!(session = %bridge.public_id, error = %e, "dial-out refused");
@@ -86,16 +160,24 @@ impl Hub {
                 }
             }
         }
-        match first_error {
-            Some(e) => answer_error(502, &e),
-            None => answer_error(
-                404,
-                &Error::new(
-                    "no_client_available",
-                    "No available client found to trigger dialout.",
-                ),
-            ),
+        first_error.map(|e| answer_error(502, &e))
+    }
+
+    /// Another server chose this one for a dial-out (it has a bridge).
+    pub(crate) async fn dialout_for_cluster(
+        &self,
+        q: &proto::cluster::DialoutRequest,
+    ) -> Option<proto::cluster::DialoutAnswer> {
+        if *q.target != *self.node_id {
+            return None;
         }
+        let backend = self
+            .backends
+            .all()
+            .into_iter()
+            .find(|b| b.id == q.backend)?;
+        let (status, body) = self.dialout_here(&backend, &q.roomid, &q.request).await?;
+        Some(proto::cluster::DialoutAnswer { status, body })
     }
 
     async fn dialout_in_session(

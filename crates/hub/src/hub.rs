@@ -127,11 +127,14 @@ pub struct Hub {
     pub node_id: Arc<str>,
     /// Clustering: the other nodes' session counts per backend, and when
     /// each last reported.
-    node_counts: Mutex<HashMap<String, (Instant, BackendCounts)>>,
-    /// What this node last reported, and when.
-    counts_sent: Mutex<(Option<Instant>, BackendCounts)>,
+    node_counts: Mutex<HashMap<String, (Instant, Arc<proto::cluster::NodeStatus>)>>,
+    /// What this node last reported (counts, backends with a dial-out
+    /// bridge), and when.
+    counts_sent: Mutex<(Option<Instant>, BackendCounts, Vec<String>)>,
     nodes_subscription: Mutex<Option<Subscription>>,
-    codec: SessionIdCodec,
+    /// Questions to the other servers (NATS only).
+    pub(crate) cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    pub(crate) codec: SessionIdCodec,
     pub bus: Arc<dyn Bus>,
     pub backend: BackendClient,
     pub backends: Arc<Backends>,
@@ -249,8 +252,9 @@ impl Hub {
             settings,
             node_id: Arc::from(hex::encode(rand::random::<[u8; 8]>())),
             node_counts: Mutex::new(HashMap::new()),
-            counts_sent: Mutex::new((None, Default::default())),
+            counts_sent: Mutex::new((None, Default::default(), Vec::new())),
             nodes_subscription: Mutex::new(None),
+            cluster: std::sync::OnceLock::new(),
             codec,
             bus,
             backend,
@@ -516,6 +520,59 @@ impl Hub {
     // ---------------------------------------------------------------------
     // Connections
 
+    /// Clustering over NATS: answer the other servers' questions (resume,
+    /// publishers, dial-out) and ask them ours, until `shutdown`.
+    pub fn start_cluster(
+        self: &Arc<Self>,
+        nats: Arc<crate::bus_nats::NatsBus>,
+        shutdown: CancellationToken,
+    ) {
+        let cluster = Arc::new(crate::cluster::Cluster::new(nats));
+        if self.cluster.set(cluster.clone()).is_ok() {
+            tokio::spawn(crate::cluster::serve(
+                Arc::downgrade(self),
+                cluster,
+                shutdown,
+            ));
+        }
+    }
+
+    /// The other nodes that reported within the last three presence
+    /// intervals.
+    pub(crate) fn live_nodes(&self) -> usize {
+        let Some(interval) = self.settings.presence_interval else {
+            return 0;
+        };
+        let now = Instant::now();
+        self.node_counts
+            .lock()
+            .values()
+            .filter(|(t, _)| now.duration_since(*t) <= interval * 3)
+            .count()
+    }
+
+    /// A session with this resume id is here and not closed.
+    pub(crate) fn has_resumable(&self, resume_id: &str) -> bool {
+        self.reg
+            .lock()
+            .by_private
+            .get(resume_id)
+            .is_some_and(|s| !s.is_closed())
+    }
+
+    /// A connection relayed from another server: like a socket's, without
+    /// the `welcome` (the client had it from the server it reached).
+    pub(crate) fn new_relayed_conn(
+        &self,
+        remote_addr: String,
+        user_agent: String,
+        kill: CancellationToken,
+    ) -> Arc<Conn> {
+        self.metrics.connections.inc();
+        let id = self.conn_ids.fetch_add(1, Ordering::Relaxed) + 1;
+        Conn::new(id, remote_addr, user_agent, kill)
+    }
+
     /// Register a new WebSocket connection.
     pub fn new_conn(
         &self,
@@ -609,7 +666,15 @@ impl Hub {
             }
             let hub = self.clone();
             let conn = conn.clone();
-            return Some(Box::pin(async move { hub.process_hello(&conn, msg).await }));
+            // A resume may have to be passed on to another server as it came.
+            let text = msg
+                .hello
+                .as_ref()
+                .is_some_and(|h| !h.resumeid.is_empty())
+                .then(|| text.to_owned());
+            return Some(Box::pin(async move {
+                hub.process_hello(&conn, msg, text).await
+            }));
         };
         if !matches!(msg.kind.as_str(), "room" | "hello" | "bye") {
             if let Some(federation) = session.federation() {
@@ -643,7 +708,12 @@ impl Hub {
     // ---------------------------------------------------------------------
     // hello / resume / bye
 
-    async fn process_hello(self: Arc<Self>, conn: &Arc<Conn>, mut msg: ClientMessage) {
+    async fn process_hello(
+        self: Arc<Self>,
+        conn: &Arc<Conn>,
+        mut msg: ClientMessage,
+        text: Option<String>,
+    ) {
         let Some(hello) = msg.hello.take() else {
             return;
         };
@@ -661,6 +731,11 @@ impl Hub {
                 return;
             }
             if !self.process_resume(conn, &msg.id, &hello.resumeid) {
+                let text = text.as_deref().unwrap_or_default();
+                if self.resume_elsewhere(conn, &hello.resumeid, text).await {
+                    return;
+                }
+                self.metrics.resume_failed.inc();
                 let delay = self.throttler.failed(&conn.remote_addr, ACTION_RESUME);
                 tokio::time::sleep(delay).await;
                 conn.send(
@@ -689,7 +764,6 @@ impl Hub {
     fn process_resume(&self, conn: &Arc<Conn>, id: &str, resume_id: &str) -> bool {
         let session = self.reg.lock().by_private.get(resume_id).cloned();
         let Some(session) = session.filter(|s| !s.is_closed()) else {
-            self.metrics.resume_failed.inc();
             return false;
         };
         if !conn.is_connected() {
@@ -1127,6 +1201,22 @@ impl Hub {
         }
     }
 
+    /// The other live nodes with a dial-out bridge of `backend`.
+    pub(crate) fn nodes_with_bridges(&self, backend: &str) -> Vec<String> {
+        let Some(interval) = self.settings.presence_interval else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        self.node_counts
+            .lock()
+            .iter()
+            .filter(|(_, (t, s))| {
+                now.duration_since(*t) <= interval * 3 && s.dialout.iter().any(|b| b == backend)
+            })
+            .map(|(node, _)| node.clone())
+            .collect()
+    }
+
     /// Sessions of `backend` on the other (live) nodes of the cluster.
     fn sessions_elsewhere(&self, backend: &str) -> u64 {
         let Some(interval) = self.settings.presence_interval else {
@@ -1137,7 +1227,7 @@ impl Hub {
             .lock()
             .values()
             .filter(|(t, _)| now.duration_since(*t) <= interval * 3)
-            .filter_map(|(_, counts)| counts.get(backend))
+            .filter_map(|(_, status)| status.sessions.get(backend))
             .sum()
     }
 
@@ -1157,17 +1247,19 @@ impl Hub {
             .filter(|b| b.session_limit > 0)
             .map(|b| (b.id.clone(), b.counted_sessions()))
             .collect();
+        let dialout = self.local_bridge_backends();
         {
             let mut sent = self.counts_sent.lock();
             let due = sent.0.is_none_or(|t| now.duration_since(t) >= interval);
-            if !due && sent.1 == counts {
+            if !due && sent.1 == counts && sent.2 == dialout {
                 return;
             }
-            *sent = (Some(now), counts.clone());
+            *sent = (Some(now), counts.clone(), dialout.clone());
         }
         let status = proto::cluster::NodeStatus {
             node: self.node_id.to_string(),
             sessions: counts,
+            dialout,
         };
         let msg = BusMessage::new(BusPayload::Node(Arc::new(status)));
         if let Err(e) = self.bus.publish(proto::cluster::NODES_SUBJECT, msg) {
@@ -2013,7 +2105,7 @@ impl BusHandler for Hub {
             if *n.node != *self.node_id {
                 self.node_counts
                     .lock()
-                    .insert(n.node.clone(), (Instant::now(), n.sessions.clone()));
+                    .insert(n.node.clone(), (Instant::now(), n.clone()));
             }
         }
     }

@@ -31,6 +31,9 @@ pub struct HubMetrics {
     pub queue_overflows: Arc<Counter>,
     pub connections: Arc<Gauge>,
     pub backend_requests: Arc<CounterVec>,
+    /// Clustering: connections relayed to or from another server (a client
+    /// resumed on a server other than its session's), by side.
+    pub relays: Arc<GaugeVec>,
     messages: [Arc<AtomicU64>; 8],
 }
 
@@ -98,6 +101,11 @@ impl HubMetrics {
                 "signaling_backend_requests_total",
                 "Requests sent to Nextcloud backends by kind and outcome",
                 &["kind", "result"],
+            ),
+            relays: registry.gauge_vec(
+                "signaling_cluster_relayed_connections",
+                "Client connections relayed between servers: side=client (the socket is here) or side=session (the session is here)",
+                &["side"],
             ),
             messages,
             registry,

@@ -160,6 +160,11 @@ impl Room {
             .any(|s| **s.public_id() == *public_id)
     }
 
+    /// Clustering: `public_id` is a member through another server.
+    pub fn is_remote_member(&self, public_id: &str) -> bool {
+        self.state.lock().remote.contains_key(public_id)
+    }
+
     pub fn is_in_call(&self, public_id: &str) -> bool {
         self.state.lock().in_call.contains(public_id)
     }
@@ -493,6 +498,15 @@ impl Room {
                     .and_then(Value::as_str);
                 let Some(sid) = sid else { continue };
                 let Some(session) = hub.session_by_public_id(sid) else {
+                    // Clustering: another server's member (for
+                    // `requestoffer` permission checks here).
+                    if st.remote.contains_key(sid) {
+                        if in_call {
+                            st.in_call.insert(Arc::from(sid));
+                        } else {
+                            st.in_call.remove(sid);
+                        }
+                    }
                     continue;
                 };
                 if in_call {
@@ -527,6 +541,11 @@ impl Room {
                         _ => None,
                     })
                     .collect();
+                let remote: Vec<Arc<str>> =
+                    st.remote.keys().map(|k| Arc::from(k.as_str())).collect();
+                for id in remote {
+                    st.in_call.insert(id);
+                }
                 for id in ids {
                     joined |= st.in_call.insert(id);
                 }
@@ -992,7 +1011,9 @@ impl Room {
             }
             "leave" => {
                 for id in ev.leave.iter().flatten() {
-                    st.remote.remove(id);
+                    if st.remote.remove(id).is_some() {
+                        st.in_call.remove(id.as_str());
+                    }
                 }
             }
             _ => {}
@@ -1027,6 +1048,9 @@ impl Room {
                 }
                 !gone
             });
+            for id in &left {
+                st.in_call.remove(id.as_str());
+            }
             let mut joined = Vec::new();
             for e in &p.sessions {
                 if Self::is_local(&st, &e.sessionid) {
@@ -1105,6 +1129,9 @@ impl Room {
                 }
                 !gone
             });
+            for id in &left {
+                st.in_call.remove(id.as_str());
+            }
             (due && !st.sessions.is_empty(), left)
         };
         if !left.is_empty() {

@@ -28,6 +28,10 @@ pub struct NodeStatus {
     /// Backend id -> sessions counted against its limit.
     #[serde(default)]
     pub sessions: std::collections::BTreeMap<String, u64>,
+    /// Backend ids with a dial-out bridge (internal client with
+    /// `start-dialout`) on the node, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dialout: Vec<String>,
 }
 
 /// What a node tells the others about one room: the sessions that are
@@ -49,6 +53,62 @@ pub struct RoomPresence {
     /// starts hosting the room learns what was set before).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub transient: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Ours: requests one server asks the others of the cluster (NATS
+/// request/reply). Every node answers, found or not, so the asker need not
+/// wait for a timeout when none has what it looks for.
+pub const RESUME_SUBJECT: &str = "cluster.resume";
+pub const PUBLISHER_SUBJECT: &str = "cluster.publisher";
+pub const DIALOUT_SUBJECT: &str = "cluster.dialout";
+
+/// A client asks the server it reached to resume a session another server
+/// holds. The holder takes the connection over through a relay: frames go
+/// `relay.<relay>.up` (client to holder) and `relay.<relay>.down` (back).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ResumeRequest {
+    pub node: String,
+    pub resumeid: String,
+    /// Random id naming the relay subjects.
+    pub relay: String,
+    /// The client's `hello` frame, exactly as it came.
+    pub hello: String,
+    pub addr: String,
+    #[serde(default)]
+    pub agent: String,
+}
+
+/// Where a session publishes a stream, for a subscriber on another server.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PublisherRequest {
+    pub node: String,
+    pub publisher: String,
+    pub stream: String,
+}
+
+/// A dial-out for a bridge (internal client) connected to another server.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DialoutRequest {
+    pub node: String,
+    /// The node chosen to handle it (it has a bridge); the others say no.
+    pub target: String,
+    pub backend: String,
+    pub roomid: String,
+    pub request: crate::backend::RoomDialoutRequest,
+}
+
+/// The answer to a dial-out request: HTTP status and body for Nextcloud.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DialoutAnswer {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+/// Every node's answer to a cluster request: `answer` when it has it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterAnswer<T> {
+    pub node: String,
+    pub answer: Option<T>,
 }
 
 /// Envelope of every cluster message.

@@ -202,6 +202,9 @@ impl Server {
         let hub = Hub::new(settings, backends, bus, metrics, mcu)?;
         let shutdown = Shutdown::new();
         hub.spawn_housekeeping(shutdown.token.clone());
+        if let Some(nats) = &nats {
+            hub.start_cluster(nats.clone(), shutdown.token.clone());
+        }
         let features = hub.features().join(", ");
         let welcome =
             serde_json::json!({"nextcloud-spreed-signaling": "Welcome", "version": VERSION});

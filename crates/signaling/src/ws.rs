@@ -90,6 +90,8 @@ async fn run<S>(
     // socket did not take in full go back to the session for a resume.
     let mut in_flight: VecDeque<(u64, Frame)> = VecDeque::new();
     let mut queued_bytes: u64 = 0;
+    // Clustering: the session is on another server (see `hub::relay`).
+    let mut relay: Option<Box<hub::relay::RelayLink>> = None;
 
     'conn: loop {
         tokio::select! {
@@ -122,6 +124,10 @@ async fn run<S>(
                                 sink.feed(Message::Close(None)).await?;
                                 break;
                             }
+                            Outbound::Relay(link) => {
+                                relay = Some(link);
+                                break;
+                            }
                         }
                     }
                     sink.flush().await
@@ -138,6 +144,9 @@ async fn run<S>(
                         in_flight.shrink_to(8);
                     }
                     batch = VecDeque::new();
+                }
+                if relay.is_some() && matches!(result, Ok(Ok(()))) {
+                    break 'conn;
                 }
                 match result {
                     Ok(Ok(())) if !close => {
@@ -158,6 +167,10 @@ async fn run<S>(
             }
             _ = async { if let Some(f) = inflight.as_mut() { f.await } }, if inflight.is_some() => {
                 inflight = None;
+                if conn.is_relayed() {
+                    // The rest goes to the session's server.
+                    continue;
+                }
                 if conn.session().is_none() {
                     hello_deadline = Some(Instant::now() + HELLO_TIMEOUT);
                 }
@@ -174,7 +187,7 @@ async fn run<S>(
                 last_read = Instant::now();
                 match msg {
                     Some(Ok(Message::Text(text))) => {
-                        if inflight.is_some() {
+                        if inflight.is_some() || conn.is_relayed() {
                             queued.push_back(text);
                         } else {
                             inflight = hub.process_text(&conn, &text);
@@ -232,6 +245,14 @@ async fn run<S>(
             }
         }
     }
+    if let Some(link) = relay {
+        let io = RelayIo {
+            sink,
+            stream,
+            queued,
+        };
+        return relayed(hub, conn, io, *link, kill, shutdown).await;
+    }
     // Frames the socket did not take in full, then what is still queued,
     // go back to the session in order.
     let done = written.load(Ordering::Relaxed);
@@ -254,6 +275,146 @@ async fn run<S>(
     if !write_failed {
         let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
     }
+}
+
+struct RelayIo<K, R> {
+    sink: K,
+    stream: R,
+    /// Client frames read before the relay started, in order.
+    queued: VecDeque<Utf8Bytes>,
+}
+
+/// The client resumed a session another server holds: pass its frames
+/// there and write what comes back, counting what reached the socket (the
+/// holder keeps what was not confirmed for the next resume).
+async fn relayed<K, R>(
+    hub: Arc<Hub>,
+    conn: Arc<hub::conn::Conn>,
+    io: RelayIo<K, R>,
+    mut link: hub::relay::RelayLink,
+    kill: CancellationToken,
+    shutdown: CancellationToken,
+) where
+    K: futures_util::Sink<Message, Error = WsError> + Unpin,
+    R: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    use hub::relay::{Down, ACK_EVERY};
+    let RelayIo {
+        mut sink,
+        mut stream,
+        queued,
+    } = io;
+    hub.metrics.relays.inc(&["client"]);
+    for text in queued {
+        link.send_text(&text).await;
+    }
+    let interval = link.interval();
+    let mut alive = tokio::time::interval(interval);
+    alive.tick().await;
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    ping.tick().await;
+    let (mut written, mut acked) = (0u64, 0u64);
+    let (mut heard, mut last_read) = (Instant::now(), Instant::now());
+    // Close the socket as "going away" (the client should come back).
+    let mut away = false;
+    loop {
+        tokio::select! {
+            biased;
+            _ = kill.cancelled() => break,
+            _ = shutdown.cancelled() => {
+                let frame = CloseFrame { code: CloseCode::Away, reason: "server shutdown".into() };
+                let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+                break;
+            }
+            down = link.recv() => {
+                heard = Instant::now();
+                match down {
+                    Some(Down::Text(seq, text)) => {
+                        if seq != written + 1 {
+                            debug!(expected = written + 1, got = seq, "relayed frames lost, closing");
+                            away = true;
+                            break;
+                        }
+                        let sent = tokio::time::timeout(WRITE_WAIT, sink.send(Message::Text(text))).await;
+                        if !matches!(sent, Ok(Ok(()))) {
+                            break;
+                        }
+                        written = seq;
+                        if written - acked >= ACK_EVERY {
+                            link.ack(written).await;
+                            acked = written;
+                        }
+                    }
+                    Some(Down::Close) => {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(None))).await;
+                        break;
+                    }
+                    Some(Down::Away) | None => {
+                        away = true;
+                        break;
+                    }
+                    Some(Down::Alive) => {}
+                }
+            }
+            msg = stream.next() => {
+                last_read = Instant::now();
+                match msg {
+                    Some(Ok(Message::Text(text))) => link.send_text(&text).await,
+                    Some(Ok(Message::Binary(_))) => link.send_binary().await,
+                    Some(Ok(Message::Ping(_))) => {
+                        if tokio::time::timeout(WRITE_WAIT, sink.flush()).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
+                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Err(WsError::Capacity(_))) => {
+                        let frame = CloseFrame { code: CloseCode::Size, reason: "".into() };
+                        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        debug!(error = %e, "read failed");
+                        break;
+                    }
+                }
+            }
+            _ = alive.tick() => {
+                if heard.elapsed() > interval * 3 {
+                    debug!("session's server silent, closing relayed connection");
+                    away = true;
+                    break;
+                }
+                link.ack(written).await;
+                acked = written;
+            }
+            _ = ping.tick() => {
+                if last_read.elapsed() > PONG_WAIT {
+                    debug!("no data from client, closing");
+                    break;
+                }
+                let payload = now_nanos().to_string().into_bytes();
+                if tokio::time::timeout(WRITE_WAIT, sink.send(Message::Ping(payload.into()))).await.map_or(true, |r| r.is_err()) {
+                    break;
+                }
+            }
+        }
+    }
+    if away {
+        let frame = CloseFrame {
+            code: CloseCode::Away,
+            reason: "session server gone".into(),
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            sink.send(Message::Close(Some(frame))),
+        )
+        .await;
+    }
+    link.close(written).await;
+    hub.metrics.relays.dec(&["client"]);
+    hub.conn_closed(&conn, Vec::new());
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
 }
 
 /// Bytes of an unmasked server frame with this payload length.

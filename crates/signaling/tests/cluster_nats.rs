@@ -576,3 +576,158 @@ async fn incall_all_reaches_everyone_once() {
         x.expect_no_message(Duration::from_millis(500)).await;
     }
 }
+
+/// Wait until every server knows the other (their `cluster.nodes`
+/// reports), so that cluster questions get all answers.
+async fn nodes_known() {
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+}
+
+/// A client whose connection broke resumes on the other server: the same
+/// session, what was sent to it meanwhile arrives in order, it goes on
+/// talking through that server, and nobody sees it leave or join. It can
+/// move again (back to its session's server) without losing anything.
+#[tokio::test]
+async fn resume_on_another_node() {
+    let c = cluster().await;
+    let (alice, mut bob, alice_id, bob_id) = c.pair_in_room().await;
+    let mut alice = alice;
+    until_reachable(&mut bob, recipient_session(&alice_id), &mut alice).await;
+    let rid = alice.resume_id().expect("resume id").to_owned();
+    // The socket just breaks (no close frame, no bye).
+    drop(alice);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..5 {
+        bob.send_message(recipient_session(&alice_id), json!({"n": i}))
+            .await;
+    }
+
+    let mut alice = TestClient::connect(&spreed_url(c.b)).await.skip("welcome");
+    let r = alice.hello_resume(&rid).await;
+    assert_eq!(r["type"], "hello", "{r}");
+    assert_eq!(r["hello"]["sessionid"], alice_id, "{r}");
+    assert_eq!(r["hello"]["resumeid"], rid, "{r}");
+    assert_eq!(r["hello"]["userid"], "alice", "{r}");
+    for i in 0..5 {
+        let m = alice.recv().await;
+        assert_eq!(
+            m,
+            json!({"type": "message", "message": {
+                "sender": {"type": "session", "sessionid": bob_id, "userid": "bob"},
+                "data": {"n": i},
+            }})
+        );
+    }
+    // Both ways through the relay, room messages included.
+    bob.send_message(recipient_room(), json!({"to": "room"}))
+        .await;
+    let m = alice.recv().await;
+    assert_eq!(m["message"]["data"], json!({"to": "room"}), "{m}");
+    alice
+        .send_message(recipient_session(&bob_id), json!({"back": 1}))
+        .await;
+    let m = bob.recv().await;
+    assert_eq!(m["message"]["sender"]["sessionid"], alice_id, "{m}");
+    assert_eq!(m["message"]["data"], json!({"back": 1}));
+    // The room never saw alice go.
+    bob.expect_no_message(Duration::from_millis(500)).await;
+
+    // Broken again; this time back at node A, where the session lives.
+    drop(alice);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    bob.send_message(recipient_session(&alice_id), json!({"later": 1}))
+        .await;
+    let mut alice = TestClient::connect(&spreed_url(c.a)).await.skip("welcome");
+    let r = alice.hello_resume(&rid).await;
+    assert_eq!(r["hello"]["sessionid"], alice_id, "{r}");
+    let m = alice.recv().await;
+    assert_eq!(m["message"]["data"], json!({"later": 1}), "{m}");
+    alice.expect_no_message(Duration::from_millis(300)).await;
+
+    // A bye through the relay ends the session for everyone.
+    let mut again = TestClient::connect(&spreed_url(c.b)).await.skip("welcome");
+    let r = again.hello_resume(&rid).await;
+    assert_eq!(r["hello"]["sessionid"], alice_id, "{r}");
+    // The previous connection is told, as on a single server.
+    let m = alice.recv().await;
+    assert_eq!(m["type"], "bye", "{m}");
+    assert_eq!(again.bye().await["type"], "bye");
+    left_until(&mut bob, &alice_id).await;
+}
+
+/// A resume id no server knows gets `no_such_session` (every server
+/// answers, so this does not wait for a timeout); garbage is refused
+/// without asking anyone.
+#[tokio::test]
+async fn resume_of_an_unknown_session_in_a_cluster() {
+    let c = cluster().await;
+    nodes_known().await;
+    let mut alice = c.user(c.a, "alice").await;
+    let rid = alice.resume_id().expect("resume id").to_owned();
+    alice.bye().await;
+    let mut x = TestClient::connect(&spreed_url(c.b)).await.skip("welcome");
+    let started = std::time::Instant::now();
+    let r = x.hello_resume(&rid).await;
+    assert_eq!(r["error"]["code"], "no_such_session", "{r}");
+    // Not a timing assertion on the server: a bound well above the answer
+    // time, well below the 2 s question timeout, shows nobody was waited for.
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut y = TestClient::connect(&spreed_url(c.b)).await.skip("welcome");
+    let r = y.hello_resume("not-a-resume-id").await;
+    assert_eq!(r["error"]["code"], "no_such_session", "{r}");
+}
+
+/// Dial-out (upstream 1.2.0) with the bridge connected to the other
+/// server: Nextcloud asks node A, node B's bridge gets the request and
+/// its answer (the call id) goes back to Nextcloud through A.
+#[tokio::test]
+async fn dialout_reaches_a_bridge_on_another_node() {
+    let c = cluster().await;
+    let mut bridge = TestClient::connect(&spreed_url(c.b)).await.skip("welcome");
+    let random = random_hex(64);
+    let token = internal_token(INTERNAL_SECRET, &random);
+    let r = bridge
+        .request(json!({"type": "hello", "hello": {
+            "version": "1.0",
+            "features": ["start-dialout"],
+            "auth": {"type": "internal", "params": {
+                "random": random, "token": token, "backend": c.backend.url(),
+            }},
+        }}))
+        .await;
+    assert_eq!(r["type"], "hello", "{r}");
+    // Node A learns of the bridge from B's next report.
+    nodes_known().await;
+    let request = json!({"type": "dialout", "dialout": {"number": "+491234567"}});
+    let base = format!("http://{}/", c.a);
+    let answer = async {
+        let req = bridge.expect_type("internal").await;
+        let id = req["id"].as_str().expect("request id").to_owned();
+        bridge
+            .send_json(
+                &json!({"id": id, "type": "internal", "internal": {"type": "dialout", "dialout":
+                {"type": "status", "status": {"callid": "call-7", "status": "accepted"}}}}),
+            )
+            .await;
+        req
+    };
+    let (resp, req) = tokio::join!(
+        c.backend.send_room_request(&base, "12345", &request),
+        answer
+    );
+    assert_eq!(req["internal"]["dialout"]["roomid"], "12345", "{req}");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(
+        resp.json(),
+        json!({"type": "dialout", "dialout": {"callid": "call-7"}})
+    );
+    // Without any bridge in the cluster: 404 as on one server.
+    bridge.bye().await;
+    nodes_known().await;
+    let r = c.backend.send_room_request(&base, "12345", &request).await;
+    assert_eq!(r.status, 404, "{}", r.text());
+}

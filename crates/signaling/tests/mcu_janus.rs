@@ -486,3 +486,34 @@ async fn jan_candidates_from_blocked_networks_never_reach_janus() {
         );
     }
 }
+
+/// Clustering (issue 7): two signaling servers on one NATS and one Janus.
+/// A subscriber on B of a publisher on A joins A's Janus room (A tells B
+/// which) and receives its media.
+#[tokio::test]
+async fn jan_subscriber_on_another_signaling_server() {
+    let janus = start_janus().await;
+    let mut c = cluster_call(&format!(
+        "[mcu]\ntype = janus\nurl = {}\ntimeout = 5\n",
+        janus.url()
+    ))
+    .await;
+    assert_eventually!(
+        Duration::from_secs(10),
+        metrics_at(c.b)
+            .await
+            .contains("signaling_mcu_janus_connected 1")
+    );
+    c.alice.publish("video", "alice-video").await;
+    let alice_id = c.alice.id.clone();
+    c.bob.subscribe(&alice_id, "video").await;
+    assert_eq!(
+        gauge(
+            &metrics_at(c.b).await,
+            "signaling_mcu_nopublisher_total{type=\"video\"}"
+        ),
+        0
+    );
+    // Still one room in Janus: B's subscriber is in A's.
+    assert_eq!(janus_rooms(&janus).await, 1);
+}

@@ -669,3 +669,29 @@ async fn pxs_tls_to_the_proxy() {
     let mut alice = MediaClient::join(&secure, "alice", "room1").await;
     alice.publish("video", "alice-video").await;
 }
+
+/// Clustering (issue 7): two signaling servers on one NATS share the proxy
+/// pool. A subscriber on server B of a publisher on server A learns from A
+/// where the stream is, and receives its media; B checks that both are in
+/// the call from the room's view of the whole cluster.
+#[tokio::test]
+async fn pxs_subscriber_on_another_signaling_server() {
+    let dir = TempDir::new("mcu-cluster").expect("dir");
+    let p = our_proxy(&dir, "p").await;
+    let mut c = cluster_call(&signaling_config(&dir, &[format!("ws://{}", p.addr)])).await;
+    c.alice.publish("video", "alice-video").await;
+    let alice_id = c.alice.id.clone();
+    c.bob.subscribe(&alice_id, "video").await;
+    assert_eq!(
+        proxy_metric(&p, "signaling_proxy_subscribers{type=\"video\"}").await,
+        1
+    );
+    // B never waited for a publisher of its own.
+    assert_eq!(
+        gauge(
+            &metrics_at(c.b).await,
+            "signaling_mcu_nopublisher_total{type=\"video\"}"
+        ),
+        0
+    );
+}

@@ -64,6 +64,9 @@ pub const REBUILD_WAIT: Duration = Duration::from_secs(60);
 const CONNECT_BACKOFF_MAX: Duration = Duration::from_secs(16);
 /// Commands queued per publisher/subscriber before the hub waits.
 const COMMAND_QUEUE: usize = 64;
+/// How often a subscriber retries joining another server's publisher that
+/// is not sending yet.
+const REMOTE_RETRY: Duration = Duration::from_millis(250);
 
 /// What `[mcu]` says about a Janus MCU.
 #[derive(Clone, Debug)]
@@ -439,27 +442,46 @@ impl Mcu for JanusMcu {
     ) -> BoxFuture<'_, Result<Arc<dyn McuClient>, McuError>> {
         Box::pin(async move {
             let SubscriberParams {
-                publisher, stream, ..
+                publisher,
+                stream,
+                location,
+                ..
             } = params;
             let inner = &self.inner;
             let deadline = Instant::now() + inner.settings.timeout;
             let key = (publisher.clone(), stream);
+            // Clustering: another signaling server's publisher, on this
+            // same Janus (a different Janus cannot be reached).
+            let known_room: RoomId = match &location {
+                Some(loc) => {
+                    if loc.get("janus").and_then(Value::as_str) != Some(inner.settings.url.as_str())
+                    {
+                        return Err(McuError::NotFound);
+                    }
+                    loc.get("room")
+                        .and_then(Value::as_u64)
+                        .ok_or(McuError::NotFound)?
+                }
+                None => 0,
+            };
             // Wait for the publisher to exist (it may still be setting up).
             let mut changed = inner.changed.subscribe();
             let mut counted = false;
-            loop {
-                changed.borrow_and_update();
-                if inner.reg.lock().publishers.contains_key(&key) {
-                    break;
-                }
-                if !counted {
-                    counted = true;
-                    inner.metrics.no_publisher_total.inc(&[stream.as_str()]);
-                }
-                match tokio::time::timeout_at(deadline, changed.changed()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return Err(McuError::Closed),
-                    Err(_) => return Err(McuError::Timeout("publisher")),
+            if known_room == 0 {
+                loop {
+                    changed.borrow_and_update();
+                    if inner.reg.lock().publishers.contains_key(&key) {
+                        break;
+                    }
+                    if !counted {
+                        counted = true;
+                        inner.metrics.no_publisher_total.inc(&[stream.as_str()]);
+                    }
+                    match tokio::time::timeout_at(deadline, changed.changed()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return Err(McuError::Closed),
+                        Err(_) => return Err(McuError::Timeout("publisher")),
+                    }
                 }
             }
             let live = inner.live()?;
@@ -494,6 +516,7 @@ impl Mcu for JanusMcu {
             let task = SubscriberTask {
                 inner: inner.clone(),
                 me: obj.clone(),
+                known_room,
                 listener: listener.clone(),
                 key,
                 room: 0,
@@ -502,6 +525,36 @@ impl Mcu for JanusMcu {
             };
             tokio::spawn(task.run(SubConn { handle, events }, rx));
             Ok(obj as Arc<dyn McuClient>)
+        })
+    }
+
+    fn publisher_location(
+        &self,
+        publisher: &str,
+        stream: StreamType,
+    ) -> BoxFuture<'_, Option<Value>> {
+        let key: PubKey = (Arc::from(publisher), stream);
+        Box::pin(async move {
+            let inner = &self.inner;
+            let deadline = Instant::now() + inner.settings.timeout;
+            let mut changed = inner.changed.subscribe();
+            loop {
+                changed.borrow_and_update();
+                let room = inner
+                    .reg
+                    .lock()
+                    .publishers
+                    .get(&key)
+                    .map(|p| p.room.load(Ordering::Acquire))
+                    .unwrap_or(0);
+                if room != 0 {
+                    return Some(json!({"janus": inner.settings.url, "room": room}));
+                }
+                tokio::time::timeout_at(deadline, changed.changed())
+                    .await
+                    .ok()?
+                    .ok()?;
+            }
         })
     }
 
@@ -1220,6 +1273,9 @@ type Rebuilt = (SubConn, Jsep, RoomId);
 struct SubscriberTask {
     inner: Arc<Inner>,
     me: Arc<ClientObj>,
+    /// Clustering: the publisher's room when it is another signaling
+    /// server's publisher on this same Janus (0: a local publisher).
+    known_room: RoomId,
     /// Strong: the listener itself only holds a weak reference to its
     /// session, so there is no cycle.
     listener: Arc<dyn McuListener>,
@@ -1232,10 +1288,13 @@ struct SubscriberTask {
 
 /// Joins the room of publisher `key` once it sends media, retrying until
 /// `deadline` (upstream: "publisher not sending yet, wait and retry").
+/// `known_room` (not 0): the publisher is another signaling server's (same
+/// Janus), in that room; nothing here tells when it is ready, so retry.
 async fn join_when_ready(
     inner: &Inner,
     handle: &Handle,
     key: &PubKey,
+    known_room: RoomId,
     generation: ApiGeneration,
     selection: &StreamSelection,
     deadline: Instant,
@@ -1244,13 +1303,17 @@ async fn join_when_ready(
     let mut counted = false;
     loop {
         changed.borrow_and_update();
-        let room = inner
-            .reg
-            .lock()
-            .publishers
-            .get(key)
-            .map(|p| p.room.load(Ordering::Acquire))
-            .unwrap_or(0);
+        let room = if known_room != 0 {
+            known_room
+        } else {
+            inner
+                .reg
+                .lock()
+                .publishers
+                .get(key)
+                .map(|p| p.room.load(Ordering::Acquire))
+                .unwrap_or(0)
+        };
         if room != 0 {
             let join =
                 videoroom::join_subscriber(handle, room, key.1.feed_id(), generation, selection);
@@ -1266,6 +1329,13 @@ async fn join_when_ready(
             counted = true;
             inner.metrics.no_publisher_total.inc(&[key.1.as_str()]);
             debug!(publisher = %key.0, stream = key.1.as_str(), "publisher not sending yet, waiting");
+        }
+        if known_room != 0 {
+            if Instant::now() + REMOTE_RETRY >= deadline {
+                return Err(McuError::Timeout("publisher"));
+            }
+            tokio::time::sleep(REMOTE_RETRY).await;
+            continue;
         }
         match tokio::time::timeout_at(deadline, changed.changed()).await {
             Ok(Ok(())) => {}
@@ -1345,6 +1415,7 @@ impl SubscriberTask {
     fn rebuild(&self, old_epoch: Option<u64>) -> BoxFuture<'static, Result<Rebuilt, McuError>> {
         let inner = self.inner.clone();
         let key = self.key.clone();
+        let known_room = self.known_room;
         Box::pin(async move {
             let deadline = Instant::now() + REBUILD_WAIT;
             let live = inner.wait_live(old_epoch, deadline).await?;
@@ -1353,6 +1424,7 @@ impl SubscriberTask {
                 &inner,
                 &handle,
                 &key,
+                known_room,
                 live.generation,
                 &StreamSelection::default(),
                 deadline,
@@ -1396,6 +1468,7 @@ impl SubscriberTask {
                 &self.inner,
                 &c.handle,
                 &self.key,
+                self.known_room,
                 self.generation,
                 selection,
                 deadline,

@@ -257,6 +257,9 @@ pub struct SubscriberParams {
     /// it may serve the stream instead of the publisher's (remote streams).
     pub country: Option<String>,
     pub continents: Vec<String>,
+    /// Clustering: the publisher is on another signaling server, which
+    /// says where it streams ([`Mcu::publisher_location`] there).
+    pub location: Option<Value>,
 }
 
 impl SubscriberParams {
@@ -266,6 +269,7 @@ impl SubscriberParams {
             stream,
             country: None,
             continents: Vec::new(),
+            location: None,
         }
     }
 }
@@ -285,6 +289,19 @@ pub trait Mcu: Send + Sync {
         listener: Arc<dyn McuListener>,
         params: SubscriberParams,
     ) -> BoxFuture<'_, Result<Arc<dyn McuClient>, McuError>>;
+
+    /// Clustering: where local publisher `publisher` streams, for a
+    /// subscriber on another signaling server (which passes it as
+    /// [`SubscriberParams::location`]). Waits (up to the MCU timeout) for
+    /// the publisher to appear; `None` when it does not, or when this kind
+    /// of media server cannot be shared.
+    fn publisher_location(
+        &self,
+        _publisher: &str,
+        _stream: StreamType,
+    ) -> BoxFuture<'_, Option<Value>> {
+        Box::pin(async { None })
+    }
 
     /// The `mcu` part of `/api/v1/stats`.
     fn stats(&self) -> Value;

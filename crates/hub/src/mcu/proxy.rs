@@ -209,6 +209,22 @@ struct ProxyConn {
 
 type PublisherMap = HashMap<(Arc<str>, StreamType), (Arc<ProxyConn>, String)>;
 
+/// Where a publisher of another signaling server streams: its proxy and
+/// its id there.
+struct ProxyLocation {
+    url: String,
+    id: String,
+}
+
+impl ProxyLocation {
+    fn parse(v: &Value) -> Option<ProxyLocation> {
+        Some(ProxyLocation {
+            url: v.get("proxy")?.as_str()?.to_owned(),
+            id: v.get("id")?.as_str()?.to_owned(),
+        })
+    }
+}
+
 /// What every proxy connection and the MCU share.
 struct Shared {
     /// (publishing session, stream) -> (proxy, proxy client id): where
@@ -864,19 +880,117 @@ fn nearness(c: &ProxyConn, country: &str, continents: &[String]) -> u8 {
 impl Inner {
     /// `create-subscriber` on `conn`, of the publisher `proxy_publisher`
     /// hosted by `home` (remote when they differ).
+    /// Wait (up to the MCU timeout) for a local publisher.
+    async fn wait_publisher(
+        &self,
+        publisher: &Arc<str>,
+        stream: StreamType,
+    ) -> Result<(Arc<ProxyConn>, String), McuError> {
+        let key = (publisher.clone(), stream);
+        let deadline = tokio::time::Instant::now() + self.settings.timeout;
+        let shared = &self.shared;
+        let mut changed = shared.changed.subscribe();
+        let mut counted = false;
+        loop {
+            changed.borrow_and_update();
+            if let Some(found) = shared.publishers.lock().get(&key).cloned() {
+                return Ok(found);
+            }
+            if !counted {
+                counted = true;
+                shared.metrics.no_publisher_total.inc(&[stream.as_str()]);
+            }
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(McuError::Closed),
+                Err(_) => return Err(McuError::Timeout("publisher")),
+            }
+        }
+    }
+
+    /// Subscribe to a publisher on `conn`: there, or through a remote
+    /// stream on a proxy nearer the subscriber.
+    async fn subscribe_at(
+        &self,
+        conn: &Arc<ProxyConn>,
+        proxy_publisher: &str,
+        publisher: &str,
+        stream: StreamType,
+        country: Option<&str>,
+        continents: &[String],
+    ) -> Result<(Arc<ProxyConn>, CommandProxyServerMessage), McuError> {
+        if let Some(near) = self.remote_for(conn, country, continents) {
+            match self
+                .create_subscriber(&near, Some(&conn.url), proxy_publisher, stream)
+                .await
+            {
+                Ok(c) => {
+                    info!(publisher = %publisher, from = %conn.url, via = %near.url, "subscribing through a remote stream");
+                    self.shared
+                        .metrics
+                        .remote_subscribers_total
+                        .inc(&[stream.as_str()]);
+                    return Ok((near, c));
+                }
+                Err(e) => {
+                    warn!(url = %near.url, error = %e, "remote stream refused, subscribing at the publisher's proxy")
+                }
+            }
+        }
+        let c = self
+            .create_subscriber(conn, None, proxy_publisher, stream)
+            .await?;
+        Ok((conn.clone(), c))
+    }
+
+    /// Clustering: the publisher is on another signaling server. Its proxy
+    /// is usually in our pool too; if not, one of ours fetches the stream
+    /// from it (remote streams).
+    async fn subscribe_elsewhere(
+        &self,
+        loc: &ProxyLocation,
+        stream: StreamType,
+        country: Option<&str>,
+        continents: &[String],
+    ) -> Result<(Arc<ProxyConn>, CommandProxyServerMessage), McuError> {
+        let same = |u: &str| u.trim_end_matches('/') == loc.url.trim_end_matches('/');
+        let mine = self.conns.read().iter().find(|c| same(&c.url)).cloned();
+        if let Some(conn) = mine {
+            return self
+                .subscribe_at(&conn, &loc.id, &loc.url, stream, country, continents)
+                .await;
+        }
+        let near = self
+            .candidates(country, continents)
+            .into_iter()
+            .find(|c| c.features.lock().iter().any(|f| f == "remote-streams"))
+            .ok_or(McuError::NotFound)?;
+        let c = self
+            .create_subscriber(&near, Some(&loc.url), &loc.id, stream)
+            .await?;
+        info!(from = %loc.url, via = %near.url, "subscribing to another server's publisher through a remote stream");
+        self.shared
+            .metrics
+            .remote_subscribers_total
+            .inc(&[stream.as_str()]);
+        Ok((near, c))
+    }
+
+    /// A subscriber on `conn` of `proxy_publisher`, which streams on `conn`
+    /// itself or (a remote stream) on the proxy at `home_url`.
     async fn create_subscriber(
         &self,
         conn: &Arc<ProxyConn>,
-        home: &Arc<ProxyConn>,
+        home_url: Option<&str>,
         proxy_publisher: &str,
         stream: StreamType,
     ) -> Result<CommandProxyServerMessage, McuError> {
         let mut command = ProxyConn::command("create-subscriber");
         command.publisher_id = proxy_publisher.to_owned();
         command.stream_type = stream.as_str().into();
-        if !Arc::ptr_eq(conn, home) {
+        if let Some(home) = home_url {
             // Resolved like a relative link `proxy` by the other proxy.
-            command.remote_url = format!("{}/", home.url);
+            command.remote_url = format!("{}/", home.trim_end_matches('/'));
             command.remote_token = self.settings.token_for(proxy_publisher);
         }
         let msg = ProxyClientMessage {
@@ -964,57 +1078,28 @@ impl Mcu for ProxyMcu {
                 stream,
                 country,
                 continents,
+                location,
             } = params;
             let inner = &self.inner;
-            let key = (publisher.clone(), stream);
-            let deadline = tokio::time::Instant::now() + inner.settings.timeout;
             let shared = &inner.shared;
-            let mut changed = shared.changed.subscribe();
-            let mut counted = false;
-            let (conn, proxy_publisher) = loop {
-                changed.borrow_and_update();
-                if let Some(found) = shared.publishers.lock().get(&key).cloned() {
-                    break found;
-                }
-                if !counted {
-                    counted = true;
-                    shared.metrics.no_publisher_total.inc(&[stream.as_str()]);
-                }
-                match tokio::time::timeout_at(deadline, changed.changed()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return Err(McuError::Closed),
-                    Err(_) => return Err(McuError::Timeout("publisher")),
-                }
-            };
-            let remote = inner.remote_for(&conn, country.as_deref(), &continents);
-            let (conn, c) = match remote {
-                Some(near) => {
-                    match inner
-                        .create_subscriber(&near, &conn, &proxy_publisher, stream)
-                        .await
-                    {
-                        Ok(c) => {
-                            info!(publisher = %publisher, from = %conn.url, via = %near.url, "subscribing through a remote stream");
-                            shared
-                                .metrics
-                                .remote_subscribers_total
-                                .inc(&[stream.as_str()]);
-                            (near, c)
-                        }
-                        Err(e) => {
-                            warn!(url = %near.url, error = %e, "remote stream refused, subscribing at the publisher's proxy");
-                            let c = inner
-                                .create_subscriber(&conn, &conn, &proxy_publisher, stream)
-                                .await?;
-                            (conn, c)
-                        }
-                    }
+            let (conn, c) = match location.as_ref().and_then(ProxyLocation::parse) {
+                Some(loc) => {
+                    inner
+                        .subscribe_elsewhere(&loc, stream, country.as_deref(), &continents)
+                        .await?
                 }
                 None => {
-                    let c = inner
-                        .create_subscriber(&conn, &conn, &proxy_publisher, stream)
-                        .await?;
-                    (conn, c)
+                    let (conn, proxy_publisher) = inner.wait_publisher(&publisher, stream).await?;
+                    inner
+                        .subscribe_at(
+                            &conn,
+                            &proxy_publisher,
+                            &publisher,
+                            stream,
+                            country.as_deref(),
+                            &continents,
+                        )
+                        .await?
                 }
             };
             let client = Arc::new(ProxyClient {
@@ -1036,6 +1121,18 @@ impl Mcu for ProxyMcu {
             shared.metrics.subscribers.inc(&labels);
             shared.metrics.subscribers_total.inc(&labels);
             Ok(client as Arc<dyn McuClient>)
+        })
+    }
+
+    fn publisher_location(
+        &self,
+        publisher: &str,
+        stream: StreamType,
+    ) -> BoxFuture<'_, Option<Value>> {
+        let publisher: Arc<str> = Arc::from(publisher);
+        Box::pin(async move {
+            let (conn, id) = self.inner.wait_publisher(&publisher, stream).await.ok()?;
+            Some(json!({"proxy": conn.url, "id": id}))
         })
     }
 

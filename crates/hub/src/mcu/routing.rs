@@ -259,7 +259,8 @@ impl Hub {
             return false;
         }
         let Some(other) = self.session_by_public_id(recipient) else {
-            return false;
+            // Clustering: a member of the room through another server.
+            return room.is_remote_member(recipient) && room.is_in_call(recipient);
         };
         let Some(other_room) = other.room() else {
             return false;
@@ -521,8 +522,14 @@ impl Hub {
         let listener = Arc::new(SessionListener {
             session: Arc::downgrade(session),
         });
-        let mut params = SubscriberParams::new(publisher, stream);
+        let mut params = SubscriberParams::new(publisher.clone(), stream);
         (params.country, params.continents) = self.location(session);
+        if self.session_by_public_id(&publisher).is_none() {
+            // Clustering: maybe another server's publisher.
+            params.location = self
+                .remote_publisher(&publisher, stream, mcu.timeout())
+                .await;
+        }
         let subscriber = mcu.new_subscriber(listener, params).await?;
         let prev = session.with_mcu(|m| match m.subscribers.get(&key) {
             Some(prev) => Some(prev.clone()),

@@ -312,3 +312,90 @@ impl MediaClient {
         (sid, peer)
     }
 }
+
+/// Clustering: two signaling servers (`a`, `b`) on one real NATS with the
+/// same `[mcu]` configuration, alice on A and bob on B in `room1`, both in
+/// the call (an `incall` request to A, which reaches every node).
+pub struct ClusterCall {
+    pub alice: MediaClient,
+    pub bob: MediaClient,
+    pub a: std::net::SocketAddr,
+    pub b: std::net::SocketAddr,
+    // Field order: the servers' buses go before the nats-server.
+    _servers: Vec<Arc<signaling::Server>>,
+    _backend: FakeBackend,
+    _nats: NatsServer,
+}
+
+pub async fn cluster_call(mcu: &str) -> ClusterCall {
+    let nats = NatsServer::start().await.expect("nats-server starts");
+    let backend = FakeBackend::start(SECRET).await;
+    let extra = format!(
+        "{mcu}\n[nats]\nurl = {}\npresenceinterval = 1\n",
+        nats.url()
+    );
+    let (sa, a) = start_server(&config_for(&backend.url(), &extra)).await;
+    let (sb, b) = start_server(&config_for(&backend.url(), &extra)).await;
+    for s in [&sa, &sb] {
+        let bus = s.nats.clone().expect("NATS bus");
+        tokio::time::timeout(Duration::from_secs(10), bus.wait_connected(true))
+            .await
+            .expect("connected to NATS");
+    }
+    // Both know each other (`cluster.nodes`) before anyone asks.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let member = |addr: std::net::SocketAddr, user: &'static str| {
+        let url = backend.backend_url();
+        async move {
+            let mut c = TestClient::connect(&spreed_url(addr)).await.skip("welcome");
+            c.hello_user(&url, user).await;
+            let r = c.join_room("room1", &format!("talk-{user}")).await;
+            assert_eq!(r["room"]["roomid"], "room1", "{r}");
+            MediaClient::from_client(c)
+        }
+    };
+    let mut alice = member(a, "alice").await;
+    let mut bob = member(b, "bob").await;
+    // B knows alice is in the room before the call starts.
+    bob.ws
+        .recv_matching(|m| {
+            m["event"]["type"] == "join"
+                && m["event"]["join"]
+                    .as_array()
+                    .is_some_and(|j| j.iter().any(|e| e["userid"] == "alice"))
+        })
+        .await;
+    let r = backend
+        .send_room_request(
+            &format!("http://{a}/"),
+            "room1",
+            &json!({"type": "incall", "incall": {"incall": 7, "all": true}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    for c in [&mut alice, &mut bob] {
+        c.ws.recv_matching(|m| m["event"]["target"] == "participants")
+            .await;
+    }
+    ClusterCall {
+        alice,
+        bob,
+        a,
+        b,
+        _servers: vec![sa, sb],
+        _backend: backend,
+        _nats: nats,
+    }
+}
+
+/// The `/metrics` text of the server at `addr`.
+pub async fn metrics_at(addr: std::net::SocketAddr) -> String {
+    let resp = raw_http(
+        &addr.to_string(),
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_or_default();
+    String::from_utf8_lossy(&resp).into_owned()
+}

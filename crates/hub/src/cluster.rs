@@ -1,0 +1,209 @@
+//! Questions one server of a cluster asks the others, over NATS
+//! request/reply: who holds the session a client wants to resume (then the
+//! connection is relayed there, see [`crate::relay`]), where a publisher on
+//! another server streams from (so a subscriber here can join it), and a
+//! dial-out for a bridge connected elsewhere.
+//!
+//! Every node answers every question, `answer: null` when it has nothing, so
+//! the asker stops as soon as all nodes it knows of (from their
+//! `cluster.nodes` reports) said no, instead of always waiting for the
+//! timeout. A node it does not know yet (just started) may still answer
+//! before the timeout.
+
+use async_nats::Client;
+use futures_util::StreamExt;
+use proto::cluster::{
+    ClusterAnswer, DialoutAnswer, DialoutRequest, PublisherRequest, ResumeRequest, DIALOUT_SUBJECT,
+    PUBLISHER_SUBJECT, RESUME_SUBJECT,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::bus_nats::NatsBus;
+use crate::Hub;
+
+/// How long an asker waits for answers to a quick question (resume,
+/// publisher). The holder answers from memory, so this only matters when a
+/// node is unreachable.
+pub const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// This server's side of the cluster's request/reply traffic.
+pub struct Cluster {
+    nats: Arc<NatsBus>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").finish()
+    }
+}
+
+impl Cluster {
+    pub fn new(nats: Arc<NatsBus>) -> Cluster {
+        Cluster { nats }
+    }
+
+    pub fn client(&self) -> Option<Client> {
+        self.nats.client()
+    }
+
+    /// Ask the other nodes; the first answer with something in it wins.
+    /// `None` once `peers` nodes said no (when `peers` > 0), at the timeout,
+    /// or when NATS is not there.
+    pub async fn ask<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        subject: &str,
+        question: &Q,
+        peers: usize,
+        timeout: Duration,
+    ) -> Option<A> {
+        let client = self.client()?;
+        let body = serde_json::to_vec(question).ok()?;
+        let inbox = client.new_inbox();
+        // The reply subscription reaches the NATS server before the
+        // question: both go through this one connection, in order.
+        let mut answers = client.subscribe(inbox.clone()).await.ok()?;
+        if let Err(e) = client
+            .publish_with_reply(subject.to_owned(), inbox, body.into())
+            .await
+        {
+            debug!(subject, error = %e, "cluster question not sent");
+            return None;
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut noes = 0;
+        loop {
+            let m = tokio::time::timeout_at(deadline, answers.next())
+                .await
+                .ok()??;
+            match serde_json::from_slice::<ClusterAnswer<A>>(&m.payload) {
+                Ok(ClusterAnswer {
+                    answer: Some(a), ..
+                }) => return Some(a),
+                Ok(_) => {
+                    noes += 1;
+                    if peers > 0 && noes >= peers {
+                        return None;
+                    }
+                }
+                Err(e) => debug!(subject, error = %e, "ignoring cluster answer"),
+            }
+        }
+    }
+}
+
+fn answer<T: Serialize>(node: &str, answer: Option<T>) -> Vec<u8> {
+    serde_json::to_vec(&ClusterAnswer {
+        node: node.to_owned(),
+        answer,
+    })
+    .unwrap_or_default()
+}
+
+/// Answer the other nodes' questions until `shutdown`. Each question is
+/// handled in its own task: a dial-out waits for a bridge for up to 45 s.
+pub(crate) async fn serve(hub: Weak<Hub>, cluster: Arc<Cluster>, shutdown: CancellationToken) {
+    // The bus creates its client right after it started; wait for it.
+    let client = loop {
+        if let Some(c) = cluster.client() {
+            break c;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    };
+    let mut subs = Vec::new();
+    for subject in [RESUME_SUBJECT, PUBLISHER_SUBJECT, DIALOUT_SUBJECT] {
+        match client.subscribe(subject.to_owned()).await {
+            Ok(s) => subs.push(s),
+            Err(e) => {
+                warn!(subject, error = %e, "cannot answer cluster questions");
+                return;
+            }
+        }
+    }
+    let mut questions = futures_util::stream::select_all(subs);
+    loop {
+        let m = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            m = questions.next() => match m { Some(m) => m, None => return },
+        };
+        let Some(reply) = m.reply.clone() else {
+            continue;
+        };
+        let Some(hub) = hub.upgrade() else { return };
+        let client = client.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let body = match m.subject.as_str() {
+                RESUME_SUBJECT => match serde_json::from_slice::<ResumeRequest>(&m.payload) {
+                    Ok(q) => {
+                        let found = crate::relay::take_over(&hub, &client, q, shutdown).await;
+                        answer(&hub.node_id, found.then_some(true))
+                    }
+                    Err(e) => return debug!(error = %e, "bad resume question"),
+                },
+                PUBLISHER_SUBJECT => match serde_json::from_slice::<PublisherRequest>(&m.payload) {
+                    Ok(q) => answer(&hub.node_id, hub.publisher_location(&q).await),
+                    Err(e) => return debug!(error = %e, "bad publisher question"),
+                },
+                DIALOUT_SUBJECT => match serde_json::from_slice::<DialoutRequest>(&m.payload) {
+                    Ok(q) => {
+                        let a: Option<DialoutAnswer> = hub.dialout_for_cluster(&q).await;
+                        answer(&hub.node_id, a)
+                    }
+                    Err(e) => return debug!(error = %e, "bad dial-out question"),
+                },
+                _ => return,
+            };
+            if let Err(e) = client.publish(reply, body.into()).await {
+                debug!(error = %e, "cluster answer not sent");
+            }
+        });
+    }
+}
+
+impl Hub {
+    /// Another server has a subscriber for a publisher that may be here.
+    pub(crate) async fn publisher_location(
+        &self,
+        q: &PublisherRequest,
+    ) -> Option<serde_json::Value> {
+        let mcu = self.mcu.clone()?;
+        let stream = crate::mcu::StreamType::parse(&q.stream)?;
+        match self.session_by_public_id(&q.publisher)? {
+            crate::session::AnySession::Client(_) => {}
+            _ => return None,
+        }
+        mcu.publisher_location(&q.publisher, stream).await
+    }
+
+    /// Ask the cluster where `publisher` (not a session of this server)
+    /// streams. The holder waits for the publisher up to its MCU timeout.
+    pub(crate) async fn remote_publisher(
+        &self,
+        publisher: &str,
+        stream: crate::mcu::StreamType,
+        mcu_timeout: Duration,
+    ) -> Option<serde_json::Value> {
+        let cluster = self.cluster.get()?;
+        let question = PublisherRequest {
+            node: self.node_id.to_string(),
+            publisher: publisher.to_owned(),
+            stream: stream.as_str().to_owned(),
+        };
+        cluster
+            .ask(
+                PUBLISHER_SUBJECT,
+                &question,
+                self.live_nodes(),
+                mcu_timeout + Duration::from_secs(1),
+            )
+            .await
+    }
+}

@@ -1,0 +1,381 @@
+//! A client connection relayed between two servers of a cluster: the client
+//! resumed its session on server B while the session lives on server A.
+//!
+//! The session does not move. B keeps the WebSocket and passes its frames
+//! through NATS; A runs the connection as if the client were its own (the
+//! same hub code, with a [`Conn`] whose frames go to NATS instead of a
+//! socket). So nothing about the session changes for anyone else: its room,
+//! its media streams, its queued messages all stay where they are, and no
+//! leave/join is seen.
+//!
+//! Subjects `relay.<id>.up` (B to A) and `relay.<id>.down` (A to B). Every
+//! frame starts with a tag byte:
+//! - down: `T` + 8-byte sequence number + text, `C` (close normally),
+//!   `A` (going away: the client should reconnect), `K` (keepalive);
+//! - up: `T` + text, `B` (a binary frame came), `K` + 8-byte count of down
+//!   frames written to the client (acknowledgement and keepalive), `C` +
+//!   that count (the client's socket is gone).
+//!
+//! **Nothing lost**: A keeps each frame until B acknowledges that it wrote
+//! it to the socket. When the relay ends (the client went away, or B stopped
+//! answering for three keepalive intervals), the frames B did not confirm go
+//! back to the session and reach the client when it resumes (anywhere). B
+//! checks the sequence: a gap (a frame NATS lost) ends the relay at once, so
+//! the client reconnects and gets the frames from the gap on.
+
+use async_nats::{Client, Subscriber};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use proto::cluster::ResumeRequest;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, Instrument};
+
+use crate::conn::{Conn, Frame, Outbound};
+use crate::{Hub, Pending};
+
+/// B acknowledges at least this often (in frames), besides every keepalive.
+pub const ACK_EVERY: u64 = 64;
+/// Frames A keeps unacknowledged before it gives the relay up.
+const MAX_UNACKED: usize = 4096;
+/// Client frames A reads ahead while an earlier one waits for the backend.
+const MAX_QUEUED_UP: usize = 256;
+
+const TEXT: u8 = b'T';
+const CLOSE: u8 = b'C';
+const AWAY: u8 = b'A';
+const ALIVE: u8 = b'K';
+const BINARY: u8 = b'B';
+
+fn subjects(relay: &str) -> (String, String) {
+    (format!("relay.{relay}.up"), format!("relay.{relay}.down"))
+}
+
+fn tagged(tag: u8, n: u64) -> Bytes {
+    let mut b = BytesMut::with_capacity(9);
+    b.put_u8(tag);
+    b.put_u64(n);
+    b.freeze()
+}
+
+fn count(payload: &[u8]) -> u64 {
+    payload
+        .get(1..9)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+/// What the session's server sent for the client.
+#[derive(Debug)]
+pub enum Down {
+    Text(u64, Frame),
+    /// Close the client's socket normally (bye, session closed).
+    Close,
+    /// Close it as "going away": the client should reconnect and resume.
+    Away,
+    Alive,
+}
+
+/// B's end: the client's socket is here, its session on `holder`.
+pub struct RelayLink {
+    client: Client,
+    up: String,
+    down: Subscriber,
+    interval: Duration,
+}
+
+impl std::fmt::Debug for RelayLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayLink").field("up", &self.up).finish()
+    }
+}
+
+impl RelayLink {
+    /// Keepalive interval; the other end is gone after three of silence.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// The next frame from the session's server; `None` when NATS ended
+    /// the subscription.
+    pub async fn recv(&mut self) -> Option<Down> {
+        loop {
+            let m = self.down.next().await?;
+            let p = &m.payload;
+            match p.first() {
+                Some(&TEXT) if p.len() >= 9 => {
+                    let Ok(text) = String::from_utf8(p[9..].to_vec()) else {
+                        debug!("relay frame is not UTF-8");
+                        continue;
+                    };
+                    return Some(Down::Text(count(p), Frame::from(text)));
+                }
+                Some(&CLOSE) => return Some(Down::Close),
+                Some(&AWAY) => return Some(Down::Away),
+                Some(&ALIVE) => return Some(Down::Alive),
+                _ => debug!("unknown relay frame"),
+            }
+        }
+    }
+
+    pub async fn send_text(&self, text: &str) {
+        let mut b = BytesMut::with_capacity(1 + text.len());
+        b.put_u8(TEXT);
+        b.put_slice(text.as_bytes());
+        self.publish(b.freeze()).await
+    }
+
+    pub async fn send_binary(&self) {
+        self.publish(Bytes::from_static(&[BINARY])).await
+    }
+
+    /// Everything up to `written` reached the client's socket.
+    pub async fn ack(&self, written: u64) {
+        self.publish(tagged(ALIVE, written)).await
+    }
+
+    /// The client's socket is gone after `written` frames.
+    pub async fn close(&self, written: u64) {
+        self.publish(tagged(CLOSE, written)).await;
+        // Make sure it leaves before the subscription (and maybe the
+        // process) goes.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.client.flush()).await;
+    }
+
+    async fn publish(&self, payload: Bytes) {
+        if let Err(e) = self.client.publish(self.up.clone(), payload).await {
+            debug!(error = %e, "relay frame not sent");
+        }
+    }
+}
+
+impl Hub {
+    /// B: the session is not here; ask the cluster who has it. On success
+    /// the connection task gets the link (through its queue) and from then
+    /// on passes frames; the holder answers the hello itself.
+    pub(crate) async fn resume_elsewhere(
+        &self,
+        conn: &Arc<Conn>,
+        resume_id: &str,
+        hello: &str,
+    ) -> bool {
+        let Some(cluster) = self.cluster.get() else {
+            return false;
+        };
+        // Not even one of our ids: no need to ask anyone.
+        if self.codec.decode_private(resume_id).is_err() {
+            return false;
+        }
+        let Some(client) = cluster.client() else {
+            return false;
+        };
+        let relay = proto::backend::random_hex(16);
+        let (up, down) = subjects(&relay);
+        // Subscribed before asking, so the holder's first frames (the hello
+        // answer) cannot come too early.
+        let Ok(down) = client.subscribe(down).await else {
+            return false;
+        };
+        let question = ResumeRequest {
+            node: self.node_id.to_string(),
+            resumeid: resume_id.to_owned(),
+            relay,
+            hello: hello.to_owned(),
+            addr: conn.remote_addr.clone(),
+            agent: conn.user_agent.clone(),
+        };
+        let found: Option<bool> = cluster
+            .ask(
+                proto::cluster::RESUME_SUBJECT,
+                &question,
+                self.live_nodes(),
+                crate::cluster::ASK_TIMEOUT,
+            )
+            .await;
+        if found != Some(true) {
+            return false;
+        }
+        let Some(interval) = self.settings.presence_interval else {
+            return false;
+        };
+        info!(peer = %conn.remote_addr, "session is on another server, relaying the connection");
+        conn.relay(Box::new(RelayLink {
+            client,
+            up,
+            down,
+            interval,
+        }))
+    }
+}
+
+/// A: another server asks for a session to resume. When it is here, take
+/// the connection over (answer true) and serve it until the relay ends.
+pub(crate) async fn take_over(
+    hub: &Arc<Hub>,
+    client: &Client,
+    q: ResumeRequest,
+    shutdown: CancellationToken,
+) -> bool {
+    if *q.node == *hub.node_id || !hub.has_resumable(&q.resumeid) {
+        return false;
+    }
+    let Some(interval) = hub.settings.presence_interval else {
+        return false;
+    };
+    let (up, down) = subjects(&q.relay);
+    // Subscribed before answering, so nothing the client sends is missed.
+    let Ok(up) = client.subscribe(up).await else {
+        return false;
+    };
+    let span = info_span!("relay", peer = %q.addr, from = %q.node);
+    tokio::spawn(
+        hold(hub.clone(), client.clone(), q, up, down, interval, shutdown).instrument(span),
+    );
+    true
+}
+
+/// A's end: run the connection like a socket's (see the `signaling` crate's
+/// connection task, which this mirrors), frames to and from NATS.
+async fn hold(
+    hub: Arc<Hub>,
+    client: Client,
+    q: ResumeRequest,
+    mut up: Subscriber,
+    down: String,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let kill = CancellationToken::new();
+    let conn = hub.new_relayed_conn(q.addr, q.agent, kill.clone());
+    hub.metrics.relays.inc(&["session"]);
+    let send = |payload: Bytes| {
+        let client = client.clone();
+        let down = down.clone();
+        async move {
+            if let Err(e) = client.publish(down, payload).await {
+                debug!(error = %e, "relay frame not sent");
+            }
+        }
+    };
+    let mut seq = 0u64;
+    let mut acked = 0u64;
+    let mut unacked: VecDeque<(u64, Frame)> = VecDeque::new();
+    let mut queued: VecDeque<String> = VecDeque::new();
+    let mut inflight: Option<Pending> = hub.process_text(&conn, &q.hello);
+    let mut heard = Instant::now();
+    let mut alive = tokio::time::interval(interval);
+    alive.tick().await;
+    // How the relay ended, for the other side.
+    let mut end = Some(AWAY);
+    loop {
+        tokio::select! {
+            biased;
+            _ = kill.cancelled() => break,
+            _ = shutdown.cancelled() => break,
+            _ = conn.queued() => {
+                let mut close = false;
+                for item in conn.take_queued() {
+                    match item {
+                        Outbound::Frame(f) => {
+                            seq += 1;
+                            let mut b = BytesMut::with_capacity(9 + f.len());
+                            b.put_u8(TEXT);
+                            b.put_u64(seq);
+                            b.put_slice(f.as_bytes());
+                            send(b.freeze()).await;
+                            unacked.push_back((seq, f));
+                        }
+                        Outbound::Close => {
+                            close = true;
+                            break;
+                        }
+                        // Only a socket's connection is ever relayed on.
+                        Outbound::Relay(_) => {}
+                    }
+                }
+                if close {
+                    end = Some(CLOSE);
+                    break;
+                }
+                if unacked.len() > MAX_UNACKED {
+                    debug!("relay not acknowledged, giving up");
+                    break;
+                }
+                if conn.queue_is_empty() {
+                    hub.refill(&conn);
+                }
+            }
+            _ = async { if let Some(f) = inflight.as_mut() { f.await } }, if inflight.is_some() => {
+                inflight = None;
+                while inflight.is_none() {
+                    let Some(text) = queued.pop_front() else { break };
+                    inflight = hub.process_text(&conn, &text);
+                }
+            }
+            m = up.next() => {
+                let Some(m) = m else { break };
+                heard = Instant::now();
+                let p = &m.payload;
+                match p.first() {
+                    Some(&TEXT) => {
+                        let Ok(text) = std::str::from_utf8(&p[1..]) else { continue };
+                        if inflight.is_some() {
+                            if queued.len() >= MAX_QUEUED_UP {
+                                debug!("client sends faster than it is served, ending relay");
+                                break;
+                            }
+                            queued.push_back(text.to_owned());
+                        } else {
+                            inflight = hub.process_text(&conn, text);
+                        }
+                    }
+                    Some(&BINARY) => hub.process_binary(&conn),
+                    Some(&ALIVE) => acked = acked.max(count(p)),
+                    Some(&CLOSE) => {
+                        acked = acked.max(count(p));
+                        end = None;
+                        break;
+                    }
+                    _ => debug!("unknown relay frame"),
+                }
+                while unacked.front().is_some_and(|(s, _)| *s <= acked) {
+                    unacked.pop_front();
+                }
+            }
+            _ = alive.tick() => {
+                if heard.elapsed() > interval * 3 {
+                    debug!("relayed client's server silent, ending relay");
+                    break;
+                }
+                send(Bytes::from_static(&[ALIVE])).await;
+            }
+        }
+    }
+    if let Some(tag) = end {
+        send(Bytes::from_static(if tag == CLOSE {
+            &[CLOSE]
+        } else {
+            &[AWAY]
+        }))
+        .await;
+    }
+    drop(inflight);
+    let mut unsent: Vec<Frame> = unacked
+        .into_iter()
+        .filter(|(s, _)| *s > acked)
+        .map(|(_, f)| f)
+        .collect();
+    if end != Some(CLOSE) {
+        for item in conn.close_queue() {
+            if let Outbound::Frame(f) = item {
+                unsent.push(f);
+            }
+        }
+    }
+    debug!(unconfirmed = unsent.len(), "relay ended");
+    hub.metrics.relays.dec(&["session"]);
+    hub.conn_closed(&conn, unsent);
+}
