@@ -37,8 +37,10 @@ use tracing::{debug, info, info_span, Instrument};
 use crate::conn::{Conn, Frame, Outbound};
 use crate::{Hub, Pending};
 
-/// B acknowledges at least this often (in frames), besides every keepalive.
+/// B acknowledges at least this often (in frames), and this long after a
+/// write, besides every keepalive.
 pub const ACK_EVERY: u64 = 64;
+pub const ACK_DELAY: Duration = Duration::from_millis(50);
 /// Frames A keeps unacknowledged before it gives the relay up.
 const MAX_UNACKED: usize = 4096;
 /// Client frames A reads ahead while an earlier one waits for the backend.
@@ -66,6 +68,15 @@ fn count(payload: &[u8]) -> u64 {
         .get(1..9)
         .and_then(|b| <[u8; 8]>::try_from(b).ok())
         .map_or(0, u64::from_be_bytes)
+}
+
+fn is_hello_answer(frame: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Kind<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_str::<Kind>(frame).is_ok_and(|k| k.kind == "hello")
 }
 
 /// What the session's server sent for the client.
@@ -363,9 +374,11 @@ async fn hold(
         .await;
     }
     drop(inflight);
+    // The answer to this connection's hello belongs to it alone: a later
+    // resume gets its own.
     let mut unsent: Vec<Frame> = unacked
         .into_iter()
-        .filter(|(s, _)| *s > acked)
+        .filter(|(s, f)| *s > acked && !is_hello_answer(f))
         .map(|(_, f)| f)
         .collect();
     if end != Some(CLOSE) {

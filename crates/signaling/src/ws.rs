@@ -298,7 +298,7 @@ async fn relayed<K, R>(
     K: futures_util::Sink<Message, Error = WsError> + Unpin,
     R: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
 {
-    use hub::relay::{Down, ACK_EVERY};
+    use hub::relay::{Down, ACK_DELAY, ACK_EVERY};
     let RelayIo {
         mut sink,
         mut stream,
@@ -314,6 +314,9 @@ async fn relayed<K, R>(
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.tick().await;
     let (mut written, mut acked) = (0u64, 0u64);
+    // Acknowledge shortly after writing (one message for a burst), so the
+    // holder rarely has to hand back what did reach the client.
+    let mut ack_due: Option<Instant> = None;
     let (mut heard, mut last_read) = (Instant::now(), Instant::now());
     // Close the socket as "going away" (the client should come back).
     let mut away = false;
@@ -343,6 +346,9 @@ async fn relayed<K, R>(
                         if written - acked >= ACK_EVERY {
                             link.ack(written).await;
                             acked = written;
+                            ack_due = None;
+                        } else if ack_due.is_none() {
+                            ack_due = Some(Instant::now() + ACK_DELAY);
                         }
                     }
                     Some(Down::Close) => {
@@ -378,6 +384,11 @@ async fn relayed<K, R>(
                         break;
                     }
                 }
+            }
+            _ = sleep_until(ack_due.unwrap_or(Instant::now())), if ack_due.is_some() => {
+                ack_due = None;
+                link.ack(written).await;
+                acked = written;
             }
             _ = alive.tick() => {
                 if heard.elapsed() > interval * 3 {

@@ -239,6 +239,34 @@ async fn room_members_on_other_nodes_are_announced() {
     dave.expect_no_message(Duration::from_millis(1500)).await;
 }
 
+/// A real `signaling` process with configuration `text` (its listen
+/// address replaced by a free port), to be killed by a test.
+async fn spawn_node(dir: &TempDir, text: &str) -> (ChildGuard, u16) {
+    let port = free_port();
+    let config = dir.join(&format!("server-{port}.conf"));
+    std::fs::write(
+        &config,
+        text.replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+    )
+    .expect("config");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"));
+    cmd.arg("--config").arg(&config).env("RUST_LOG", "warn");
+    let mut node = ChildGuard::spawn(
+        "signaling",
+        &mut cmd,
+        Some(&dir.join(&format!("log-{port}"))),
+    )
+    .expect("spawn");
+    wait_for_port(
+        ([127, 0, 0, 1], port).into(),
+        Duration::from_secs(10),
+        Some(&mut node),
+    )
+    .await
+    .expect("node listens");
+    (node, port)
+}
+
 /// Node failure: a real `signaling` process is killed (SIGKILL, no leave
 /// sent); within three presence intervals its member leaves the room for
 /// the members on the surviving node, and no ghost is announced later.
@@ -248,24 +276,7 @@ async fn members_of_a_killed_node_leave_the_room() {
     let backend = FakeBackend::start(SECRET).await;
     let extra = format!("[nats]\nurl = {}\npresenceinterval = 1\n", nats.url());
     let dir = TempDir::new("cluster-kill").expect("dir");
-    let port = free_port();
-    let config = dir.join("server.conf");
-    std::fs::write(
-        &config,
-        config_for(&backend.url(), &extra).replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
-    )
-    .expect("config");
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"));
-    cmd.arg("--config").arg(&config).env("RUST_LOG", "warn");
-    let mut node_a =
-        ChildGuard::spawn("signaling", &mut cmd, Some(&dir.join("log"))).expect("spawn");
-    wait_for_port(
-        ([127, 0, 0, 1], port).into(),
-        Duration::from_secs(10),
-        Some(&mut node_a),
-    )
-    .await
-    .expect("node A listens");
+    let (mut node_a, port) = spawn_node(&dir, &config_for(&backend.url(), &extra)).await;
     let (sb, b) = start_server(&config_for(&backend.url(), &extra)).await;
     tokio::time::timeout(
         Duration::from_secs(10),
@@ -730,4 +741,107 @@ async fn dialout_reaches_a_bridge_on_another_node() {
     nodes_known().await;
     let r = c.backend.send_room_request(&base, "12345", &request).await;
     assert_eq!(r.status, 404, "{}", r.text());
+}
+
+/// The session's server dies while a client is relayed to it: the server
+/// with the socket closes it as "going away" (the client reconnects), and
+/// the session is gone.
+#[tokio::test]
+async fn relayed_client_is_told_when_its_sessions_server_dies() {
+    let nats = NatsServer::start().await.expect("nats-server starts");
+    let backend = FakeBackend::start(SECRET).await;
+    let extra = format!("[nats]\nurl = {}\npresenceinterval = 1\n", nats.url());
+    let dir = TempDir::new("cluster-relay-kill").expect("dir");
+    let text = config_for(&backend.url(), &extra);
+    let (mut node_a, port) = spawn_node(&dir, &text).await;
+    let (sb, b) = start_server(&text).await;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        sb.nats.clone().expect("NATS bus").wait_connected(true),
+    )
+    .await
+    .expect("node B connected");
+    nodes_known().await;
+    let mut alice = TestClient::connect(&format!("ws://127.0.0.1:{port}/spreed"))
+        .await
+        .skip("welcome");
+    alice.hello_user(&backend.backend_url(), "alice").await;
+    let rid = alice.resume_id().expect("resume id").to_owned();
+    drop(alice);
+    let mut alice = TestClient::connect(&spreed_url(b)).await.skip("welcome");
+    let r = alice.hello_resume(&rid).await;
+    assert_eq!(r["type"], "hello", "{r}");
+
+    node_a.kill();
+    let close = alice
+        .expect_closed(Duration::from_secs(10))
+        .await
+        .expect("a close frame");
+    assert_eq!(close.code, 1001, "{close:?}");
+    let mut again = TestClient::connect(&spreed_url(b)).await.skip("welcome");
+    let r = again.hello_resume(&rid).await;
+    assert_eq!(r["error"]["code"], "no_such_session", "{r}");
+    drop(sb);
+}
+
+/// The server with the socket dies while it relays a client: the session's
+/// server notices (no acknowledgements), keeps what was not confirmed, and
+/// the client resuming there gets it: nothing lost.
+#[tokio::test]
+async fn nothing_is_lost_when_the_relaying_server_dies() {
+    let nats = NatsServer::start().await.expect("nats-server starts");
+    let backend = FakeBackend::start(SECRET).await;
+    let extra = format!("[nats]\nurl = {}\npresenceinterval = 1\n", nats.url());
+    let dir = TempDir::new("cluster-relay-die").expect("dir");
+    let text = config_for(&backend.url(), &extra);
+    let (sa, a) = start_server(&text).await;
+    let (mut node_b, port) = spawn_node(&dir, &text).await;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        sa.nats.clone().expect("NATS bus").wait_connected(true),
+    )
+    .await
+    .expect("node A connected");
+    nodes_known().await;
+    let user = |addr: std::net::SocketAddr, name: &'static str| {
+        let url = backend.backend_url();
+        async move {
+            let mut c = TestClient::connect(&spreed_url(addr)).await.skip("welcome");
+            c.hello_user(&url, name).await;
+            c
+        }
+    };
+    let alice = user(a, "alice").await;
+    let mut bob = user(a, "bob").await;
+    let alice_id = id_of(&alice);
+    let rid = alice.resume_id().expect("resume id").to_owned();
+    drop(alice);
+    let mut alice = TestClient::connect(&format!("ws://127.0.0.1:{port}/spreed"))
+        .await
+        .skip("welcome");
+    let r = alice.hello_resume(&rid).await;
+    assert_eq!(r["hello"]["sessionid"], alice_id, "{r}");
+    bob.send_message(recipient_session(&alice_id), json!({"n": 1}))
+        .await;
+    assert_eq!(alice.recv().await["message"]["data"], json!({"n": 1}));
+
+    node_b.kill();
+    // Sent into the dead relay before A notices.
+    bob.send_message(recipient_session(&alice_id), json!({"n": 2}))
+        .await;
+    // A gives the relay up after three silent keepalive intervals.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut alice = TestClient::connect(&spreed_url(a)).await.skip("welcome");
+    let r = alice.hello_resume(&rid).await;
+    assert_eq!(r["hello"]["sessionid"], alice_id, "{r}");
+    // n = 1 may come again (written, not yet confirmed); n = 2 must come.
+    let mut got = Vec::new();
+    while let Some(m) = alice.recv_timeout(Duration::from_millis(700)).await {
+        got.push(m["message"]["data"]["n"].clone());
+    }
+    assert!(got.contains(&json!(2)), "{got:?}");
+    assert!(
+        got.iter().all(|n| *n == json!(1) || *n == json!(2)),
+        "{got:?}"
+    );
 }
