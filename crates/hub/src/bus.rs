@@ -309,6 +309,11 @@ pub enum EnvelopeError {
 /// NATS (`{sendtime, type, message|room|permissions, id}`). The message text
 /// is the cached frame, so a message is serialised once for clients and bus.
 pub fn encode_envelope(msg: &BusMessage) -> Vec<u8> {
+    encode_envelope_from(msg, None)
+}
+
+/// The same with the sender's `(x-from, x-seq)`, see [`decode_envelope_ordered`].
+pub fn encode_envelope_from(msg: &BusMessage, order: Option<(&str, u64)>) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
     out.extend_from_slice(b"{\"sendtime\":\"");
     out.extend_from_slice(rfc3339_nanos(msg.send_time).as_bytes());
@@ -343,13 +348,28 @@ pub fn encode_envelope(msg: &BusMessage) -> Vec<u8> {
             );
         }
     }
-    out.extend_from_slice(b",\"id\":\"\"}");
+    out.extend_from_slice(b",\"id\":\"\"");
+    if let Some((from, seq)) = order {
+        // `from` is hex: nothing to escape.
+        use std::io::Write;
+        let _ = write!(out, ",\"x-from\":\"{from}\",\"x-seq\":{seq}");
+    }
+    out.push(b'}');
     out
 }
 
 /// Decode an envelope received from the cluster.
 pub fn decode_envelope(data: &[u8]) -> Result<BusMessage, EnvelopeError> {
+    decode_envelope_ordered(data).map(|(m, _)| m)
+}
+
+/// Decode an envelope and its sender's `(x-from, x-seq)` when it has them
+/// (ours do; upstream servers' do not).
+pub fn decode_envelope_ordered(
+    data: &[u8],
+) -> Result<(BusMessage, Option<(String, u64)>), EnvelopeError> {
     let env: proto::cluster::BusEnvelope = serde_json::from_slice(data)?;
+    let order = (!env.from.is_empty() && env.seq != 0).then(|| (env.from.clone(), env.seq));
     let send_time = parse_rfc3339_nanos(&env.sendtime).unwrap_or_else(now_nanos);
     let payload = match env.kind.as_str() {
         proto::cluster::BUS_TYPE_MESSAGE => BusPayload::Message(OutMsg::new(
@@ -373,7 +393,7 @@ pub fn decode_envelope(data: &[u8]) -> Result<BusMessage, EnvelopeError> {
         )),
         other => return Err(EnvelopeError::UnsupportedType(other.to_owned())),
     };
-    Ok(BusMessage { send_time, payload })
+    Ok((BusMessage { send_time, payload }, order))
 }
 
 /// `2022-05-16T14:30:46.123456789Z` for nanoseconds since the epoch (UTC).
@@ -469,6 +489,12 @@ mod envelope_tests {
         assert_eq!(v["permissions"][0], "control");
         assert!(decode_envelope(br#"{"sendtime":"x","type":"weird","id":""}"#).is_err());
         assert!(decode_envelope(b"garbage").is_err());
+        // Ours carry the sender's order; upstream's do not.
+        let bytes = encode_envelope_from(&perms, Some(("ab12", 7)));
+        let (_, order) = decode_envelope_ordered(&bytes).unwrap();
+        assert_eq!(order, Some(("ab12".to_owned(), 7)));
+        let (_, order) = decode_envelope_ordered(&encode_envelope(&perms)).unwrap();
+        assert_eq!(order, None);
     }
 
     #[test]

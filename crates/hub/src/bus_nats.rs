@@ -18,14 +18,20 @@
 //!   never depends on NATS: it costs no round trip, and a NATS outage (or a
 //!   message lost in a broken socket) cannot lose or delay it.
 //! - **One NATS subscription per subject**, however many local handlers it
-//!   has (a room subject is shared by all members on this node). A task per
-//!   subscription decodes each envelope once and calls the subject's
-//!   current handlers in arrival order: **per-subject order**, so everything
-//!   sent to one session subject is handled in order. Order *across*
-//!   subjects (e.g. a room event versus a direct message to a member) is not
-//!   kept: the client hands each subscription its own channel. Upstream
-//!   keeps it by funnelling all subscriptions of a session into one channel;
-//!   doing the same needs one dispatcher fed in socket order (later step).
+//!   has (a room subject is shared by all members on this node), and **one
+//!   dispatcher** for all of them: the task that owns the client decodes
+//!   each envelope once and calls the subject's current handlers.
+//! - **Order per sender, across subjects.** NATS delivers one publisher's
+//!   messages to one subscriber in publish order, whatever the subjects, but
+//!   the client hands each subscription its own channel, so a room event and
+//!   a direct message to a member could swap places. Every envelope we send
+//!   carries our connection's id and a publish counter (`x-from`, `x-seq`);
+//!   the dispatcher takes everything that has arrived (in all channels) and
+//!   puts each sender's messages back in counter order before handing them
+//!   on. Nothing is waited for: the client fills the channels in socket
+//!   order, so when a message is visible, every earlier one of its sender
+//!   is too. Upstream keeps order per session by funnelling a session's
+//!   subscriptions into one channel; this keeps it per sender for all.
 //! - **"Full"**: publishes waiting for the NATS task are bounded by
 //!   [`MAX_QUEUED_PUBLISHES`]. In normal operation the queue is empty (the
 //!   task hands messages to the client as fast as the hub makes them); it
@@ -53,21 +59,25 @@
 
 use async_nats::{Client, ConnectOptions, Event, ServerAddr, Subscriber};
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::stream::SelectAll;
+use futures_util::{FutureExt, StreamExt};
 use rand::Rng;
 use runtime::metrics::{Counter, Gauge, Registry};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::bus::{
-    check_subject, decode_envelope, encode_envelope, Bus, BusError, BusHandler, BusMessage,
-    SubjectTable, Subscription,
+    check_subject, decode_envelope_ordered, encode_envelope_from, Bus, BusError, BusHandler,
+    BusMessage, SubjectTable, Subscription,
 };
+
+/// Messages the dispatcher takes at most in one go (then other work gets a
+/// turn).
+const MAX_BATCH: usize = 256;
 
 /// Publishes that may wait for the NATS task (about 20 MB of typical
 /// envelopes). Large enough to ride out an outage of several seconds on a
@@ -156,6 +166,10 @@ pub struct NatsBus {
     /// The client, once the task has created it: requests between servers
     /// ([`crate::cluster`]) use it directly, outside the ordered queue.
     client: std::sync::OnceLock<Client>,
+    /// `x-from` of our envelopes (random per process) and the `x-seq`
+    /// counter.
+    origin: String,
+    seq: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for NatsBus {
@@ -306,6 +320,8 @@ impl NatsBus {
             metrics: metrics.clone(),
             connected: connected_rx,
             client: std::sync::OnceLock::new(),
+            origin: hex::encode(rand::random::<[u8; 8]>()),
+            seq: std::sync::atomic::AtomicU64::new(0),
         });
         tokio::spawn(run(bus.me.clone(), addrs, options, rx, metrics));
         Ok(bus)
@@ -353,7 +369,10 @@ impl Bus for NatsBus {
             return Err(BusError::Overloaded(queued as usize));
         }
         self.metrics.queued.inc();
-        let payload = Bytes::from(encode_envelope(&msg));
+        // Numbered in the caller's order: one task's publishes (all that
+        // can be causally related) keep theirs.
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let payload = Bytes::from(encode_envelope_from(&msg, Some((&self.origin, seq))));
         if self
             .commands
             .send(Command::Publish(Arc::from(subject), payload))
@@ -413,56 +432,151 @@ async fn run(
     if let Some(b) = bus.upgrade() {
         let _ = b.client.set(client.clone());
     }
-    let mut subs: HashMap<Arc<str>, JoinHandle<()>, foldhash::fast::RandomState> =
+    // Each subscription's stream ends when its sender here is dropped.
+    let mut subs: HashMap<Arc<str>, oneshot::Sender<()>, foldhash::fast::RandomState> =
         HashMap::default();
-    while let Some(cmd) = commands.recv().await {
-        match cmd {
-            Command::Publish(subject, payload) => {
-                metrics.queued.dec();
-                // Awaits only while the client's own queue is full (NATS
-                // down or slow): that is the backpressure on our queue.
-                if let Err(e) = client.publish(subject.to_string(), payload).await {
-                    error!(subject = %subject, error = %e, "NATS publish failed");
-                }
-            }
-            Command::Subscribe(subject) => match client.subscribe(subject.to_string()).await {
-                Ok(sub) => {
-                    let task = tokio::spawn(receive(bus.clone(), subject.clone(), sub));
-                    if let Some(old) = subs.insert(subject, task) {
-                        old.abort();
+    let mut feeds: SelectAll<Feed> = SelectAll::new();
+    let mut batch: Vec<(Arc<str>, async_nats::Message)> = Vec::new();
+    loop {
+        tokio::select! {
+            cmd = commands.recv() => {
+                let Some(cmd) = cmd else { break };
+                match cmd {
+                    Command::Publish(subject, payload) => {
+                        metrics.queued.dec();
+                        // Awaits only while the client's own queue is full (NATS
+                        // down or slow): that is the backpressure on our queue.
+                        if let Err(e) = client.publish(subject.to_string(), payload).await {
+                            error!(subject = %subject, error = %e, "NATS publish failed");
+                        }
+                    }
+                    Command::Subscribe(subject) => match client.subscribe(subject.to_string()).await {
+                        Ok(sub) => {
+                            let (tx, cancel) = oneshot::channel();
+                            feeds.push(Feed { subject: subject.clone(), sub, cancel });
+                            // Replacing an old sender ends that stream.
+                            subs.insert(subject, tx);
+                        }
+                        Err(e) => error!(subject = %subject, error = %e, "NATS subscribe failed"),
+                    },
+                    Command::Unsubscribe(subject) => {
+                        // Its stream ends (dropping the `Subscriber`, which
+                        // sends `UNSUB`) without handing on what it still holds.
+                        subs.remove(&subject);
                     }
                 }
-                Err(e) => error!(subject = %subject, error = %e, "NATS subscribe failed"),
-            },
-            Command::Unsubscribe(subject) => {
-                // Aborting drops the `Subscriber`, which sends `UNSUB`.
-                if let Some(task) = subs.remove(&subject) {
-                    task.abort();
+            }
+            first = feeds.next(), if !feeds.is_empty() => {
+                let Some(first) = first else { continue };
+                batch.push(first);
+                while batch.len() < MAX_BATCH {
+                    match feeds.next().now_or_never() {
+                        Some(Some(m)) => batch.push(m),
+                        _ => break,
+                    }
                 }
+                let Some(bus) = bus.upgrade() else { break };
+                dispatch(&bus, &mut batch);
             }
         }
-    }
-    for task in subs.into_values() {
-        task.abort();
     }
     metrics.connected.set(0);
 }
 
-/// One NATS subscription: decode each message once and hand it to the
-/// subject's local handlers, in arrival order.
-async fn receive(bus: Weak<NatsBus>, subject: Arc<str>, mut sub: Subscriber) {
-    while let Some(m) = sub.next().await {
-        let Some(bus) = bus.upgrade() else { return };
-        match decode_envelope(&m.payload) {
-            Ok(msg) => bus.deliver(&subject, &msg),
+/// One subscription's messages, tagged with its subject; ends when the
+/// subject's last local handler goes (`cancel`), dropping what is left.
+struct Feed {
+    subject: Arc<str>,
+    sub: Subscriber,
+    cancel: oneshot::Receiver<()>,
+}
+
+impl futures_util::Stream for Feed {
+    type Item = (Arc<str>, async_nats::Message);
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = self.get_mut();
+        if std::pin::Pin::new(&mut this.cancel).poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        match this.sub.poll_next_unpin(cx) {
+            Poll::Ready(Some(m)) => Poll::Ready(Some((this.subject.clone(), m))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Decode what arrived, put each sender's messages back in its publish
+/// order, and hand them to the local handlers.
+fn dispatch(bus: &NatsBus, batch: &mut Vec<(Arc<str>, async_nats::Message)>) {
+    let mut decoded = Vec::with_capacity(batch.len());
+    for (subject, m) in batch.drain(..) {
+        match decode_envelope_ordered(&m.payload) {
+            Ok((msg, order)) => decoded.push((subject, msg, order)),
             Err(e) => warn!(subject = %subject, error = %e, "ignoring NATS message"),
         }
     }
+    if decoded.len() > 1 {
+        decoded = in_sender_order(decoded, |(_, _, o)| {
+            o.as_ref().map(|(f, s)| (f.as_str(), *s))
+        });
+    }
+    for (subject, msg, _) in decoded {
+        bus.deliver(&subject, &msg);
+    }
+}
+
+/// Reorder `items` so that each sender's items (same `key().0`) are in
+/// `key().1` order, each sender keeping the positions its items had; items
+/// without a key stay where they are.
+fn in_sender_order<T>(items: Vec<T>, key: impl Fn(&T) -> Option<(&str, u64)>) -> Vec<T> {
+    let mut groups: HashMap<String, Vec<(u64, usize)>> = HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        if let Some((from, seq)) = key(item) {
+            groups.entry(from.to_owned()).or_default().push((seq, i));
+        }
+    }
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    for group in groups.values() {
+        if group.len() < 2 {
+            continue;
+        }
+        let mut by_seq = group.clone();
+        by_seq.sort_unstable();
+        for ((_, pos), (_, item)) in group.iter().zip(by_seq) {
+            order[*pos] = item;
+        }
+    }
+    let mut slots: Vec<Option<T>> = items.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_senders_order_is_restored_in_place() {
+        // (sender, seq, label); None = no order information.
+        let items = vec![
+            (Some(("a", 3)), "a3"),
+            (Some(("b", 1)), "b1"),
+            (None, "x"),
+            (Some(("a", 1)), "a1"),
+            (Some(("b", 2)), "b2"),
+            (Some(("a", 2)), "a2"),
+        ];
+        let out = in_sender_order(items, |(k, _)| *k);
+        let labels: Vec<&str> = out.iter().map(|(_, l)| *l).collect();
+        assert_eq!(labels, ["a1", "b1", "x", "a2", "b2", "a3"]);
+        assert!(in_sender_order(Vec::<Option<(&str, u64)>>::new(), |k| *k).is_empty());
+    }
 
     #[test]
     fn loopback_spellings() {

@@ -130,6 +130,17 @@ pub struct BusEnvelope {
     pub node: Option<NodeStatus>,
     #[serde(default)]
     pub id: String,
+    /// Ours: the publishing connection (random per process) and its count
+    /// of publishes, so a receiver can keep one sender's order across
+    /// subjects.
+    #[serde(rename = "x-from", default, skip_serializing_if = "String::is_empty")]
+    pub from: String,
+    #[serde(rename = "x-seq", default, skip_serializing_if = "is_zero")]
+    pub seq: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Subject of a session's private mailbox.

@@ -845,3 +845,26 @@ async fn nothing_is_lost_when_the_relaying_server_dies() {
         "{got:?}"
     );
 }
+
+/// Per-receiver order across subjects: what one client sends to the room
+/// and directly to a member on another node, interleaved, arrives in the
+/// order it was sent (on one server it trivially does).
+#[tokio::test]
+async fn room_and_direct_messages_keep_their_order_across_nodes() {
+    let c = cluster().await;
+    let (mut alice, mut bob, _, bob_id) = c.pair_in_room().await;
+    until_reachable(&mut alice, recipient_session(&bob_id), &mut bob).await;
+    const N: usize = 300;
+    for i in 0..N {
+        let to = if i % 2 == 0 {
+            recipient_room()
+        } else {
+            recipient_session(&bob_id)
+        };
+        alice.send_message(to, json!({"n": i})).await;
+    }
+    for i in 0..N {
+        let m = bob.recv_matching(|m| m["type"] == "message").await;
+        assert_eq!(m["message"]["data"]["n"], i, "{m}");
+    }
+}
