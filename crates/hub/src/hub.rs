@@ -1654,7 +1654,10 @@ impl Hub {
             // Call recipients get it on the room subject; sessions that are not
             // in the call drop it (see `ClientSession::on_bus_message`).
             RECIPIENT_ROOM | RECIPIENT_CALL => match session.room() {
-                Some(room) => room.subject.clone(),
+                Some(room) => {
+                    local_only = !room.reaches_other_nodes(self);
+                    room.subject.clone()
+                }
                 None => return None,
             },
             _ => return None,

@@ -47,6 +47,9 @@ struct RoomState {
     nodes: HashMap<String, Instant>,
     /// When this node last sent its presence.
     presence_sent: Option<Instant>,
+    /// When the room started here (clustering: other nodes may answer its
+    /// presence request for a while).
+    created: Instant,
 }
 
 /// A member of the room through another node (clustering).
@@ -126,6 +129,7 @@ impl Room {
                 remote: HashMap::new(),
                 nodes: HashMap::new(),
                 presence_sent: None,
+                created: Instant::now(),
             }),
             backend_subscription: Mutex::new(None),
             presence_subscription: Mutex::new(None),
@@ -182,12 +186,28 @@ impl Room {
         self.publish(hub, msg);
     }
 
+    /// Clustering: whether another node may have members in the room: it
+    /// announced some (join events, presence), or the room is new here and
+    /// the answers to its presence request may still come. When not, room
+    /// messages stay on this node: a member joining elsewhere later is
+    /// announced here first, and its node learns ours from our presence.
+    pub fn reaches_other_nodes(&self, hub: &Hub) -> bool {
+        let Some(interval) = hub.settings.presence_interval else {
+            return true;
+        };
+        let st = self.state.lock();
+        !st.remote.is_empty() || !st.nodes.is_empty() || st.created.elapsed() < interval
+    }
+
     fn publish(&self, hub: &Hub, msg: ServerMessage) {
         let out = OutMsg::new(msg);
-        if let Err(e) = hub
-            .bus
-            .publish(&self.subject, BusMessage::new(BusPayload::Message(out)))
-        {
+        let msg = BusMessage::new(BusPayload::Message(out));
+        let sent = if self.reaches_other_nodes(hub) {
+            hub.bus.publish(&self.subject, msg)
+        } else {
+            hub.bus.publish_local(&self.subject, msg)
+        };
+        if let Err(e) = sent {
             warn!(room = %self.id, error = %e, "could not publish to room");
         }
     }

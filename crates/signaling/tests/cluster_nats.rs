@@ -15,6 +15,7 @@ struct Cluster {
     a: std::net::SocketAddr,
     b: std::net::SocketAddr,
     backend: FakeBackend,
+    nats_url: String,
     _servers: Vec<std::sync::Arc<signaling::Server>>,
     _nats: NatsServer,
 }
@@ -37,6 +38,7 @@ async fn cluster() -> Cluster {
         a,
         b,
         backend,
+        nats_url: nats.url(),
         _servers: vec![sa, sb],
         _nats: nats,
     }
@@ -867,4 +869,50 @@ async fn room_and_direct_messages_keep_their_order_across_nodes() {
         let m = bob.recv_matching(|m| m["type"] == "message").await;
         assert_eq!(m["message"]["data"]["n"], i, "{m}");
     }
+}
+
+/// Room messages of a room no other node has members in stay on their
+/// node (nothing published to NATS); once a member joins elsewhere, they
+/// reach it.
+#[tokio::test]
+async fn room_messages_stay_local_until_another_node_joins() {
+    use futures_util::StreamExt;
+    let c = cluster().await;
+    let mut alice = c.user(c.a, "alice").await;
+    alice.join_room("room1", "talk-a").await;
+    let mut carol = c.user(c.a, "carol").await;
+    carol.join_room("room1", "talk-c").await;
+    // Past the new room's wait for other nodes' answers (one interval).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let watcher = async_nats::connect(c.nats_url.as_str())
+        .await
+        .expect("watcher connects");
+    let mut seen = watcher.subscribe("room.>").await.expect("subscribe");
+    watcher.flush().await.expect("flush");
+    while carol
+        .recv_timeout(Duration::from_millis(200))
+        .await
+        .is_some()
+    {}
+    for i in 0..5 {
+        alice.send_message(recipient_room(), json!({"n": i})).await;
+        let m = carol.recv_matching(|m| m["type"] == "message").await;
+        assert_eq!(m["message"]["data"]["n"], i, "{m}");
+    }
+    // Only presence (every interval) went out, no message.
+    let until = tokio::time::Instant::now() + Duration::from_millis(1200);
+    while let Ok(Some(m)) = tokio::time::timeout_at(until, seen.next()).await {
+        let v: Value = serde_json::from_slice(&m.payload).expect("json");
+        assert_eq!(v["type"], "x-presence", "{v}");
+    }
+
+    let mut bob = c.user(c.b, "bob").await;
+    bob.join_room("room1", "talk-b").await;
+    let bob_id = id_of(&bob);
+    joined_until(&mut alice, &[&bob_id]).await;
+    alice
+        .send_message(recipient_room(), json!({"after": "join"}))
+        .await;
+    let m = bob.recv_matching(|m| m["type"] == "message").await;
+    assert_eq!(m["message"]["data"], json!({"after": "join"}), "{m}");
 }
