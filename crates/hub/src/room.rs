@@ -45,6 +45,9 @@ struct RoomState {
     remote: HashMap<String, RemoteMember>,
     /// When each other node last sent its presence for this room.
     nodes: HashMap<String, Instant>,
+    /// Each other node's internal and virtual members, as participant
+    /// list entries (from its presence).
+    remote_participants: HashMap<String, Vec<JsonMap>>,
     /// When this node last sent its presence.
     presence_sent: Option<Instant>,
     /// When the room started here (clustering: other nodes may answer its
@@ -59,6 +62,37 @@ struct RemoteMember {
     node: Option<String>,
     since: Instant,
     entry: SessionEntry,
+}
+
+/// The participant list entries of the internal and virtual members among
+/// `sessions` (without `lastPing`, added when a list is sent).
+fn local_participants(sessions: &[AnySession]) -> Vec<JsonMap> {
+    let mut out = Vec::new();
+    for s in sessions {
+        let entry = match s {
+            AnySession::Client(c) if c.is_internal() => {
+                let mut e = serde_json::json!({
+                    "inCall": c.internal_incall(),
+                    "sessionId": &*c.public_id,
+                    "internal": true,
+                });
+                if !c.features.is_empty() {
+                    e["features"] = serde_json::json!(c.features);
+                }
+                e
+            }
+            AnySession::Virtual(v) => serde_json::json!({
+                "inCall": v.incall(),
+                "sessionId": &*v.public_id,
+                "virtual": true,
+            }),
+            _ => continue,
+        };
+        if let Value::Object(m) = entry {
+            out.push(m);
+        }
+    }
+    out
 }
 
 pub struct Room {
@@ -128,6 +162,7 @@ impl Room {
                 closed: false,
                 remote: HashMap::new(),
                 nodes: HashMap::new(),
+                remote_participants: HashMap::new(),
                 presence_sent: None,
                 created: Instant::now(),
             }),
@@ -425,31 +460,19 @@ impl Room {
                 }
             }
         }
-        for s in &st.sessions {
-            let entry = match s {
-                AnySession::Client(c) if c.is_internal() => {
-                    let mut e = serde_json::json!({
-                        "inCall": c.internal_incall(),
-                        "sessionId": &*c.public_id,
-                        "lastPing": now,
-                        "internal": true,
-                    });
-                    if !c.features.is_empty() {
-                        e["features"] = serde_json::json!(c.features);
-                    }
-                    e
-                }
-                AnySession::Virtual(v) => serde_json::json!({
-                    "inCall": v.incall(),
-                    "sessionId": &*v.public_id,
-                    "lastPing": now,
-                    "virtual": true,
-                }),
-                _ => continue,
-            };
-            if let Value::Object(m) = entry {
-                users.push(m);
+        let mut listed: HashSet<String> = users
+            .iter()
+            .filter_map(|u| u.get("sessionId").and_then(Value::as_str))
+            .map(str::to_owned)
+            .collect();
+        let remote = st.remote_participants.values().flatten().cloned();
+        for mut entry in local_participants(&st.sessions).into_iter().chain(remote) {
+            let sid = entry.get("sessionId").and_then(Value::as_str).unwrap_or("");
+            if !listed.insert(sid.to_owned()) {
+                continue;
             }
+            entry.insert("lastPing".into(), now.into());
+            users.push(entry);
         }
         users
     }
@@ -483,11 +506,18 @@ impl Room {
     }
 
     pub(crate) fn publish_users_changed_with_internal(&self, hub: &Hub) {
+        // Clustering: the other nodes' lists include ours from now on.
+        if hub.settings.presence_interval.is_some() {
+            self.send_presence(hub, false, false);
+        }
         let users = self.state.lock().users.clone();
         self.publish(hub, self.participants_update(Vec::new(), users));
     }
 
     pub(crate) fn publish_flags(&self, hub: &Hub, v: &VirtualSession) {
+        if hub.settings.presence_interval.is_some() {
+            self.send_presence(hub, false, false);
+        }
         let mut event = EventServerMessage::new("participants", "flags");
         event.flags = Some(RoomFlagsEvent {
             roomid: self.id.clone(),
@@ -922,9 +952,14 @@ pub(crate) fn changed_permissions(changed: &[JsonMap]) -> Vec<(String, Vec<Strin
         .collect()
 }
 
-/// The `join` entry of a member.
+/// The `join` entry of a member. Called with the room's state locked, so
+/// it must not ask the room anything (`data_user` is the room's user id for
+/// the session, what `user_id()` would look up).
 fn entry_of(session: &AnySession, data_user: Option<&String>) -> SessionEntry {
-    let mut userid = session.user_id();
+    let mut userid = match session {
+        AnySession::Client(c) => c.auth_user_id.clone(),
+        AnySession::Virtual(v) => v.user_id.clone(),
+    };
     if userid.is_empty() {
         userid = data_user.cloned().unwrap_or_default();
     }
@@ -975,6 +1010,7 @@ impl Room {
                     .map(|s| entry_of(s, st.session_user.get(s.public_id())))
                     .collect(),
                 request,
+                participants: local_participants(&st.sessions),
             }
         };
         let msg = BusMessage::new(BusPayload::Presence(Arc::new(presence)));
@@ -1051,6 +1087,12 @@ impl Room {
                 return;
             }
             st.nodes.insert(p.node.clone(), now);
+            if p.participants.is_empty() {
+                st.remote_participants.remove(&p.node);
+            } else {
+                st.remote_participants
+                    .insert(p.node.clone(), p.participants.clone());
+            }
             let mut learned = Vec::new();
             for (key, value) in &p.transient {
                 if !st.transient.contains_key(key) {
@@ -1137,6 +1179,7 @@ impl Room {
                 .map(|(n, _)| n.clone())
                 .collect();
             st.nodes.retain(|n, _| !silent.contains(n));
+            st.remote_participants.retain(|n, _| !silent.contains(n));
             let mut left = Vec::new();
             st.remote.retain(|id, m| {
                 let gone = match &m.node {

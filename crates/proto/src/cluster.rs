@@ -53,6 +53,11 @@ pub struct RoomPresence {
     /// starts hosting the room learns what was set before).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub transient: serde_json::Map<String, serde_json::Value>,
+    /// Its internal and virtual members as participant lists show them
+    /// (`inCall`, `sessionId`, `internal`/`virtual`, `features`), so every
+    /// node lists them too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub participants: Vec<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Ours: requests one server asks the others of the cluster (NATS

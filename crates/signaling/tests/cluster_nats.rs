@@ -916,3 +916,93 @@ async fn room_messages_stay_local_until_another_node_joins() {
     let m = bob.recv_matching(|m| m["type"] == "message").await;
     assert_eq!(m["message"]["data"], json!({"after": "join"}), "{m}");
 }
+
+/// Internal members (here one with `internal-incall`) on another node are
+/// listed in participant updates everywhere, with their current flags,
+/// also in the updates each node builds itself for a backend request.
+#[tokio::test]
+async fn internal_members_on_other_nodes_are_listed() {
+    let c = cluster().await;
+    let mut alice = c.user(c.b, "alice").await;
+    alice.join_room("room1", "talk-a").await;
+    let alice_id = id_of(&alice);
+    let mut internal = TestClient::connect(&spreed_url(c.a)).await.skip("welcome");
+    let random = random_hex(64);
+    let token = internal_token(INTERNAL_SECRET, &random);
+    let r = internal
+        .request(json!({"type": "hello", "hello": {
+            "version": "1.0",
+            "features": ["internal-incall"],
+            "auth": {"type": "internal", "params": {
+                "random": random, "token": token, "backend": c.backend.url(),
+            }},
+        }}))
+        .await;
+    let internal_id = r["hello"]["sessionid"].as_str().expect("id").to_owned();
+    internal.join_room("room1", "").await;
+    internal
+        .send_json(
+            &json!({"type": "internal", "internal": {"type": "incall", "incall": {"incall": 3}}}),
+        )
+        .await;
+    let listed = |m: &Value, flags: i64| {
+        m["event"]["target"] == "participants"
+            && m["event"]["update"]["users"].as_array().is_some_and(|u| {
+                u.iter().any(|e| {
+                    e["sessionId"] == internal_id.as_str()
+                        && e["internal"] == true
+                        && e["inCall"] == flags
+                })
+            })
+    };
+    // First listed as it joined (flags 0), then with its own flags.
+    alice.recv_matching(|m| listed(m, 3)).await;
+    // An update node B builds itself (Nextcloud asked B) lists A's member.
+    let r = c
+        .backend
+        .send_room_request(
+            &format!("http://{}/", c.b),
+            "room1",
+            &json!({"type": "incall", "incall": {"incall": 7,
+                "changed": [{"sessionId": "talk-a", "inCall": 7}],
+                "users": [{"sessionId": "talk-a", "inCall": 7}]}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let m = alice
+        .recv_matching(|m| {
+            m["event"]["target"] == "participants"
+                && m["event"]["update"]["users"]
+                    .as_array()
+                    .is_some_and(|u| u.iter().any(|e| e["sessionId"] == alice_id.as_str()))
+        })
+        .await;
+    assert!(listed(&m, 3), "{m}");
+}
+
+/// A guest (no user id; Nextcloud names it per room session) in a room
+/// spanning nodes: announced on the other node, messages both ways.
+#[tokio::test]
+async fn guests_in_a_room_across_nodes() {
+    let c = cluster().await;
+    let mut bob = c.user(c.b, "bob").await;
+    bob.join_room("room1", "talk-b").await;
+    let mut guest = TestClient::connect(&spreed_url(c.a)).await.skip("welcome");
+    let r = guest
+        .hello_v1(
+            &c.backend.backend_url(),
+            json!({"userid": "", "ticket": "t"}),
+        )
+        .await;
+    assert_eq!(r["type"], "hello", "{r}");
+    guest.join_room("room1", "talk-guest").await;
+    let guest_id = id_of(&guest);
+    joined_until(&mut bob, &[&guest_id]).await;
+    let bob_id = id_of(&bob);
+    joined_until(&mut guest, &[&bob_id]).await;
+    guest
+        .send_message(recipient_room(), json!({"from": "guest"}))
+        .await;
+    let m = bob.recv_matching(|m| m["type"] == "message").await;
+    assert_eq!(m["message"]["sender"]["sessionid"], guest_id, "{m}");
+}
