@@ -1031,7 +1031,7 @@ impl Room {
         }
     }
 
-    fn follow_event(&self, msg: &ServerMessage) {
+    fn follow_event(&self, msg: &ServerMessage, send_time: i64) {
         if let Some(t) = msg.transient.as_ref().filter(|_| msg.kind == "transient") {
             // Set or removed on another node (or here: then already applied).
             let mut st = self.state.lock();
@@ -1049,9 +1049,14 @@ impl Room {
         let Some(ev) = msg.event.as_ref().filter(|e| e.target == "room") else {
             return;
         };
+        // Members that joined here after the event was sent skip it (room
+        // events older than a session's join are stale for it); those
+        // learning of a member only now must still be told.
+        let mut news = EventServerMessage::new("room", ev.kind.as_str());
         let mut st = self.state.lock();
         match ev.kind.as_str() {
             "join" => {
+                let mut joined = Vec::new();
                 for e in ev.join.iter().flatten() {
                     if !Self::is_local(&st, &e.sessionid) && !st.remote.contains_key(&e.sessionid) {
                         st.remote.insert(
@@ -1062,17 +1067,44 @@ impl Room {
                                 entry: e.clone(),
                             },
                         );
+                        joined.push(e.clone());
                     }
                 }
+                if joined.is_empty() {
+                    return;
+                }
+                news.join = Some(joined);
             }
             "leave" => {
+                let mut left = Vec::new();
                 for id in ev.leave.iter().flatten() {
                     if st.remote.remove(id).is_some() {
                         st.in_call.remove(id.as_str());
+                        left.push(id.clone());
                     }
                 }
+                if left.is_empty() {
+                    return;
+                }
+                news.leave = Some(left);
             }
-            _ => {}
+            _ => return,
+        }
+        let skipped: Vec<Arc<ClientSession>> = st
+            .sessions
+            .iter()
+            .filter_map(|s| match s {
+                AnySession::Client(c) if c.joined_after(send_time) => Some(c.clone()),
+                _ => None,
+            })
+            .collect();
+        drop(st);
+        if skipped.is_empty() {
+            return;
+        }
+        let out = OutMsg::new(ServerMessage::event(news));
+        for c in skipped {
+            c.send(&out);
         }
     }
 
@@ -1229,7 +1261,7 @@ impl BusHandler for Room {
                     self.process_backend_request(&hub, req);
                 }
             }
-            BusPayload::Message(out) => self.follow_event(&out.msg),
+            BusPayload::Message(out) => self.follow_event(&out.msg, msg.send_time),
             BusPayload::Presence(p) => {
                 if let Some(hub) = self.hub.upgrade() {
                     self.apply_presence(&hub, p);

@@ -612,6 +612,12 @@ impl ClientSession {
     fn room_join_time(&self) -> i64 {
         self.room_join_time.load(Ordering::Acquire)
     }
+
+    /// The session joined its room after `send_time`, so it skips room
+    /// events sent at that time (see `on_bus_message`).
+    pub(crate) fn joined_after(&self, send_time: i64) -> bool {
+        send_time < self.room_join_time()
+    }
 }
 
 impl ClientSession {

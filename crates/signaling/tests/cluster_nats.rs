@@ -1,9 +1,12 @@
-//! Two of our servers sharing one real `nats-server` (issue 7): deliveries
-//! between sessions on different nodes, and room membership across nodes
-//! (room presence: a joiner learns about members on other nodes, and the
-//! members of a node that dies leave), backend requests at any node, and
-//! transient data. Session limits and resume on another node are still per
-//! node.
+//! Our servers sharing one real `nats-server` (issue 7): deliveries between
+//! sessions on different nodes in each sender's order, room membership
+//! across nodes (room presence: a joiner learns about members on other
+//! nodes, internal members are listed everywhere, the members of a node that
+//! dies leave), backend requests at any node, transient data, the session
+//! limit of the whole cluster, resume on another node (the connection is
+//! relayed to the session's node, nothing lost when either side dies) and
+//! dial-out to a bridge on another node. Some nodes are real processes that
+//! get killed.
 
 mod common;
 
