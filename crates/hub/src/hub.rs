@@ -538,17 +538,22 @@ impl Hub {
     }
 
     /// The other nodes that reported within the last three presence
-    /// intervals.
-    pub(crate) fn live_nodes(&self) -> usize {
+    /// intervals (`cluster.nodes`).
+    fn live_node_status(&self) -> Vec<Arc<proto::cluster::NodeStatus>> {
         let Some(interval) = self.settings.presence_interval else {
-            return 0;
+            return Vec::new();
         };
         let now = Instant::now();
         self.node_counts
             .lock()
             .values()
             .filter(|(t, _)| now.duration_since(*t) <= interval * 3)
-            .count()
+            .map(|(_, status)| status.clone())
+            .collect()
+    }
+
+    pub(crate) fn live_nodes(&self) -> usize {
+        self.live_node_status().len()
     }
 
     /// A session with this resume id is here and not closed.
@@ -580,9 +585,7 @@ impl Hub {
         user_agent: String,
         kill: CancellationToken,
     ) -> Arc<Conn> {
-        self.metrics.connections.inc();
-        let id = self.conn_ids.fetch_add(1, Ordering::Relaxed) + 1;
-        let conn = Conn::new(id, remote_addr, user_agent, kill);
+        let conn = self.new_relayed_conn(remote_addr, user_agent, kill);
         // Clients learn the features (e.g. hello v2) before they say hello.
         conn.send(self.welcome.clone());
         conn
@@ -1203,31 +1206,18 @@ impl Hub {
 
     /// The other live nodes with a dial-out bridge of `backend`.
     pub(crate) fn nodes_with_bridges(&self, backend: &str) -> Vec<String> {
-        let Some(interval) = self.settings.presence_interval else {
-            return Vec::new();
-        };
-        let now = Instant::now();
-        self.node_counts
-            .lock()
-            .iter()
-            .filter(|(_, (t, s))| {
-                now.duration_since(*t) <= interval * 3 && s.dialout.iter().any(|b| b == backend)
-            })
-            .map(|(node, _)| node.clone())
+        self.live_node_status()
+            .into_iter()
+            .filter(|s| s.dialout.iter().any(|b| b == backend))
+            .map(|s| s.node.clone())
             .collect()
     }
 
     /// Sessions of `backend` on the other (live) nodes of the cluster.
     fn sessions_elsewhere(&self, backend: &str) -> u64 {
-        let Some(interval) = self.settings.presence_interval else {
-            return 0;
-        };
-        let now = Instant::now();
-        self.node_counts
-            .lock()
-            .values()
-            .filter(|(t, _)| now.duration_since(*t) <= interval * 3)
-            .filter_map(|(_, status)| status.sessions.get(backend))
+        self.live_node_status()
+            .iter()
+            .filter_map(|s| s.sessions.get(backend))
             .sum()
     }
 

@@ -98,8 +98,7 @@ async fn run<S>(
             biased;
             _ = kill.cancelled() => break,
             _ = shutdown.cancelled() => {
-                let frame = CloseFrame { code: CloseCode::Away, reason: "server shutdown".into() };
-                let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+                send_close(&mut sink, CloseCode::Away, "server shutdown").await;
                 break;
             }
             _ = conn.queued() => {
@@ -215,8 +214,7 @@ async fn run<S>(
                     Some(Err(WsError::Capacity(e))) => {
                         // Like upstream: 1009 "message too big", then close.
                         debug!(error = %e, "message too large");
-                        let frame = CloseFrame { code: CloseCode::Size, reason: "".into() };
-                        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+                        send_close(&mut sink, CloseCode::Size, "").await;
                         break;
                     }
                     Some(Err(e)) => {
@@ -325,8 +323,7 @@ async fn relayed<K, R>(
             biased;
             _ = kill.cancelled() => break,
             _ = shutdown.cancelled() => {
-                let frame = CloseFrame { code: CloseCode::Away, reason: "server shutdown".into() };
-                let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+                send_close(&mut sink, CloseCode::Away, "server shutdown").await;
                 break;
             }
             down = link.recv() => {
@@ -375,8 +372,7 @@ async fn relayed<K, R>(
                     Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
                     Some(Ok(Message::Close(_))) | None => break,
                     Some(Err(WsError::Capacity(_))) => {
-                        let frame = CloseFrame { code: CloseCode::Size, reason: "".into() };
-                        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+                        send_close(&mut sink, CloseCode::Size, "").await;
                         break;
                     }
                     Some(Err(e)) => {
@@ -412,20 +408,28 @@ async fn relayed<K, R>(
         }
     }
     if away {
-        let frame = CloseFrame {
-            code: CloseCode::Away,
-            reason: "session server gone".into(),
-        };
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            sink.send(Message::Close(Some(frame))),
-        )
-        .await;
+        send_close(&mut sink, CloseCode::Away, "session server gone").await;
     }
     link.close(written).await;
     hub.metrics.relays.dec(&["client"]);
     hub.conn_closed(&conn, Vec::new());
     let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+}
+
+/// A close frame with `code`, given a second at most.
+async fn send_close<K>(sink: &mut K, code: CloseCode, reason: &'static str)
+where
+    K: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        sink.send(Message::Close(Some(frame))),
+    )
+    .await;
 }
 
 /// Bytes of an unmasked server frame with this payload length.

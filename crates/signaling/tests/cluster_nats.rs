@@ -61,6 +61,15 @@ impl Cluster {
         (alice, bob, alice_id, bob_id)
     }
 
+    /// An internal client with `features` at `addr`, and its session id.
+    async fn internal(
+        &self,
+        addr: std::net::SocketAddr,
+        features: &[&str],
+    ) -> (TestClient, String) {
+        internal_client(addr, &self.backend.url(), features).await
+    }
+
     async fn user(&self, addr: std::net::SocketAddr, user: &str) -> TestClient {
         let mut c = TestClient::connect(&spreed_url(addr)).await.skip("welcome");
         c.hello_user(&self.backend.backend_url(), user).await;
@@ -703,19 +712,7 @@ async fn resume_of_an_unknown_session_in_a_cluster() {
 #[tokio::test]
 async fn dialout_reaches_a_bridge_on_another_node() {
     let c = cluster().await;
-    let mut bridge = TestClient::connect(&spreed_url(c.b)).await.skip("welcome");
-    let random = random_hex(64);
-    let token = internal_token(INTERNAL_SECRET, &random);
-    let r = bridge
-        .request(json!({"type": "hello", "hello": {
-            "version": "1.0",
-            "features": ["start-dialout"],
-            "auth": {"type": "internal", "params": {
-                "random": random, "token": token, "backend": c.backend.url(),
-            }},
-        }}))
-        .await;
-    assert_eq!(r["type"], "hello", "{r}");
+    let (mut bridge, _) = c.internal(c.b, &["start-dialout"]).await;
     // Node A learns of the bridge from B's next report.
     nodes_known().await;
     let request = json!({"type": "dialout", "dialout": {"number": "+491234567"}});
@@ -929,19 +926,7 @@ async fn internal_members_on_other_nodes_are_listed() {
     let mut alice = c.user(c.b, "alice").await;
     alice.join_room("room1", "talk-a").await;
     let alice_id = id_of(&alice);
-    let mut internal = TestClient::connect(&spreed_url(c.a)).await.skip("welcome");
-    let random = random_hex(64);
-    let token = internal_token(INTERNAL_SECRET, &random);
-    let r = internal
-        .request(json!({"type": "hello", "hello": {
-            "version": "1.0",
-            "features": ["internal-incall"],
-            "auth": {"type": "internal", "params": {
-                "random": random, "token": token, "backend": c.backend.url(),
-            }},
-        }}))
-        .await;
-    let internal_id = r["hello"]["sessionid"].as_str().expect("id").to_owned();
+    let (mut internal, internal_id) = c.internal(c.a, &["internal-incall"]).await;
     internal.join_room("room1", "").await;
     internal
         .send_json(

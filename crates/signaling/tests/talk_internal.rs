@@ -12,24 +12,7 @@ async fn drain(c: &mut TestClient) {
 
 /// An internal client announcing `features`, and its session id.
 async fn internal_with_id(s: &TestServer, features: &[&str]) -> (TestClient, String) {
-    let mut c = s.client().await;
-    let random = random_hex(64);
-    let token = internal_token(INTERNAL_SECRET, &random);
-    let r = c
-        .request(json!({"type": "hello", "hello": {
-            "version": "1.0",
-            "features": features,
-            "auth": {"type": "internal", "params": {
-                "random": random, "token": token, "backend": s.backend.url(),
-            }},
-        }}))
-        .await;
-    assert_eq!(r["type"], "hello", "{r}");
-    let id = r["hello"]["sessionid"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    (c, id)
+    internal_client(s.addr, &s.backend.url(), features).await
 }
 
 async fn internal_with(s: &TestServer, features: &[&str]) -> TestClient {

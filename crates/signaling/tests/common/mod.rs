@@ -106,3 +106,30 @@ pub async fn start_server(text: &str) -> (Arc<Server>, SocketAddr) {
 }
 
 pub const SHORT: Duration = Duration::from_millis(300);
+
+/// An internal client (Nextcloud, the SIP bridge) of backend `backend_url`
+/// at `addr`, announcing `features`, and its session id.
+pub async fn internal_client(
+    addr: SocketAddr,
+    backend_url: &str,
+    features: &[&str],
+) -> (TestClient, String) {
+    let mut c = TestClient::connect(&spreed_url(addr)).await.skip("welcome");
+    let random = random_hex(64);
+    let token = internal_token(INTERNAL_SECRET, &random);
+    let r = c
+        .request(json!({"type": "hello", "hello": {
+            "version": "1.0",
+            "features": features,
+            "auth": {"type": "internal", "params": {
+                "random": random, "token": token, "backend": backend_url,
+            }},
+        }}))
+        .await;
+    assert_eq!(r["type"], "hello", "{r}");
+    let id = r["hello"]["sessionid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    (c, id)
+}
