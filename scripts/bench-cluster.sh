@@ -51,6 +51,8 @@ start() { # $1 = name, rest = command
   local name=$1; shift
   taskset -c 0 "$@" >"$OUT/$name.log" 2>&1 &
   PIDS+=($!)
+  [ "$name" = a ] && APID=$!
+  return 0
 }
 wait_http() {
   for _ in $(seq 50); do
@@ -95,7 +97,9 @@ run() { # $1 = setup, $2 = name, rest = client args
   for r in $(seq "$ROUNDS"); do
     setup "$s"
     local before; before=$(cpu_ticks)
-    taskset -c 1 "$CLIENT" "$@" -addr "$ADDRS" -secret bench-secret -config "$OUT/server-$PA.conf" \
+    local pid=()
+    [ "$name" = idle ] && pid=(-server-pid "$APID")
+    taskset -c 1 "$CLIENT" "$@" "${pid[@]}" -addr "$ADDRS" -secret bench-secret -config "$OUT/server-$PA.conf" \
       -json -no-progress >"$OUT/$name-$s-$r.json" 2>"$OUT/$name-$s-$r.log" || true
     local after; after=$(cpu_ticks)
     echo "{\"cpu_s\": $(awk "BEGIN {print ($after - $before) / $TCK}")}" >"$OUT/$name-$s-$r.cpu.json"
@@ -106,6 +110,10 @@ run() { # $1 = setup, $2 = name, rest = client args
 for s in one one-nats two; do
   run "$s" flood flood -maxClients 100 -duration 5
   run "$s" room room -maxClients 200 -room-size 10 -rate 2000 -duration 5
+done
+# Memory per idle session of server A (the NATS bus adds subscriptions).
+for s in one one-nats; do
+  run "$s" idle idle -maxClients 5000 -duration 3 -concurrency 200
 done
 
 python3 - "$OUT" "$ROUNDS" <<'PY'
@@ -133,4 +141,6 @@ for name, label in [("flood", "flood, 100 clients"), ("room", "room K=10 @2k msg
     print(f"| {label}: deliveries per server CPU-s | " + " | ".join(f"{v:,.0f}" for v in per_cpu) + " |")
     print(f"| {label}: p99 latency ms | " + " | ".join(f"{v:.1f}" for v in p99) + " |")
     print(f"| {label}: lost | " + " | ".join(f"{v:.0f}" for v in lost) + " |")
+rss = [med("idle", s, lambda r, c: r["idle"]["rss_kib_per_session"]) for s, _ in setups[:2]]
+print("| idle, 5,000 sessions: RSS KiB per session (server A) | " + " | ".join(f"{v:.1f}" for v in rss) + " | |")
 PY

@@ -13,8 +13,8 @@
 use async_nats::Client;
 use futures_util::StreamExt;
 use proto::cluster::{
-    ClusterAnswer, DialoutAnswer, DialoutRequest, PublisherRequest, ResumeRequest, DIALOUT_SUBJECT,
-    PUBLISHER_SUBJECT, RESUME_SUBJECT,
+    ClusterAnswer, DialoutAnswer, DialoutRequest, PublisherRequest, ResumeRequest, RoomQuestion,
+    DIALOUT_SUBJECT, PUBLISHER_SUBJECT, RESUME_SUBJECT, ROOM_SUBJECT,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -61,38 +61,71 @@ impl Cluster {
         peers: usize,
         timeout: Duration,
     ) -> Option<A> {
-        let client = self.client()?;
-        let body = serde_json::to_vec(question).ok()?;
+        self.answers(subject, question, peers, timeout, true)
+            .await
+            .pop()
+    }
+
+    /// Ask the other nodes and collect every answer with something in it,
+    /// until `peers` nodes answered or the timeout.
+    pub async fn ask_all<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        subject: &str,
+        question: &Q,
+        peers: usize,
+        timeout: Duration,
+    ) -> Vec<A> {
+        self.answers(subject, question, peers, timeout, false).await
+    }
+
+    async fn answers<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        subject: &str,
+        question: &Q,
+        peers: usize,
+        timeout: Duration,
+        first: bool,
+    ) -> Vec<A> {
+        let mut found = Vec::new();
+        let Some(client) = self.client() else {
+            return found;
+        };
+        let Ok(body) = serde_json::to_vec(question) else {
+            return found;
+        };
         let inbox = client.new_inbox();
         // The reply subscription reaches the NATS server before the
         // question: both go through this one connection, in order.
-        let mut answers = client.subscribe(inbox.clone()).await.ok()?;
+        let Ok(mut answers) = client.subscribe(inbox.clone()).await else {
+            return found;
+        };
         if let Err(e) = client
             .publish_with_reply(subject.to_owned(), inbox, body.into())
             .await
         {
             debug!(subject, error = %e, "cluster question not sent");
-            return None;
+            return found;
         }
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut noes = 0;
-        loop {
-            let m = tokio::time::timeout_at(deadline, answers.next())
-                .await
-                .ok()??;
+        let mut heard = 0;
+        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, answers.next()).await {
             match serde_json::from_slice::<ClusterAnswer<A>>(&m.payload) {
-                Ok(ClusterAnswer {
-                    answer: Some(a), ..
-                }) => return Some(a),
-                Ok(_) => {
-                    noes += 1;
-                    if peers > 0 && noes >= peers {
-                        return None;
+                Ok(a) => {
+                    heard += 1;
+                    if let Some(a) = a.answer {
+                        found.push(a);
+                        if first {
+                            break;
+                        }
+                    }
+                    if peers > 0 && heard >= peers {
+                        break;
                     }
                 }
                 Err(e) => debug!(subject, error = %e, "ignoring cluster answer"),
             }
         }
+        found
     }
 }
 
@@ -118,7 +151,12 @@ pub(crate) async fn serve(hub: Weak<Hub>, cluster: Arc<Cluster>, shutdown: Cance
         }
     };
     let mut subs = Vec::new();
-    for subject in [RESUME_SUBJECT, PUBLISHER_SUBJECT, DIALOUT_SUBJECT] {
+    for subject in [
+        RESUME_SUBJECT,
+        PUBLISHER_SUBJECT,
+        DIALOUT_SUBJECT,
+        ROOM_SUBJECT,
+    ] {
         match client.subscribe(subject.to_owned()).await {
             Ok(s) => subs.push(s),
             Err(e) => {
@@ -152,6 +190,10 @@ pub(crate) async fn serve(hub: Weak<Hub>, cluster: Arc<Cluster>, shutdown: Cance
                     Ok(q) => answer(&hub.node_id, hub.publisher_location(&q).await),
                     Err(e) => return debug!(error = %e, "bad publisher question"),
                 },
+                ROOM_SUBJECT => match serde_json::from_slice::<RoomQuestion>(&m.payload) {
+                    Ok(q) => answer(&hub.node_id, hub.room_presence_for(&q)),
+                    Err(e) => return debug!(error = %e, "bad room question"),
+                },
                 DIALOUT_SUBJECT => match serde_json::from_slice::<DialoutRequest>(&m.payload) {
                     Ok(q) => {
                         let a: Option<DialoutAnswer> = hub.dialout_for_cluster(&q).await;
@@ -168,7 +210,48 @@ pub(crate) async fn serve(hub: Weak<Hub>, cluster: Arc<Cluster>, shutdown: Cance
     }
 }
 
+/// How long the first joiner of a room on this node waits for the other
+/// nodes' members (they answer from memory; this bounds an unreachable one).
+pub const ROOM_QUESTION_TIMEOUT: Duration = Duration::from_millis(500);
+
 impl Hub {
+    /// Another node starts hosting a room: our members of it, if any.
+    fn room_presence_for(&self, q: &RoomQuestion) -> Option<proto::cluster::RoomPresence> {
+        if *q.node == *self.node_id {
+            return None;
+        }
+        let backend = self
+            .backends
+            .all()
+            .into_iter()
+            .find(|b| b.id == q.backend)?;
+        self.room_for(&backend, &q.roomid)?.presence(self)
+    }
+
+    /// A room new on this node: learn the members other nodes have, before
+    /// the first joiner here is told who is in the room.
+    pub(crate) async fn learn_room(&self, room: &crate::room::Room) {
+        let Some(cluster) = self.cluster.get() else {
+            return;
+        };
+        let question = RoomQuestion {
+            node: self.node_id.to_string(),
+            backend: room.backend.id.clone(),
+            roomid: room.id.clone(),
+        };
+        let answers: Vec<proto::cluster::RoomPresence> = cluster
+            .ask_all(
+                ROOM_SUBJECT,
+                &question,
+                self.live_nodes(),
+                ROOM_QUESTION_TIMEOUT,
+            )
+            .await;
+        for p in answers {
+            room.apply_presence(self, &p);
+        }
+    }
+
     /// Another server has a subscriber for a publisher that may be here.
     pub(crate) async fn publisher_location(
         &self,

@@ -1434,7 +1434,12 @@ impl Hub {
             room_resp.roomid.clone()
         };
         let room = match self.get_or_create_room(&roomid, session, room_resp.properties.clone()) {
-            Ok(r) => r,
+            Ok((r, created)) => {
+                if created {
+                    self.learn_room(&r).await;
+                }
+                r
+            }
             Err(e) => {
                 session.send_message(ServerMessage::error(&msg.id, err_internal(e)));
                 Self::send_room_reply(session, "", None);
@@ -1507,20 +1512,20 @@ impl Hub {
         roomid: &str,
         session: &ClientSession,
         properties: Option<proto::Raw>,
-    ) -> Result<Arc<Room>, crate::bus::BusError> {
+    ) -> Result<(Arc<Room>, bool), crate::bus::BusError> {
         let key = room_key(&session.backend, roomid);
         if let Some(r) = self.reg.lock().rooms.get(&key) {
-            return Ok(r.clone());
+            return Ok((r.clone(), false));
         }
         let room = Room::new(self, roomid, session.backend.clone(), properties)?;
         let mut reg = self.reg.lock();
         if let Some(r) = reg.rooms.get(&key) {
-            return Ok(r.clone());
+            return Ok((r.clone(), false));
         }
         reg.rooms.insert(key, room.clone());
         drop(reg);
         self.metrics.rooms.inc(&[&session.backend.id]);
-        Ok(room)
+        Ok((room, true))
     }
 
     /// One Talk session, one signaling session: an older session with the same

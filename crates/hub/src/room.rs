@@ -22,6 +22,11 @@ use crate::conn::OutMsg;
 use crate::session::{AnySession, ClientSession, VirtualSession};
 use crate::Hub;
 
+/// How long a room new on this node keeps publishing its messages to NATS
+/// while the other nodes' answers to its presence request may still come
+/// (they take a NATS round trip).
+const PRESENCE_ANSWER_WAIT: Duration = Duration::from_secs(1);
+
 pub const FLAG_IN_CALL: i64 = 1;
 pub const FLAG_WITH_AUDIO: i64 = 2;
 pub const FLAG_WITH_VIDEO: i64 = 4;
@@ -231,7 +236,9 @@ impl Room {
             return true;
         };
         let st = self.state.lock();
-        !st.remote.is_empty() || !st.nodes.is_empty() || st.created.elapsed() < interval
+        !st.remote.is_empty()
+            || !st.nodes.is_empty()
+            || st.created.elapsed() < interval.min(PRESENCE_ANSWER_WAIT)
     }
 
     fn publish(&self, hub: &Hub, msg: ServerMessage) {
@@ -455,8 +462,16 @@ impl Room {
                 Some(_) => false,
             };
             if missing {
-                if let Some(uid) = st.session_user.get(sid.as_str()) {
-                    user.insert("userId".into(), Value::String(uid.clone()));
+                // Clustering: a member of another node has its node's id
+                // for the room session in its join entry.
+                let uid = st.session_user.get(sid.as_str()).cloned().or_else(|| {
+                    st.remote
+                        .get(sid.as_str())
+                        .map(|m| m.entry.userid.clone())
+                        .filter(|u| !u.is_empty())
+                });
+                if let Some(uid) = uid {
+                    user.insert("userId".into(), Value::String(uid));
                 }
             }
         }
@@ -991,32 +1006,44 @@ impl Room {
     /// Send this node's members (and ask for the others' with `request`;
     /// with `transient`, the room's transient data too).
     pub(crate) fn send_presence(&self, hub: &Hub, request: bool, transient: bool) {
-        let presence = {
-            let mut st = self.state.lock();
-            if st.closed && !st.sessions.is_empty() {
-                return;
-            }
-            st.presence_sent = Some(Instant::now());
-            proto::cluster::RoomPresence {
-                transient: if transient {
-                    st.transient.clone()
-                } else {
-                    serde_json::Map::new()
-                },
-                node: hub.node_id.to_string(),
-                sessions: st
-                    .sessions
-                    .iter()
-                    .map(|s| entry_of(s, st.session_user.get(s.public_id())))
-                    .collect(),
-                request,
-                participants: local_participants(&st.sessions),
-            }
+        let Some(mut presence) = self.presence_with(hub, transient) else {
+            return;
         };
+        presence.request = request;
+        self.state.lock().presence_sent = Some(Instant::now());
         let msg = BusMessage::new(BusPayload::Presence(Arc::new(presence)));
         if let Err(e) = hub.bus.publish(&self.subject, msg) {
             debug!(room = %self.id, error = %e, "could not send room presence");
         }
+    }
+
+    /// This node's members, transient data included, for a node that starts
+    /// hosting the room (`None` without members here).
+    pub(crate) fn presence(&self, hub: &Hub) -> Option<proto::cluster::RoomPresence> {
+        self.presence_with(hub, true)
+            .filter(|p| !p.sessions.is_empty())
+    }
+
+    fn presence_with(&self, hub: &Hub, transient: bool) -> Option<proto::cluster::RoomPresence> {
+        let st = self.state.lock();
+        if st.closed && !st.sessions.is_empty() {
+            return None;
+        }
+        Some(proto::cluster::RoomPresence {
+            transient: if transient {
+                st.transient.clone()
+            } else {
+                serde_json::Map::new()
+            },
+            node: hub.node_id.to_string(),
+            sessions: st
+                .sessions
+                .iter()
+                .map(|s| entry_of(s, st.session_user.get(s.public_id())))
+                .collect(),
+            request: false,
+            participants: local_participants(&st.sessions),
+        })
     }
 
     /// Tell this node's members in the room (not the bus: the news is
@@ -1108,7 +1135,7 @@ impl Room {
         }
     }
 
-    fn apply_presence(&self, hub: &Hub, p: &proto::cluster::RoomPresence) {
+    pub(crate) fn apply_presence(&self, hub: &Hub, p: &proto::cluster::RoomPresence) {
         if *p.node == *hub.node_id {
             return;
         }

@@ -66,6 +66,17 @@ pub struct RoomPresence {
 pub const RESUME_SUBJECT: &str = "cluster.resume";
 pub const PUBLISHER_SUBJECT: &str = "cluster.publisher";
 pub const DIALOUT_SUBJECT: &str = "cluster.dialout";
+pub const ROOM_SUBJECT: &str = "cluster.room";
+
+/// A room starts on a node: who has members in it already? Nodes that
+/// host it answer with their [`RoomPresence`] (members, transient data), so
+/// the first joiner there gets the whole room at once, as on one server.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RoomQuestion {
+    pub node: String,
+    pub backend: String,
+    pub roomid: String,
+}
 
 /// A client asks the server it reached to resume a session another server
 /// holds. The holder takes the connection over through a relay: frames go

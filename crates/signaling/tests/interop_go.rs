@@ -1,6 +1,8 @@
 //! Interop: one client scenario driven against Debian's Go signaling server
 //! 0.4.1 (package `nextcloud-spreed-signaling`, started as a child process)
-//! and against ours (in-process), comparing what every client receives.
+//! and against ours (in-process), comparing what every client receives; and
+//! the same scenario against one of ours versus three of ours joined by NATS
+//! (clients and backend requests spread over the nodes).
 //!
 //! Covers (FEATURES ids): HEL-04/05/08/09, ROOM-01/03/04/08/09/12/13/14/16/
 //! 18/20/22/24/25, RTE-01/03/04/05/08, PERM-02/03, TRN-01..04 (ours only),
@@ -108,9 +110,12 @@ struct Target {
     label: &'static str,
     /// Debian's Go 0.4.1: skip what only our target (11fa78b) supports.
     is_go: bool,
-    ws_url: String,
-    /// Base URL of the backend API (`http://host:port/`).
-    base: String,
+    /// Where the clients connect: one URL, or one per node of a cluster
+    /// (the n-th client takes the n-th, round robin).
+    ws_urls: Vec<String>,
+    /// Base URLs of the backend API (`http://host:port/`); backend requests
+    /// take them in turn.
+    bases: Vec<String>,
     backend: FakeBackend,
 }
 
@@ -141,10 +146,12 @@ struct Peer {
 }
 
 impl Peer {
-    async fn connect(t: &Target, name: &'static str) -> Peer {
+    async fn connect(t: &Target, name: &'static str, index: usize) -> Peer {
         Peer {
             name,
-            client: TestClient::connect(&t.ws_url).await.skip("welcome"),
+            client: TestClient::connect(&t.ws_urls[index % t.ws_urls.len()])
+                .await
+                .skip("welcome"),
             closed: false,
         }
     }
@@ -295,7 +302,11 @@ impl Scenario<'_> {
         let resp = self
             .t
             .backend
-            .send_room_request(&self.t.base, ROOM, &body)
+            .send_room_request(
+                &self.t.bases[self.rec.api.len() % self.t.bases.len()],
+                ROOM,
+                &body,
+            )
             .await;
         self.rec.api.push(json!({
             "ours_only": ours_only,
@@ -367,9 +378,9 @@ async fn run_scenario(t: &Target) -> Recording {
     let mut s = Scenario {
         t,
         peers: vec![
-            Peer::connect(t, "alice").await,
-            Peer::connect(t, "bob").await,
-            Peer::connect(t, "guest").await,
+            Peer::connect(t, "alice", 0).await,
+            Peer::connect(t, "bob", 1).await,
+            Peer::connect(t, "guest", 2).await,
         ],
         rec: Recording::default(),
     };
@@ -942,8 +953,8 @@ async fn interop_go_same_messages_as_go_server() {
     let go = Target {
         label: "Go 0.4.1",
         is_go: true,
-        ws_url: spreed_url(go_server.addr),
-        base: format!("http://{}/", go_server.addr),
+        ws_urls: vec![spreed_url(go_server.addr)],
+        bases: vec![format!("http://{}/", go_server.addr)],
         backend: go_backend,
     };
     let our_backend = FakeBackend::start(SECRET).await;
@@ -951,8 +962,8 @@ async fn interop_go_same_messages_as_go_server() {
     let ours = Target {
         label: "ours",
         is_go: false,
-        ws_url: spreed_url(addr),
-        base: format!("http://{addr}/"),
+        ws_urls: vec![spreed_url(addr)],
+        bases: vec![format!("http://{addr}/")],
         backend: our_backend,
     };
 
@@ -1021,5 +1032,70 @@ async fn interop_go_same_messages_as_go_server() {
         diffs.len(),
         diffs.join("\n"),
         go_server.child.log_tail(4000)
+    );
+}
+
+/// Issue 7: the same scenario against one of our servers and against three
+/// of them joined by a real `nats-server`, each client on another node and
+/// the backend requests going to the nodes in turn: every client sees the
+/// same messages in the same order (the same comparison as against Go).
+#[tokio::test]
+async fn cluster_of_three_same_messages_as_one_server() {
+    let one_backend = FakeBackend::start(SECRET).await;
+    let (_one, addr) = start_server(&config_for(&one_backend.url(), "")).await;
+    let one = Target {
+        label: "one server",
+        is_go: false,
+        ws_urls: vec![spreed_url(addr)],
+        bases: vec![format!("http://{addr}/")],
+        backend: one_backend,
+    };
+    let nats = NatsServer::start().await.expect("nats-server starts");
+    let cluster_backend = FakeBackend::start(SECRET).await;
+    let extra = format!("[nats]\nurl = {}\npresenceinterval = 1\n", nats.url());
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let (server, addr) = start_server(&config_for(&cluster_backend.url(), &extra)).await;
+        let bus = server.nats.clone().expect("NATS bus");
+        tokio::time::timeout(Duration::from_secs(10), bus.wait_connected(true))
+            .await
+            .expect("connected to NATS");
+        nodes.push((server, addr));
+    }
+    // Every node knows the others (`cluster.nodes`) before the scenario.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let cluster = Target {
+        label: "three servers",
+        is_go: false,
+        ws_urls: nodes.iter().map(|(_, a)| spreed_url(*a)).collect(),
+        bases: nodes.iter().map(|(_, a)| format!("http://{a}/")).collect(),
+        backend: cluster_backend,
+    };
+
+    let one_rec = run_scenario(&one).await;
+    let cluster_rec = run_scenario(&cluster).await;
+    let mut one_extracted = Vec::new();
+    let mut cluster_extracted = Vec::new();
+    let one_n = normalise_recording(&one_rec, &mut one_extracted);
+    let cluster_n = normalise_recording(&cluster_rec, &mut cluster_extracted);
+    let one_timeouts = timeouts(&one_n);
+    assert!(one_timeouts.is_empty(), "one server: {one_timeouts:?}");
+    let mut diffs = compare(&one_n, &cluster_n);
+    diffs.extend(check_ours_only(&cluster_n, &cluster_extracted));
+    if one_rec.api != cluster_rec.api {
+        diffs.push(format!(
+            "backend API answers: one {:?}, cluster {:?}",
+            one_rec.api, cluster_rec.api
+        ));
+    }
+    if !diffs.is_empty() {
+        dump("one server", &one_n);
+        dump("three servers", &cluster_n);
+    }
+    assert!(
+        diffs.is_empty(),
+        "{} difference(s) between one server and three:\n{}",
+        diffs.len(),
+        diffs.join("\n")
     );
 }
