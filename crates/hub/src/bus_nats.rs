@@ -51,11 +51,13 @@
 //! # What a NATS outage loses
 //!
 //! Nothing between sessions of one node (see above). Core NATS keeps nothing
-//! for absent subscribers, so across nodes these are lost: messages other
-//! nodes publish while this node is disconnected (or before it has
-//! re-subscribed), and messages that were in the socket buffers when the
-//! connection broke. This node's own publishes wait in the queue (up to the
-//! bound) and go out after the reconnect.
+//! for absent subscribers. This node's own publishes wait in the queue while
+//! NATS is away (up to the bound) and go out after the reconnect, and for
+//! [`RESUBSCRIBE_GRACE`] after any reconnect they are held back, so that the
+//! other servers have re-subscribed (they reconnect on their own retries). Lost
+//! across nodes are: messages that were in the socket buffers when the
+//! connection broke, and what reaches a server that stays away longer than
+//! the grace.
 
 use async_nats::{Client, ConnectOptions, Event, ServerAddr, Subscriber};
 use bytes::Bytes;
@@ -83,6 +85,10 @@ const MAX_BATCH: usize = 256;
 /// envelopes). Large enough to ride out an outage of several seconds on a
 /// busy server; a bound so an outage of minutes cannot exhaust memory.
 pub const MAX_QUEUED_PUBLISHES: usize = 65_536;
+
+/// After a reconnect, how long held publishes wait for the other servers to
+/// reconnect and re-subscribe (their retries are 1–2 s apart early on).
+const RESUBSCRIBE_GRACE: Duration = Duration::from_secs(2);
 
 /// First and longest delay between connection attempts (upstream: 1 s → 8 s).
 const INITIAL_RETRY: Duration = Duration::from_secs(1);
@@ -268,6 +274,9 @@ impl NatsBus {
         let (connected_tx, connected_rx) = watch::channel(false);
         let (tx, rx) = mpsc::unbounded_channel();
         let ever_connected = Arc::new(AtomicBool::new(false));
+        // When the connection last came back after a loss (not the first).
+        let reconnected: Arc<parking_lot::Mutex<Option<std::time::Instant>>> = Arc::default();
+        let reconnected_at = reconnected.clone();
         let m = metrics.clone();
         let shown = redact(urls);
         let options = options
@@ -282,12 +291,18 @@ impl NatsBus {
                 let connected_tx = connected_tx.clone();
                 let ever = ever_connected.clone();
                 let shown = shown.clone();
+                let reconnected_at = reconnected_at.clone();
                 async move {
                     match event {
                         Event::Connected => {
                             m.connected.set(1);
+                            let again = ever.swap(true, Ordering::Relaxed);
+                            if again {
+                                // Before the publishes are let go (below).
+                                *reconnected_at.lock() = Some(std::time::Instant::now());
+                            }
                             connected_tx.send_replace(true);
-                            if ever.swap(true, Ordering::Relaxed) {
+                            if again {
                                 m.reconnects.inc();
                                 info!(url = %shown, "NATS connection re-established");
                             } else {
@@ -323,7 +338,15 @@ impl NatsBus {
             origin: hex::encode(rand::random::<[u8; 8]>()),
             seq: std::sync::atomic::AtomicU64::new(0),
         });
-        tokio::spawn(run(bus.me.clone(), addrs, options, rx, metrics));
+        tokio::spawn(run(
+            bus.me.clone(),
+            addrs,
+            options,
+            rx,
+            metrics,
+            bus.connected.clone(),
+            reconnected,
+        ));
         Ok(bus)
     }
 
@@ -419,6 +442,8 @@ async fn run(
     options: ConnectOptions,
     mut commands: mpsc::UnboundedReceiver<Command>,
     metrics: Arc<NatsMetrics>,
+    mut connected: watch::Receiver<bool>,
+    reconnected: Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
 ) {
     // With `retry_on_initial_connect` this returns at once and connects in
     // the background; commands wait in the client's queue meanwhile.
@@ -443,6 +468,18 @@ async fn run(
                 let Some(cmd) = cmd else { break };
                 match cmd {
                     Command::Publish(subject, payload) => {
+                        // While NATS is away, publishes wait here (bounded,
+                        // counted), and after it is back a little longer:
+                        // the other servers re-subscribe when they reconnect,
+                        // which may be a retry later than ours, and core
+                        // NATS drops what nobody is subscribed to yet.
+                        if !*connected.borrow() && connected.wait_for(|c| *c).await.is_err() {
+                            break;
+                        }
+                        let since = *reconnected.lock();
+                        if let Some(wait) = since.and_then(|t| RESUBSCRIBE_GRACE.checked_sub(t.elapsed())) {
+                            tokio::time::sleep(wait).await;
+                        }
                         metrics.queued.dec();
                         // Awaits only while the client's own queue is full (NATS
                         // down or slow): that is the backpressure on our queue.

@@ -995,3 +995,51 @@ async fn guests_in_a_room_across_nodes() {
     let m = bob.recv_matching(|m| m["type"] == "message").await;
     assert_eq!(m["message"]["sender"]["sessionid"], guest_id, "{m}");
 }
+
+/// `nats-server` restarts mid-conversation: what one server's client sends
+/// to another server's client meanwhile waits and arrives, in order, once
+/// both servers are back (nothing lost for sessions that stay connected).
+#[tokio::test]
+async fn messages_sent_while_nats_restarts_arrive() {
+    let mut nats = NatsServer::start().await.expect("nats-server starts");
+    let backend = FakeBackend::start(SECRET).await;
+    let extra = format!("[nats]\nurl = {}\npresenceinterval = 1\n", nats.url());
+    let (sa, a) = start_server(&config_for(&backend.url(), &extra)).await;
+    let (sb, b) = start_server(&config_for(&backend.url(), &extra)).await;
+    let buses = [sa.nats.clone().expect("bus"), sb.nats.clone().expect("bus")];
+    for bus in &buses {
+        tokio::time::timeout(Duration::from_secs(10), bus.wait_connected(true))
+            .await
+            .expect("connected");
+    }
+    let user = |addr, name: &'static str| {
+        let backend_url = backend.backend_url();
+        async move {
+            let mut c = TestClient::connect(&spreed_url(addr)).await.skip("welcome");
+            c.hello_user(&backend_url, name).await;
+            c.with_timeout(Duration::from_secs(20))
+        }
+    };
+    let mut alice = user(a, "alice").await;
+    let mut bob = user(b, "bob").await;
+    let bob_id = id_of(&bob);
+    until_reachable(&mut alice, recipient_session(&bob_id), &mut bob).await;
+
+    nats.stop();
+    for bus in &buses {
+        tokio::time::timeout(Duration::from_secs(10), bus.wait_connected(false))
+            .await
+            .expect("disconnected");
+    }
+    for i in 0..5 {
+        alice
+            .send_message(recipient_session(&bob_id), json!({"n": i}))
+            .await;
+    }
+    nats.restart().await.expect("nats-server restarts");
+    for i in 0..5 {
+        let m = bob.recv_matching(|m| m["type"] == "message").await;
+        assert_eq!(m["message"]["data"]["n"], i, "{m}");
+    }
+    drop((sa, sb));
+}
