@@ -238,6 +238,12 @@ impl Backends {
         Url::parse(u).ok().and_then(|u| self.get(&u))
     }
 
+    /// The backend with this id (clustering: other servers name backends
+    /// by id).
+    pub fn by_id(&self, id: &str) -> Option<Arc<Backend>> {
+        self.all().into_iter().find(|b| b.id == id)
+    }
+
     pub fn all(&self) -> Vec<Arc<Backend>> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();

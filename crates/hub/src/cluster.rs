@@ -220,11 +220,7 @@ impl Hub {
         if *q.node == *self.node_id {
             return None;
         }
-        let backend = self
-            .backends
-            .all()
-            .into_iter()
-            .find(|b| b.id == q.backend)?;
+        let backend = self.backends.by_id(&q.backend)?;
         self.room_for(&backend, &q.roomid)?.presence(self)
     }
 

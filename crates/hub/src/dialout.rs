@@ -171,11 +171,7 @@ impl Hub {
         if *q.target != *self.node_id {
             return None;
         }
-        let backend = self
-            .backends
-            .all()
-            .into_iter()
-            .find(|b| b.id == q.backend)?;
+        let backend = self.backends.by_id(&q.backend)?;
         let (status, body) = self.dialout_here(&backend, &q.roomid, &q.request).await?;
         Some(proto::cluster::DialoutAnswer { status, body })
     }

@@ -19,8 +19,8 @@ struct Cluster {
     b: std::net::SocketAddr,
     backend: FakeBackend,
     nats_url: String,
-    _servers: Vec<std::sync::Arc<signaling::Server>>,
-    _nats: NatsServer,
+    servers: Vec<std::sync::Arc<signaling::Server>>,
+    nats: NatsServer,
 }
 
 /// One fake Nextcloud, one nats-server, two signaling servers with the same
@@ -42,12 +42,28 @@ async fn cluster() -> Cluster {
         b,
         backend,
         nats_url: nats.url(),
-        _servers: vec![sa, sb],
-        _nats: nats,
+        servers: vec![sa, sb],
+        nats,
     }
 }
 
 impl Cluster {
+    /// Both servers' NATS buses, to wait for their connection state.
+    fn buses(&self) -> Vec<std::sync::Arc<hub::bus_nats::NatsBus>> {
+        self.servers
+            .iter()
+            .map(|s| s.nats.clone().expect("a NATS bus"))
+            .collect()
+    }
+
+    /// A user with a session at `addr` (not in a room), patient enough for
+    /// NATS outages.
+    async fn patient_user(&self, addr: std::net::SocketAddr, name: &str) -> TestClient {
+        self.user(addr, name)
+            .await
+            .with_timeout(Duration::from_secs(20))
+    }
+
     /// alice on node A and bob on node B in `room1`, each told about both
     /// (their join events read).
     async fn pair_in_room(&self) -> (TestClient, TestClient, String, String) {
@@ -415,36 +431,20 @@ async fn transient_data_is_shared_by_the_nodes() {
 /// flows; messages between the servers work again.
 #[tokio::test]
 async fn membership_heals_after_a_nats_outage() {
-    let mut nats = NatsServer::start().await.expect("nats-server starts");
-    let backend = FakeBackend::start(SECRET).await;
-    let extra = format!("[nats]\nurl = {}\npresenceinterval = 1\n", nats.url());
-    let (sa, a) = start_server(&config_for(&backend.url(), &extra)).await;
-    let (sb, b) = start_server(&config_for(&backend.url(), &extra)).await;
-    let buses = [sa.nats.clone().expect("bus"), sb.nats.clone().expect("bus")];
-    for bus in &buses {
-        tokio::time::timeout(Duration::from_secs(10), bus.wait_connected(true))
-            .await
-            .expect("connected");
-    }
-    let user = |addr, name: &'static str| {
-        let backend_url = backend.backend_url();
-        async move {
-            let mut c = TestClient::connect(&spreed_url(addr)).await.skip("welcome");
-            c.hello_user(&backend_url, name).await;
-            c.join_room("room1", &format!("talk-{name}")).await;
-            c.with_timeout(Duration::from_secs(15))
-        }
-    };
-    let mut alice = user(a, "alice").await;
-    let mut bob = user(b, "bob").await;
+    let mut c = cluster().await;
+    let buses = c.buses();
+    let mut alice = c.patient_user(c.a, "alice").await;
+    alice.join_room("room1", "talk-alice").await;
+    let mut bob = c.patient_user(c.b, "bob").await;
+    bob.join_room("room1", "talk-bob").await;
     let (alice_id, bob_id) = (id_of(&alice), id_of(&bob));
     joined_until(&mut bob, &[&alice_id, &bob_id]).await;
     joined_until(&mut alice, &[&bob_id]).await;
 
-    nats.stop();
+    c.nats.stop();
     left_until(&mut bob, &alice_id).await;
     left_until(&mut alice, &bob_id).await;
-    nats.restart().await.expect("nats-server restarts");
+    c.nats.restart().await.expect("nats-server restarts");
     for bus in &buses {
         tokio::time::timeout(Duration::from_secs(20), bus.wait_connected(true))
             .await
@@ -453,7 +453,6 @@ async fn membership_heals_after_a_nats_outage() {
     joined_until(&mut bob, &[&alice_id]).await;
     joined_until(&mut alice, &[&bob_id]).await;
     until_reachable(&mut alice, recipient_session(&bob_id), &mut bob).await;
-    drop((sa, sb));
 }
 
 /// Three servers, one member on each: every member is told about the two
@@ -1001,31 +1000,14 @@ async fn guests_in_a_room_across_nodes() {
 /// both servers are back (nothing lost for sessions that stay connected).
 #[tokio::test]
 async fn messages_sent_while_nats_restarts_arrive() {
-    let mut nats = NatsServer::start().await.expect("nats-server starts");
-    let backend = FakeBackend::start(SECRET).await;
-    let extra = format!("[nats]\nurl = {}\npresenceinterval = 1\n", nats.url());
-    let (sa, a) = start_server(&config_for(&backend.url(), &extra)).await;
-    let (sb, b) = start_server(&config_for(&backend.url(), &extra)).await;
-    let buses = [sa.nats.clone().expect("bus"), sb.nats.clone().expect("bus")];
-    for bus in &buses {
-        tokio::time::timeout(Duration::from_secs(10), bus.wait_connected(true))
-            .await
-            .expect("connected");
-    }
-    let user = |addr, name: &'static str| {
-        let backend_url = backend.backend_url();
-        async move {
-            let mut c = TestClient::connect(&spreed_url(addr)).await.skip("welcome");
-            c.hello_user(&backend_url, name).await;
-            c.with_timeout(Duration::from_secs(20))
-        }
-    };
-    let mut alice = user(a, "alice").await;
-    let mut bob = user(b, "bob").await;
+    let mut c = cluster().await;
+    let buses = c.buses();
+    let mut alice = c.patient_user(c.a, "alice").await;
+    let mut bob = c.patient_user(c.b, "bob").await;
     let bob_id = id_of(&bob);
     until_reachable(&mut alice, recipient_session(&bob_id), &mut bob).await;
 
-    nats.stop();
+    c.nats.stop();
     for bus in &buses {
         tokio::time::timeout(Duration::from_secs(10), bus.wait_connected(false))
             .await
@@ -1036,10 +1018,9 @@ async fn messages_sent_while_nats_restarts_arrive() {
             .send_message(recipient_session(&bob_id), json!({"n": i}))
             .await;
     }
-    nats.restart().await.expect("nats-server restarts");
+    c.nats.restart().await.expect("nats-server restarts");
     for i in 0..5 {
         let m = bob.recv_matching(|m| m["type"] == "message").await;
         assert_eq!(m["message"]["data"]["n"], i, "{m}");
     }
-    drop((sa, sb));
 }
