@@ -368,8 +368,9 @@ pub fn decode_envelope(data: &[u8]) -> Result<BusMessage, EnvelopeError> {
 pub fn decode_envelope_ordered(
     data: &[u8],
 ) -> Result<(BusMessage, Option<(String, u64)>), EnvelopeError> {
-    let env: proto::cluster::BusEnvelope = serde_json::from_slice(data)?;
-    let order = (!env.from.is_empty() && env.seq != 0).then(|| (env.from.clone(), env.seq));
+    let mut env: proto::cluster::BusEnvelope = serde_json::from_slice(data)?;
+    let order =
+        (!env.from.is_empty() && env.seq != 0).then(|| (std::mem::take(&mut env.from), env.seq));
     let send_time = parse_rfc3339_nanos(&env.sendtime).unwrap_or_else(now_nanos);
     let payload = match env.kind.as_str() {
         proto::cluster::BUS_TYPE_MESSAGE => BusPayload::Message(OutMsg::new(

@@ -573,6 +573,24 @@ fn dispatch(bus: &NatsBus, batch: &mut Vec<(Arc<str>, async_nats::Message)>) {
 /// `key().1` order, each sender keeping the positions its items had; items
 /// without a key stay where they are.
 fn in_sender_order<T>(items: Vec<T>, key: impl Fn(&T) -> Option<(&str, u64)>) -> Vec<T> {
+    // Nearly always already in order (a batch has few senders): check that
+    // without allocating first.
+    let mut last: Vec<(&str, u64)> = Vec::new();
+    let mut sorted = true;
+    for (from, seq) in items.iter().filter_map(&key) {
+        match last.iter_mut().find(|(f, _)| *f == from) {
+            Some((_, s)) if *s > seq => {
+                sorted = false;
+                break;
+            }
+            Some((_, s)) => *s = seq,
+            None => last.push((from, seq)),
+        }
+    }
+    drop(last);
+    if sorted {
+        return items;
+    }
     let mut groups: HashMap<String, Vec<(u64, usize)>> = HashMap::new();
     for (i, item) in items.iter().enumerate() {
         if let Some((from, seq)) = key(item) {
@@ -613,6 +631,9 @@ mod tests {
         let labels: Vec<&str> = out.iter().map(|(_, l)| *l).collect();
         assert_eq!(labels, ["a1", "b1", "x", "a2", "b2", "a3"]);
         assert!(in_sender_order(Vec::<Option<(&str, u64)>>::new(), |k| *k).is_empty());
+        // Already in order (the usual case): unchanged.
+        let items = vec![Some(("a", 1)), Some(("b", 5)), None, Some(("a", 2))];
+        assert_eq!(in_sender_order(items.clone(), |k| *k), items);
     }
 
     #[test]

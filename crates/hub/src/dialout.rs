@@ -104,31 +104,16 @@ impl Hub {
         })
     }
 
-    /// The bridges of `backend` connected here.
-    fn local_bridges(&self, backend: &str) -> Vec<Arc<ClientSession>> {
-        self.client_sessions()
-            .into_iter()
-            .filter(|s| {
-                s.is_internal()
-                    && s.backend.id == backend
-                    && s.conn().is_some()
-                    && s.has_feature(proto::client::CLIENT_FEATURE_START_DIALOUT)
-            })
-            .collect()
+    /// The bridges connected here (internal clients with `start-dialout`).
+    fn local_bridges(&self) -> impl Iterator<Item = Arc<ClientSession>> {
+        self.internal_sessions().into_iter().filter(|s| {
+            s.conn().is_some() && s.has_feature(proto::client::CLIENT_FEATURE_START_DIALOUT)
+        })
     }
 
     /// Backend ids with a bridge here, sorted (reported to the cluster).
     pub(crate) fn local_bridge_backends(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self
-            .client_sessions()
-            .into_iter()
-            .filter(|s| {
-                s.is_internal()
-                    && s.conn().is_some()
-                    && s.has_feature(proto::client::CLIENT_FEATURE_START_DIALOUT)
-            })
-            .map(|s| s.backend.id.clone())
-            .collect();
+        let mut ids: Vec<String> = self.local_bridges().map(|s| s.backend.id.clone()).collect();
         ids.sort();
         ids.dedup();
         ids
@@ -141,7 +126,10 @@ impl Hub {
         roomid: &str,
         req: &proto::backend::RoomDialoutRequest,
     ) -> Option<DialoutAnswer> {
-        let bridges = self.local_bridges(&backend.id);
+        let bridges: Vec<Arc<ClientSession>> = self
+            .local_bridges()
+            .filter(|s| s.backend.id == backend.id)
+            .collect();
         if bridges.is_empty() {
             return None;
         }

@@ -130,7 +130,7 @@ pub struct Hub {
     node_counts: Mutex<HashMap<String, (Instant, Arc<proto::cluster::NodeStatus>)>>,
     /// What this node last reported (counts, backends with a dial-out
     /// bridge), and when.
-    counts_sent: Mutex<(Option<Instant>, BackendCounts, Vec<String>)>,
+    counts_sent: Mutex<(Option<Instant>, proto::cluster::NodeStatus)>,
     nodes_subscription: Mutex<Option<Subscription>>,
     /// Questions to the other servers (NATS only).
     pub(crate) cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
@@ -177,9 +177,6 @@ impl std::fmt::Debug for Hub {
         f.debug_struct("Hub").finish()
     }
 }
-
-/// Backend id -> sessions counted against its limit.
-type BackendCounts = std::collections::BTreeMap<String, u64>;
 
 impl Hub {
     pub fn new(
@@ -252,7 +249,7 @@ impl Hub {
             settings,
             node_id: Arc::from(hex::encode(rand::random::<[u8; 8]>())),
             node_counts: Mutex::new(HashMap::new()),
-            counts_sent: Mutex::new((None, Default::default(), Vec::new())),
+            counts_sent: Mutex::new((None, Default::default())),
             nodes_subscription: Mutex::new(None),
             cluster: std::sync::OnceLock::new(),
             codec,
@@ -1230,27 +1227,25 @@ impl Hub {
         self.node_counts
             .lock()
             .retain(|_, (t, _)| now.duration_since(*t) <= interval * 3);
-        let counts: BackendCounts = self
-            .backends
-            .all()
-            .iter()
-            .filter(|b| b.session_limit > 0)
-            .map(|b| (b.id.clone(), b.counted_sessions()))
-            .collect();
-        let dialout = self.local_bridge_backends();
+        let status = proto::cluster::NodeStatus {
+            node: self.node_id.to_string(),
+            sessions: self
+                .backends
+                .all()
+                .iter()
+                .filter(|b| b.session_limit > 0)
+                .map(|b| (b.id.clone(), b.counted_sessions()))
+                .collect(),
+            dialout: self.local_bridge_backends(),
+        };
         {
             let mut sent = self.counts_sent.lock();
             let due = sent.0.is_none_or(|t| now.duration_since(t) >= interval);
-            if !due && sent.1 == counts && sent.2 == dialout {
+            if !due && sent.1 == status {
                 return;
             }
-            *sent = (Some(now), counts.clone(), dialout.clone());
+            *sent = (Some(now), status.clone());
         }
-        let status = proto::cluster::NodeStatus {
-            node: self.node_id.to_string(),
-            sessions: counts,
-            dialout,
-        };
         let msg = BusMessage::new(BusPayload::Node(Arc::new(status)));
         if let Err(e) = self.bus.publish(proto::cluster::NODES_SUBJECT, msg) {
             debug!(error = %e, "could not report session counts");
@@ -2033,6 +2028,20 @@ impl Hub {
     }
 
     /// Every client and internal session.
+    /// The internal clients connected here (Nextcloud, bridges): few, and
+    /// found without cloning every session.
+    pub(crate) fn internal_sessions(&self) -> Vec<Arc<ClientSession>> {
+        self.reg
+            .lock()
+            .sessions
+            .values()
+            .filter_map(|s| match s {
+                AnySession::Client(c) if c.is_internal() => Some(c.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub(crate) fn client_sessions(&self) -> Vec<Arc<ClientSession>> {
         self.reg
             .lock()

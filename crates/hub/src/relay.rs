@@ -366,12 +366,7 @@ async fn hold(
         }
     }
     if let Some(tag) = end {
-        send(Bytes::from_static(if tag == CLOSE {
-            &[CLOSE]
-        } else {
-            &[AWAY]
-        }))
-        .await;
+        send(Bytes::copy_from_slice(&[tag])).await;
     }
     drop(inflight);
     // The answer to this connection's hello belongs to it alone: a later

@@ -22,11 +22,6 @@ use crate::conn::OutMsg;
 use crate::session::{AnySession, ClientSession, VirtualSession};
 use crate::Hub;
 
-/// How long a room new on this node keeps publishing its messages to NATS
-/// while the other nodes' answers to its presence request may still come
-/// (they take a NATS round trip).
-const PRESENCE_ANSWER_WAIT: Duration = Duration::from_secs(1);
-
 pub const FLAG_IN_CALL: i64 = 1;
 pub const FLAG_WITH_AUDIO: i64 = 2;
 pub const FLAG_WITH_VIDEO: i64 = 4;
@@ -55,9 +50,6 @@ struct RoomState {
     remote_participants: HashMap<String, Vec<JsonMap>>,
     /// When this node last sent its presence.
     presence_sent: Option<Instant>,
-    /// When the room started here (clustering: other nodes may answer its
-    /// presence request for a while).
-    created: Instant,
 }
 
 /// A member of the room through another node (clustering).
@@ -169,7 +161,6 @@ impl Room {
                 nodes: HashMap::new(),
                 remote_participants: HashMap::new(),
                 presence_sent: None,
-                created: Instant::now(),
             }),
             backend_subscription: Mutex::new(None),
             presence_subscription: Mutex::new(None),
@@ -226,19 +217,17 @@ impl Room {
         self.publish(hub, msg);
     }
 
-    /// Clustering: whether another node may have members in the room: it
-    /// announced some (join events, presence), or the room is new here and
-    /// the answers to its presence request may still come. When not, room
-    /// messages stay on this node: a member joining elsewhere later is
-    /// announced here first, and its node learns ours from our presence.
+    /// Clustering: whether another node may have members in the room (it
+    /// announced some: join events, presence, the answers the room got when
+    /// it started here). When not, room messages stay on this node: a member
+    /// joining elsewhere later is announced here first (its node asks and
+    /// sends its presence), and learns ours from our answer.
     pub fn reaches_other_nodes(&self, hub: &Hub) -> bool {
-        let Some(interval) = hub.settings.presence_interval else {
+        if hub.settings.presence_interval.is_none() {
             return true;
-        };
+        }
         let st = self.state.lock();
-        !st.remote.is_empty()
-            || !st.nodes.is_empty()
-            || st.created.elapsed() < interval.min(PRESENCE_ANSWER_WAIT)
+        !st.remote.is_empty() || !st.nodes.is_empty()
     }
 
     fn publish(&self, hub: &Hub, msg: ServerMessage) {

@@ -670,7 +670,7 @@ impl BusHandler for ClientSession {
                     "control" => own(m.control.as_ref().and_then(|x| x.sender.as_ref())),
                     "event" => {
                         m.event.as_ref().is_some_and(|e| e.target == "room")
-                            && msg.send_time < self.room_join_time()
+                            && self.joined_after(msg.send_time)
                     }
                     _ => false,
                 };

@@ -22,7 +22,7 @@ pub const BUS_TYPE_PRESENCE: &str = "x-presence";
 pub const BUS_TYPE_NODE: &str = "x-node";
 pub const NODES_SUBJECT: &str = "cluster.nodes";
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub node: String,
     /// Backend id -> sessions counted against its limit.

@@ -882,8 +882,6 @@ async fn room_messages_stay_local_until_another_node_joins() {
     alice.join_room("room1", "talk-a").await;
     let mut carol = c.user(c.a, "carol").await;
     carol.join_room("room1", "talk-c").await;
-    // Past the new room's wait for other nodes' answers (one interval).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     let watcher = async_nats::connect(c.nats_url.as_str())
         .await
         .expect("watcher connects");

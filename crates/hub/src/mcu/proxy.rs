@@ -949,6 +949,7 @@ impl Inner {
     async fn subscribe_elsewhere(
         &self,
         loc: &ProxyLocation,
+        publisher: &str,
         stream: StreamType,
         country: Option<&str>,
         continents: &[String],
@@ -957,7 +958,7 @@ impl Inner {
         let mine = self.conns.read().iter().find(|c| same(&c.url)).cloned();
         if let Some(conn) = mine {
             return self
-                .subscribe_at(&conn, &loc.id, &loc.url, stream, country, continents)
+                .subscribe_at(&conn, &loc.id, publisher, stream, country, continents)
                 .await;
         }
         let near = self
@@ -968,7 +969,7 @@ impl Inner {
         let c = self
             .create_subscriber(&near, Some(&loc.url), &loc.id, stream)
             .await?;
-        info!(from = %loc.url, via = %near.url, "subscribing to another server's publisher through a remote stream");
+        info!(publisher = %publisher, from = %loc.url, via = %near.url, "subscribing to another server's publisher through a remote stream");
         self.shared
             .metrics
             .remote_subscribers_total
@@ -1085,7 +1086,13 @@ impl Mcu for ProxyMcu {
             let (conn, c) = match location.as_ref().and_then(ProxyLocation::parse) {
                 Some(loc) => {
                     inner
-                        .subscribe_elsewhere(&loc, stream, country.as_deref(), &continents)
+                        .subscribe_elsewhere(
+                            &loc,
+                            &publisher,
+                            stream,
+                            country.as_deref(),
+                            &continents,
+                        )
                         .await?
                 }
                 None => {
