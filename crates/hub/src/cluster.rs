@@ -14,7 +14,8 @@ use async_nats::Client;
 use futures_util::StreamExt;
 use proto::cluster::{
     ClusterAnswer, DialoutAnswer, DialoutRequest, PublisherRequest, ResumeRequest, RoomQuestion,
-    DIALOUT_SUBJECT, PUBLISHER_SUBJECT, RESUME_SUBJECT, ROOM_SUBJECT,
+    RoomSessionQuestion, DIALOUT_SUBJECT, PUBLISHER_SUBJECT, RESUME_SUBJECT, ROOM_SESSION_SUBJECT,
+    ROOM_SUBJECT,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -156,6 +157,7 @@ pub(crate) async fn serve(hub: Weak<Hub>, cluster: Arc<Cluster>, shutdown: Cance
         PUBLISHER_SUBJECT,
         DIALOUT_SUBJECT,
         ROOM_SUBJECT,
+        ROOM_SESSION_SUBJECT,
     ] {
         match client.subscribe(subject.to_owned()).await {
             Ok(s) => subs.push(s),
@@ -194,6 +196,12 @@ pub(crate) async fn serve(hub: Weak<Hub>, cluster: Arc<Cluster>, shutdown: Cance
                     Ok(q) => answer(&hub.node_id, hub.room_presence_for(&q)),
                     Err(e) => return debug!(error = %e, "bad room question"),
                 },
+                ROOM_SESSION_SUBJECT => {
+                    match serde_json::from_slice::<RoomSessionQuestion>(&m.payload) {
+                        Ok(q) => answer(&hub.node_id, hub.replaced_room_session(&q)),
+                        Err(e) => return debug!(error = %e, "bad room session question"),
+                    }
+                }
                 DIALOUT_SUBJECT => match serde_json::from_slice::<DialoutRequest>(&m.payload) {
                     Ok(q) => {
                         let a: Option<DialoutAnswer> = hub.dialout_for_cluster(&q).await;
@@ -222,6 +230,45 @@ impl Hub {
         }
         let backend = self.backends.by_id(&q.backend)?;
         self.room_for(&backend, &q.roomid)?.presence(self)
+    }
+
+    /// Another node's session joined with a Talk session id: an older
+    /// session of ours with it is told `bye`.
+    fn replaced_room_session(&self, q: &RoomSessionQuestion) -> Option<bool> {
+        if *q.node == *self.node_id {
+            return None;
+        }
+        let ours = self.session_for_room_session(&q.roomsessionid)?;
+        if *ours == *q.sessionid {
+            return None;
+        }
+        self.send_bye_to(&ours, "room_session_reconnected");
+        Some(true)
+    }
+
+    /// A session of ours joined with Talk session id `room_session_id`:
+    /// the other nodes end an older session with it (the local one is
+    /// handled by the caller). Sent without waiting for the answers.
+    pub(crate) fn replace_room_session_elsewhere(&self, room_session_id: &str, joined: &str) {
+        let Some(cluster) = self.cluster.get().cloned() else {
+            return;
+        };
+        let question = RoomSessionQuestion {
+            node: self.node_id.to_string(),
+            roomsessionid: room_session_id.to_owned(),
+            sessionid: joined.to_owned(),
+        };
+        let peers = self.live_nodes();
+        tokio::spawn(async move {
+            let _: Vec<bool> = cluster
+                .ask_all(
+                    ROOM_SESSION_SUBJECT,
+                    &question,
+                    peers,
+                    ROOM_QUESTION_TIMEOUT,
+                )
+                .await;
+        });
     }
 
     /// A room new on this node: learn the members other nodes have, before

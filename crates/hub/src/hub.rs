@@ -1447,6 +1447,8 @@ impl Hub {
             return;
         }
         if !room_msg.sessionid.is_empty() {
+            // Clustering: the older session may be on another server.
+            self.replace_room_session_elsewhere(&room_msg.sessionid, &session.public_id);
             let mut reg = self.reg.lock();
             reg.room_sessions
                 .insert(room_msg.sessionid.clone(), session.public_id.clone());
@@ -1532,9 +1534,15 @@ impl Hub {
         if other == *except {
             return;
         }
-        let bye = OutMsg::new(ServerMessage::bye("room_session_reconnected"));
+        self.send_bye_to(&other, "room_session_reconnected");
+    }
+
+    /// Tell session `public_id` (on any server) `bye` with `reason`; its
+    /// connection is closed after it.
+    pub(crate) fn send_bye_to(&self, public_id: &str, reason: &str) {
+        let bye = OutMsg::new(ServerMessage::bye(reason));
         let _ = self.bus.publish(
-            &proto::cluster::session_subject(&other),
+            &proto::cluster::session_subject(public_id),
             BusMessage::new(BusPayload::Message(bye)),
         );
     }

@@ -30,6 +30,9 @@ pub struct HubMetrics {
     pub client_countries: Arc<CounterVec>,
     pub queue_overflows: Arc<Counter>,
     pub connections: Arc<Gauge>,
+    /// Closed sockets waiting for the client's close frame
+    /// (`runtime::closing`).
+    pub lingering: Arc<Gauge>,
     pub backend_requests: Arc<CounterVec>,
     /// Clustering: connections relayed to or from another server (a client
     /// resumed on a server other than its session's), by side.
@@ -96,6 +99,10 @@ impl HubMetrics {
             connections: registry.gauge(
                 "signaling_server_connections",
                 "The current number of client connections",
+            ),
+            lingering: registry.gauge(
+                "signaling_server_lingering_connections",
+                "Closed client connections waiting for the client's close frame",
             ),
             backend_requests: registry.counter_vec(
                 "signaling_backend_requests_total",

@@ -67,6 +67,19 @@ pub const RESUME_SUBJECT: &str = "cluster.resume";
 pub const PUBLISHER_SUBJECT: &str = "cluster.publisher";
 pub const DIALOUT_SUBJECT: &str = "cluster.dialout";
 pub const ROOM_SUBJECT: &str = "cluster.room";
+pub const ROOM_SESSION_SUBJECT: &str = "cluster.roomsession";
+
+/// A session joined a room with Talk session id `roomsessionid`: a node
+/// holding another session with it tells that one `bye` with reason
+/// `room_session_reconnected` (one Talk session, one signaling session)
+/// and answers `true`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RoomSessionQuestion {
+    pub node: String,
+    pub roomsessionid: String,
+    /// The session that joined (and stays).
+    pub sessionid: String,
+}
 
 /// A room starts on a node: who has members in it already? Nodes that
 /// host it answer with their [`RoomPresence`] (members, transient data), so

@@ -50,10 +50,13 @@ where
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.tick().await;
     let mut deadline = tokio::time::Instant::now() + READ_TIMEOUT;
+    // We sent a close frame: wait for the peer's before dropping the socket
+    // (`runtime::closing`), so that the frames before it are not lost.
+    let mut closing = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
-                let _ = sink.send(Message::Close(None)).await;
+                closing = sink.send(Message::Close(None)).await.is_ok();
                 break;
             }
             _ = tokio::time::sleep_until(deadline) => {
@@ -72,7 +75,7 @@ where
                     Outgoing::Last(t) => (t, true),
                 };
                 if sink.send(Message::text(text)).await.is_err() || last {
-                    let _ = sink.send(Message::Close(None)).await;
+                    closing = sink.send(Message::Close(None)).await.is_ok();
                     break;
                 }
             }
@@ -95,5 +98,8 @@ where
     }
     if let Some(s) = state.session.take() {
         s.detach(&state.tx);
+    }
+    if closing {
+        runtime::closing::linger(&mut stream, &server.metrics.lingering).await;
     }
 }

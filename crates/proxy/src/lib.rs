@@ -124,12 +124,18 @@ struct ProxyMetrics {
     payloads: Arc<CounterVec>,
     token_errors: Arc<CounterVec>,
     load: Arc<Gauge>,
+    /// Closed connections waiting for the peer's close frame.
+    pub(crate) lingering: Arc<Gauge>,
 }
 
 impl ProxyMetrics {
     fn new(r: &Registry) -> ProxyMetrics {
         ProxyMetrics {
             sessions: r.gauge("signaling_proxy_sessions", "The current number of sessions"),
+            lingering: r.gauge(
+                "signaling_proxy_lingering_connections",
+                "Closed connections waiting for the signaling server's close frame",
+            ),
             sessions_total: r.counter(
                 "signaling_proxy_sessions_total",
                 "The total number of created sessions",
@@ -220,7 +226,7 @@ pub struct ProxyServer {
     clients_gone: tokio::sync::Notify,
     stats_allowed: RwLock<Vec<IpNet>>,
     pub registry: Registry,
-    metrics: ProxyMetrics,
+    pub(crate) metrics: ProxyMetrics,
     pub shutdown: Shutdown,
     server_header: HeaderValue,
     next_sid: AtomicU64,

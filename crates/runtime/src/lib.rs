@@ -4,6 +4,7 @@
 //! Nothing here knows about signaling; the hub and the binaries build on it.
 
 pub mod cli;
+pub mod closing;
 pub mod config;
 pub mod dates;
 pub mod limits;

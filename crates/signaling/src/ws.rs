@@ -92,6 +92,8 @@ async fn run<S>(
     let mut queued_bytes: u64 = 0;
     // Clustering: the session is on another server (see `hub::relay`).
     let mut relay: Option<Box<hub::relay::RelayLink>> = None;
+    // The client closed (or the socket failed): nothing to wait for at the end.
+    let mut peer_gone = false;
 
     'conn: loop {
         tokio::select! {
@@ -210,7 +212,10 @@ async fn run<S>(
                         }
                     }
                     Some(Ok(Message::Frame(_))) => {}
-                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Ok(Message::Close(_))) | None => {
+                        peer_gone = true;
+                        break;
+                    }
                     Some(Err(WsError::Capacity(e))) => {
                         // Like upstream: 1009 "message too big", then close.
                         debug!(error = %e, "message too large");
@@ -219,6 +224,7 @@ async fn run<S>(
                     }
                     Some(Err(e)) => {
                         debug!(error = %e, "read failed");
+                        peer_gone = true;
                         break;
                     }
                 }
@@ -271,7 +277,21 @@ async fn run<S>(
     drop(inflight);
     hub.conn_closed(&conn, unsent);
     if !write_failed {
-        let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+        close_gracefully(&hub, &mut sink, &mut stream, peer_gone).await;
+    }
+}
+
+/// Send the close frame (if not sent yet) and, when the server started the
+/// close, wait for the client's close frame before the socket is dropped,
+/// so that the last frames are not lost to a reset (`runtime::closing`).
+async fn close_gracefully<K, R>(hub: &Hub, sink: &mut K, stream: &mut R, peer_gone: bool)
+where
+    K: futures_util::Sink<Message, Error = WsError> + Unpin,
+    R: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    let closed = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+    if !peer_gone && matches!(closed, Ok(Ok(()))) {
+        runtime::closing::linger(stream, &hub.metrics.lingering).await;
     }
 }
 
@@ -318,6 +338,7 @@ async fn relayed<K, R>(
     let (mut heard, mut last_read) = (Instant::now(), Instant::now());
     // Close the socket as "going away" (the client should come back).
     let mut away = false;
+    let mut peer_gone = false;
     loop {
         tokio::select! {
             biased;
@@ -370,13 +391,17 @@ async fn relayed<K, R>(
                         }
                     }
                     Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
-                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Ok(Message::Close(_))) | None => {
+                        peer_gone = true;
+                        break;
+                    }
                     Some(Err(WsError::Capacity(_))) => {
                         send_close(&mut sink, CloseCode::Size, "").await;
                         break;
                     }
                     Some(Err(e)) => {
                         debug!(error = %e, "read failed");
+                        peer_gone = true;
                         break;
                     }
                 }
@@ -413,7 +438,7 @@ async fn relayed<K, R>(
     link.close(written).await;
     hub.metrics.relays.dec(&["client"]);
     hub.conn_closed(&conn, Vec::new());
-    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+    close_gracefully(&hub, &mut sink, &mut stream, peer_gone).await;
 }
 
 /// A close frame with `code`, given a second at most.

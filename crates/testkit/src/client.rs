@@ -83,6 +83,9 @@ pub struct TestClient {
     /// Set once the connection ended, so later waits report it instead of
     /// reading a dead stream.
     closed: Option<Option<CloseInfo>>,
+    /// A close frame (possibly empty) ended the connection, not EOF or an
+    /// error.
+    close_frame: bool,
     session_id: Option<String>,
     resume_id: Option<String>,
     user_id: Option<String>,
@@ -130,10 +133,17 @@ impl TestClient {
             next_id: 1,
             timeout: DEFAULT_TIMEOUT,
             closed: None,
+            close_frame: false,
             session_id: None,
             resume_id: None,
             user_id: None,
         })
+    }
+
+    /// True once the connection ended with a close frame (empty or not);
+    /// false after EOF, a reset or an error.
+    pub fn got_close_frame(&self) -> bool {
+        self.close_frame
     }
 
     /// Silently drops every received message of this `type` (e.g. `"welcome"`).
@@ -350,10 +360,13 @@ impl TestClient {
                 },
                 Some(Ok(Message::Binary(b))) => Incoming::Binary(b.to_vec()),
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                Some(Ok(Message::Close(frame))) => Incoming::Closed(frame.map(|f| CloseInfo {
-                    code: u16::from(f.code),
-                    reason: f.reason.as_str().to_owned(),
-                })),
+                Some(Ok(Message::Close(frame))) => {
+                    self.close_frame = true;
+                    Incoming::Closed(frame.map(|f| CloseInfo {
+                        code: u16::from(f.code),
+                        reason: f.reason.as_str().to_owned(),
+                    }))
+                }
                 Some(Err(_)) | None => Incoming::Closed(None),
             };
             if let Incoming::Closed(info) = &incoming {
