@@ -259,30 +259,71 @@ async fn auth_failed(server: &Server, ip: &str) -> Response<Body> {
     text(StatusCode::FORBIDDEN, "Authentication check failed")
 }
 
+/// Most of a request body read and thrown away after an early answer.
+const DISCARD_LIMIT: usize = 16 * 1024 * 1024;
+/// How long the rest of a body is read after an early answer.
+const DISCARD_TIME: Duration = Duration::from_secs(5);
+
+/// An answer given before the request body was read (411, 413, 400, 403,
+/// 429): the connection closes after it, and the body the client is still
+/// sending is read and thrown away meanwhile (up to [`DISCARD_LIMIT`] and
+/// [`DISCARD_TIME`]). Closing with the body unread would make the kernel
+/// reset the connection, and a client still writing would then often not
+/// see the answer at all.
+fn early(mut resp: Response<Body>, body: Incoming) -> Response<Body> {
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    if !hyper::body::Body::is_end_stream(&body) {
+        tokio::spawn(discard(body));
+    }
+    resp
+}
+
+async fn discard(mut body: Incoming) {
+    let mut left = DISCARD_LIMIT;
+    let _ = tokio::time::timeout(DISCARD_TIME, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            let n = frame.data_ref().map_or(0, Bytes::len);
+            if n >= left {
+                break;
+            }
+            left -= n;
+        }
+    })
+    .await;
+}
+
 async fn backend_room(
     server: &Arc<Server>,
     req: Request<Incoming>,
     roomid: &str,
     ip: &str,
 ) -> Response<Body> {
-    let headers = req.headers().clone();
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
     // Go's server requires a declared length; chunked requests are refused.
     let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.parse::<u64>().ok())
     else {
-        return text(StatusCode::LENGTH_REQUIRED, "Length required");
+        return early(text(StatusCode::LENGTH_REQUIRED, "Length required"), body);
     };
     if len > MAX_BODY_SIZE {
-        return text(StatusCode::PAYLOAD_TOO_LARGE, "Request entity too large");
+        return early(
+            text(StatusCode::PAYLOAD_TOO_LARGE, "Request entity too large"),
+            body,
+        );
     }
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if !ct.starts_with("application/json") {
-        return text(StatusCode::BAD_REQUEST, "Unsupported Content-Type");
+        return early(
+            text(StatusCode::BAD_REQUEST, "Unsupported Content-Type"),
+            body,
+        );
     }
     if server
         .hub
@@ -290,7 +331,10 @@ async fn backend_room(
         .check(ip, hub::throttle::ACTION_BACKEND_ROOM)
         .is_err()
     {
-        return text(StatusCode::TOO_MANY_REQUESTS, "Too many requests");
+        return early(
+            text(StatusCode::TOO_MANY_REQUESTS, "Too many requests"),
+            body,
+        );
     }
     let random = headers
         .get(proto::backend::HEADER_RANDOM)
@@ -304,11 +348,12 @@ async fn backend_room(
         .to_owned();
     if random.is_empty() || checksum.is_empty() {
         warn!(peer = %ip, "backend request without checksum headers");
-        return auth_failed(server, ip).await;
+        let resp = auth_failed(server, ip).await;
+        return early(resp, body);
     }
     let body = match tokio::time::timeout(
         BODY_READ_TIMEOUT,
-        Limited::new(req.into_body(), MAX_BODY_SIZE as usize).collect(),
+        Limited::new(body, MAX_BODY_SIZE as usize).collect(),
     )
     .await
     {
