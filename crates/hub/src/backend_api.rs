@@ -40,10 +40,9 @@ impl Hub {
                 let (users, props) = (inv.userids.clone(), inv.properties.clone());
                 let all = inv.alluserids.clone();
                 self.send_roomlist("invite", backend, roomid, &users, props.clone());
-                if all.is_empty() {
-                    self.publish_room_request(backend, roomid, req)?;
-                } else {
-                    self.send_roomlist_update(backend, roomid, &users, &all, props);
+                match all {
+                    Some(all) => self.send_roomlist_update(backend, roomid, &users, &all, props),
+                    None => self.publish_room_request(backend, roomid, req)?,
                 }
             }
             "disinvite" => {
@@ -54,7 +53,7 @@ impl Hub {
                 // its sessions named in `sessionids`.
                 self.publish_room_request(backend, roomid, req)?;
                 self.send_disinvite(backend, roomid, "disinvited", &users);
-                if !all.is_empty() {
+                if let Some(all) = all {
                     self.send_roomlist_update(backend, roomid, &users, &all, props);
                 }
             }
@@ -62,7 +61,9 @@ impl Hub {
                 let u = req.update.as_ref().ok_or_else(|| missing("update"))?;
                 let (users, props) = (u.userids.clone(), u.properties.clone());
                 self.publish_room_request(backend, roomid, req)?;
-                self.send_roomlist_update(backend, roomid, &[], &users, props);
+                if let Some(users) = users {
+                    self.send_roomlist_update(backend, roomid, &[], &users, props);
+                }
             }
             "delete" => {
                 let mut req = req;
@@ -72,7 +73,12 @@ impl Hub {
                     .userids
                     .clone();
                 self.publish_room_request(backend, roomid, req)?;
-                self.send_disinvite(backend, roomid, "deleted", &users);
+                self.send_disinvite(
+                    backend,
+                    roomid,
+                    "deleted",
+                    users.as_deref().unwrap_or_default(),
+                );
             }
             // Talk session ids are translated by the room on each server
             // (it knows its own sessions and, clustered, the others').

@@ -1539,12 +1539,12 @@ impl Hub {
         );
     }
 
-    /// A room was deleted by Nextcloud: members leave it. Each client
-    /// session is told (`roomlist`/`disinvite`, reason `deleted`; sent once
-    /// out of the room, so it does not end the connection), except those
-    /// of `told_users`: old Talk versions named the users, and they are
-    /// told on their user subjects.
-    pub(crate) fn room_deleted(&self, room: &Room, told_users: &[String]) {
+    /// A room was deleted by Nextcloud: members leave it. With
+    /// `tell_members` each client session is told first (`roomlist`/
+    /// `disinvite`, reason `deleted`; sent once out of the room, so it does
+    /// not end the connection); old Talk versions named the users to tell
+    /// instead.
+    pub(crate) fn room_deleted(&self, room: &Room, tell_members: bool) {
         let disinvite = OutMsg::new(ServerMessage::event(crate::room::disinvite_event(
             &room.id, "deleted",
         )));
@@ -1552,7 +1552,7 @@ impl Hub {
             match s {
                 AnySession::Client(c) => {
                     c.leave_room(true);
-                    if c.auth_user_id.is_empty() || !told_users.contains(&c.auth_user_id) {
+                    if tell_members {
                         c.send(&disinvite);
                     }
                     if c.conn().is_some() {

@@ -506,7 +506,25 @@ impl Room {
             .map(str::to_owned)
             .collect();
         let remote = st.remote_participants.values().flatten().cloned();
-        for mut entry in local_participants(&st.sessions).into_iter().chain(remote) {
+        let extra: Vec<JsonMap> = local_participants(&st.sessions)
+            .into_iter()
+            .chain(remote)
+            .collect();
+        // Talk's entry of a virtual session (a phone call through the SIP
+        // bridge) is marked and carries the session's own call flags.
+        for user in users.iter_mut() {
+            let sid = entry_session_id(user);
+            let own = extra.iter().find(|e| {
+                entry_session_id(e) == sid && e.get("virtual") == Some(&Value::Bool(true))
+            });
+            if let Some(own) = own {
+                user.insert("virtual".into(), Value::Bool(true));
+                if let Some(flags) = own.get("inCall") {
+                    user.insert("inCall".into(), flags.clone());
+                }
+            }
+        }
+        for mut entry in extra {
             let sid = entry.get("sessionId").and_then(Value::as_str).unwrap_or("");
             if !listed.insert(sid.to_owned()) {
                 continue;
@@ -942,27 +960,29 @@ impl Room {
                 let update = req.update.as_ref();
                 let props = update.and_then(|u| u.properties.clone());
                 self.update_properties(hub, props.clone());
-                if update.is_none_or(|u| u.userids.is_empty()) {
+                if update.is_none_or(|u| u.userids.is_none()) {
                     // `changed-users`: Talk no longer names the users.
                     self.announce_roomlist_update(hub, props);
                 }
             }
             "invite" => {
-                if let Some(inv) = req.invite.as_ref().filter(|i| i.alluserids.is_empty()) {
+                if let Some(inv) = req.invite.as_ref().filter(|i| i.alluserids.is_none()) {
                     self.announce_roomlist_update(hub, inv.properties.clone());
                 }
             }
             "disinvite" => {
                 let Some(d) = &req.disinvite else { return };
-                if d.alluserids.is_empty() {
+                if d.alluserids.is_none() {
                     self.announce_roomlist_update(hub, d.properties.clone());
                 }
                 self.disinvite_local_sessions(hub, &d.sessionids);
             }
             "delete" => {
-                let users = req.delete.as_ref().map(|d| d.userids.as_slice());
+                // Old Talk versions name the users to tell (they are told
+                // on their user subjects); without a list, the members are.
+                let listed = req.delete.as_ref().is_some_and(|d| d.userids.is_some());
                 self.notify_internal_deleted();
-                hub.room_deleted(self, users.unwrap_or_default());
+                hub.room_deleted(self, !listed);
             }
             "incall" => {
                 let Some(incall) = &req.incall else { return };
@@ -1040,16 +1060,25 @@ impl Room {
         changed: &[JsonMap],
         users: Option<&[JsonMap]>,
     ) -> (Vec<JsonMap>, Option<Vec<JsonMap>>) {
-        let (remote, local): (HashMap<String, String>, HashSet<Arc<str>>) = {
+        let (remote, local, virtuals) = {
             let st = self.state.lock();
-            let remote = st
+            let remote: HashMap<String, String> = st
                 .remote
                 .values()
                 .filter(|m| !m.entry.roomsessionid.is_empty())
                 .map(|m| (m.entry.roomsessionid.clone(), m.entry.sessionid.clone()))
                 .collect();
-            let local = st.sessions.iter().map(|s| s.public_id().clone()).collect();
-            (remote, local)
+            let local: HashSet<Arc<str>> =
+                st.sessions.iter().map(|s| s.public_id().clone()).collect();
+            // Talk knows a virtual session (a phone call through the SIP
+            // bridge) by its signaling id.
+            let virtuals: HashSet<Arc<str>> = st
+                .sessions
+                .iter()
+                .filter(|s| matches!(s, AnySession::Virtual(_)))
+                .map(|s| s.public_id().clone())
+                .collect();
+            (remote, local, virtuals)
         };
         let fix = |list: &[JsonMap]| -> Vec<JsonMap> {
             list.iter()
@@ -1064,7 +1093,8 @@ impl Room {
                         .session_for_room_session(rs)
                         .filter(|p| local.contains(p))
                         .map(|p| p.to_string())
-                        .or_else(|| remote.get(rs).cloned())?;
+                        .or_else(|| remote.get(rs).cloned())
+                        .or_else(|| virtuals.contains(rs).then(|| rs.to_owned()))?;
                     let mut u = u.clone();
                     u.insert("sessionId".into(), Value::String(public));
                     Some(u)

@@ -120,6 +120,19 @@ fn map_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<JsonMap>, D::E
     php_list(d)
 }
 
+/// Like [`string_list`], keeping "absent" (or `null`) apart from "present":
+/// old Talk versions send the list of every user, Talk with `changed-users`
+/// leaves it out.
+fn opt_string_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    use serde::de::Error as _;
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None => Ok(None),
+        Some(v) => php_list(v).map(Some).map_err(D::Error::custom),
+    }
+}
+
 /// Like [`map_list`], keeping "absent" apart from "present": old Talk
 /// versions send the whole list (`users`), Talk with `changed-users` leaves
 /// it out.
@@ -194,10 +207,10 @@ pub struct RoomInviteRequest {
     /// Old Talk only (without `changed-users`).
     #[serde(
         default,
-        deserialize_with = "string_list",
-        skip_serializing_if = "Vec::is_empty"
+        deserialize_with = "opt_string_list",
+        skip_serializing_if = "Option::is_none"
     )]
-    pub alluserids: Vec<String>,
+    pub alluserids: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub properties: Option<Raw>,
 }
@@ -219,10 +232,10 @@ pub struct RoomDisinviteRequest {
     /// Old Talk only (without `changed-users`).
     #[serde(
         default,
-        deserialize_with = "string_list",
-        skip_serializing_if = "Vec::is_empty"
+        deserialize_with = "opt_string_list",
+        skip_serializing_if = "Option::is_none"
     )]
-    pub alluserids: Vec<String>,
+    pub alluserids: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub properties: Option<Raw>,
 }
@@ -232,10 +245,10 @@ pub struct RoomUpdateRequest {
     /// Old Talk only (without `changed-users`).
     #[serde(
         default,
-        deserialize_with = "string_list",
-        skip_serializing_if = "Vec::is_empty"
+        deserialize_with = "opt_string_list",
+        skip_serializing_if = "Option::is_none"
     )]
-    pub userids: Vec<String>,
+    pub userids: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub properties: Option<Raw>,
 }
@@ -245,10 +258,10 @@ pub struct RoomDeleteRequest {
     /// Old Talk only (without `changed-users`).
     #[serde(
         default,
-        deserialize_with = "string_list",
-        skip_serializing_if = "Vec::is_empty"
+        deserialize_with = "opt_string_list",
+        skip_serializing_if = "Option::is_none"
     )]
-    pub userids: Vec<String>,
+    pub userids: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, Clone)]
@@ -520,9 +533,11 @@ mod tests {
             parse(r#"{"type":"delete","delete":{"userids":{"0":"a","2":"b"}}}"#)
                 .expect("object list")
                 .delete
-                .map(|d| d.userids),
+                .and_then(|d| d.userids),
             Some(vec!["a".to_owned(), "b".to_owned()])
         );
+        let req = parse(r#"{"type":"delete","delete":{}}"#).expect("new Talk");
+        assert!(req.delete.is_some_and(|d| d.userids.is_none()));
         let err = parse(r#"{"type":"delete","delete":"x"}"#).expect_err("a string");
         assert!(err.to_string().contains("expected an object"), "{err}");
     }

@@ -771,3 +771,49 @@ async fn resumed_client_gets_the_call() {
         "{v}"
     );
 }
+
+/// Talk's entry for a virtual session (a phone call through the SIP bridge,
+/// named by its signaling id) is tracked, marked `virtual` and shows the
+/// session's own call flags (here the bridge's default: in call by phone).
+#[tokio::test]
+async fn virtual_session_entry_shows_its_own_flags() {
+    let w = World::single().await;
+    let q = w.quiet();
+    let mut a = w.member(0, "alice", "room1", "talk-a").await;
+    let (mut bridge, _) = internal_client(w.node(0), &w.backend.url(), &[]).await;
+    bridge.join_room("room1", "").await;
+    bridge
+        .send_json(
+            &json!({"type": "internal", "internal": {"type": "addsession", "addsession": {
+            "sessionid": "sip-1", "roomid": "room1", "userid": "",
+            "options": {"actorId": "phone-1", "actorType": "phones"}}}}),
+        )
+        .await;
+    let join = w
+        .backend
+        .wait_for(
+            |r| r.kind == "room" && r.payload()["actorid"] == "phone-1",
+            DEFAULT_TIMEOUT,
+        )
+        .await;
+    let v_id = join.payload()["sessionid"]
+        .as_str()
+        .expect("virtual session id")
+        .to_owned();
+    drain(&mut a.c, q).await;
+    w.post(
+        0,
+        "room1",
+        json!({"type": "incall", "incall": {"incall": 1, "changed": [
+            {"inCall": 1, "sessionId": v_id, "actorType": "phones", "actorId": "phone-1"}]}}),
+    )
+    .await;
+    let v = a.c.recv().await;
+    let call = call_of(&v, "room1");
+    let entry = &call[&v_id];
+    assert_eq!(entry["virtual"], true, "{v}");
+    assert_eq!(entry["inCall"], 9, "{v}");
+    assert_eq!(entry["actorType"], "phones", "{v}");
+    // `call_of` checked it is listed once (not again as the bridge's
+    // own virtual entry).
+}
