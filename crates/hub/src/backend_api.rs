@@ -4,17 +4,13 @@
 //! them.
 
 use proto::backend::BackendServerRoomRequest;
-use proto::client::{EventServerMessage, RoomDisinviteEvent, RoomEvent, ServerMessage};
+use proto::client::{EventServerMessage, RoomEvent, ServerMessage};
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::backends::Backend;
-use crate::bus::BusPayload;
 use crate::conn::OutMsg;
 use crate::Hub;
-
-/// Talk's marker for "not in the meeting".
-const SESSION_NOT_IN_MEETING: &str = "0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -35,46 +31,54 @@ impl Hub {
         req: BackendServerRoomRequest,
     ) -> Result<(), ApiError> {
         let missing = |what: &str| ApiError::BadRequest(format!("{what} missing"));
+        // Talk with `changed-users` leaves out the lists of every user
+        // (`alluserids`, `userids` of update and delete): then the members
+        // of the room are told, by every server hosting it.
         match req.kind.as_str() {
             "invite" => {
                 let inv = req.invite.as_ref().ok_or_else(|| missing("invite"))?;
-                self.send_roomlist(
-                    "invite",
-                    backend,
-                    roomid,
-                    &inv.userids,
-                    inv.properties.clone(),
-                );
-                self.send_roomlist_update(
-                    backend,
-                    roomid,
-                    &inv.userids,
-                    &inv.alluserids,
-                    inv.properties.clone(),
-                );
+                let (users, props) = (inv.userids.clone(), inv.properties.clone());
+                let all = inv.alluserids.clone();
+                self.send_roomlist("invite", backend, roomid, &users, props.clone());
+                match all {
+                    Some(all) => self.send_roomlist_update(backend, roomid, &users, &all, props),
+                    None => self.publish_room_request(backend, roomid, req)?,
+                }
             }
             "disinvite" => {
                 let d = req.disinvite.as_ref().ok_or_else(|| missing("disinvite"))?;
-                self.send_disinvite(backend, roomid, "disinvited", &d.userids, &d.sessionids);
-                self.send_roomlist_update(
-                    backend,
-                    roomid,
-                    &d.userids,
-                    &d.alluserids,
-                    d.properties.clone(),
-                );
+                let (users, props) = (d.userids.clone(), d.properties.clone());
+                let all = d.alluserids.clone();
+                // The room sends its update first, then the disinvites of
+                // its sessions named in `sessionids`.
+                self.publish_room_request(backend, roomid, req)?;
+                self.send_disinvite(backend, roomid, "disinvited", &users);
+                if let Some(all) = all {
+                    self.send_roomlist_update(backend, roomid, &users, &all, props);
+                }
             }
             "update" => {
                 let u = req.update.as_ref().ok_or_else(|| missing("update"))?;
                 let (users, props) = (u.userids.clone(), u.properties.clone());
                 self.publish_room_request(backend, roomid, req)?;
-                self.send_roomlist_update(backend, roomid, &[], &users, props);
+                if let Some(users) = users {
+                    self.send_roomlist_update(backend, roomid, &[], &users, props);
+                }
             }
             "delete" => {
-                let d = req.delete.as_ref().ok_or_else(|| missing("delete"))?;
-                let users = d.userids.clone();
+                let mut req = req;
+                let users = req
+                    .delete
+                    .get_or_insert_with(Default::default)
+                    .userids
+                    .clone();
                 self.publish_room_request(backend, roomid, req)?;
-                self.send_disinvite(backend, roomid, "deleted", &users, &[]);
+                self.send_disinvite(
+                    backend,
+                    roomid,
+                    "deleted",
+                    users.as_deref().unwrap_or_default(),
+                );
             }
             // Talk session ids are translated by the room on each server
             // (it knows its own sessions and, clustered, the others').
@@ -160,41 +164,23 @@ impl Hub {
         self.send_roomlist("update", backend, roomid, &users, properties);
     }
 
-    fn send_disinvite(
-        &self,
-        backend: &Backend,
-        roomid: &str,
-        reason: &str,
-        users: &[String],
-        sessions: &[String],
-    ) {
-        let mut event = EventServerMessage::new("roomlist", "disinvite");
-        event.disinvite = Some(RoomDisinviteEvent {
-            roomid: roomid.to_owned(),
-            properties: None,
-            reason: reason.to_owned(),
-        });
-        let msg = OutMsg::new(ServerMessage::event(event));
+    /// `roomlist`/`disinvite` to every session of `users` (sessions named
+    /// by Talk session id are handled by the room, on each server).
+    fn send_disinvite(&self, backend: &Backend, roomid: &str, reason: &str, users: &[String]) {
+        if users.is_empty() {
+            return;
+        }
+        let msg = OutMsg::new(ServerMessage::event(crate::room::disinvite_event(
+            roomid, reason,
+        )));
         for u in users {
             self.publish_to_user(backend, u, &msg);
-        }
-        for rs in sessions {
-            if rs == SESSION_NOT_IN_MEETING {
-                continue;
-            }
-            if let Some(public) = self.session_for_room_session(rs) {
-                self.publish_to_session(&public, BusPayload::Message(msg.clone()));
-            } else if let Some(crate::session::AnySession::Virtual(v)) =
-                self.session_by_public_id(rs)
-            {
-                self.hang_up_virtual(&v, roomid);
-            }
         }
     }
 
     /// A disinvited virtual session (upstream 1.2.2, #610): its internal
     /// client is told to hang up the phone call.
-    fn hang_up_virtual(&self, v: &crate::session::VirtualSession, roomid: &str) {
+    pub(crate) fn hang_up_virtual(&self, v: &crate::session::VirtualSession, roomid: &str) {
         if v.room().is_none_or(|r| r.id != roomid) {
             return;
         }

@@ -290,9 +290,10 @@ impl Hub {
                 ROOM_QUESTION_TIMEOUT,
             )
             .await;
-        for p in answers {
-            room.apply_presence(self, &p);
+        for p in &answers {
+            room.apply_presence(self, p);
         }
+        room.learn_tracked_from(&answers);
     }
 
     /// Another server has a subscriber for a publisher that may be here.

@@ -1547,12 +1547,22 @@ impl Hub {
         );
     }
 
-    /// A room was deleted by Nextcloud: members leave it.
-    pub(crate) fn room_deleted(&self, room: &Room) {
+    /// A room was deleted by Nextcloud: members leave it. With
+    /// `tell_members` each client session is told first (`roomlist`/
+    /// `disinvite`, reason `deleted`; sent once out of the room, so it does
+    /// not end the connection); old Talk versions named the users to tell
+    /// instead.
+    pub(crate) fn room_deleted(&self, room: &Room, tell_members: bool) {
+        let disinvite = OutMsg::new(ServerMessage::event(crate::room::disinvite_event(
+            &room.id, "deleted",
+        )));
         for s in room.close(self) {
             match s {
                 AnySession::Client(c) => {
                     c.leave_room(true);
+                    if tell_members {
+                        c.send(&disinvite);
+                    }
                     if c.conn().is_some() {
                         Self::send_room_reply(&c, "", None);
                     }

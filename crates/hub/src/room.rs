@@ -34,8 +34,10 @@ struct RoomState {
     /// User ids Nextcloud gave for otherwise anonymous room sessions.
     session_user: HashMap<Arc<str>, String>,
     properties: Option<Raw>,
-    /// Last full participants list from an `incall` request.
-    users: Vec<JsonMap>,
+    /// The call as Talk described it (`changed-users`: Talk sends only what
+    /// changed, the server keeps the rest): the last entry received for each
+    /// member, by signaling session id, in the order first seen.
+    tracked: Vec<Tracked>,
     last_requests: HashMap<String, i64>,
     transient: serde_json::Map<String, Value>,
     /// Transient entries set with a TTL (upstream 1.2.0, #575) and when they go.
@@ -50,6 +52,39 @@ struct RoomState {
     remote_participants: HashMap<String, Vec<JsonMap>>,
     /// When this node last sent its presence.
     presence_sent: Option<Instant>,
+}
+
+/// One member's entry in the call state, and when the backend request it
+/// came with was received (requests reaching different nodes may be
+/// applied out of order; an older entry never replaces a newer one).
+struct Tracked {
+    entry: JsonMap,
+    received: i64,
+}
+
+fn entry_session_id(entry: &JsonMap) -> &str {
+    entry.get("sessionId").and_then(Value::as_str).unwrap_or("")
+}
+
+impl RoomState {
+    fn tracked_pos(&self, sid: &str) -> Option<usize> {
+        self.tracked
+            .iter()
+            .position(|t| entry_session_id(&t.entry) == sid)
+    }
+
+    fn tracked_list(&self) -> Vec<JsonMap> {
+        self.tracked.iter().map(|t| t.entry.clone()).collect()
+    }
+
+    /// A member left the room: it is no longer part of the call.
+    fn forget(&mut self, sid: &str) {
+        self.tracked.retain(|t| entry_session_id(&t.entry) != sid);
+    }
+
+    fn is_member(&self, sid: &str) -> bool {
+        self.remote.contains_key(sid) || self.sessions.iter().any(|s| **s.public_id() == *sid)
+    }
 }
 
 /// A member of the room through another node (clustering).
@@ -152,7 +187,7 @@ impl Room {
                 in_call: HashSet::new(),
                 session_user: HashMap::new(),
                 properties,
-                users: Vec::new(),
+                tracked: Vec::new(),
                 last_requests: HashMap::new(),
                 transient: serde_json::Map::new(),
                 transient_expiry: HashMap::new(),
@@ -370,6 +405,7 @@ impl Room {
         };
         let session = st.sessions.remove(pos);
         st.in_call.remove(public_id);
+        st.forget(public_id);
         st.session_user.remove(public_id);
         let remaining = st.sessions.len();
         if remaining == 0 {
@@ -470,7 +506,25 @@ impl Room {
             .map(str::to_owned)
             .collect();
         let remote = st.remote_participants.values().flatten().cloned();
-        for mut entry in local_participants(&st.sessions).into_iter().chain(remote) {
+        let extra: Vec<JsonMap> = local_participants(&st.sessions)
+            .into_iter()
+            .chain(remote)
+            .collect();
+        // Talk's entry of a virtual session (a phone call through the SIP
+        // bridge) is marked and carries the session's own call flags.
+        for user in users.iter_mut() {
+            let sid = entry_session_id(user);
+            let own = extra.iter().find(|e| {
+                entry_session_id(e) == sid && e.get("virtual") == Some(&Value::Bool(true))
+            });
+            if let Some(own) = own {
+                user.insert("virtual".into(), Value::Bool(true));
+                if let Some(flags) = own.get("inCall") {
+                    user.insert("inCall".into(), flags.clone());
+                }
+            }
+        }
+        for mut entry in extra {
             let sid = entry.get("sessionId").and_then(Value::as_str).unwrap_or("");
             if !listed.insert(sid.to_owned()) {
                 continue;
@@ -514,7 +568,7 @@ impl Room {
         if hub.settings.presence_interval.is_some() {
             self.send_presence(hub, false, false);
         }
-        let users = self.state.lock().users.clone();
+        let users = self.state.lock().tracked_list();
         self.publish(hub, self.participants_update(Vec::new(), users));
     }
 
@@ -531,18 +585,65 @@ impl Room {
         self.publish(hub, ServerMessage::event(event));
     }
 
-    /// Backend `incall` with explicit lists.
+    /// Backend `incall` (not `all`): `changed` names the sessions whose
+    /// call state changed; old Talk versions also send the whole call as
+    /// `users`. Every member is told the whole call, from the tracked state.
     pub(crate) fn publish_users_in_call_changed(
         &self,
         hub: &Hub,
         changed: Vec<JsonMap>,
-        users: Vec<JsonMap>,
+        users: Option<Vec<JsonMap>>,
+        received: i64,
     ) {
         let mut left_call = Vec::new();
-        {
+        let list = {
             let mut st = self.state.lock();
-            st.users = users.clone();
-            for user in &changed {
+            let fresh: Vec<JsonMap> = match users {
+                Some(mut users) => {
+                    // Old Talk: its list is the call (`changed` adds who
+                    // just left it).
+                    let listed: HashSet<String> = users
+                        .iter()
+                        .map(|u| entry_session_id(u).to_owned())
+                        .collect();
+                    users.extend(
+                        changed
+                            .iter()
+                            .filter(|c| !listed.contains(entry_session_id(c)))
+                            .cloned(),
+                    );
+                    st.tracked = users
+                        .into_iter()
+                        .map(|entry| Tracked { entry, received })
+                        .collect();
+                    changed
+                }
+                None => {
+                    let mut fresh = Vec::new();
+                    for entry in changed {
+                        let sid = entry_session_id(&entry).to_owned();
+                        match st.tracked_pos(&sid) {
+                            Some(i) if st.tracked[i].received > received => {
+                                debug!(room = %self.id, session = %sid, "ignoring an older call state");
+                                continue;
+                            }
+                            Some(i) => {
+                                st.tracked[i] = Tracked {
+                                    entry: entry.clone(),
+                                    received,
+                                }
+                            }
+                            None => st.tracked.push(Tracked {
+                                entry: entry.clone(),
+                                received,
+                            }),
+                        }
+                        fresh.push(entry);
+                    }
+                    fresh
+                }
+            };
+            for user in &fresh {
                 let Some(in_call) = user.get("inCall").and_then(in_call_value) else {
                     continue;
                 };
@@ -572,19 +673,24 @@ impl Room {
                     }
                 }
             }
-        }
+            st.tracked_list()
+        };
         for c in left_call {
             debug!(session = %c.public_id, room = %self.id, "session left call");
             c.release_mcu_objects();
         }
-        self.announce(hub, self.participants_update(changed, users));
+        self.announce(hub, self.participants_update(Vec::new(), list));
     }
 
     /// Backend `incall` with `all: true`.
-    pub(crate) fn publish_users_in_call_changed_all(&self, hub: &Hub, flags: i64) {
+    pub(crate) fn publish_users_in_call_changed_all(&self, hub: &Hub, flags: i64, received: i64) {
         let mut left_call = Vec::new();
         {
             let mut st = self.state.lock();
+            for t in st.tracked.iter_mut().filter(|t| t.received <= received) {
+                t.entry.insert("inCall".into(), flags.into());
+                t.received = received;
+            }
             if flags & FLAG_IN_CALL != 0 {
                 let mut joined = false;
                 let ids: Vec<Arc<str>> = st
@@ -633,19 +739,40 @@ impl Room {
         self.announce(hub, ServerMessage::event(event));
     }
 
-    /// Backend `participants`.
+    /// Backend `participants`: `changed` updates the entries of tracked
+    /// members (all but `inCall`, which only `incall` requests change);
+    /// members are told the call plus the changed entries. Old Talk versions
+    /// send every participant as `users`: then that list is sent, as before.
     pub(crate) fn publish_users_changed(
         &self,
         hub: &Hub,
         changed: Vec<JsonMap>,
-        users: Vec<JsonMap>,
+        users: Option<Vec<JsonMap>>,
     ) {
-        self.announce(hub, self.participants_update(changed, users));
+        let tracked = {
+            let mut st = self.state.lock();
+            for entry in &changed {
+                let Some(i) = st.tracked_pos(entry_session_id(entry)) else {
+                    continue;
+                };
+                let t = &mut st.tracked[i].entry;
+                for (k, v) in entry {
+                    if k != "inCall" && k != "sessionId" {
+                        t.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            st.tracked_list()
+        };
+        self.announce(
+            hub,
+            self.participants_update(changed, users.unwrap_or(tracked)),
+        );
     }
 
     /// After a resume without a queued participants update, send the last known list.
     pub(crate) fn notify_session_resumed(&self, session: &ClientSession) {
-        let users = self.state.lock().users.clone();
+        let users = self.state.lock().tracked_list();
         let msg = self.participants_update(Vec::new(), users);
         let empty = msg
             .event
@@ -805,7 +932,18 @@ impl Room {
     }
 
     fn process_backend_request(&self, hub: &Arc<Hub>, req: &BackendServerRoomRequest) {
-        {
+        // A request older than the last one of its kind is outdated, when
+        // it replaces what the other said. Changes of single sessions
+        // (`changed` without a whole list) are ordered per session instead.
+        let deltas = match req.kind.as_str() {
+            "incall" => req
+                .incall
+                .as_ref()
+                .is_some_and(|i| !i.all && i.users.is_none()),
+            "participants" => req.participants.as_ref().is_some_and(|p| p.users.is_none()),
+            _ => false,
+        };
+        if !deltas {
             let mut st = self.state.lock();
             if st
                 .last_requests
@@ -819,12 +957,32 @@ impl Room {
         }
         match req.kind.as_str() {
             "update" => {
-                let props = req.update.as_ref().and_then(|u| u.properties.clone());
-                self.update_properties(hub, props);
+                let update = req.update.as_ref();
+                let props = update.and_then(|u| u.properties.clone());
+                self.update_properties(hub, props.clone());
+                if update.is_none_or(|u| u.userids.is_none()) {
+                    // `changed-users`: Talk no longer names the users.
+                    self.announce_roomlist_update(hub, props);
+                }
+            }
+            "invite" => {
+                if let Some(inv) = req.invite.as_ref().filter(|i| i.alluserids.is_none()) {
+                    self.announce_roomlist_update(hub, inv.properties.clone());
+                }
+            }
+            "disinvite" => {
+                let Some(d) = &req.disinvite else { return };
+                if d.alluserids.is_none() {
+                    self.announce_roomlist_update(hub, d.properties.clone());
+                }
+                self.disinvite_local_sessions(hub, &d.sessionids);
             }
             "delete" => {
+                // Old Talk versions name the users to tell (they are told
+                // on their user subjects); without a list, the members are.
+                let listed = req.delete.as_ref().is_some_and(|d| d.userids.is_some());
                 self.notify_internal_deleted();
-                hub.room_deleted(self);
+                hub.room_deleted(self, !listed);
             }
             "incall" => {
                 let Some(incall) = &req.incall else { return };
@@ -842,19 +1000,20 @@ impl Room {
                             return;
                         }
                     };
-                    self.publish_users_in_call_changed_all(hub, flags);
+                    self.publish_users_in_call_changed_all(hub, flags, req.received);
                 } else {
-                    let (changed, users) = self.translated(hub, &incall.changed, &incall.users);
-                    if changed.is_empty() && users.is_empty() {
+                    let (changed, users) =
+                        self.translated(hub, &incall.changed, incall.users.as_deref());
+                    if changed.is_empty() && users.as_ref().is_none_or(Vec::is_empty) {
                         return;
                     }
-                    self.publish_users_in_call_changed(hub, changed, users);
+                    self.publish_users_in_call_changed(hub, changed, users, req.received);
                 }
             }
             "participants" => {
                 if let Some(p) = &req.participants {
-                    let (changed, users) = self.translated(hub, &p.changed, &p.users);
-                    if changed.is_empty() && users.is_empty() {
+                    let (changed, users) = self.translated(hub, &p.changed, p.users.as_deref());
+                    if changed.is_empty() && users.as_ref().is_none_or(Vec::is_empty) {
                         return;
                     }
                     self.apply_local_permissions(hub, &changed);
@@ -899,16 +1058,28 @@ impl Room {
         &self,
         hub: &Hub,
         changed: &[JsonMap],
-        users: &[JsonMap],
-    ) -> (Vec<JsonMap>, Vec<JsonMap>) {
-        let remote: HashMap<String, String> = self
-            .state
-            .lock()
-            .remote
-            .values()
-            .filter(|m| !m.entry.roomsessionid.is_empty())
-            .map(|m| (m.entry.roomsessionid.clone(), m.entry.sessionid.clone()))
-            .collect();
+        users: Option<&[JsonMap]>,
+    ) -> (Vec<JsonMap>, Option<Vec<JsonMap>>) {
+        let (remote, local, virtuals) = {
+            let st = self.state.lock();
+            let remote: HashMap<String, String> = st
+                .remote
+                .values()
+                .filter(|m| !m.entry.roomsessionid.is_empty())
+                .map(|m| (m.entry.roomsessionid.clone(), m.entry.sessionid.clone()))
+                .collect();
+            let local: HashSet<Arc<str>> =
+                st.sessions.iter().map(|s| s.public_id().clone()).collect();
+            // Talk knows a virtual session (a phone call through the SIP
+            // bridge) by its signaling id.
+            let virtuals: HashSet<Arc<str>> = st
+                .sessions
+                .iter()
+                .filter(|s| matches!(s, AnySession::Virtual(_)))
+                .map(|s| s.public_id().clone())
+                .collect();
+            (remote, local, virtuals)
+        };
         let fix = |list: &[JsonMap]| -> Vec<JsonMap> {
             list.iter()
                 .filter_map(|u| {
@@ -916,17 +1087,56 @@ impl Room {
                     if rs == "0" {
                         return None;
                     }
+                    // A session of this server counts only while it is a
+                    // member of this room.
                     let public = hub
                         .session_for_room_session(rs)
+                        .filter(|p| local.contains(p))
                         .map(|p| p.to_string())
-                        .or_else(|| remote.get(rs).cloned())?;
+                        .or_else(|| remote.get(rs).cloned())
+                        .or_else(|| virtuals.contains(rs).then(|| rs.to_owned()))?;
                     let mut u = u.clone();
                     u.insert("sessionId".into(), Value::String(public));
                     Some(u)
                 })
                 .collect()
         };
-        (fix(changed), fix(users))
+        (fix(changed), users.map(fix))
+    }
+
+    /// roomlist `update` for the members (Talk with `changed-users` no
+    /// longer names the users to tell). Every node tells its own.
+    fn announce_roomlist_update(&self, hub: &Hub, properties: Option<Raw>) {
+        let mut event = EventServerMessage::new("roomlist", "update");
+        event.update = Some(RoomEvent {
+            roomid: self.id.clone(),
+            properties,
+            ..Default::default()
+        });
+        self.announce(hub, ServerMessage::event(event));
+    }
+
+    /// `disinvite` by Talk session id: this server's sessions among them
+    /// (every node handles the request for its own). A virtual session's
+    /// phone call is hung up.
+    fn disinvite_local_sessions(&self, hub: &Hub, sessionids: &[String]) {
+        if sessionids.is_empty() {
+            return;
+        }
+        let msg = ServerMessage::event(disinvite_event(&self.id, "disinvited"));
+        let out = OutMsg::new(msg);
+        for rs in sessionids {
+            if rs == "0" {
+                continue;
+            }
+            if let Some(public) = hub.session_for_room_session(rs) {
+                if let Some(AnySession::Client(c)) = hub.session_by_public_id(&public) {
+                    c.send(&out);
+                }
+            } else if let Some(AnySession::Virtual(v)) = hub.session_by_public_id(rs) {
+                hub.hang_up_virtual(&v, &self.id);
+            }
+        }
     }
 
     /// Permissions in a participants update, for this server's members.
@@ -937,6 +1147,17 @@ impl Room {
             }
         }
     }
+}
+
+/// `roomlist`/`disinvite` for room `roomid`.
+pub(crate) fn disinvite_event(roomid: &str, reason: &str) -> EventServerMessage {
+    let mut event = EventServerMessage::new("roomlist", "disinvite");
+    event.disinvite = Some(proto::client::RoomDisinviteEvent {
+        roomid: roomid.to_owned(),
+        properties: None,
+        reason: reason.to_owned(),
+    });
+    event
 }
 
 /// The sessions of a participants update's `changed` entries that carry a
@@ -1032,6 +1253,11 @@ impl Room {
                 .collect(),
             request: false,
             participants: local_participants(&st.sessions),
+            tracked: if transient {
+                st.tracked_list()
+            } else {
+                Vec::new()
+            },
         })
     }
 
@@ -1094,6 +1320,9 @@ impl Room {
             "leave" => {
                 let mut left = Vec::new();
                 for id in ev.leave.iter().flatten() {
+                    // Every node forgets its call state (the node of the
+                    // session might not be there to tell).
+                    st.forget(id);
                     if st.remote.remove(id).is_some() {
                         st.in_call.remove(id.as_str());
                         left.push(id.clone());
@@ -1160,6 +1389,7 @@ impl Room {
             });
             for id in &left {
                 st.in_call.remove(id.as_str());
+                st.forget(id);
             }
             let mut joined = Vec::new();
             for e in &p.sessions {
@@ -1181,6 +1411,7 @@ impl Room {
                     }
                 }
             }
+            Self::learn_tracked(&mut st, &p.tracked);
             (joined, left, learned)
         };
         for (key, value) in learned {
@@ -1203,6 +1434,29 @@ impl Room {
         }
         if p.request {
             self.send_presence(hub, false, true);
+        }
+    }
+
+    /// Call state from another node's presence, for members this node has
+    /// no entry of (its own, from a backend request, are as new or newer).
+    fn learn_tracked(st: &mut RoomState, tracked: &[JsonMap]) {
+        for entry in tracked {
+            let sid = entry_session_id(entry);
+            if st.is_member(sid) && st.tracked_pos(sid).is_none() {
+                st.tracked.push(Tracked {
+                    entry: entry.clone(),
+                    received: 0,
+                });
+            }
+        }
+    }
+
+    /// After the answers of every node were applied (members on a third
+    /// node are known only then): the call state they sent.
+    pub(crate) fn learn_tracked_from(&self, answers: &[proto::cluster::RoomPresence]) {
+        let mut st = self.state.lock();
+        for p in answers {
+            Self::learn_tracked(&mut st, &p.tracked);
         }
     }
 
@@ -1242,6 +1496,7 @@ impl Room {
             });
             for id in &left {
                 st.in_call.remove(id.as_str());
+                st.forget(id);
             }
             (due && !st.sessions.is_empty(), left)
         };

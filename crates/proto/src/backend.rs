@@ -59,7 +59,13 @@ pub struct BackendServerRoomRequest {
     pub disinvite: Option<RoomDisinviteRequest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update: Option<RoomUpdateRequest>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Talk with `changed-users` may send `{}`, `[]` (PHP's empty array),
+    /// `null` or nothing at all: each means "delete".
+    #[serde(
+        default,
+        deserialize_with = "lenient_delete",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub delete: Option<RoomDeleteRequest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incall: Option<RoomInCallRequest>,
@@ -102,40 +108,160 @@ fn is_zero(v: &i64) -> bool {
 
 pub type JsonMap = serde_json::Map<String, serde_json::Value>;
 
+/// A list of strings as PHP may encode it: a JSON array, an object (an
+/// array whose keys are no longer 0..n, e.g. after `array_diff`; its values
+/// in key order) or `null`.
+fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    php_list(d)
+}
+
+/// A list of objects as PHP may encode it (see [`string_list`]).
+fn map_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<JsonMap>, D::Error> {
+    php_list(d)
+}
+
+/// Like [`string_list`], keeping "absent" (or `null`) apart from "present":
+/// old Talk versions send the list of every user, Talk with `changed-users`
+/// leaves it out.
+fn opt_string_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    use serde::de::Error as _;
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None => Ok(None),
+        Some(v) => php_list(v).map(Some).map_err(D::Error::custom),
+    }
+}
+
+/// Like [`map_list`], keeping "absent" apart from "present": old Talk
+/// versions send the whole list (`users`), Talk with `changed-users` leaves
+/// it out.
+fn opt_map_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<JsonMap>>, D::Error> {
+    use serde::de::Error as _;
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None => Ok(None),
+        Some(v) => php_list(v).map(Some).map_err(D::Error::custom),
+    }
+}
+
+fn php_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    use serde::de::Error as _;
+    let items = match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Null => return Ok(Vec::new()),
+        serde_json::Value::Array(a) => a,
+        serde_json::Value::Object(o) => o.into_iter().map(|(_, v)| v).collect(),
+        other => {
+            return Err(D::Error::custom(format!(
+                "expected a list, got {}",
+                json_kind(&other)
+            )))
+        }
+    };
+    items
+        .into_iter()
+        .map(|v| serde_json::from_value(v).map_err(D::Error::custom))
+        .collect()
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// `delete` as an object, or as `[]`/`null` (no details).
+fn lenient_delete<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<RoomDeleteRequest>, D::Error> {
+    use serde::de::Error as _;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Null => Ok(Some(RoomDeleteRequest::default())),
+        serde_json::Value::Array(a) if a.is_empty() => Ok(Some(RoomDeleteRequest::default())),
+        v @ serde_json::Value::Object(_) => serde_json::from_value(v)
+            .map(Some)
+            .map_err(D::Error::custom),
+        other => Err(D::Error::custom(format!(
+            "delete: expected an object, got {}",
+            json_kind(&other)
+        ))),
+    }
+}
+
 #[derive(Debug, Default, Serialize, Deserialize, Clone)]
 pub struct RoomInviteRequest {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "string_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub userids: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub alluserids: Vec<String>,
+    /// Old Talk only (without `changed-users`).
+    #[serde(
+        default,
+        deserialize_with = "opt_string_list",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub alluserids: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub properties: Option<Raw>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, Clone)]
 pub struct RoomDisinviteRequest {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "string_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub userids: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "string_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub sessionids: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub alluserids: Vec<String>,
+    /// Old Talk only (without `changed-users`).
+    #[serde(
+        default,
+        deserialize_with = "opt_string_list",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub alluserids: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub properties: Option<Raw>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, Clone)]
 pub struct RoomUpdateRequest {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub userids: Vec<String>,
+    /// Old Talk only (without `changed-users`).
+    #[serde(
+        default,
+        deserialize_with = "opt_string_list",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub userids: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub properties: Option<Raw>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, Clone)]
 pub struct RoomDeleteRequest {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub userids: Vec<String>,
+    /// Old Talk only (without `changed-users`).
+    #[serde(
+        default,
+        deserialize_with = "opt_string_list",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub userids: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, Clone)]
@@ -144,18 +270,36 @@ pub struct RoomInCallRequest {
     pub incall: Option<Raw>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub all: bool,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "map_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub changed: Vec<JsonMap>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub users: Vec<JsonMap>,
+    /// Old Talk only: every session in the call (`None` with `changed-users`).
+    #[serde(
+        default,
+        deserialize_with = "opt_map_list",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub users: Option<Vec<JsonMap>>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, Clone)]
 pub struct RoomParticipantsRequest {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "map_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub changed: Vec<JsonMap>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub users: Vec<JsonMap>,
+    /// Old Talk only: every participant (`None` with `changed-users`).
+    #[serde(
+        default,
+        deserialize_with = "opt_map_list",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub users: Option<Vec<JsonMap>>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, Clone)]
@@ -366,6 +510,63 @@ mod tests {
         assert!(!validate_checksum(&sum, "random", b"{ }", b"secret"));
         assert!(!validate_checksum("zz", "random", b"{}", b"secret"));
         assert!(!validate_checksum(&sum, "random", b"{}", b"other"));
+    }
+
+    fn parse(body: &str) -> Result<BackendServerRoomRequest, serde_json::Error> {
+        serde_json::from_str(body)
+    }
+
+    #[test]
+    fn delete_in_every_shape_talk_may_send() {
+        for body in [
+            r#"{"type":"delete","delete":{}}"#,
+            r#"{"type":"delete","delete":[]}"#,
+            r#"{"type":"delete","delete":null}"#,
+            r#"{"type":"delete","delete":{"userids":["a"]}}"#,
+        ] {
+            let req = parse(body).unwrap_or_else(|e| panic!("{body}: {e}"));
+            assert!(req.delete.is_some(), "{body}");
+        }
+        let req = parse(r#"{"type":"delete"}"#).expect("no delete object");
+        assert!(req.delete.is_none());
+        assert_eq!(
+            parse(r#"{"type":"delete","delete":{"userids":{"0":"a","2":"b"}}}"#)
+                .expect("object list")
+                .delete
+                .and_then(|d| d.userids),
+            Some(vec!["a".to_owned(), "b".to_owned()])
+        );
+        let req = parse(r#"{"type":"delete","delete":{}}"#).expect("new Talk");
+        assert!(req.delete.is_some_and(|d| d.userids.is_none()));
+        let err = parse(r#"{"type":"delete","delete":"x"}"#).expect_err("a string");
+        assert!(err.to_string().contains("expected an object"), "{err}");
+    }
+
+    #[test]
+    fn users_lists_keep_absent_apart_from_empty() {
+        let req = parse(r#"{"type":"incall","incall":{"incall":7,"changed":[{"sessionId":"a"}]}}"#)
+            .expect("new Talk");
+        let incall = req.incall.expect("incall");
+        assert_eq!(incall.changed.len(), 1);
+        assert!(incall.users.is_none());
+        for (body, want) in [
+            (r#"{"users":[]}"#, Some(0)),
+            (r#"{"users":null}"#, None),
+            (r#"{"users":[{"sessionId":"a"}]}"#, Some(1)),
+        ] {
+            let p: RoomParticipantsRequest = serde_json::from_str(body).expect(body);
+            assert_eq!(p.users.map(|u| u.len()), want, "{body}");
+        }
+        let err = serde_json::from_str::<RoomParticipantsRequest>(r#"{"changed":5}"#)
+            .expect_err("a number");
+        assert!(err.to_string().contains("expected a list"), "{err}");
+        // Serialised (cluster bus) the way it came.
+        let back = serde_json::to_string(&RoomInCallRequest {
+            users: None,
+            ..Default::default()
+        })
+        .expect("serialise");
+        assert_eq!(back, "{}");
     }
 
     #[test]

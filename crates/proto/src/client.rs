@@ -35,6 +35,9 @@ pub const FEATURE_FEDERATION: &str = "federation";
 pub const FEATURE_RECIPIENT_CALL: &str = "recipient-call";
 pub const FEATURE_JOIN_FEATURES: &str = "join-features";
 pub const FEATURE_CHAT_RELAY: &str = "chat-relay";
+/// Talk may send only the changed participants (upstream PR #1175, not yet
+/// released there): the server keeps the call state itself.
+pub const FEATURE_CHANGED_USERS: &str = "changed-users";
 
 /// Client features (hello `features`).
 pub const CLIENT_FEATURE_CHAT_RELAY: &str = "chat-relay";
@@ -52,6 +55,7 @@ const LATER_FEATURES: &[&str] = &[
     FEATURE_RECIPIENT_CALL,
     FEATURE_JOIN_FEATURES,
     FEATURE_CHAT_RELAY,
+    FEATURE_CHANGED_USERS,
 ];
 
 /// Features announced only while an MCU is configured (`offer-codecs`:
@@ -76,6 +80,7 @@ pub const DEFAULT_FEATURES: &[&str] = &[
     LATER_FEATURES[5],
     LATER_FEATURES[6],
     LATER_FEATURES[7],
+    LATER_FEATURES[8],
 ];
 /// Features internal clients are told about.
 pub const DEFAULT_FEATURES_INTERNAL: &[&str] = &[
@@ -90,6 +95,7 @@ pub const DEFAULT_FEATURES_INTERNAL: &[&str] = &[
     LATER_FEATURES[5],
     LATER_FEATURES[6],
     LATER_FEATURES[7],
+    LATER_FEATURES[8],
 ];
 
 /// A message received from a client.

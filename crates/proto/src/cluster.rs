@@ -58,6 +58,12 @@ pub struct RoomPresence {
     /// node lists them too.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub participants: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// The call state the sender keeps from Talk's `changed` entries
+    /// (`sessionId` = signaling id), in answers to a request: Talk with
+    /// `changed-users` sends only changes, so a node that starts hosting the
+    /// room mid-call learns the call here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tracked: Vec<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Ours: requests one server asks the others of the cluster (NATS

@@ -379,6 +379,10 @@ async fn ws_08_disinvite_from_current_room_closes_connection() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
+    // Without `alluserids` (Talk with `changed-users`) the members of the
+    // room get the roomlist update first, the disinvited one included.
+    let ev = alice.expect_event("roomlist", "update").await;
+    assert_eq!(ev["event"]["update"]["roomid"], "room1");
     let ev = alice.expect_event("roomlist", "disinvite").await;
     assert_eq!(ev["event"]["disinvite"]["roomid"], "room1");
     alice.expect_closed(Duration::from_secs(5)).await;
@@ -991,7 +995,8 @@ async fn hel_06_internal_hello() {
             "federation",
             "recipient-call",
             "join-features",
-            "chat-relay"
+            "chat-relay",
+            "changed-users"
         ])
     );
     assert_eq!(
@@ -1112,7 +1117,8 @@ async fn hel_09_client_features() {
             "federation",
             "recipient-call",
             "join-features",
-            "chat-relay"
+            "chat-relay",
+            "changed-users"
         ])
     );
 }
@@ -1141,7 +1147,8 @@ async fn hel_10_client_features_accepted() {
             "federation",
             "recipient-call",
             "join-features",
-            "chat-relay"
+            "chat-relay",
+            "changed-users"
         ])
     );
 }
@@ -1465,7 +1472,8 @@ async fn res_01_resume_returns_same_session() {
             "federation",
             "recipient-call",
             "join-features",
-            "chat-relay"
+            "chat-relay",
+            "changed-users"
         ])
     );
     assert_eq!(s.backend.count("auth"), auths, "resume asked the backend");
@@ -1502,7 +1510,8 @@ async fn res_01_internal_session_can_resume() {
             "federation",
             "recipient-call",
             "join-features",
-            "chat-relay"
+            "chat-relay",
+            "changed-users"
         ])
     );
 }

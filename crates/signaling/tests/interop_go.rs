@@ -888,6 +888,7 @@ fn check_features(go: &Recording, ours: &Recording) -> Vec<String> {
         "recipient-call",
         "join-features",
         "chat-relay",
+        "changed-users",
     ] {
         want.insert(f.to_owned());
     }

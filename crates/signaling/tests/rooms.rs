@@ -1016,7 +1016,9 @@ async fn room_15_no_change_events() {
         assert_eq!(s.backend_request("room1", body).await.status, 200);
     }
     let got = drain(&mut a).await;
-    assert_eq!(got.len(), 3, "{got:?}");
+    // participants, incall, the properties, and (an update without
+    // `userids`, as Talk with `changed-users` sends it) the roomlist update.
+    assert_eq!(got.len(), 4, "{got:?}");
     assert!(
         !got.iter().any(|v| is_event(v, "room", "change")),
         "{got:?}"
@@ -1497,6 +1499,13 @@ async fn room_27_back_to_back_backend_requests_all_applied() {
         assert_eq!(
             a.recv().await,
             json!({"type": "room", "room": {"roomid": "room1", "properties": {"n": n}}})
+        );
+        // Without `userids` (Talk with `changed-users`) the members also
+        // get the roomlist update.
+        assert_eq!(
+            a.recv().await,
+            json!({"type": "event", "event": {"target": "roomlist", "type": "update",
+                "update": {"roomid": "room1", "properties": {"n": n}}}})
         );
         let m = a.expect_event("room", "message").await;
         assert_eq!(m["event"]["message"]["data"], json!({"n": n}));

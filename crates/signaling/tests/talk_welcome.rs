@@ -19,6 +19,7 @@ const IMPLEMENTED: &[&str] = &[
     "welcome",
     "chat-relay",
     "federation",
+    "changed-users",
 ];
 
 fn header_features(v: Option<&str>) -> Vec<String> {
@@ -174,6 +175,111 @@ async fn talk_compatibility_check_passes() {
         assert!(
             features.iter().any(|x| x == f),
             "{f} missing in {features:?}"
+        );
+    }
+}
+
+/// Talk's admin check of a signaling server ("Test server" in the admin
+/// settings, `Manager::checkServerCompatibility` of current Talk), played
+/// step by step against `/api/v1/welcome`: a JSON body with `version`, the
+/// required features, a `Date` within Talk's allowed offset, then the
+/// optional features; only with none missing does Talk store that the
+/// server has `changed-users`. Returns Talk's verdict.
+fn talk_admin_check(
+    body: &[u8],
+    features_header: Option<&str>,
+    date_header: Option<&str>,
+    before: i64,
+    after: i64,
+) -> Result<bool, String> {
+    const REQUIRED: &[&str] = &[
+        "audio-video-permissions",
+        "federation",
+        "incall-all",
+        "hello-v2",
+        "switchto",
+    ];
+    const OPTIONAL: &[&str] = &["dialout", "join-features", "chat-relay", "changed-users"];
+    // Talk's Config::ALLOWED_BACKEND_TIMEOFFSET.
+    const ALLOWED_OFFSET: i64 = 300;
+    let body: Value = serde_json::from_slice(body).map_err(|_| "JSON_INVALID".to_owned())?;
+    let Some(version) = body.get("version") else {
+        return Err("UPDATE_REQUIRED (no version)".into());
+    };
+    let features = header_features(features_header);
+    if !REQUIRED.iter().all(|f| features.iter().any(|x| x == f)) {
+        return Err(format!("UPDATE_REQUIRED {version}: {features:?}"));
+    }
+    let date = date_header
+        .and_then(parse_http_date)
+        .ok_or("no Date header")?;
+    if before - ALLOWED_OFFSET > date || after + ALLOWED_OFFSET < date {
+        return Err("TIME_OUT_OF_SYNC".into());
+    }
+    let missing: Vec<&str> = OPTIONAL
+        .iter()
+        .copied()
+        .filter(|f| !features.iter().any(|x| x == f))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!("UPDATE_OPTIONAL: {missing:?}"));
+    }
+    Ok(features.iter().any(|f| f == "changed-users"))
+}
+
+/// The admin check reports nothing (no warning, nothing missing), and Talk
+/// would switch to sending only changed participants. Every backend API
+/// response announces it too (Talk learns it there as well).
+#[tokio::test]
+async fn talk_admin_check_reports_nothing_missing() {
+    let s = TestServer::start().await;
+    let before = unix_now();
+    let r = raw_request("GET", &format!("{}api/v1/welcome", s.base()), &[], "").await;
+    let after = unix_now();
+    assert_eq!(r.status, 200);
+    let (features, date) = (r.header("x-spreed-signaling-features"), r.header("date"));
+    assert_eq!(
+        talk_admin_check(&r.body, features, date, before, after),
+        Ok(true)
+    );
+
+    // The check itself is no rubber stamp: a server without `changed-users`
+    // gets Talk's optional-update warning, one without `federation` the
+    // required-update error.
+    let without = |f: &str| {
+        features
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|x| *x != f)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    assert_eq!(
+        talk_admin_check(
+            &r.body,
+            Some(&without("changed-users")),
+            date,
+            before,
+            after
+        ),
+        Err("UPDATE_OPTIONAL: [\"changed-users\"]".into())
+    );
+    assert!(
+        talk_admin_check(&r.body, Some(&without("federation")), date, before, after)
+            .is_err_and(|e| e.starts_with("UPDATE_REQUIRED")),
+    );
+
+    for body in [
+        json!({"type": "incall", "incall": {"incall": 7, "changed": []}}),
+        json!({"type": "delete", "delete": []}),
+    ] {
+        let r = s.backend_request("room1", body).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let features = header_features(r.header("x-spreed-signaling-features"));
+        assert!(
+            features.iter().any(|f| f == "changed-users"),
+            "{features:?}"
         );
     }
 }
