@@ -13,9 +13,9 @@
 use async_nats::Client;
 use futures_util::StreamExt;
 use proto::cluster::{
-    ClusterAnswer, DialoutAnswer, DialoutRequest, PublisherRequest, ResumeRequest, RoomQuestion,
-    RoomSessionQuestion, DIALOUT_SUBJECT, PUBLISHER_SUBJECT, RESUME_SUBJECT, ROOM_SESSION_SUBJECT,
-    ROOM_SUBJECT,
+    ClusterAnswer, DialoutAnswer, DialoutRequest, PublisherRequest, RandomSeen, ResumeRequest,
+    RoomQuestion, RoomSessionQuestion, DIALOUT_SUBJECT, PUBLISHER_SUBJECT, RANDOM_SUBJECT,
+    RESUME_SUBJECT, ROOM_SESSION_SUBJECT, ROOM_SUBJECT,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -158,6 +158,7 @@ pub(crate) async fn serve(hub: Weak<Hub>, cluster: Arc<Cluster>, shutdown: Cance
         DIALOUT_SUBJECT,
         ROOM_SUBJECT,
         ROOM_SESSION_SUBJECT,
+        RANDOM_SUBJECT,
     ] {
         match client.subscribe(subject.to_owned()).await {
             Ok(s) => subs.push(s),
@@ -173,10 +174,21 @@ pub(crate) async fn serve(hub: Weak<Hub>, cluster: Arc<Cluster>, shutdown: Cance
             _ = shutdown.cancelled() => return,
             m = questions.next() => match m { Some(m) => m, None => return },
         };
+        let Some(hub) = hub.upgrade() else { return };
+        if m.subject.as_str() == RANDOM_SUBJECT {
+            match serde_json::from_slice::<RandomSeen>(&m.payload) {
+                Ok(r) if *r.node != *hub.node_id => {
+                    hub.replays
+                        .check_and_record(&r.backend, &r.random, std::time::Instant::now());
+                }
+                Ok(_) => {}
+                Err(e) => debug!(error = %e, "bad random news"),
+            }
+            continue;
+        }
         let Some(reply) = m.reply.clone() else {
             continue;
         };
-        let Some(hub) = hub.upgrade() else { return };
         let client = client.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -269,6 +281,34 @@ impl Hub {
                 )
                 .await;
         });
+    }
+
+    /// A signed backend API request with `random` arrived for `backend`:
+    /// false when the random was used before (a replay; counted). In a
+    /// cluster the other nodes are told the random.
+    pub fn accept_backend_random(&self, backend: &str, random: &str) -> bool {
+        if !self
+            .replays
+            .check_and_record(backend, random, std::time::Instant::now())
+        {
+            self.metrics.backend_replays.inc(&[backend]);
+            return false;
+        }
+        if let Some(client) = self.cluster.get().and_then(|c| c.client()) {
+            let news = RandomSeen {
+                node: self.node_id.to_string(),
+                backend: backend.to_owned(),
+                random: random.to_owned(),
+            };
+            if let Ok(body) = serde_json::to_vec(&news) {
+                tokio::spawn(async move {
+                    if let Err(e) = client.publish(RANDOM_SUBJECT, body.into()).await {
+                        debug!(error = %e, "random not shared with the cluster");
+                    }
+                });
+            }
+        }
+        true
     }
 
     /// A room new on this node: learn the members other nodes have, before

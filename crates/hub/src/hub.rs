@@ -138,6 +138,8 @@ pub struct Hub {
     pub bus: Arc<dyn Bus>,
     pub backend: BackendClient,
     pub backends: Arc<Backends>,
+    /// Randoms of accepted backend API requests (`crate::replay`).
+    pub(crate) replays: crate::replay::ReplayGuard,
     pub metrics: HubMetrics,
     info: Arc<HelloServerInfo>,
     info_internal: Arc<HelloServerInfo>,
@@ -256,6 +258,7 @@ impl Hub {
             bus,
             backend,
             backends,
+            replays: crate::replay::ReplayGuard::default(),
             metrics,
             features,
             welcome,

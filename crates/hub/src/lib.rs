@@ -25,6 +25,7 @@ mod hub;
 pub mod mcu;
 pub mod metrics;
 pub mod relay;
+pub mod replay;
 pub mod room;
 pub mod session;
 pub mod sessionid;

@@ -34,6 +34,8 @@ pub struct HubMetrics {
     /// (`runtime::closing`).
     pub lingering: Arc<Gauge>,
     pub backend_requests: Arc<CounterVec>,
+    /// Backend API requests refused as replays, by backend.
+    pub backend_replays: Arc<CounterVec>,
     /// Clustering: connections relayed to or from another server (a client
     /// resumed on a server other than its session's), by side.
     pub relays: Arc<GaugeVec>,
@@ -103,6 +105,11 @@ impl HubMetrics {
             lingering: registry.gauge(
                 "signaling_server_lingering_connections",
                 "Closed client connections waiting for the client's close frame",
+            ),
+            backend_replays: registry.counter_vec(
+                "signaling_backend_replays_total",
+                "Backend API requests refused because their random was used before",
+                &["backend"],
             ),
             backend_requests: registry.counter_vec(
                 "signaling_backend_requests_total",

@@ -74,6 +74,16 @@ pub const PUBLISHER_SUBJECT: &str = "cluster.publisher";
 pub const DIALOUT_SUBJECT: &str = "cluster.dialout";
 pub const ROOM_SUBJECT: &str = "cluster.room";
 pub const ROOM_SESSION_SUBJECT: &str = "cluster.roomsession";
+/// A node accepted a backend API request: its random, so that the others
+/// refuse it as a replay too (published, not asked).
+pub const RANDOM_SUBJECT: &str = "cluster.random";
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RandomSeen {
+    pub node: String,
+    pub backend: String,
+    pub random: String,
+}
 
 /// A session joined a room with Talk session id `roomsessionid`: a node
 /// holding another session with it tells that one `bye` with reason

@@ -395,6 +395,12 @@ async fn backend_room(
         warn!(peer = %ip, backend = %backend.id, "backend request with invalid checksum (check the shared secret)");
         return auth_failed(server, ip).await;
     }
+    // Nextcloud signs every request with a fresh random: one seen before
+    // is a replay of a captured request (`hub::replay`).
+    if !server.hub.accept_backend_random(&backend.id, &random) {
+        warn!(peer = %ip, backend = %backend.id, "backend request refused as a replay (its random was used before)");
+        return text(StatusCode::FORBIDDEN, "Authentication check failed");
+    }
     let mut request: proto::backend::BackendServerRoomRequest = match serde_json::from_slice(&body)
     {
         Ok(r) => r,

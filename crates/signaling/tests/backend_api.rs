@@ -1645,3 +1645,57 @@ async fn bcfg_07_bitrate_settings_are_accepted() {
         "alice"
     );
 }
+
+/// A request posted again exactly as it was (same random, checksum and
+/// body) is a replay: refused with 403, logged and counted, and carried out
+/// once only. A fresh random with the same body is a new request.
+#[tokio::test]
+async fn replayed_request_is_refused() {
+    let s = TestServer::start().await;
+    let mut alice = s.user_in_room("alice", "room1", "talk-a").await;
+    alice.expect_event("room", "join").await;
+    let body = serde_json::to_vec(&room_message(json!({"n": 1}))).expect("json");
+    let url = room_url(&s, "room1");
+    let header = s.backend.url();
+    let mut p = Post::signed(SECRET);
+    p.random = Some(random_hex(64));
+    p.backend_header = Some(&header);
+    assert_eq!(p.send(&url, &body).await.status, 200);
+    for _ in 0..3 {
+        let r = p.send(&url, &body).await;
+        assert_eq!(r.status, 403, "{}", r.text());
+        assert_eq!(r.text().trim(), "Authentication check failed");
+    }
+    let ev = room_event_message(&mut alice).await;
+    assert_eq!(ev["event"]["message"]["data"]["n"], 1);
+    alice.expect_no_message(SHORT).await;
+
+    let mut fresh = Post::signed(SECRET);
+    fresh.backend_header = Some(&header);
+    assert_eq!(fresh.send(&url, &body).await.status, 200);
+    room_event_message(&mut alice).await;
+
+    let metrics = raw_request("GET", &format!("{}metrics", s.base()), &[], "")
+        .await
+        .text();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("signaling_backend_replays_total{"))
+        .unwrap_or_else(|| panic!("no replay counter in {metrics}"));
+    assert!(line.ends_with(" 3"), "{line}");
+}
+
+/// Legitimate traffic is never refused: many requests in a row, each with
+/// its own random, all accepted.
+#[tokio::test]
+async fn fresh_randoms_are_never_refused() {
+    let s = TestServer::start().await;
+    let body = serde_json::to_vec(&room_message(json!({"n": 1}))).expect("json");
+    let url = room_url(&s, "room9");
+    let header = s.backend.url();
+    let mut p = Post::signed(SECRET);
+    p.backend_header = Some(&header);
+    for i in 0..300 {
+        assert_eq!(p.send(&url, &body).await.status, 200, "request {i}");
+    }
+}

@@ -1022,3 +1022,47 @@ async fn messages_sent_while_nats_restarts_arrive() {
         assert_eq!(m["message"]["data"]["n"], i, "{m}");
     }
 }
+
+/// A backend request replayed to another node (same random, checksum and
+/// body) is refused there too: the accepting node shares the random.
+#[tokio::test]
+async fn replay_to_another_node_is_refused() {
+    let c = cluster().await;
+    let mut alice = c.user(c.a, "alice").await;
+    alice.join_room("room1", "talk-a").await;
+    alice.expect_event("room", "join").await;
+    let body = serde_json::to_vec(&json!({"type": "message", "message": {"data": {"n": 1}}}))
+        .expect("json");
+    let random = random_hex(64);
+    let sum = checksum(SECRET, &random, &body);
+    let post = |addr: std::net::SocketAddr| {
+        let (body, random, sum) = (body.clone(), random.clone(), sum.clone());
+        let backend = c.backend.url();
+        async move {
+            RawRequest::post(&format!("http://{addr}/api/v1/room/room1"))
+                .header("Content-Type", "application/json")
+                .header(HEADER_RANDOM, &random)
+                .header(HEADER_CHECKSUM, &sum)
+                .header(HEADER_BACKEND, &backend)
+                .body(body)
+                .send()
+                .await
+                .expect("request sent")
+        }
+    };
+    assert_eq!(post(c.b).await.status, 200);
+    // The news travels through NATS (well under a millisecond here).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = post(c.a).await;
+    assert_eq!(
+        r.status,
+        403,
+        "replay accepted by the other node: {}",
+        r.text()
+    );
+    let ev = alice
+        .recv_matching(|v| v["type"] == "event" && v["event"]["type"] == "message")
+        .await;
+    assert_eq!(ev["event"]["message"]["data"]["n"], 1);
+    alice.expect_no_message(Duration::from_millis(300)).await;
+}
