@@ -85,6 +85,8 @@ pub trait Bus: Send + Sync {
         handler: Weak<dyn BusHandler>,
     ) -> Result<Subscription, BusError>;
     fn unsubscribe(&self, subject: &str, id: u64);
+    /// Give back the memory of subjects gone (after a spike of sessions).
+    fn shrink(&self) {}
 }
 
 /// Ends its subscription when dropped.
@@ -207,6 +209,17 @@ impl SubjectTable {
     pub(crate) fn len(&self) -> usize {
         self.subjects.read().len()
     }
+
+    /// Shrink the table when far fewer subjects are left than it has room
+    /// for (checked under the read lock first: this runs periodically).
+    pub(crate) fn shrink(&self) {
+        let oversized = |m: &HashMap<_, _, _>| m.capacity() > 64 && m.capacity() > 4 * m.len();
+        if oversized(&self.subjects.read()) {
+            let mut map = self.subjects.write();
+            let len = map.len();
+            map.shrink_to(len * 2);
+        }
+    }
 }
 
 /// In-process bus for a single server. Deliveries are synchronous and never
@@ -232,6 +245,10 @@ impl LoopbackBus {
 }
 
 impl Bus for LoopbackBus {
+    fn shrink(&self) {
+        self.table.shrink();
+    }
+
     fn publish(&self, subject: &str, msg: BusMessage) -> Result<(), BusError> {
         // Refused like NATS would (NATS-02); the check is a few memchr scans.
         check_subject(subject)?;

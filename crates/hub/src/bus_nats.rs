@@ -379,6 +379,10 @@ impl NatsBus {
 }
 
 impl Bus for NatsBus {
+    fn shrink(&self) {
+        self.table.shrink();
+    }
+
     fn publish(&self, subject: &str, msg: BusMessage) -> Result<(), BusError> {
         check_subject(subject)?;
         self.deliver(subject, &msg);

@@ -104,10 +104,15 @@ impl Hub {
         })
     }
 
-    /// The bridges connected here (internal clients with `start-dialout`).
+    /// The bridges connected here that can take a dial-out: internal
+    /// clients with `start-dialout` that are not in a room (a bridge's room
+    /// connections carry calls; as upstream, those are no candidates, and
+    /// asking one would only wait for an answer that never comes).
     fn local_bridges(&self) -> impl Iterator<Item = Arc<ClientSession>> {
         self.internal_sessions().into_iter().filter(|s| {
-            s.conn().is_some() && s.has_feature(proto::client::CLIENT_FEATURE_START_DIALOUT)
+            s.conn().is_some()
+                && s.has_feature(proto::client::CLIENT_FEATURE_START_DIALOUT)
+                && s.room().is_none()
         })
     }
 

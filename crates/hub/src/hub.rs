@@ -82,6 +82,13 @@ pub enum HubError {
 
 type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
+/// Shrink `map` when it holds far fewer entries than it has room for.
+fn shrink_map<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(map: &mut HashMap<K, V, S>) {
+    if map.capacity() > 64 && map.capacity() > 4 * map.len() {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
 #[derive(Default)]
 struct Registry {
     // foldhash instead of SipHash for the maps hit on every message:
@@ -100,6 +107,20 @@ struct Registry {
     expiring: HashMap<Arc<str>, Instant>,
     /// Anonymous connections that must join a room, and until when.
     anonymous: HashMap<u64, (Weak<Conn>, Instant)>,
+}
+
+impl Registry {
+    fn shrink(&mut self) {
+        shrink_map(&mut self.sessions);
+        shrink_map(&mut self.by_sid);
+        shrink_map(&mut self.by_private);
+        shrink_map(&mut self.rooms);
+        shrink_map(&mut self.room_sessions);
+        shrink_map(&mut self.room_session_of);
+        shrink_map(&mut self.virtual_sessions);
+        shrink_map(&mut self.expiring);
+        shrink_map(&mut self.anonymous);
+    }
 }
 
 /// Statistics for `/api/v1/stats`.
@@ -151,6 +172,8 @@ pub struct Hub {
     pub(crate) dialouts: crate::dialout::Dialouts,
     sid: AtomicU64,
     conn_ids: AtomicU64,
+    /// Housekeeping rounds so far.
+    ticks: AtomicU64,
     reg: Mutex<Registry>,
     throttler: crate::throttle::Throttler,
     /// Set once by SIGUSR1 (upstream `ScheduleShutdown`), never cleared.
@@ -266,6 +289,7 @@ impl Hub {
             dialouts: Default::default(),
             sid: AtomicU64::new(0),
             conn_ids: AtomicU64::new(0),
+            ticks: AtomicU64::new(0),
             reg: Mutex::new(Registry::default()),
             throttler: crate::throttle::Throttler::new(),
             draining: AtomicBool::new(false),
@@ -374,6 +398,11 @@ impl Hub {
 
     fn housekeeping(self: &Arc<Self>, now: Instant) {
         self.throttler.cleanup(now);
+        if self.ticks.fetch_add(1, Ordering::Relaxed) % 10 == 0 {
+            // After a spike of connections, give the maps' memory back.
+            self.reg.lock().shrink();
+            self.bus.shrink();
+        }
         self.cluster_counts_tick(now);
         let (expired, anonymous, rooms) = {
             let mut reg = self.reg.lock();

@@ -2,6 +2,11 @@
 //! `signaling check --config FILE` tests the configuration and every
 //! dependency instead of serving.
 
+/// jemalloc returns freed memory to the system (settings in
+/// `.cargo/config.toml`).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     runtime::cli::main_with_check(
         "signaling",

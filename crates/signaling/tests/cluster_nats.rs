@@ -1066,3 +1066,34 @@ async fn replay_to_another_node_is_refused() {
     assert_eq!(ev["event"]["message"]["data"]["n"], 1);
     alice.expect_no_message(Duration::from_millis(300)).await;
 }
+
+/// The cluster's only bridge is inside a room: no dial-out candidate, so a
+/// request to the other node is answered 404 `no_client_available` at once
+/// (not after the bridge's 45 s answer time), right after the join as well
+/// as once the nodes exchanged their reports.
+#[tokio::test]
+async fn dialout_skips_a_bridge_in_a_room_on_another_node() {
+    let c = cluster().await;
+    let (mut bridge, _) = c.internal(c.b, &["start-dialout"]).await;
+    nodes_known().await;
+    let r = bridge
+        .request(json!({"type": "room", "room": {"roomid": "12345", "sessionid": ""}}))
+        .await;
+    assert_eq!(r["room"]["roomid"], "12345", "{r}");
+    let request = json!({"type": "dialout", "dialout": {"number": "+491234567"}});
+    let base = format!("http://{}/", c.a);
+    for _ in 0..2 {
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            c.backend.send_room_request(&base, "12345", &request),
+        )
+        .await
+        .expect("answered without waiting for the bridge");
+        assert_eq!(r.status, 404, "{}", r.text());
+        assert_eq!(r.json()["dialout"]["error"]["code"], "no_client_available");
+        nodes_known().await;
+    }
+    while let Some(m) = bridge.recv_timeout(Duration::from_millis(300)).await {
+        assert_ne!(m["type"], "internal", "bridge in a room was asked: {m}");
+    }
+}

@@ -241,6 +241,33 @@ async fn dialout_tries_the_next_bridge() {
     assert_eq!(resp.json()["dialout"]["callid"], "call-2");
 }
 
+/// A bridge inside a room is no dial-out candidate: with no other bridge
+/// the request is answered 404 `no_client_available` at once instead of
+/// waiting for the bridge's answer that never comes.
+#[tokio::test]
+async fn dialout_skips_a_bridge_in_a_room() {
+    let s = TestServer::start().await;
+    let mut bridge = internal_with(&s, &["start-dialout"]).await;
+    let r = bridge
+        .request(json!({"type": "room", "room": {"roomid": "12345", "sessionid": ""}}))
+        .await;
+    assert_eq!(r["room"]["roomid"], "12345", "{r}");
+    let started = std::time::Instant::now();
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        s.backend_request("12345", dialout_request("+491234567")),
+    )
+    .await
+    .expect("answered without waiting for the bridge");
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.json()["dialout"]["error"]["code"], "no_client_available");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The bridge was not asked (it only hears about its own join).
+    while let Some(m) = bridge.recv_timeout(Duration::from_millis(300)).await {
+        assert_ne!(m["type"], "internal", "bridge in a room was asked: {m}");
+    }
+}
+
 /// Errors: no bridge (404), a bad number or room id (400), every bridge
 /// refusing (502 with the bridge's error).
 #[tokio::test]
