@@ -248,7 +248,10 @@ async fn pxs_our_signaling_with_the_go_proxy() {
     // The Go proxy keeps a control handle of its own.
     let base = janus.handle_count().await;
     alice.publish("video", "alice-video").await;
-    bob.subscribe(&alice_id, "video").await;
+    // The offer carries a sid although 0.4.1 names none (issue 14), and
+    // bob's answer and candidates with it get media flowing.
+    let (sid, _) = bob.subscribe(&alice_id, "video").await;
+    assert!(!sid.is_empty());
     assert_eq!(janus.handle_count().await, base + 2);
     // Both leave: our server deletes publisher and subscriber on the proxy.
     // (The Go proxy does not close subscribers of a closed publisher by

@@ -1109,14 +1109,18 @@ impl Mcu for ProxyMcu {
                         .await?
                 }
             };
+            let id = inner.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+            // Proxies before 11fa78b (Debian's Go 0.4.1) name no sid for a
+            // subscriber; clients still need one to tell this subscriber's
+            // offer from an earlier one's, so it gets one of ours (the
+            // proxy ignores the sid of such a client's messages).
+            let sid = if c.sid.is_empty() {
+                format!("{}-{id}", c.id)
+            } else {
+                c.sid
+            };
             let client = Arc::new(ProxyClient {
-                info: ClientInfo::new(
-                    inner.next_id.fetch_add(1, Ordering::Relaxed) + 1,
-                    stream,
-                    c.sid,
-                    Some(publisher),
-                    MediaTypes::default(),
-                ),
+                info: ClientInfo::new(id, stream, sid, Some(publisher), MediaTypes::default()),
                 proxy_id: c.id.clone(),
                 conn: Arc::downgrade(&conn),
                 listener,

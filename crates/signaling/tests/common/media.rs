@@ -262,8 +262,10 @@ impl MediaClient {
     /// Answer an offer message with a new peer; returns the sid.
     pub async fn answer_offer(&mut self, offer: &Value) -> (String, Arc<WebRtcPeer>) {
         let data = &offer["message"]["data"];
-        // A Go proxy 0.4.1 gives subscribers no sid: then there is none.
+        // Every offer names its subscriber (also through Go 0.4.1's proxy,
+        // which gives none: the server makes one up).
         let sid = data["sid"].as_str().unwrap_or_default().to_owned();
+        assert!(!sid.is_empty(), "offer without sid: {offer}");
         let from = data["from"].as_str().expect("from").to_owned();
         let stream = data["roomType"].as_str().expect("roomType").to_owned();
         let peer = Arc::new(WebRtcPeer::start().await);
