@@ -538,9 +538,9 @@ fn lost_clients(conn: &ProxyConn) {
         c.closed.store(true, Ordering::Release);
         conn.shared.gone(&c);
         if c.info.publisher.is_some() {
-            c.listener.subscriber_closed(&*c);
+            c.listener.subscriber_lost(&*c);
         } else {
-            c.listener.publisher_closed(&*c);
+            c.listener.publisher_lost(&*c);
         }
     }
 }
@@ -593,7 +593,9 @@ fn process_push(conn: &ProxyConn, msg: ProxyServerMessage) {
                     if e.kind == "publisher-closed" {
                         c.listener.publisher_closed(&*c);
                     } else {
-                        c.listener.subscriber_closed(&*c);
+                        // Its publisher ended (or was replaced), or the
+                        // proxy lost it: the session may follow.
+                        c.listener.subscriber_lost(&*c);
                     }
                 }
             }
