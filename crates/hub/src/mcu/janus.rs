@@ -26,7 +26,10 @@
 //!    as soon as that publisher sends media again, then hands the fresh offer
 //!    (with its new sid) to its session ([`McuListener::on_update_offer`]).
 //!
-//! A subscriber that cannot be rebuilt within [`REBUILD_WAIT`] is closed.
+//! A subscriber that cannot be rebuilt within [`REBUILD_WAIT`], or whose
+//! publisher ends or is replaced (the client offered again with a new sid),
+//! ends with [`McuListener::subscriber_lost`]: its session follows the
+//! publisher from there.
 
 use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
