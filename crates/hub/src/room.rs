@@ -239,6 +239,11 @@ impl Room {
         self.state.lock().in_call.contains(public_id)
     }
 
+    /// How many sessions (of any node) are in the call.
+    pub fn in_call_count(&self) -> usize {
+        self.state.lock().in_call.len()
+    }
+
     pub fn room_session_user_id(&self, public_id: &str) -> Option<String> {
         self.state.lock().session_user.get(public_id).cloned()
     }

@@ -275,6 +275,10 @@ impl ClientSession {
         }
     }
 
+    pub(crate) fn hub(&self) -> Option<Arc<Hub>> {
+        self.hub.upgrade()
+    }
+
     /// Work on the session's MCU objects (under the state lock: keep `f`
     /// short and free of `.await`).
     pub(crate) fn with_mcu<T>(

@@ -517,3 +517,121 @@ async fn jan_subscriber_on_another_signaling_server() {
     // Still one room in Janus: B's subscriber is in A's.
     assert_eq!(janus_rooms(&janus).await, 1);
 }
+
+/// Issue 19: a client that makes a new peer connection and offers it with a
+/// new sid while its old publisher still lives (Talk does after ICE failed,
+/// or every 10 s until answered) gets a new publisher: the answer and every
+/// candidate after it carry the new sid and its candidates with the new sid
+/// are accepted (a late one with the old sid gets `processing_failed`, as
+/// upstream answers a stale sid, JAN-11). Its subscriber gets a fresh offer
+/// (new sid) and media again, without asking. A subscriber's new
+/// `requestoffer` (no sid) gets an offer with a new sid whose answer and
+/// candidates are accepted too.
+#[tokio::test]
+async fn jan_reoffer_with_a_new_sid_replaces_the_publisher() {
+    let janus = start_janus().await;
+    let s = mcu_server(&janus, "").await;
+    let mut alice = MediaClient::join(&s, "alice", "room1").await;
+    let mut bob = MediaClient::join(&s, "bob", "room1").await;
+    all_in_call(&s, "room1").await;
+    let alice_id = alice.id.clone();
+    alice.publish("video", "alice-1").await;
+    let (bob_old, _) = bob.subscribe(&alice_id, "video").await;
+
+    // A new peer, offered with a new sid; then a late candidate of the old
+    // peer. `publish` asserts that the answer carries "alice-2".
+    alice.seen.clear();
+    let old_peer = alice.peers.remove("alice-1").expect("old peer");
+    alice.publish("video", "alice-2").await;
+    let me = alice.id.clone();
+    alice
+        .send(
+            &me,
+            json!({"type": "candidate", "roomType": "video", "sid": "alice-1",
+                   "payload": {"candidate": {"candidate": old_peer.local_candidate(),
+                                             "sdpMid": "0", "sdpMLineIndex": 0}}}),
+        )
+        .await;
+    drop(old_peer);
+    alice.pump(Duration::from_secs(1)).await;
+    // Only the stale candidate was refused.
+    let errors = seen_errors(&alice.seen);
+    assert_eq!(errors.len(), 1, "{:?}", alice.seen);
+    assert_eq!(errors[0]["error"]["code"], "processing_failed");
+    let answers = seen_of(&alice.seen, "answer", &me);
+    assert_eq!(answers.len(), 1, "{:?}", alice.seen);
+    let candidates = seen_of(&alice.seen, "candidate", &me);
+    assert!(!candidates.is_empty(), "Janus trickles candidates");
+    for m in answers.iter().chain(&candidates) {
+        assert_eq!(m["message"]["data"]["sid"], "alice-2", "{m}");
+    }
+
+    // Bob follows the new publisher: a fresh offer with a new sid.
+    let (bob_new, _) = bob.accept_next_offer_from(&alice_id).await;
+    assert_ne!(bob_new, bob_old);
+    bob.pump_until(&bob_new, |s| s.audio_frames > 10 && s.video_frames > 10)
+        .await;
+
+    // Bob asks again (no sid, as Talk does after its ICE failed): new sid,
+    // accepted answer and candidates, media.
+    bob.seen.clear();
+    let (bob_third, _) = bob.subscribe(&alice_id, "video").await;
+    assert_ne!(bob_third, bob_new);
+    bob.pump(Duration::from_secs(1)).await;
+    assert!(seen_errors(&bob.seen).is_empty(), "{:?}", bob.seen);
+    for m in seen_of(&bob.seen, "offer", &alice_id)
+        .iter()
+        .chain(&seen_of(&bob.seen, "candidate", &alice_id))
+    {
+        assert_eq!(m["message"]["data"]["sid"], bob_third.as_str(), "{m}");
+    }
+    // One publisher and one subscriber handle left in Janus.
+    assert_eventually!(Duration::from_secs(5), janus.handle_count().await == 2);
+    let m = metrics(&s).await;
+    assert!(
+        m.contains("signaling_mcu_replaced_total{type=\"video\"} 1"),
+        "{m}"
+    );
+}
+
+/// Issue 19: Janus is killed mid-call and comes back 2 s later, with
+/// clients that behave like Talk's web client: the publisher ignores the
+/// `requestoffer` to itself and publishes again (new peer, new sid) only
+/// when its own peer is ended by an `unshareScreen` from its own session
+/// and a participants update follows; the subscriber answers an offer with
+/// a new sid with a new peer. Decoded media returns within a bounded time
+/// after Janus is back, without anyone rejoining.
+#[tokio::test]
+async fn jan_talk_clients_recover_after_janus_restart() {
+    let mut janus = start_janus().await;
+    let s = mcu_server(&janus, "").await;
+    let mut alice = MediaClient::join(&s, "alice", "room1").await;
+    let mut bob = MediaClient::join(&s, "bob", "room1").await;
+    talk_in_call(&s, "room1", &["alice", "bob"]).await;
+    let alice_id = alice.id.clone();
+    alice.publish("video", "alice-1").await;
+    let (old_sid, _) = bob.subscribe(&alice_id, "video").await;
+
+    janus.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    janus.restart().await;
+    let back = tokio::time::Instant::now();
+
+    alice.seen.clear();
+    alice.republish_like_talk("alice-2").await;
+    // It was asked the standard way first (and ignored that).
+    let asks = seen_of(&alice.seen, "requestoffer", &alice_id);
+    assert_eq!(asks.len(), 1, "{:?}", alice.seen);
+    let (sid, _) = bob.accept_next_offer_from(&alice_id).await;
+    assert_ne!(sid, old_sid);
+    bob.pump_until(&sid, |s| s.audio_frames > 10 && s.video_frames > 10)
+        .await;
+    let took = back.elapsed();
+    eprintln!("media back {took:?} after Janus accepted connections again");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    // No session was replaced, nothing of the old epoch is left.
+    assert_eq!(alice.id, alice_id);
+    assert_eventually!(Duration::from_secs(5), janus.handle_count().await == 2);
+    let m = metrics(&s).await;
+    assert!(m.contains("signaling_mcu_republish_nudges_total 1"), "{m}");
+}

@@ -248,7 +248,10 @@ async fn pxs_our_signaling_with_the_go_proxy() {
     // The Go proxy keeps a control handle of its own.
     let base = janus.handle_count().await;
     alice.publish("video", "alice-video").await;
-    bob.subscribe(&alice_id, "video").await;
+    // The offer carries a sid although 0.4.1 names none (issue 14), and
+    // bob's answer and candidates with it get media flowing.
+    let (sid, _) = bob.subscribe(&alice_id, "video").await;
+    assert!(!sid.is_empty());
     assert_eq!(janus.handle_count().await, base + 2);
     // Both leave: our server deletes publisher and subscriber on the proxy.
     // (The Go proxy does not close subscribers of a closed publisher by
@@ -694,4 +697,45 @@ async fn pxs_subscriber_on_another_signaling_server() {
         ),
         0
     );
+}
+
+/// Issue 19 through one of our proxies: its Janus is killed mid-call and
+/// comes back 2 s later; Talk-like clients (the publisher ignores the
+/// `requestoffer` to itself and republishes with a new sid when its own
+/// peer is ended and a participants update follows; the subscriber answers
+/// an offer with a new sid with a new peer) get decoded media back within a
+/// bounded time, without rejoining.
+#[tokio::test]
+async fn pxs_talk_clients_recover_after_the_proxys_janus_restarts() {
+    let dir = TempDir::new("mcu-proxy-restart").expect("dir");
+    let mut a = our_proxy(&dir, "a").await;
+    let urls = [format!("ws://{}", a.addr)];
+    let s = TestServer::start_with(&signaling_config(&dir, &urls)).await;
+    assert_eventually!(
+        Duration::from_secs(10),
+        stats(&s).await["mcu"]["proxies"][0]["connected"] == true
+    );
+    let mut alice = MediaClient::join(&s, "alice", "room1").await;
+    let mut bob = MediaClient::join(&s, "bob", "room1").await;
+    talk_in_call(&s, "room1", &["alice", "bob"]).await;
+    let alice_id = alice.id.clone();
+    alice.publish("video", "alice-1").await;
+    let (old_sid, _) = bob.subscribe(&alice_id, "video").await;
+
+    a._janus.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    a._janus.restart().await;
+    let back = tokio::time::Instant::now();
+
+    alice.republish_like_talk("alice-2").await;
+    let (sid, _) = bob.accept_next_offer_from(&alice_id).await;
+    assert_ne!(sid, old_sid);
+    bob.pump_until(&sid, |s| s.audio_frames > 10 && s.video_frames > 10)
+        .await;
+    let took = back.elapsed();
+    eprintln!("media back {took:?} after the proxy's Janus accepted connections again");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    assert_eq!(alice.id, alice_id);
+    // One publisher and one subscriber left in that Janus.
+    assert_eventually!(Duration::from_secs(5), a._janus.handle_count().await == 2);
 }

@@ -26,7 +26,10 @@
 //!    as soon as that publisher sends media again, then hands the fresh offer
 //!    (with its new sid) to its session ([`McuListener::on_update_offer`]).
 //!
-//! A subscriber that cannot be rebuilt within [`REBUILD_WAIT`] is closed.
+//! A subscriber that cannot be rebuilt within [`REBUILD_WAIT`], or whose
+//! publisher ends or is replaced (the client offered again with a new sid),
+//! ends with [`McuListener::subscriber_lost`]: its session follows the
+//! publisher from there.
 
 use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
@@ -317,6 +320,9 @@ async fn supervise(inner: Arc<Inner>) {
 enum Cmd {
     Message(McuMessage, Responder),
     Close(oneshot::Sender<()>),
+    /// Subscribers: their publisher ended or was replaced; they close and
+    /// their session may follow the publisher.
+    PublisherGone,
     /// Remote streams: start or stop sending a publisher's media to a
     /// remote publisher on another Janus.
     Remote(RemoteOp, oneshot::Sender<Result<(), McuError>>),
@@ -809,6 +815,7 @@ impl RemotePublisherTask {
                 cmd = rx.recv() => match cmd {
                     None => break,
                     Some(Cmd::Close(tx)) => { done = Some(tx); break }
+                    Some(Cmd::PublisherGone) => {}
                     Some(Cmd::Message(_, reply)) => reply(Err(McuError::Unsupported("messages to a remote publisher".into()))),
                     Some(Cmd::Remote(_, reply)) => {
                         let _ = reply.send(Err(McuError::Unsupported("remote publishing of a remote publisher".into())));
@@ -865,7 +872,7 @@ fn release_publisher(inner: &Inner, key: &PubKey, me: &Arc<ClientObj>) {
     me.room.store(0, Ordering::Release);
     inner.bump();
     for s in subscribers {
-        let _ = s.cmd.try_send(Cmd::Close(oneshot::channel().0));
+        let _ = s.cmd.try_send(Cmd::PublisherGone);
     }
 }
 
@@ -930,8 +937,10 @@ enum Flow {
     Continue,
     /// The connection to Janus is gone: rebuild on the next epoch.
     Lost,
-    /// Janus ended it (hangup, detach, room destroyed): close.
+    /// Janus ended it (hangup, detach): close.
     Close,
+    /// Subscribers: the publisher's room or feed went away.
+    PublisherGone,
 }
 
 fn gone_flow(reason: GoneReason) -> Flow {
@@ -1018,6 +1027,7 @@ impl PublisherTask {
                 cmd = rx.recv() => match cmd {
                     None => break,
                     Some(Cmd::Close(tx)) => { done = Some(tx); break }
+                    Some(Cmd::PublisherGone) => {}
                     Some(Cmd::Message(msg, reply)) => {
                         let res = match &conn {
                             Some(c) => self.handle_message(c, msg).await,
@@ -1036,7 +1046,7 @@ impl PublisherTask {
                 ev = next_event(conn.as_mut().map(|c| &mut c.events)) => {
                     match self.handle_event(ev) {
                         Flow::Continue => {}
-                        Flow::Close => break,
+                        Flow::Close | Flow::PublisherGone => break,
                         Flow::Lost => {
                             warn!(session = %self.key.0, stream = self.key.1.as_str(), "publisher lost its Janus connection, will rebuild");
                             conn = None;
@@ -1350,11 +1360,19 @@ impl SubscriberTask {
         let mut conn = Some(conn);
         let mut rebuild: Option<BoxFuture<'static, Result<Rebuilt, McuError>>> = None;
         let mut done: Option<oneshot::Sender<()>> = None;
+        // Ended because the publisher did (or Janus stayed away), not at
+        // the session's request.
+        let mut lost = false;
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     None => break,
                     Some(Cmd::Close(tx)) => { done = Some(tx); break }
+                    Some(Cmd::PublisherGone) => {
+                        debug!(publisher = %self.key.0, stream = self.key.1.as_str(), "publisher of subscriber ended or was replaced");
+                        lost = true;
+                        break;
+                    }
                     Some(Cmd::Message(msg, reply)) => {
                         let res = self.handle_message(&mut conn, msg).await;
                         reply(res);
@@ -1367,6 +1385,7 @@ impl SubscriberTask {
                     match self.handle_event(ev) {
                         Flow::Continue => {}
                         Flow::Close => break,
+                        Flow::PublisherGone => { lost = true; break }
                         Flow::Lost => {
                             let epoch = conn.as_ref().map(|c| c.handle.session().epoch());
                             conn = None;
@@ -1396,13 +1415,14 @@ impl SubscriberTask {
                         }
                         Err(e) => {
                             warn!(publisher = %self.key.0, stream = self.key.1.as_str(), error = %e, "could not rebuild subscriber, closing");
+                            lost = true;
                             break;
                         }
                     }
                 },
             }
         }
-        self.shutdown(conn).await;
+        self.shutdown(conn, lost).await;
         if let Some(tx) = done {
             let _ = tx.send(());
         }
@@ -1575,12 +1595,12 @@ impl SubscriberTask {
             }
             HandleEvent::Media(_) | HandleEvent::SlowLink(_) => Flow::Continue,
             HandleEvent::Event(e) => match videoroom::VideoRoomEvent::parse(&e) {
-                Some(videoroom::VideoRoomEvent::Destroyed) => Flow::Close,
+                Some(videoroom::VideoRoomEvent::Destroyed) => Flow::PublisherGone,
                 Some(videoroom::VideoRoomEvent::Updated {
                     media_gone: true, ..
                 }) => {
                     debug!(publisher = %self.key.0, "publisher of subscriber left");
-                    Flow::Close
+                    Flow::PublisherGone
                 }
                 Some(videoroom::VideoRoomEvent::Updated {
                     jsep: Some(offer), ..
@@ -1607,7 +1627,7 @@ impl SubscriberTask {
         }
     }
 
-    async fn shutdown(self, conn: Option<SubConn>) {
+    async fn shutdown(self, conn: Option<SubConn>, lost: bool) {
         if let Some(c) = conn {
             let _ = bounded(self.inner.settings.timeout, "detach", c.handle.detach()).await;
         }
@@ -1619,7 +1639,11 @@ impl SubscriberTask {
         }
         self.inner.reg.lock().subscribers.remove(&self.me.info.id);
         self.inner.metrics.subscribers.dec(&[self.key.1.as_str()]);
-        debug!(publisher = %self.key.0, stream = self.key.1.as_str(), "subscriber closed");
-        self.listener.subscriber_closed(&*self.me);
+        debug!(publisher = %self.key.0, stream = self.key.1.as_str(), lost, "subscriber closed");
+        if lost {
+            self.listener.subscriber_lost(&*self.me);
+        } else {
+            self.listener.subscriber_closed(&*self.me);
+        }
     }
 }

@@ -20,6 +20,13 @@ pub struct McuMetrics {
     pub janus_reconnects: Arc<Counter>,
     pub rebuilt_total: Arc<CounterVec>,
     pub candidates_filtered: Arc<Counter>,
+    /// Clients nudged to publish again (no offer after `requestoffer`).
+    pub republish_nudges_total: Arc<Counter>,
+    /// Subscribers re-created on their own after losing their publisher,
+    /// their offer pushed to the client.
+    pub followed_total: Arc<CounterVec>,
+    /// Publishers replaced by an offer with a new sid.
+    pub replaced_total: Arc<CounterVec>,
 }
 
 impl McuMetrics {
@@ -86,6 +93,20 @@ impl McuMetrics {
             candidates_filtered: registry.counter(
                 "signaling_mcu_candidates_filtered_total",
                 "ICE candidates from clients dropped by allowedcandidates/blockedcandidates",
+            ),
+            republish_nudges_total: registry.counter(
+                "signaling_mcu_republish_nudges_total",
+                "Clients made to publish again after their publisher was lost (Talk's web client ignores requestoffer to itself)",
+            ),
+            followed_total: registry.counter_vec(
+                "signaling_mcu_followed_total",
+                "Subscribers re-created on their own after their publisher was replaced, ended or lost, with the new offer pushed",
+                &["type"],
+            ),
+            replaced_total: registry.counter_vec(
+                "signaling_mcu_replaced_total",
+                "Publishers replaced by an offer with a new sid",
+                &["type"],
             ),
         }
     }

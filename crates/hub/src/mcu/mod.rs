@@ -153,6 +153,17 @@ pub trait McuListener: Send + Sync {
     fn on_publisher_reset(&self, client: &dyn McuClient);
     fn publisher_closed(&self, client: &dyn McuClient);
     fn subscriber_closed(&self, client: &dyn McuClient);
+    /// A publisher ended without its session asking (its media server or
+    /// proxy went away): the client must publish again.
+    fn publisher_lost(&self, client: &dyn McuClient) {
+        self.publisher_closed(client);
+    }
+    /// A subscriber ended because its publisher ended or was replaced, or
+    /// its media server or proxy went away: the session may follow the
+    /// publisher once it streams again.
+    fn subscriber_lost(&self, client: &dyn McuClient) {
+        self.subscriber_closed(client);
+    }
 }
 
 /// What every publisher and subscriber object knows about itself, whatever

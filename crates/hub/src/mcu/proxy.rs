@@ -538,9 +538,9 @@ fn lost_clients(conn: &ProxyConn) {
         c.closed.store(true, Ordering::Release);
         conn.shared.gone(&c);
         if c.info.publisher.is_some() {
-            c.listener.subscriber_closed(&*c);
+            c.listener.subscriber_lost(&*c);
         } else {
-            c.listener.publisher_closed(&*c);
+            c.listener.publisher_lost(&*c);
         }
     }
 }
@@ -593,7 +593,9 @@ fn process_push(conn: &ProxyConn, msg: ProxyServerMessage) {
                     if e.kind == "publisher-closed" {
                         c.listener.publisher_closed(&*c);
                     } else {
-                        c.listener.subscriber_closed(&*c);
+                        // Its publisher ended (or was replaced), or the
+                        // proxy lost it: the session may follow.
+                        c.listener.subscriber_lost(&*c);
                     }
                 }
             }
@@ -1109,14 +1111,18 @@ impl Mcu for ProxyMcu {
                         .await?
                 }
             };
+            let id = inner.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+            // Proxies before 11fa78b (Debian's Go 0.4.1) name no sid for a
+            // subscriber; clients still need one to tell this subscriber's
+            // offer from an earlier one's, so it gets one of ours (the
+            // proxy ignores the sid of such a client's messages).
+            let sid = if c.sid.is_empty() {
+                format!("{}-{id}", c.id)
+            } else {
+                c.sid
+            };
             let client = Arc::new(ProxyClient {
-                info: ClientInfo::new(
-                    inner.next_id.fetch_add(1, Ordering::Relaxed) + 1,
-                    stream,
-                    c.sid,
-                    Some(publisher),
-                    MediaTypes::default(),
-                ),
+                info: ClientInfo::new(id, stream, sid, Some(publisher), MediaTypes::default()),
                 proxy_id: c.id.clone(),
                 conn: Arc::downgrade(&conn),
                 listener,

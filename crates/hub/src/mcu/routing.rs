@@ -3,7 +3,7 @@
 //! server's answers travel back (RTE-09/10, JAN-05..15, PERM-04..06).
 
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, info, warn};
@@ -25,6 +25,16 @@ use crate::{Hub, Pending};
 /// Upstream closes a screen publisher this long after `unshareScreen`
 /// (browsers do not always close the peer connection).
 pub const UNSHARE_SCREEN_DELAY: Duration = Duration::from_secs(1);
+
+/// After asking a client with `requestoffer` to publish again, how long to
+/// wait for its offer before nudging it the way Talk's web client reacts to
+/// (see [`Hub::ask_to_publish_again`]).
+pub const REPUBLISH_NUDGE_DELAY: Duration = Duration::from_millis(500);
+
+/// How long a session follows a publisher whose stream it lost (publisher
+/// replaced, closed by its client, or its media server gone) before giving
+/// up on it.
+pub const FOLLOW_WAIT: Duration = Duration::from_secs(60);
 
 fn err_not_allowed(reason: &str) -> Error {
     Error::new("not_allowed", reason)
@@ -329,6 +339,7 @@ impl Hub {
                         return;
                     }
                 };
+                session.with_mcu(|m| m.offers += 1);
                 let filter = self.candidate_filter.read().clone();
                 if let Some(Value::String(sdp)) = payload.get("sdp") {
                     if let Some(filtered) = filter.filter_sdp(sdp) {
@@ -411,9 +422,180 @@ impl Hub {
                 sender.send_message(ServerMessage::error(&msg_id, err_processing_failed()));
             }
             Ok(None) => {}
-            Ok(Some(jsep)) => send_mcu_response(&session, &*reply_client, &recipient, jsep),
+            Ok(Some(jsep)) => {
+                // The reply to an offer or request that a newer one already
+                // replaced would be applied to the client's newer peer.
+                if !session.with_mcu(|m| m.is_current(&*reply_client)) {
+                    debug!(session = %session.public_id, kind = %kind, "reply of a replaced MCU client dropped");
+                    return;
+                }
+                send_mcu_response(&session, &*reply_client, &recipient, jsep)
+            }
         });
         client.send_message(msg, reply).await;
+    }
+
+    /// The client's publisher of `stream` is gone or was rebuilt empty
+    /// (its media server restarted or went away): ask the client to publish
+    /// again. First with a `requestoffer` from its own session (clients that
+    /// know it send a new offer); Talk's clients ignore that, so if no offer
+    /// came after [`REPUBLISH_NUDGE_DELAY`], the web client is made to drop
+    /// its own dead publisher peer (an `unshareScreen` for `video` from its
+    /// own session ends the peer it matches) and is sent the participant
+    /// list again, on which it creates a new publisher peer with a new sid
+    /// and offers it, retrying every 10 s until answered. Only for `video`
+    /// (nothing recreates a web client's screen peer; a failed screen
+    /// publisher makes Talk reconnect anyway), only while another participant
+    /// is in the call (Talk publishes only then).
+    pub(crate) fn ask_to_publish_again(
+        self: &Arc<Self>,
+        session: &Arc<ClientSession>,
+        stream: StreamType,
+        sid: &str,
+    ) {
+        session.send_message(mcu_message(
+            &session.public_id,
+            &session.public_id,
+            "",
+            "requestoffer",
+            stream,
+            &Value::Object(Default::default()),
+            sid,
+        ));
+        if stream != StreamType::Video {
+            return;
+        }
+        let offers = session.with_mcu(|m| m.offers);
+        let weak = Arc::downgrade(session);
+        let hub = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(REPUBLISH_NUDGE_DELAY).await;
+            let (Some(s), Some(hub)) = (weak.upgrade(), hub.upgrade()) else {
+                return;
+            };
+            if s.is_closed() {
+                return;
+            }
+            let (offered, sharing) = s.with_mcu(|m| {
+                (
+                    m.offers != offers,
+                    m.publishers.contains_key(&StreamType::Screen),
+                )
+            });
+            if offered || sharing {
+                return;
+            }
+            let Some(room) = s.room() else { return };
+            if !room.is_in_call(&s.public_id) || room.in_call_count() < 2 {
+                return;
+            }
+            info!(session = %s.public_id, "no new offer after requestoffer, nudging the client to publish again");
+            if let Some(m) = &hub.mcu_metrics {
+                m.republish_nudges_total.inc();
+            }
+            s.send_message(own_message(
+                &s.public_id,
+                json!({"type": "unshareScreen", "roomType": "video"}),
+            ));
+            room.notify_session_resumed(&s);
+        });
+    }
+
+    /// `session` lost its subscriber of `publisher`'s `stream` without
+    /// asking (the publisher was replaced or ended, or the media server or
+    /// proxy went away). While both stay in the call, subscribe again as
+    /// soon as the publisher streams and push the new offer (new sid) to
+    /// the client, as if it had asked: Talk's clients replace their peer on
+    /// an offer with a new sid. Gives up after [`FOLLOW_WAIT`]; a
+    /// `requestoffer` of the client meanwhile takes over.
+    pub(crate) fn follow_publisher(
+        self: &Arc<Self>,
+        session: &Arc<ClientSession>,
+        publisher: Arc<str>,
+        stream: StreamType,
+    ) {
+        if self.mcu.is_none() {
+            return;
+        }
+        let hub = Arc::downgrade(self);
+        let weak = Arc::downgrade(session);
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + FOLLOW_WAIT;
+            let key = (publisher.clone(), stream);
+            loop {
+                let (Some(hub), Some(s)) = (hub.upgrade(), weak.upgrade()) else {
+                    return;
+                };
+                if s.is_closed() || !hub.is_in_same_call(&s, &publisher) {
+                    debug!(session = %s.public_id, publisher = %publisher, "not following a publisher out of the call");
+                    return;
+                }
+                if s.with_mcu(|m| m.subscribers.contains_key(&key)) {
+                    // The client asked for it again itself.
+                    return;
+                }
+                let res: Result<(), McuError> = match hub
+                    .get_or_create_subscriber(&s, publisher.clone(), stream)
+                    .await
+                {
+                    Ok(sub) => {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        let msg = McuMessage {
+                            kind: "requestoffer".into(),
+                            sid: String::new(),
+                            payload: Map::new(),
+                        };
+                        sub.send_message(
+                            msg,
+                            Box::new(move |r| {
+                                let _ = tx.send(r);
+                            }),
+                        )
+                        .await;
+                        match rx.await {
+                            Ok(Ok(Some(jsep))) => {
+                                if s.with_mcu(|m| m.is_current(&*sub)) {
+                                    info!(session = %s.public_id, publisher = %publisher, stream = stream.as_str(), sid = %sub.sid(), "following the publisher: new offer");
+                                    hub.metrics_mcu_followed(stream);
+                                    send_mcu_response(&s, &*sub, &publisher, jsep);
+                                }
+                                return;
+                            }
+                            Ok(Ok(None)) => return,
+                            Ok(Err(e)) => {
+                                // Not joined: drop it, try again below.
+                                let gone = s.with_mcu(|m| {
+                                    if m.is_current(&*sub) {
+                                        m.subscribers.remove(&key)
+                                    } else {
+                                        None
+                                    }
+                                });
+                                close_in_background(gone.into_iter().collect());
+                                Err(e)
+                            }
+                            Err(_) => Err(McuError::Closed),
+                        }
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = res {
+                    if tokio::time::Instant::now() >= deadline {
+                        info!(session = %s.public_id, publisher = %publisher, stream = stream.as_str(), error = %e, "publisher did not come back, not following it any more");
+                        return;
+                    }
+                    debug!(session = %s.public_id, publisher = %publisher, error = %e, "publisher not back yet");
+                }
+                drop((hub, s));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
+
+    fn metrics_mcu_followed(&self, stream: StreamType) {
+        if let Some(m) = &self.mcu_metrics {
+            m.followed_total.inc(&[stream.as_str()]);
+        }
     }
 
     fn metrics_mcu_candidate_filtered(&self) {
@@ -429,9 +611,28 @@ impl Hub {
         data: &McuData,
         media: MediaTypes,
     ) -> Result<Arc<dyn McuClient>, McuError> {
+        let mut replaced = None;
         if let Some(p) = session.with_mcu(|m| m.publishers.get(&stream).cloned()) {
-            p.set_media(media);
-            return Ok(p);
+            if data.sid.is_empty() || data.sid == p.sid() {
+                // Renegotiation on the same publisher (`update-sdp`, or a
+                // client that sends no sid).
+                p.set_media(media);
+                return Ok(p);
+            }
+            // A new sid: the client made a new peer connection (Talk does
+            // after ICE failed or when it could not get an answer). The old
+            // publisher is replaced; out of the map first, so that nothing
+            // it still says reaches the client.
+            info!(session = %session.public_id, stream = stream.as_str(), old = %p.sid(), new = %data.sid, "offer with a new sid, replacing the publisher");
+            session.with_mcu(|m| {
+                if m.publishers.get(&stream).is_some_and(|c| c.id() == p.id()) {
+                    m.publishers.remove(&stream);
+                }
+            });
+            if let Some(m) = &self.mcu_metrics {
+                m.replaced_total.inc(&[stream.as_str()]);
+            }
+            replaced = Some(p);
         }
         let mcu = self.mcu.clone().ok_or(McuError::NotConnected)?;
         let backend_cap = match stream {
@@ -468,7 +669,11 @@ impl Hub {
         });
         let mut params = params;
         (params.country, params.continents) = self.location(session);
-        let publisher = mcu.new_publisher(listener, params).await?;
+        let publisher = mcu.new_publisher(listener, params).await;
+        // The replaced one goes either way (its subscribers follow the new
+        // one, or the client's next offer).
+        close_in_background(replaced.into_iter().collect());
+        let publisher = publisher?;
         let prev = session.with_mcu(|m| match m.publishers.get(&stream) {
             Some(prev) => Some(prev.clone()),
             None => {
@@ -582,6 +787,23 @@ impl Hub {
             info!(session = %session.public_id, count = closing.len(), "permissions revoked, closing publishers");
         }
         close_in_background(closing);
+    }
+}
+
+/// A `message` to `session` from itself with `data` (no MCU verb).
+fn own_message(session: &str, data: Value) -> ServerMessage {
+    ServerMessage {
+        kind: "message".into(),
+        message: Some(proto::client::MessageServerMessage {
+            sender: Some(proto::client::Sender {
+                kind: proto::client::RECIPIENT_SESSION.into(),
+                sessionid: session.to_owned(),
+                userid: String::new(),
+            }),
+            recipient: None,
+            data: Some(proto::to_raw(&data)),
+        }),
+        ..Default::default()
     }
 }
 

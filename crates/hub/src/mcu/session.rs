@@ -24,6 +24,9 @@ pub(crate) type SubscriberKey = (Arc<str>, StreamType);
 pub(crate) struct McuObjects {
     pub publishers: HashMap<StreamType, Arc<dyn McuClient>>,
     pub subscribers: HashMap<SubscriberKey, Arc<dyn McuClient>>,
+    /// Offers the client sent (all streams): tells whether it published
+    /// again after it was asked to.
+    pub offers: u64,
 }
 
 impl McuObjects {
@@ -44,6 +47,14 @@ impl McuObjects {
 
     fn has_publisher(&self, client: &dyn McuClient) -> bool {
         self.publishers.values().any(|p| p.id() == client.id())
+    }
+
+    /// Whether `client` is the session's current publisher or subscriber.
+    pub fn is_current(&self, client: &dyn McuClient) -> bool {
+        match client.publisher_id() {
+            Some(_) => self.has_subscriber(client),
+            None => self.has_publisher(client),
+        }
     }
 }
 
@@ -161,17 +172,9 @@ impl McuListener for SessionListener {
         if !s.with_mcu(|m| m.has_publisher(client)) {
             return;
         }
-        // Ask the client for a new offer on the rebuilt publisher: a
-        // `requestoffer` from its own session (see ARCHITECTURE.md).
-        s.send_message(mcu_message(
-            &s.public_id,
-            &s.public_id,
-            "",
-            "requestoffer",
-            client.stream_type(),
-            &Value::Object(Default::default()),
-            &client.sid(),
-        ));
+        if let Some(hub) = s.hub() {
+            hub.ask_to_publish_again(&s, client.stream_type(), &client.sid());
+        }
     }
 
     fn publisher_closed(&self, client: &dyn McuClient) {
@@ -183,6 +186,51 @@ impl McuListener for SessionListener {
     fn subscriber_closed(&self, client: &dyn McuClient) {
         if let Some(s) = self.session.upgrade() {
             s.with_mcu(|m| m.subscribers.retain(|_, c| c.id() != client.id()));
+        }
+    }
+
+    fn publisher_lost(&self, client: &dyn McuClient) {
+        let Some(s) = self.session.upgrade() else {
+            return;
+        };
+        let was_current = s.with_mcu(|m| {
+            let before = m.publishers.len();
+            m.publishers.retain(|_, p| p.id() != client.id());
+            m.publishers.len() != before
+        });
+        if !was_current || s.is_closed() {
+            return;
+        }
+        if let Some(hub) = s.hub() {
+            // The next offer creates a new publisher wherever there is room.
+            hub.ask_to_publish_again(&s, client.stream_type(), &client.sid());
+        }
+    }
+
+    fn subscriber_lost(&self, client: &dyn McuClient) {
+        let Some(s) = self.session.upgrade() else {
+            return;
+        };
+        let key = s.with_mcu(|m| {
+            let key = m
+                .subscribers
+                .iter()
+                .find(|(_, c)| c.id() == client.id())
+                .map(|(k, _)| k.clone());
+            if let Some(k) = &key {
+                m.subscribers.remove(k);
+            }
+            key
+        });
+        // Not current: the session closed or replaced it itself.
+        let Some((publisher, stream)) = key else {
+            return;
+        };
+        if s.is_closed() {
+            return;
+        }
+        if let Some(hub) = s.hub() {
+            hub.follow_publisher(&s, publisher, stream);
         }
     }
 }

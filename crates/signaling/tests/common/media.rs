@@ -50,6 +50,23 @@ pub async fn all_in_call(s: &TestServer, room: &str) {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
+/// The call starts the way Talk reports it: an `incall` request listing the
+/// Talk sessions (`talk-<user>`) that joined with audio and video, so the
+/// server knows the participant list.
+pub async fn talk_in_call(s: &TestServer, room: &str, users: &[&str]) {
+    let entries: Vec<Value> = users
+        .iter()
+        .map(|u| json!({"sessionId": format!("talk-{u}"), "inCall": 7, "participantType": 3}))
+        .collect();
+    let r = s
+        .backend_request(
+            room,
+            json!({"type": "incall", "incall": {"incall": 7, "changed": entries, "users": entries}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
 /// A VideoRoom handle of its own in a Janus, for looking at its state.
 pub struct VideoRoomProbe {
     gw: ::janus::Gateway,
@@ -110,6 +127,9 @@ pub struct MediaClient {
     pub peers: HashMap<String, Arc<WebRtcPeer>>,
     /// Candidates for sids without a peer yet.
     early: Vec<(String, String)>,
+    /// Every message received through [`next`](Self::next) and
+    /// [`pump`](Self::pump), in order (tests check their sids).
+    pub seen: Vec<Value>,
 }
 
 impl MediaClient {
@@ -127,6 +147,7 @@ impl MediaClient {
             id,
             peers: HashMap::new(),
             early: Vec::new(),
+            seen: Vec::new(),
         }
     }
 
@@ -172,6 +193,7 @@ impl MediaClient {
                 .recv_timeout(left)
                 .await
                 .unwrap_or_else(|| panic!("no {kind} within {MEDIA_TIMEOUT:?}"));
+            self.seen.push(msg.clone());
             if msg["type"] == "error" {
                 if kind == "error" {
                     return msg;
@@ -204,6 +226,7 @@ impl MediaClient {
             let Some(msg) = self.ws.recv_timeout(left).await else {
                 return other;
             };
+            self.seen.push(msg.clone());
             if msg["type"] == "message" && msg["message"]["data"]["type"] == "candidate" {
                 self.forward_candidate(&msg).await;
             } else {
@@ -262,8 +285,10 @@ impl MediaClient {
     /// Answer an offer message with a new peer; returns the sid.
     pub async fn answer_offer(&mut self, offer: &Value) -> (String, Arc<WebRtcPeer>) {
         let data = &offer["message"]["data"];
-        // A Go proxy 0.4.1 gives subscribers no sid: then there is none.
+        // Every offer names its subscriber (also through Go 0.4.1's proxy,
+        // which gives none: the server makes one up).
         let sid = data["sid"].as_str().unwrap_or_default().to_owned();
+        assert!(!sid.is_empty(), "offer without sid: {offer}");
         let from = data["from"].as_str().expect("from").to_owned();
         let stream = data["roomType"].as_str().expect("roomType").to_owned();
         let peer = Arc::new(WebRtcPeer::start().await);
@@ -398,4 +423,77 @@ pub async fn metrics_at(addr: std::net::SocketAddr) -> String {
     .await
     .unwrap_or_default();
     String::from_utf8_lossy(&resp).into_owned()
+}
+
+/// The MCU messages (`data.type` = `kind`) in `seen` from session `from`.
+pub fn seen_of<'a>(seen: &'a [Value], kind: &str, from: &str) -> Vec<&'a Value> {
+    seen.iter()
+        .filter(|m| m["type"] == "message")
+        .filter(|m| m["message"]["data"]["type"] == kind)
+        .filter(|m| m["message"]["sender"]["sessionid"] == from)
+        .collect()
+}
+
+/// The error messages in `seen`.
+pub fn seen_errors(seen: &[Value]) -> Vec<&Value> {
+    seen.iter().filter(|m| m["type"] == "error").collect()
+}
+
+impl MediaClient {
+    /// What Talk's web client does when its own publisher is dead and the
+    /// server asks it to publish again: it ignores the `requestoffer` to
+    /// itself; an `unshareScreen` for `video` from its own session ends its
+    /// publisher peer, and the next participants update makes it create a
+    /// new one with a new sid and offer it. Returns the new peer once it is
+    /// connected (its answer carried `sid`).
+    pub async fn republish_like_talk(&mut self, sid: &str) -> Arc<WebRtcPeer> {
+        let me = self.id.clone();
+        let deadline = tokio::time::Instant::now() + MEDIA_TIMEOUT;
+        let mut peer_ended = false;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let msg =
+                self.ws.recv_timeout(left).await.unwrap_or_else(|| {
+                    panic!("not asked to publish again within {MEDIA_TIMEOUT:?}")
+                });
+            self.seen.push(msg.clone());
+            let data = &msg["message"]["data"];
+            if msg["type"] == "message"
+                && data["type"] == "unshareScreen"
+                && data["roomType"] == "video"
+                && msg["message"]["sender"]["sessionid"] == me.as_str()
+            {
+                // `ownPeer.end()`.
+                self.peers.clear();
+                peer_ended = true;
+            }
+            if peer_ended
+                && msg["type"] == "event"
+                && msg["event"]["target"] == "participants"
+                && msg["event"]["type"] == "update"
+            {
+                break;
+            }
+        }
+        self.publish("video", sid).await
+    }
+
+    /// What Talk's web client does with offers of `from`: an offer with a
+    /// sid other than its peer's replaces that peer. Waits for the next
+    /// offer from `from` and answers it with a new peer; returns its sid.
+    pub async fn accept_next_offer_from(&mut self, from: &str) -> (String, Arc<WebRtcPeer>) {
+        loop {
+            let offer = self.next("offer").await;
+            if offer["message"]["data"]["from"] == from {
+                let old: Vec<String> = self.peers.keys().cloned().collect();
+                let sid = offer["message"]["data"]["sid"].as_str().unwrap_or_default();
+                assert!(
+                    !old.iter().any(|o| o == sid),
+                    "offer with a known sid: {offer}"
+                );
+                self.peers.clear();
+                return self.answer_offer(&offer).await;
+            }
+        }
+    }
 }
