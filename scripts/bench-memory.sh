@@ -18,7 +18,7 @@ PORT=${BENCH_PORT:-28090}
 GO=${GO_SIGNALING_SERVER:-/usr/bin/nextcloud-spreed-signaling-server}
 GO2=${GO2_SIGNALING_SERVER:-}
 mkdir -p "$OUT"
-cargo build --release -q -p signaling -p client
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release -q -p signaling -p client
 TARGET=${CARGO_TARGET_DIR:-target}
 OURS=$TARGET/release/signaling
 CLIENT=$TARGET/release/client

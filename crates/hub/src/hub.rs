@@ -398,10 +398,15 @@ impl Hub {
 
     fn housekeeping(self: &Arc<Self>, now: Instant) {
         self.throttler.cleanup(now);
-        if self.ticks.fetch_add(1, Ordering::Relaxed) % 10 == 0 {
+        let tick = self.ticks.fetch_add(1, Ordering::Relaxed);
+        if tick % 10 == 0 {
             // After a spike of connections, give the maps' memory back.
             self.reg.lock().shrink();
             self.bus.shrink();
+        }
+        if tick % 30 == 29 {
+            // Decoded ids unused for 30-60 s are forgotten.
+            self.codec.age_caches();
         }
         self.cluster_counts_tick(now);
         let (expired, anonymous, rooms) = {

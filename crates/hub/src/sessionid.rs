@@ -221,6 +221,14 @@ impl SessionIdCodec {
         })
     }
 
+    /// Forget cached decodes not used since the previous call (called
+    /// periodically, so that the cache of a connection spike does not
+    /// stay in memory).
+    pub fn age_caches(&self) {
+        self.private_cache.age();
+        self.public_cache.age();
+    }
+
     /// Whether ids are encrypted (a block key was configured).
     pub fn is_encrypted(&self) -> bool {
         self.cipher.is_some()
@@ -959,6 +967,16 @@ impl DecodeCache {
         }
     }
 
+    /// Start a new generation in every shard: entries not used since the
+    /// last call are dropped (with their memory), those used move back
+    /// into the current generation when next looked up.
+    fn age(&self) {
+        for shard in &self.shards {
+            let mut shard = shard.lock();
+            shard.previous = std::mem::take(&mut shard.current);
+        }
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.shards
@@ -1557,6 +1575,25 @@ mod tests {
         assert_eq!(c.private_cache.len(), 0);
         assert_eq!(c.decode_private(&private).expect("decode").sid, 5);
         assert_eq!(uncached(HK32, b"").public_cache.len(), 0);
+    }
+
+    #[test]
+    fn aging_forgets_unused_decodes() {
+        let c = SessionIdCodec::with_cache_capacity(HK32, b"", 1024).expect("codec");
+        let used = c.encode_public(&SessionIdData::new_now(1, "b"));
+        let unused = c.encode_public(&SessionIdData::new_now(2, "b"));
+        c.decode_public(&used).expect("decode");
+        c.decode_public(&unused).expect("decode");
+        assert_eq!(c.public_cache.len(), 2);
+        c.age_caches();
+        // Used since: kept.
+        c.decode_public(&used).expect("decode");
+        c.age_caches();
+        assert_eq!(c.public_cache.len(), 1);
+        c.age_caches();
+        c.age_caches();
+        assert_eq!(c.public_cache.len(), 0);
+        assert_eq!(c.decode_public(&unused).expect("decode").sid, 2);
     }
 
     #[test]
