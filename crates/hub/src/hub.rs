@@ -399,7 +399,7 @@ impl Hub {
     fn housekeeping(self: &Arc<Self>, now: Instant) {
         self.throttler.cleanup(now);
         let tick = self.ticks.fetch_add(1, Ordering::Relaxed);
-        if tick % 10 == 0 {
+        if tick.is_multiple_of(10) {
             // After a spike of connections, give the maps' memory back.
             self.reg.lock().shrink();
             self.bus.shrink();
