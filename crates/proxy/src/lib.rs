@@ -19,6 +19,7 @@
 pub mod check;
 pub mod conn;
 pub mod remote;
+pub mod schema;
 pub mod session;
 pub mod tokens;
 
@@ -1368,6 +1369,9 @@ pub async fn bind_and_serve(
 /// drain on SIGUSR1, stop on SIGINT/SIGTERM.
 pub async fn run_from_config(path: std::path::PathBuf) -> Result<(), StartError> {
     let ini = Ini::load(&path)?;
+    for l in schema::SCHEMA.lint(&ini) {
+        warn!("{}:{}: {}", path.display(), l.line, l.message);
+    }
     let server = ProxyServer::build(&ini)?;
     bind_and_serve(&server, &ini).await?;
     info!(version = VERSION, "proxy started");

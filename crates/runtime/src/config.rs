@@ -109,11 +109,16 @@ struct Entry {
     value: String,
     /// Why a `%(name)s` reference could not be replaced, if it could not.
     unresolved: Option<String>,
+    /// Line (from 1) where the option's value is written (the last time,
+    /// if repeated); 0 if set by code.
+    line: usize,
 }
 
 #[derive(Clone)]
 struct Section {
     name: String,
+    /// Line (from 1) of the section's first header; 0 without one.
+    line: usize,
     entries: Vec<Entry>,
     /// Option name -> position in `entries`.
     index: HashMap<String, usize>,
@@ -123,6 +128,7 @@ impl Section {
     fn new(name: String) -> Self {
         Section {
             name,
+            line: 0,
             entries: Vec::new(),
             index: HashMap::new(),
         }
@@ -132,12 +138,15 @@ impl Section {
         self.index.get(key).map(|&i| &self.entries[i])
     }
 
-    fn set(&mut self, key: String, value: String) {
+    fn set(&mut self, key: String, value: String, line: usize) {
         match self.index.get(&key) {
             Some(&i) => {
                 let entry = &mut self.entries[i];
                 entry.value = value;
                 entry.unresolved = None;
+                if line > 0 {
+                    entry.line = line;
+                }
             }
             None => {
                 self.index.insert(key.clone(), self.entries.len());
@@ -145,6 +154,7 @@ impl Section {
                     key,
                     value,
                     unresolved: None,
+                    line,
                 });
             }
         }
@@ -161,6 +171,9 @@ pub struct Ini {
     sections: Vec<Section>,
     /// Lower-cased section name -> position in `sections`.
     index: HashMap<String, usize>,
+    /// Lines without `=` or `:` that goconf appends to the previous option:
+    /// (line, section, option).
+    continuations: Vec<(usize, String, String)>,
 }
 
 impl fmt::Debug for Ini {
@@ -296,7 +309,26 @@ impl Ini {
     /// referred to this one keep their earlier value.
     pub fn set(&mut self, section: &str, key: &str, value: &str) {
         let idx = self.section_index_or_insert(section_name(section));
-        self.sections[idx].set(lower(key.trim()), value.to_owned());
+        self.sections[idx].set(lower(key.trim()), value.to_owned(), 0);
+    }
+
+    /// Line (from 1) where the option's value is written (the last time, if
+    /// repeated); `None` if absent or set by code.
+    pub fn key_line(&self, section: &str, key: &str) -> Option<usize> {
+        self.entry(section, key).map(|e| e.line).filter(|&l| l > 0)
+    }
+
+    /// Line (from 1) of a section's first header; `None` if absent or
+    /// without a header.
+    pub fn section_line(&self, section: &str) -> Option<usize> {
+        self.section(section).map(|s| s.line).filter(|&l| l > 0)
+    }
+
+    /// Lines that goconf reads as a continuation of the previous option
+    /// (a line with neither `=` nor `:`): `(line, section, option)`. Valid,
+    /// but in a server configuration almost always a mistake.
+    pub fn continuation_lines(&self) -> &[(usize, String, String)] {
+        &self.continuations
     }
 
     fn section(&self, section: &str) -> Option<&Section> {
@@ -360,7 +392,11 @@ impl Ini {
                 if name.is_empty() {
                     current = None;
                 } else {
-                    current = Some(ini.section_index_or_insert(name.clone()));
+                    let i = ini.section_index_or_insert(name.clone());
+                    if ini.sections[i].line == 0 {
+                        ini.sections[i].line = number + 1;
+                    }
+                    current = Some(i);
                 }
                 current_name = name;
                 continue;
@@ -385,7 +421,7 @@ impl Ini {
                 Some(sep) if sep > 0 => {
                     let key = lower(line[..sep].trim());
                     let value = strip_comment(&line[sep + 1..]).trim().to_owned();
-                    ini.sections[section].set(key.clone(), value);
+                    ini.sections[section].set(key.clone(), value, number + 1);
                     last_key = Some(key);
                 }
                 _ => {
@@ -398,6 +434,8 @@ impl Ini {
                     };
                     let addition = strip_comment(line).trim();
                     let section = &mut ini.sections[section];
+                    ini.continuations
+                        .push((number + 1, section.name.clone(), key.clone()));
                     if let Some(&i) = section.index.get(key) {
                         let value = &mut section.entries[i].value;
                         value.push('\n');

@@ -3,6 +3,7 @@
 //!
 //! Nothing here knows about signaling; the hub and the binaries build on it.
 
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod dates;
@@ -11,6 +12,8 @@ pub mod listen;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod reload;
+pub mod schema;
 pub mod shutdown;
 pub mod signals;
 pub mod upgrade;

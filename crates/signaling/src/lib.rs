@@ -6,6 +6,7 @@
 
 pub mod check;
 mod routes;
+pub mod schema;
 pub mod status;
 pub mod turn;
 pub mod ws;
@@ -41,6 +42,13 @@ pub enum StartError {
     Invalid {
         section: &'static str,
         key: &'static str,
+        reason: String,
+    },
+    /// Like `Invalid`, for sections named in the file (backend ids).
+    #[error("[{section}] {key}: {reason}")]
+    InvalidIn {
+        section: String,
+        key: String,
         reason: String,
     },
 }
@@ -104,6 +112,10 @@ pub struct Server {
     pub drain_timeout: Option<Duration>,
     /// The HTTPS listeners' certificate, reloaded on SIGHUP.
     tls: parking_lot::Mutex<Option<listen::Tls>>,
+    /// The configuration at start-up and at the last reload, to tell on
+    /// SIGHUP what changed.
+    config_started: Ini,
+    config_current: parking_lot::Mutex<Ini>,
 }
 
 impl std::fmt::Debug for Server {
@@ -192,6 +204,7 @@ fn mcu_from_config(
 impl Server {
     /// Build the server from a parsed configuration. Must run inside a Tokio runtime.
     pub fn build(ini: &Ini) -> Result<Arc<Server>, StartError> {
+        validate_backends(ini)?;
         let settings = HubSettings::from_config(ini, VERSION)?;
         let turn = turn::TurnConfig::from_config(ini)?;
         let backends = Arc::new(Backends::from_config(ini)?);
@@ -225,6 +238,8 @@ impl Server {
             started: std::time::Instant::now(),
             drain_timeout: drain_timeout(ini)?,
             tls: parking_lot::Mutex::new(None),
+            config_started: ini.clone(),
+            config_current: parking_lot::Mutex::new(ini.clone()),
         }))
     }
 
@@ -250,8 +265,27 @@ impl Server {
         );
     }
 
-    /// SIGHUP: re-read what can change without a restart.
+    /// SIGHUP: re-read what can change without a restart. A configuration
+    /// that would not start is refused as a whole (the running one is
+    /// kept); otherwise the log names the changes applied and those that
+    /// need a restart.
     pub fn reload(&self, ini: &Ini) {
+        if let Err(e) = validate(ini) {
+            warn!("configuration not reloaded, the running configuration is kept: {e}");
+            return;
+        }
+        let mcu_proxy = ini.get_string("mcu", "type", "") == "proxy";
+        let report = {
+            let mut current = self.config_current.lock();
+            let report = runtime::reload::ReloadReport::new(
+                &self.config_started,
+                &current,
+                ini,
+                |section, key| reloadable(ini, mcu_proxy, section, key),
+            );
+            *current = ini.clone();
+            report
+        };
         runtime::logging::apply_config_level(ini);
         self.hub.reload(ini);
         if let Some(tls) = self.tls.lock().clone() {
@@ -266,7 +300,7 @@ impl Server {
                 warn!(error = %e, "keeping the old allowed_ips/trustedproxies")
             }
         }
-        info!("configuration reloaded");
+        report.log();
     }
 
     /// Stop accepting, say goodbye to clients, and wait for tasks up to `grace`.
@@ -295,6 +329,78 @@ fn drain_timeout(ini: &Ini) -> Result<Option<Duration>, StartError> {
         });
     }
     Ok((secs > 0).then(|| Duration::from_secs(secs as u64)))
+}
+
+/// Whether a changed `[section] key` takes effect on SIGHUP.
+fn reloadable(ini: &Ini, mcu_proxy: bool, section: &str, key: &str) -> bool {
+    let backend_ids =
+        runtime::config::split_list(ini.get("backend", "backends").unwrap_or_default(), ',');
+    match (section, key) {
+        ("backend", "backends") | ("app", "loglevel") | ("app", "trustedproxies") => true,
+        ("https", "certificate" | "key") | ("stats", "allowed_ips") => true,
+        ("mcu", "allowedcandidates" | "blockedcandidates") => true,
+        ("mcu", "url") => mcu_proxy,
+        ("geoip-overrides" | "continent-overrides", _) => true,
+        (s, _) => backend_ids.iter().any(|id| id.eq_ignore_ascii_case(s)),
+    }
+}
+
+/// Everything [`Server::build`] and [`ListenConfig::from_config`] would
+/// refuse, without building anything (SIGHUP checks a new file with it).
+pub fn validate(ini: &Ini) -> Result<(), StartError> {
+    validate_backends(ini)?;
+    HubSettings::from_config(ini, VERSION)?;
+    turn::TurnConfig::from_config(ini)?;
+    ListenConfig::from_config(ini)?;
+    stats_ips(ini)?;
+    trusted_proxies(ini)?;
+    drain_timeout(ini)?;
+    hub::mcu::candidates::CandidateFilter::from_config(ini).map_err(|reason| {
+        StartError::Invalid {
+            section: "mcu",
+            key: "allowedcandidates/blockedcandidates",
+            reason,
+        }
+    })?;
+    Ok(())
+}
+
+/// Every id in `[backend] backends` needs its section with a `url` and a
+/// `secret` (unless `allowall` makes the list unused). The Go server skips
+/// such a backend with a log line, which leaves a Nextcloud unable to
+/// connect for no visible reason; we refuse to start instead.
+pub fn validate_backends(ini: &Ini) -> Result<(), StartError> {
+    if ini.get_bool("backend", "allowall", false)? {
+        return Ok(());
+    }
+    let ids = runtime::config::split_list(ini.get("backend", "backends").unwrap_or_default(), ',');
+    for id in ids {
+        let line = ini
+            .key_line("backend", "backends")
+            .map(|l| format!(" (line {l})"))
+            .unwrap_or_default();
+        if !ini.has_section(&id) {
+            return Err(StartError::InvalidIn {
+                section: "backend".into(),
+                key: "backends".into(),
+                reason: format!(
+                    "lists {id:?}{line}, but there is no section [{id}] with its url and secret"
+                ),
+            });
+        }
+        for key in ["url", "secret"] {
+            if ini.get(&id, key).unwrap_or_default().is_empty() {
+                return Err(StartError::InvalidIn {
+                    section: id.clone(),
+                    key: key.into(),
+                    reason: format!(
+                        "missing: backend {id:?} is listed in [backend] backends{line} and needs a url and a secret"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `[stats] allowed_ips`: addresses or CIDR networks; default 127.0.0.1.
@@ -358,6 +464,9 @@ pub async fn bind_and_serve(
 /// Everything `main` does after parsing flags.
 pub async fn run_from_config(path: std::path::PathBuf) -> Result<(), StartError> {
     let ini = Ini::load(&path)?;
+    for l in schema::SCHEMA.lint(&ini) {
+        warn!("{}:{}: {}", path.display(), l.line, l.message);
+    }
     let server = Server::build(&ini)?;
     let listen = ListenConfig::from_config(&ini)?;
     if let Some(nats) = server.nats.clone() {
@@ -395,7 +504,12 @@ pub async fn run_from_config(path: std::path::PathBuf) -> Result<(), StartError>
         };
         match sig {
             Some(runtime::signals::Signal::Reload) => match Ini::load(&path) {
-                Ok(ini) => server.reload(&ini),
+                Ok(ini) => {
+                    for l in schema::SCHEMA.lint(&ini) {
+                        warn!("{}:{}: {}", path.display(), l.line, l.message);
+                    }
+                    server.reload(&ini)
+                }
                 Err(e) => warn!(error = %e, "could not reload configuration, keeping the old one"),
             },
             Some(runtime::signals::Signal::Drain) => {

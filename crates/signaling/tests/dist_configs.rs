@@ -52,3 +52,59 @@ async fn shipped_proxy_configs_build() {
         proxy::ProxyServer::build(&ini).unwrap_or_else(|e| panic!("{path}: {e}"));
     }
 }
+
+/// The strict reading knows every key of our shipped files and of the Go
+/// server's own samples (Debian's package, installed by `scripts/test.sh`):
+/// nothing but their placeholder secrets is reported.
+#[test]
+fn shipped_and_go_configs_have_no_unknown_keys() {
+    let debian = |name: &str| {
+        let path = format!("/etc/nextcloud-spreed-signaling/{name}");
+        std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{path}: {e} (install Debian's nextcloud-spreed-signaling: scripts/test.sh does)"
+            )
+        })
+    };
+    let cases = [
+        (
+            "server.conf.in",
+            repo("server.conf.in"),
+            &signaling::schema::SCHEMA,
+        ),
+        (
+            "dist/docker/server.conf",
+            repo("dist/docker/server.conf"),
+            &signaling::schema::SCHEMA,
+        ),
+        (
+            "debian server.conf",
+            debian("server.conf"),
+            &signaling::schema::SCHEMA,
+        ),
+        (
+            "proxy.conf.in",
+            repo("proxy.conf.in"),
+            &proxy::schema::SCHEMA,
+        ),
+        (
+            "dist/docker/proxy.conf",
+            repo("dist/docker/proxy.conf"),
+            &proxy::schema::SCHEMA,
+        ),
+        (
+            "debian proxy.conf",
+            debian("proxy.conf"),
+            &proxy::schema::SCHEMA,
+        ),
+    ];
+    for (name, text, schema) in cases {
+        let ini = Ini::parse_with_env(&text, fake_env).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let lints: Vec<_> = schema
+            .lint(&ini)
+            .into_iter()
+            .filter(|l| !l.message.contains("placeholder"))
+            .collect();
+        assert!(lints.is_empty(), "{name}: {lints:?}");
+    }
+}
