@@ -220,6 +220,7 @@ pub struct ProxyServer {
     /// Woken when the last client goes while draining.
     clients_gone: tokio::sync::Notify,
     stats_allowed: RwLock<Vec<IpNet>>,
+    stats_refusals: runtime::net::StatsRefusals,
     pub registry: Registry,
     metrics: ProxyMetrics,
     pub shutdown: Shutdown,
@@ -319,6 +320,7 @@ impl ProxyServer {
         };
         let bandwidth_limits = (limit("incoming")?, limit("outgoing")?);
         let registry = Registry::new();
+        registry.register_process_metrics();
         let mcu_metrics = hub::mcu::metrics::McuMetrics::new(&registry);
         let metrics = ProxyMetrics::new(&registry);
         info!(url = %janus.url, "using Janus");
@@ -334,6 +336,7 @@ impl ProxyServer {
             draining: AtomicBool::new(false),
             clients_gone: tokio::sync::Notify::new(),
             stats_allowed: RwLock::new(Vec::new()),
+            stats_refusals: Default::default(),
             registry,
             metrics,
             shutdown: Shutdown::new(),
@@ -1193,10 +1196,14 @@ impl ProxyServer {
     fn stats_allowed(&self, peer: &PeerInfo) -> bool {
         match peer.addr {
             None => true,
-            Some(a) => runtime::net::contains_any(
-                &self.stats_allowed.read(),
-                runtime::net::canonical(a.ip()),
-            ),
+            Some(a) => {
+                let ip = runtime::net::canonical(a.ip());
+                let allowed = runtime::net::contains_any(&self.stats_allowed.read(), ip);
+                if !allowed {
+                    self.stats_refusals.refused(ip, "/stats and /metrics");
+                }
+                allowed
+            }
         }
     }
 

@@ -12,6 +12,7 @@ pub mod listen;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod procfs;
 pub mod reload;
 pub mod schema;
 pub mod shutdown;

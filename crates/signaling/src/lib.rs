@@ -102,6 +102,7 @@ pub struct Server {
     pub(crate) welcome: bytes::Bytes,
     pub(crate) turn: turn::TurnConfig,
     stats_allowed: RwLock<Vec<IpNet>>,
+    stats_refusals: runtime::net::StatsRefusals,
     trusted_proxies: RwLock<Arc<Vec<IpNet>>>,
     /// The NATS bus when clustering (also the hub's bus), for its state.
     pub nats: Option<Arc<NatsBus>>,
@@ -209,6 +210,7 @@ impl Server {
         let turn = turn::TurnConfig::from_config(ini)?;
         let backends = Arc::new(Backends::from_config(ini)?);
         let registry = runtime::metrics::Registry::new();
+        registry.register_process_metrics();
         let (bus, nats) = bus_from_config(ini, &registry)?;
         let mcu = mcu_from_config(ini, &registry)?;
         let metrics = HubMetrics::new(registry);
@@ -233,6 +235,7 @@ impl Server {
             welcome: welcome.into(),
             turn,
             stats_allowed: RwLock::new(stats_ips(ini)?),
+            stats_refusals: Default::default(),
             trusted_proxies: RwLock::new(Arc::new(trusted_proxies(ini)?)),
             nats,
             started: std::time::Instant::now(),
@@ -247,7 +250,14 @@ impl Server {
         let Ok(ip) = ip.parse::<IpAddr>() else {
             return false;
         };
-        runtime::net::contains_any(&self.stats_allowed.read(), ip)
+        let allowed = runtime::net::contains_any(&self.stats_allowed.read(), ip);
+        if !allowed {
+            self.stats_refusals.refused(
+                ip,
+                "/api/v1/stats, /api/v1/serverinfo, /status and /metrics",
+            );
+        }
+        allowed
     }
 
     pub(crate) fn trusted_proxies(&self) -> Arc<Vec<IpNet>> {

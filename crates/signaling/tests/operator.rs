@@ -399,3 +399,98 @@ async fn sighup_reports_applied_restart_and_refused() {
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
     child.kill();
 }
+
+/// Starts the binary on `text` (whose listen address is 127.0.0.1:`port`),
+/// logging to `log`.
+async fn start(path: &str, port: u16, log: &std::path::Path) -> ChildGuard {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config").arg(path).env("RUST_LOG", "info");
+    let mut child = ChildGuard::spawn("signaling", &mut cmd, Some(log)).unwrap();
+    wait_for_port(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        Duration::from_secs(10),
+        Some(&mut child),
+    )
+    .await
+    .unwrap();
+    child
+}
+
+/// `/status` from an address outside `[stats] allowed_ips`: 403, and one
+/// log line naming the key (not one per request).
+#[tokio::test]
+async fn refused_statistics_name_allowed_ips() {
+    let backend = FakeBackend::start(SECRET).await;
+    let dir = TempDir::new("op-stats").unwrap();
+    let port = free_port();
+    let text = config_for(&backend.url(), "[stats]\nallowed_ips = 192.0.2.1\n")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let path = write(&dir, "server.conf", &text);
+    let log = dir.join("log");
+    let _child = start(&path, port, &log).await;
+    for p in ["/status", "/metrics", "/status"] {
+        let r = RawRequest::get(&format!("http://127.0.0.1:{port}{p}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status, 403, "{p}");
+    }
+    assert_eventually!(std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("not in [stats] allowed_ips"));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        logged.matches("not in [stats] allowed_ips").count(),
+        1,
+        "{logged}"
+    );
+    assert!(
+        logged.contains(
+            "refused /api/v1/stats, /api/v1/serverinfo, /status and /metrics to 127.0.0.1"
+        ),
+        "{logged}"
+    );
+}
+
+/// Nextcloud goes away: every hello's auth request fails, and the log has
+/// one readable line for that backend and cause (no Debug dump of hyper's
+/// error), not one per request.
+#[tokio::test]
+async fn backend_failures_are_one_readable_line() {
+    let backend = FakeBackend::start(SECRET).await;
+    let backend_url = backend.backend_url();
+    let dir = TempDir::new("op-backend-down").unwrap();
+    let port = free_port();
+    let text = config_for(&backend.url(), "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let path = write(&dir, "server.conf", &text);
+    let log = dir.join("log");
+    let _child = start(&path, port, &log).await;
+    let url = format!("ws://127.0.0.1:{port}/spreed");
+    let mut c = TestClient::connect(&url).await.skip("welcome");
+    c.hello_user(&backend_url, "alice").await;
+    drop(backend);
+    for i in 0..4 {
+        let mut c = TestClient::connect(&url).await.skip("welcome");
+        let r = c
+            .hello_v1(
+                &backend_url,
+                json!({"userid": format!("user{i}"), "ticket": "t"}),
+            )
+            .await;
+        assert_eq!(r["type"], "error", "{r}");
+    }
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eventually!(logged().contains("requests to the backend fail"));
+    let l = logged();
+    let lines: Vec<&str> = l
+        .lines()
+        .filter(|l| l.contains("requests to the backend fail"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{l}");
+    assert!(lines[0].contains("Connection refused"), "{l}");
+    assert!(
+        !l.contains("hyper_util") && !l.contains("Error(Connect"),
+        "{l}"
+    );
+    assert!(!l.contains("backend auth request failed"), "{l}");
+}
