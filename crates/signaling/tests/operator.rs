@@ -494,3 +494,22 @@ async fn backend_failures_are_one_readable_line() {
     );
     assert!(!l.contains("backend auth request failed"), "{l}");
 }
+
+/// `/api/v1/serverinfo` and `/status` list every configured backend, also
+/// one without sessions.
+#[tokio::test]
+async fn status_lists_configured_backends_without_sessions() {
+    let s = TestServer::start().await;
+    let info = signaling::status::ServerInfo::collect(&s.server);
+    let json = serde_json::to_value(&info).unwrap();
+    assert_eq!(
+        json["sessions"]["backends"]["backend1"],
+        json!({}),
+        "{json}"
+    );
+    let html = info.to_html();
+    assert!(
+        html.contains("<tr><td>backend1</td><td>-</td><td class=\"n\">0</td></tr>"),
+        "{html}"
+    );
+}
