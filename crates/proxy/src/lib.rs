@@ -236,6 +236,10 @@ pub struct ProxyServer {
     bandwidth: Mutex<Option<proto::proxy::EventProxyServerBandwidth>>,
     /// Publisher client id -> proxies we send its stream to.
     remote_uses: Mutex<HashMap<String, Vec<RemoteUse>>>,
+    /// The configuration at start-up and at the last reload, to tell on
+    /// SIGHUP what changed.
+    config_started: Ini,
+    config_current: Mutex<Ini>,
 }
 
 fn stats_ips(ini: &Ini) -> Result<Vec<IpNet>, StartError> {
@@ -350,6 +354,8 @@ impl ProxyServer {
             remote_uses: Mutex::new(HashMap::new()),
             bandwidth_limits,
             bandwidth: Mutex::new(None),
+            config_started: ini.clone(),
+            config_current: Mutex::new(ini.clone()),
         });
         *server.stats_allowed.write() = stats_ips(ini)?;
         server.spawn_housekeeping();
@@ -390,7 +396,27 @@ impl ProxyServer {
             Ok(ips) => *self.stats_allowed.write() = ips,
             Err(e) => warn!(error = %e, "keeping the old allowed_ips"),
         }
-        info!(tokens = ?self.tokens.read().ids(), "configuration reloaded");
+        let report = {
+            let mut current = self.config_current.lock();
+            let r = runtime::reload::ReloadReport::new(
+                &self.config_started,
+                &current,
+                ini,
+                |section, key| {
+                    matches!(
+                        (section, key),
+                        ("tokens", _)
+                            | ("stats", "allowed_ips")
+                            | ("app", "loglevel")
+                            | ("https", "certificate" | "key")
+                    )
+                },
+            );
+            *current = ini.clone();
+            r
+        };
+        info!(tokens = ?self.tokens.read().ids(), "token keys");
+        report.log();
     }
 
     /// SIGUSR1: tell every signaling server, take no new publishers; see
@@ -1397,7 +1423,12 @@ pub async fn run_from_config(path: std::path::PathBuf) -> Result<(), StartError>
         };
         match sig {
             Some(runtime::signals::Signal::Reload) => match Ini::load(&path) {
-                Ok(ini) => server.reload(&ini),
+                Ok(ini) => {
+                    for l in schema::SCHEMA.lint(&ini) {
+                        warn!("{}:{}: {}", path.display(), l.line, l.message);
+                    }
+                    server.reload(&ini)
+                }
                 Err(e) => warn!(error = %e, "could not reload configuration, keeping the old one"),
             },
             Some(runtime::signals::Signal::Drain) => {
