@@ -63,7 +63,24 @@ pub async fn run(path: &Path, args: &CheckArgs) -> usize {
         Ok(t) if t.ids().is_empty() => {
             r.fail("[tokens]", "no token key: no signaling server can connect")
         }
-        Ok(t) => r.ok("[tokens]", format!("keys for {:?}", t.ids())),
+        Ok(t) => {
+            r.ok("[tokens]", format!("keys for {:?}", t.ids()));
+            for (id, file) in ini.keys("tokens") {
+                let what = format!("[tokens] {id}");
+                match runtime::keys::load_public(file.as_ref()) {
+                    Ok((key, enc)) => {
+                        let bits = runtime::keys::bits(&key);
+                        let text = format!("{file}: RSA {bits}-bit public key ({enc})");
+                        if bits < runtime::keys::MIN_BITS {
+                            r.warn(&what, format!("{text}: smaller than {} bits; make a new pair with `proxy genkey --id {id}`", runtime::keys::MIN_BITS));
+                        } else {
+                            r.ok(&what, text);
+                        }
+                    }
+                    Err(e) => r.fail(&what, e.to_string()),
+                }
+            }
+        }
     }
     for a in runtime::listen::parse_listen(&ini.get_string("http", "listen", "127.0.0.1:9090")) {
         if let runtime::listen::ListenAddr::Tcp(addr) = a {

@@ -18,6 +18,7 @@
 
 pub mod check;
 pub mod conn;
+pub mod keygen;
 pub mod remote;
 pub mod schema;
 pub mod session;

@@ -29,6 +29,22 @@ enum Command {
     /// Check the configuration, the token keys, the listeners and Janus,
     /// then exit: 0 if nothing failed
     Check(CheckArgs),
+    /// Generate an RSA key pair for a signaling server's token: ID.key for
+    /// its [mcu] token_key, ID.pub for the proxies' [tokens]
+    Genkey(GenkeyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct GenkeyArgs {
+    /// Token id of the signaling server ([mcu] token_id)
+    #[arg(long, default_value = "server1")]
+    id: String,
+    /// Directory for ID.key and ID.pub (existing files are not overwritten)
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    out: std::path::PathBuf,
+    /// Key size
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u16).range(2048..=8192))]
+    bits: u16,
 }
 
 fn main() -> std::process::ExitCode {
@@ -37,6 +53,21 @@ fn main() -> std::process::ExitCode {
         Some(Command::Check(args)) => {
             let path = cli.config.path();
             runtime::cli::check(|| async move { proxy::check::run(&path, &args).await })
+        }
+        Some(Command::Genkey(args)) => {
+            match proxy::keygen::generate(&args.id, &args.out, usize::from(args.bits)) {
+                Ok((key, public)) => {
+                    runtime::outln!(
+                        "{}",
+                        proxy::keygen::instructions(&args.id, &key, &public).trim_end()
+                    );
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("proxy genkey: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
         }
         None => runtime::cli::serve("proxy", &cli.config, proxy::run_from_config),
     }

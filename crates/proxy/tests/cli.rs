@@ -67,8 +67,14 @@ fn any_order_go_flags_and_lint() {
 
 #[test]
 fn closed_stdout_is_a_quiet_exit() {
-    let mut child = Command::new(BIN)
-        .args(["check", "--config", "/nonexistent/proxy.conf"])
+    // The shell waits a moment before starting the binary, so the reading
+    // end is closed (below) before the first line is written.
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            "sleep 0.3; exec \"$0\" check --config /nonexistent/proxy.conf",
+            BIN,
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -79,4 +85,81 @@ fn closed_stdout_is_a_quiet_exit() {
     let err = text(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(out.status.code(), Some(141), "{err}");
+}
+
+/// `proxy genkey` writes a key pair (private 0600), says which lines go
+/// where, refuses to overwrite, and the pair works for what the servers do
+/// with it (RS256 tokens through jsonwebtoken); `proxy check` reports the
+/// public key's size and encoding.
+#[test]
+fn genkey_writes_a_working_pair() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = testkit::TempDir::new("proxy-genkey").unwrap();
+    let out_dir = dir.path().display().to_string();
+    let out = run(&["genkey", "--id", "server9", "--out", &out_dir]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let key = dir.join("server9.key");
+    let public = dir.join("server9.pub");
+    assert!(stdout.contains("token_id = server9"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("token_key = {}", key.display())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("server9 = {}", public.display())),
+        "{stdout}"
+    );
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let (private, _) = runtime::keys::load_private(&key).unwrap();
+    let (public_key, _) = runtime::keys::load_public(&public).unwrap();
+    assert!(runtime::keys::matches(&private, &public_key));
+    assert_eq!(runtime::keys::bits(&public_key), 2048);
+    let claims = serde_json::json!({"iss": "server9", "iat": 1, "sub": "x"});
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(&key).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.required_spec_claims.clear();
+    validation.validate_exp = false;
+    jsonwebtoken::decode::<serde_json::Value>(
+        &token,
+        &jsonwebtoken::DecodingKey::from_rsa_pem(&std::fs::read(&public).unwrap()).unwrap(),
+        &validation,
+    )
+    .unwrap();
+
+    // Not over an existing pair.
+    let again = run(&["genkey", "--id", "server9", "--out", &out_dir]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again.stderr).contains("not overwritten"));
+    assert_eq!(std::fs::read(&key).unwrap(), {
+        let (p, _) = runtime::keys::load_private(&key).unwrap();
+        assert!(runtime::keys::matches(&p, &public_key));
+        std::fs::read(&key).unwrap()
+    });
+
+    let conf = dir.join("proxy.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[http]\nlisten = 127.0.0.1:0\n[mcu]\nurl = ws://127.0.0.1:9/\n[tokens]\nserver9 = {}\n",
+            public.display()
+        ),
+    )
+    .unwrap();
+    let out = run(&["check", "--config", &conf.display().to_string()]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "ok    [tokens] server9: {}: RSA 2048-bit public key (PKCS#8)",
+            public.display()
+        )),
+        "{stdout}"
+    );
 }

@@ -7,6 +7,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod dates;
+pub mod keys;
 pub mod limits;
 pub mod listen;
 pub mod logging;

@@ -213,31 +213,72 @@ async fn check_mcu(r: &mut Report, ini: &Ini) {
                 }
             }
         }
-        ("proxy", _) => match hub::mcu::proxy::ProxySettings::from_config(ini) {
-            Err((key, e)) => r.fail(&format!("[mcu] {key}"), e),
-            Ok(settings) => {
-                let metrics =
-                    hub::mcu::metrics::McuMetrics::new(&runtime::metrics::Registry::new());
-                let mcu = hub::mcu::proxy::ProxyMcu::start(settings, metrics);
-                if mcu.wait_connected(Duration::from_secs(10)).await {
-                    r.ok("mcu proxies", "every proxy accepted our token");
-                } else {
-                    use hub::mcu::Mcu;
-                    let stats = mcu.stats();
-                    for p in stats["proxies"].as_array().cloned().unwrap_or_default() {
-                        let what = format!("proxy {}", p["url"].as_str().unwrap_or_default());
-                        if p["connected"] == true {
-                            r.ok(&what, "connected, token accepted");
-                        } else {
-                            r.fail(&what, "no session: unreachable, or the proxy refuses token_id/token_key (see its log)");
-                        }
+        ("proxy", _) => {
+            // Without a usable key no proxy can accept us: no point waiting.
+            if check_token_key(r, ini) {
+                check_proxies(r, ini).await;
+            }
+        }
+        (other, _) => r.fail("[mcu] type", format!("unsupported {other:?}")),
+    }
+}
+
+/// `[mcu] token_key`: an RSA private key in PEM form, large enough.
+/// Returns whether it can be used.
+fn check_token_key(r: &mut Report, ini: &Ini) -> bool {
+    let file = ini.get_string("mcu", "token_key", "");
+    if file.is_empty() {
+        r.fail("[mcu] token_key", "missing: the private key of token_id");
+        return false;
+    }
+    match runtime::keys::load_private(file.as_ref()) {
+        Ok((key, enc)) => {
+            let bits = runtime::keys::bits(&key.to_public_key());
+            let text = format!("{file}: RSA {bits}-bit private key ({enc})");
+            if bits < runtime::keys::MIN_BITS {
+                r.warn(
+                    "[mcu] token_key",
+                    format!(
+                        "{text}: smaller than {} bits; make a new pair with `proxy genkey`",
+                        runtime::keys::MIN_BITS
+                    ),
+                );
+            } else {
+                r.ok("[mcu] token_key", text);
+            }
+            true
+        }
+        Err(e) => {
+            r.fail("[mcu] token_key", e.to_string());
+            false
+        }
+    }
+}
+
+/// Every MCU proxy accepts our token.
+async fn check_proxies(r: &mut Report, ini: &Ini) {
+    match hub::mcu::proxy::ProxySettings::from_config(ini) {
+        Err((key, e)) => r.fail(&format!("[mcu] {key}"), e),
+        Ok(settings) => {
+            let metrics = hub::mcu::metrics::McuMetrics::new(&runtime::metrics::Registry::new());
+            let mcu = hub::mcu::proxy::ProxyMcu::start(settings, metrics);
+            if mcu.wait_connected(Duration::from_secs(10)).await {
+                r.ok("mcu proxies", "every proxy accepted our token");
+            } else {
+                use hub::mcu::Mcu;
+                let stats = mcu.stats();
+                for p in stats["proxies"].as_array().cloned().unwrap_or_default() {
+                    let what = format!("proxy {}", p["url"].as_str().unwrap_or_default());
+                    if p["connected"] == true {
+                        r.ok(&what, "connected, token accepted");
+                    } else {
+                        r.fail(&what, "no session: unreachable, or the proxy refuses token_id/token_key (see its log)");
                     }
                 }
-                use hub::mcu::Mcu;
-                mcu.stop().await;
             }
-        },
-        (other, _) => r.fail("[mcu] type", format!("unsupported {other:?}")),
+            use hub::mcu::Mcu;
+            mcu.stop().await;
+        }
     }
 }
 

@@ -138,8 +138,14 @@ fn start_without_arguments_says_it_once() {
 
 #[test]
 fn closed_stdout_is_a_quiet_exit() {
-    let mut child = Command::new(BIN)
-        .args(["check", "--config", "/nonexistent/x.conf"])
+    // The shell waits a moment before starting the binary, so the reading
+    // end is closed (below) before the first line is written.
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            "sleep 0.3; exec \"$0\" check --config /nonexistent/x.conf",
+            BIN,
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -511,5 +517,40 @@ async fn status_lists_configured_backends_without_sessions() {
     assert!(
         html.contains("<tr><td>backend1</td><td>-</td><td class=\"n\">0</td></tr>"),
         "{html}"
+    );
+}
+
+/// `check` with `[mcu] type = proxy` reads the token key: its size and
+/// encoding, or why it is not a usable RSA private key.
+#[tokio::test]
+async fn check_reports_the_proxy_token_key() {
+    let backend = FakeBackend::start(SECRET).await;
+    let dir = TempDir::new("op-token-key").unwrap();
+    let (private, public) = runtime::keys::generate(2048).unwrap();
+    let key = write(&dir, "server9.key", &private);
+    let proxy = format!("ws://127.0.0.1:{}/", free_port());
+    let config = |key: &str| {
+        config_for(
+            &backend.url(),
+            &format!("[mcu]\ntype = proxy\nurl = {proxy}\ntoken_id = server9\ntoken_key = {key}\n"),
+        )
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{}", free_port()))
+    };
+    let good = write(&dir, "good.conf", &config(&key));
+    let (_, out) = check(vec!["--config".into(), good]).await;
+    assert!(
+        out.contains(&format!(
+            "ok    [mcu] token_key: {key}: RSA 2048-bit private key (PKCS#8)"
+        )),
+        "{out}"
+    );
+    // A public key where the private one belongs.
+    let wrong = write(&dir, "server9.pub", &public);
+    let bad = write(&dir, "bad.conf", &config(&wrong));
+    let (code, out) = check(vec!["--config".into(), bad]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL  [mcu] token_key") && out.contains("not an RSA private key"),
+        "{out}"
     );
 }
