@@ -12,7 +12,9 @@ Signals:
   SIGTERM, SIGINT  close every connection and exit
 
 Exit status: 0 ok, 1 `check` found failures, 64 bad command line or configuration.
-The Go proxy's flags (-config FILE, -version) work as well.";
+The Go proxy's flags (-config FILE, -version) work as well.
+Environment: SIGNALING_PROXY__SECTION__KEY=value overrides a key of the file
+(e.g. SIGNALING_PROXY__MCU__URL); ${VAR} in a value is replaced by VAR.";
 
 /// MCU proxy for Nextcloud Talk signaling servers, in front of one Janus gateway
 #[derive(Debug, Parser)]
@@ -49,6 +51,8 @@ struct GenkeyArgs {
 
 fn main() -> std::process::ExitCode {
     let cli: Cli = runtime::cli::parse("proxy.conf");
+    // SIGNALING_PROXY__SECTION__KEY=value overrides a key of the file (containers).
+    runtime::config::set_env_prefix("SIGNALING_PROXY");
     match cli.command {
         Some(Command::Check(args)) => {
             let path = cli.config.path();

@@ -57,6 +57,48 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+/// Environment variables `PREFIX__SECTION__KEY` override the files read by
+/// [`Ini::load`] once a binary has set its prefix ([`set_env_prefix`]).
+static ENV_PREFIX: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Makes [`Ini::load`] apply environment overrides named
+/// `PREFIX__SECTION__KEY` (e.g. `SIGNALING__SESSIONS__HASHKEY`), for
+/// containers. Set once, by `main`.
+pub fn set_env_prefix(prefix: &'static str) {
+    let _ = ENV_PREFIX.set(prefix);
+}
+
+/// Our goconf reader as a format of the `config` crate: sections become
+/// tables of string values.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GoConf;
+
+impl ::config::Format for GoConf {
+    fn parse(
+        &self,
+        uri: Option<&String>,
+        text: &str,
+    ) -> Result<::config::Map<String, ::config::Value>, Box<dyn std::error::Error + Send + Sync>>
+    {
+        let ini = Ini::parse(text)?;
+        let mut root = ::config::Map::new();
+        for section in ini.sections() {
+            let mut table = ::config::Map::new();
+            for (key, value) in ini.keys(section) {
+                table.insert(key.to_owned(), ::config::Value::new(uri, value.to_owned()));
+            }
+            root.insert(section.to_owned(), ::config::Value::new(uri, table));
+        }
+        Ok(root)
+    }
+}
+
+impl ::config::FileStoredFormat for GoConf {
+    fn file_extensions(&self) -> &'static [&'static str] {
+        &["conf", "in"]
+    }
+}
+
 /// Name of the section that holds options written before any header.
 pub const DEFAULT_SECTION: &str = "default";
 
@@ -220,7 +262,57 @@ impl Ini {
                 msg: "the file is not valid UTF-8".to_owned(),
             }
         })?;
-        Self::parse(&text)
+        let mut ini = Self::parse(&text)?;
+        if let Some(prefix) = ENV_PREFIX.get() {
+            let env = ::config::Environment::with_prefix(prefix)
+                .prefix_separator("__")
+                .separator("__");
+            ini.apply_layers(&text, env)?;
+        }
+        Ok(ini)
+    }
+
+    /// Layers the file (through our goconf reader, plugged into the
+    /// `config` crate as a format) and `env` into one configuration, and
+    /// takes every value that differs from the file's (set or changed in the
+    /// environment). Lines, continuation notes and unresolved references of
+    /// options the environment does not touch are kept.
+    pub fn apply_layers(
+        &mut self,
+        text: &str,
+        env: ::config::Environment,
+    ) -> Result<Vec<(String, String)>, ConfigError> {
+        let layered_error = |e: ::config::ConfigError| ConfigError::Syntax {
+            line: 0,
+            msg: format!("environment overrides: {e}"),
+        };
+        let merged = ::config::Config::builder()
+            .add_source(::config::File::from_str(text, GoConf))
+            .add_source(env)
+            .build()
+            .map_err(layered_error)?;
+        let table = ::config::Source::collect(&merged).map_err(layered_error)?;
+        let mut taken = Vec::new();
+        for (section, value) in table {
+            // A variable without a section part (`SIGNALING__X`) names no
+            // option.
+            let Ok(options) = value.into_table() else {
+                continue;
+            };
+            for (key, value) in options {
+                let Ok(value) = value.into_string() else {
+                    continue;
+                };
+                if self.get(&section, &key) != Some(value.as_str()) {
+                    self.set(&section, &key, &value);
+                    taken.push((section.clone(), key));
+                }
+            }
+        }
+        for (section, key) in &taken {
+            tracing::info!("[{section}] {key} set by the environment");
+        }
+        Ok(taken)
     }
 
     /// The value of an option: `None` if the section or the option is absent,
@@ -715,6 +807,42 @@ pub fn split_whitespace_list(value: &str) -> Vec<String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn environment_overrides_through_the_config_crate() {
+        let text = "[http]\nlisten = 127.0.0.1:8080\n[sessions]\nhashkey = from-file\n[Geo]\n10.0.0.0/8 = DE\n";
+        let mut ini = Ini::parse(text).unwrap();
+        let env: ::config::Map<String, String> = [
+            ("SIGNALING__SESSIONS__HASHKEY", "from-env"),
+            ("SIGNALING__NC1__SECRET", "s3cr3t"),
+            ("SIGNALING__HTTP__LISTEN", "127.0.0.1:8080"),
+            ("SIGNALING_HASH_KEY", "not ours"),
+            ("OTHER__SESSIONS__BLOCKKEY", "not ours"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let env = ::config::Environment::with_prefix("SIGNALING")
+            .prefix_separator("__")
+            .separator("__")
+            .source(Some(env));
+        let mut taken = ini.apply_layers(text, env).unwrap();
+        taken.sort();
+        // Only what differs from the file is taken.
+        assert_eq!(
+            taken,
+            [
+                ("nc1".to_owned(), "secret".to_owned()),
+                ("sessions".to_owned(), "hashkey".to_owned())
+            ]
+        );
+        assert_eq!(ini.get("sessions", "hashkey"), Some("from-env"));
+        assert_eq!(ini.get("nc1", "secret"), Some("s3cr3t"));
+        assert_eq!(ini.get("sessions", "blockkey"), None);
+        // Untouched options keep their line; keys with dots survive.
+        assert_eq!(ini.key_line("http", "listen"), Some(2));
+        assert_eq!(ini.get("geo", "10.0.0.0/8"), Some("DE"));
+    }
 
     fn no_env(_: &str) -> Option<String> {
         None

@@ -14,7 +14,9 @@ Signals:
   SIGTERM, SIGINT  close every connection and exit
 
 Exit status: 0 ok, 1 `check` found failures, 64 bad command line or configuration.
-The Go server's flags (-config FILE, -version) work as well.";
+The Go server's flags (-config FILE, -version) work as well.
+Environment: SIGNALING__SECTION__KEY=value overrides a key of the file
+(e.g. SIGNALING__SESSIONS__HASHKEY); ${VAR} in a value is replaced by VAR.";
 
 /// Standalone signaling server ("high-performance backend") for Nextcloud Talk
 #[derive(Debug, Parser)]
@@ -35,6 +37,8 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli: Cli = runtime::cli::parse("server.conf");
+    // SIGNALING__SECTION__KEY=value overrides a key of the file (containers).
+    runtime::config::set_env_prefix("SIGNALING");
     match cli.command {
         Some(Command::Check(args)) => {
             let path = cli.config.path();

@@ -554,3 +554,41 @@ async fn check_reports_the_proxy_token_key() {
         "{out}"
     );
 }
+
+/// `SIGNALING__SECTION__KEY` overrides a key of the file (containers): a
+/// backend's secret and the session keys given only in the environment.
+#[tokio::test]
+async fn environment_overrides_keys_of_the_file() {
+    let dir = TempDir::new("op-env").unwrap();
+    let conf = format!(
+        "[http]\nlisten = 127.0.0.1:{}\n[sessions]\nhashkey = change-me-session-hash-key-32chr\nblockkey = {BLOCK_KEY}\n[backend]\nbackends = nc1\n[nc1]\nurl = http://127.0.0.1:{}/\n",
+        free_port(),
+        free_port()
+    );
+    let path = write(&dir, "server.conf", &conf);
+    let run_check = |env: Vec<(&'static str, &'static str)>| {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new(BIN)
+                .args(["check", "--skip-bind", "--config", &path])
+                .envs(env)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            text(&out.stdout)
+        })
+    };
+    let out = run_check(vec![]).await.unwrap();
+    assert!(
+        out.contains("FAIL  configuration: [nc1] secret: missing"),
+        "{out}"
+    );
+    let out = run_check(vec![
+        ("SIGNALING__NC1__SECRET", "s3cr3t-from-env"),
+        ("SIGNALING__SESSIONS__HASHKEY", HASH_KEY),
+    ])
+    .await
+    .unwrap();
+    assert!(out.contains("ok    configuration"), "{out}");
+    assert!(!out.contains("placeholder"), "{out}");
+}
