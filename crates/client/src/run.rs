@@ -311,8 +311,11 @@ pub async fn run(opts: Options) -> Result<Report, RunError> {
     let progress = Progress::new(&world.opts);
 
     let mut report = Report {
+        version: env!("CARGO_PKG_VERSION"),
+        started_at: crate::report::utc_now(),
         scenario: world.opts.scenario.to_string(),
         servers: world.opts.addrs.clone(),
+        parameters: crate::report::Parameters::of(&world.opts),
         warnings,
         ..Default::default()
     };
@@ -348,8 +351,19 @@ pub async fn run(opts: Options) -> Result<Report, RunError> {
         } else {
             ("hellos sent/s", "answered/s")
         };
-        let name = format!("{} {}", report.scenario, report.servers.join(" "));
-        if let Err(e) = plot::draw(path, &name, timeline, labels, &hist, title) {
+        let name = format!(
+            "{}, {}",
+            report.parameters.describe(&report.scenario),
+            report.servers.join(" ")
+        );
+        let plot = plot::Plot {
+            title: &format!("{name} — {} — client {}", report.started_at, report.version),
+            timeline,
+            labels,
+            latency_us: &hist,
+            latency_title: title,
+        };
+        if let Err(e) = plot::draw(path, &plot) {
             report
                 .warnings
                 .push(format!("could not write {}: {e}", path.display()));

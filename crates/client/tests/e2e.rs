@@ -116,6 +116,17 @@ async fn flood_delivers_everything() {
     let r = &run.report;
     assert_eq!(run.code, Some(0), "report: {r:#}\nstderr: {}", run.stderr);
     assert_eq!(r["scenario"], "flood");
+    // Tool version, start time and parameters, for comparing reports.
+    assert_eq!(r["version"], env!("CARGO_PKG_VERSION"));
+    assert!(
+        r["started_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with(" UTC")),
+        "{r:#}"
+    );
+    assert_eq!(u(&r["parameters"]["clients"]), 20);
+    assert_eq!(u(&r["parameters"]["window"]), 8);
+    assert_eq!(f(&r["parameters"]["duration_s"]), 1.5);
     assert_eq!(u(&r["clients"]["ready"]), 20, "{r:#}");
     assert_eq!(u(&r["clients"]["failed"]), 0);
     assert_eq!(u(&r["backend"]["auth"]), 20, "one auth request per hello");
