@@ -4,7 +4,7 @@
 use runtime::check::Report;
 use runtime::cli::CheckArgs;
 use runtime::config::Ini;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::tokens::Tokens;
@@ -12,8 +12,10 @@ use crate::tokens::Tokens;
 /// A certificate expiring within this many days is a warning.
 const CERT_WARN_DAYS: i64 = 14;
 
-/// Runs every check; returns the number of failures.
-pub async fn run(path: &Path, args: &CheckArgs) -> usize {
+/// Runs every check; returns the number of failures. `match_keys` are
+/// signaling servers' private keys (token id, file) to compare with the
+/// public keys in `[tokens]`.
+pub async fn run(path: &Path, args: &CheckArgs, match_keys: &[(String, PathBuf)]) -> usize {
     let mut r = Report::default();
     let ini = match Ini::load(path) {
         Ok(i) => i,
@@ -82,6 +84,9 @@ pub async fn run(path: &Path, args: &CheckArgs) -> usize {
             }
         }
     }
+    for (id, file) in match_keys {
+        check_pair(&mut r, &ini, id, file);
+    }
     for a in runtime::listen::parse_listen(&ini.get_string("http", "listen", "127.0.0.1:9090")) {
         if let runtime::listen::ListenAddr::Tcp(addr) = a {
             let what = format!("[http] listen {addr}");
@@ -120,4 +125,30 @@ pub async fn run(path: &Path, args: &CheckArgs) -> usize {
         }
     }
     r.finish()
+}
+
+/// A signaling server's private key against this proxy's public key of the
+/// same token id: one pair, or a token that will be refused.
+fn check_pair(r: &mut Report, ini: &Ini, id: &str, private_file: &Path) {
+    let what = format!("[tokens] {id} and {}", private_file.display());
+    let Some(public_file) = ini.get("tokens", id).filter(|f| !f.is_empty()) else {
+        return r.fail(
+            &what,
+            format!("no [tokens] {id} in this proxy's configuration"),
+        );
+    };
+    let private = match runtime::keys::load_private(private_file) {
+        Ok((k, _)) => k,
+        Err(e) => return r.fail(&what, e.to_string()),
+    };
+    match runtime::keys::load_public(public_file.as_ref()) {
+        Ok((public, _)) if runtime::keys::matches(&private, &public) => {
+            r.ok(&what, "one key pair: tokens signed with it are accepted")
+        }
+        Ok(_) => r.fail(
+            &what,
+            format!("not one pair: the proxy refuses tokens signed with this key; give it the public half ({public_file}) of the signaling server's token_key"),
+        ),
+        Err(e) => r.fail(&what, e.to_string()),
+    }
 }

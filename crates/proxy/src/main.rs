@@ -4,6 +4,24 @@
 use clap::{Parser, Subcommand};
 use runtime::cli::{CheckArgs, ConfigArgs};
 
+/// `proxy check`: the common flags, and key pairs to compare.
+#[derive(Debug, clap::Args)]
+struct ProxyCheckArgs {
+    #[command(flatten)]
+    common: CheckArgs,
+    /// A signaling server's private key (its [mcu] token_key) to compare
+    /// with this proxy's public key of token ID: ID=FILE (repeatable)
+    #[arg(long, value_name = "ID=FILE", value_parser = parse_match_key)]
+    match_key: Vec<(String, std::path::PathBuf)>,
+}
+
+fn parse_match_key(v: &str) -> Result<(String, std::path::PathBuf), String> {
+    match v.split_once('=') {
+        Some((id, file)) if !id.is_empty() && !file.is_empty() => Ok((id.to_owned(), file.into())),
+        _ => Err("expected ID=FILE".into()),
+    }
+}
+
 const AFTER_HELP: &str = "\
 Signals:
   SIGHUP           re-read [tokens] and [stats] allowed_ips
@@ -30,7 +48,7 @@ struct Cli {
 enum Command {
     /// Check the configuration, the token keys, the listeners and Janus,
     /// then exit: 0 if nothing failed
-    Check(CheckArgs),
+    Check(ProxyCheckArgs),
     /// Generate an RSA key pair for a signaling server's token: ID.key for
     /// its [mcu] token_key, ID.pub for the proxies' [tokens]
     Genkey(GenkeyArgs),
@@ -56,7 +74,9 @@ fn main() -> std::process::ExitCode {
     match cli.command {
         Some(Command::Check(args)) => {
             let path = cli.config.path();
-            runtime::cli::check(|| async move { proxy::check::run(&path, &args).await })
+            runtime::cli::check(|| async move {
+                proxy::check::run(&path, &args.common, &args.match_key).await
+            })
         }
         Some(Command::Genkey(args)) => {
             match proxy::keygen::generate(&args.id, &args.out, usize::from(args.bits)) {

@@ -153,8 +153,29 @@ fn genkey_writes_a_working_pair() {
         ),
     )
     .unwrap();
-    let out = run(&["check", "--config", &conf.display().to_string()]);
+    let conf_s = conf.display().to_string();
+    let matching = format!("server9={}", key.display());
+    let out = run(&["check", "--config", &conf_s, "--match-key", &matching]);
     let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "ok    [tokens] server9 and {}: one key pair",
+            key.display()
+        )),
+        "{stdout}"
+    );
+    // Another server's key: refused tokens, said before they happen.
+    let (other, _) = runtime::keys::generate(1024).unwrap();
+    let other_path = dir.join("other.key");
+    std::fs::write(&other_path, other).unwrap();
+    let other_arg = format!("server9={}", other_path.display());
+    let out2 = run(&["check", "--match-key", &other_arg, "--config", &conf_s]);
+    let stdout2 = text(&out2.stdout);
+    assert_eq!(out2.status.code(), Some(1), "{stdout2}");
+    assert!(
+        stdout2.contains("FAIL  [tokens] server9 and") && stdout2.contains("not one pair"),
+        "{stdout2}"
+    );
     assert!(
         stdout.contains(&format!(
             "ok    [tokens] server9: {}: RSA 2048-bit public key (PKCS#8)",
