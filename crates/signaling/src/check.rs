@@ -356,7 +356,13 @@ pub async fn run(path: &Path, args: &CheckArgs) -> usize {
             return r.finish();
         }
     };
-    r.ok("configuration", format!("{} is valid", path.display()));
+    match crate::validate_backends(&ini) {
+        Ok(()) => r.ok("configuration", format!("{} is valid", path.display())),
+        Err(e) => r.fail(
+            "configuration",
+            format!("{e} (the server skips this backend: its Nextcloud cannot connect)"),
+        ),
+    }
     check_listeners(&mut r, &listen, args.skip_bind).await;
     check_backends(&mut r, &server).await;
     check_mcu(&mut r, &ini).await;

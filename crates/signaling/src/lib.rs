@@ -205,7 +205,6 @@ fn mcu_from_config(
 impl Server {
     /// Build the server from a parsed configuration. Must run inside a Tokio runtime.
     pub fn build(ini: &Ini) -> Result<Arc<Server>, StartError> {
-        validate_backends(ini)?;
         let settings = HubSettings::from_config(ini, VERSION)?;
         let turn = turn::TurnConfig::from_config(ini)?;
         let backends = Arc::new(Backends::from_config(ini)?);
@@ -358,7 +357,6 @@ fn reloadable(ini: &Ini, mcu_proxy: bool, section: &str, key: &str) -> bool {
 /// Everything [`Server::build`] and [`ListenConfig::from_config`] would
 /// refuse, without building anything (SIGHUP checks a new file with it).
 pub fn validate(ini: &Ini) -> Result<(), StartError> {
-    validate_backends(ini)?;
     HubSettings::from_config(ini, VERSION)?;
     turn::TurnConfig::from_config(ini)?;
     ListenConfig::from_config(ini)?;
@@ -376,9 +374,10 @@ pub fn validate(ini: &Ini) -> Result<(), StartError> {
 }
 
 /// Every id in `[backend] backends` needs its section with a `url` and a
-/// `secret` (unless `allowall` makes the list unused). The Go server skips
-/// such a backend with a log line, which leaves a Nextcloud unable to
-/// connect for no visible reason; we refuse to start instead.
+/// `secret` (unless `allowall` makes the list unused). Like the Go server,
+/// the server skips such a backend (so existing files keep starting), but
+/// says so with the key and line at start-up and on SIGHUP, and `check`
+/// fails on it: its Nextcloud cannot connect.
 pub fn validate_backends(ini: &Ini) -> Result<(), StartError> {
     if ini.get_bool("backend", "allowall", false)? {
         return Ok(());
@@ -477,6 +476,9 @@ pub async fn run_from_config(path: std::path::PathBuf) -> Result<(), StartError>
     for l in schema::SCHEMA.lint(&ini) {
         warn!("{}:{}: {}", path.display(), l.line, l.message);
     }
+    if let Err(e) = validate_backends(&ini) {
+        warn!("{}: {e}; the backend is skipped", path.display());
+    }
     let server = Server::build(&ini)?;
     let listen = ListenConfig::from_config(&ini)?;
     if let Some(nats) = server.nats.clone() {
@@ -517,6 +519,9 @@ pub async fn run_from_config(path: std::path::PathBuf) -> Result<(), StartError>
                 Ok(ini) => {
                     for l in schema::SCHEMA.lint(&ini) {
                         warn!("{}:{}: {}", path.display(), l.line, l.message);
+                    }
+                    if let Err(e) = validate_backends(&ini) {
+                        warn!("{}: {e}; the backend is skipped", path.display());
                     }
                     server.reload(&ini)
                 }
