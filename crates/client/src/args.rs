@@ -1,17 +1,18 @@
-//! Command line: a scenario word and Go-style flags.
+//! Command line (on `clap`): a scenario word and Go-style flags.
 //!
 //! Flags may be written `-flag` or `--flag`, with the value after `=` or as
 //! the next argument; names are matched ignoring case, `-` and `_`, so
-//! `-maxClients`, `--max-clients` and `--maxclients` are the same flag. The
-//! scenario may stand anywhere among the flags; without one the upstream
-//! behaviour (`messages`) runs.
+//! `-maxClients`, `--max-clients` and `--maxclients` are the same flag (a
+//! rewrite to clap's spelling before parsing). The scenario may stand
+//! anywhere among the flags; without one the upstream behaviour
+//! (`messages`) runs.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// What the run exercises.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
     /// Upstream's load: every client sends to a random other client every 1 ms.
     Messages,
@@ -20,6 +21,7 @@ pub enum Scenario {
     /// N authenticated sessions held open; server RSS per session.
     Idle,
     /// N clients in rooms of size K, sending to their room at a fixed total rate.
+    #[value(alias = "rooms")]
     Room,
     /// Maximum session-to-session throughput with a window of messages in flight.
     Flood,
@@ -34,17 +36,6 @@ impl Scenario {
             Scenario::Room => "room",
             Scenario::Flood => "flood",
         }
-    }
-
-    fn parse(word: &str) -> Option<Scenario> {
-        Some(match word {
-            "messages" => Scenario::Messages,
-            "connect" => Scenario::Connect,
-            "idle" => Scenario::Idle,
-            "room" | "rooms" => Scenario::Room,
-            "flood" => Scenario::Flood,
-            _ => return None,
-        })
     }
 
     /// Whether the scenario sends messages between sessions.
@@ -154,24 +145,10 @@ impl Options {
 /// Default total send rate of `room` (messages per second, all clients).
 pub const DEFAULT_ROOM_RATE: f64 = 1000.0;
 
-/// What the parser found.
-#[derive(Debug)]
-pub enum Parsed {
-    Run(Box<Options>),
-    Help,
-}
-
 /// A command line that cannot be used.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
 pub struct UsageError(pub String);
-
-impl fmt::Display for UsageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
 
 fn err<T>(msg: impl Into<String>) -> Result<T, UsageError> {
     Err(UsageError(msg.into()))
@@ -185,7 +162,8 @@ fn normalize(name: &str) -> String {
         .collect()
 }
 
-fn parse_secs(flag: &str, v: &str) -> Result<Duration, UsageError> {
+/// Seconds with an optional unit: `10`, `2.5`, `500ms`, `3s`, `1m`.
+fn parse_secs(v: &str) -> Result<Duration, String> {
     let (num, scale) = if let Some(ms) = v.strip_suffix("ms") {
         (ms, 0.001)
     } else if let Some(s) = v.strip_suffix('s') {
@@ -197,130 +175,221 @@ fn parse_secs(flag: &str, v: &str) -> Result<Duration, UsageError> {
     };
     match num.trim().parse::<f64>() {
         Ok(x) if x.is_finite() && x >= 0.0 => Ok(Duration::from_secs_f64(x * scale)),
-        _ => err(format!(
-            "-{flag}: expected seconds (e.g. 10, 2.5, 500ms, 1m), got {v:?}"
+        _ => Err(format!(
+            "expected seconds (e.g. 10, 2.5, 500ms, 1m), got {v:?}"
         )),
     }
 }
 
-fn parse_num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, UsageError> {
-    v.trim()
-        .parse()
-        .or_else(|_| err(format!("-{flag}: expected a number, got {v:?}")))
-}
-
-fn parse_bool(flag: &str, v: &str) -> Result<bool, UsageError> {
-    match v.to_ascii_lowercase().as_str() {
-        "1" | "t" | "true" | "yes" | "on" => Ok(true),
-        "0" | "f" | "false" | "no" | "off" => Ok(false),
-        _ => err(format!("-{flag}: expected true or false, got {v:?}")),
+fn positive_rate(v: &str) -> Result<f64, String> {
+    match v.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err("must be a positive number of messages per second".into()),
     }
 }
 
-/// Flags that take no value (a value may still be given as `-flag=false`).
-const BOOL_FLAGS: &[&str] = &["json", "deriveids", "progress", "noprogress", "help", "h"];
+const AFTER_HELP: &str = "\
+Flags may also be written Go-style: -maxClients 100, -duration=5, -json.
+The embedded fake Nextcloud backend listens on 127.0.0.1 only, so the server must run
+on this machine with [backend] allowall = true and the same secret.
+Exit status: 0 ok, 1 failure (e.g. no server reachable), 3 messages were lost or
+duplicated, 64 bad usage or config.";
 
-/// Parses the arguments after the program name.
-pub fn parse<I, S>(args: I) -> Result<Parsed, UsageError>
+/// Load and benchmark client for the Nextcloud Talk signaling server
+#[derive(Debug, clap::Parser)]
+#[command(name = "client", version, after_help = AFTER_HELP, args_override_self = true)]
+struct Cli {
+    /// What the run exercises
+    #[arg(value_enum, default_value = "messages")]
+    scenario: Scenario,
+    /// Server host:port, comma separated, used round robin
+    #[arg(
+        long,
+        value_name = "LIST",
+        default_value = "localhost:28080",
+        value_delimiter = ','
+    )]
+    addr: Vec<String>,
+    /// Server config with [backend] secret and [sessions] keys
+    #[arg(long, value_name = "FILE", default_value = "server.conf")]
+    config: PathBuf,
+    /// Backend secret, instead of reading it from --config
+    #[arg(long)]
+    secret: Option<String>,
+    /// Number of client connections (at least 2 for scenarios that send)
+    #[arg(long, value_name = "N", default_value_t = 100, alias = "clients")]
+    max_clients: usize,
+    /// Length of the measured phase [default: 10 for idle/room/flood, until
+    /// Ctrl-C otherwise]
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    duration: Option<Duration>,
+    /// Messages per second over all clients (messages, room) [room default: 1000]
+    #[arg(long, value_name = "N", value_parser = positive_rate)]
+    rate: Option<f64>,
+    /// Members per room
+    #[arg(long, value_name = "K", default_value_t = 10)]
+    room_size: usize,
+    /// flood: messages in flight per client
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    window: usize,
+    /// Extra bytes of padding in every message
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    payload: usize,
+    /// Connections being set up at once
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    concurrency: usize,
+    /// Read the server's CPU time and RSS from /proc
+    #[arg(long, value_name = "PID", alias = "pid")]
+    server_pid: Option<u32>,
+    /// Print the report as JSON on stdout
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
+    json: bool,
+    /// Draw throughput over time and the latency distribution into a PNG
+    #[arg(long, value_name = "FILE.png")]
+    plot: Option<PathBuf>,
+    /// Wait for messages in flight after sending stops
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "5")]
+    drain: Duration,
+    /// Longest wait for a hello answer
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "30")]
+    hello_timeout: Duration,
+    /// Address sessions by public ids derived from the private ids with the
+    /// [sessions] keys, like upstream's client
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
+    derive_ids: bool,
+    /// Interval of the stats log line
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "10")]
+    stats_interval: Duration,
+    /// Force the live progress line on (default: when stdout and stderr are terminals)
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    progress: Option<bool>,
+    /// Force the live progress line off
+    #[arg(long, conflicts_with = "progress")]
+    no_progress: bool,
+    /// idle: wait before sampling the server's RSS
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "2")]
+    settle: Duration,
+    /// Spread connections to a loopback server over 127.0.0.1..127.0.0.N
+    /// [default: automatic above 28,000 connections per server]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=254))]
+    source_addrs: Option<u16>,
+}
+
+/// Rewrites `-maxClients`, `--max_clients=5`, `-json` to clap's
+/// `--max-clients`, `--max-clients=5`, `--json`.
+fn canonical_args(cmd: &clap::Command, args: Vec<String>) -> Vec<String> {
+    let mut names: Vec<(String, String)> = vec![
+        ("help".into(), "help".into()),
+        ("version".into(), "version".into()),
+    ];
+    for a in cmd.get_arguments() {
+        if let Some(long) = a.get_long() {
+            names.push((normalize(long), long.to_owned()));
+            for alias in a.get_all_aliases().unwrap_or_default() {
+                names.push((normalize(alias), long.to_owned()));
+            }
+        }
+    }
+    let mut rest = false;
+    args.into_iter()
+        .enumerate()
+        .map(|(i, arg)| {
+            if i == 0 || rest {
+                return arg;
+            }
+            if arg == "help" {
+                // `client help`, as for the servers' subcommands.
+                return "--help".to_owned();
+            }
+            if !arg.starts_with('-') {
+                return arg;
+            }
+            if arg == "--" {
+                rest = true;
+                return arg;
+            }
+            let body = arg.trim_start_matches('-');
+            let (name, value) = match body.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (body, None),
+            };
+            let n = normalize(name);
+            match names.iter().find(|(k, _)| *k == n) {
+                Some((_, long)) if n.len() > 1 => match value {
+                    Some(v) => format!("--{long}={v}"),
+                    None => format!("--{long}"),
+                },
+                _ => arg,
+            }
+        })
+        .collect()
+}
+
+/// Parses the command line (the first argument is the program name).
+/// Help and version come back as errors of their kind, as from clap.
+pub fn parse<I, S>(args: I) -> Result<Options, ParseError>
 where
     I: IntoIterator<Item = S>,
     S: Into<String>,
 {
-    let mut o = Options::default();
-    let mut scenario_seen = false;
-    let mut it = args.into_iter().map(Into::into);
-    while let Some(arg) = it.next() {
-        let Some(stripped) = arg.strip_prefix('-') else {
-            let Some(s) = Scenario::parse(&arg) else {
-                return err(format!(
-                    "unknown scenario {arg:?} (expected messages, connect, idle, room or flood)"
-                ));
-            };
-            if scenario_seen {
-                return err(format!(
-                    "more than one scenario given ({} and {arg})",
-                    o.scenario
-                ));
-            }
-            o.scenario = s;
-            scenario_seen = true;
-            continue;
-        };
-        let stripped = stripped.strip_prefix('-').unwrap_or(stripped);
-        let (raw_name, inline) = match stripped.split_once('=') {
-            Some((n, v)) => (n, Some(v.to_owned())),
-            None => (stripped, None),
-        };
-        let name = normalize(raw_name);
-        if name.is_empty() {
-            return err(format!("malformed flag {arg:?}"));
-        }
-        let value = if BOOL_FLAGS.contains(&name.as_str()) {
-            inline.unwrap_or_else(|| "true".to_owned())
+    use clap::{CommandFactory, FromArgMatches};
+    let mut cmd = Cli::command();
+    let args = canonical_args(&cmd, args.into_iter().map(Into::into).collect());
+    let m = cmd.try_get_matches_from_mut(args)?;
+    let c = Cli::from_arg_matches(&m)?;
+    let o = Options {
+        scenario: c.scenario,
+        addrs: c
+            .addr
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        config: c.config,
+        secret: c.secret,
+        max_clients: c.max_clients,
+        duration: c.duration,
+        rate: c.rate,
+        room_size: c.room_size,
+        window: c.window,
+        payload: c.payload,
+        concurrency: c.concurrency,
+        server_pid: c.server_pid,
+        json: c.json,
+        plot: c.plot,
+        drain: c.drain,
+        hello_timeout: c.hello_timeout,
+        derive_ids: c.derive_ids,
+        stats_interval: c.stats_interval,
+        progress: if c.no_progress {
+            Some(false)
         } else {
-            match inline.or_else(|| it.next()) {
-                Some(v) => v,
-                None => return err(format!("flag -{raw_name} needs a value")),
-            }
-        };
-        let f = raw_name;
-        match name.as_str() {
-            "help" | "h" => {
-                if parse_bool(f, &value)? {
-                    return Ok(Parsed::Help);
-                }
-            }
-            "addr" => {
-                o.addrs = value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect();
-                if o.addrs.is_empty() {
-                    return err("-addr: no address given");
-                }
-            }
-            "config" => o.config = PathBuf::from(value),
-            "secret" => o.secret = Some(value),
-            "maxclients" | "clients" => o.max_clients = parse_num(f, &value)?,
-            "duration" => o.duration = Some(parse_secs(f, &value)?),
-            "rate" => {
-                let r: f64 = parse_num(f, &value)?;
-                if !(r.is_finite() && r > 0.0) {
-                    return err("-rate: must be a positive number of messages per second");
-                }
-                o.rate = Some(r);
-            }
-            "roomsize" => o.room_size = parse_num(f, &value)?,
-            "window" => o.window = parse_num(f, &value)?,
-            "payload" => o.payload = parse_num(f, &value)?,
-            "concurrency" => o.concurrency = parse_num(f, &value)?,
-            "serverpid" | "pid" => o.server_pid = Some(parse_num(f, &value)?),
-            "json" => o.json = parse_bool(f, &value)?,
-            "plot" => o.plot = Some(PathBuf::from(value)),
-            "drain" => o.drain = parse_secs(f, &value)?,
-            "hellotimeout" => o.hello_timeout = parse_secs(f, &value)?,
-            "deriveids" => o.derive_ids = parse_bool(f, &value)?,
-            "statsinterval" => o.stats_interval = parse_secs(f, &value)?,
-            "progress" => o.progress = Some(parse_bool(f, &value)?),
-            "noprogress" => o.progress = Some(!parse_bool(f, &value)?),
-            "settle" => o.settle = parse_secs(f, &value)?,
-            "sourceaddrs" => {
-                let n: usize = parse_num(f, &value)?;
-                if !(1..=254).contains(&n) {
-                    return err("-source-addrs: between 1 and 254");
-                }
-                o.source_addrs = Some(n);
-            }
-            _ => return err(format!("unknown flag -{raw_name}")),
-        }
-    }
+            c.progress
+        },
+        settle: c.settle,
+        source_addrs: c.source_addrs.map(usize::from),
+    };
     validate(&o)?;
-    Ok(Parsed::Run(Box::new(o)))
+    Ok(o)
+}
+
+/// Why the command line did not give a run.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// From clap: also `--help` and `--version` (not failures).
+    #[error(transparent)]
+    Clap(#[from] clap::Error),
+    #[error(transparent)]
+    Usage(#[from] UsageError),
 }
 
 fn validate(o: &Options) -> Result<(), UsageError> {
+    if o.addrs.is_empty() {
+        return err("--addr: no address given");
+    }
     let min = if o.scenario.sends() { 2 } else { 1 };
     if o.max_clients < min {
         return err(format!(
@@ -346,58 +415,16 @@ fn validate(o: &Options) -> Result<(), UsageError> {
     Ok(())
 }
 
-/// Text for `-help`.
-pub const USAGE: &str = "\
-Load and benchmark client for the Nextcloud Talk signaling server.
-
-usage: client [SCENARIO] [flags]
-
-Scenarios:
-  messages   (default) every client sends a message to a random other client
-             every 1 ms (upstream's load); runs until Ctrl-C unless -duration
-  connect    hello rate and hello latency, with backend auth; -duration repeats rounds
-  idle       hold -maxClients authenticated sessions; server RSS per session
-  room       clients in rooms of -room-size, sending to their room at -rate in total
-  flood      maximum session-to-session throughput, -window messages in flight per client
-
-Flags (-flag and --flag both work; -flag=value or -flag value):
-  -addr LIST          server host:port, comma separated, used round robin (localhost:28080)
-  -config FILE        server config with [backend] secret and [sessions] keys (server.conf)
-  -secret SECRET      backend secret, instead of reading it from -config
-  -maxClients N       number of client connections (100, at least 2)
-  -duration SECS      length of the measured phase (10 for idle/room/flood)
-  -rate N             messages per second over all clients (messages, room; room: 1000)
-  -room-size K        members per room (10)
-  -window N           flood: messages in flight per client (32)
-  -payload BYTES      extra padding in every message (0)
-  -concurrency N      connections being set up at once (100)
-  -server-pid PID     read the server's CPU time and RSS from /proc
-  -json               print the report as JSON on stdout
-  -plot FILE.png      draw throughput over time and the latency distribution
-  -drain SECS         wait for messages in flight after sending stops (5)
-  -hello-timeout SECS (30)
-  -derive-ids         address sessions by public ids derived from the private ids
-                      with the [sessions] keys, like upstream's client
-  -stats-interval SECS  interval of the stats log line (10)
-  -progress / -no-progress  force the live progress line on or off
-  -settle SECS        idle: wait before sampling the server's RSS (2)
-  -source-addrs N     spread connections to a loopback server over 127.0.0.1..127.0.0.N
-                      (automatic above 28,000 connections per server)
-
-The embedded fake Nextcloud backend listens on 127.0.0.1 only, so the server must run
-on this machine with [backend] allowall = true and the same secret.
-Exit status: 0 ok, 1 failure, 3 messages were lost or duplicated, 64 bad usage or config.
-";
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn parse_args(args: &[&str]) -> Result<Options, ParseError> {
+        parse(std::iter::once("client").chain(args.iter().copied()))
+    }
+
     fn run(args: &[&str]) -> Options {
-        match parse(args.iter().copied()) {
-            Ok(Parsed::Run(o)) => *o,
-            other => panic!("unexpected parse result {other:?}"),
-        }
+        parse_args(args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
     }
 
     #[test]
@@ -424,6 +451,7 @@ mod tests {
             "--duration=1.5",
             "--server-pid",
             "42",
+            "-no_progress",
         ]);
         assert_eq!(o.addrs, vec!["a:1", "b:2"]);
         assert_eq!(o.max_clients, 9);
@@ -431,33 +459,50 @@ mod tests {
         assert!(o.json);
         assert_eq!(o.duration, Some(Duration::from_millis(1500)));
         assert_eq!(o.server_pid, Some(42));
+        assert_eq!(o.progress, Some(false));
+        assert!(!run(&["-json=false"]).json);
+        assert_eq!(run(&["rooms", "-clients", "4"]).scenario, Scenario::Room);
     }
 
     #[test]
     fn durations_with_units() {
-        assert_eq!(parse_secs("d", "500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_secs("d", "2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_secs("d", "3s"), Ok(Duration::from_secs(3)));
-        assert!(parse_secs("d", "-1").is_err());
-        assert!(parse_secs("d", "soon").is_err());
+        assert_eq!(parse_secs("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_secs("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_secs("3s"), Ok(Duration::from_secs(3)));
+        assert!(parse_secs("-1").is_err());
+        assert!(parse_secs("soon").is_err());
     }
 
     #[test]
     fn rejects_bad_input() {
-        assert!(parse(["-maxClients", "1"]).is_err());
-        assert!(parse(["-nosuchflag", "1"]).is_err());
-        assert!(parse(["dance"]).is_err());
-        assert!(parse(["flood", "room"]).is_err());
-        assert!(parse(["-addr"]).is_err());
-        assert!(parse(["room", "-room-size", "1"]).is_err());
+        assert!(parse_args(&["-maxClients", "1"]).is_err());
+        assert!(parse_args(&["-nosuchflag", "1"]).is_err());
+        assert!(parse_args(&["dance"]).is_err());
+        assert!(parse_args(&["flood", "room"]).is_err());
+        assert!(parse_args(&["-addr"]).is_err());
+        assert!(parse_args(&["-addr", ","]).is_err());
+        assert!(parse_args(&["room", "-room-size", "1"]).is_err());
+        assert!(parse_args(&["-rate", "0"]).is_err());
+        assert!(parse_args(&["-source-addrs", "255"]).is_err());
         // A single idle session is fine.
-        assert!(parse(["idle", "-maxClients", "1"]).is_ok());
+        assert!(parse_args(&["idle", "-maxClients", "1"]).is_ok());
     }
 
     #[test]
-    fn help() {
-        assert!(matches!(parse(["--help"]), Ok(Parsed::Help)));
-        assert!(matches!(parse(["-h"]), Ok(Parsed::Help)));
+    fn help_and_version() {
+        use clap::error::ErrorKind;
+        for args in [&["--help"][..], &["-h"], &["-help"], &["help"]] {
+            match parse_args(args) {
+                Err(ParseError::Clap(e)) => assert_eq!(e.kind(), ErrorKind::DisplayHelp),
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
+        for args in [&["--version"][..], &["-V"], &["-version"]] {
+            match parse_args(args) {
+                Err(ParseError::Clap(e)) => assert_eq!(e.kind(), ErrorKind::DisplayVersion),
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]

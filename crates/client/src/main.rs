@@ -3,21 +3,18 @@
 
 use std::process::ExitCode;
 
-use client::args::{self, Parsed};
+use client::args::{self, ParseError};
 use client::RunError;
 
 /// Exit status when messages were lost, duplicated or unknown.
 const EXIT_BAD_RUN: u8 = 3;
 
 fn main() -> ExitCode {
-    let opts = match args::parse(std::env::args().skip(1)) {
-        Ok(Parsed::Run(o)) => *o,
-        Ok(Parsed::Help) => {
-            print!("{}", args::USAGE);
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("client: {e}\n(client -help lists the flags)");
+    let opts = match args::parse(std::env::args()) {
+        Ok(o) => o,
+        Err(ParseError::Clap(e)) => runtime::cli::exit_with(e),
+        Err(ParseError::Usage(e)) => {
+            eprintln!("client: {e}\n(client --help lists the flags)");
             return ExitCode::from(runtime::EXIT_CONFIG as u8);
         }
     };
@@ -37,9 +34,9 @@ fn main() -> ExitCode {
     match local.block_on(&rt, client::run(opts)) {
         Ok(report) => {
             if json {
-                println!("{}", report.to_json());
+                runtime::outln!("{}", report.to_json());
             } else {
-                print!("{}", report.to_text());
+                runtime::outln!("{}", report.to_text().trim_end());
             }
             if report.error.is_some() {
                 ExitCode::FAILURE

@@ -9,8 +9,14 @@ use crate::stats::{Point, Summary};
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Report {
+    /// Version of the client that measured.
+    pub version: &'static str,
+    /// When the run started, `YYYY-MM-DD HH:MM:SS UTC`.
+    pub started_at: String,
     pub scenario: String,
     pub servers: Vec<String>,
+    /// The command line's settings that shape the load.
+    pub parameters: Parameters,
     pub clients: Clients,
     /// Connecting and saying hello (and joining rooms); all rounds of `connect`.
     pub setup: Setup,
@@ -32,6 +38,74 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub warnings: Vec<String>,
+}
+
+/// The settings of a run, for comparing reports.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Parameters {
+    pub clients: usize,
+    /// Seconds of the measured phase; `None`: until interrupted.
+    pub duration_s: Option<f64>,
+    /// Messages per second over all clients, if rate-driven.
+    pub rate: Option<f64>,
+    pub room_size: usize,
+    pub window: usize,
+    pub payload: usize,
+    pub concurrency: usize,
+}
+
+impl Parameters {
+    pub fn of(o: &crate::args::Options) -> Parameters {
+        Parameters {
+            clients: o.max_clients,
+            duration_s: o.effective_duration().map(|d| d.as_secs_f64()),
+            rate: o.rate,
+            room_size: o.room_size,
+            window: o.window,
+            payload: o.payload,
+            concurrency: o.concurrency,
+        }
+    }
+
+    /// One line for titles: what matters for `scenario`.
+    pub fn describe(&self, scenario: &str) -> String {
+        let mut s = format!("{scenario}: {} clients", self.clients);
+        match scenario {
+            "room" => {
+                let _ = write!(s, ", rooms of {}", self.room_size);
+            }
+            "flood" => {
+                let _ = write!(s, ", window {}", self.window);
+            }
+            _ => {}
+        }
+        if let Some(r) = self.rate {
+            let _ = write!(s, ", {r} msg/s");
+        }
+        if self.payload > 0 {
+            let _ = write!(s, ", payload {} B", self.payload);
+        }
+        if let Some(d) = self.duration_s {
+            let _ = write!(s, ", {d} s");
+        }
+        s
+    }
+}
+
+/// Now as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let t = secs.rem_euclid(86_400);
+    format!(
+        "{} {:02}:{:02}:{:02} UTC",
+        runtime::dates::date(secs),
+        t / 3600,
+        t % 3600 / 60,
+        t % 60
+    )
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

@@ -104,6 +104,23 @@ async fn resolve(opts: &Options) -> Result<Vec<Target>, RunError> {
             .or(addrs.first())
             .copied()
             .ok_or_else(|| RunError::Config(format!("-addr {a}: no address")))?;
+        // One connection first: with no server there, every client would
+        // fail (and the report would measure nothing) — say so at once.
+        match tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+            .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                return Err(RunError::Other(anyhow::anyhow!(
+                    "no signaling server reachable at {a} ({addr}): {e}"
+                )))
+            }
+            Err(_) => {
+                return Err(RunError::Other(anyhow::anyhow!(
+                    "no signaling server reachable at {a} ({addr}): connect timed out"
+                )))
+            }
+        }
         targets.push(Target {
             addr,
             url: format!("ws://{a}/spreed"),
@@ -294,8 +311,11 @@ pub async fn run(opts: Options) -> Result<Report, RunError> {
     let progress = Progress::new(&world.opts);
 
     let mut report = Report {
+        version: env!("CARGO_PKG_VERSION"),
+        started_at: crate::report::utc_now(),
         scenario: world.opts.scenario.to_string(),
         servers: world.opts.addrs.clone(),
+        parameters: crate::report::Parameters::of(&world.opts),
         warnings,
         ..Default::default()
     };
@@ -310,6 +330,12 @@ pub async fn run(opts: Options) -> Result<Report, RunError> {
     result?;
 
     fill_common(&world, &backend, &mut report);
+    if report.error.is_none() && report.clients.ready == 0 && !report.interrupted {
+        report.error = Some(match report.clients.errors.first() {
+            Some(e) => format!("no client could be set up; first error: {e}"),
+            None => "no client could be set up".to_owned(),
+        });
+    }
     if let Some(path) = &world.opts.plot {
         let (hist, title) = match &report.messages {
             Some(_) => (world.latency.borrow().all().clone(), "message latency"),
@@ -325,8 +351,19 @@ pub async fn run(opts: Options) -> Result<Report, RunError> {
         } else {
             ("hellos sent/s", "answered/s")
         };
-        let name = format!("{} {}", report.scenario, report.servers.join(" "));
-        if let Err(e) = plot::draw(path, &name, timeline, labels, &hist, title) {
+        let name = format!(
+            "{}, {}",
+            report.parameters.describe(&report.scenario),
+            report.servers.join(" ")
+        );
+        let plot = plot::Plot {
+            title: &format!("{name} — {} — client {}", report.started_at, report.version),
+            timeline,
+            labels,
+            latency_us: &hist,
+            latency_title: title,
+        };
+        if let Err(e) = plot::draw(path, &plot) {
             report
                 .warnings
                 .push(format!("could not write {}: {e}", path.display()));

@@ -116,6 +116,17 @@ async fn flood_delivers_everything() {
     let r = &run.report;
     assert_eq!(run.code, Some(0), "report: {r:#}\nstderr: {}", run.stderr);
     assert_eq!(r["scenario"], "flood");
+    // Tool version, start time and parameters, for comparing reports.
+    assert_eq!(r["version"], env!("CARGO_PKG_VERSION"));
+    assert!(
+        r["started_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with(" UTC")),
+        "{r:#}"
+    );
+    assert_eq!(u(&r["parameters"]["clients"]), 20);
+    assert_eq!(u(&r["parameters"]["window"]), 8);
+    assert_eq!(f(&r["parameters"]["duration_s"]), 1.5);
     assert_eq!(u(&r["clients"]["ready"]), 20, "{r:#}");
     assert_eq!(u(&r["clients"]["failed"]), 0);
     assert_eq!(u(&r["backend"]["auth"]), 20, "one auth request per hello");
@@ -235,4 +246,63 @@ async fn wrong_secret_fails_loudly() {
     assert_eq!(u(&r["clients"]["failed"]), 2, "{r:#}");
     assert!(u(&r["backend"]["rejected"]) >= 2, "{r:#}");
     let _ = std::fs::remove_file(&config);
+}
+
+fn client_sync(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_client"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("client runs")
+}
+
+/// Help and version exit 0 (`-h`, `--help`, `help`, `-V`, `--version`,
+/// Go's `-version`); a wrong flag exits 64.
+#[test]
+fn help_version_and_usage_errors() {
+    for args in [&["--help"][..], &["-h"], &["help"], &["-help"]] {
+        let out = client_sync(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        for needle in ["Usage: client", "--max-clients", "flood", "Exit status"] {
+            assert!(
+                help.contains(needle),
+                "{args:?}: {needle:?} missing in\n{help}"
+            );
+        }
+    }
+    for flag in ["-V", "--version", "-version"] {
+        let out = client_sync(&[flag]);
+        assert_eq!(out.status.code(), Some(0), "{flag}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")),
+            "{flag}"
+        );
+    }
+    for args in [&["-nosuchflag"][..], &["dance"], &["-maxClients", "1"]] {
+        assert_eq!(client_sync(args).status.code(), Some(64), "{args:?}");
+    }
+}
+
+/// No server listening: exit 1 with a line saying so, not a report of
+/// refused clients with exit 0.
+#[test]
+fn no_server_exits_1() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let out = client_sync(&[
+        "-addr",
+        &format!("127.0.0.1:{port}"),
+        "-secret",
+        "x",
+        "-maxClients",
+        "4",
+        "-duration",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no signaling server reachable"), "{err}");
 }

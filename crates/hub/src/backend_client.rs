@@ -59,6 +59,85 @@ pub struct BackendClient {
     capabilities: CapabilitiesCache,
     /// One capabilities request per Nextcloud at a time; the others wait for its answer.
     fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    failures: FailureLog,
+}
+
+/// How long repeats of the same failure to the same backend are collapsed
+/// into a count instead of a log line each.
+const FAILURE_LOG_WINDOW: Duration = Duration::from_secs(60);
+
+/// One warning per backend host and cause: when Nextcloud is down, every
+/// session's leave, ping and join fails the same way, and a line each would
+/// bury everything else (and the status page's recent warnings).
+#[derive(Default)]
+struct FailureLog {
+    /// (host, cause) -> (when last logged, failures not logged since).
+    seen: Mutex<HashMap<(String, String), (Instant, u64)>>,
+}
+
+impl FailureLog {
+    fn report(&self, u: &Url, e: &BackendError) {
+        let host = match u.port() {
+            Some(p) => format!("{}:{p}", u.host_str().unwrap_or_default()),
+            None => u.host_str().unwrap_or_default().to_owned(),
+        };
+        let cause = e.cause();
+        let now = Instant::now();
+        let repeats = {
+            // Plain mutex, never held across an await.
+            let mut seen = self.seen.lock();
+            match seen.get_mut(&(host.clone(), cause.clone())) {
+                Some((last, skipped)) if now.duration_since(*last) < FAILURE_LOG_WINDOW => {
+                    *skipped += 1;
+                    return;
+                }
+                Some((last, skipped)) => {
+                    *last = now;
+                    std::mem::take(skipped)
+                }
+                None => {
+                    seen.insert((host.clone(), cause.clone()), (now, 0));
+                    0
+                }
+            }
+        };
+        if repeats > 0 {
+            warn!(
+                backend = %host,
+                "requests to the backend fail: {cause} ({repeats} more since the last report)"
+            );
+        } else {
+            warn!(backend = %host, "requests to the backend fail: {cause}");
+        }
+    }
+}
+
+/// A hyper client error as one readable line: its causes joined with
+/// `: `, e.g. `client error (Connect): tcp connect error: Connection
+/// refused (os error 111)`.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+impl BackendError {
+    /// The error without the request's URL, to group repeats by cause.
+    fn cause(&self) -> String {
+        match self {
+            BackendError::Timeout(_) => "timed out".to_owned(),
+            BackendError::NoSecret(_) => "no secret configured".to_owned(),
+            other => other.to_string(),
+        }
+    }
 }
 
 impl std::fmt::Debug for BackendClient {
@@ -103,6 +182,7 @@ impl BackendClient {
             limits: Mutex::new(HashMap::new()),
             capabilities: CapabilitiesCache::default(),
             fetching: Mutex::new(HashMap::new()),
+            failures: FailureLog::default(),
         })
     }
 
@@ -136,12 +216,16 @@ impl BackendClient {
         Resp: DeserializeOwned,
     {
         let fut = self.perform_inner(u, request);
-        match timeout {
+        let res = match timeout {
             Some(t) => tokio::time::timeout(t, fut)
                 .await
-                .map_err(|_| BackendError::Timeout(u.to_string()))?,
+                .unwrap_or_else(|_| Err(BackendError::Timeout(u.to_string()))),
             None => fut.await,
+        };
+        if let Err(e) = &res {
+            self.failures.report(u, e);
         }
+        res
     }
 
     async fn perform_inner<Req, Resp>(&self, u: &Url, request: &Req) -> Result<Resp, BackendError>
@@ -187,7 +271,7 @@ impl BackendClient {
                 .client
                 .request(req)
                 .await
-                .map_err(|e| BackendError::Http(format!("{e:?}")))?;
+                .map_err(|e| BackendError::Http(error_chain(&e)))?;
             if resp.status().is_redirection() {
                 // Follow redirects only within the same scheme and host, as the
                 // secret must not be sent elsewhere.

@@ -540,7 +540,7 @@ impl Hub {
                 .await;
             self.count_backend("ping", res.is_ok());
             if let Err(e) = res {
-                warn!(room = %roomid, url = %url, error = %e, "room ping failed");
+                debug!(room = %roomid, url = %url, error = %e, "room ping failed");
             }
         }
     }
@@ -912,7 +912,7 @@ impl Hub {
         let auth = match res {
             Ok(a) => a,
             Err(e) => {
-                warn!(peer = %conn.remote_addr, error = %e, "backend auth request failed");
+                debug!(peer = %conn.remote_addr, error = %e, "backend auth request failed");
                 send_err(err_internal(e));
                 return;
             }
@@ -1318,7 +1318,7 @@ impl Hub {
                 .await;
             hub.count_backend("room", res.is_ok());
             if let Err(e) = res {
-                warn!(error = %e, "could not notify backend about room leave");
+                debug!(error = %e, "could not notify backend about room leave");
             }
         });
     }
@@ -1436,7 +1436,7 @@ impl Hub {
             match res {
                 Ok(r) => r,
                 Err(e) => {
-                    warn!(session = %session.public_id, error = %e, "room join request failed");
+                    debug!(session = %session.public_id, error = %e, "room join request failed");
                     session.send_message(ServerMessage::error(&msg.id, err_internal(e)));
                     return;
                 }
@@ -1880,7 +1880,7 @@ impl Hub {
                 self.count_backend("room", res.is_ok());
                 match res {
                     Err(e) => {
-                        warn!(error = %e, "could not join virtual session at backend");
+                        debug!(error = %e, "could not join virtual session at backend");
                         session.send_message(add_failed("Could not join virtual session.".into()));
                         return;
                     }
@@ -1911,7 +1911,7 @@ impl Hub {
                     .await;
                 self.count_backend("session", res.is_ok());
                 if let Err(e) = res {
-                    warn!(error = %e, "could not add virtual session at backend");
+                    debug!(error = %e, "could not add virtual session at backend");
                     session.send_message(add_failed("Could not add virtual session.".into()));
                     return;
                 }

@@ -18,7 +18,9 @@
 
 pub mod check;
 pub mod conn;
+pub mod keygen;
 pub mod remote;
+pub mod schema;
 pub mod session;
 pub mod tokens;
 
@@ -225,6 +227,7 @@ pub struct ProxyServer {
     /// Woken when the last client goes while draining.
     clients_gone: tokio::sync::Notify,
     stats_allowed: RwLock<Vec<IpNet>>,
+    stats_refusals: runtime::net::StatsRefusals,
     pub registry: Registry,
     pub(crate) metrics: ProxyMetrics,
     pub shutdown: Shutdown,
@@ -240,6 +243,10 @@ pub struct ProxyServer {
     bandwidth: Mutex<Option<proto::proxy::EventProxyServerBandwidth>>,
     /// Publisher client id -> proxies we send its stream to.
     remote_uses: Mutex<HashMap<String, Vec<RemoteUse>>>,
+    /// The configuration at start-up and at the last reload, to tell on
+    /// SIGHUP what changed.
+    config_started: Ini,
+    config_current: Mutex<Ini>,
 }
 
 fn stats_ips(ini: &Ini) -> Result<Vec<IpNet>, StartError> {
@@ -324,6 +331,7 @@ impl ProxyServer {
         };
         let bandwidth_limits = (limit("incoming")?, limit("outgoing")?);
         let registry = Registry::new();
+        registry.register_process_metrics();
         let mcu_metrics = hub::mcu::metrics::McuMetrics::new(&registry);
         let metrics = ProxyMetrics::new(&registry);
         info!(url = %janus.url, "using Janus");
@@ -339,6 +347,7 @@ impl ProxyServer {
             draining: AtomicBool::new(false),
             clients_gone: tokio::sync::Notify::new(),
             stats_allowed: RwLock::new(Vec::new()),
+            stats_refusals: Default::default(),
             registry,
             metrics,
             shutdown: Shutdown::new(),
@@ -352,6 +361,8 @@ impl ProxyServer {
             remote_uses: Mutex::new(HashMap::new()),
             bandwidth_limits,
             bandwidth: Mutex::new(None),
+            config_started: ini.clone(),
+            config_current: Mutex::new(ini.clone()),
         });
         *server.stats_allowed.write() = stats_ips(ini)?;
         server.spawn_housekeeping();
@@ -392,7 +403,27 @@ impl ProxyServer {
             Ok(ips) => *self.stats_allowed.write() = ips,
             Err(e) => warn!(error = %e, "keeping the old allowed_ips"),
         }
-        info!(tokens = ?self.tokens.read().ids(), "configuration reloaded");
+        let report = {
+            let mut current = self.config_current.lock();
+            let r = runtime::reload::ReloadReport::new(
+                &self.config_started,
+                &current,
+                ini,
+                |section, key| {
+                    matches!(
+                        (section, key),
+                        ("tokens", _)
+                            | ("stats", "allowed_ips")
+                            | ("app", "loglevel")
+                            | ("https", "certificate" | "key")
+                    )
+                },
+            );
+            *current = ini.clone();
+            r
+        };
+        info!(tokens = ?self.tokens.read().ids(), "token keys");
+        report.log();
     }
 
     /// SIGUSR1: tell every signaling server, take no new publishers; see
@@ -1198,10 +1229,14 @@ impl ProxyServer {
     fn stats_allowed(&self, peer: &PeerInfo) -> bool {
         match peer.addr {
             None => true,
-            Some(a) => runtime::net::contains_any(
-                &self.stats_allowed.read(),
-                runtime::net::canonical(a.ip()),
-            ),
+            Some(a) => {
+                let ip = runtime::net::canonical(a.ip());
+                let allowed = runtime::net::contains_any(&self.stats_allowed.read(), ip);
+                if !allowed {
+                    self.stats_refusals.refused(ip, "/stats and /metrics");
+                }
+                allowed
+            }
         }
     }
 
@@ -1374,6 +1409,9 @@ pub async fn bind_and_serve(
 /// drain on SIGUSR1, stop on SIGINT/SIGTERM.
 pub async fn run_from_config(path: std::path::PathBuf) -> Result<(), StartError> {
     let ini = Ini::load(&path)?;
+    for l in schema::SCHEMA.lint(&ini) {
+        warn!("{}:{}: {}", path.display(), l.line, l.message);
+    }
     let server = ProxyServer::build(&ini)?;
     bind_and_serve(&server, &ini).await?;
     info!(version = VERSION, "proxy started");
@@ -1392,7 +1430,12 @@ pub async fn run_from_config(path: std::path::PathBuf) -> Result<(), StartError>
         };
         match sig {
             Some(runtime::signals::Signal::Reload) => match Ini::load(&path) {
-                Ok(ini) => server.reload(&ini),
+                Ok(ini) => {
+                    for l in schema::SCHEMA.lint(&ini) {
+                        warn!("{}:{}: {}", path.display(), l.line, l.message);
+                    }
+                    server.reload(&ini)
+                }
                 Err(e) => warn!(error = %e, "could not reload configuration, keeping the old one"),
             },
             Some(runtime::signals::Signal::Drain) => {

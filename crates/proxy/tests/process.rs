@@ -91,6 +91,10 @@ async fn pxy_sighup_reloads_tokens_and_sigusr1_drains_then_exits() {
         Duration::from_secs(5),
         hello(&url, "server2", TokenKey::Rsa2).await.1["type"] == "hello"
     );
+    // The log names what was applied.
+    testkit::assert_eventually!(std::fs::read_to_string(dir.join("proxy.log"))
+        .unwrap_or_default()
+        .contains("configuration reloaded, applied: [tokens] server2"));
     // The first session is still there and can publish.
     let r = s1
         .request(json!({"type": "command", "command": {"type": "create-publisher", "streamType": "video"}}))

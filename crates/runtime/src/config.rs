@@ -57,6 +57,48 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+/// Environment variables `PREFIX__SECTION__KEY` override the files read by
+/// [`Ini::load`] once a binary has set its prefix ([`set_env_prefix`]).
+static ENV_PREFIX: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Makes [`Ini::load`] apply environment overrides named
+/// `PREFIX__SECTION__KEY` (e.g. `SIGNALING__SESSIONS__HASHKEY`), for
+/// containers. Set once, by `main`.
+pub fn set_env_prefix(prefix: &'static str) {
+    let _ = ENV_PREFIX.set(prefix);
+}
+
+/// Our goconf reader as a format of the `config` crate: sections become
+/// tables of string values.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GoConf;
+
+impl ::config::Format for GoConf {
+    fn parse(
+        &self,
+        uri: Option<&String>,
+        text: &str,
+    ) -> Result<::config::Map<String, ::config::Value>, Box<dyn std::error::Error + Send + Sync>>
+    {
+        let ini = Ini::parse(text)?;
+        let mut root = ::config::Map::new();
+        for section in ini.sections() {
+            let mut table = ::config::Map::new();
+            for (key, value) in ini.keys(section) {
+                table.insert(key.to_owned(), ::config::Value::new(uri, value.to_owned()));
+            }
+            root.insert(section.to_owned(), ::config::Value::new(uri, table));
+        }
+        Ok(root)
+    }
+}
+
+impl ::config::FileStoredFormat for GoConf {
+    fn file_extensions(&self) -> &'static [&'static str] {
+        &["conf", "in"]
+    }
+}
+
 /// Name of the section that holds options written before any header.
 pub const DEFAULT_SECTION: &str = "default";
 
@@ -109,11 +151,16 @@ struct Entry {
     value: String,
     /// Why a `%(name)s` reference could not be replaced, if it could not.
     unresolved: Option<String>,
+    /// Line (from 1) where the option's value is written (the last time,
+    /// if repeated); 0 if set by code.
+    line: usize,
 }
 
 #[derive(Clone)]
 struct Section {
     name: String,
+    /// Line (from 1) of the section's first header; 0 without one.
+    line: usize,
     entries: Vec<Entry>,
     /// Option name -> position in `entries`.
     index: HashMap<String, usize>,
@@ -123,6 +170,7 @@ impl Section {
     fn new(name: String) -> Self {
         Section {
             name,
+            line: 0,
             entries: Vec::new(),
             index: HashMap::new(),
         }
@@ -132,12 +180,15 @@ impl Section {
         self.index.get(key).map(|&i| &self.entries[i])
     }
 
-    fn set(&mut self, key: String, value: String) {
+    fn set(&mut self, key: String, value: String, line: usize) {
         match self.index.get(&key) {
             Some(&i) => {
                 let entry = &mut self.entries[i];
                 entry.value = value;
                 entry.unresolved = None;
+                if line > 0 {
+                    entry.line = line;
+                }
             }
             None => {
                 self.index.insert(key.clone(), self.entries.len());
@@ -145,6 +196,7 @@ impl Section {
                     key,
                     value,
                     unresolved: None,
+                    line,
                 });
             }
         }
@@ -161,6 +213,9 @@ pub struct Ini {
     sections: Vec<Section>,
     /// Lower-cased section name -> position in `sections`.
     index: HashMap<String, usize>,
+    /// Lines without `=` or `:` that goconf appends to the previous option:
+    /// (line, section, option).
+    continuations: Vec<(usize, String, String)>,
 }
 
 impl fmt::Debug for Ini {
@@ -207,7 +262,57 @@ impl Ini {
                 msg: "the file is not valid UTF-8".to_owned(),
             }
         })?;
-        Self::parse(&text)
+        let mut ini = Self::parse(&text)?;
+        if let Some(prefix) = ENV_PREFIX.get() {
+            let env = ::config::Environment::with_prefix(prefix)
+                .prefix_separator("__")
+                .separator("__");
+            ini.apply_layers(&text, env)?;
+        }
+        Ok(ini)
+    }
+
+    /// Layers the file (through our goconf reader, plugged into the
+    /// `config` crate as a format) and `env` into one configuration, and
+    /// takes every value that differs from the file's (set or changed in the
+    /// environment). Lines, continuation notes and unresolved references of
+    /// options the environment does not touch are kept.
+    pub fn apply_layers(
+        &mut self,
+        text: &str,
+        env: ::config::Environment,
+    ) -> Result<Vec<(String, String)>, ConfigError> {
+        let layered_error = |e: ::config::ConfigError| ConfigError::Syntax {
+            line: 0,
+            msg: format!("environment overrides: {e}"),
+        };
+        let merged = ::config::Config::builder()
+            .add_source(::config::File::from_str(text, GoConf))
+            .add_source(env)
+            .build()
+            .map_err(layered_error)?;
+        let table = ::config::Source::collect(&merged).map_err(layered_error)?;
+        let mut taken = Vec::new();
+        for (section, value) in table {
+            // A variable without a section part (`SIGNALING__X`) names no
+            // option.
+            let Ok(options) = value.into_table() else {
+                continue;
+            };
+            for (key, value) in options {
+                let Ok(value) = value.into_string() else {
+                    continue;
+                };
+                if self.get(&section, &key) != Some(value.as_str()) {
+                    self.set(&section, &key, &value);
+                    taken.push((section.clone(), key));
+                }
+            }
+        }
+        for (section, key) in &taken {
+            tracing::info!("[{section}] {key} set by the environment");
+        }
+        Ok(taken)
     }
 
     /// The value of an option: `None` if the section or the option is absent,
@@ -296,7 +401,26 @@ impl Ini {
     /// referred to this one keep their earlier value.
     pub fn set(&mut self, section: &str, key: &str, value: &str) {
         let idx = self.section_index_or_insert(section_name(section));
-        self.sections[idx].set(lower(key.trim()), value.to_owned());
+        self.sections[idx].set(lower(key.trim()), value.to_owned(), 0);
+    }
+
+    /// Line (from 1) where the option's value is written (the last time, if
+    /// repeated); `None` if absent or set by code.
+    pub fn key_line(&self, section: &str, key: &str) -> Option<usize> {
+        self.entry(section, key).map(|e| e.line).filter(|&l| l > 0)
+    }
+
+    /// Line (from 1) of a section's first header; `None` if absent or
+    /// without a header.
+    pub fn section_line(&self, section: &str) -> Option<usize> {
+        self.section(section).map(|s| s.line).filter(|&l| l > 0)
+    }
+
+    /// Lines that goconf reads as a continuation of the previous option
+    /// (a line with neither `=` nor `:`): `(line, section, option)`. Valid,
+    /// but in a server configuration almost always a mistake.
+    pub fn continuation_lines(&self) -> &[(usize, String, String)] {
+        &self.continuations
     }
 
     fn section(&self, section: &str) -> Option<&Section> {
@@ -360,7 +484,11 @@ impl Ini {
                 if name.is_empty() {
                     current = None;
                 } else {
-                    current = Some(ini.section_index_or_insert(name.clone()));
+                    let i = ini.section_index_or_insert(name.clone());
+                    if ini.sections[i].line == 0 {
+                        ini.sections[i].line = number + 1;
+                    }
+                    current = Some(i);
                 }
                 current_name = name;
                 continue;
@@ -385,7 +513,7 @@ impl Ini {
                 Some(sep) if sep > 0 => {
                     let key = lower(line[..sep].trim());
                     let value = strip_comment(&line[sep + 1..]).trim().to_owned();
-                    ini.sections[section].set(key.clone(), value);
+                    ini.sections[section].set(key.clone(), value, number + 1);
                     last_key = Some(key);
                 }
                 _ => {
@@ -398,6 +526,8 @@ impl Ini {
                     };
                     let addition = strip_comment(line).trim();
                     let section = &mut ini.sections[section];
+                    ini.continuations
+                        .push((number + 1, section.name.clone(), key.clone()));
                     if let Some(&i) = section.index.get(key) {
                         let value = &mut section.entries[i].value;
                         value.push('\n');
@@ -677,6 +807,42 @@ pub fn split_whitespace_list(value: &str) -> Vec<String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn environment_overrides_through_the_config_crate() {
+        let text = "[http]\nlisten = 127.0.0.1:8080\n[sessions]\nhashkey = from-file\n[Geo]\n10.0.0.0/8 = DE\n";
+        let mut ini = Ini::parse(text).unwrap();
+        let env: ::config::Map<String, String> = [
+            ("SIGNALING__SESSIONS__HASHKEY", "from-env"),
+            ("SIGNALING__NC1__SECRET", "s3cr3t"),
+            ("SIGNALING__HTTP__LISTEN", "127.0.0.1:8080"),
+            ("SIGNALING_HASH_KEY", "not ours"),
+            ("OTHER__SESSIONS__BLOCKKEY", "not ours"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let env = ::config::Environment::with_prefix("SIGNALING")
+            .prefix_separator("__")
+            .separator("__")
+            .source(Some(env));
+        let mut taken = ini.apply_layers(text, env).unwrap();
+        taken.sort();
+        // Only what differs from the file is taken.
+        assert_eq!(
+            taken,
+            [
+                ("nc1".to_owned(), "secret".to_owned()),
+                ("sessions".to_owned(), "hashkey".to_owned())
+            ]
+        );
+        assert_eq!(ini.get("sessions", "hashkey"), Some("from-env"));
+        assert_eq!(ini.get("nc1", "secret"), Some("s3cr3t"));
+        assert_eq!(ini.get("sessions", "blockkey"), None);
+        // Untouched options keep their line; keys with dots survive.
+        assert_eq!(ini.key_line("http", "listen"), Some(2));
+        assert_eq!(ini.get("geo", "10.0.0.0/8"), Some("DE"));
+    }
 
     fn no_env(_: &str) -> Option<String> {
         None

@@ -3,15 +3,20 @@
 //!
 //! Nothing here knows about signaling; the hub and the binaries build on it.
 
+pub mod check;
 pub mod cli;
 pub mod closing;
 pub mod config;
 pub mod dates;
+pub mod keys;
 pub mod limits;
 pub mod listen;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod procfs;
+pub mod reload;
+pub mod schema;
 pub mod shutdown;
 pub mod signals;
 pub mod upgrade;

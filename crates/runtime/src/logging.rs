@@ -33,9 +33,17 @@ static RELOAD: OnceLock<Reload> = OnceLock::new();
 /// Whether [`init`] can use `level` (else it falls back to `info`); the
 /// error describes what is wrong with it.
 pub fn check_level(level: &str) -> Result<(), String> {
-    EnvFilter::try_new(level)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    parse_filter(level).map(|_| ())
+}
+
+/// `EnvFilter` takes almost any word as a target name (which would turn
+/// every other log line off); a level with whitespace in it (a goconf
+/// continuation line glued to it) is refused.
+fn parse_filter(level: &str) -> Result<EnvFilter, String> {
+    if level.chars().any(char::is_whitespace) {
+        return Err(format!("{level:?} is not a log level"));
+    }
+    EnvFilter::try_new(level).map_err(|e| e.to_string())
 }
 
 /// Install the global subscriber. `level` is the configured default
@@ -44,7 +52,7 @@ pub fn init(level: &str) {
     let from_env = EnvFilter::try_from_default_env().ok();
     let reloadable = from_env.is_none();
     let filter = from_env
-        .or_else(|| EnvFilter::try_new(level).ok())
+        .or_else(|| parse_filter(level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
@@ -178,7 +186,7 @@ pub fn set_level(level: &str) -> Result<bool, String> {
     let Some(reload) = RELOAD.get() else {
         return Ok(false);
     };
-    let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+    let filter = parse_filter(level)?;
     reload(filter)?;
     Ok(true)
 }

@@ -11,7 +11,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
-trait Render: Send + Sync {
+pub(crate) trait Render: Send + Sync {
     fn render(&self, out: &mut String);
 }
 
@@ -59,6 +59,15 @@ impl Registry {
     }
 
     /// Text exposition of every registered metric.
+    /// Adds the `process_*` families the Go server's Prometheus client
+    /// exports (CPU, memory, file descriptors, start time), read from
+    /// `/proc/self` at each scrape, so existing dashboards keep working.
+    pub fn register_process_metrics(&self) {
+        self.families
+            .lock()
+            .push(Arc::new(crate::procfs::ProcessMetrics));
+    }
+
     pub fn render(&self) -> String {
         let families = self.families.lock().clone();
         let mut out = String::with_capacity(4096);
@@ -69,7 +78,7 @@ impl Registry {
     }
 }
 
-fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+pub(crate) fn header(out: &mut String, name: &str, help: &str, kind: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }

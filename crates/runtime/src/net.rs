@@ -128,3 +128,40 @@ mod tests {
         assert!(!contains_any(&local_networks(), "8.8.8.8".parse().unwrap()));
     }
 }
+
+/// Logs a refused statistics request (`/status`, `/metrics`, ...) with a
+/// hint naming `[stats] allowed_ips`, once per address and minute so a
+/// scraper at the wrong address cannot flood the log.
+#[derive(Debug, Default)]
+pub struct StatsRefusals {
+    /// Address -> when it was last logged. Plain mutex, never held across
+    /// an await.
+    last: parking_lot::Mutex<std::collections::HashMap<IpAddr, std::time::Instant>>,
+}
+
+impl StatsRefusals {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// Records a refusal of `ip`; returns whether it was logged.
+    pub fn refused(&self, ip: IpAddr, what: &str) -> bool {
+        let now = std::time::Instant::now();
+        {
+            let mut last = self.last.lock();
+            if last
+                .get(&ip)
+                .is_some_and(|t| now.duration_since(*t) < Self::EVERY)
+            {
+                return false;
+            }
+            if last.len() > 1024 {
+                last.retain(|_, t| now.duration_since(*t) < Self::EVERY);
+            }
+            last.insert(ip, now);
+        }
+        tracing::warn!(
+            peer = %ip,
+            "refused {what} to {ip}: the address is not in [stats] allowed_ips (add it there to allow it)"
+        );
+        true
+    }
+}

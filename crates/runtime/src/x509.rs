@@ -1,8 +1,7 @@
-//! The validity period of an X.509 certificate, read straight from its DER
-//! encoding, so `check` can warn before a certificate expires without
-//! pulling in a full X.509 parser for two dates.
+//! The validity period of an X.509 certificate (read with RustCrypto's
+//! `x509-cert`), so `check` can warn before a certificate expires.
 
-use crate::dates::{date, days_from_civil};
+use crate::dates::date;
 use std::path::Path;
 
 /// When a certificate becomes valid and when it stops being valid, in
@@ -13,82 +12,18 @@ pub struct Validity {
     pub not_after: i64,
 }
 
-/// One DER element: its tag, and the content plus what follows it.
-fn element(data: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = data.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (first as usize, rest)
-    } else {
-        let n = (first & 0x7f) as usize;
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
-        (len, &rest[n..])
-    };
-    if rest.len() < len {
-        return None;
-    }
-    Some((tag, &rest[..len], &rest[len..]))
-}
-
-/// `UTCTime` (tag 0x17, `YYMMDDHHMMSSZ`) or `GeneralizedTime` (0x18,
-/// `YYYYMMDDHHMMSSZ`), as certificates must encode them (RFC 5280 4.1.2.5).
-fn time(tag: u8, text: &[u8]) -> Option<i64> {
-    let text = std::str::from_utf8(text).ok()?;
-    let digits = text.strip_suffix('Z')?;
-    if !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let (year, rest) = match (tag, digits.len()) {
-        (0x17, 12) => {
-            let yy: i64 = digits[..2].parse().ok()?;
-            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &digits[2..])
-        }
-        (0x18, 14) => (digits[..4].parse().ok()?, &digits[4..]),
-        _ => return None,
-    };
-    let field = |i: usize| rest[i..i + 2].parse::<i64>().ok();
-    let (month, day, hour, min, sec) = (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
-        return None;
-    }
-    Some(days_from_civil(year, month as u32, day as u32) * 86_400 + hour * 3600 + min * 60 + sec)
+fn unix(t: &x509_cert::time::Time) -> i64 {
+    t.to_unix_duration().as_secs() as i64
 }
 
 /// The validity of a DER-encoded certificate.
 pub fn validity(der: &[u8]) -> Option<Validity> {
-    let (0x30, cert, _) = element(der)? else {
-        return None;
-    };
-    let (0x30, tbs, _) = element(cert)? else {
-        return None;
-    };
-    let mut rest = tbs;
-    // Optional explicit version [0].
-    let (tag, _, after) = element(rest)?;
-    if tag == 0xa0 {
-        rest = after;
-    }
-    // serialNumber, signature, issuer.
-    for expected in [0x02, 0x30, 0x30] {
-        let (tag, _, after) = element(rest)?;
-        if tag != expected {
-            return None;
-        }
-        rest = after;
-    }
-    let (0x30, validity, _) = element(rest)? else {
-        return None;
-    };
-    let (tag1, t1, after) = element(validity)?;
-    let (tag2, t2, _) = element(after)?;
+    use x509_cert::der::Decode;
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    let v = &cert.tbs_certificate.validity;
     Some(Validity {
-        not_before: time(tag1, t1)?,
-        not_after: time(tag2, t2)?,
+        not_before: unix(&v.not_before),
+        not_after: unix(&v.not_after),
     })
 }
 
@@ -125,50 +60,26 @@ pub fn judge(v: Validity, now: i64, warn_days: i64) -> Result<(bool, String), St
 mod tests {
     use super::*;
 
-    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-        let mut v = vec![tag];
-        if content.len() < 0x80 {
-            v.push(content.len() as u8);
-        } else {
-            v.push(0x82);
-            v.extend_from_slice(&(content.len() as u16).to_be_bytes());
-        }
-        v.extend_from_slice(content);
-        v
-    }
+    /// Self-signed test certificates made with `openssl ca -startdate
+    /// -enddate`: UTCTime and GeneralizedTime dates.
+    const CERT_2024_2050: &str = "-----BEGIN CERTIFICATE-----\nMIIBHDCBwgIBATAKBggqhkjOPQQDAjAZMRcwFQYDVQQDDA5zaWduYWxpbmctdGVz\ndDAgFw0yNDAzMDExMjAwMDBaGA8yMDUwMDEwMTAwMDAwMFowGTEXMBUGA1UEAwwO\nc2lnbmFsaW5nLXRlc3QwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAAR3zfitdCgy\nDNsVp/34gvXXSQqv17t1XctsGh4gZRNW+qXdiOTad9M3Q8vj3JOfaLpOe2ORVMEm\nyKAETICifQroMAoGCCqGSM49BAMCA0kAMEYCIQDYPXNmq7s79xlpgAe82NFkilal\n4crX7Iu9wg6/WN++3wIhALadwoGCRRotM1jtPDQnzXE4WpJQN7CFcvRK62kM/hoY\n-----END CERTIFICATE-----\n";
+    const CERT_1999_2049: &str = "-----BEGIN CERTIFICATE-----\nMIIBIjCByAIBAjAKBggqhkjOPQQDAjAdMRswGQYDVQQDDBJzaWduYWxpbmctdGVz\ndC1vbGQwHhcNOTkxMjMxMjM1OTU5WhcNNDkxMjMxMjM1OTU5WjAdMRswGQYDVQQD\nDBJzaWduYWxpbmctdGVzdC1vbGQwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAAR0\nvGWtufLRYa4IA4J5LrsUSPJhDzqcO/jzg0cBLF7qmcm8Z5tu5ePxsBzO0T9Ydet2\nqv4Bqlj66k+hsUlZm3oJMAoGCCqGSM49BAMCA0kAMEYCIQC9KpuhPzI7kwghzqau\nr4DCRhfSCB/2H14gTKXryp7RcAIhAO3ECu6v7BoMQGBq3dPmKFduIKH7g1GRuUeR\n9rhiHb13\n-----END CERTIFICATE-----\n";
 
-    /// A certificate skeleton with the given validity elements.
-    fn cert(with_version: bool, not_before: Vec<u8>, not_after: Vec<u8>) -> Vec<u8> {
-        let mut tbs = Vec::new();
-        if with_version {
-            tbs.extend(tlv(0xa0, &tlv(0x02, &[2])));
-        }
-        tbs.extend(tlv(0x02, &[0x01, 0x02]));
-        tbs.extend(tlv(0x30, &tlv(0x06, &[0x2a, 0x86, 0x48])));
-        tbs.extend(tlv(0x30, &[b'x'; 200])); // long-form length
-        tbs.extend(tlv(0x30, &[not_before, not_after].concat()));
-        tbs.extend(tlv(0x30, b"subject and the rest"));
-        tlv(0x30, &[tlv(0x30, &tbs), tlv(0x30, b"sig")].concat())
+    fn der(pem: &str) -> Vec<u8> {
+        rustls_pemfile::certs(&mut pem.as_bytes())
+            .next()
+            .expect("a certificate")
+            .expect("PEM")
+            .to_vec()
     }
 
     #[test]
     fn reads_utc_and_generalized_times() {
-        let der = cert(
-            true,
-            tlv(0x17, b"240301120000Z"),
-            tlv(0x18, b"20500101000000Z"),
-        );
-        let v = validity(&der).expect("parses");
+        let v = validity(&der(CERT_2024_2050)).expect("parses");
         assert_eq!(date(v.not_before), "2024-03-01");
         assert_eq!(v.not_before % 86_400, 12 * 3600);
         assert_eq!(date(v.not_after), "2050-01-01");
-        // Version 1 certificates have no [0] element; 19xx UTCTime.
-        let der = cert(
-            false,
-            tlv(0x17, b"991231235959Z"),
-            tlv(0x17, b"491231235959Z"),
-        );
-        let v = validity(&der).expect("parses");
+        let v = validity(&der(CERT_1999_2049)).expect("parses");
         assert_eq!(date(v.not_before), "1999-12-31");
         assert_eq!(date(v.not_after), "2049-12-31");
     }
@@ -177,15 +88,9 @@ mod tests {
     fn garbage_is_refused_without_panic() {
         assert_eq!(validity(b""), None);
         assert_eq!(validity(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
-        let bad_time = cert(true, tlv(0x17, b"24130112000Z"), tlv(0x17, b"xx"));
-        assert_eq!(validity(&bad_time), None);
-        let der = cert(
-            true,
-            tlv(0x17, b"240301120000Z"),
-            tlv(0x17, b"250301120000Z"),
-        );
+        let der = der(CERT_2024_2050);
         for cut in 0..der.len() {
-            let _ = validity(&der[..cut]);
+            assert_eq!(validity(&der[..cut]), None);
         }
     }
 

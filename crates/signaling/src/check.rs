@@ -8,8 +8,9 @@
 //! signed with the configured secret; the MCU (Janus or each proxy, with
 //! the token) answers; NATS answers.
 
+use runtime::check::Report;
+use runtime::cli::CheckArgs;
 use runtime::config::Ini;
-use std::net::ToSocketAddrs;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,26 +22,6 @@ const SKEW_WARN: i64 = 5;
 /// A certificate expiring within this many days is a warning.
 const CERT_WARN_DAYS: i64 = 14;
 const SKEW_FAIL: i64 = 60;
-
-#[derive(Default)]
-struct Report {
-    failed: usize,
-    warned: usize,
-}
-
-impl Report {
-    fn ok(&mut self, what: &str, detail: impl AsRef<str>) {
-        println!("ok    {what}: {}", detail.as_ref());
-    }
-    fn warn(&mut self, what: &str, detail: impl AsRef<str>) {
-        self.warned += 1;
-        println!("warn  {what}: {}", detail.as_ref());
-    }
-    fn fail(&mut self, what: &str, detail: impl AsRef<str>) {
-        self.failed += 1;
-        println!("FAIL  {what}: {}", detail.as_ref());
-    }
-}
 
 /// Seconds since the epoch of an HTTP date (`Thu, 03 Dec 2026 17:45:00 GMT`).
 pub fn parse_http_date(s: &str) -> Option<i64> {
@@ -74,22 +55,21 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
-fn check_listeners(r: &mut Report, listen: &ListenConfig) {
+async fn check_listeners(r: &mut Report, listen: &ListenConfig, skip_bind: bool) {
     for (kind, addrs) in [("http", &listen.http), ("https", &listen.https)] {
         for a in addrs {
             match a {
                 runtime::listen::ListenAddr::Tcp(addr) => {
                     let what = format!("[{kind}] listen {addr}");
-                    match addr.to_socket_addrs().map(|mut a| a.next()) {
-                        Ok(Some(sa)) => match std::net::TcpListener::bind(sa) {
-                            Ok(_) => r.ok(&what, "free"),
-                            Err(e) => r.fail(
-                                &what,
-                                format!("cannot bind ({e}): another process (an old server?) holds it, or the address is not on this host"),
-                            ),
-                        },
-                        _ => r.fail(&what, "not an address"),
-                    }
+                    runtime::check::tcp_listener(
+                        r,
+                        &what,
+                        addr,
+                        "nextcloud-spreed-signaling",
+                        crate::VERSION,
+                        skip_bind,
+                    )
+                    .await;
                 }
                 runtime::listen::ListenAddr::Unix(path) => {
                     let what = format!("[{kind}] listen {}", path.display());
@@ -233,31 +213,72 @@ async fn check_mcu(r: &mut Report, ini: &Ini) {
                 }
             }
         }
-        ("proxy", _) => match hub::mcu::proxy::ProxySettings::from_config(ini) {
-            Err((key, e)) => r.fail(&format!("[mcu] {key}"), e),
-            Ok(settings) => {
-                let metrics =
-                    hub::mcu::metrics::McuMetrics::new(&runtime::metrics::Registry::new());
-                let mcu = hub::mcu::proxy::ProxyMcu::start(settings, metrics);
-                if mcu.wait_connected(Duration::from_secs(10)).await {
-                    r.ok("mcu proxies", "every proxy accepted our token");
-                } else {
-                    use hub::mcu::Mcu;
-                    let stats = mcu.stats();
-                    for p in stats["proxies"].as_array().cloned().unwrap_or_default() {
-                        let what = format!("proxy {}", p["url"].as_str().unwrap_or_default());
-                        if p["connected"] == true {
-                            r.ok(&what, "connected, token accepted");
-                        } else {
-                            r.fail(&what, "no session: unreachable, or the proxy refuses token_id/token_key (see its log)");
-                        }
+        ("proxy", _) => {
+            // Without a usable key no proxy can accept us: no point waiting.
+            if check_token_key(r, ini) {
+                check_proxies(r, ini).await;
+            }
+        }
+        (other, _) => r.fail("[mcu] type", format!("unsupported {other:?}")),
+    }
+}
+
+/// `[mcu] token_key`: an RSA private key in PEM form, large enough.
+/// Returns whether it can be used.
+fn check_token_key(r: &mut Report, ini: &Ini) -> bool {
+    let file = ini.get_string("mcu", "token_key", "");
+    if file.is_empty() {
+        r.fail("[mcu] token_key", "missing: the private key of token_id");
+        return false;
+    }
+    match runtime::keys::load_private(file.as_ref()) {
+        Ok((key, enc)) => {
+            let bits = runtime::keys::bits(&key.to_public_key());
+            let text = format!("{file}: RSA {bits}-bit private key ({enc})");
+            if bits < runtime::keys::MIN_BITS {
+                r.warn(
+                    "[mcu] token_key",
+                    format!(
+                        "{text}: smaller than {} bits; make a new pair with `proxy genkey`",
+                        runtime::keys::MIN_BITS
+                    ),
+                );
+            } else {
+                r.ok("[mcu] token_key", text);
+            }
+            true
+        }
+        Err(e) => {
+            r.fail("[mcu] token_key", e.to_string());
+            false
+        }
+    }
+}
+
+/// Every MCU proxy accepts our token.
+async fn check_proxies(r: &mut Report, ini: &Ini) {
+    match hub::mcu::proxy::ProxySettings::from_config(ini) {
+        Err((key, e)) => r.fail(&format!("[mcu] {key}"), e),
+        Ok(settings) => {
+            let metrics = hub::mcu::metrics::McuMetrics::new(&runtime::metrics::Registry::new());
+            let mcu = hub::mcu::proxy::ProxyMcu::start(settings, metrics);
+            if mcu.wait_connected(Duration::from_secs(10)).await {
+                r.ok("mcu proxies", "every proxy accepted our token");
+            } else {
+                use hub::mcu::Mcu;
+                let stats = mcu.stats();
+                for p in stats["proxies"].as_array().cloned().unwrap_or_default() {
+                    let what = format!("proxy {}", p["url"].as_str().unwrap_or_default());
+                    if p["connected"] == true {
+                        r.ok(&what, "connected, token accepted");
+                    } else {
+                        r.fail(&what, "no session: unreachable, or the proxy refuses token_id/token_key (see its log)");
                     }
                 }
-                use hub::mcu::Mcu;
-                mcu.stop().await;
             }
-        },
-        (other, _) => r.fail("[mcu] type", format!("unsupported {other:?}")),
+            use hub::mcu::Mcu;
+            mcu.stop().await;
+        }
     }
 }
 
@@ -301,15 +322,16 @@ async fn check_nats(r: &mut Report, ini: &Ini) {
 }
 
 /// Runs every check; returns the number of failures (config errors are one).
-pub async fn run(path: &Path) -> usize {
+pub async fn run(path: &Path, args: &CheckArgs) -> usize {
     let mut r = Report::default();
     let ini = match Ini::load(path) {
         Ok(i) => i,
         Err(e) => {
             r.fail("configuration", format!("{e}"));
-            return r.failed;
+            return r.finish();
         }
     };
+    r.lint(path, &ini, &crate::schema::SCHEMA);
     let level = ini.get_string("app", "loglevel", "info");
     if let Err(e) = runtime::logging::check_level(&level) {
         r.warn("[app] loglevel", format!("{e}; info is used"));
@@ -318,7 +340,7 @@ pub async fn run(path: &Path) -> usize {
         Ok(l) => l,
         Err(e) => {
             r.fail("configuration", format!("{e}"));
-            return r.failed;
+            return r.finish();
         }
     };
     // Building the server validates every section (and starts nothing that
@@ -331,16 +353,21 @@ pub async fn run(path: &Path) -> usize {
         Ok(s) => s,
         Err(e) => {
             r.fail("configuration", format!("{e}"));
-            return r.failed;
+            return r.finish();
         }
     };
-    r.ok("configuration", format!("{} is valid", path.display()));
-    check_listeners(&mut r, &listen);
+    match crate::validate_backends(&ini) {
+        Ok(()) => r.ok("configuration", format!("{} is valid", path.display())),
+        Err(e) => r.fail(
+            "configuration",
+            format!("{e} (the server skips this backend: its Nextcloud cannot connect)"),
+        ),
+    }
+    check_listeners(&mut r, &listen, args.skip_bind).await;
     check_backends(&mut r, &server).await;
     check_mcu(&mut r, &ini).await;
     check_nats(&mut r, &ini).await;
-    println!("{} failed, {} warnings", r.failed, r.warned);
-    r.failed
+    r.finish()
 }
 
 #[cfg(test)]

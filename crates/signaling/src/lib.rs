@@ -6,6 +6,7 @@
 
 pub mod check;
 mod routes;
+pub mod schema;
 pub mod status;
 pub mod turn;
 pub mod ws;
@@ -41,6 +42,13 @@ pub enum StartError {
     Invalid {
         section: &'static str,
         key: &'static str,
+        reason: String,
+    },
+    /// Like `Invalid`, for sections named in the file (backend ids).
+    #[error("[{section}] {key}: {reason}")]
+    InvalidIn {
+        section: String,
+        key: String,
         reason: String,
     },
 }
@@ -94,6 +102,7 @@ pub struct Server {
     pub(crate) welcome: bytes::Bytes,
     pub(crate) turn: turn::TurnConfig,
     stats_allowed: RwLock<Vec<IpNet>>,
+    stats_refusals: runtime::net::StatsRefusals,
     trusted_proxies: RwLock<Arc<Vec<IpNet>>>,
     /// The NATS bus when clustering (also the hub's bus), for its state.
     pub nats: Option<Arc<NatsBus>>,
@@ -104,6 +113,10 @@ pub struct Server {
     pub drain_timeout: Option<Duration>,
     /// The HTTPS listeners' certificate, reloaded on SIGHUP.
     tls: parking_lot::Mutex<Option<listen::Tls>>,
+    /// The configuration at start-up and at the last reload, to tell on
+    /// SIGHUP what changed.
+    config_started: Ini,
+    config_current: parking_lot::Mutex<Ini>,
 }
 
 impl std::fmt::Debug for Server {
@@ -196,6 +209,7 @@ impl Server {
         let turn = turn::TurnConfig::from_config(ini)?;
         let backends = Arc::new(Backends::from_config(ini)?);
         let registry = runtime::metrics::Registry::new();
+        registry.register_process_metrics();
         let (bus, nats) = bus_from_config(ini, &registry)?;
         let mcu = mcu_from_config(ini, &registry)?;
         let metrics = HubMetrics::new(registry);
@@ -220,11 +234,14 @@ impl Server {
             welcome: welcome.into(),
             turn,
             stats_allowed: RwLock::new(stats_ips(ini)?),
+            stats_refusals: Default::default(),
             trusted_proxies: RwLock::new(Arc::new(trusted_proxies(ini)?)),
             nats,
             started: std::time::Instant::now(),
             drain_timeout: drain_timeout(ini)?,
             tls: parking_lot::Mutex::new(None),
+            config_started: ini.clone(),
+            config_current: parking_lot::Mutex::new(ini.clone()),
         }))
     }
 
@@ -232,7 +249,14 @@ impl Server {
         let Ok(ip) = ip.parse::<IpAddr>() else {
             return false;
         };
-        runtime::net::contains_any(&self.stats_allowed.read(), ip)
+        let allowed = runtime::net::contains_any(&self.stats_allowed.read(), ip);
+        if !allowed {
+            self.stats_refusals.refused(
+                ip,
+                "/api/v1/stats, /api/v1/serverinfo, /status and /metrics",
+            );
+        }
+        allowed
     }
 
     pub(crate) fn trusted_proxies(&self) -> Arc<Vec<IpNet>> {
@@ -250,8 +274,27 @@ impl Server {
         );
     }
 
-    /// SIGHUP: re-read what can change without a restart.
+    /// SIGHUP: re-read what can change without a restart. A configuration
+    /// that would not start is refused as a whole (the running one is
+    /// kept); otherwise the log names the changes applied and those that
+    /// need a restart.
     pub fn reload(&self, ini: &Ini) {
+        if let Err(e) = validate(ini) {
+            warn!("configuration not reloaded, the running configuration is kept: {e}");
+            return;
+        }
+        let mcu_proxy = ini.get_string("mcu", "type", "") == "proxy";
+        let report = {
+            let mut current = self.config_current.lock();
+            let report = runtime::reload::ReloadReport::new(
+                &self.config_started,
+                &current,
+                ini,
+                |section, key| reloadable(ini, mcu_proxy, section, key),
+            );
+            *current = ini.clone();
+            report
+        };
         runtime::logging::apply_config_level(ini);
         self.hub.reload(ini);
         if let Some(tls) = self.tls.lock().clone() {
@@ -266,7 +309,7 @@ impl Server {
                 warn!(error = %e, "keeping the old allowed_ips/trustedproxies")
             }
         }
-        info!("configuration reloaded");
+        report.log();
     }
 
     /// Stop accepting, say goodbye to clients, and wait for tasks up to `grace`.
@@ -295,6 +338,78 @@ fn drain_timeout(ini: &Ini) -> Result<Option<Duration>, StartError> {
         });
     }
     Ok((secs > 0).then(|| Duration::from_secs(secs as u64)))
+}
+
+/// Whether a changed `[section] key` takes effect on SIGHUP.
+fn reloadable(ini: &Ini, mcu_proxy: bool, section: &str, key: &str) -> bool {
+    let backend_ids =
+        runtime::config::split_list(ini.get("backend", "backends").unwrap_or_default(), ',');
+    match (section, key) {
+        ("backend", "backends") | ("app", "loglevel") | ("app", "trustedproxies") => true,
+        ("https", "certificate" | "key") | ("stats", "allowed_ips") => true,
+        ("mcu", "allowedcandidates" | "blockedcandidates") => true,
+        ("mcu", "url") => mcu_proxy,
+        ("geoip-overrides" | "continent-overrides", _) => true,
+        (s, _) => backend_ids.iter().any(|id| id.eq_ignore_ascii_case(s)),
+    }
+}
+
+/// Everything [`Server::build`] and [`ListenConfig::from_config`] would
+/// refuse, without building anything (SIGHUP checks a new file with it).
+pub fn validate(ini: &Ini) -> Result<(), StartError> {
+    HubSettings::from_config(ini, VERSION)?;
+    turn::TurnConfig::from_config(ini)?;
+    ListenConfig::from_config(ini)?;
+    stats_ips(ini)?;
+    trusted_proxies(ini)?;
+    drain_timeout(ini)?;
+    hub::mcu::candidates::CandidateFilter::from_config(ini).map_err(|reason| {
+        StartError::Invalid {
+            section: "mcu",
+            key: "allowedcandidates/blockedcandidates",
+            reason,
+        }
+    })?;
+    Ok(())
+}
+
+/// Every id in `[backend] backends` needs its section with a `url` and a
+/// `secret` (unless `allowall` makes the list unused). Like the Go server,
+/// the server skips such a backend (so existing files keep starting), but
+/// says so with the key and line at start-up and on SIGHUP, and `check`
+/// fails on it: its Nextcloud cannot connect.
+pub fn validate_backends(ini: &Ini) -> Result<(), StartError> {
+    if ini.get_bool("backend", "allowall", false)? {
+        return Ok(());
+    }
+    let ids = runtime::config::split_list(ini.get("backend", "backends").unwrap_or_default(), ',');
+    for id in ids {
+        let line = ini
+            .key_line("backend", "backends")
+            .map(|l| format!(" (line {l})"))
+            .unwrap_or_default();
+        if !ini.has_section(&id) {
+            return Err(StartError::InvalidIn {
+                section: "backend".into(),
+                key: "backends".into(),
+                reason: format!(
+                    "lists {id:?}{line}, but there is no section [{id}] with its url and secret"
+                ),
+            });
+        }
+        for key in ["url", "secret"] {
+            if ini.get(&id, key).unwrap_or_default().is_empty() {
+                return Err(StartError::InvalidIn {
+                    section: id.clone(),
+                    key: key.into(),
+                    reason: format!(
+                        "missing: backend {id:?} is listed in [backend] backends{line} and needs a url and a secret"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `[stats] allowed_ips`: addresses or CIDR networks; default 127.0.0.1.
@@ -358,6 +473,12 @@ pub async fn bind_and_serve(
 /// Everything `main` does after parsing flags.
 pub async fn run_from_config(path: std::path::PathBuf) -> Result<(), StartError> {
     let ini = Ini::load(&path)?;
+    for l in schema::SCHEMA.lint(&ini) {
+        warn!("{}:{}: {}", path.display(), l.line, l.message);
+    }
+    if let Err(e) = validate_backends(&ini) {
+        warn!("{}: {e}; the backend is skipped", path.display());
+    }
     let server = Server::build(&ini)?;
     let listen = ListenConfig::from_config(&ini)?;
     if let Some(nats) = server.nats.clone() {
@@ -395,7 +516,15 @@ pub async fn run_from_config(path: std::path::PathBuf) -> Result<(), StartError>
         };
         match sig {
             Some(runtime::signals::Signal::Reload) => match Ini::load(&path) {
-                Ok(ini) => server.reload(&ini),
+                Ok(ini) => {
+                    for l in schema::SCHEMA.lint(&ini) {
+                        warn!("{}:{}: {}", path.display(), l.line, l.message);
+                    }
+                    if let Err(e) = validate_backends(&ini) {
+                        warn!("{}: {e}; the backend is skipped", path.display());
+                    }
+                    server.reload(&ini)
+                }
                 Err(e) => warn!(error = %e, "could not reload configuration, keeping the old one"),
             },
             Some(runtime::signals::Signal::Drain) => {

@@ -48,7 +48,12 @@ pub struct Nats {
 impl ServerInfo {
     pub fn collect(server: &Server) -> ServerInfo {
         let stats = server.hub.stats();
-        let backends = server.hub.session_counts();
+        let mut backends = server.hub.session_counts();
+        // Every configured backend, also without sessions: "no sessions
+        // from backend1" is worth seeing when its users cannot connect.
+        for b in server.hub.backends.all() {
+            backends.entry(b.id.clone()).or_default();
+        }
         ServerInfo {
             mcu: stats.mcu.clone(),
             version: crate::VERSION,
@@ -82,6 +87,12 @@ impl ServerInfo {
     pub fn to_html(&self) -> String {
         let mut rows = String::new();
         for (backend, types) in &self.sessions.backends {
+            if types.is_empty() {
+                rows.push_str(&format!(
+                    "<tr><td>{}</td><td>-</td><td class=\"n\">0</td></tr>\n",
+                    escape(backend)
+                ));
+            }
             for (kind, n) in types {
                 rows.push_str(&format!(
                     "<tr><td>{}</td><td>{}</td><td class=\"n\">{n}</td></tr>\n",

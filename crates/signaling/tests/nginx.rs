@@ -1,4 +1,5 @@
-//! The shipped reverse-proxy example `dist/nginx/signaling.conf`, run through
+//! The shipped reverse-proxy example (`dist/nginx/signaling-upstream.conf`
+//! in the http context, `signaling-location.conf` in a vhost), run through
 //! Debian's real nginx in front of our server: a client's WebSocket hello
 //! and Nextcloud's signed backend request both pass it.
 //!
@@ -14,9 +15,13 @@ use std::process::Command;
 use std::time::Duration;
 
 const NGINX: &str = "/usr/sbin/nginx";
-const EXAMPLE: &str = concat!(
+const UPSTREAM: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../dist/nginx/signaling.conf"
+    "/../../dist/nginx/signaling-upstream.conf"
+);
+const LOCATION: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../dist/nginx/signaling-location.conf"
 );
 
 /// A running nginx; the temp dir and the process go away on drop (fields
@@ -30,29 +35,18 @@ struct Nginx {
 /// Replace `from` by `to`, insisting it is there, so the test notices when
 /// the example changes shape.
 fn replace_once(text: &str, from: &str, to: &str) -> String {
-    assert!(text.contains(from), "{from:?} not in {EXAMPLE}");
+    assert!(text.contains(from), "{from:?} not in {UPSTREAM}");
     text.replacen(from, to, 1)
 }
 
-/// The example with our server as upstream and a plain loopback listener
-/// instead of TLS on 443.
-fn adapt_example(signaling: SocketAddr, port: u16) -> String {
-    let text = std::fs::read_to_string(EXAMPLE).unwrap();
-    let text = replace_once(
+/// The upstream part with our server's address.
+fn adapt_upstream(signaling: SocketAddr) -> String {
+    let text = std::fs::read_to_string(UPSTREAM).unwrap();
+    replace_once(
         &text,
         "server 127.0.0.1:8080;",
         &format!("server {signaling};"),
-    );
-    let text = replace_once(
-        &text,
-        "listen 443 ssl;",
-        &format!("listen 127.0.0.1:{port};"),
-    );
-    let text = replace_once(&text, "listen [::]:443 ssl;", "");
-    text.lines()
-        .filter(|l| !l.trim_start().starts_with("ssl_"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    )
 }
 
 impl Nginx {
@@ -63,7 +57,11 @@ impl Nginx {
         );
         let dir = TempDir::new("nginx").unwrap();
         let port = free_port();
-        std::fs::write(dir.join("signaling.conf"), adapt_example(signaling, port)).unwrap();
+        // As an operator installs them: the upstream part in the http
+        // context, the location part included by the Nextcloud vhost (here
+        // a plain loopback listener instead of TLS).
+        std::fs::write(dir.join("upstream.conf"), adapt_upstream(signaling)).unwrap();
+        std::fs::copy(LOCATION, dir.join("location.conf")).unwrap();
         let p = dir.path().display();
         let conf = format!(
             "daemon off;\n\
@@ -78,7 +76,12 @@ impl Nginx {
                fastcgi_temp_path {p}/fastcgi;\n\
                uwsgi_temp_path {p}/uwsgi;\n\
                scgi_temp_path {p}/scgi;\n\
-               include {p}/signaling.conf;\n\
+               include {p}/upstream.conf;\n\
+               server {{\n\
+                 listen 127.0.0.1:{port};\n\
+                 server_name cloud.example.com;\n\
+                 include {p}/location.conf;\n\
+               }}\n\
              }}\n"
         );
         let conf_path = dir.join("nginx.conf");
@@ -162,7 +165,14 @@ async fn nginx_example_proxies_websocket_and_backend_api() {
 /// ping interval and passes the client's address on.
 #[test]
 fn nginx_example_has_the_essentials() {
-    let text = std::fs::read_to_string(EXAMPLE).unwrap();
+    let text = std::fs::read_to_string(LOCATION).unwrap();
+    // A snippet for the existing vhost, not a server of its own.
+    let directives: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect();
+    assert!(!directives.contains("server {"), "{LOCATION}");
+    assert!(!directives.contains("listen "), "{LOCATION}");
     for needle in [
         "location /standalone-signaling/ {",
         "proxy_http_version 1.1;",
@@ -172,6 +182,6 @@ fn nginx_example_has_the_essentials() {
         "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
         "proxy_read_timeout 3600s;",
     ] {
-        assert!(text.contains(needle), "{needle} missing in {EXAMPLE}");
+        assert!(text.contains(needle), "{needle} missing in {LOCATION}");
     }
 }
