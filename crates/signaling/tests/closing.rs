@@ -119,7 +119,9 @@ async fn ends_with(
         match c.next_incoming(deadline).await {
             Incoming::Json(v) => seen |= last(&v),
             Incoming::Text(_) | Incoming::Binary(_) => {}
-            Incoming::Timeout => return Err("connection still open".into()),
+            Incoming::Timeout => {
+                return Err(format!("connection still open (final frame seen: {seen})"))
+            }
             Incoming::Closed(info) => {
                 if !seen {
                     return Err(format!("final frame lost (close: {info:?})"));
