@@ -398,7 +398,11 @@ impl Hub {
 
     fn housekeeping(self: &Arc<Self>, now: Instant) {
         self.throttler.cleanup(now);
-        if self.ticks.fetch_add(1, Ordering::Relaxed) % 10 == 0 {
+        if self
+            .ticks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(10)
+        {
             // After a spike of connections, give the maps' memory back.
             self.reg.lock().shrink();
             self.bus.shrink();
@@ -581,7 +585,8 @@ impl Hub {
             .collect()
     }
 
-    pub(crate) fn live_nodes(&self) -> usize {
+    /// How many other nodes of the cluster are live (0 on a single server).
+    pub fn live_nodes(&self) -> usize {
         self.live_node_status().len()
     }
 
@@ -781,7 +786,7 @@ impl Hub {
                 self.process_hello_client(conn, &msg.id, hello).await
             }
             proto::client::CLIENT_TYPE_INTERNAL => {
-                self.process_hello_internal(conn, &msg.id, hello)
+                self.process_hello_internal(conn, &msg.id, hello).await
             }
             _ => {
                 conn.send(
@@ -895,7 +900,8 @@ impl Hub {
                 claims.subject,
                 claims.userdata,
                 hello.features.unwrap_or_default(),
-            );
+            )
+            .await;
             return;
         }
         let req = proto::backend::BackendClientRequest::auth(hello.auth.params.clone());
@@ -934,10 +940,11 @@ impl Hub {
             a.userid,
             a.user.map(Arc::from),
             hello.features.unwrap_or_default(),
-        );
+        )
+        .await;
     }
 
-    fn process_hello_internal(
+    async fn process_hello_internal(
         self: &Arc<Self>,
         conn: &Arc<Conn>,
         id: &str,
@@ -989,11 +996,12 @@ impl Hub {
             String::new(),
             None,
             hello.features.unwrap_or_default(),
-        );
+        )
+        .await;
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn register(
+    async fn register(
         self: &Arc<Self>,
         conn: &Arc<Conn>,
         id: &str,
@@ -1031,7 +1039,7 @@ impl Hub {
             },
         );
         if client_type == ClientType::Client {
-            if let Err(e) = backend.add_session(&public_id, self.sessions_elsewhere(&backend.id)) {
+            if let Err(e) = self.count_session(&backend, &public_id).await {
                 self.metrics.session_limit_exceeded.inc(&[&backend.id]);
                 warn!(backend = %backend.id, "session limit exceeded");
                 conn.send(OutMsg::new(ServerMessage::error(id, e)).frame());
@@ -1240,14 +1248,6 @@ impl Hub {
             .filter(|s| s.dialout.iter().any(|b| b == backend))
             .map(|s| s.node.clone())
             .collect()
-    }
-
-    /// Sessions of `backend` on the other (live) nodes of the cluster.
-    fn sessions_elsewhere(&self, backend: &str) -> u64 {
-        self.live_node_status()
-            .iter()
-            .filter_map(|s| s.sessions.get(backend))
-            .sum()
     }
 
     /// Report this node's counts when they changed or every interval;
@@ -2160,9 +2160,18 @@ impl BusHandler for Hub {
     fn on_bus_message(&self, _subject: &str, msg: &BusMessage) {
         if let BusPayload::Node(n) = &msg.payload {
             if *n.node != *self.node_id {
-                self.node_counts
+                let known = self
+                    .node_counts
                     .lock()
-                    .insert(n.node.clone(), (Instant::now(), n.clone()));
+                    .insert(n.node.clone(), (Instant::now(), n.clone()))
+                    .is_some();
+                if !known {
+                    // A node new to us (just started) missed our earlier
+                    // reports: tell it about us now, not an interval later,
+                    // so that its cluster questions wait for us at once.
+                    *self.counts_sent.lock() = (None, Default::default());
+                    self.cluster_counts_tick(Instant::now());
+                }
             }
         }
     }

@@ -74,6 +74,7 @@ pub const PUBLISHER_SUBJECT: &str = "cluster.publisher";
 pub const DIALOUT_SUBJECT: &str = "cluster.dialout";
 pub const ROOM_SUBJECT: &str = "cluster.room";
 pub const ROOM_SESSION_SUBJECT: &str = "cluster.roomsession";
+pub const SESSION_COUNT_SUBJECT: &str = "cluster.sessioncount";
 /// A node accepted a backend API request: its random, so that the others
 /// refuse it as a replay too (published, not asked).
 pub const RANDOM_SUBJECT: &str = "cluster.random";
@@ -95,6 +96,16 @@ pub struct RoomSessionQuestion {
     pub roomsessionid: String,
     /// The session that joined (and stays).
     pub sessionid: String,
+}
+
+/// A client session of `backend` (which has a `sessionlimit`) says hello on
+/// `node`: how many sessions of it do the others count (including those
+/// whose hello is being checked right now)? Answered with a number, `null`
+/// for none.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SessionCountQuestion {
+    pub node: String,
+    pub backend: String,
 }
 
 /// A room starts on a node: who has members in it already? Nodes that
