@@ -1051,6 +1051,8 @@ impl Hub {
             conn.send(OutMsg::new(ServerMessage::error(id, err_internal(e))).frame());
             return;
         }
+        // In a cluster: reachable from every node before it is told its id.
+        self.subscriptions_active().await;
         {
             let mut reg = self.reg.lock();
             if !conn.is_connected() {
@@ -1463,6 +1465,9 @@ impl Hub {
         let room = match self.get_or_create_room(&roomid, session, room_resp.properties.clone()) {
             Ok((r, created)) => {
                 if created {
+                    // The room's subjects reach this node before the other
+                    // nodes are asked about it or anyone is told about it.
+                    self.subscriptions_active().await;
                     self.learn_room(&r).await;
                 }
                 r
@@ -1534,6 +1539,15 @@ impl Hub {
                 }
             },
         );
+    }
+
+    /// Wait until what this node subscribed so far receives the other
+    /// nodes' publishes (a round trip to NATS; at once on a single server;
+    /// bounded should NATS break meanwhile).
+    async fn subscriptions_active(&self) {
+        if let Some(active) = self.bus.subscriptions_active() {
+            let _ = tokio::time::timeout(crate::bus::SUBSCRIPTIONS_WAIT, active).await;
+        }
     }
 
     fn get_or_create_room(

@@ -185,6 +185,20 @@ impl TestServer {
         c
     }
 
+    /// `key` of `/api/v1/stats` (sessions, rooms, ...) added up over all
+    /// nodes: what one server alone reports.
+    pub async fn stats_sum(&self, key: &str) -> u64 {
+        let mut sum = 0;
+        for (_, addr) in &self.nodes {
+            let r = raw_request("GET", &format!("http://{addr}/api/v1/stats"), &[], "").await;
+            assert_eq!(r.status, 200, "stats: {}", r.text());
+            sum += r.json()[key]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no {key} in stats {}", r.text()));
+        }
+        sum
+    }
+
     /// Send a signed backend request to our `/api/v1/room/<room>`.
     pub async fn backend_request(&self, room: &str, body: Value) -> HttpResponse {
         self.backend
