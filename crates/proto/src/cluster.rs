@@ -64,6 +64,11 @@ pub struct RoomPresence {
     /// room mid-call learns the call here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tracked: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// The user ids Nextcloud gave its members for this room (`session`
+    /// `userid` of the join answer), by signaling session id: participant
+    /// lists fill in exactly these where Talk left `userId` out.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub roomusers: std::collections::BTreeMap<String, String>,
 }
 
 /// Ours: requests one server asks the others of the cluster (NATS

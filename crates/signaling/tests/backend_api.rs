@@ -5,6 +5,8 @@
 //! Feature IDs: BAPI-01..13, BCL-01..06, BCFG-01..07. Room events are only
 //! checked lightly here (one observable effect per request type); the
 //! details of room events are tested in `rooms.rs`.
+// Test bodies are plain functions run by `both_topologies!`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 use common::*;
 
