@@ -55,6 +55,10 @@ pub fn now_nanos() -> i64 {
         .unwrap_or(0)
 }
 
+/// How long a new session waits at most for [`Bus::subscriptions_active`]
+/// (a round trip to NATS; only reached when the connection breaks).
+pub const SUBSCRIPTIONS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Receives messages of one subscription.
 pub trait BusHandler: Send + Sync {
     fn on_bus_message(&self, subject: &str, msg: &BusMessage);
@@ -87,6 +91,13 @@ pub trait Bus: Send + Sync {
     fn unsubscribe(&self, subject: &str, id: u64);
     /// Give back the memory of subjects gone (after a spike of sessions).
     fn shrink(&self) {}
+    /// Fires once every subscription made so far receives what other
+    /// servers publish (NATS: the broker has processed them), so a new
+    /// session is reachable from the whole cluster when it is told its id.
+    /// `None`: nothing to wait for (the in-process bus, NATS away).
+    fn subscriptions_active(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        None
+    }
 }
 
 /// Ends its subscription when dropped.

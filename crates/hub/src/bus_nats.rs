@@ -90,6 +90,9 @@ pub const MAX_QUEUED_PUBLISHES: usize = 65_536;
 /// reconnect and re-subscribe (their retries are 1–2 s apart early on).
 const RESUBSCRIBE_GRACE: Duration = Duration::from_secs(2);
 
+/// Subject of the requests that wait for the broker (nobody subscribes it).
+const SYNC_SUBJECT: &str = "cluster.sync";
+
 /// First and longest delay between connection attempts (upstream: 1 s → 8 s).
 const INITIAL_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(8);
@@ -119,6 +122,8 @@ enum Command {
     Publish(Arc<str>, Bytes),
     Subscribe(Arc<str>),
     Unsubscribe(Arc<str>),
+    /// Answer once the broker has processed every command before this one.
+    Sync(oneshot::Sender<()>),
 }
 
 struct NatsMetrics {
@@ -436,6 +441,15 @@ impl Bus for NatsBus {
             let _ = self.commands.send(Command::Unsubscribe(key));
         });
     }
+
+    fn subscriptions_active(&self) -> Option<oneshot::Receiver<()>> {
+        if !self.is_connected() {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Sync(tx)).ok()?;
+        Some(rx)
+    }
 }
 
 /// The task that owns the client: executes commands in order until the bus
@@ -504,6 +518,21 @@ async fn run(
                         // Its stream ends (dropping the `Subscriber`, which
                         // sends `UNSUB`) without handing on what it still holds.
                         subs.remove(&subject);
+                    }
+                    Command::Sync(done) => {
+                        // A request nobody answers: the broker says "no
+                        // responders" once it processed it, and with it
+                        // every SUB handed to the client above (one
+                        // connection, in order). The client's `flush` only
+                        // writes the socket, it does not wait for the broker.
+                        // Not awaited here (publishes must not wait), and
+                        // bounded in case the connection breaks meanwhile.
+                        let client = client.clone();
+                        tokio::spawn(async move {
+                            let sync = client.request(SYNC_SUBJECT, Bytes::new());
+                            let _ = tokio::time::timeout(crate::bus::SUBSCRIPTIONS_WAIT, sync).await;
+                            let _ = done.send(());
+                        });
                     }
                 }
             }

@@ -1,8 +1,9 @@
 //! Questions one server of a cluster asks the others, over NATS
 //! request/reply: who holds the session a client wants to resume (then the
 //! connection is relayed there, see [`crate::relay`]), where a publisher on
-//! another server streams from (so a subscriber here can join it), and a
-//! dial-out for a bridge connected elsewhere.
+//! another server streams from (so a subscriber here can join it), a
+//! dial-out for a bridge connected elsewhere, and how many sessions of a
+//! backend with a session limit the others have.
 //!
 //! Every node answers every question, `answer: null` when it has nothing, so
 //! the asker stops as soon as all nodes it knows of (from their
@@ -14,8 +15,8 @@ use async_nats::Client;
 use futures_util::StreamExt;
 use proto::cluster::{
     ClusterAnswer, DialoutAnswer, DialoutRequest, PublisherRequest, RandomSeen, ResumeRequest,
-    RoomQuestion, RoomSessionQuestion, DIALOUT_SUBJECT, PUBLISHER_SUBJECT, RANDOM_SUBJECT,
-    RESUME_SUBJECT, ROOM_SESSION_SUBJECT, ROOM_SUBJECT,
+    RoomQuestion, RoomSessionQuestion, SessionCountQuestion, DIALOUT_SUBJECT, PUBLISHER_SUBJECT,
+    RANDOM_SUBJECT, RESUME_SUBJECT, ROOM_SESSION_SUBJECT, ROOM_SUBJECT, SESSION_COUNT_SUBJECT,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -158,6 +159,7 @@ pub(crate) async fn serve(hub: Weak<Hub>, cluster: Arc<Cluster>, shutdown: Cance
         DIALOUT_SUBJECT,
         ROOM_SUBJECT,
         ROOM_SESSION_SUBJECT,
+        SESSION_COUNT_SUBJECT,
         RANDOM_SUBJECT,
     ] {
         match client.subscribe(subject.to_owned()).await {
@@ -214,6 +216,12 @@ pub(crate) async fn serve(hub: Weak<Hub>, cluster: Arc<Cluster>, shutdown: Cance
                         Err(e) => return debug!(error = %e, "bad room session question"),
                     }
                 }
+                SESSION_COUNT_SUBJECT => {
+                    match serde_json::from_slice::<SessionCountQuestion>(&m.payload) {
+                        Ok(q) => answer(&hub.node_id, hub.session_count_for(&q)),
+                        Err(e) => return debug!(error = %e, "bad session count question"),
+                    }
+                }
                 DIALOUT_SUBJECT => match serde_json::from_slice::<DialoutRequest>(&m.payload) {
                     Ok(q) => {
                         let a: Option<DialoutAnswer> = hub.dialout_for_cluster(&q).await;
@@ -234,7 +242,63 @@ pub(crate) async fn serve(hub: Weak<Hub>, cluster: Arc<Cluster>, shutdown: Cance
 /// nodes' members (they answer from memory; this bounds an unreachable one).
 pub const ROOM_QUESTION_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// How long a hello waits for the other nodes' session counts (as upstream).
+pub const SESSION_COUNT_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl Hub {
+    /// Another node checks a hello against a session limit: the sessions
+    /// of the backend we count (those still being checked included).
+    fn session_count_for(&self, q: &SessionCountQuestion) -> Option<u64> {
+        if *q.node == *self.node_id {
+            return None;
+        }
+        let count = self.backends.by_id(&q.backend)?.counted_sessions();
+        (count > 0).then_some(count)
+    }
+
+    /// Count a new client session of `backend` against its `sessionlimit`.
+    /// It is reserved here first; then, when other nodes are live, they are
+    /// asked for their counts (their reservations included), so the limit
+    /// holds for the whole cluster at the moment of the hello, as upstream
+    /// asks its peers. Two hellos racing on different nodes for the last
+    /// place may both be refused, never both accepted. A single server (or
+    /// a backend without a limit) asks nobody.
+    pub(crate) async fn count_session(
+        &self,
+        backend: &crate::backends::Backend,
+        public_id: &Arc<str>,
+    ) -> Result<(), proto::client::Error> {
+        backend.add_session(public_id, 0)?;
+        if backend.session_limit == 0 {
+            return Ok(());
+        }
+        let Some(cluster) = self.cluster.get().cloned() else {
+            return Ok(());
+        };
+        let peers = self.live_nodes();
+        if peers == 0 {
+            return Ok(());
+        }
+        let question = SessionCountQuestion {
+            node: self.node_id.to_string(),
+            backend: backend.id.clone(),
+        };
+        let elsewhere: Vec<u64> = cluster
+            .ask_all(
+                SESSION_COUNT_SUBJECT,
+                &question,
+                peers,
+                SESSION_COUNT_TIMEOUT,
+            )
+            .await;
+        let total = backend.counted_sessions() + elsewhere.iter().sum::<u64>();
+        if total > backend.session_limit {
+            backend.remove_session(public_id);
+            return Err(crate::backends::session_limit_exceeded());
+        }
+        Ok(())
+    }
+
     /// Another node starts hosting a room: our members of it, if any.
     fn room_presence_for(&self, q: &RoomQuestion) -> Option<proto::cluster::RoomPresence> {
         if *q.node == *self.node_id {

@@ -586,7 +586,8 @@ impl Hub {
             .collect()
     }
 
-    pub(crate) fn live_nodes(&self) -> usize {
+    /// How many other nodes of the cluster are live (0 on a single server).
+    pub fn live_nodes(&self) -> usize {
         self.live_node_status().len()
     }
 
@@ -786,7 +787,7 @@ impl Hub {
                 self.process_hello_client(conn, &msg.id, hello).await
             }
             proto::client::CLIENT_TYPE_INTERNAL => {
-                self.process_hello_internal(conn, &msg.id, hello)
+                self.process_hello_internal(conn, &msg.id, hello).await
             }
             _ => {
                 conn.send(
@@ -900,7 +901,8 @@ impl Hub {
                 claims.subject,
                 claims.userdata,
                 hello.features.unwrap_or_default(),
-            );
+            )
+            .await;
             return;
         }
         let req = proto::backend::BackendClientRequest::auth(hello.auth.params.clone());
@@ -939,10 +941,11 @@ impl Hub {
             a.userid,
             a.user.map(Arc::from),
             hello.features.unwrap_or_default(),
-        );
+        )
+        .await;
     }
 
-    fn process_hello_internal(
+    async fn process_hello_internal(
         self: &Arc<Self>,
         conn: &Arc<Conn>,
         id: &str,
@@ -994,11 +997,12 @@ impl Hub {
             String::new(),
             None,
             hello.features.unwrap_or_default(),
-        );
+        )
+        .await;
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn register(
+    async fn register(
         self: &Arc<Self>,
         conn: &Arc<Conn>,
         id: &str,
@@ -1036,7 +1040,7 @@ impl Hub {
             },
         );
         if client_type == ClientType::Client {
-            if let Err(e) = backend.add_session(&public_id, self.sessions_elsewhere(&backend.id)) {
+            if let Err(e) = self.count_session(&backend, &public_id).await {
                 self.metrics.session_limit_exceeded.inc(&[&backend.id]);
                 warn!(backend = %backend.id, "session limit exceeded");
                 conn.send(OutMsg::new(ServerMessage::error(id, e)).frame());
@@ -1048,6 +1052,8 @@ impl Hub {
             conn.send(OutMsg::new(ServerMessage::error(id, err_internal(e))).frame());
             return;
         }
+        // In a cluster: reachable from every node before it is told its id.
+        self.subscriptions_active().await;
         {
             let mut reg = self.reg.lock();
             if !conn.is_connected() {
@@ -1245,14 +1251,6 @@ impl Hub {
             .filter(|s| s.dialout.iter().any(|b| b == backend))
             .map(|s| s.node.clone())
             .collect()
-    }
-
-    /// Sessions of `backend` on the other (live) nodes of the cluster.
-    fn sessions_elsewhere(&self, backend: &str) -> u64 {
-        self.live_node_status()
-            .iter()
-            .filter_map(|s| s.sessions.get(backend))
-            .sum()
     }
 
     /// Report this node's counts when they changed or every interval;
@@ -1468,6 +1466,9 @@ impl Hub {
         let room = match self.get_or_create_room(&roomid, session, room_resp.properties.clone()) {
             Ok((r, created)) => {
                 if created {
+                    // The room's subjects reach this node before the other
+                    // nodes are asked about it or anyone is told about it.
+                    self.subscriptions_active().await;
                     self.learn_room(&r).await;
                 }
                 r
@@ -1539,6 +1540,15 @@ impl Hub {
                 }
             },
         );
+    }
+
+    /// Wait until what this node subscribed so far receives the other
+    /// nodes' publishes (a round trip to NATS; at once on a single server;
+    /// bounded should NATS break meanwhile).
+    async fn subscriptions_active(&self) {
+        if let Some(active) = self.bus.subscriptions_active() {
+            let _ = tokio::time::timeout(crate::bus::SUBSCRIPTIONS_WAIT, active).await;
+        }
     }
 
     fn get_or_create_room(
@@ -2165,9 +2175,18 @@ impl BusHandler for Hub {
     fn on_bus_message(&self, _subject: &str, msg: &BusMessage) {
         if let BusPayload::Node(n) = &msg.payload {
             if *n.node != *self.node_id {
-                self.node_counts
+                let known = self
+                    .node_counts
                     .lock()
-                    .insert(n.node.clone(), (Instant::now(), n.clone()));
+                    .insert(n.node.clone(), (Instant::now(), n.clone()))
+                    .is_some();
+                if !known {
+                    // A node new to us (just started) missed our earlier
+                    // reports: tell it about us now, not an interval later,
+                    // so that its cluster questions wait for us at once.
+                    *self.counts_sent.lock() = (None, Default::default());
+                    self.cluster_counts_tick(Instant::now());
+                }
             }
         }
     }

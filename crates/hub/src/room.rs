@@ -94,6 +94,9 @@ struct RemoteMember {
     node: Option<String>,
     since: Instant,
     entry: SessionEntry,
+    /// The user id Nextcloud gave it for this room, from its node's
+    /// presence (the join entry's `userid` may be its own user id).
+    room_user: Option<String>,
 }
 
 /// The participant list entries of the internal and virtual members among
@@ -492,13 +495,12 @@ impl Room {
                 Some(_) => false,
             };
             if missing {
-                // Clustering: a member of another node has its node's id
-                // for the room session in its join entry.
+                // Clustering: a member of another node has the id its node
+                // got from Nextcloud for the room (not its own user id).
                 let uid = st.session_user.get(sid.as_str()).cloned().or_else(|| {
                     st.remote
                         .get(sid.as_str())
-                        .map(|m| m.entry.userid.clone())
-                        .filter(|u| !u.is_empty())
+                        .and_then(|m| m.room_user.clone())
                 });
                 if let Some(uid) = uid {
                     user.insert("userId".into(), Value::String(uid));
@@ -1263,6 +1265,11 @@ impl Room {
             } else {
                 Vec::new()
             },
+            roomusers: st
+                .session_user
+                .iter()
+                .map(|(id, u)| (id.to_string(), u.clone()))
+                .collect(),
         })
     }
 
@@ -1312,6 +1319,7 @@ impl Room {
                                 node: None,
                                 since: Instant::now(),
                                 entry: e.clone(),
+                                room_user: None,
                             },
                         );
                         joined.push(e.clone());
@@ -1401,8 +1409,12 @@ impl Room {
                 if Self::is_local(&st, &e.sessionid) {
                     continue;
                 }
+                let room_user = p.roomusers.get(&e.sessionid).cloned();
                 match st.remote.get_mut(&e.sessionid) {
-                    Some(m) => m.node = Some(p.node.clone()),
+                    Some(m) => {
+                        m.node = Some(p.node.clone());
+                        m.room_user = room_user;
+                    }
                     None => {
                         st.remote.insert(
                             e.sessionid.clone(),
@@ -1410,6 +1422,7 @@ impl Room {
                                 node: Some(p.node.clone()),
                                 since: now,
                                 entry: e.clone(),
+                                room_user,
                             },
                         );
                         joined.push(e.clone());

@@ -64,6 +64,11 @@ pub struct RoomPresence {
     /// room mid-call learns the call here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tracked: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// The user ids Nextcloud gave its members for this room (`session`
+    /// `userid` of the join answer), by signaling session id: participant
+    /// lists fill in exactly these where Talk left `userId` out.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub roomusers: std::collections::BTreeMap<String, String>,
 }
 
 /// Ours: requests one server asks the others of the cluster (NATS
@@ -74,6 +79,7 @@ pub const PUBLISHER_SUBJECT: &str = "cluster.publisher";
 pub const DIALOUT_SUBJECT: &str = "cluster.dialout";
 pub const ROOM_SUBJECT: &str = "cluster.room";
 pub const ROOM_SESSION_SUBJECT: &str = "cluster.roomsession";
+pub const SESSION_COUNT_SUBJECT: &str = "cluster.sessioncount";
 /// A node accepted a backend API request: its random, so that the others
 /// refuse it as a replay too (published, not asked).
 pub const RANDOM_SUBJECT: &str = "cluster.random";
@@ -95,6 +101,16 @@ pub struct RoomSessionQuestion {
     pub roomsessionid: String,
     /// The session that joined (and stays).
     pub sessionid: String,
+}
+
+/// A client session of `backend` (which has a `sessionlimit`) says hello on
+/// `node`: how many sessions of it do the others count (including those
+/// whose hello is being checked right now)? Answered with a number, `null`
+/// for none.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SessionCountQuestion {
+    pub node: String,
+    pub backend: String,
 }
 
 /// A room starts on a node: who has members in it already? Nodes that

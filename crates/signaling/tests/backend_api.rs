@@ -5,6 +5,8 @@
 //! Feature IDs: BAPI-01..13, BCL-01..06, BCFG-01..07. Room events are only
 //! checked lightly here (one observable effect per request type); the
 //! details of room events are tested in `rooms.rs`.
+// Test bodies are plain functions run by `both_topologies!`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 use common::*;
 
@@ -155,11 +157,6 @@ async fn start_two(extra: &str) -> Two {
     }
 }
 
-async fn stats_sessions(base: &str) -> u64 {
-    let r = raw_request("GET", &format!("{base}api/v1/stats"), &[], "").await;
-    r.json()["sessions"].as_u64().expect("sessions")
-}
-
 /// A small HTTP front server in front of fake backends: per request path it
 /// either forwards the request unchanged (method, path, headers, body) to a
 /// fake backend, or answers with a redirect. Lets several backends share one
@@ -265,9 +262,8 @@ const BACKEND_SUFFIX: &str = "ocs/v2.php/apps/spreed/api/v1/signaling/backend";
 
 /// BAPI-01: a body sent chunked (no `Content-Length`) is refused with 411,
 /// even when correctly signed.
-#[tokio::test]
-async fn bapi_01_chunked_body_without_content_length_is_411() {
-    let s = TestServer::start().await;
+async fn bapi_01_chunked_body_without_content_length_is_411(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let body = serde_json::to_vec(&room_message(json!({"x": 1}))).expect("json");
     let random = random_hex(64);
     let r = RawRequest::post(&room_url(&s, "room1"))
@@ -286,9 +282,8 @@ async fn bapi_01_chunked_body_without_content_length_is_411() {
 
 /// BAPI-01: a declared body over 256 KiB is refused with 413 before it is
 /// read; exactly 256 KiB is accepted.
-#[tokio::test]
-async fn bapi_01_body_over_256k_is_413_and_256k_is_accepted() {
-    let s = TestServer::start().await;
+async fn bapi_01_body_over_256k_is_413_and_256k_is_accepted(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut alice = s.user_in_room("alice", "room1", "talk-a").await;
 
     // Headers only: the server must answer from the declared length.
@@ -328,9 +323,8 @@ async fn bapi_01_body_over_256k_is_413_and_256k_is_accepted() {
 
 /// BAPI-01: the content type must start with `application/json` (else 400
 /// "Unsupported Content-Type"); parameters after it are fine.
-#[tokio::test]
-async fn bapi_01_content_type_must_be_json() {
-    let s = TestServer::start().await;
+async fn bapi_01_content_type_must_be_json(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let body = serde_json::to_vec(&room_message(json!({"x": 1}))).expect("json");
     let url = room_url(&s, "room1");
     let header = s.backend.url();
@@ -353,9 +347,8 @@ async fn bapi_01_content_type_must_be_json() {
 }
 
 /// BAPI-01: both checksum headers must be present and non-empty (else 403).
-#[tokio::test]
-async fn bapi_01_missing_checksum_headers_are_403() {
-    let s = TestServer::start().await;
+async fn bapi_01_missing_checksum_headers_are_403(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let body = serde_json::to_vec(&room_message(json!({"x": 1}))).expect("json");
     let url = room_url(&s, "room1");
     let header = s.backend.url();
@@ -382,9 +375,8 @@ async fn bapi_01_missing_checksum_headers_are_403() {
 
 /// BAPI-02: the checksum is HMAC-SHA256(secret, random ++ body); any other
 /// value is refused with 403 "Authentication check failed".
-#[tokio::test]
-async fn bapi_02_checksum_must_match_random_body_and_secret() {
-    let s = TestServer::start().await;
+async fn bapi_02_checksum_must_match_random_body_and_secret(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut alice = s.user_in_room("alice", "room1", "talk-a").await;
     let body = serde_json::to_vec(&room_message(json!({"n": 1}))).expect("json");
     let url = room_url(&s, "room1");
@@ -424,9 +416,8 @@ async fn bapi_02_checksum_must_match_random_body_and_secret() {
 
 /// BAPI-01: a body that is not JSON (but correctly signed) is 400
 /// "Could not read body".
-#[tokio::test]
-async fn bapi_01_invalid_json_body_is_400() {
-    let s = TestServer::start().await;
+async fn bapi_01_invalid_json_body_is_400(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let header = s.backend.url();
     let mut p = Post::signed(SECRET);
     p.backend_header = Some(&header);
@@ -548,9 +539,8 @@ async fn bapi_03_compat_backend_without_header() {
 
 /// BAPI-04: success is 200 with body `{}` (JSON); an unknown type is 400
 /// "Unsupported request type: <type>".
-#[tokio::test]
-async fn bapi_04_success_body_and_unknown_type() {
-    let s = TestServer::start().await;
+async fn bapi_04_success_body_and_unknown_type(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let r = s
         .backend_request("room1", room_message(json!({"x": 1})))
         .await;
@@ -595,9 +585,8 @@ async fn bapi_04_success_body_and_unknown_type() {
 
 /// BAPI-05: `invite` sends roomlist `invite` to the invited users and
 /// roomlist `update` to the other users of `alluserids`.
-#[tokio::test]
-async fn bapi_05_invite() {
-    let s = TestServer::start().await;
+async fn bapi_05_invite(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut alice = s.user("alice").await;
     let mut bob = s.user("bob").await;
     let props = json!({"name": "Room 1", "type": 3});
@@ -619,9 +608,8 @@ async fn bapi_05_invite() {
 
 /// BAPI-06: `disinvite` sends roomlist `disinvite` (reason `disinvited`) to
 /// the users and `update` to the remaining users.
-#[tokio::test]
-async fn bapi_06_disinvite() {
-    let s = TestServer::start().await;
+async fn bapi_06_disinvite(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut alice = s.user("alice").await;
     let mut bob = s.user("bob").await;
     let r = s
@@ -639,11 +627,88 @@ async fn bapi_06_disinvite() {
     assert_eq!(ev["event"]["update"]["roomid"], "room1");
 }
 
+/// Everything that arrives until the client has been quiet for `SHORT`.
+async fn drain(c: &mut TestClient) -> Vec<Value> {
+    let mut out = Vec::new();
+    while let Some(v) = c.recv_timeout(SHORT).await {
+        out.push(v);
+    }
+    out
+}
+
+/// `c` receives room events until it was told about the session `id`.
+async fn told_of(c: &mut TestClient, id: &str) {
+    c.recv_matching(|v| {
+        v["event"]["type"] == "join"
+            && v["event"]["join"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|e| e["sessionid"] == id))
+    })
+    .await;
+}
+
+/// A `disinvite` naming Talk session ids (as Talk sends for guests) reaches
+/// an anonymous session (in a cluster: on another node than the member
+/// named by user id and than the node the request is posted to); the
+/// member gets the roomlist update, nothing else.
+async fn bapi_06_disinvite_by_talk_session_reaches_a_guest(t: Topology) {
+    let s = TestServer::start_on(t).await;
+    let mut alice = s.user_in_room("alice", "room1", "talk-a").await;
+    let mut guest = s.client().await;
+    let r = guest
+        .hello_v1(
+            &s.backend.backend_url(),
+            json!({"userid": "", "ticket": "t"}),
+        )
+        .await;
+    assert_eq!(r["hello"]["userid"], "", "anonymous hello: {r}");
+    let r = guest.join_room("room1", "talk-g").await;
+    assert_eq!(r["room"]["roomid"], "room1", "{r}");
+    let (alice_id, guest_id) = (
+        alice.session_id().expect("id").to_owned(),
+        guest.session_id().expect("id").to_owned(),
+    );
+    told_of(&mut alice, &guest_id).await;
+    told_of(&mut guest, &alice_id).await;
+    drain(&mut alice).await;
+    drain(&mut guest).await;
+
+    let r = s
+        .backend_request(
+            "room1",
+            json!({"type": "disinvite", "disinvite": {"userids": [],
+                "sessionids": ["talk-g"], "alluserids": ["alice"],
+                "properties": {"name": "Room 1"}}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        guest.recv().await,
+        json!({"type": "event", "event": {"target": "roomlist", "type": "disinvite",
+            "disinvite": {"roomid": "room1", "reason": "disinvited"}}})
+    );
+    // The guest is out of the room; alice is told that and gets the
+    // roomlist update (in a cluster from different nodes, in either order).
+    let mut got = vec![alice.recv().await, alice.recv().await];
+    got.sort_by_key(|v| v["event"]["target"].to_string());
+    assert_eq!(
+        got,
+        vec![
+            json!({"type": "event", "event": {"target": "room", "type": "leave",
+                "leave": [guest_id]}}),
+            json!({"type": "event", "event": {"target": "roomlist", "type": "update",
+                "update": {"roomid": "room1", "properties": {"name": "Room 1"}}}}),
+        ]
+    );
+    // A disinvited guest has nothing left to do: its connection ends.
+    guest.expect_closed(Duration::from_secs(5)).await;
+    assert_eq!(drain(&mut alice).await, Vec::<Value>::new());
+}
+
 /// BAPI-07: `update` changes the room properties for the members and sends
 /// roomlist `update` to the listed users.
-#[tokio::test]
-async fn bapi_07_update() {
-    let s = TestServer::start().await;
+async fn bapi_07_update(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut alice = s.user_in_room("alice", "room1", "talk-a").await;
     let mut bob = s.user("bob").await;
     let props = json!({"name": "Renamed"});
@@ -664,9 +729,8 @@ async fn bapi_07_update() {
 
 /// BAPI-08: `delete` closes the room for its members and sends roomlist
 /// `disinvite` with reason `deleted` to the listed users.
-#[tokio::test]
-async fn bapi_08_delete() {
-    let s = TestServer::start().await;
+async fn bapi_08_delete(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut alice = s.user_in_room("alice", "room1", "talk-a").await;
     let mut bob = s.user("bob").await;
     let r = s
@@ -681,20 +745,14 @@ async fn bapi_08_delete() {
     assert_eq!(ev["event"]["disinvite"]["reason"], "deleted");
     let m = alice.recv_matching(|v| v["type"] == "room").await;
     assert_eq!(m["room"]["roomid"], "", "{m}");
-    assert_eventually!(
-        raw_request("GET", &format!("{}api/v1/stats", s.base()), &[], "")
-            .await
-            .json()["rooms"]
-            == 0
-    );
+    assert_eventually!(s.stats_sum("rooms").await == 0);
 }
 
 /// BAPI-09: `incall` translates Talk session ids to signaling session ids;
 /// entries without a live mapping are dropped, and nothing is sent when
 /// both lists end up empty.
-#[tokio::test]
-async fn bapi_09_incall_translates_session_ids() {
-    let s = TestServer::start().await;
+async fn bapi_09_incall_translates_session_ids(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut alice = s.user_in_room("alice", "room1", "talk-a").await;
     let alice_id = alice.session_id().expect("id").to_owned();
 
@@ -743,9 +801,8 @@ async fn bapi_09_incall_translates_session_ids() {
 /// BAPI-10: `participants` translates ids like `incall`, sends a
 /// participants update to the room, and a changed entry with `permissions`
 /// updates that session's permissions (observable: `control` becomes allowed).
-#[tokio::test]
-async fn bapi_10_participants_update_and_permissions() {
-    let s = TestServer::start().await;
+async fn bapi_10_participants_update_and_permissions(t: Topology) {
+    let s = TestServer::start_on(t).await;
     // Room answer with explicit permissions: no `control`.
     s.backend.set_room_handler(|body| {
         let room = body["room"]["roomid"].clone();
@@ -804,9 +861,8 @@ async fn bapi_10_participants_update_and_permissions() {
 }
 
 /// BAPI-11: `message` is forwarded to the room members as `event/room/message`.
-#[tokio::test]
-async fn bapi_11_message() {
-    let s = TestServer::start().await;
+async fn bapi_11_message(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut alice = s.user_in_room("alice", "room1", "talk-a").await;
     let mut other = s.user_in_room("bob", "room2", "talk-b").await;
     let data = json!({"type": "chat", "chat": {"refresh": true}});
@@ -828,9 +884,8 @@ async fn bapi_11_message() {
 /// BAPI-12: requests are applied to every matching session through the
 /// message bus: a user-targeted event reaches all sessions of that user, a
 /// room-scoped one every member (single node here; the bus is in-process).
-#[tokio::test]
-async fn bapi_12_requests_fan_out_to_all_sessions() {
-    let s = TestServer::start().await;
+async fn bapi_12_requests_fan_out_to_all_sessions(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a1 = s.user_in_room("alice", "room1", "talk-a1").await;
     let mut a2 = s.user("alice").await;
     let mut b = s.user_in_room("bob", "room1", "talk-b").await;
@@ -862,12 +917,18 @@ async fn bapi_12_requests_fan_out_to_all_sessions() {
 /// BAPI-13: the Talk-session → signaling-session lookup follows the local
 /// sessions: after the session leaves the room its Talk id no longer
 /// translates (the entry is dropped).
-#[tokio::test]
-async fn bapi_13_room_session_lookup_follows_local_sessions() {
-    let s = TestServer::start().await;
+async fn bapi_13_room_session_lookup_follows_local_sessions(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut alice = s.user_in_room("alice", "room1", "talk-a").await;
     let mut bob = s.user_in_room("bob", "room1", "talk-b").await;
     let bob_id = bob.session_id().expect("id").to_owned();
+    // alice's server knows bob once she is told he joined (in a cluster
+    // that news may come after the backend's request otherwise).
+    alice
+        .recv_matching(|v| {
+            v["event"]["type"] == "join" && v["event"]["join"][0]["sessionid"] == bob_id
+        })
+        .await;
     let incall = json!({"type": "incall", "incall": {"incall": 1,
         "changed": [{"sessionId": "talk-a", "inCall": 1}, {"sessionId": "talk-b", "inCall": 1}],
         "users": [{"sessionId": "talk-a", "inCall": 1}, {"sessionId": "talk-b", "inCall": 1}]}});
@@ -882,7 +943,7 @@ async fn bapi_13_room_session_lookup_follows_local_sessions() {
     );
 
     bob.bye().await;
-    assert_eventually!(stats_sessions(&s.base()).await == 1);
+    assert_eventually!(s.stats_sum("sessions").await == 1);
     assert_eq!(s.backend_request("room1", incall).await.status, 200);
     let ev = alice
         .recv_matching(|v| {
@@ -904,9 +965,8 @@ async fn bapi_13_room_session_lookup_follows_local_sessions() {
 /// BCL-01: headers of our requests (auth and room): JSON content type and
 /// accept, `OCS-APIRequest: true`, our User-Agent, the features header, and a
 /// fresh 64-hex-char random with a valid checksum.
-#[tokio::test]
-async fn bcl_01_request_headers() {
-    let s = TestServer::start().await;
+async fn bcl_01_request_headers(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut alice = s.user("alice").await;
     let hello_features: Vec<String> = {
         let mut c = s.client().await;
@@ -956,9 +1016,8 @@ async fn bcl_01_request_headers() {
 
 /// BCL-02: an answer that is not `application/json` makes the hello fail
 /// with `internal_error` / "unsupported_content_type" (what upstream sends).
-#[tokio::test]
-async fn bcl_02_non_json_answer_fails_hello() {
-    let s = TestServer::start().await;
+async fn bcl_02_non_json_answer_fails_hello(t: Topology) {
+    let s = TestServer::start_on(t).await;
     s.backend
         .set_auth_handler(|_| Reply::raw(200, Some("text/html"), "<html>login</html>"));
     let mut c = s.client().await;
@@ -971,7 +1030,7 @@ async fn bcl_02_non_json_answer_fails_hello() {
     assert_eq!(r["type"], "error", "{r}");
     assert_eq!(r["error"]["code"], "internal_error");
     assert_eq!(r["error"]["message"], "unsupported_content_type");
-    assert_eq!(stats_sessions(&s.base()).await, 0);
+    assert_eq!(s.stats_sum("sessions").await, 0);
 
     // The connection can still say hello once the backend behaves.
     s.backend.clear_handler("auth");
@@ -987,9 +1046,8 @@ async fn bcl_02_non_json_answer_fails_hello() {
 /// BCL-02: the OCS envelope is unwrapped (the auth data and an error inside
 /// it are used); a JSON answer without envelope or with `data: null` is an
 /// incomplete OCS response.
-#[tokio::test]
-async fn bcl_02_ocs_envelope_is_unwrapped() {
-    let s = TestServer::start().await;
+async fn bcl_02_ocs_envelope_is_unwrapped(t: Topology) {
+    let s = TestServer::start_on(t).await;
     s.backend.set_auth_handler(|body| {
         match body["auth"]["params"]["userid"].as_str().unwrap_or("") {
             "refused" => Reply::error("invalid_ticket", "The ticket is not valid."),
@@ -1034,13 +1092,12 @@ async fn bcl_02_ocs_envelope_is_unwrapped() {
             assert_eq!(r["error"]["message"], m, "{user}: {r}");
         }
     }
-    assert_eq!(stats_sessions(&s.base()).await, 1);
+    assert_eq!(s.stats_sum("sessions").await, 1);
 }
 
 /// BCL-03: shapes of the auth request and of the room join/leave requests.
-#[tokio::test]
-async fn bcl_03_auth_and_room_request_bodies() {
-    let s = TestServer::start().await;
+async fn bcl_03_auth_and_room_request_bodies(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut c = s.client().await;
     let params = json!({"userid": "alice", "ticket": "tkt", "extra": [1, 2]});
     let r = c.hello_v1(&s.backend.backend_url(), params.clone()).await;
@@ -1079,6 +1136,7 @@ async fn bcl_03_auth_and_room_request_bodies() {
 /// BCL-04: with `signaling-v3` among the capabilities, requests go to the v3
 /// backend path although the client named the v1 URL; capabilities are
 /// fetched once and cached.
+// Single server only: capabilities are cached per server.
 #[tokio::test]
 async fn bcl_04_signaling_v3_capability_rewrites_path() {
     let s = TestServer::start().await;
@@ -1104,9 +1162,8 @@ async fn bcl_04_signaling_v3_capability_rewrites_path() {
 
 /// BCL-04: without `signaling-v3` (or when the capabilities cannot be read)
 /// the client's URL is used as is.
-#[tokio::test]
-async fn bcl_04_without_v3_capability_path_is_kept() {
-    let s = TestServer::start().await;
+async fn bcl_04_without_v3_capability_path_is_kept(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let _a = s.user("alice").await;
     let auth = s.backend.wait_for_request("auth", DEFAULT_TIMEOUT).await;
     assert_eq!(auth.path, format!("/{BACKEND_SUFFIX}"));
@@ -1222,9 +1279,8 @@ async fn bcl_05_redirects_only_within_the_same_host() {
 /// BCL-06: a backend slower than `[backend] timeout` fails the hello with
 /// `internal_error`; the late answer does not register a session, and the
 /// connection can say hello again.
-#[tokio::test]
-async fn bcl_06_backend_timeout_fails_hello_without_half_registered_session() {
-    let s = TestServer::start_with("[backend]\ntimeout = 1\n").await;
+async fn bcl_06_backend_timeout_fails_hello_without_half_registered_session(t: Topology) {
+    let s = TestServer::start_on_with(t, "[backend]\ntimeout = 1\n").await;
     let late = Duration::from_millis(2500);
     s.backend.set_auth_handler(move |body| {
         if body["auth"]["params"]["userid"] == "slow" {
@@ -1246,7 +1302,7 @@ async fn bcl_06_backend_timeout_fails_hello_without_half_registered_session() {
         took >= Duration::from_millis(900) && took < late,
         "timed out after {took:?}"
     );
-    assert_eq!(stats_sessions(&s.base()).await, 0);
+    assert_eq!(s.stats_sum("sessions").await, 0);
 
     // Hello again before the slow answer arrives; then let it arrive.
     let r = c
@@ -1256,7 +1312,7 @@ async fn bcl_06_backend_timeout_fails_hello_without_half_registered_session() {
     assert_eq!(r["hello"]["userid"], "alice");
     let remaining = late.saturating_sub(start.elapsed()) + Duration::from_millis(300);
     c.expect_no_message(remaining).await;
-    assert_eq!(stats_sessions(&s.base()).await, 1);
+    assert_eq!(s.stats_sum("sessions").await, 1);
 }
 
 // ----- BCFG: backend configuration -----------------------------------------------
@@ -1554,9 +1610,8 @@ async fn bcfg_05_user_and_room_subjects_are_per_backend() {
 /// BCFG-06: reload adds and removes backends: clients of an added backend can
 /// say hello afterwards, clients of a removed one cannot; the backend gauge
 /// follows.
-#[tokio::test]
-async fn bcfg_06_reload_adds_and_removes_backends() {
-    let s = TestServer::start().await;
+async fn bcfg_06_reload_adds_and_removes_backends(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let b2 = FakeBackend::start(SECRET2).await;
     let url2 = b2.backend_url();
     let (_c, r) = hello_at(s.addr, &url2, "bob").await;
@@ -1649,9 +1704,8 @@ async fn bcfg_07_bitrate_settings_are_accepted() {
 /// A request posted again exactly as it was (same random, checksum and
 /// body) is a replay: refused with 403, logged and counted, and carried out
 /// once only. A fresh random with the same body is a new request.
-#[tokio::test]
-async fn replayed_request_is_refused() {
-    let s = TestServer::start().await;
+async fn replayed_request_is_refused(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut alice = s.user_in_room("alice", "room1", "talk-a").await;
     alice.expect_event("room", "join").await;
     let body = serde_json::to_vec(&room_message(json!({"n": 1}))).expect("json");
@@ -1687,9 +1741,8 @@ async fn replayed_request_is_refused() {
 
 /// Legitimate traffic is never refused: many requests in a row, each with
 /// its own random, all accepted.
-#[tokio::test]
-async fn fresh_randoms_are_never_refused() {
-    let s = TestServer::start().await;
+async fn fresh_randoms_are_never_refused(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let body = serde_json::to_vec(&room_message(json!({"n": 1}))).expect("json");
     let url = room_url(&s, "room9");
     let header = s.backend.url();
@@ -1699,3 +1752,32 @@ async fn fresh_randoms_are_never_refused() {
         assert_eq!(p.send(&url, &body).await.status, 200, "request {i}");
     }
 }
+
+both_topologies!(
+    bapi_01_chunked_body_without_content_length_is_411,
+    bapi_01_body_over_256k_is_413_and_256k_is_accepted,
+    bapi_01_content_type_must_be_json,
+    bapi_01_missing_checksum_headers_are_403,
+    bapi_02_checksum_must_match_random_body_and_secret,
+    bapi_01_invalid_json_body_is_400,
+    bapi_04_success_body_and_unknown_type,
+    bapi_05_invite,
+    bapi_06_disinvite,
+    bapi_06_disinvite_by_talk_session_reaches_a_guest,
+    bapi_07_update,
+    bapi_08_delete,
+    bapi_09_incall_translates_session_ids,
+    bapi_10_participants_update_and_permissions,
+    bapi_11_message,
+    bapi_12_requests_fan_out_to_all_sessions,
+    bapi_13_room_session_lookup_follows_local_sessions,
+    bcl_01_request_headers,
+    bcl_02_non_json_answer_fails_hello,
+    bcl_02_ocs_envelope_is_unwrapped,
+    bcl_03_auth_and_room_request_bodies,
+    bcl_04_without_v3_capability_path_is_kept,
+    bcl_06_backend_timeout_fails_hello_without_half_registered_session,
+    bcfg_06_reload_adds_and_removes_backends,
+    replayed_request_is_refused,
+    fresh_randoms_are_never_refused,
+);

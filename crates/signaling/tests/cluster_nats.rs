@@ -566,14 +566,16 @@ async fn session_limit_counts_every_node() {
     assert_eq!(r["type"], "hello", "{r}");
     let (mut bob, r) = hello(b, "bob").await;
     assert_eq!(r["type"], "hello", "{r}");
-    // Counts go out within a housekeeping round (1 s) when they change.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A hello asks the nodes it knows of for their counts at once.
+    while sa.hub.live_nodes() == 0 || sb.hub.live_nodes() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     for node in [a, b] {
         let (_c, r) = hello(node, "carol").await;
         assert_eq!(r["error"]["code"], "session_limit_exceeded", "{r}");
     }
     bob.bye().await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    bob.expect_closed(Duration::from_secs(5)).await;
     let (_c, r) = hello(a, "carol").await;
     assert_eq!(r["type"], "hello", "{r}");
 }

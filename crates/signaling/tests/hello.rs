@@ -1032,9 +1032,8 @@ async fn hel_06_internal_hello_without_secret() {
 /// HEL-07: with `sessionlimit = 1` a second client session is refused while
 /// the first exists (also while it waits for resume); internal sessions are
 /// not counted; after bye there is room again.
-#[tokio::test]
-async fn hel_07_backend_session_limit() {
-    let s = TestServer::start_with("[backend1]\nsessionlimit = 1\n").await;
+async fn hel_07_backend_session_limit(t: Topology) {
+    let s = TestServer::start_on_with(t, "[backend1]\nsessionlimit = 1\n").await;
     let url = s.backend.backend_url();
     let first = s.user("alice").await;
     let mut c = s.client().await;
@@ -1061,6 +1060,29 @@ async fn hel_07_backend_session_limit() {
     assert_eq!(bye["type"], "bye");
     first.expect_closed(Duration::from_secs(5)).await;
     let r = c.hello_v1(&url, user_params("bob")).await;
+    assert_eq!(r["type"], "hello", "limit not released after bye: {r}");
+}
+
+/// `sessionlimit` holds for all the servers at the moment of a hello: with
+/// a limit of 2 and two sessions (in a cluster: on the two other nodes), a
+/// third hello is refused at once, and accepted as soon as one of them said
+/// bye.
+async fn hel_07_session_limit_at_the_moment_of_hello(t: Topology) {
+    let s = TestServer::start_on_with(t, "[backend1]\nsessionlimit = 2\n").await;
+    let url = s.backend.backend_url();
+    let _alice = s.user("alice").await;
+    let mut bob = s.user("bob").await;
+    let mut c = s.client().await;
+    let r = c.hello_v1(&url, user_params("carol")).await;
+    assert_eq!(
+        r,
+        json!({"id": "1", "type": "error", "error": {
+            "code": "session_limit_exceeded",
+            "message": "Too many sessions connected for this backend."}})
+    );
+    assert_eq!(bob.bye().await["type"], "bye");
+    bob.expect_closed(Duration::from_secs(5)).await;
+    let r = c.hello_v1(&url, user_params("carol")).await;
     assert_eq!(r["type"], "hello", "limit not released after bye: {r}");
 }
 
@@ -1958,3 +1980,8 @@ async fn sid_04_session_key_validation() {
         sid.as_str()
     );
 }
+
+both_topologies!(
+    hel_07_backend_session_limit,
+    hel_07_session_limit_at_the_moment_of_hello,
+);

@@ -6,6 +6,8 @@
 //! "Not delivered" is checked with markers where possible: messages of one
 //! sender are handled in order, so when a later marker from the same sender
 //! (or one causally after it) arrives first, the earlier message was dropped.
+// Test bodies are plain functions run by `both_topologies!`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 use common::*;
 
@@ -66,9 +68,8 @@ fn permissions_by_user(s: &TestServer, map: &'static [(&'static str, &'static [&
 
 /// RTE-01/05: a session recipient gets exactly
 /// `{type:"message", message:{sender:{type:"session", sessionid, userid}, data}}`.
-#[tokio::test]
-async fn rte_01_message_to_session() {
-    let s = TestServer::start().await;
+async fn rte_01_message_to_session(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut alice = s.user("alice").await;
     let mut bob = s.user("bob").await;
     let (alice_id, bob_id) = (id_of(&alice), id_of(&bob));
@@ -94,9 +95,8 @@ async fn rte_01_message_to_session() {
 
 /// RTE-01: messages to one's own session are dropped (also via the user
 /// recipient, RTE-03).
-#[tokio::test]
-async fn rte_01_messages_to_self_are_dropped() {
-    let s = TestServer::start().await;
+async fn rte_01_messages_to_self_are_dropped(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut alice = s.user("alice").await;
     let mut bob = s.user("bob").await;
     let (alice_id, bob_id) = (id_of(&alice), id_of(&bob));
@@ -157,9 +157,8 @@ async fn rte_02_other_backend_recipient_is_ignored() {
 
 /// RTE-03: a user recipient reaches every session of that user (sender type
 /// `user`); a user id nobody has is silently dropped.
-#[tokio::test]
-async fn rte_03_user_recipient_reaches_all_sessions() {
-    let s = TestServer::start().await;
+async fn rte_03_user_recipient_reaches_all_sessions(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a1 = s.user("alice").await;
     let mut a2 = s.user("alice").await;
     let mut bob = s.user("bob").await;
@@ -184,9 +183,8 @@ async fn rte_03_user_recipient_reaches_all_sessions() {
 
 /// RTE-03: sending to one's own user id is dropped entirely, including for
 /// the user's other sessions.
-#[tokio::test]
-async fn rte_03_own_user_id_is_dropped() {
-    let s = TestServer::start().await;
+async fn rte_03_own_user_id_is_dropped(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a1 = s.user("alice").await;
     let mut a2 = s.user("alice").await;
     let a2_id = id_of(&a2);
@@ -202,9 +200,8 @@ async fn rte_03_own_user_id_is_dropped() {
 
 /// RTE-04: a room recipient reaches all other members of the sender's room
 /// (sender type `room`), not the sender and not other rooms.
-#[tokio::test]
-async fn rte_04_room_recipient() {
-    let s = TestServer::start().await;
+async fn rte_04_room_recipient(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = s.user_in_room("alice", "room1", "talk-a").await;
     let mut b = s.user_in_room("bob", "room1", "talk-b").await;
     let mut c = s.user_in_room("carol", "room1", "talk-c").await;
@@ -240,9 +237,8 @@ async fn rte_04_room_recipient() {
 }
 
 /// RTE-04: a room message from a session in no room is ignored (no error).
-#[tokio::test]
-async fn rte_04_room_recipient_without_room_is_ignored() {
-    let s = TestServer::start().await;
+async fn rte_04_room_recipient_without_room_is_ignored(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut lonely = s.user("alice").await;
     let mut b = s.user_in_room("bob", "room1", "talk-b").await;
     let b_id = id_of(&b);
@@ -263,9 +259,8 @@ async fn rte_04_room_recipient_without_room_is_ignored() {
 // ----- RTE-05 -----------------------------------------------------------------
 
 /// RTE-05: an anonymous sender has no `userid` in `sender`.
-#[tokio::test]
-async fn rte_05_anonymous_sender_has_no_userid() {
-    let s = TestServer::start().await;
+async fn rte_05_anonymous_sender_has_no_userid(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut guest = s.client().await;
     let r = guest.hello_v1(&s.backend.backend_url(), json!({})).await;
     assert_eq!(r["type"], "hello", "{r}");
@@ -332,9 +327,8 @@ async fn next_text(ws: &mut Ws, pred: impl Fn(&str) -> bool) -> String {
 
 /// RTE-05: `data` is passed on as sent (key order and number spelling kept;
 /// only insignificant whitespace may go, as with upstream's raw JSON).
-#[tokio::test]
-async fn rte_05_data_passed_through_unmodified() {
-    let s = TestServer::start().await;
+async fn rte_05_data_passed_through_unmodified(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut alice = s.user("alice").await;
     let (mut bob, bob_id) = raw_user(s.addr, &s.backend.backend_url(), "bob").await;
     let data =
@@ -354,6 +348,8 @@ async fn rte_05_data_passed_through_unmodified() {
 
 /// RTE-06: a message to a virtual session goes to the internal client that
 /// owns it, with `recipient` naming the virtual session's own id.
+// Single server only for now: an `addsession` for a room hosted only on
+// other nodes is ignored (as upstream); see the topology report.
 #[tokio::test]
 async fn rte_06_message_to_virtual_session_reaches_owner() {
     let s = TestServer::start().await;
@@ -408,9 +404,8 @@ async fn rte_06_message_to_virtual_session_reaches_owner() {
 
 /// RTE-07: unknown or invalid session ids are dropped silently (no error to
 /// the sender, nothing to anybody else).
-#[tokio::test]
-async fn rte_07_unknown_recipient_is_silently_dropped() {
-    let s = TestServer::start().await;
+async fn rte_07_unknown_recipient_is_silently_dropped(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut alice = s.user("alice").await;
     let mut bob = s.user("bob").await;
     let mut gone = s.user("carol").await;
@@ -436,9 +431,8 @@ async fn rte_07_unknown_recipient_is_silently_dropped() {
 /// RTE-07: missing `data`, missing session/user id, and unknown or missing
 /// recipient types are `invalid_format` errors carrying the request id —
 /// for `message` and `control` alike.
-#[tokio::test]
-async fn rte_07_invalid_messages_are_invalid_format() {
-    let s = TestServer::start().await;
+async fn rte_07_invalid_messages_are_invalid_format(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut alice = s.user("alice").await;
     let mut bob = s.user("bob").await;
     let bob_id = id_of(&bob);
@@ -507,9 +501,8 @@ const MOD_AND_USER: &[(&str, &[&str])] = &[
 /// RTE-08: `control` is accepted only from sessions with the `control`
 /// permission and delivered as `{type:"control", control:{sender, data}}`;
 /// from others it is silently ignored.
-#[tokio::test]
-async fn rte_08_control_requires_permission() {
-    let s = TestServer::start().await;
+async fn rte_08_control_requires_permission(t: Topology) {
+    let s = TestServer::start_on(t).await;
     permissions_by_user(&s, MOD_AND_USER);
     let mut m = s.user_in_room("moderator", "room1", "talk-m").await;
     let mut u = s.user_in_room("attendee", "room1", "talk-u").await;
@@ -541,9 +534,8 @@ async fn rte_08_control_requires_permission() {
 
 /// RTE-08: control to the room reaches the other members (not the sender);
 /// control to a user reaches all of that user's sessions.
-#[tokio::test]
-async fn rte_08_control_to_room_and_user() {
-    let s = TestServer::start().await;
+async fn rte_08_control_to_room_and_user(t: Topology) {
+    let s = TestServer::start_on(t).await;
     permissions_by_user(&s, MOD_AND_USER);
     let mut m = s.user_in_room("moderator", "room1", "talk-m").await;
     let mut u1 = s.user_in_room("attendee", "room1", "talk-u1").await;
@@ -576,9 +568,8 @@ async fn rte_08_control_to_room_and_user() {
 
 /// RTE-08: internal clients may always send control messages (sender has no
 /// user id).
-#[tokio::test]
-async fn rte_08_control_from_internal_client() {
-    let s = TestServer::start().await;
+async fn rte_08_control_from_internal_client(t: Topology) {
+    let s = TestServer::start_on(t).await;
     permissions_by_user(&s, MOD_AND_USER);
     let mut u = s.user_in_room("attendee", "room1", "talk-u").await;
     let u_id = id_of(&u);
@@ -604,9 +595,8 @@ async fn rte_08_control_from_internal_client() {
 /// RTE-08: sessions that never got a permission list from Nextcloud (older
 /// Talk) are treated as having all permissions except hiding display names,
 /// so their control messages are accepted (upstream `hasPermissionLocked`).
-#[tokio::test]
-async fn rte_08_control_allowed_without_permission_list() {
-    let s = TestServer::start().await;
+async fn rte_08_control_allowed_without_permission_list(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = s.user_in_room("alice", "room1", "talk-a").await;
     let mut b = s.user("bob").await;
     let b_id = id_of(&b);
@@ -626,6 +616,8 @@ async fn rte_08_control_allowed_without_permission_list() {
 /// RTE-01 / SID-01: any valid encoding of a session's public id reaches it
 /// (upstream looks recipients up by the session number inside the id; its
 /// benchmark client derives public ids from resume ids this way).
+// Single server only for now: in a cluster a re-encoded id is not the
+// subject the holder listens on (as upstream); see the topology report.
 #[tokio::test]
 async fn rte_01_reencoded_public_id_reaches_the_session() {
     let s = TestServer::start().await;
@@ -645,3 +637,20 @@ async fn rte_01_reencoded_public_id_reaches_the_session() {
     let m = b.expect_type("message").await;
     assert_eq!(m["message"]["data"]["x"], 1);
 }
+
+both_topologies!(
+    rte_01_message_to_session,
+    rte_01_messages_to_self_are_dropped,
+    rte_03_user_recipient_reaches_all_sessions,
+    rte_03_own_user_id_is_dropped,
+    rte_04_room_recipient,
+    rte_04_room_recipient_without_room_is_ignored,
+    rte_05_anonymous_sender_has_no_userid,
+    rte_05_data_passed_through_unmodified,
+    rte_07_unknown_recipient_is_silently_dropped,
+    rte_07_invalid_messages_are_invalid_format,
+    rte_08_control_requires_permission,
+    rte_08_control_to_room_and_user,
+    rte_08_control_from_internal_client,
+    rte_08_control_allowed_without_permission_list,
+);

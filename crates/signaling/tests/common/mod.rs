@@ -18,11 +18,58 @@ pub const INTERNAL_SECRET: &str = "the-internal-secret";
 pub const HASH_KEY: &str = "0123456789abcdef0123456789abcdef";
 pub const BLOCK_KEY: &str = "fedcba9876543210";
 
-/// One server plus its fake backend.
+/// Which servers a test talks to: one, or three of ours joined by a real
+/// `nats-server` (the same test, the same assertions: a cluster must behave
+/// exactly like one server).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topology {
+    Single,
+    Cluster,
+}
+
+/// Nodes of [`Topology::Cluster`].
+pub const CLUSTER_NODES: usize = 3;
+
+/// One server (or a cluster of three) plus the fake backend. `addr` and
+/// `server` are the first node; clients from [`TestServer::client`] go to
+/// the nodes in turn and backend requests to the node after the last
+/// client's, so in a cluster they are never posted where the newest
+/// session is.
 pub struct TestServer {
     pub addr: SocketAddr,
     pub server: Arc<Server>,
     pub backend: FakeBackend,
+    pub topology: Topology,
+    /// Every node, the first one being `addr`/`server`.
+    pub nodes: Vec<(Arc<Server>, SocketAddr)>,
+    /// Clients handed out so far (the next one goes to node `n % nodes`).
+    handed_out: std::sync::atomic::AtomicUsize,
+    /// Dropped after the servers' fields (field order).
+    nats: Option<NatsServer>,
+}
+
+/// Generate one `#[tokio::test]` per topology for each listed
+/// `async fn name(t: Topology)`: `single::name` and `cluster::name`.
+#[macro_export]
+macro_rules! both_topologies {
+    ($($name:ident),* $(,)?) => {
+        mod single {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::common::Topology::Single).await
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::common::Topology::Cluster).await
+                }
+            )*
+        }
+    };
 }
 
 /// Configuration with one backend (`backend1`) pointing at `backend_url`.
@@ -45,23 +92,76 @@ impl TestServer {
 
     /// Start with extra config text appended (later keys override earlier ones).
     pub async fn start_with(extra: &str) -> TestServer {
+        Self::start_on_with(Topology::Single, extra).await
+    }
+
+    pub async fn start_on(topology: Topology) -> TestServer {
+        Self::start_on_with(topology, "").await
+    }
+
+    /// One server, or three on a fresh `nats-server` (presence reported
+    /// every second), each with `extra` appended to its configuration.
+    /// Returns once every node is connected to NATS and knows the others.
+    pub async fn start_on_with(topology: Topology, extra: &str) -> TestServer {
         let backend = FakeBackend::start(SECRET).await;
-        let text = config_for(&backend.url(), extra);
-        let server = start_server(&text).await;
+        let (nats, nodes) = match topology {
+            Topology::Single => {
+                let server = start_server(&config_for(&backend.url(), extra)).await;
+                (None, vec![server])
+            }
+            Topology::Cluster => {
+                let nats = NatsServer::start().await.expect("nats-server starts");
+                let extra = format!(
+                    "[nats]\nurl = {}\npresenceinterval = 1\n{extra}",
+                    nats.url()
+                );
+                let text = config_for(&backend.url(), &extra);
+                let mut nodes = Vec::new();
+                for _ in 0..CLUSTER_NODES {
+                    nodes.push(start_server(&text).await);
+                }
+                wait_cluster_ready(&nodes).await;
+                (Some(nats), nodes)
+            }
+        };
         TestServer {
-            addr: server.1,
-            server: server.0,
+            addr: nodes[0].1,
+            server: nodes[0].0.clone(),
             backend,
+            topology,
+            nodes,
+            handed_out: Default::default(),
+            nats,
         }
     }
 
+    pub fn is_cluster(&self) -> bool {
+        self.topology == Topology::Cluster
+    }
+
+    /// The node the next client goes to (counted as handed out).
+    pub fn next_addr(&self) -> SocketAddr {
+        let n = self
+            .handed_out
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.nodes[n % self.nodes.len()].1
+    }
+
+    /// The node backend requests go to: the one after the last client's.
+    pub fn backend_addr(&self) -> SocketAddr {
+        let n = self.handed_out.load(std::sync::atomic::Ordering::Relaxed);
+        self.nodes[n % self.nodes.len()].1
+    }
+
+    /// Websocket URL of the next node in turn.
     pub fn ws_url(&self) -> String {
-        spreed_url(self.addr)
+        spreed_url(self.next_addr())
     }
 
     /// Base URL of the server's HTTP API, with trailing slash.
+    /// (In a cluster: of the node backend requests go to.)
     pub fn base(&self) -> String {
-        format!("http://{}/", self.addr)
+        format!("http://{}/", self.backend_addr())
     }
 
     /// A connected client that ignores the `welcome` message (tests of the
@@ -85,11 +185,48 @@ impl TestServer {
         c
     }
 
+    /// `key` of `/api/v1/stats` (sessions, rooms, ...) added up over all
+    /// nodes: what one server alone reports.
+    pub async fn stats_sum(&self, key: &str) -> u64 {
+        let mut sum = 0;
+        for (_, addr) in &self.nodes {
+            let r = raw_request("GET", &format!("http://{addr}/api/v1/stats"), &[], "").await;
+            assert_eq!(r.status, 200, "stats: {}", r.text());
+            sum += r.json()[key]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no {key} in stats {}", r.text()));
+        }
+        sum
+    }
+
     /// Send a signed backend request to our `/api/v1/room/<room>`.
     pub async fn backend_request(&self, room: &str, body: Value) -> HttpResponse {
         self.backend
             .send_room_request(&self.base(), room, &body)
             .await
+    }
+}
+
+/// Every node connected to NATS and knowing all the others (their
+/// `cluster.nodes` reports arrived), so cluster questions wait for exactly
+/// the live nodes.
+async fn wait_cluster_ready(nodes: &[(Arc<Server>, SocketAddr)]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for (s, _) in nodes {
+        let bus = s.nats.clone().expect("a NATS bus, not the in-process one");
+        tokio::time::timeout_at(deadline, bus.wait_connected(true))
+            .await
+            .expect("connected to NATS");
+    }
+    while nodes
+        .iter()
+        .any(|(s, _)| s.hub.live_nodes() + 1 < nodes.len())
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the nodes never learnt about each other"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
