@@ -16,7 +16,7 @@ GO=${GO_SIGNALING_SERVER:-/usr/bin/nextcloud-spreed-signaling-server}
 PORT=${BENCH_PORT:-28080}
 mkdir -p "$OUT"
 [ -x "$GO" ] || { echo "missing $GO (apt-get install nextcloud-spreed-signaling)"; exit 1; }
-cargo build --release -q -p signaling -p client
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release -q -p signaling -p client
 TARGET=${CARGO_TARGET_DIR:-target}
 OURS=$TARGET/release/signaling
 CLIENT=$TARGET/release/client
