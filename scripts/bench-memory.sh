@@ -18,6 +18,7 @@ PORT=${BENCH_PORT:-28090}
 GO=${GO_SIGNALING_SERVER:-/usr/bin/nextcloud-spreed-signaling-server}
 GO2=${GO2_SIGNALING_SERVER:-}
 mkdir -p "$OUT"
+rm -f "$OUT/parts.txt"
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release -q -p signaling -p client
 TARGET=${CARGO_TARGET_DIR:-target}
 OURS=$TARGET/release/signaling
@@ -41,6 +42,9 @@ loglevel = warn
 CONF
 
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+# Anonymous and file-backed parts (code pages first touched during the
+# spike stay in the page cache and count as file-backed RSS).
+parts() { awk '/^RssAnon|^RssFile/ {printf "%s %d MiB ", $1, $2 / 1024}' "/proc/$1/status"; }
 sessions() {
   curl -sf "http://127.0.0.1:$PORT/api/v1/stats" | sed -n 's/.*"sessions": *\([0-9]*\).*/\1/p'
 }
@@ -57,6 +61,7 @@ measure() { # $1 = name, $2 = binary
   local base peak after10 after30 after60
   base=$(rss "$spid")
   peak=$base
+  echo "$name baseline: $(parts "$spid")" >>"$OUT/parts.txt"
   (
     while kill -0 "$spid" 2>/dev/null; do rss "$spid" 2>/dev/null || true; sleep 0.2; done
   ) >"$OUT/rss-$name.txt" &
@@ -70,6 +75,7 @@ measure() { # $1 = name, $2 = binary
   sleep 10; after10=$(rss "$spid")
   sleep 20; after30=$(rss "$spid")
   sleep 30; after60=$(rss "$spid")
+  echo "$name +60 s: $(parts "$spid")" >>"$OUT/parts.txt"
   kill "$sampler" 2>/dev/null || true
   peak=$(sort -n "$OUT/rss-$name.txt" | tail -1)
   kill "$spid"; wait "$spid" 2>/dev/null || true
@@ -85,4 +91,5 @@ echo "|---|---:|---:|---:|---:|---:|---:|"
 measure ours "$OURS"
 [ -x "$GO" ] && measure go-0.4.1 "$GO"
 [ -n "$GO2" ] && [ -x "$GO2" ] && measure go-2.0.2 "$GO2"
-true
+echo
+cat "$OUT/parts.txt"
