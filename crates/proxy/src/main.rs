@@ -4,11 +4,6 @@
 use clap::{Parser, Subcommand};
 use runtime::cli::{CheckArgs, ConfigArgs};
 
-/// jemalloc returns freed memory to the system (settings in
-/// `.cargo/config.toml`).
-#[global_allocator]
-static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 /// `proxy check`: the common flags, and key pairs to compare.
 #[derive(Debug, clap::Args)]
 struct ProxyCheckArgs {

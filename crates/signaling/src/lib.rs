@@ -8,6 +8,7 @@ pub mod check;
 mod routes;
 pub mod schema;
 pub mod status;
+pub mod trim;
 pub mod turn;
 pub mod ws;
 
@@ -216,6 +217,7 @@ impl Server {
         let hub = Hub::new(settings, backends, bus, metrics, mcu)?;
         let shutdown = Shutdown::new();
         hub.spawn_housekeeping(shutdown.token.clone());
+        trim::spawn(hub.clone(), shutdown.token.clone());
         if let Some(nats) = &nats {
             hub.start_cluster(nats.clone(), shutdown.token.clone());
         }

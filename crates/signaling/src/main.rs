@@ -5,11 +5,6 @@
 use clap::{Parser, Subcommand};
 use runtime::cli::{CheckArgs, ConfigArgs};
 
-/// jemalloc returns freed memory to the system (settings in
-/// `.cargo/config.toml`).
-#[global_allocator]
-static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 const AFTER_HELP: &str = "\
 Signals:
   SIGHUP           re-read the configuration (backends, log level, certificate,
