@@ -689,10 +689,8 @@ async fn room_10_leave_notifies_backend(t: Topology) {
 /// ROOM-07: a second session joining with the same Talk session id closes
 /// the first with `bye` reason `room_session_reconnected`; the old session
 /// leaves the room (leave event) without a backend leave notification.
-// Single server only for now: open cluster difference (the old session sees the new one join before its bye).
-#[tokio::test]
-async fn room_07_same_talk_session_closes_older_session() {
-    let s = TestServer::start().await;
+async fn room_07_same_talk_session_closes_older_session(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a1 = first_in_room(&s, "alice", "room1", "talk-a").await;
     let a1_id = a1.session_id().unwrap().to_owned();
     let mut c = s.user("carol").await;
@@ -1726,6 +1724,7 @@ both_topologies!(
     perm_03_participants_request_updates_permissions,
     perm_05_without_mcu_offers_are_forwarded_regardless_of_permissions,
     room_06_rejoin_is_noop_and_switch_leaves_previous_room,
+    room_07_same_talk_session_closes_older_session,
     room_09_leave_reply_and_silent_leave_outside_room,
     room_09_anonymous_leave_restarts_join_timer,
     room_10_leave_notifies_backend,
