@@ -1270,6 +1270,11 @@ impl Room {
                 .iter()
                 .map(|(id, u)| (id.to_string(), u.clone()))
                 .collect(),
+            properties: if transient {
+                st.properties.clone()
+            } else {
+                None
+            },
         })
     }
 
@@ -1470,9 +1475,13 @@ impl Room {
     }
 
     /// After the answers of every node were applied (members on a third
-    /// node are known only then): the call state they sent.
+    /// node are known only then): the call state and the properties of
+    /// the existing room they sent.
     pub(crate) fn learn_tracked_from(&self, answers: &[proto::cluster::RoomPresence]) {
         let mut st = self.state.lock();
+        if let Some(p) = answers.iter().find_map(|p| p.properties.as_ref()) {
+            st.properties = Some(p.clone());
+        }
         for p in answers {
             Self::learn_tracked(&mut st, &p.tracked);
         }

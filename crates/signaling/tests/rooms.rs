@@ -168,10 +168,8 @@ async fn room_01_join_posts_room_request_with_talk_session_id(t: Topology) {
 /// ROOM-08: the reply echoes the request id and carries the room
 /// properties; a room is created on first use, so a later joiner gets the
 /// properties of the existing room object, not the backend's new answer.
-// Single server only for now: open cluster difference (a node keeps the room properties of its own first join answer).
-#[tokio::test]
-async fn room_08_join_reply_echoes_id_and_room_properties() {
-    let s = TestServer::start().await;
+async fn room_08_join_reply_echoes_id_and_room_properties(t: Topology) {
+    let s = TestServer::start_on(t).await;
     s.backend.set_room_handler(|body| {
         if body["room"]["action"] == "leave" {
             return Reply::Default;
@@ -924,10 +922,8 @@ async fn room_14_leave_event_on_leave_and_bye(t: Topology) {
 /// ROOM-16: backend `update` pushes the new properties as an unsolicited
 /// `room` message to members, only when they changed; listed users also
 /// get a roomlist `update`. ROOM-15: no `room/change` event is emitted.
-// Single server only for now: open cluster difference (room properties are per node).
-#[tokio::test]
-async fn room_16_update_pushes_changed_properties() {
-    let s = TestServer::start().await;
+async fn room_16_update_pushes_changed_properties(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = first_in_room(&s, "alice", "room1", "talk-a").await;
     let mut b = s.user("bob").await;
     join_with_others(&mut b, "room1", "talk-b", &mut [&mut a]).await;
@@ -1726,6 +1722,7 @@ both_topologies!(
     perm_03_participants_request_updates_permissions,
     perm_05_without_mcu_offers_are_forwarded_regardless_of_permissions,
     room_06_rejoin_is_noop_and_switch_leaves_previous_room,
+    room_08_join_reply_echoes_id_and_room_properties,
     room_07_same_talk_session_closes_older_session,
     room_09_leave_reply_and_silent_leave_outside_room,
     room_09_anonymous_leave_restarts_join_timer,
@@ -1733,6 +1730,7 @@ both_topologies!(
     room_13_join_entry_fields,
     room_14_leave_event_on_leave_and_bye,
     room_15_no_change_events,
+    room_16_update_pushes_changed_properties,
     room_17_delete_removes_members,
     room_18_participants_update_translated_and_merged,
     room_20_21_incall_changes_track_in_call_sessions,
