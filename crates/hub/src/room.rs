@@ -97,6 +97,8 @@ struct RemoteMember {
     /// The user id Nextcloud gave it for this room, from its node's
     /// presence (the join entry's `userid` may be its own user id).
     room_user: Option<String>,
+    /// Flags of a virtual member (from its node's presence).
+    flags: u32,
 }
 
 /// The participant list entries of the internal and virtual members among
@@ -348,18 +350,32 @@ impl Room {
             }));
         }
         before_announce(&others);
-        let remote: Vec<SessionEntry> = self
-            .state
-            .lock()
-            .remote
-            .values()
-            .map(|m| m.entry.clone())
-            .collect();
+        let (remote, remote_flags): (Vec<SessionEntry>, Vec<(String, u32)>) = {
+            let st = self.state.lock();
+            let entries = st.remote.values().map(|m| m.entry.clone()).collect();
+            let flags = st
+                .remote
+                .iter()
+                .filter(|(_, m)| m.flags != 0)
+                .map(|(id, m)| (id.to_string(), m.flags))
+                .collect();
+            (entries, flags)
+        };
         if let (AnySession::Client(c), false) = (&session, remote.is_empty()) {
-            // Members through other nodes, after those of this one.
+            // Members through other nodes, after those of this one, then
+            // the flags of their virtual sessions.
             let mut event = EventServerMessage::new("room", "join");
             event.join = Some(remote);
             c.send_message(ServerMessage::event(event));
+            for (sessionid, flags) in remote_flags {
+                let mut ev = EventServerMessage::new("participants", "flags");
+                ev.flags = Some(RoomFlagsEvent {
+                    roomid: self.id.clone(),
+                    sessionid,
+                    flags,
+                });
+                c.send_message(ServerMessage::event(ev));
+            }
         }
         hub.metrics
             .room_sessions
@@ -1275,6 +1291,16 @@ impl Room {
             } else {
                 None
             },
+            flags: st
+                .sessions
+                .iter()
+                .filter_map(|s| match s {
+                    AnySession::Virtual(v) if v.flags() != 0 => {
+                        Some((v.public_id.to_string(), v.flags()))
+                    }
+                    _ => None,
+                })
+                .collect(),
         })
     }
 
@@ -1325,6 +1351,7 @@ impl Room {
                                 since: Instant::now(),
                                 entry: e.clone(),
                                 room_user: None,
+                                flags: 0,
                             },
                         );
                         joined.push(e.clone());
@@ -1415,10 +1442,12 @@ impl Room {
                     continue;
                 }
                 let room_user = p.roomusers.get(&e.sessionid).cloned();
+                let flags = p.flags.get(&e.sessionid).copied().unwrap_or(0);
                 match st.remote.get_mut(&e.sessionid) {
                     Some(m) => {
                         m.node = Some(p.node.clone());
                         m.room_user = room_user;
+                        m.flags = flags;
                     }
                     None => {
                         st.remote.insert(
@@ -1428,6 +1457,7 @@ impl Room {
                                 since: now,
                                 entry: e.clone(),
                                 room_user,
+                                flags,
                             },
                         );
                         joined.push(e.clone());

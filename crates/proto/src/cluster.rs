@@ -74,6 +74,10 @@ pub struct RoomPresence {
     /// does for a later joiner (not the properties of its join answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub properties: Option<crate::Raw>,
+    /// The non-zero flags of its virtual members, by session id: a member
+    /// joining through another node is told them after the member list.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub flags: std::collections::BTreeMap<String, u32>,
 }
 
 /// Ours: requests one server asks the others of the cluster (NATS

@@ -799,10 +799,8 @@ async fn room_11_same_room_id_on_two_backends_is_isolated() {
 /// ROOM-12: a joiner first gets one join event listing everyone already in
 /// the room, then flags events of virtual sessions with non-zero flags, then
 /// its own join event; the others get the joiner's join event.
-// Single server only for now: open cluster difference (flags of a virtual session on another node come after the join list).
-#[tokio::test]
-async fn room_12_joiner_gets_member_list_flags_then_own_join() {
-    let s = TestServer::start().await;
+async fn room_12_joiner_gets_member_list_flags_then_own_join(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = first_in_room(&s, "alice", "room1", "talk-a").await;
     let a_id = a.session_id().unwrap().to_owned();
     let mut i = internal_client(&s).await;
@@ -1727,6 +1725,7 @@ both_topologies!(
     room_09_leave_reply_and_silent_leave_outside_room,
     room_09_anonymous_leave_restarts_join_timer,
     room_10_leave_notifies_backend,
+    room_12_joiner_gets_member_list_flags_then_own_join,
     room_13_join_entry_fields,
     room_14_leave_event_on_leave_and_bye,
     room_15_no_change_events,
