@@ -445,10 +445,12 @@ impl Room {
             event.leave = Some(vec![public_id.to_owned()]);
             self.publish(hub, ServerMessage::event(event));
         }
+        if session.is_internal() && (remaining > 0 || hub.settings.presence_interval.is_some()) {
+            // Clustered, the list without it goes to members elsewhere
+            // even from the last one here.
+            self.publish_users_changed_with_internal(hub);
+        }
         if remaining > 0 {
-            if session.is_internal() {
-                self.publish_users_changed_with_internal(hub);
-            }
             return true;
         }
         self.destroy(hub);

@@ -1119,10 +1119,8 @@ async fn room_18_participants_update_translated_and_merged(t: Topology) {
 /// ROOM-19: internal sessions are appended to participants lists as
 /// `{inCall: 3, sessionId, lastPing, internal: true}` (published when an
 /// internal session joins or leaves, and with every update).
-// Single server only for now: open cluster difference (internal members on other nodes missing from some lists).
-#[tokio::test]
-async fn room_19_internal_sessions_in_participants_lists() {
-    let s = TestServer::start().await;
+async fn room_19_internal_sessions_in_participants_lists(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = first_in_room(&s, "alice", "room1", "talk-a").await;
     let a_id = a.session_id().unwrap().to_owned();
     let mut i = internal_client(&s).await;
@@ -1732,6 +1730,7 @@ both_topologies!(
     room_16_update_pushes_changed_properties,
     room_17_delete_removes_members,
     room_18_participants_update_translated_and_merged,
+    room_19_internal_sessions_in_participants_lists,
     room_20_21_incall_changes_track_in_call_sessions,
     room_24_backend_message_event,
     room_25_roomlist_invite_disinvite_update,
