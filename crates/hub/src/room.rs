@@ -728,8 +728,20 @@ impl Room {
                     .collect();
                 let remote: Vec<Arc<str>> =
                     st.remote.keys().map(|k| Arc::from(k.as_str())).collect();
-                for id in remote {
-                    st.in_call.insert(id);
+                // Internal and virtual members elsewhere do not make a change
+                // (as local ones do not); client members elsewhere do.
+                let not_clients: HashSet<&str> = st
+                    .remote_participants
+                    .values()
+                    .flatten()
+                    .map(entry_session_id)
+                    .collect();
+                let remote_clients: Vec<bool> = remote
+                    .iter()
+                    .map(|id| !not_clients.contains(&**id))
+                    .collect();
+                for (id, client) in remote.into_iter().zip(remote_clients) {
+                    joined |= st.in_call.insert(id) && client;
                 }
                 for id in ids {
                     joined |= st.in_call.insert(id);

@@ -1259,10 +1259,8 @@ async fn room_20_21_incall_changes_track_in_call_sessions(t: Topology) {
 /// ROOM-22: `incall` with `all: true` puts all client sessions in/out of
 /// the call and emits `{roomid, incall, all: true}`; nothing when nothing
 /// changed; a bool `true` means flags 1.
-// Single server only for now: open cluster difference (not yet analysed).
-#[tokio::test]
-async fn room_22_incall_all() {
-    let s = TestServer::start().await;
+async fn room_22_incall_all(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = first_in_room(&s, "alice", "room1", "talk-a").await;
     let mut b = s.user("bob").await;
     join_with_others(&mut b, "room1", "talk-b", &mut [&mut a]).await;
@@ -1732,6 +1730,7 @@ both_topologies!(
     room_18_participants_update_translated_and_merged,
     room_19_internal_sessions_in_participants_lists,
     room_20_21_incall_changes_track_in_call_sessions,
+    room_22_incall_all,
     room_24_backend_message_event,
     room_25_roomlist_invite_disinvite_update,
     room_27_back_to_back_backend_requests_all_applied,
