@@ -1392,7 +1392,7 @@ async fn room_25_roomlist_invite_disinvite_update(t: Topology) {
 /// ROOM-26: every 10 s a room pings its backend with the Talk session ids
 /// (user ids for users) and virtual session ids; sessions without a Talk
 /// session id are left out.
-// Single server only for now: open cluster difference (the room ping lists only this node's members).
+// Single server only: each node pings Nextcloud for its own members (as upstream's room.publishActiveSessions).
 #[tokio::test]
 async fn room_26_room_ping_lists_talk_sessions() {
     let s = TestServer::start().await;
