@@ -1,5 +1,7 @@
 //! End-to-end tests of internal clients and virtual sessions (INT-01..06,
 //! RTE-06) and of transient room data (TRN-01..04).
+// Test bodies are plain functions run by `both_topologies!`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 use common::*;
 use std::time::Duration;
