@@ -620,7 +620,7 @@ async fn int_05_virtual_sessions_closed_with_owner(t: Topology) {
 
 /// INT-05: virtual sessions are keyed by owner and client-chosen id: two
 /// internal clients may use the same id without touching each other's.
-// Single server only for now: open cluster difference (a message to a virtual session on another node does not reach its owner).
+// Single server only: a message to a virtual session on another node does not reach its owner (as upstream's processMessageMsg).
 #[tokio::test]
 async fn int_05_virtual_session_ids_are_per_owner() {
     let s = TestServer::start().await;
@@ -683,7 +683,7 @@ async fn int_06_invalid_internal_messages_are_ignored(t: Topology) {
 
 /// RTE-06: a message to a virtual session's public id goes to the owning
 /// internal client with `recipient` = the client-chosen session id.
-// Single server only for now: open cluster difference (a message to a virtual session on another node does not reach its owner).
+// Single server only: a message to a virtual session on another node does not reach its owner (as upstream's processMessageMsg).
 #[tokio::test]
 async fn rte_06_message_to_virtual_session_reaches_owner() {
     let s = TestServer::start().await;
