@@ -726,8 +726,6 @@ impl Room {
                         _ => None,
                     })
                     .collect();
-                let remote: Vec<Arc<str>> =
-                    st.remote.keys().map(|k| Arc::from(k.as_str())).collect();
                 // Internal and virtual members elsewhere do not make a change
                 // (as local ones do not); client members elsewhere do.
                 let not_clients: HashSet<&str> = st
@@ -736,11 +734,12 @@ impl Room {
                     .flatten()
                     .map(entry_session_id)
                     .collect();
-                let remote_clients: Vec<bool> = remote
-                    .iter()
-                    .map(|id| !not_clients.contains(&**id))
+                let remote: Vec<(Arc<str>, bool)> = st
+                    .remote
+                    .keys()
+                    .map(|k| (Arc::from(k.as_str()), !not_clients.contains(k.as_str())))
                     .collect();
-                for (id, client) in remote.into_iter().zip(remote_clients) {
+                for (id, client) in remote {
                     joined |= st.in_call.insert(id) && client;
                 }
                 for id in ids {
