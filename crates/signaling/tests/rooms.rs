@@ -746,13 +746,15 @@ async fn room_07_same_talk_session_closes_older_session(t: Topology) {
 // ----- ROOM-11: rooms are per backend ---------------------------------------------
 
 /// ROOM-11: the same room id on two backends names two isolated rooms.
-#[tokio::test]
-async fn room_11_same_room_id_on_two_backends_is_isolated() {
+async fn room_11_same_room_id_on_two_backends_is_isolated(t: Topology) {
     let b2 = FakeBackend::start("second-secret").await;
-    let s = TestServer::start_with(&format!(
+    let s = TestServer::start_on_with(
+        t,
+        &format!(
         "[backend]\nbackends = backend1, backend2\n[backend2]\nurl = {}\nsecret = second-secret\n",
         b2.url()
-    ))
+    ),
+    )
     .await;
     let mut a = first_in_room(&s, "alice", "room1", "talk-a").await;
     let mut b = s.client().await;
@@ -768,7 +770,7 @@ async fn room_11_same_room_id_on_two_backends_is_isolated() {
         b.session_id().unwrap()
     );
     a.expect_no_message(SHORT).await;
-    assert_eq!(stats(&s).await["rooms"], 2);
+    assert_eq!(s.stats_sum("rooms").await, 2);
 
     // Room messages and backend events stay on their backend.
     b.send_message(recipient_room(), json!({"from": "bob"}))
@@ -1721,6 +1723,7 @@ both_topologies!(
     room_09_leave_reply_and_silent_leave_outside_room,
     room_09_anonymous_leave_restarts_join_timer,
     room_10_leave_notifies_backend,
+    room_11_same_room_id_on_two_backends_is_isolated,
     room_12_joiner_gets_member_list_flags_then_own_join,
     room_13_join_entry_fields,
     room_14_leave_event_on_leave_and_bye,
