@@ -322,29 +322,32 @@ impl Hub {
         Some(true)
     }
 
-    /// A session of ours joined with Talk session id `room_session_id`:
+    /// A session of ours joins with Talk session id `room_session_id`:
     /// the other nodes end an older session with it (the local one is
-    /// handled by the caller). Sent without waiting for the answers.
-    pub(crate) fn replace_room_session_elsewhere(&self, room_session_id: &str, joined: &str) {
+    /// handled by the caller). Returns once every live node answered (or
+    /// the timeout passed), so the older session got its `bye` before it
+    /// could see the new one join, as on one server.
+    pub(crate) async fn replace_room_session_elsewhere(&self, room_session_id: &str, joined: &str) {
         let Some(cluster) = self.cluster.get().cloned() else {
             return;
         };
+        let peers = self.live_nodes();
+        if peers == 0 {
+            return;
+        }
         let question = RoomSessionQuestion {
             node: self.node_id.to_string(),
             roomsessionid: room_session_id.to_owned(),
             sessionid: joined.to_owned(),
         };
-        let peers = self.live_nodes();
-        tokio::spawn(async move {
-            let _: Vec<bool> = cluster
-                .ask_all(
-                    ROOM_SESSION_SUBJECT,
-                    &question,
-                    peers,
-                    ROOM_QUESTION_TIMEOUT,
-                )
-                .await;
-        });
+        let _: Vec<bool> = cluster
+            .ask_all(
+                ROOM_SESSION_SUBJECT,
+                &question,
+                peers,
+                ROOM_QUESTION_TIMEOUT,
+            )
+            .await;
     }
 
     /// A signed backend API request with `random` arrived for `backend`:

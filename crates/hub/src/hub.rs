@@ -1456,6 +1456,12 @@ impl Hub {
         };
         if !room_msg.sessionid.is_empty() {
             self.disconnect_by_room_session(&room_msg.sessionid, &session.public_id);
+            // Clustering: the older session may be on another server.
+            self.replace_room_session_elsewhere(&room_msg.sessionid, &session.public_id)
+                .await;
+            if session.is_closed() {
+                return;
+            }
         }
         session.leave_room(true);
         let roomid = if room_resp.roomid.is_empty() {
@@ -1485,8 +1491,6 @@ impl Hub {
             return;
         }
         if !room_msg.sessionid.is_empty() {
-            // Clustering: the older session may be on another server.
-            self.replace_room_session_elsewhere(&room_msg.sessionid, &session.public_id);
             let mut reg = self.reg.lock();
             reg.room_sessions
                 .insert(room_msg.sessionid.clone(), session.public_id.clone());

@@ -97,6 +97,8 @@ struct RemoteMember {
     /// The user id Nextcloud gave it for this room, from its node's
     /// presence (the join entry's `userid` may be its own user id).
     room_user: Option<String>,
+    /// Flags of a virtual member (from its node's presence).
+    flags: u32,
 }
 
 /// The participant list entries of the internal and virtual members among
@@ -348,18 +350,32 @@ impl Room {
             }));
         }
         before_announce(&others);
-        let remote: Vec<SessionEntry> = self
-            .state
-            .lock()
-            .remote
-            .values()
-            .map(|m| m.entry.clone())
-            .collect();
+        let (remote, remote_flags): (Vec<SessionEntry>, Vec<(String, u32)>) = {
+            let st = self.state.lock();
+            let entries = st.remote.values().map(|m| m.entry.clone()).collect();
+            let flags = st
+                .remote
+                .iter()
+                .filter(|(_, m)| m.flags != 0)
+                .map(|(id, m)| (id.to_string(), m.flags))
+                .collect();
+            (entries, flags)
+        };
         if let (AnySession::Client(c), false) = (&session, remote.is_empty()) {
-            // Members through other nodes, after those of this one.
+            // Members through other nodes, after those of this one, then
+            // the flags of their virtual sessions.
             let mut event = EventServerMessage::new("room", "join");
             event.join = Some(remote);
             c.send_message(ServerMessage::event(event));
+            for (sessionid, flags) in remote_flags {
+                let mut ev = EventServerMessage::new("participants", "flags");
+                ev.flags = Some(RoomFlagsEvent {
+                    roomid: self.id.clone(),
+                    sessionid,
+                    flags,
+                });
+                c.send_message(ServerMessage::event(ev));
+            }
         }
         hub.metrics
             .room_sessions
@@ -429,10 +445,12 @@ impl Room {
             event.leave = Some(vec![public_id.to_owned()]);
             self.publish(hub, ServerMessage::event(event));
         }
+        if session.is_internal() && (remaining > 0 || hub.settings.presence_interval.is_some()) {
+            // Clustered, the list without it goes to members elsewhere
+            // even from the last one here.
+            self.publish_users_changed_with_internal(hub);
+        }
         if remaining > 0 {
-            if session.is_internal() {
-                self.publish_users_changed_with_internal(hub);
-            }
             return true;
         }
         self.destroy(hub);
@@ -708,10 +726,21 @@ impl Room {
                         _ => None,
                     })
                     .collect();
-                let remote: Vec<Arc<str>> =
-                    st.remote.keys().map(|k| Arc::from(k.as_str())).collect();
-                for id in remote {
-                    st.in_call.insert(id);
+                // Internal and virtual members elsewhere do not make a change
+                // (as local ones do not); client members elsewhere do.
+                let not_clients: HashSet<&str> = st
+                    .remote_participants
+                    .values()
+                    .flatten()
+                    .map(entry_session_id)
+                    .collect();
+                let remote: Vec<(Arc<str>, bool)> = st
+                    .remote
+                    .keys()
+                    .map(|k| (Arc::from(k.as_str()), !not_clients.contains(k.as_str())))
+                    .collect();
+                for (id, client) in remote {
+                    joined |= st.in_call.insert(id) && client;
                 }
                 for id in ids {
                     joined |= st.in_call.insert(id);
@@ -1270,6 +1299,21 @@ impl Room {
                 .iter()
                 .map(|(id, u)| (id.to_string(), u.clone()))
                 .collect(),
+            properties: if transient {
+                st.properties.clone()
+            } else {
+                None
+            },
+            flags: st
+                .sessions
+                .iter()
+                .filter_map(|s| match s {
+                    AnySession::Virtual(v) if v.flags() != 0 => {
+                        Some((v.public_id.to_string(), v.flags()))
+                    }
+                    _ => None,
+                })
+                .collect(),
         })
     }
 
@@ -1320,6 +1364,7 @@ impl Room {
                                 since: Instant::now(),
                                 entry: e.clone(),
                                 room_user: None,
+                                flags: 0,
                             },
                         );
                         joined.push(e.clone());
@@ -1410,10 +1455,12 @@ impl Room {
                     continue;
                 }
                 let room_user = p.roomusers.get(&e.sessionid).cloned();
+                let flags = p.flags.get(&e.sessionid).copied().unwrap_or(0);
                 match st.remote.get_mut(&e.sessionid) {
                     Some(m) => {
                         m.node = Some(p.node.clone());
                         m.room_user = room_user;
+                        m.flags = flags;
                     }
                     None => {
                         st.remote.insert(
@@ -1423,6 +1470,7 @@ impl Room {
                                 since: now,
                                 entry: e.clone(),
                                 room_user,
+                                flags,
                             },
                         );
                         joined.push(e.clone());
@@ -1470,9 +1518,13 @@ impl Room {
     }
 
     /// After the answers of every node were applied (members on a third
-    /// node are known only then): the call state they sent.
+    /// node are known only then): the call state and the properties of
+    /// the existing room they sent.
     pub(crate) fn learn_tracked_from(&self, answers: &[proto::cluster::RoomPresence]) {
         let mut st = self.state.lock();
+        if let Some(p) = answers.iter().find_map(|p| p.properties.as_ref()) {
+            st.properties = Some(p.clone());
+        }
         for p in answers {
             Self::learn_tracked(&mut st, &p.tracked);
         }

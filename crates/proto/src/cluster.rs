@@ -69,6 +69,15 @@ pub struct RoomPresence {
     /// lists fill in exactly these where Talk left `userId` out.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub roomusers: std::collections::BTreeMap<String, String>,
+    /// The room's properties, in answers to a request: a node that starts
+    /// hosting the room uses those of the existing room, as one server
+    /// does for a later joiner (not the properties of its join answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<crate::Raw>,
+    /// The non-zero flags of its virtual members, by session id: a member
+    /// joining through another node is told them after the member list.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub flags: std::collections::BTreeMap<String, u32>,
 }
 
 /// Ours: requests one server asks the others of the cluster (NATS

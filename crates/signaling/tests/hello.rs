@@ -124,9 +124,8 @@ fn b64url_decode(s: &str) -> Option<Vec<u8>> {
 // WS: transport
 
 /// WS-01: `/spreed` upgrades whatever `Origin` the browser sends.
-#[tokio::test]
-async fn ws_01_spreed_accepts_any_origin() {
-    let s = TestServer::start().await;
+async fn ws_01_spreed_accepts_any_origin(t: Topology) {
+    let s = TestServer::start_on(t).await;
     for origin in ["https://evil.example", "null", "http://localhost:1234"] {
         let mut c = TestClient::connect_with_headers(&s.ws_url(), &[("Origin", origin)])
             .await
@@ -137,9 +136,8 @@ async fn ws_01_spreed_accepts_any_origin() {
 }
 
 /// WS-01: only the `/spreed` path upgrades.
-#[tokio::test]
-async fn ws_01_other_paths_do_not_upgrade() {
-    let s = TestServer::start().await;
+async fn ws_01_other_paths_do_not_upgrade(t: Topology) {
+    let s = TestServer::start_on(t).await;
     for path in ["/", "/spreed/x", "/api/v1/spreed"] {
         let r = TestClient::try_connect(&format!("ws://{}{path}", s.addr), &[]).await;
         assert!(r.is_err(), "{path} upgraded");
@@ -148,9 +146,8 @@ async fn ws_01_other_paths_do_not_upgrade() {
 
 /// WS-03: a binary frame is answered with `invalid_format` (no id), before and
 /// after hello, and the connection stays usable.
-#[tokio::test]
-async fn ws_03_binary_frame_is_invalid_format_and_connection_stays() {
-    let s = TestServer::start().await;
+async fn ws_03_binary_frame_is_invalid_format_and_connection_stays(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut c = s.client().await;
     c.send_binary(b"{\"type\":\"hello\"}".to_vec()).await;
     let e = c.recv().await;
@@ -166,9 +163,8 @@ async fn ws_03_binary_frame_is_invalid_format_and_connection_stays() {
 }
 
 /// WS-04: a 64 KiB text message is processed; one byte more closes the socket.
-#[tokio::test]
-async fn ws_04_read_limit_is_64_kib() {
-    let s = TestServer::start().await;
+async fn ws_04_read_limit_is_64_kib(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut c = s.client().await;
     // Exactly 65536 bytes: processed (not a hello, so hello_expected with the id).
     c.send_padded_json(&json!({"id": "max", "type": "room", "room": {}}), 65536)
@@ -226,9 +222,8 @@ async fn ws_04_read_limit_is_64_kib() {
 /// WS-05: a client ping is answered with a pong carrying the same payload,
 /// before and after hello, without any text reply. (The server's own 54 s
 /// ping is not waited for here.)
-#[tokio::test]
-async fn ws_05_client_ping_gets_pong() {
-    let s = TestServer::start().await;
+async fn ws_05_client_ping_gets_pong(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut raw = RawWs::connect(s.addr).await.expect("connect");
     for (round, payload) in [b"ping-1".as_slice(), b"1652708000123456789"]
         .iter()
@@ -278,9 +273,8 @@ async fn ws_05_client_ping_gets_pong() {
 /// measures an initial RTT before anything else is sent), with the send time
 /// in nanoseconds since the epoch as decimal text; then every 54 s (not
 /// waited for here).
-#[tokio::test]
-async fn ws_05_server_pings_on_connect() {
-    let s = TestServer::start().await;
+async fn ws_05_server_pings_on_connect(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -318,9 +312,8 @@ async fn ws_05_server_pings_on_connect() {
 
 /// WS-07: messages of one connection are processed strictly in order, even
 /// when an earlier one waits for the backend and more than 16 arrive meanwhile.
-#[tokio::test]
-async fn ws_07_messages_processed_in_order_behind_slow_hello() {
-    let s = TestServer::start().await;
+async fn ws_07_messages_processed_in_order_behind_slow_hello(t: Topology) {
+    let s = TestServer::start_on(t).await;
     s.backend
         .set_auth_handler(|_| Reply::Default.after(Duration::from_millis(500)));
     let mut c = s.client().await;
@@ -351,9 +344,8 @@ async fn ws_07_messages_processed_in_order_behind_slow_hello() {
 
 /// WS-08: a disinvite for the room the session is in is followed by a close;
 /// a disinvite for another room is not. The session is gone afterwards.
-#[tokio::test]
-async fn ws_08_disinvite_from_current_room_closes_connection() {
-    let s = TestServer::start().await;
+async fn ws_08_disinvite_from_current_room_closes_connection(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut alice = s.user_in_room("alice", "room1", "talk-a").await;
     alice.expect_event("room", "join").await;
     let mut bob = s.user_in_room("bob", "room3", "talk-b").await;
@@ -396,9 +388,8 @@ async fn ws_08_disinvite_from_current_room_closes_connection() {
 
 /// WS-09: when the socket closes (cleanly or abruptly) the session stays and
 /// can be resumed.
-#[tokio::test]
-async fn ws_09_closed_socket_keeps_session_for_resume() {
-    let s = TestServer::start().await;
+async fn ws_09_closed_socket_keeps_session_for_resume(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let c = s.user("alice").await;
     let sid = c.session_id().unwrap().to_owned();
     let rid = disconnect(c).await;
@@ -431,9 +422,8 @@ async fn ws_09_closed_socket_keeps_session_for_resume() {
 
 /// MSG-01: every known client type is recognised: without its sub-object it
 /// is `invalid_format` (with the request id), except `bye`, which needs none.
-#[tokio::test]
-async fn msg_01_known_types_require_their_payload() {
-    let s = TestServer::start().await;
+async fn msg_01_known_types_require_their_payload(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut c = s.user("alice").await;
     for t in [
         "hello",
@@ -452,9 +442,8 @@ async fn msg_01_known_types_require_their_payload() {
 }
 
 /// MSG-01/02: `control` goes to its recipient as `control` with the sender.
-#[tokio::test]
-async fn msg_01_control_message_is_delivered_as_control() {
-    let s = TestServer::start().await;
+async fn msg_01_control_message_is_delivered_as_control(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = s.user("alice").await;
     let mut b = s.user("bob").await;
     let a_id = a.session_id().unwrap().to_owned();
@@ -471,9 +460,8 @@ async fn msg_01_control_message_is_delivered_as_control() {
 
 /// MSG-02: replies echo the request id, unsolicited messages have none, and
 /// only the sub-object of the message's type is present.
-#[tokio::test]
-async fn msg_02_server_envelope_fields() {
-    let s = TestServer::start().await;
+async fn msg_02_server_envelope_fields(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = s.client().await;
     let h = a
         .request(hello_msg(&s.backend.backend_url(), user_params("alice")))
@@ -497,9 +485,8 @@ async fn msg_02_server_envelope_fields() {
 
 /// MSG-03: missing type, and type without its payload, are `invalid_format`;
 /// unknown types are `hello_expected` before hello and ignored after it.
-#[tokio::test]
-async fn msg_03_validation_and_unknown_types() {
-    let s = TestServer::start().await;
+async fn msg_03_validation_and_unknown_types(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut c = s.client().await;
     let r = c.request(json!({"hello": {"version": "1.0"}})).await;
     assert_error(&r, Some("1"), "invalid_format");
@@ -533,9 +520,8 @@ async fn msg_03_validation_and_unknown_types() {
 
 /// MSG-04: undecodable JSON is `invalid_format` without an id, even when the
 /// text contains one; before and after hello.
-#[tokio::test]
-async fn msg_04_malformed_json() {
-    let s = TestServer::start().await;
+async fn msg_04_malformed_json(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut c = s.client().await;
     let bad = [
         "",
@@ -569,9 +555,8 @@ async fn msg_04_malformed_json() {
 
 /// MSG-04: JSON with a repeated key is decoded like Go's encoding/json
 /// does it: the last value wins (verified against Go 0.4.1).
-#[tokio::test]
-async fn msg_04_repeated_keys_last_one_wins() {
-    let s = TestServer::start().await;
+async fn msg_04_repeated_keys_last_one_wins(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut c = s.client().await;
     c.send_text(r#"{"id":"d1","type":"hello","type":"room","room":{}}"#)
         .await;
@@ -582,9 +567,8 @@ async fn msg_04_repeated_keys_last_one_wins() {
 
 /// MSG-05: errors from the backend reach the client unchanged; transport and
 /// decoding failures become `internal_error`; a wrong answer type `auth_failed`.
-#[tokio::test]
-async fn msg_05_backend_errors_forwarded() {
-    let s = TestServer::start().await;
+async fn msg_05_backend_errors_forwarded(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let url = s.backend.backend_url();
     s.backend
         .set_auth_handler(|_| Reply::error("invalid_request", "Ticket is not valid (custom)."));
@@ -639,9 +623,8 @@ async fn msg_05_backend_errors_forwarded() {
 
 /// MSG-06: the server-generated errors of the hello phase carry upstream's
 /// codes and message texts.
-#[tokio::test]
-async fn msg_06_hello_phase_error_texts() {
-    let s = TestServer::start_with("[backend1]\nsessionlimit = 1\n").await;
+async fn msg_06_hello_phase_error_texts(t: Topology) {
+    let s = TestServer::start_on_with(t, "[backend1]\nsessionlimit = 1\n").await;
     let url = s.backend.backend_url();
     let mut c = s.client().await;
     let check = |r: Value, code: &'static str| {
@@ -693,9 +676,8 @@ async fn msg_06_hello_phase_error_texts() {
 
 /// MSG-07: before hello every other type is `hello_expected` (id echoed);
 /// a second hello on an authenticated connection gets no answer at all.
-#[tokio::test]
-async fn msg_07_hello_expected_and_second_hello_ignored() {
-    let s = TestServer::start().await;
+async fn msg_07_hello_expected_and_second_hello_ignored(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut c = s.client().await;
     for (i, msg) in [
         json!({"type": "room", "room": {"roomid": "r", "sessionid": "t"}}),
@@ -748,9 +730,8 @@ async fn msg_07_hello_expected_and_second_hello_ignored() {
 
 /// HEL-01: only version "1.0" is accepted here ("2.0" needs a token, see
 /// talk_hello_v2.rs).
-#[tokio::test]
-async fn hel_01_only_version_1_0() {
-    let s = TestServer::start().await;
+async fn hel_01_only_version_1_0(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let url = s.backend.backend_url();
     let mut c = s.client().await;
     for version in [
@@ -781,9 +762,8 @@ async fn hel_01_only_version_1_0() {
 /// HEL-02: validation of `auth`: params required, type defaults to client,
 /// client needs a request-URI, internal needs an object with a backend,
 /// other types are refused.
-#[tokio::test]
-async fn hel_02_auth_validation() {
-    let s = TestServer::start().await;
+async fn hel_02_auth_validation(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let url = s.backend.backend_url();
     let mut c = s.client().await;
     let invalid = [
@@ -827,6 +807,7 @@ async fn hel_02_auth_validation() {
 }
 
 /// HEL-03: explicit default ports are ignored when matching backends.
+// Single server only: backend URL matching is one node's configuration.
 #[tokio::test]
 async fn hel_03_default_port_is_normalised() {
     // A second backend on the default HTTP port (nothing listens there).
@@ -860,9 +841,8 @@ async fn hel_03_default_port_is_normalised() {
 /// HEL-04: the auth request goes to `auth.url` as a signed POST
 /// `{type:"auth", auth:{version:"1.0", params}}`; the answered user id and
 /// user data are used for the session.
-#[tokio::test]
-async fn hel_04_auth_request_and_result() {
-    let s = TestServer::start().await;
+async fn hel_04_auth_request_and_result(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let url = s.backend.backend_url();
     s.backend.set_auth_handler(|body| {
         let who = body["auth"]["params"]["userid"]
@@ -903,9 +883,8 @@ async fn hel_04_auth_request_and_result() {
 }
 
 /// HEL-05: `auth.params` reach the backend unchanged, whatever they contain.
-#[tokio::test]
-async fn hel_05_params_passed_through_opaquely() {
-    let s = TestServer::start().await;
+async fn hel_05_params_passed_through_opaquely(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let params = json!({
         "userid": "alice", "ticket": "t-1",
         "extra": {"nested": [1, 2.5, null, true], "ünïcode": "✓ \u{1F600}", "big": 12345678901234567u64},
@@ -929,9 +908,8 @@ async fn hel_05_params_passed_through_opaquely() {
 
 /// HEL-06: internal hello: HMAC token over a random of at least 32 chars,
 /// backend must be configured, no backend auth request, internal features.
-#[tokio::test]
-async fn hel_06_internal_hello() {
-    let s = TestServer::start().await;
+async fn hel_06_internal_hello(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let backend = s.backend.url();
     let mut c = s.client().await;
 
@@ -1007,9 +985,8 @@ async fn hel_06_internal_hello() {
 }
 
 /// HEL-06: without an internal secret, internal clients are refused.
-#[tokio::test]
-async fn hel_06_internal_hello_without_secret() {
-    let s = TestServer::start_with("[clients]\ninternalsecret =\n").await;
+async fn hel_06_internal_hello_without_secret(t: Topology) {
+    let s = TestServer::start_on_with(t, "[clients]\ninternalsecret =\n").await;
     let mut c = s.client().await;
     let random = random_hex(64);
     for secret in ["", INTERNAL_SECRET] {
@@ -1088,9 +1065,8 @@ async fn hel_07_session_limit_at_the_moment_of_hello(t: Topology) {
 
 /// HEL-08: the hello answer has exactly version, sessionid, resumeid, userid
 /// and server {version, features}.
-#[tokio::test]
-async fn hel_08_hello_response_shape() {
-    let s = TestServer::start().await;
+async fn hel_08_hello_response_shape(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut c = s.client().await;
     let h = c
         .request(
@@ -1121,9 +1097,8 @@ async fn hel_08_hello_response_shape() {
 
 /// HEL-09: features of normal clients without MCU (with those of later
 /// upstream versions this server implements, see talk_welcome.rs).
-#[tokio::test]
-async fn hel_09_client_features() {
-    let s = TestServer::start().await;
+async fn hel_09_client_features(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut c = s.client().await;
     let h = c.hello_user(&s.backend.backend_url(), "alice").await;
     assert_eq!(
@@ -1146,9 +1121,8 @@ async fn hel_09_client_features() {
 }
 
 /// HEL-10: features sent by the client are accepted and change nothing.
-#[tokio::test]
-async fn hel_10_client_features_accepted() {
-    let s = TestServer::start().await;
+async fn hel_10_client_features_accepted(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut c = s.client().await;
     let h = c
         .request(json!({"type": "hello", "hello": {"version": "1.0",
@@ -1177,9 +1151,8 @@ async fn hel_10_client_features_accepted() {
 
 /// HEL-11: no hello within 2 s: `bye` with reason `hello_timeout` (no id),
 /// then the connection is closed.
-#[tokio::test]
-async fn hel_11_hello_timeout_closes_connection() {
-    let s = TestServer::start().await;
+async fn hel_11_hello_timeout_closes_connection(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let start = Instant::now();
     let mut c = s.client().await;
     // Messages other than a (valid) hello do not stop the timer.
@@ -1204,9 +1177,8 @@ async fn hel_11_hello_timeout_closes_connection() {
 }
 
 /// HEL-11: the timer is suspended while the auth request is in flight.
-#[tokio::test]
-async fn hel_11_slow_auth_is_not_a_hello_timeout() {
-    let s = TestServer::start().await;
+async fn hel_11_slow_auth_is_not_a_hello_timeout(t: Topology) {
+    let s = TestServer::start_on(t).await;
     s.backend
         .set_auth_handler(|_| Reply::Default.after(Duration::from_millis(3000)));
     let mut c = s.client().await.with_timeout(Duration::from_secs(8));
@@ -1219,9 +1191,8 @@ async fn hel_11_slow_auth_is_not_a_hello_timeout() {
 }
 
 /// HEL-11: a failed hello re-arms the timer from the failure.
-#[tokio::test]
-async fn hel_11_failed_hello_rearms_timer() {
-    let s = TestServer::start().await;
+async fn hel_11_failed_hello_rearms_timer(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut c = s.client().await.with_timeout(Duration::from_secs(5));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let failed_at = Instant::now();
@@ -1246,9 +1217,8 @@ async fn hel_11_failed_hello_rearms_timer() {
 
 /// HEL-12: a guest that does not join a room within 10 s gets `bye`
 /// `room_join_timeout` and loses its session; guests in a room and users stay.
-#[tokio::test]
-async fn hel_12_anonymous_must_join_room() {
-    let s = TestServer::start().await;
+async fn hel_12_anonymous_must_join_room(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let long = Duration::from_secs(15);
     let start = Instant::now();
     let mut lazy = guest(&s, long).await;
@@ -1281,9 +1251,8 @@ async fn hel_12_anonymous_must_join_room() {
 }
 
 /// HEL-12: leaving the room restarts the 10 s window.
-#[tokio::test]
-async fn hel_12_anonymous_timer_restarts_after_leaving_room() {
-    let s = TestServer::start().await;
+async fn hel_12_anonymous_timer_restarts_after_leaving_room(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut g = guest(&s, Duration::from_secs(15)).await;
     g.join_room("room1", "talk-g").await;
     g.expect_event("room", "join").await;
@@ -1305,9 +1274,8 @@ async fn hel_12_anonymous_timer_restarts_after_leaving_room() {
 
 /// HEL-13: a client that goes away while its auth request is pending does
 /// not get a session (observed through the session limit).
-#[tokio::test]
-async fn hel_13_disconnect_during_auth_registers_nothing() {
-    let s = TestServer::start_with("[backend1]\nsessionlimit = 1\n").await;
+async fn hel_13_disconnect_during_auth_registers_nothing(t: Topology) {
+    let s = TestServer::start_on_with(t, "[backend1]\nsessionlimit = 1\n").await;
     s.backend
         .set_auth_handler(|_| Reply::Default.after(Duration::from_millis(600)));
     let url = s.backend.backend_url();
@@ -1407,6 +1375,7 @@ async fn subpath_backend() -> (SocketAddr, Arc<parking_lot::Mutex<Vec<(String, V
 
 /// HEL-14: room requests go to the hello `auth.url` when it is an OCS URL,
 /// else to `auth.url` + `ocs/v2.php/apps/spreed/api/v1/signaling/backend`.
+// Single server only: backend URL matching is one node's configuration.
 #[tokio::test]
 async fn hel_14_backend_url_of_session() {
     // OCS URL: used as it is.
@@ -1461,9 +1430,8 @@ async fn hel_14_backend_url_of_session() {
 
 /// RES-01: resuming returns the same ids and user without a backend request,
 /// and the session keeps its room.
-#[tokio::test]
-async fn res_01_resume_returns_same_session() {
-    let s = TestServer::start().await;
+async fn res_01_resume_returns_same_session(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = s.user_in_room("alice", "room1", "talk-a").await;
     a.expect_event("room", "join").await;
     let sid = a.session_id().unwrap().to_owned();
@@ -1508,9 +1476,8 @@ async fn res_01_resume_returns_same_session() {
 }
 
 /// RES-01: the resume id works for internal sessions too.
-#[tokio::test]
-async fn res_01_internal_session_can_resume() {
-    let s = TestServer::start().await;
+async fn res_01_internal_session_can_resume(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut c = s.client().await;
     let h = c.hello_internal(&s.backend.url(), INTERNAL_SECRET).await;
     assert_eq!(h["type"], "hello");
@@ -1539,9 +1506,8 @@ async fn res_01_internal_session_can_resume() {
 }
 
 /// RES-02: unknown, malformed, public or already closed ids: `no_such_session`.
-#[tokio::test]
-async fn res_02_resume_failures() {
-    let s = TestServer::start().await;
+async fn res_02_resume_failures(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let a = s.user("alice").await;
     let sid = a.session_id().unwrap().to_owned();
     let rid = a.resume_id().unwrap().to_owned();
@@ -1575,9 +1541,8 @@ async fn res_02_resume_failures() {
 
 /// RES-03: resuming from a second connection sends the first `bye`
 /// `session_resumed` and closes it; messages go to the new connection.
-#[tokio::test]
-async fn res_03_second_connection_takes_over() {
-    let s = TestServer::start().await;
+async fn res_03_second_connection_takes_over(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut first = s.user("alice").await;
     let sid = first.session_id().unwrap().to_owned();
     let rid = first.resume_id().unwrap().to_owned();
@@ -1606,9 +1571,8 @@ async fn res_03_second_connection_takes_over() {
 }
 
 /// RES-04: a disconnected session is still resumable a few seconds later.
-#[tokio::test]
-async fn res_04_session_survives_short_disconnect() {
-    let s = TestServer::start().await;
+async fn res_04_session_survives_short_disconnect(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let a = s.user("alice").await;
     let sid = a.session_id().unwrap().to_owned();
     let rid = disconnect(a).await;
@@ -1620,9 +1584,8 @@ async fn res_04_session_survives_short_disconnect() {
 
 /// RES-05/RES-09: messages for a session without a connection are kept and
 /// delivered in order after the resume, whatever the addressing.
-#[tokio::test]
-async fn res_05_queued_messages_delivered_in_order_after_resume() {
-    let s = TestServer::start().await;
+async fn res_05_queued_messages_delivered_in_order_after_resume(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = s.user_in_room("alice", "room1", "talk-a").await;
     a.expect_event("room", "join").await;
     let mut b = s.user_in_room("bob", "room1", "talk-b").await;
@@ -1658,9 +1621,8 @@ async fn res_05_queued_messages_delivered_in_order_after_resume() {
 
 /// RES-05: of the legacy chat-refresh `message`s only one is kept; backend
 /// chat notifications (`event` room/message) are all kept.
-#[tokio::test]
-async fn res_05_chat_refresh_deduplicated_while_away() {
-    let s = TestServer::start().await;
+async fn res_05_chat_refresh_deduplicated_while_away(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = s.user_in_room("alice", "room1", "talk-a").await;
     a.expect_event("room", "join").await;
     let a_id = a.session_id().unwrap().to_owned();
@@ -1706,9 +1668,8 @@ async fn res_05_chat_refresh_deduplicated_while_away() {
 
 /// RES-06: on resume the session is sent the room's last participants list,
 /// unless an update was among the queued messages.
-#[tokio::test]
-async fn res_06_participants_update_on_resume() {
-    let s = TestServer::start().await;
+async fn res_06_participants_update_on_resume(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = s.user_in_room("alice", "room1", "talk-a").await;
     a.expect_event("room", "join").await;
     let a_id = a.session_id().unwrap().to_owned();
@@ -1766,9 +1727,8 @@ async fn res_06_participants_update_on_resume() {
 
 /// RES-07: `bye` is answered with a bye carrying the request id, the socket
 /// is closed, the session is gone at once (leaves its room, cannot resume).
-#[tokio::test]
-async fn res_07_bye_ends_session() {
-    let s = TestServer::start().await;
+async fn res_07_bye_ends_session(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = s.user_in_room("alice", "room1", "talk-a").await;
     a.expect_event("room", "join").await;
     let a_id = a.session_id().unwrap().to_owned();
@@ -1810,9 +1770,8 @@ async fn res_07_bye_ends_session() {
 
 /// RES-08: the `room_session_reconnected` bye: a second session joining with
 /// the same Talk session id replaces the first.
-#[tokio::test]
-async fn res_08_room_session_reconnected() {
-    let s = TestServer::start().await;
+async fn res_08_room_session_reconnected(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = s.user_in_room("alice", "room1", "talk-same").await;
     a.expect_event("room", "join").await;
     let rid = a.resume_id().unwrap().to_owned();
@@ -1880,9 +1839,8 @@ fn hex_encode(b: &[u8]) -> String {
 /// SID-01: ids are gorilla securecookie values (HMAC-SHA256 with the hash
 /// key over `name|timestamp|value`) under the names `private-session` and
 /// `public-session`, so servers sharing the keys can decode each other's.
-#[tokio::test]
-async fn sid_01_ids_are_securecookies() {
-    let s = TestServer::start().await;
+async fn sid_01_ids_are_securecookies(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let c = s.user("alice").await;
     let private = c.resume_id().unwrap().to_owned();
     let public = c.session_id().unwrap().to_owned();
@@ -1896,9 +1854,8 @@ async fn sid_01_ids_are_securecookies() {
 
 /// SID-01/02: ids are unique, long, URL-safe base64; public ids start with
 /// the random MAC (reversed), private ids with the timestamp.
-#[tokio::test]
-async fn sid_02_public_ids_lead_with_random_bytes() {
-    let s = TestServer::start().await;
+async fn sid_02_public_ids_lead_with_random_bytes(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut publics = Vec::new();
     let mut privates = Vec::new();
     for i in 0..8 {
@@ -1929,9 +1886,8 @@ async fn sid_02_public_ids_lead_with_random_bytes() {
 }
 
 /// SID-03: messages are routed by public id; private or altered ids reach nobody.
-#[tokio::test]
-async fn sid_03_routing_by_public_id_only() {
-    let s = TestServer::start().await;
+async fn sid_03_routing_by_public_id_only(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = s.user("alice").await;
     let mut b = s.user("bob").await;
     let private = a.resume_id().unwrap().to_owned();
@@ -1953,6 +1909,7 @@ async fn sid_03_routing_by_public_id_only() {
 
 /// SID-04: the block key must be 16, 24 or 32 bytes (or empty); the hash key
 /// length only warns. Without a block key ids still work.
+// Single server only: checks configuration at server build time.
 #[tokio::test]
 async fn sid_04_session_key_validation() {
     let backend = FakeBackend::start(SECRET).await;
@@ -1984,4 +1941,50 @@ async fn sid_04_session_key_validation() {
 both_topologies!(
     hel_07_backend_session_limit,
     hel_07_session_limit_at_the_moment_of_hello,
+    ws_01_spreed_accepts_any_origin,
+    ws_01_other_paths_do_not_upgrade,
+    ws_03_binary_frame_is_invalid_format_and_connection_stays,
+    ws_04_read_limit_is_64_kib,
+    ws_05_client_ping_gets_pong,
+    ws_05_server_pings_on_connect,
+    ws_07_messages_processed_in_order_behind_slow_hello,
+    ws_08_disinvite_from_current_room_closes_connection,
+    ws_09_closed_socket_keeps_session_for_resume,
+    msg_01_known_types_require_their_payload,
+    msg_01_control_message_is_delivered_as_control,
+    msg_02_server_envelope_fields,
+    msg_03_validation_and_unknown_types,
+    msg_04_malformed_json,
+    msg_04_repeated_keys_last_one_wins,
+    msg_05_backend_errors_forwarded,
+    msg_06_hello_phase_error_texts,
+    msg_07_hello_expected_and_second_hello_ignored,
+    hel_01_only_version_1_0,
+    hel_02_auth_validation,
+    hel_04_auth_request_and_result,
+    hel_05_params_passed_through_opaquely,
+    hel_06_internal_hello,
+    hel_06_internal_hello_without_secret,
+    hel_08_hello_response_shape,
+    hel_09_client_features,
+    hel_10_client_features_accepted,
+    hel_11_hello_timeout_closes_connection,
+    hel_11_slow_auth_is_not_a_hello_timeout,
+    hel_11_failed_hello_rearms_timer,
+    hel_12_anonymous_must_join_room,
+    hel_12_anonymous_timer_restarts_after_leaving_room,
+    hel_13_disconnect_during_auth_registers_nothing,
+    res_01_resume_returns_same_session,
+    res_01_internal_session_can_resume,
+    res_02_resume_failures,
+    res_03_second_connection_takes_over,
+    res_04_session_survives_short_disconnect,
+    res_05_queued_messages_delivered_in_order_after_resume,
+    res_05_chat_refresh_deduplicated_while_away,
+    res_06_participants_update_on_resume,
+    res_07_bye_ends_session,
+    res_08_room_session_reconnected,
+    sid_01_ids_are_securecookies,
+    sid_02_public_ids_lead_with_random_bytes,
+    sid_03_routing_by_public_id_only,
 );

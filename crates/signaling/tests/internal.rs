@@ -1,5 +1,7 @@
 //! End-to-end tests of internal clients and virtual sessions (INT-01..06,
 //! RTE-06) and of transient room data (TRN-01..04).
+// Test bodies are plain functions run by `both_topologies!`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 use common::*;
 use std::time::Duration;
@@ -109,9 +111,8 @@ fn entry_of<'a>(up: &'a Value, id: &str) -> Option<&'a Value> {
 
 /// INT-01: an internal hello needs no backend request; the internal session
 /// joins any room without a backend check or Talk session id.
-#[tokio::test]
-async fn int_01_internal_session_joins_without_backend() {
-    let s = TestServer::start().await;
+async fn int_01_internal_session_joins_without_backend(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut i = s.client().await;
     let hello = i.hello_internal(&s.backend.url(), INTERNAL_SECRET).await;
     assert_eq!(hello["type"], "hello", "{hello}");
@@ -148,9 +149,8 @@ async fn int_01_internal_session_joins_without_backend() {
 
 /// INT-01: internal sessions may send `control` messages and set
 /// transient data even when nobody else may.
-#[tokio::test]
-async fn int_01_internal_session_may_control_and_set_transient_data() {
-    let s = TestServer::start().await;
+async fn int_01_internal_session_may_control_and_set_transient_data(t: Topology) {
+    let s = TestServer::start_on(t).await;
     s.backend.set_room_handler(|body| {
         if body["room"]["action"] == "leave" {
             return Reply::Default;
@@ -188,9 +188,8 @@ async fn int_01_internal_session_may_control_and_set_transient_data() {
 }
 
 /// INT-01: internal sessions do not count against a backend's session limit.
-#[tokio::test]
-async fn int_01_internal_sessions_exempt_from_session_limit() {
-    let s = TestServer::start_with("[backend1]\nsessionlimit = 1\n").await;
+async fn int_01_internal_sessions_exempt_from_session_limit(t: Topology) {
+    let s = TestServer::start_on_with(t, "[backend1]\nsessionlimit = 1\n").await;
     let _a = s.user("alice").await;
     let mut b = s.client().await;
     let r = b
@@ -206,9 +205,8 @@ async fn int_01_internal_sessions_exempt_from_session_limit() {
 
 /// INT-01: internal sessions (user id "") are exempt from the anonymous
 /// room-join timeout.
-#[tokio::test]
-async fn int_01_internal_sessions_have_no_room_join_timeout() {
-    let s = TestServer::start().await;
+async fn int_01_internal_sessions_have_no_room_join_timeout(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut i = internal_client(&s).await;
     let mut j = internal_in_room(&s, "room1").await;
     j.leave_room().await;
@@ -222,9 +220,8 @@ async fn int_01_internal_sessions_have_no_room_join_timeout() {
 
 /// INT-01 (hello params): the token must be the HMAC of `random` (≥ 32
 /// characters) with the internal secret, the backend must be configured.
-#[tokio::test]
-async fn int_01_internal_hello_token_checks() {
-    let s = TestServer::start().await;
+async fn int_01_internal_hello_token_checks(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let hello = |random: &str, token: &str, backend: &str| {
         json!({"type": "hello", "hello": {"version": "1.0", "auth": {"type": "internal",
             "params": {"random": random, "token": token, "backend": backend}}}})
@@ -268,9 +265,8 @@ async fn int_01_internal_hello_token_checks() {
 /// the backend with a `session` request (`action: "add"`); room members get
 /// its join event and a participants update listing it (`inCall: 9`,
 /// `virtual: true`); no flags event for flags 0.
-#[tokio::test]
-async fn int_02_addsession_without_options() {
-    let s = TestServer::start().await;
+async fn int_02_addsession_without_options(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = first_in_room(&s, "alice", "room1", "talk-a").await;
     let mut i = internal_in_room(&s, "room1").await;
     let i_id = i.session_id().unwrap().to_owned();
@@ -321,9 +317,8 @@ async fn int_02_addsession_without_options() {
 /// INT-02: with `options` the backend gets a `room` join request for the
 /// virtual session with `actorid`, `actortype` and `incall: 9`; non-zero
 /// flags are announced right after the join.
-#[tokio::test]
-async fn int_02_addsession_with_options() {
-    let s = TestServer::start().await;
+async fn int_02_addsession_with_options(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = first_in_room(&s, "alice", "room1", "talk-a").await;
     let mut i = internal_in_room(&s, "room1").await;
     drain(&mut a).await;
@@ -361,9 +356,8 @@ async fn int_02_addsession_with_options() {
 /// INT-02: failures are reported as `add_failed` (backend error message
 /// with options; fixed texts when the backend cannot be reached) and no
 /// virtual session appears.
-#[tokio::test]
-async fn int_02_addsession_failures_are_add_failed() {
-    let s = TestServer::start().await;
+async fn int_02_addsession_failures_are_add_failed(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = first_in_room(&s, "alice", "room1", "talk-a").await;
     let mut i = internal_in_room(&s, "room1").await;
     drain(&mut a).await;
@@ -409,6 +403,7 @@ async fn int_02_addsession_failures_are_add_failed() {
 /// INT-02: an answer to the `session` request is not inspected (as
 /// upstream): even an error answer adds the virtual session. Any room that
 /// exists on the server can be used, also one the internal client is not in.
+// Single server only: an `addsession` for a room hosted only on other nodes is ignored (as upstream).
 #[tokio::test]
 async fn int_02_addsession_session_answer_not_inspected_and_any_existing_room() {
     let s = TestServer::start().await;
@@ -427,9 +422,8 @@ async fn int_02_addsession_session_answer_not_inspected_and_any_existing_room() 
 
 /// INT-03: `updatesession` changes a virtual session's flags and emits a
 /// flags event only when they changed.
-#[tokio::test]
-async fn int_03_updatesession_flags() {
-    let s = TestServer::start().await;
+async fn int_03_updatesession_flags(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = first_in_room(&s, "alice", "room1", "talk-a").await;
     let mut i = internal_in_room(&s, "room1").await;
     drain(&mut a).await;
@@ -468,9 +462,8 @@ async fn int_03_updatesession_flags() {
 
 /// INT-04: `removesession` removes the virtual session (leave event) and
 /// tells the backend with a `session` request `action: "remove"`.
-#[tokio::test]
-async fn int_04_removesession_without_options() {
-    let s = TestServer::start().await;
+async fn int_04_removesession_without_options(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = first_in_room(&s, "alice", "room1", "talk-a").await;
     let mut i = internal_in_room(&s, "room1").await;
     drain(&mut a).await;
@@ -506,9 +499,8 @@ async fn int_04_removesession_without_options() {
 }
 
 /// INT-04: with options the backend gets a room `leave` with the actor.
-#[tokio::test]
-async fn int_04_removesession_with_options() {
-    let s = TestServer::start().await;
+async fn int_04_removesession_with_options(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = first_in_room(&s, "alice", "room1", "talk-a").await;
     let mut i = internal_in_room(&s, "room1").await;
     drain(&mut a).await;
@@ -541,9 +533,8 @@ async fn int_04_removesession_with_options() {
 /// INT-04: backend failures on removal → `remove_failed` (the backend's
 /// message for room errors, a fixed text when unreachable); the virtual
 /// session is removed from the room anyway.
-#[tokio::test]
-async fn int_04_removesession_failures_are_remove_failed() {
-    let s = TestServer::start().await;
+async fn int_04_removesession_failures_are_remove_failed(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = first_in_room(&s, "alice", "room1", "talk-a").await;
     let mut i = internal_in_room(&s, "room1").await;
     drain(&mut a).await;
@@ -586,9 +577,8 @@ async fn int_04_removesession_failures_are_remove_failed() {
 
 /// INT-05: virtual sessions are closed when their owner says bye (leave
 /// events and backend removal).
-#[tokio::test]
-async fn int_05_virtual_sessions_closed_with_owner() {
-    let s = TestServer::start().await;
+async fn int_05_virtual_sessions_closed_with_owner(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = first_in_room(&s, "alice", "room1", "talk-a").await;
     let mut i = internal_in_room(&s, "room1").await;
     let i_id = i.session_id().unwrap().to_owned();
@@ -630,6 +620,7 @@ async fn int_05_virtual_sessions_closed_with_owner() {
 
 /// INT-05: virtual sessions are keyed by owner and client-chosen id: two
 /// internal clients may use the same id without touching each other's.
+// Single server only: a message to a virtual session on another node does not reach its owner (as upstream's processMessageMsg).
 #[tokio::test]
 async fn int_05_virtual_session_ids_are_per_owner() {
     let s = TestServer::start().await;
@@ -667,9 +658,8 @@ async fn int_05_virtual_session_ids_are_per_owner() {
 
 /// INT-06: internal messages from normal clients, for unknown rooms or
 /// unknown virtual sessions are ignored without a reply.
-#[tokio::test]
-async fn int_06_invalid_internal_messages_are_ignored() {
-    let s = TestServer::start().await;
+async fn int_06_invalid_internal_messages_are_ignored(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = first_in_room(&s, "alice", "room1", "talk-a").await;
     let mut i = internal_in_room(&s, "room1").await;
     drain(&mut a).await;
@@ -693,6 +683,7 @@ async fn int_06_invalid_internal_messages_are_ignored() {
 
 /// RTE-06: a message to a virtual session's public id goes to the owning
 /// internal client with `recipient` = the client-chosen session id.
+// Single server only: a message to a virtual session on another node does not reach its owner (as upstream's processMessageMsg).
 #[tokio::test]
 async fn rte_06_message_to_virtual_session_reaches_owner() {
     let s = TestServer::start().await;
@@ -751,9 +742,8 @@ async fn two_in_room(s: &TestServer) -> (TestClient, TestClient) {
 /// TRN-01: `set` stores a value and notifies (with `oldvalue` once there
 /// was one); identical values are ignored; a null or missing value removes
 /// the key.
-#[tokio::test]
-async fn trn_01_set_values() {
-    let s = TestServer::start().await;
+async fn trn_01_set_values(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let (mut a, mut b) = two_in_room(&s).await;
 
     a.send_with_id(tset("foo", json!({"x": 1}))).await;
@@ -795,9 +785,8 @@ async fn trn_01_set_values() {
 
 /// TRN-01 / TRN-02: without the `transient-data` permission `set` and
 /// `remove` fail with `not_allowed` and change nothing.
-#[tokio::test]
-async fn trn_01_not_allowed_without_permission() {
-    let s = TestServer::start().await;
+async fn trn_01_not_allowed_without_permission(t: Topology) {
+    let s = TestServer::start_on(t).await;
     s.backend.set_room_handler(|body| {
         let room = &body["room"];
         if room["action"] != "leave" && room["userid"] == "bob" {
@@ -832,9 +821,8 @@ async fn trn_01_not_allowed_without_permission() {
 
 /// TRN-02: `remove` deletes a key (no-op when absent); unknown types are
 /// `ignored`; outside a room → `not_in_room`; a missing key → `invalid_format`.
-#[tokio::test]
-async fn trn_02_remove_and_errors() {
-    let s = TestServer::start().await;
+async fn trn_02_remove_and_errors(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut lonely = s.user("lonely").await;
     for msg in [tset("k", json!(1)), tremove("k")] {
         let id = lonely.send_with_id(msg).await;
@@ -878,9 +866,8 @@ async fn trn_02_remove_and_errors() {
 
 /// TRN-03: notifications reach every session in the room (setter,
 /// users, internal clients) and nobody outside it.
-#[tokio::test]
-async fn trn_03_notifications_reach_room_members_only() {
-    let s = TestServer::start().await;
+async fn trn_03_notifications_reach_room_members_only(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let (mut a, mut b) = two_in_room(&s).await;
     let mut i = internal_in_room(&s, "room1").await;
     drain(&mut a).await;
@@ -908,9 +895,8 @@ async fn trn_03_notifications_reach_room_members_only() {
 /// TRN-04: the `initial` data comes before the member list (upstream
 /// sends it while registering the session with the room, before the list
 /// of the sessions already there).
-#[tokio::test]
-async fn trn_04_initial_data_precedes_member_list() {
-    let s = TestServer::start().await;
+async fn trn_04_initial_data_precedes_member_list(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let (mut a, _b) = two_in_room(&s).await;
     a.send_with_id(tset("k", json!(1))).await;
     a.recv().await;
@@ -928,9 +914,8 @@ async fn trn_04_initial_data_precedes_member_list() {
 
 /// TRN-04: a joiner gets `initial` with all data; nothing when the room has
 /// none (any more); data dies with the room.
-#[tokio::test]
-async fn trn_04_initial_data_on_join() {
-    let s = TestServer::start().await;
+async fn trn_04_initial_data_on_join(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let (mut a, mut b) = two_in_room(&s).await;
     // No data: no initial message for a joiner.
     let mut c = s.user("carol").await;
@@ -972,3 +957,26 @@ async fn trn_04_initial_data_on_join() {
     let got = drain(&mut e).await;
     assert!(got.iter().all(|v| v["type"] != "transient"), "{got:?}");
 }
+
+both_topologies!(
+    int_01_internal_session_joins_without_backend,
+    int_01_internal_session_may_control_and_set_transient_data,
+    int_01_internal_sessions_exempt_from_session_limit,
+    int_01_internal_sessions_have_no_room_join_timeout,
+    int_01_internal_hello_token_checks,
+    int_02_addsession_without_options,
+    int_02_addsession_with_options,
+    int_02_addsession_failures_are_add_failed,
+    int_03_updatesession_flags,
+    int_04_removesession_without_options,
+    int_04_removesession_with_options,
+    int_04_removesession_failures_are_remove_failed,
+    int_05_virtual_sessions_closed_with_owner,
+    int_06_invalid_internal_messages_are_ignored,
+    trn_01_set_values,
+    trn_01_not_allowed_without_permission,
+    trn_02_remove_and_errors,
+    trn_03_notifications_reach_room_members_only,
+    trn_04_initial_data_precedes_member_list,
+    trn_04_initial_data_on_join,
+);

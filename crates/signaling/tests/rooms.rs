@@ -168,10 +168,8 @@ async fn room_01_join_posts_room_request_with_talk_session_id(t: Topology) {
 /// ROOM-08: the reply echoes the request id and carries the room
 /// properties; a room is created on first use, so a later joiner gets the
 /// properties of the existing room object, not the backend's new answer.
-// Single server only for now: open cluster difference (a node keeps the room properties of its own first join answer).
-#[tokio::test]
-async fn room_08_join_reply_echoes_id_and_room_properties() {
-    let s = TestServer::start().await;
+async fn room_08_join_reply_echoes_id_and_room_properties(t: Topology) {
+    let s = TestServer::start_on(t).await;
     s.backend.set_room_handler(|body| {
         if body["room"]["action"] == "leave" {
             return Reply::Default;
@@ -689,10 +687,8 @@ async fn room_10_leave_notifies_backend(t: Topology) {
 /// ROOM-07: a second session joining with the same Talk session id closes
 /// the first with `bye` reason `room_session_reconnected`; the old session
 /// leaves the room (leave event) without a backend leave notification.
-// Single server only for now: open cluster difference (the old session sees the new one join before its bye).
-#[tokio::test]
-async fn room_07_same_talk_session_closes_older_session() {
-    let s = TestServer::start().await;
+async fn room_07_same_talk_session_closes_older_session(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a1 = first_in_room(&s, "alice", "room1", "talk-a").await;
     let a1_id = a1.session_id().unwrap().to_owned();
     let mut c = s.user("carol").await;
@@ -750,13 +746,15 @@ async fn room_07_same_talk_session_closes_older_session() {
 // ----- ROOM-11: rooms are per backend ---------------------------------------------
 
 /// ROOM-11: the same room id on two backends names two isolated rooms.
-#[tokio::test]
-async fn room_11_same_room_id_on_two_backends_is_isolated() {
+async fn room_11_same_room_id_on_two_backends_is_isolated(t: Topology) {
     let b2 = FakeBackend::start("second-secret").await;
-    let s = TestServer::start_with(&format!(
+    let s = TestServer::start_on_with(
+        t,
+        &format!(
         "[backend]\nbackends = backend1, backend2\n[backend2]\nurl = {}\nsecret = second-secret\n",
         b2.url()
-    ))
+    ),
+    )
     .await;
     let mut a = first_in_room(&s, "alice", "room1", "talk-a").await;
     let mut b = s.client().await;
@@ -772,7 +770,7 @@ async fn room_11_same_room_id_on_two_backends_is_isolated() {
         b.session_id().unwrap()
     );
     a.expect_no_message(SHORT).await;
-    assert_eq!(stats(&s).await["rooms"], 2);
+    assert_eq!(s.stats_sum("rooms").await, 2);
 
     // Room messages and backend events stay on their backend.
     b.send_message(recipient_room(), json!({"from": "bob"}))
@@ -803,10 +801,8 @@ async fn room_11_same_room_id_on_two_backends_is_isolated() {
 /// ROOM-12: a joiner first gets one join event listing everyone already in
 /// the room, then flags events of virtual sessions with non-zero flags, then
 /// its own join event; the others get the joiner's join event.
-// Single server only for now: open cluster difference (flags of a virtual session on another node come after the join list).
-#[tokio::test]
-async fn room_12_joiner_gets_member_list_flags_then_own_join() {
-    let s = TestServer::start().await;
+async fn room_12_joiner_gets_member_list_flags_then_own_join(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = first_in_room(&s, "alice", "room1", "talk-a").await;
     let a_id = a.session_id().unwrap().to_owned();
     let mut i = internal_client(&s).await;
@@ -926,10 +922,8 @@ async fn room_14_leave_event_on_leave_and_bye(t: Topology) {
 /// ROOM-16: backend `update` pushes the new properties as an unsolicited
 /// `room` message to members, only when they changed; listed users also
 /// get a roomlist `update`. ROOM-15: no `room/change` event is emitted.
-// Single server only for now: open cluster difference (room properties are per node).
-#[tokio::test]
-async fn room_16_update_pushes_changed_properties() {
-    let s = TestServer::start().await;
+async fn room_16_update_pushes_changed_properties(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = first_in_room(&s, "alice", "room1", "talk-a").await;
     let mut b = s.user("bob").await;
     join_with_others(&mut b, "room1", "talk-b", &mut [&mut a]).await;
@@ -1127,10 +1121,8 @@ async fn room_18_participants_update_translated_and_merged(t: Topology) {
 /// ROOM-19: internal sessions are appended to participants lists as
 /// `{inCall: 3, sessionId, lastPing, internal: true}` (published when an
 /// internal session joins or leaves, and with every update).
-// Single server only for now: open cluster difference (internal members on other nodes missing from some lists).
-#[tokio::test]
-async fn room_19_internal_sessions_in_participants_lists() {
-    let s = TestServer::start().await;
+async fn room_19_internal_sessions_in_participants_lists(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = first_in_room(&s, "alice", "room1", "talk-a").await;
     let a_id = a.session_id().unwrap().to_owned();
     let mut i = internal_client(&s).await;
@@ -1269,10 +1261,8 @@ async fn room_20_21_incall_changes_track_in_call_sessions(t: Topology) {
 /// ROOM-22: `incall` with `all: true` puts all client sessions in/out of
 /// the call and emits `{roomid, incall, all: true}`; nothing when nothing
 /// changed; a bool `true` means flags 1.
-// Single server only for now: open cluster difference (not yet analysed).
-#[tokio::test]
-async fn room_22_incall_all() {
-    let s = TestServer::start().await;
+async fn room_22_incall_all(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = first_in_room(&s, "alice", "room1", "talk-a").await;
     let mut b = s.user("bob").await;
     join_with_others(&mut b, "room1", "talk-b", &mut [&mut a]).await;
@@ -1404,7 +1394,7 @@ async fn room_25_roomlist_invite_disinvite_update(t: Topology) {
 /// ROOM-26: every 10 s a room pings its backend with the Talk session ids
 /// (user ids for users) and virtual session ids; sessions without a Talk
 /// session id are left out.
-// Single server only for now: open cluster difference (the room ping lists only this node's members).
+// Single server only: each node pings Nextcloud for its own members (as upstream's room.publishActiveSessions).
 #[tokio::test]
 async fn room_26_room_ping_lists_talk_sessions() {
     let s = TestServer::start().await;
@@ -1524,23 +1514,25 @@ async fn room_28_no_room_events_from_before_join(t: Topology) {
 
 /// ROOM-29: the last session leaving destroys the room: transient data is
 /// gone for a later joiner and the room no longer counts.
-// Single server only for now: open cluster difference (stats are per node).
-#[tokio::test]
-async fn room_29_empty_room_is_destroyed() {
-    let s = TestServer::start().await;
+async fn room_29_empty_room_is_destroyed(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = first_in_room(&s, "alice", "room1", "talk-a").await;
     assert_eq!(transient_set(&mut a, "k", json!({"v": 1})).await, None);
-    let mut b = s.user("bob").await;
+    // Bob on Alice's node: each node counts its own room objects.
+    let mut b = TestClient::connect(&spreed_url(s.addr))
+        .await
+        .skip("welcome");
+    b.hello_user(&s.backend.backend_url(), "bob").await;
     b.join_room("room1", "talk-b").await;
     let initial = b.recv_matching(|v| v["type"] == "transient").await;
     assert_eq!(
         initial["transient"],
         json!({"type": "initial", "data": {"k": {"v": 1}}})
     );
-    assert_eq!(stats(&s).await["rooms"], 1);
+    assert_eq!(s.stats_sum("rooms").await, 1);
     a.leave_room().await;
     b.leave_room().await;
-    assert_eq!(stats(&s).await["rooms"], 0);
+    assert_eq!(s.stats_sum("rooms").await, 0);
 
     let mut c = s.user("carol").await;
     c.join_room("room1", "talk-c").await;
@@ -1549,7 +1541,7 @@ async fn room_29_empty_room_is_destroyed() {
         got.iter().all(|v| v["type"] != "transient"),
         "stale transient data: {got:?}"
     );
-    assert_eq!(stats(&s).await["rooms"], 1);
+    assert_eq!(s.stats_sum("rooms").await, 1);
 }
 
 // ----- ROOM-30: hide-displaynames -----------------------------------------------
@@ -1726,19 +1718,27 @@ both_topologies!(
     perm_03_participants_request_updates_permissions,
     perm_05_without_mcu_offers_are_forwarded_regardless_of_permissions,
     room_06_rejoin_is_noop_and_switch_leaves_previous_room,
+    room_08_join_reply_echoes_id_and_room_properties,
+    room_07_same_talk_session_closes_older_session,
     room_09_leave_reply_and_silent_leave_outside_room,
     room_09_anonymous_leave_restarts_join_timer,
     room_10_leave_notifies_backend,
+    room_11_same_room_id_on_two_backends_is_isolated,
+    room_12_joiner_gets_member_list_flags_then_own_join,
     room_13_join_entry_fields,
     room_14_leave_event_on_leave_and_bye,
     room_15_no_change_events,
+    room_16_update_pushes_changed_properties,
     room_17_delete_removes_members,
     room_18_participants_update_translated_and_merged,
+    room_19_internal_sessions_in_participants_lists,
     room_20_21_incall_changes_track_in_call_sessions,
+    room_22_incall_all,
     room_24_backend_message_event,
     room_25_roomlist_invite_disinvite_update,
     room_27_back_to_back_backend_requests_all_applied,
     room_28_no_room_events_from_before_join,
+    room_29_empty_room_is_destroyed,
     room_30_hide_displaynames_in_join_events,
     room_30_hide_displaynames_in_chat_and_nick_changes,
     room_23_virtual_session_flags_event,
