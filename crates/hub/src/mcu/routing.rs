@@ -14,7 +14,7 @@ use super::sdp::media_types;
 use super::session::{close_in_background, mcu_message, SessionListener};
 use super::{
     CodecPrefs, McuClient, McuError, McuMessage, MediaTypes, PublisherParams, StreamType,
-    SubscriberParams,
+    SubscriberParams, STALL_NOTICE,
 };
 use crate::session::{
     ClientSession, PERMISSION_PUBLISH_AUDIO, PERMISSION_PUBLISH_MEDIA, PERMISSION_PUBLISH_SCREEN,
@@ -30,6 +30,10 @@ pub const UNSHARE_SCREEN_DELAY: Duration = Duration::from_secs(1);
 /// wait for its offer before nudging it the way Talk's web client reacts to
 /// (see [`Hub::ask_to_publish_again`]).
 pub const REPUBLISH_NUDGE_DELAY: Duration = Duration::from_millis(500);
+
+/// A client is told that a publisher's media could not be restored at
+/// most this often per publisher.
+pub const STALL_NOTICE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// How long a session follows a publisher whose stream it lost (publisher
 /// replaced, closed by its client, or its media server gone) before giving
@@ -501,6 +505,46 @@ impl Hub {
         });
     }
 
+    /// `session` has dead media from `publisher` that could not be restored
+    /// within [`STALL_NOTICE`] (its media server or the publisher is not
+    /// back). Errors make no Talk client act, and neither does silence
+    /// (a subscriber's own ICE failure takes tens of seconds, and then
+    /// only the web and iOS clients ask again), so the client alone is
+    /// sent two participants updates with only `publisher`'s entry: out of
+    /// the call, then back in. Talk's web client merges them into its list
+    /// (the own entry is left out, so it never hangs up), drops the peer
+    /// and requests a new offer, retrying every 10 s; iOS retries for 60 s,
+    /// Android asks once. At most once per publisher per
+    /// [`STALL_NOTICE_INTERVAL`].
+    pub(crate) fn tell_media_stalled(&self, session: &Arc<ClientSession>, publisher: &str) {
+        if *session.public_id == *publisher || !self.is_in_same_call(session, publisher) {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let due = session.with_mcu(|m| {
+            let due = m
+                .stall_notices
+                .get(publisher)
+                .is_none_or(|at| now.duration_since(*at) >= STALL_NOTICE_INTERVAL);
+            if due {
+                m.stall_notices
+                    .retain(|_, at| now.duration_since(*at) < STALL_NOTICE_INTERVAL);
+                m.stall_notices.insert(publisher.into(), now);
+            }
+            due
+        });
+        if !due {
+            return;
+        }
+        let Some(room) = session.room() else { return };
+        if room.flap_participant(session, publisher) {
+            info!(session = %session.public_id, publisher = %publisher, "media could not be restored, told the client the publisher left and came back");
+            if let Some(m) = &self.mcu_metrics {
+                m.stall_notices_total.inc();
+            }
+        }
+    }
+
     /// `session` lost its subscriber of `publisher`'s `stream` without
     /// asking (the publisher was replaced or ended, or the media server or
     /// proxy went away). While both stay in the call, subscribe again as
@@ -520,7 +564,9 @@ impl Hub {
         let hub = Arc::downgrade(self);
         let weak = Arc::downgrade(session);
         tokio::spawn(async move {
-            let deadline = tokio::time::Instant::now() + FOLLOW_WAIT;
+            let start = tokio::time::Instant::now();
+            let deadline = start + FOLLOW_WAIT;
+            let mut told = false;
             let key = (publisher.clone(), stream);
             loop {
                 let (Some(hub), Some(s)) = (hub.upgrade(), weak.upgrade()) else {
@@ -585,6 +631,10 @@ impl Hub {
                         return;
                     }
                     debug!(session = %s.public_id, publisher = %publisher, error = %e, "publisher not back yet");
+                    if !told && start.elapsed() >= STALL_NOTICE {
+                        told = true;
+                        hub.tell_media_stalled(&s, &publisher);
+                    }
                 }
                 drop((hub, s));
                 tokio::time::sleep(Duration::from_millis(500)).await;

@@ -27,6 +27,9 @@ pub(crate) struct McuObjects {
     /// Offers the client sent (all streams): tells whether it published
     /// again after it was asked to.
     pub offers: u64,
+    /// When the client was last told that a publisher (by session id) left
+    /// the call and came back because its media could not be restored.
+    pub stall_notices: HashMap<Arc<str>, std::time::Instant>,
 }
 
 impl McuObjects {
@@ -204,6 +207,21 @@ impl McuListener for SessionListener {
         if let Some(hub) = s.hub() {
             // The next offer creates a new publisher wherever there is room.
             hub.ask_to_publish_again(&s, client.stream_type(), &client.sid());
+        }
+    }
+
+    fn subscriber_stalled(&self, client: &dyn McuClient) {
+        let Some(s) = self.session.upgrade() else {
+            return;
+        };
+        if !s.with_mcu(|m| m.has_subscriber(client)) || s.is_closed() {
+            return;
+        }
+        let Some(publisher) = client.publisher_id() else {
+            return;
+        };
+        if let Some(hub) = s.hub() {
+            hub.tell_media_stalled(&s, publisher);
         }
     }
 
