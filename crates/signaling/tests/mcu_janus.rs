@@ -708,3 +708,48 @@ async fn jan_subscriber_is_told_within_seconds_when_janus_stays_away() {
     let m = metrics(&s).await;
     assert!(m.contains("signaling_mcu_stall_notices_total 1"), "{m}");
 }
+
+/// Issue 19, cluster: the subscriber is on another signaling server (one
+/// Janus, NATS between the servers). The publisher offers again with a new
+/// sid (a new peer, as Talk does after its connection failed): the remote
+/// subscriber gets a fresh offer (new sid) without asking and decodes
+/// media again, within a bounded time.
+#[tokio::test]
+async fn jan_remote_subscriber_follows_a_replaced_publisher() {
+    let janus = start_janus().await;
+    let mut c = cluster_call(&format!(
+        "[mcu]\ntype = janus\nurl = {}\ntimeout = 5\n",
+        janus.url()
+    ))
+    .await;
+    assert_eventually!(
+        Duration::from_secs(10),
+        metrics_at(c.b)
+            .await
+            .contains("signaling_mcu_janus_connected 1")
+    );
+    let alice_id = c.alice.id.clone();
+    c.alice.publish("video", "alice-1").await;
+    let (old_sid, _) = c.bob.subscribe(&alice_id, "video").await;
+    c.bob.pump_until(&old_sid, |s| s.video_frames > 5).await;
+
+    let start = tokio::time::Instant::now();
+    c.alice.peers.clear();
+    c.alice.publish("video", "alice-2").await;
+    let (sid, _) = c.bob.accept_next_offer_from(&alice_id).await;
+    assert_ne!(sid, old_sid);
+    c.bob
+        .pump_until(&sid, |s| s.audio_frames > 10 && s.video_frames > 10)
+        .await;
+    let took = start.elapsed();
+    eprintln!("remote subscriber has media again {took:?} after the re-offer");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(seen_errors(&c.bob.seen).is_empty(), "{:?}", c.bob.seen);
+    let m = metrics_at(c.b).await;
+    assert!(
+        m.contains("signaling_mcu_followed_total{type=\"video\"} 1"),
+        "{m}"
+    );
+    // One publisher and one subscriber handle left in Janus.
+    assert_eventually!(Duration::from_secs(5), janus.handle_count().await == 2);
+}

@@ -720,6 +720,7 @@ impl Hub {
         let mut params = params;
         (params.country, params.continents) = self.location(session);
         let publisher = mcu.new_publisher(listener, params).await;
+        let replaced_any = replaced.is_some();
         // The replaced one goes either way (its subscribers follow the new
         // one, or the client's next offer).
         close_in_background(replaced.into_iter().collect());
@@ -742,6 +743,9 @@ impl Hub {
             return Err(McuError::Closed);
         }
         info!(session = %session.public_id, stream = stream.as_str(), "publishing");
+        if replaced_any {
+            self.announce_publisher_replaced(&session.public_id, stream);
+        }
         Ok(publisher)
     }
 
