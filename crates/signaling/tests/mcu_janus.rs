@@ -753,3 +753,40 @@ async fn jan_remote_subscriber_follows_a_replaced_publisher() {
     // One publisher and one subscriber handle left in Janus.
     assert_eventually!(Duration::from_secs(5), janus.handle_count().await == 2);
 }
+
+/// Issue 19: an offer the server pushes to a subscriber (its publisher was
+/// replaced) that the client never answers (a client that keeps its dead
+/// peer connection, or lost the offer) does not leave it without media for
+/// good: about 10 s later it is told that the publisher left the call and
+/// came back, on which Talk asks for a new offer.
+#[tokio::test]
+async fn jan_unanswered_pushed_offer_is_followed_by_a_notice() {
+    let janus = start_janus().await;
+    let s = mcu_server(&janus, "").await;
+    let mut alice = MediaClient::join(&s, "alice", "room1").await;
+    let mut bob = MediaClient::join(&s, "bob", "room1").await;
+    talk_in_call(&s, "room1", &["alice", "bob"]).await;
+    let alice_id = alice.id.clone();
+    alice.publish("video", "alice-1").await;
+    bob.subscribe(&alice_id, "video").await;
+
+    alice.peers.clear();
+    alice.publish("video", "alice-2").await;
+    let offer = bob.next("offer").await;
+    assert_eq!(offer["message"]["data"]["from"], alice_id.as_str());
+    let pushed = tokio::time::Instant::now();
+    // Not answered.
+    let mut updates = Vec::new();
+    while updates.len() < 2 && pushed.elapsed() < Duration::from_secs(13) {
+        updates.extend(participants_updates(&mut bob, Duration::from_millis(200)).await);
+    }
+    let took = pushed.elapsed();
+    eprintln!("subscriber told {took:?} after the unanswered offer");
+    assert_eq!(updates.len(), 2, "{:?}", bob.seen);
+    assert!(took >= Duration::from_secs(9), "{took:?}");
+    let users = |m: &Value| m["event"]["update"]["users"].clone();
+    assert_eq!(users(&updates[0])[0]["sessionId"], alice_id.as_str());
+    assert_eq!(users(&updates[0])[0]["inCall"], 0);
+    assert_eq!(users(&updates[1])[0]["inCall"], 7);
+    assert!(!updates[0].to_string().contains(&bob.id));
+}

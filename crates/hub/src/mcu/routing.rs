@@ -35,6 +35,10 @@ pub const REPUBLISH_NUDGE_DELAY: Duration = Duration::from_millis(500);
 /// most this often per publisher.
 pub const STALL_NOTICE_INTERVAL: Duration = Duration::from_secs(30);
 
+/// How long a client may take to answer an offer the server pushed to it
+/// before it is told that the publisher left and came back.
+pub const OFFER_ANSWER_WAIT: Duration = Duration::from_secs(10);
+
 /// How long a session follows a publisher whose stream it lost (publisher
 /// replaced, closed by its client, or its media server gone) before giving
 /// up on it.
@@ -413,6 +417,9 @@ impl Hub {
                 return;
             }
         };
+        if data.kind == "answer" && !own {
+            session.with_mcu(|m| m.unanswered.remove(&client.id()));
+        }
         let msg = McuMessage {
             kind: data.kind.clone(),
             sid: data.sid.clone(),
@@ -545,6 +552,39 @@ impl Hub {
         }
     }
 
+    /// An offer of `sub` was pushed to `session`'s client without it asking
+    /// (its publisher was replaced or rebuilt). A client that does not
+    /// answer within [`OFFER_ANSWER_WAIT`] (e.g. one that reuses its dead
+    /// peer connection and fails on it) is told like one whose media could
+    /// not be restored ([`Hub::tell_media_stalled`]), on which Talk asks for
+    /// a new offer.
+    pub(crate) fn watch_pushed_offer(
+        self: &Arc<Self>,
+        session: &Arc<ClientSession>,
+        sub: &dyn McuClient,
+    ) {
+        let Some(publisher) = sub.publisher_id().map(Arc::<str>::from) else {
+            return;
+        };
+        let id = sub.id();
+        session.with_mcu(|m| m.unanswered.insert(id));
+        let hub = Arc::downgrade(self);
+        let weak = Arc::downgrade(session);
+        tokio::spawn(async move {
+            tokio::time::sleep(OFFER_ANSWER_WAIT).await;
+            let (Some(hub), Some(s)) = (hub.upgrade(), weak.upgrade()) else {
+                return;
+            };
+            let unanswered = s.with_mcu(|m| {
+                m.unanswered.remove(&id) && m.subscribers.values().any(|c| c.id() == id)
+            });
+            if unanswered && !s.is_closed() {
+                info!(session = %s.public_id, publisher = %publisher, "pushed offer not answered");
+                hub.tell_media_stalled(&s, &publisher);
+            }
+        });
+    }
+
     /// `session` lost its subscriber of `publisher`'s `stream` without
     /// asking (the publisher was replaced or ended, or the media server or
     /// proxy went away). While both stay in the call, subscribe again as
@@ -604,6 +644,7 @@ impl Hub {
                                     info!(session = %s.public_id, publisher = %publisher, stream = stream.as_str(), sid = %sub.sid(), "following the publisher: new offer");
                                     hub.metrics_mcu_followed(stream);
                                     send_mcu_response(&s, &*sub, &publisher, jsep);
+                                    hub.watch_pushed_offer(&s, &*sub);
                                 }
                                 return;
                             }

@@ -30,6 +30,9 @@ pub(crate) struct McuObjects {
     /// When the client was last told that a publisher (by session id) left
     /// the call and came back because its media could not be restored.
     pub stall_notices: HashMap<Arc<str>, std::time::Instant>,
+    /// Subscribers (by object id) whose offer was pushed to the client
+    /// without it asking and that it has not answered yet.
+    pub unanswered: std::collections::HashSet<u64>,
 }
 
 impl McuObjects {
@@ -143,6 +146,9 @@ impl McuListener for SessionListener {
             &offer,
             &client.sid(),
         ));
+        if let Some(hub) = s.hub() {
+            hub.watch_pushed_offer(&s, client);
+        }
     }
 
     fn on_ice_candidate(&self, client: &dyn McuClient, candidate: Value) {
