@@ -188,12 +188,8 @@ async fn pxs_publishers_spread_over_proxies_with_media_and_drain() {
     );
 }
 
-/// Our signaling server with Debian's Go proxy 0.4.1 in front of Janus:
-/// media flows publisher -> Go proxy -> Janus -> subscriber.
-#[tokio::test]
-async fn pxs_our_signaling_with_the_go_proxy() {
-    let dir = TempDir::new("go-proxy").expect("dir");
-    let janus = start_janus().await;
+/// Debian's Go proxy 0.4.1 in front of `janus`, on loopback.
+async fn start_go_proxy(dir: &TempDir, janus: &Janus) -> (ChildGuard, SocketAddr) {
     let public = dir.join("server1.pem");
     std::fs::write(&public, TokenKey::Rsa.public_pem()).expect("key");
     let bin = std::env::var_os("GO_SIGNALING_PROXY")
@@ -234,8 +230,17 @@ async fn pxs_our_signaling_with_the_go_proxy() {
             break;
         }
     }
-    let _proxy = guard.expect("Go proxy started");
-    let urls = [format!("ws://{}", addr.expect("addr"))];
+    (guard.expect("Go proxy started"), addr.expect("addr"))
+}
+
+/// Our signaling server with Debian's Go proxy 0.4.1 in front of Janus:
+/// media flows publisher -> Go proxy -> Janus -> subscriber.
+#[tokio::test]
+async fn pxs_our_signaling_with_the_go_proxy() {
+    let dir = TempDir::new("go-proxy").expect("dir");
+    let janus = start_janus().await;
+    let (_proxy, addr) = start_go_proxy(&dir, &janus).await;
+    let urls = [format!("ws://{addr}")];
     let s = TestServer::start_with(&signaling_config(&dir, &urls)).await;
     assert_eventually!(
         Duration::from_secs(10),
@@ -738,4 +743,44 @@ async fn pxs_talk_clients_recover_after_the_proxys_janus_restarts() {
     assert_eq!(alice.id, alice_id);
     // One publisher and one subscriber left in that Janus.
     assert_eventually!(Duration::from_secs(5), a._janus.handle_count().await == 2);
+}
+
+/// Issue 19 behind Debian's Go proxy 0.4.1: its Janus is killed mid-call
+/// and comes back 2 s later. That proxy drops our publishers and
+/// subscribers and says only `backend-disconnected` / `backend-connected`;
+/// on the latter the publisher's client is asked to publish again (the
+/// Talk way), and the subscriber follows the new publisher: decoded media
+/// is back within a bounded time, without rejoining.
+#[tokio::test]
+async fn pxs_talk_clients_recover_after_the_go_proxys_janus_restarts() {
+    let dir = TempDir::new("go-proxy-restart").expect("dir");
+    let mut janus = start_janus().await;
+    let (_proxy, addr) = start_go_proxy(&dir, &janus).await;
+    let urls = [format!("ws://{addr}")];
+    let s = TestServer::start_with(&signaling_config(&dir, &urls)).await;
+    assert_eventually!(
+        Duration::from_secs(10),
+        stats(&s).await["mcu"]["proxies"][0]["connected"] == true
+    );
+    let mut alice = MediaClient::join(&s, "alice", "room1").await;
+    let mut bob = MediaClient::join(&s, "bob", "room1").await;
+    talk_in_call(&s, "room1", &["alice", "bob"]).await;
+    let alice_id = alice.id.clone();
+    alice.publish("video", "alice-1").await;
+    let (old_sid, _) = bob.subscribe(&alice_id, "video").await;
+
+    janus.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    janus.restart().await;
+    let back = tokio::time::Instant::now();
+
+    alice.republish_like_talk("alice-2").await;
+    let (sid, _) = bob.accept_next_offer_from(&alice_id).await;
+    assert_ne!(sid, old_sid);
+    bob.pump_until(&sid, |s| s.audio_frames > 10 && s.video_frames > 10)
+        .await;
+    let took = back.elapsed();
+    eprintln!("media back {took:?} after the Go proxy's Janus accepted connections again");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    assert_eq!(alice.id, alice_id);
 }
