@@ -14,9 +14,10 @@
 use async_nats::Client;
 use futures_util::StreamExt;
 use proto::cluster::{
-    ClusterAnswer, DialoutAnswer, DialoutRequest, PublisherRequest, RandomSeen, ResumeRequest,
-    RoomQuestion, RoomSessionQuestion, SessionCountQuestion, DIALOUT_SUBJECT, PUBLISHER_SUBJECT,
-    RANDOM_SUBJECT, RESUME_SUBJECT, ROOM_SESSION_SUBJECT, ROOM_SUBJECT, SESSION_COUNT_SUBJECT,
+    ClusterAnswer, DialoutAnswer, DialoutRequest, PublisherNews, PublisherRequest, RandomSeen,
+    ResumeRequest, RoomQuestion, RoomSessionQuestion, SessionCountQuestion, DIALOUT_SUBJECT,
+    PUBLISHER_NEWS_SUBJECT, PUBLISHER_SUBJECT, RANDOM_SUBJECT, RESUME_SUBJECT,
+    ROOM_SESSION_SUBJECT, ROOM_SUBJECT, SESSION_COUNT_SUBJECT,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -161,6 +162,7 @@ pub(crate) async fn serve(hub: Weak<Hub>, cluster: Arc<Cluster>, shutdown: Cance
         ROOM_SESSION_SUBJECT,
         SESSION_COUNT_SUBJECT,
         RANDOM_SUBJECT,
+        PUBLISHER_NEWS_SUBJECT,
     ] {
         match client.subscribe(subject.to_owned()).await {
             Ok(s) => subs.push(s),
@@ -185,6 +187,18 @@ pub(crate) async fn serve(hub: Weak<Hub>, cluster: Arc<Cluster>, shutdown: Cance
                 }
                 Ok(_) => {}
                 Err(e) => debug!(error = %e, "bad random news"),
+            }
+            continue;
+        }
+        if m.subject.as_str() == PUBLISHER_NEWS_SUBJECT {
+            match serde_json::from_slice::<PublisherNews>(&m.payload) {
+                Ok(n) if *n.node != *hub.node_id => {
+                    if let Some(stream) = crate::mcu::StreamType::parse(&n.stream) {
+                        hub.remote_publisher_replaced(&n.session, stream);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => debug!(error = %e, "bad publisher news"),
             }
             continue;
         }
@@ -376,6 +390,51 @@ impl Hub {
             }
         }
         true
+    }
+
+    /// Tell the other nodes that `session` replaced its `stream` publisher,
+    /// so that their subscribers of it follow the new one (one Janus or
+    /// proxy tells a subscriber on another server nothing when the old
+    /// publisher's room goes away).
+    pub(crate) fn announce_publisher_replaced(
+        &self,
+        session: &str,
+        stream: crate::mcu::StreamType,
+    ) {
+        let Some(client) = self.cluster.get().and_then(|c| c.client()) else {
+            return;
+        };
+        let news = PublisherNews {
+            node: self.node_id.to_string(),
+            session: session.to_owned(),
+            stream: stream.as_str().to_owned(),
+        };
+        if let Ok(body) = serde_json::to_vec(&news) {
+            tokio::spawn(async move {
+                if let Err(e) = client.publish(PUBLISHER_NEWS_SUBJECT, body.into()).await {
+                    debug!(error = %e, "publisher news not shared with the cluster");
+                }
+            });
+        }
+    }
+
+    /// Another node replaced `publisher`'s `stream` publisher: our sessions'
+    /// subscribers of it are dropped and follow the new one (a fresh offer
+    /// with a new sid is pushed to their clients).
+    pub(crate) fn remote_publisher_replaced(
+        self: &Arc<Self>,
+        publisher: &str,
+        stream: crate::mcu::StreamType,
+    ) {
+        let key: crate::mcu::session::SubscriberKey = (publisher.into(), stream);
+        for s in self.client_sessions() {
+            let Some(old) = s.with_mcu(|m| m.subscribers.remove(&key)) else {
+                continue;
+            };
+            debug!(session = %s.public_id, publisher, stream = stream.as_str(), "remote publisher replaced, following it");
+            crate::mcu::session::close_in_background(vec![old]);
+            self.follow_publisher(&s, key.0.clone(), stream);
+        }
     }
 
     /// A room new on this node: learn the members other nodes have, before

@@ -806,6 +806,41 @@ impl Room {
         );
     }
 
+    /// Tell `session` alone that `publisher` left the call and came back:
+    /// two participants updates, each with only `publisher`'s entry (first
+    /// with `inCall` 0, then as it is). The recipient's own entry is never
+    /// in them (Talk's clients hang up when they see themselves out of the
+    /// call). False when `publisher` is not in the call as far as the
+    /// participant list goes.
+    pub(crate) fn flap_participant(&self, session: &ClientSession, publisher: &str) -> bool {
+        if *session.public_id == *publisher {
+            return false;
+        }
+        let tracked = self.state.lock().tracked_list();
+        let entry = self
+            .add_internal_sessions(strip_permissions(tracked))
+            .into_iter()
+            .find(|e| entry_session_id(e) == publisher);
+        let Some(entry) = entry else {
+            return false;
+        };
+        if entry.get("inCall").and_then(Value::as_i64).unwrap_or(0) == 0 {
+            return false;
+        }
+        let mut out = entry.clone();
+        out.insert("inCall".into(), 0.into());
+        for e in [out, entry] {
+            let mut event = EventServerMessage::new("participants", "update");
+            event.update = Some(RoomEvent {
+                roomid: self.id.clone(),
+                users: Some(vec![e]),
+                ..Default::default()
+            });
+            session.send_message(ServerMessage::event(event));
+        }
+        true
+    }
+
     /// After a resume without a queued participants update, send the last known list.
     pub(crate) fn notify_session_resumed(&self, session: &ClientSession) {
         let users = self.state.lock().tracked_list();

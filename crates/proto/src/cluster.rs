@@ -93,6 +93,20 @@ pub const SESSION_COUNT_SUBJECT: &str = "cluster.sessioncount";
 /// refuse it as a replay too (published, not asked).
 pub const RANDOM_SUBJECT: &str = "cluster.random";
 
+/// A node replaced a publisher (its client offered again with a new sid):
+/// subscribers of it on the other nodes follow the new one (published, not
+/// asked).
+pub const PUBLISHER_NEWS_SUBJECT: &str = "cluster.publishernews";
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PublisherNews {
+    pub node: String,
+    /// The publishing session's public id.
+    pub session: String,
+    /// `video` or `screen`.
+    pub stream: String,
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RandomSeen {
     pub node: String,

@@ -635,3 +635,158 @@ async fn jan_talk_clients_recover_after_janus_restart() {
     let m = metrics(&s).await;
     assert!(m.contains("signaling_mcu_republish_nudges_total 1"), "{m}");
 }
+
+/// The participants updates `c` receives within `within` (other messages
+/// are pumped: candidates forwarded, the rest kept in `seen`).
+async fn participants_updates(c: &mut MediaClient, within: Duration) -> Vec<Value> {
+    c.pump(within)
+        .await
+        .into_iter()
+        .filter(|m| {
+            m["type"] == "event"
+                && m["event"]["target"] == "participants"
+                && m["event"]["type"] == "update"
+        })
+        .collect()
+}
+
+/// Issue 19: Janus dies mid-call and does not come back. The subscriber
+/// cannot get its media back, and Talk acts on no error, so within seconds
+/// its client alone is told that the publisher left the call and came back
+/// (two participants updates with only the publisher's entry: `inCall` 0,
+/// then its real flags; never the recipient's own entry, on which Talk
+/// hangs up). Talk's clients then drop the dead peer and request a new
+/// offer. Told once, not repeated.
+#[tokio::test]
+async fn jan_subscriber_is_told_within_seconds_when_janus_stays_away() {
+    let mut janus = start_janus().await;
+    let s = mcu_server(&janus, "").await;
+    let mut alice = MediaClient::join(&s, "alice", "room1").await;
+    let mut bob = MediaClient::join(&s, "bob", "room1").await;
+    talk_in_call(&s, "room1", &["alice", "bob"]).await;
+    let alice_id = alice.id.clone();
+    let bob_id = bob.id.clone();
+    alice.publish("video", "alice-1").await;
+    let (sid, _peer) = bob.subscribe(&alice_id, "video").await;
+    bob.pump_until(&sid, |s| s.video_frames > 5).await;
+    bob.pump(Duration::from_millis(300)).await;
+
+    janus.kill();
+    let killed = tokio::time::Instant::now();
+    let mut updates = Vec::new();
+    while updates.len() < 2 && killed.elapsed() < Duration::from_secs(10) {
+        updates.extend(participants_updates(&mut bob, Duration::from_millis(200)).await);
+    }
+    let took = killed.elapsed();
+    eprintln!("subscriber told {took:?} after Janus was killed");
+    assert_eq!(updates.len(), 2, "{:?}", bob.seen);
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let users = |m: &Value| {
+        m["event"]["update"]["users"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (out, back) = (users(&updates[0]), users(&updates[1]));
+    assert_eq!(out.len(), 1, "{}", updates[0]);
+    assert_eq!(back.len(), 1, "{}", updates[1]);
+    assert_eq!(out[0]["sessionId"], alice_id.as_str(), "{}", updates[0]);
+    assert_eq!(out[0]["inCall"], 0, "{}", updates[0]);
+    assert_eq!(back[0]["sessionId"], alice_id.as_str(), "{}", updates[1]);
+    assert_eq!(back[0]["inCall"], 7, "{}", updates[1]);
+    for m in &updates {
+        assert!(!m.to_string().contains(&bob_id), "own entry sent: {m}");
+    }
+    // Once: nothing more for a while; the publisher is not told anything
+    // of the kind about itself.
+    assert!(participants_updates(&mut bob, Duration::from_secs(2))
+        .await
+        .is_empty());
+    assert!(participants_updates(&mut alice, Duration::from_millis(100))
+        .await
+        .is_empty());
+    let m = metrics(&s).await;
+    assert!(m.contains("signaling_mcu_stall_notices_total 1"), "{m}");
+}
+
+/// Issue 19, cluster: the subscriber is on another signaling server (one
+/// Janus, NATS between the servers). The publisher offers again with a new
+/// sid (a new peer, as Talk does after its connection failed): the remote
+/// subscriber gets a fresh offer (new sid) without asking and decodes
+/// media again, within a bounded time.
+#[tokio::test]
+async fn jan_remote_subscriber_follows_a_replaced_publisher() {
+    let janus = start_janus().await;
+    let mut c = cluster_call(&format!(
+        "[mcu]\ntype = janus\nurl = {}\ntimeout = 5\n",
+        janus.url()
+    ))
+    .await;
+    assert_eventually!(
+        Duration::from_secs(10),
+        metrics_at(c.b)
+            .await
+            .contains("signaling_mcu_janus_connected 1")
+    );
+    let alice_id = c.alice.id.clone();
+    c.alice.publish("video", "alice-1").await;
+    let (old_sid, _) = c.bob.subscribe(&alice_id, "video").await;
+    c.bob.pump_until(&old_sid, |s| s.video_frames > 5).await;
+
+    let start = tokio::time::Instant::now();
+    c.alice.peers.clear();
+    c.alice.publish("video", "alice-2").await;
+    let (sid, _) = c.bob.accept_next_offer_from(&alice_id).await;
+    assert_ne!(sid, old_sid);
+    c.bob
+        .pump_until(&sid, |s| s.audio_frames > 10 && s.video_frames > 10)
+        .await;
+    let took = start.elapsed();
+    eprintln!("remote subscriber has media again {took:?} after the re-offer");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(seen_errors(&c.bob.seen).is_empty(), "{:?}", c.bob.seen);
+    let m = metrics_at(c.b).await;
+    assert!(
+        m.contains("signaling_mcu_followed_total{type=\"video\"} 1"),
+        "{m}"
+    );
+    // One publisher and one subscriber handle left in Janus.
+    assert_eventually!(Duration::from_secs(5), janus.handle_count().await == 2);
+}
+
+/// Issue 19: an offer the server pushes to a subscriber (its publisher was
+/// replaced) that the client never answers (a client that keeps its dead
+/// peer connection, or lost the offer) does not leave it without media for
+/// good: about 10 s later it is told that the publisher left the call and
+/// came back, on which Talk asks for a new offer.
+#[tokio::test]
+async fn jan_unanswered_pushed_offer_is_followed_by_a_notice() {
+    let janus = start_janus().await;
+    let s = mcu_server(&janus, "").await;
+    let mut alice = MediaClient::join(&s, "alice", "room1").await;
+    let mut bob = MediaClient::join(&s, "bob", "room1").await;
+    talk_in_call(&s, "room1", &["alice", "bob"]).await;
+    let alice_id = alice.id.clone();
+    alice.publish("video", "alice-1").await;
+    bob.subscribe(&alice_id, "video").await;
+
+    alice.peers.clear();
+    alice.publish("video", "alice-2").await;
+    let offer = bob.next("offer").await;
+    assert_eq!(offer["message"]["data"]["from"], alice_id.as_str());
+    let pushed = tokio::time::Instant::now();
+    // Not answered.
+    let mut updates = Vec::new();
+    while updates.len() < 2 && pushed.elapsed() < Duration::from_secs(13) {
+        updates.extend(participants_updates(&mut bob, Duration::from_millis(200)).await);
+    }
+    let took = pushed.elapsed();
+    eprintln!("subscriber told {took:?} after the unanswered offer");
+    assert_eq!(updates.len(), 2, "{:?}", bob.seen);
+    assert!(took >= Duration::from_secs(9), "{took:?}");
+    let users = |m: &Value| m["event"]["update"]["users"].clone();
+    assert_eq!(users(&updates[0])[0]["sessionId"], alice_id.as_str());
+    assert_eq!(users(&updates[0])[0]["inCall"], 0);
+    assert_eq!(users(&updates[1])[0]["inCall"], 7);
+    assert!(!updates[0].to_string().contains(&bob.id));
+}

@@ -188,12 +188,8 @@ async fn pxs_publishers_spread_over_proxies_with_media_and_drain() {
     );
 }
 
-/// Our signaling server with Debian's Go proxy 0.4.1 in front of Janus:
-/// media flows publisher -> Go proxy -> Janus -> subscriber.
-#[tokio::test]
-async fn pxs_our_signaling_with_the_go_proxy() {
-    let dir = TempDir::new("go-proxy").expect("dir");
-    let janus = start_janus().await;
+/// Debian's Go proxy 0.4.1 in front of `janus`, on loopback.
+async fn start_go_proxy(dir: &TempDir, janus: &Janus) -> (ChildGuard, SocketAddr) {
     let public = dir.join("server1.pem");
     std::fs::write(&public, TokenKey::Rsa.public_pem()).expect("key");
     let bin = std::env::var_os("GO_SIGNALING_PROXY")
@@ -234,8 +230,17 @@ async fn pxs_our_signaling_with_the_go_proxy() {
             break;
         }
     }
-    let _proxy = guard.expect("Go proxy started");
-    let urls = [format!("ws://{}", addr.expect("addr"))];
+    (guard.expect("Go proxy started"), addr.expect("addr"))
+}
+
+/// Our signaling server with Debian's Go proxy 0.4.1 in front of Janus:
+/// media flows publisher -> Go proxy -> Janus -> subscriber.
+#[tokio::test]
+async fn pxs_our_signaling_with_the_go_proxy() {
+    let dir = TempDir::new("go-proxy").expect("dir");
+    let janus = start_janus().await;
+    let (_proxy, addr) = start_go_proxy(&dir, &janus).await;
+    let urls = [format!("ws://{addr}")];
     let s = TestServer::start_with(&signaling_config(&dir, &urls)).await;
     assert_eventually!(
         Duration::from_secs(10),
@@ -738,4 +743,99 @@ async fn pxs_talk_clients_recover_after_the_proxys_janus_restarts() {
     assert_eq!(alice.id, alice_id);
     // One publisher and one subscriber left in that Janus.
     assert_eventually!(Duration::from_secs(5), a._janus.handle_count().await == 2);
+}
+
+/// Issue 19 behind Debian's Go proxy 0.4.1: its Janus is killed mid-call
+/// and comes back 2 s later. That proxy drops our publishers and
+/// subscribers and says only `backend-disconnected` / `backend-connected`;
+/// on the latter the publisher's client is asked to publish again (the
+/// Talk way), and the subscriber follows the new publisher: decoded media
+/// is back within a bounded time, without rejoining.
+#[tokio::test]
+async fn pxs_talk_clients_recover_after_the_go_proxys_janus_restarts() {
+    let dir = TempDir::new("go-proxy-restart").expect("dir");
+    let mut janus = start_janus().await;
+    let (_proxy, addr) = start_go_proxy(&dir, &janus).await;
+    let urls = [format!("ws://{addr}")];
+    let s = TestServer::start_with(&signaling_config(&dir, &urls)).await;
+    assert_eventually!(
+        Duration::from_secs(10),
+        stats(&s).await["mcu"]["proxies"][0]["connected"] == true
+    );
+    let mut alice = MediaClient::join(&s, "alice", "room1").await;
+    let mut bob = MediaClient::join(&s, "bob", "room1").await;
+    talk_in_call(&s, "room1", &["alice", "bob"]).await;
+    let alice_id = alice.id.clone();
+    alice.publish("video", "alice-1").await;
+    let (old_sid, _) = bob.subscribe(&alice_id, "video").await;
+
+    janus.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    janus.restart().await;
+    let back = tokio::time::Instant::now();
+
+    alice.republish_like_talk("alice-2").await;
+    let (sid, _) = bob.accept_next_offer_from(&alice_id).await;
+    assert_ne!(sid, old_sid);
+    bob.pump_until(&sid, |s| s.audio_frames > 10 && s.video_frames > 10)
+        .await;
+    let took = back.elapsed();
+    eprintln!("media back {took:?} after the Go proxy's Janus accepted connections again");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    assert_eq!(alice.id, alice_id);
+}
+
+/// Issue 19 with two proxies (remote streams): alice publishes on the
+/// German proxy, bob gets her stream through the US proxy (which fetches
+/// it from the German one). The German proxy's Janus is killed mid-call
+/// and comes back 2 s later; with Talk-like clients the publisher is made
+/// to publish again and bob's client gets a fresh offer and decoded media
+/// within a bounded time, without rejoining. (All clients share 127.0.0.1,
+/// so the geo override places the re-created subscriber too: here at the
+/// German proxy, so after recovery the stream is local there; what is
+/// tested is that losing a remote stream's source recovers.)
+#[tokio::test]
+async fn pxs_talk_clients_recover_a_remote_stream_after_the_publishers_janus_restarts() {
+    let dir = TempDir::new("mcu-proxy-remote-restart").expect("dir");
+    let mut de = remote_capable_proxy(&dir, "de", "DE").await;
+    let us = remote_capable_proxy(&dir, "us", "US").await;
+    let urls = [format!("ws://{}", de.addr), format!("ws://{}", us.addr)];
+    let mcu = signaling_config(&dir, &urls);
+    let geo = |country: &str| format!("{mcu}[geoip-overrides]\n127.0.0.1 = {country}\n");
+    let s = TestServer::start_with(&geo("DE")).await;
+    assert_eventually!(
+        Duration::from_secs(10),
+        stats(&s).await["mcu"]["proxies"]
+            .as_array()
+            .is_some_and(|p| p.iter().all(|p| p["connected"] == true))
+    );
+    let mut alice = MediaClient::join(&s, "alice", "room1").await;
+    let mut bob = MediaClient::join(&s, "bob", "room1").await;
+    talk_in_call(&s, "room1", &["alice", "bob"]).await;
+    let alice_id = alice.id.clone();
+    alice.publish("video", "alice-1").await;
+    let text = config_for(&s.backend.url(), &geo("US"));
+    s.server.reload(&Ini::parse(&text).expect("config"));
+    let (old_sid, _) = bob.subscribe(&alice_id, "video").await;
+    assert_eq!(us.server.remote_links(), 1, "a remote stream");
+    // Alice publishes in Germany again after the restart.
+    let text = config_for(&s.backend.url(), &geo("DE"));
+    s.server.reload(&Ini::parse(&text).expect("config"));
+
+    de._janus.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    de._janus.restart().await;
+    let back = tokio::time::Instant::now();
+
+    alice.republish_like_talk("alice-2").await;
+    let (sid, _) = bob.accept_next_offer_from(&alice_id).await;
+    assert_ne!(sid, old_sid);
+    bob.pump_until(&sid, |s| s.audio_frames > 10 && s.video_frames > 10)
+        .await;
+    let took = back.elapsed();
+    eprintln!(
+        "remote stream back {took:?} after the publisher proxy's Janus accepted connections again"
+    );
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    assert_eq!(alice.id, alice_id);
 }

@@ -26,6 +26,9 @@
 //!    as soon as that publisher sends media again, then hands the fresh offer
 //!    (with its new sid) to its session ([`McuListener::on_update_offer`]).
 //!
+//! A subscriber not rebuilt within [`super::STALL_NOTICE`] tells its
+//! session ([`McuListener::subscriber_stalled`]), which tells the client the
+//! way Talk acts on; it keeps waiting.
 //! A subscriber that cannot be rebuilt within [`REBUILD_WAIT`], or whose
 //! publisher ends or is replaced (the client offered again with a new sid),
 //! ends with [`McuListener::subscriber_lost`]: its session follows the
@@ -925,6 +928,13 @@ async fn next_event(events: Option<&mut HandleEvents>) -> Option<HandleEvent> {
     }
 }
 
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn poll_opt<T>(f: &mut Option<BoxFuture<'static, T>>) -> T {
     match f {
         Some(f) => f.await,
@@ -1359,6 +1369,9 @@ impl SubscriberTask {
     async fn run(mut self, conn: SubConn, mut rx: mpsc::Receiver<Cmd>) {
         let mut conn = Some(conn);
         let mut rebuild: Option<BoxFuture<'static, Result<Rebuilt, McuError>>> = None;
+        // When a pending rebuild has taken long enough that the client must
+        // be told (once per loss).
+        let mut stall_at: Option<Instant> = None;
         let mut done: Option<oneshot::Sender<()>> = None;
         // Ended because the publisher did (or Janus stayed away), not at
         // the session's request.
@@ -1398,11 +1411,18 @@ impl SubscriberTask {
                                 break;
                             }
                             rebuild = Some(self.rebuild(epoch));
+                            stall_at = Some(Instant::now() + super::STALL_NOTICE);
                         }
                     }
                 },
+                _ = sleep_until_opt(stall_at) => {
+                    stall_at = None;
+                    info!(publisher = %self.key.0, stream = self.key.1.as_str(), "subscriber not rebuilt yet, telling its client");
+                    self.listener.subscriber_stalled(&*self.me);
+                },
                 res = poll_opt(&mut rebuild) => {
                     rebuild = None;
+                    stall_at = None;
                     match res {
                         Ok((c, offer, room)) => {
                             *self.me.info.sid.lock() = c.handle.id().to_string();

@@ -22,6 +22,9 @@ pub struct McuMetrics {
     pub candidates_filtered: Arc<Counter>,
     /// Clients nudged to publish again (no offer after `requestoffer`).
     pub republish_nudges_total: Arc<Counter>,
+    /// Subscribers told their publisher left and came back (participants
+    /// update to them alone) because their media could not be restored.
+    pub stall_notices_total: Arc<Counter>,
     /// Subscribers re-created on their own after losing their publisher,
     /// their offer pushed to the client.
     pub followed_total: Arc<CounterVec>,
@@ -97,6 +100,10 @@ impl McuMetrics {
             republish_nudges_total: registry.counter(
                 "signaling_mcu_republish_nudges_total",
                 "Clients made to publish again after their publisher was lost (Talk's web client ignores requestoffer to itself)",
+            ),
+            stall_notices_total: registry.counter(
+                "signaling_mcu_stall_notices_total",
+                "Subscribers whose media could not be restored within seconds, told with a participants update to them alone that the publisher left the call and came back (Talk then requests a new offer)",
             ),
             followed_total: registry.counter_vec(
                 "signaling_mcu_followed_total",

@@ -139,6 +139,12 @@ pub struct McuMessage {
 /// nothing to tell the client.
 pub type Responder = Box<dyn FnOnce(Result<Option<Value>, McuError>) + Send>;
 
+/// How long a subscriber may be without media it cannot get back (its
+/// media server or publisher not back) before its client is told (issue
+/// 19: Talk's clients act on the publisher leaving the call and coming
+/// back, not on errors).
+pub const STALL_NOTICE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Receives what the media server does on its own for one session.
 pub trait McuListener: Send + Sync {
     /// A new offer for a subscriber: Janus renegotiated (the publisher
@@ -164,6 +170,10 @@ pub trait McuListener: Send + Sync {
     fn subscriber_lost(&self, client: &dyn McuClient) {
         self.subscriber_closed(client);
     }
+    /// A subscriber lost its media (the media server went away) and could
+    /// not be rebuilt within [`STALL_NOTICE`]: its client has
+    /// dead media and must be told (the subscriber keeps trying).
+    fn subscriber_stalled(&self, _client: &dyn McuClient) {}
 }
 
 /// What every publisher and subscriber object knows about itself, whatever

@@ -201,6 +201,10 @@ struct ProxyConn {
     bandwidth: Mutex<proto::proxy::EventProxyServerBandwidth>,
     next_msg: AtomicU64,
     clients: Mutex<HashMap<String, Arc<ProxyClient>>>,
+    /// Publishers the proxy dropped when its media server went away (Go
+    /// proxy `backend-disconnected`); their clients are asked to publish
+    /// again on `backend-connected`.
+    lost_publishers: Mutex<Vec<Arc<ProxyClient>>>,
     settings: Arc<ProxySettings>,
     shared: Arc<Shared>,
     /// Ends this connection (shutdown, or the URL was removed).
@@ -533,7 +537,12 @@ where
 
 /// The proxy session is gone (proxy restarted): its clients are too.
 fn lost_clients(conn: &ProxyConn) {
-    let clients: Vec<Arc<ProxyClient>> = conn.clients.lock().drain().map(|(_, c)| c).collect();
+    let mut clients: Vec<Arc<ProxyClient>> = conn.clients.lock().drain().map(|(_, c)| c).collect();
+    // Lost already; asked to publish again now, wherever there is room.
+    for c in std::mem::take(&mut *conn.lost_publishers.lock()) {
+        c.listener.publisher_lost(&*c);
+    }
+    clients.retain(|c| !c.closed.load(Ordering::Acquire));
     for c in clients {
         c.closed.store(true, Ordering::Release);
         conn.shared.gone(&c);
@@ -571,8 +580,30 @@ fn process_push(conn: &ProxyConn, msg: ProxyServerMessage) {
                 info!(url = %conn.url, "MCU proxy is draining: no new publishers there");
                 conn.draining.store(true, Ordering::Release);
             }
-            "backend-disconnected" | "backend-connected" => {
-                debug!(url = %conn.url, event = %e.kind, "proxy backend state");
+            "backend-disconnected" => {
+                // The Go proxy dropped all our publishers and subscribers
+                // (its Janus went away) without telling about each.
+                // Subscribers follow their publishers from now on; the
+                // publishers' clients are asked to publish again once the
+                // proxy has its media server back.
+                info!(url = %conn.url, "MCU proxy lost its media server");
+                let clients: Vec<Arc<ProxyClient>> =
+                    conn.clients.lock().drain().map(|(_, c)| c).collect();
+                for c in clients {
+                    c.closed.store(true, Ordering::Release);
+                    conn.shared.gone(&c);
+                    if c.info.publisher.is_some() {
+                        c.listener.subscriber_lost(&*c);
+                    } else {
+                        conn.lost_publishers.lock().push(c);
+                    }
+                }
+            }
+            "backend-connected" => {
+                info!(url = %conn.url, "MCU proxy has its media server again");
+                for c in std::mem::take(&mut *conn.lost_publishers.lock()) {
+                    c.listener.publisher_lost(&*c);
+                }
             }
             "subscriber-sid-updated" => {
                 if let Some(c) = conn.clients.lock().get(&e.client_id) {
@@ -808,6 +839,7 @@ impl Inner {
             bandwidth: Mutex::new(Default::default()),
             next_msg: AtomicU64::new(0),
             clients: Mutex::new(HashMap::new()),
+            lost_publishers: Mutex::new(Vec::new()),
             settings: self.settings.clone(),
             shared: self.shared.clone(),
             cancel: self.cancel.child_token(),

@@ -14,7 +14,7 @@ use super::sdp::media_types;
 use super::session::{close_in_background, mcu_message, SessionListener};
 use super::{
     CodecPrefs, McuClient, McuError, McuMessage, MediaTypes, PublisherParams, StreamType,
-    SubscriberParams,
+    SubscriberParams, STALL_NOTICE,
 };
 use crate::session::{
     ClientSession, PERMISSION_PUBLISH_AUDIO, PERMISSION_PUBLISH_MEDIA, PERMISSION_PUBLISH_SCREEN,
@@ -30,6 +30,14 @@ pub const UNSHARE_SCREEN_DELAY: Duration = Duration::from_secs(1);
 /// wait for its offer before nudging it the way Talk's web client reacts to
 /// (see [`Hub::ask_to_publish_again`]).
 pub const REPUBLISH_NUDGE_DELAY: Duration = Duration::from_millis(500);
+
+/// A client is told that a publisher's media could not be restored at
+/// most this often per publisher.
+pub const STALL_NOTICE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a client may take to answer an offer the server pushed to it
+/// before it is told that the publisher left and came back.
+pub const OFFER_ANSWER_WAIT: Duration = Duration::from_secs(10);
 
 /// How long a session follows a publisher whose stream it lost (publisher
 /// replaced, closed by its client, or its media server gone) before giving
@@ -409,6 +417,9 @@ impl Hub {
                 return;
             }
         };
+        if data.kind == "answer" && !own {
+            session.with_mcu(|m| m.unanswered.remove(&client.id()));
+        }
         let msg = McuMessage {
             kind: data.kind.clone(),
             sid: data.sid.clone(),
@@ -501,6 +512,79 @@ impl Hub {
         });
     }
 
+    /// `session` has dead media from `publisher` that could not be restored
+    /// within [`STALL_NOTICE`] (its media server or the publisher is not
+    /// back). Errors make no Talk client act, and neither does silence
+    /// (a subscriber's own ICE failure takes tens of seconds, and then
+    /// only the web and iOS clients ask again), so the client alone is
+    /// sent two participants updates with only `publisher`'s entry: out of
+    /// the call, then back in. Talk's web client merges them into its list
+    /// (the own entry is left out, so it never hangs up), drops the peer
+    /// and requests a new offer, retrying every 10 s; iOS retries for 60 s,
+    /// Android asks once. At most once per publisher per
+    /// [`STALL_NOTICE_INTERVAL`].
+    pub(crate) fn tell_media_stalled(&self, session: &Arc<ClientSession>, publisher: &str) {
+        if *session.public_id == *publisher || !self.is_in_same_call(session, publisher) {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let due = session.with_mcu(|m| {
+            let due = m
+                .stall_notices
+                .get(publisher)
+                .is_none_or(|at| now.duration_since(*at) >= STALL_NOTICE_INTERVAL);
+            if due {
+                m.stall_notices
+                    .retain(|_, at| now.duration_since(*at) < STALL_NOTICE_INTERVAL);
+                m.stall_notices.insert(publisher.into(), now);
+            }
+            due
+        });
+        if !due {
+            return;
+        }
+        let Some(room) = session.room() else { return };
+        if room.flap_participant(session, publisher) {
+            info!(session = %session.public_id, publisher = %publisher, "media could not be restored, told the client the publisher left and came back");
+            if let Some(m) = &self.mcu_metrics {
+                m.stall_notices_total.inc();
+            }
+        }
+    }
+
+    /// An offer of `sub` was pushed to `session`'s client without it asking
+    /// (its publisher was replaced or rebuilt). A client that does not
+    /// answer within [`OFFER_ANSWER_WAIT`] (e.g. one that reuses its dead
+    /// peer connection and fails on it) is told like one whose media could
+    /// not be restored ([`Hub::tell_media_stalled`]), on which Talk asks for
+    /// a new offer.
+    pub(crate) fn watch_pushed_offer(
+        self: &Arc<Self>,
+        session: &Arc<ClientSession>,
+        sub: &dyn McuClient,
+    ) {
+        let Some(publisher) = sub.publisher_id().map(Arc::<str>::from) else {
+            return;
+        };
+        let id = sub.id();
+        session.with_mcu(|m| m.unanswered.insert(id));
+        let hub = Arc::downgrade(self);
+        let weak = Arc::downgrade(session);
+        tokio::spawn(async move {
+            tokio::time::sleep(OFFER_ANSWER_WAIT).await;
+            let (Some(hub), Some(s)) = (hub.upgrade(), weak.upgrade()) else {
+                return;
+            };
+            let unanswered = s.with_mcu(|m| {
+                m.unanswered.remove(&id) && m.subscribers.values().any(|c| c.id() == id)
+            });
+            if unanswered && !s.is_closed() {
+                info!(session = %s.public_id, publisher = %publisher, "pushed offer not answered");
+                hub.tell_media_stalled(&s, &publisher);
+            }
+        });
+    }
+
     /// `session` lost its subscriber of `publisher`'s `stream` without
     /// asking (the publisher was replaced or ended, or the media server or
     /// proxy went away). While both stay in the call, subscribe again as
@@ -520,7 +604,9 @@ impl Hub {
         let hub = Arc::downgrade(self);
         let weak = Arc::downgrade(session);
         tokio::spawn(async move {
-            let deadline = tokio::time::Instant::now() + FOLLOW_WAIT;
+            let start = tokio::time::Instant::now();
+            let deadline = start + FOLLOW_WAIT;
+            let mut told = false;
             let key = (publisher.clone(), stream);
             loop {
                 let (Some(hub), Some(s)) = (hub.upgrade(), weak.upgrade()) else {
@@ -558,6 +644,7 @@ impl Hub {
                                     info!(session = %s.public_id, publisher = %publisher, stream = stream.as_str(), sid = %sub.sid(), "following the publisher: new offer");
                                     hub.metrics_mcu_followed(stream);
                                     send_mcu_response(&s, &*sub, &publisher, jsep);
+                                    hub.watch_pushed_offer(&s, &*sub);
                                 }
                                 return;
                             }
@@ -585,6 +672,10 @@ impl Hub {
                         return;
                     }
                     debug!(session = %s.public_id, publisher = %publisher, error = %e, "publisher not back yet");
+                    if !told && start.elapsed() >= STALL_NOTICE {
+                        told = true;
+                        hub.tell_media_stalled(&s, &publisher);
+                    }
                 }
                 drop((hub, s));
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -670,6 +761,7 @@ impl Hub {
         let mut params = params;
         (params.country, params.continents) = self.location(session);
         let publisher = mcu.new_publisher(listener, params).await;
+        let replaced_any = replaced.is_some();
         // The replaced one goes either way (its subscribers follow the new
         // one, or the client's next offer).
         close_in_background(replaced.into_iter().collect());
@@ -692,6 +784,9 @@ impl Hub {
             return Err(McuError::Closed);
         }
         info!(session = %session.public_id, stream = stream.as_str(), "publishing");
+        if replaced_any {
+            self.announce_publisher_replaced(&session.public_id, stream);
+        }
         Ok(publisher)
     }
 

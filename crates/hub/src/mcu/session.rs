@@ -27,6 +27,12 @@ pub(crate) struct McuObjects {
     /// Offers the client sent (all streams): tells whether it published
     /// again after it was asked to.
     pub offers: u64,
+    /// When the client was last told that a publisher (by session id) left
+    /// the call and came back because its media could not be restored.
+    pub stall_notices: HashMap<Arc<str>, std::time::Instant>,
+    /// Subscribers (by object id) whose offer was pushed to the client
+    /// without it asking and that it has not answered yet.
+    pub unanswered: std::collections::HashSet<u64>,
 }
 
 impl McuObjects {
@@ -140,6 +146,9 @@ impl McuListener for SessionListener {
             &offer,
             &client.sid(),
         ));
+        if let Some(hub) = s.hub() {
+            hub.watch_pushed_offer(&s, client);
+        }
     }
 
     fn on_ice_candidate(&self, client: &dyn McuClient, candidate: Value) {
@@ -204,6 +213,21 @@ impl McuListener for SessionListener {
         if let Some(hub) = s.hub() {
             // The next offer creates a new publisher wherever there is room.
             hub.ask_to_publish_again(&s, client.stream_type(), &client.sid());
+        }
+    }
+
+    fn subscriber_stalled(&self, client: &dyn McuClient) {
+        let Some(s) = self.session.upgrade() else {
+            return;
+        };
+        if !s.with_mcu(|m| m.has_subscriber(client)) || s.is_closed() {
+            return;
+        }
+        let Some(publisher) = client.publisher_id() else {
+            return;
+        };
+        if let Some(hub) = s.hub() {
+            hub.tell_media_stalled(&s, publisher);
         }
     }
 
