@@ -10,9 +10,10 @@
 //! and takes about a millisecond for a heap of a hundred megabytes.
 //!
 //! A different allocator was tried first: jemalloc gave memory back on its
-//! own, but its size classes cost about 2 KiB more per idle session (9.9
-//! instead of 7.7 KiB at 19,000 sessions) and its thread caches either
-//! kept memory or cost throughput when turned off.
+//! own, but its thread caches kept several megabytes after a spike, and
+//! with them turned off the flood benchmark lost about a quarter of its
+//! throughput; it also cost 0.4 KiB more per idle session (9.9 against
+//! 9.5 KiB at 19,000 sessions).
 
 use hub::Hub;
 use std::sync::Arc;
