@@ -53,7 +53,12 @@ pub fn spawn(hub: Arc<Hub>, token: CancellationToken) {
             if now < last {
                 let started = std::time::Instant::now();
                 let released = trim();
-                tracing::debug!(connections = now, released, took_us = started.elapsed().as_micros() as u64, "malloc_trim");
+                tracing::debug!(
+                    connections = now,
+                    released,
+                    took_us = started.elapsed().as_micros() as u64,
+                    "malloc_trim"
+                );
             }
             last = now;
         }
