@@ -1,6 +1,6 @@
 //! The protocol state of one Janus connection, without I/O: pending
 //! transactions, the registry of sessions and handles, routing of incoming
-//! messages. The connection task ([`crate::task`]) feeds it commands and
+//! messages. The connection task (module `task`) feeds it commands and
 //! frames and writes whatever it leaves in `outbox`; unit tests drive it
 //! directly.
 

@@ -39,6 +39,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod connection;
 mod core;
 mod error;
 mod events;
@@ -46,7 +47,8 @@ mod task;
 pub mod videoroom;
 mod wire;
 
-pub use client::{ConnectionState, Gateway, GatewayConfig, Handle, PluginResponse, Session};
+pub use client::{Gateway, Handle, PluginResponse, Session};
+pub use connection::{ConnectionState, GatewayConfig};
 pub use error::{Error, GoneReason, Result};
 pub use events::{HandleEvent, HandleEvents, MediaEvent, PluginEvent, SlowLinkEvent};
 pub use task::SUBPROTOCOL;

@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::client::{ConnectionState, GatewayConfig};
+use crate::connection::{ConnectionState, GatewayConfig};
 use crate::core::{object, Command, Core, Trouble};
 use crate::error::{Error, GoneReason};
 use crate::wire::{Incoming, ServerInfo};

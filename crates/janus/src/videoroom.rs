@@ -49,7 +49,7 @@ use crate::events::PluginEvent;
 use crate::wire::{ApiGeneration, Jsep};
 
 /// Package name of the plugin.
-pub const PLUGIN: &str = "janus.plugin.videoroom";
+pub const PLUGIN: &str = crate::wire::VIDEOROOM_PLUGIN;
 
 /// VideoRoom error codes (`error_code` in the plugin data).
 pub mod error_codes {

@@ -257,6 +257,10 @@ pub struct ServerInfo {
     pub events: BTreeMap<String, PluginInfo>,
 }
 
+/// The VideoRoom plugin's name (re-exported as `videoroom::PLUGIN`); the
+/// MCU requirements below look for it.
+pub(crate) const VIDEOROOM_PLUGIN: &str = "janus.plugin.videoroom";
+
 /// What [`ServerInfo::check_mcu_requirements`] found acceptable but worth a
 /// warning.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -281,7 +285,7 @@ impl ServerInfo {
     }
 
     pub fn videoroom(&self) -> Option<&PluginInfo> {
-        self.plugins.get(crate::videoroom::PLUGIN)
+        self.plugins.get(VIDEOROOM_PLUGIN)
     }
 
     /// The checks upstream's MCU start-up does (JAN-01): the VideoRoom plugin
@@ -290,8 +294,7 @@ impl ServerInfo {
         if self.videoroom().is_none() {
             return Err(crate::Error::Unsupported(format!(
                 "plugin {} is not available in Janus {}",
-                crate::videoroom::PLUGIN,
-                self.version_string
+                VIDEOROOM_PLUGIN, self.version_string
             )));
         }
         if !self.data_channels {
