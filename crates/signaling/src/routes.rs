@@ -145,41 +145,7 @@ async fn route(
             if !server.stats_allowed(&ip) {
                 return text(StatusCode::FORBIDDEN, "Authentication check failed");
             }
-            if path == "/api/v1/serverinfo" {
-                let info = crate::status::ServerInfo::collect(server);
-                let mut body = serde_json::to_vec_pretty(&info).unwrap_or_default();
-                body.push(b'\n');
-                return json(body);
-            }
-            if path == "/status" {
-                let html = crate::status::ServerInfo::collect(server).to_html();
-                let mut r = Response::new(Full::new(Bytes::from(html)));
-                let h = r.headers_mut();
-                h.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/html; charset=utf-8"),
-                );
-                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                // Nothing on the page is loaded from elsewhere; say so.
-                h.insert(
-                    header::CONTENT_SECURITY_POLICY,
-                    HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
-                );
-                return r;
-            }
-            if path == "/metrics" {
-                let mut r =
-                    Response::new(Full::new(Bytes::from(server.hub.metrics.registry.render())));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
-                return r;
-            }
-            let stats = server.hub.stats();
-            let mut body = serde_json::to_vec_pretty(&stats).unwrap_or_default();
-            body.push(b'\n');
-            json(body)
+            stats_page(server, path)
         }
         "/turn/credentials" => {
             if method != Method::GET {
@@ -215,6 +181,45 @@ async fn route(
         }
         _ => text(StatusCode::NOT_FOUND, "404 page not found"),
     }
+}
+
+/// `/api/v1/stats`, `/metrics`, `/api/v1/serverinfo` and `/status`, once
+/// the caller is allowed to see them.
+fn stats_page(server: &Arc<Server>, path: &str) -> Response<Body> {
+    if path == "/api/v1/serverinfo" {
+        let info = crate::status::ServerInfo::collect(server);
+        let mut body = serde_json::to_vec_pretty(&info).unwrap_or_default();
+        body.push(b'\n');
+        return json(body);
+    }
+    if path == "/status" {
+        let html = crate::status::ServerInfo::collect(server).to_html();
+        let mut r = Response::new(Full::new(Bytes::from(html)));
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        // Nothing on the page is loaded from elsewhere; say so.
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+        );
+        return r;
+    }
+    if path == "/metrics" {
+        let mut r = Response::new(Full::new(Bytes::from(server.hub.metrics.registry.render())));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        return r;
+    }
+    let stats = server.hub.stats();
+    let mut body = serde_json::to_vec_pretty(&stats).unwrap_or_default();
+    body.push(b'\n');
+    json(body)
 }
 
 fn percent_decode(s: &str) -> String {
@@ -301,56 +306,10 @@ async fn backend_room(
 ) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let headers = parts.headers;
-    // Go's server requires a declared length; chunked requests are refused.
-    let Some(len) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.parse::<u64>().ok())
-    else {
-        return early(text(StatusCode::LENGTH_REQUIRED, "Length required"), body);
+    let (random, checksum) = match room_request_headers(server, &headers, ip).await {
+        Ok(v) => v,
+        Err(resp) => return early(resp, body),
     };
-    if len > MAX_BODY_SIZE {
-        return early(
-            text(StatusCode::PAYLOAD_TOO_LARGE, "Request entity too large"),
-            body,
-        );
-    }
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !ct.starts_with("application/json") {
-        return early(
-            text(StatusCode::BAD_REQUEST, "Unsupported Content-Type"),
-            body,
-        );
-    }
-    if server
-        .hub
-        .throttler()
-        .check(ip, hub::throttle::ACTION_BACKEND_ROOM)
-        .is_err()
-    {
-        return early(
-            text(StatusCode::TOO_MANY_REQUESTS, "Too many requests"),
-            body,
-        );
-    }
-    let random = headers
-        .get(proto::backend::HEADER_RANDOM)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let checksum = headers
-        .get(proto::backend::HEADER_CHECKSUM)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    if random.is_empty() || checksum.is_empty() {
-        warn!(peer = %ip, "backend request without checksum headers");
-        let resp = auth_failed(server, ip).await;
-        return early(resp, body);
-    }
     let body = match tokio::time::timeout(
         BODY_READ_TIMEOUT,
         Limited::new(body, MAX_BODY_SIZE as usize).collect(),
@@ -427,4 +386,58 @@ async fn backend_room(
             text(StatusCode::INTERNAL_SERVER_ERROR, "Error while processing")
         }
     }
+}
+
+/// The checks of a backend room request before its body is read: declared
+/// length, content type, throttling and the checksum headers (returned as
+/// random and checksum). A refusal is the response to send.
+async fn room_request_headers(
+    server: &Arc<Server>,
+    headers: &HeaderMap,
+    ip: &str,
+) -> Result<(String, String), Response<Body>> {
+    // Go's server requires a declared length; chunked requests are refused.
+    let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<u64>().ok())
+    else {
+        return Err(text(StatusCode::LENGTH_REQUIRED, "Length required"));
+    };
+    if len > MAX_BODY_SIZE {
+        return Err(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Request entity too large",
+        ));
+    }
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.starts_with("application/json") {
+        return Err(text(StatusCode::BAD_REQUEST, "Unsupported Content-Type"));
+    }
+    if server
+        .hub
+        .throttler()
+        .check(ip, hub::throttle::ACTION_BACKEND_ROOM)
+        .is_err()
+    {
+        return Err(text(StatusCode::TOO_MANY_REQUESTS, "Too many requests"));
+    }
+    let random = headers
+        .get(proto::backend::HEADER_RANDOM)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let checksum = headers
+        .get(proto::backend::HEADER_CHECKSUM)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    if random.is_empty() || checksum.is_empty() {
+        warn!(peer = %ip, "backend request without checksum headers");
+        return Err(auth_failed(server, ip).await);
+    }
+    Ok((random, checksum))
 }

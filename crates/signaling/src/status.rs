@@ -85,107 +85,12 @@ impl ServerInfo {
     /// `/status`: one self-contained page (no external assets, so it works
     /// behind any proxy and offline), refreshing itself every 10 s.
     pub fn to_html(&self) -> String {
-        let mut rows = String::new();
-        for (backend, types) in &self.sessions.backends {
-            if types.is_empty() {
-                rows.push_str(&format!(
-                    "<tr><td>{}</td><td>-</td><td class=\"n\">0</td></tr>\n",
-                    escape(backend)
-                ));
-            }
-            for (kind, n) in types {
-                rows.push_str(&format!(
-                    "<tr><td>{}</td><td>{}</td><td class=\"n\">{n}</td></tr>\n",
-                    escape(backend),
-                    escape(kind)
-                ));
-            }
-        }
-        if rows.is_empty() {
-            rows.push_str("<tr><td colspan=\"3\">no sessions</td></tr>\n");
-        }
-        let mut events = String::new();
-        for e in &self.log.events {
-            let class = if e.level == "ERROR" { "bad" } else { "warn" };
-            events.push_str(&format!(
-                "<tr><td>{} ago</td><td class=\"{class}\">{}</td><td>{}</td></tr>\n",
-                human_duration(self.now.saturating_sub(e.time)),
-                e.level,
-                escape(&e.message)
-            ));
-        }
-        if events.is_empty() {
-            events.push_str("<tr><td colspan=\"3\">none</td></tr>\n");
-        }
-        let (state, state_class) = if self.draining {
-            ("draining: refusing new connections", "warn")
-        } else {
-            ("running", "ok")
-        };
-        let (nats, nats_class) = match (self.nats.mode, self.nats.connected) {
-            ("in-process", _) => ("in-process bus (single server)", "ok"),
-            (_, true) => ("connected", "ok"),
-            (_, false) => ("disconnected", "bad"),
-        };
-        let mut proxies = String::new();
-        if let Some(list) = self.mcu.as_ref().and_then(|m| m["proxies"].as_array()) {
-            proxies.push_str(
-                "<table id=\"proxies\">\n<tr><th>Proxy</th><th>State</th><th>Load</th>\
-                 <th>Country</th><th>Clients</th></tr>\n",
-            );
-            for p in list {
-                let (state, class) = match (p["connected"] == true, p["shutdown"] == true) {
-                    (true, false) => ("connected", "ok"),
-                    (true, true) => ("draining", "warn"),
-                    (false, _) => ("disconnected", "bad"),
-                };
-                proxies.push_str(&format!(
-                    "<tr><td>{}</td><td class=\"{class}\">{state}</td><td class=\"n\">{}</td>\
-                     <td>{}</td><td class=\"n\">{}</td></tr>\n",
-                    escape(p["url"].as_str().unwrap_or_default()),
-                    p["load"].as_u64().unwrap_or(0),
-                    escape(p["country"].as_str().unwrap_or_default()),
-                    p["clients"].as_u64().unwrap_or(0),
-                ));
-            }
-            proxies.push_str("</table>\n");
-        }
-        let (mcu, mcu_class) = match &self.mcu {
-            None => ("none (peer to peer)".to_owned(), "ok"),
-            Some(m) if m["type"] == "proxy" => {
-                let list = m["proxies"]
-                    .as_array()
-                    .map(Vec::as_slice)
-                    .unwrap_or_default();
-                let up = list.iter().filter(|p| p["connected"] == true).count();
-                (
-                    format!(
-                        "{up} of {} proxies connected, {} publishers",
-                        list.len(),
-                        m["publishers"]
-                    ),
-                    if up == 0 {
-                        "bad"
-                    } else if up < list.len() {
-                        "warn"
-                    } else {
-                        "ok"
-                    },
-                )
-            }
-            Some(m) if m["connected"] == true => (
-                format!(
-                    "{} connected, {} publishers",
-                    m["url"].as_str().unwrap_or_default(),
-                    m["publishers"]
-                ),
-                "ok",
-            ),
-            Some(m) => (
-                format!("{} disconnected", m["url"].as_str().unwrap_or_default()),
-                "bad",
-            ),
-        };
+        let rows = self.session_rows();
+        let events = self.event_rows();
+        let (state, state_class) = self.state_cell();
+        let (nats, nats_class) = self.nats_cell();
+        let proxies = self.proxy_table();
+        let (mcu, mcu_class) = self.mcu_cell();
         format!(
             r#"<!DOCTYPE html>
 <html lang="en">
@@ -237,6 +142,135 @@ footer {{ color: #777; font-size: .85em; }}
             errors = self.log.errors,
             kept = runtime::logging::RECENT_KEPT,
         )
+    }
+
+    /// `/status` rows of the backends table: sessions per backend and client
+    /// type.
+    fn session_rows(&self) -> String {
+        let mut rows = String::new();
+        for (backend, types) in &self.sessions.backends {
+            if types.is_empty() {
+                rows.push_str(&format!(
+                    "<tr><td>{}</td><td>-</td><td class=\"n\">0</td></tr>\n",
+                    escape(backend)
+                ));
+            }
+            for (kind, n) in types {
+                rows.push_str(&format!(
+                    "<tr><td>{}</td><td>{}</td><td class=\"n\">{n}</td></tr>\n",
+                    escape(backend),
+                    escape(kind)
+                ));
+            }
+        }
+        if rows.is_empty() {
+            rows.push_str("<tr><td colspan=\"3\">no sessions</td></tr>\n");
+        }
+        rows
+    }
+
+    /// `/status` rows of the recent warnings and errors.
+    fn event_rows(&self) -> String {
+        let mut events = String::new();
+        for e in &self.log.events {
+            let class = if e.level == "ERROR" { "bad" } else { "warn" };
+            events.push_str(&format!(
+                "<tr><td>{} ago</td><td class=\"{class}\">{}</td><td>{}</td></tr>\n",
+                human_duration(self.now.saturating_sub(e.time)),
+                e.level,
+                escape(&e.message)
+            ));
+        }
+        if events.is_empty() {
+            events.push_str("<tr><td colspan=\"3\">none</td></tr>\n");
+        }
+        events
+    }
+
+    /// `/status` server state text and its CSS class.
+    fn state_cell(&self) -> (&'static str, &'static str) {
+        if self.draining {
+            ("draining: refusing new connections", "warn")
+        } else {
+            ("running", "ok")
+        }
+    }
+
+    /// `/status` NATS text and its CSS class.
+    fn nats_cell(&self) -> (&'static str, &'static str) {
+        match (self.nats.mode, self.nats.connected) {
+            ("in-process", _) => ("in-process bus (single server)", "ok"),
+            (_, true) => ("connected", "ok"),
+            (_, false) => ("disconnected", "bad"),
+        }
+    }
+
+    /// `/status` table of MCU proxies (empty without proxies).
+    fn proxy_table(&self) -> String {
+        let mut proxies = String::new();
+        if let Some(list) = self.mcu.as_ref().and_then(|m| m["proxies"].as_array()) {
+            proxies.push_str(
+                "<table id=\"proxies\">\n<tr><th>Proxy</th><th>State</th><th>Load</th>\
+                 <th>Country</th><th>Clients</th></tr>\n",
+            );
+            for p in list {
+                let (state, class) = match (p["connected"] == true, p["shutdown"] == true) {
+                    (true, false) => ("connected", "ok"),
+                    (true, true) => ("draining", "warn"),
+                    (false, _) => ("disconnected", "bad"),
+                };
+                proxies.push_str(&format!(
+                    "<tr><td>{}</td><td class=\"{class}\">{state}</td><td class=\"n\">{}</td>\
+                     <td>{}</td><td class=\"n\">{}</td></tr>\n",
+                    escape(p["url"].as_str().unwrap_or_default()),
+                    p["load"].as_u64().unwrap_or(0),
+                    escape(p["country"].as_str().unwrap_or_default()),
+                    p["clients"].as_u64().unwrap_or(0),
+                ));
+            }
+            proxies.push_str("</table>\n");
+        }
+        proxies
+    }
+
+    /// `/status` MCU summary and its CSS class.
+    fn mcu_cell(&self) -> (String, &'static str) {
+        match &self.mcu {
+            None => ("none (peer to peer)".to_owned(), "ok"),
+            Some(m) if m["type"] == "proxy" => {
+                let list = m["proxies"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                let up = list.iter().filter(|p| p["connected"] == true).count();
+                (
+                    format!(
+                        "{up} of {} proxies connected, {} publishers",
+                        list.len(),
+                        m["publishers"]
+                    ),
+                    if up == 0 {
+                        "bad"
+                    } else if up < list.len() {
+                        "warn"
+                    } else {
+                        "ok"
+                    },
+                )
+            }
+            Some(m) if m["connected"] == true => (
+                format!(
+                    "{} connected, {} publishers",
+                    m["url"].as_str().unwrap_or_default(),
+                    m["publishers"]
+                ),
+                "ok",
+            ),
+            Some(m) => (
+                format!("{} disconnected", m["url"].as_str().unwrap_or_default()),
+                "bad",
+            ),
+        }
     }
 }
 
