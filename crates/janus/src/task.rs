@@ -208,39 +208,10 @@ impl Task {
             let mut send_ping = false;
             let mut flush = false;
             let outcome = tokio::select! {
-                cmd = self.cmd_rx.recv() => match cmd {
-                    None => Some(Ended::Close(None)),
-                    Some(Command::Request(req)) => {
-                        self.core.submit(req, std::time::Instant::now());
-                        None
-                    }
-                    Some(Command::Forget { target, epoch }) => {
-                        self.core.forget(target, epoch, std::time::Instant::now());
-                        None
-                    }
-                    Some(Command::Reconnect) => Some(Ended::Reconnect),
-                    Some(Command::Close { done }) => Some(Ended::Close(Some(done))),
-                },
+                cmd = self.cmd_rx.recv() => self.command(cmd),
                 frame = stream.next() => {
                     last_rx = Instant::now();
-                    match frame {
-                        Some(Ok(Message::Text(text))) => self.core.incoming(&text, std::time::Instant::now()).map(Ended::Trouble),
-                        Some(Ok(Message::Binary(data))) => {
-                            self.core.incoming(&String::from_utf8_lossy(&data), std::time::Instant::now()).map(Ended::Trouble)
-                        }
-                        Some(Ok(Message::Ping(_))) => {
-                            // tungstenite queued the pong; get it out.
-                            flush = true;
-                            None
-                        }
-                        Some(Ok(Message::Pong(_) | Message::Frame(_))) => None,
-                        Some(Ok(Message::Close(frame))) => Some(Ended::Lost(match frame {
-                            Some(f) => format!("closed by Janus ({} {})", f.code, f.reason),
-                            None => "closed by Janus".to_owned(),
-                        })),
-                        Some(Err(e)) => Some(Ended::Lost(e.to_string())),
-                        None => Some(Ended::Lost("connection closed".to_owned())),
-                    }
+                    self.frame(frame, &mut flush)
                 },
                 _ = ping.tick() => {
                     if last_rx.elapsed() >= silence_limit {
@@ -293,6 +264,54 @@ impl Task {
             .await;
         }
         ended
+    }
+
+    /// One command from the public handles; `Some` ends the connection.
+    fn command(&mut self, cmd: Option<Command>) -> Option<Ended> {
+        match cmd {
+            None => Some(Ended::Close(None)),
+            Some(Command::Request(req)) => {
+                self.core.submit(req, std::time::Instant::now());
+                None
+            }
+            Some(Command::Forget { target, epoch }) => {
+                self.core.forget(target, epoch, std::time::Instant::now());
+                None
+            }
+            Some(Command::Reconnect) => Some(Ended::Reconnect),
+            Some(Command::Close { done }) => Some(Ended::Close(Some(done))),
+        }
+    }
+
+    /// One frame from Janus; `Some` ends the connection. Sets `flush` when
+    /// tungstenite queued a pong that must go out.
+    fn frame(
+        &mut self,
+        frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+        flush: &mut bool,
+    ) -> Option<Ended> {
+        match frame {
+            Some(Ok(Message::Text(text))) => self
+                .core
+                .incoming(&text, std::time::Instant::now())
+                .map(Ended::Trouble),
+            Some(Ok(Message::Binary(data))) => self
+                .core
+                .incoming(&String::from_utf8_lossy(&data), std::time::Instant::now())
+                .map(Ended::Trouble),
+            Some(Ok(Message::Ping(_))) => {
+                // tungstenite queued the pong; get it out.
+                *flush = true;
+                None
+            }
+            Some(Ok(Message::Pong(_) | Message::Frame(_))) => None,
+            Some(Ok(Message::Close(frame))) => Some(Ended::Lost(match frame {
+                Some(f) => format!("closed by Janus ({} {})", f.code, f.reason),
+                None => "closed by Janus".to_owned(),
+            })),
+            Some(Err(e)) => Some(Ended::Lost(e.to_string())),
+            None => Some(Ended::Lost("connection closed".to_owned())),
+        }
     }
 
     /// Waits and retries until a connection is open (returns it) or the
