@@ -25,7 +25,32 @@ pub async fn run(path: &Path, args: &CheckArgs, match_keys: &[(String, PathBuf)]
         }
     };
     r.lint(path, &ini, &crate::schema::SCHEMA);
-    match hub::mcu::janus::JanusSettings::from_config(&ini) {
+    check_janus(&mut r, &ini).await;
+    check_tokens(&mut r, &ini).await;
+    for (id, file) in match_keys {
+        check_pair(&mut r, &ini, id, file);
+    }
+    for a in runtime::listen::parse_listen(&ini.get_string("http", "listen", "127.0.0.1:9090")) {
+        if let runtime::listen::ListenAddr::Tcp(addr) = a {
+            let what = format!("[http] listen {addr}");
+            runtime::check::tcp_listener(
+                &mut r,
+                &what,
+                &addr,
+                "nextcloud-spreed-signaling-proxy",
+                crate::VERSION,
+                args.skip_bind,
+            )
+            .await;
+        }
+    }
+    check_https(&mut r, &ini);
+    r.finish()
+}
+
+/// `[mcu]`: Janus answers and has what the MCU needs.
+async fn check_janus(r: &mut Report, ini: &Ini) {
+    match hub::mcu::janus::JanusSettings::from_config(ini) {
         Err((key, e)) => r.fail(&format!("[mcu] {key}"), e),
         Ok(settings) => {
             let what = format!("janus {}", settings.url);
@@ -48,11 +73,15 @@ pub async fn run(path: &Path, args: &CheckArgs, match_keys: &[(String, PathBuf)]
             }
         }
     }
-    match Tokens::load(&ini, true) {
+}
+
+/// `[tokens]`: the public keys of the signaling servers, or etcd.
+async fn check_tokens(r: &mut Report, ini: &Ini) {
+    match Tokens::load(ini, true) {
         Err(e) => r.fail("[tokens]", e),
         Ok(t) if ini.get_string("app", "tokentype", "static") == "etcd" => {
             let endpoints = ini.get_string("tokens", "endpoints", "");
-            match hub::etcd::EtcdClient::from_config(&ini, "tokens") {
+            match hub::etcd::EtcdClient::from_config(ini, "tokens") {
                 Ok(c) => match tokio::time::timeout(Duration::from_secs(5), c.get("/")).await {
                     Ok(Ok(_)) => r.ok("[tokens] etcd", format!("{endpoints} answers")),
                     Ok(Err(e)) => r.fail("[tokens] etcd", e.to_string()),
@@ -84,23 +113,10 @@ pub async fn run(path: &Path, args: &CheckArgs, match_keys: &[(String, PathBuf)]
             }
         }
     }
-    for (id, file) in match_keys {
-        check_pair(&mut r, &ini, id, file);
-    }
-    for a in runtime::listen::parse_listen(&ini.get_string("http", "listen", "127.0.0.1:9090")) {
-        if let runtime::listen::ListenAddr::Tcp(addr) = a {
-            let what = format!("[http] listen {addr}");
-            runtime::check::tcp_listener(
-                &mut r,
-                &what,
-                &addr,
-                "nextcloud-spreed-signaling-proxy",
-                crate::VERSION,
-                args.skip_bind,
-            )
-            .await;
-        }
-    }
+}
+
+/// `[https]`: the certificate loads and is not about to expire.
+fn check_https(r: &mut Report, ini: &Ini) {
     if !ini.get_string("https", "listen", "").is_empty() {
         let cert = ini.get_string("https", "certificate", "");
         let key = ini.get_string("https", "key", "");
@@ -124,7 +140,6 @@ pub async fn run(path: &Path, args: &CheckArgs, match_keys: &[(String, PathBuf)]
             }
         }
     }
-    r.finish()
 }
 
 /// A signaling server's private key against this proxy's public key of the

@@ -484,55 +484,16 @@ async fn run_link(
     tls: Arc<rustls::ClientConfig>,
     ready: oneshot::Sender<Result<(), String>>,
 ) {
-    let connect = tokio_tungstenite::connect_async_tls_with_config(
-        &link.url,
-        None,
-        false,
-        Some(tokio_tungstenite::Connector::Rustls(tls)),
-    );
-    let mut ws = match tokio::time::timeout(REQUEST_TIMEOUT, connect).await {
-        Ok(Ok((ws, _))) => ws,
-        Ok(Err(e)) => {
-            let _ = ready.send(Err(e.to_string()));
-            return;
-        }
-        Err(_) => {
-            let _ = ready.send(Err("connect timed out".into()));
-            return;
-        }
-    };
-    let hello = ProxyClientMessage {
-        id: "hello".into(),
-        kind: "hello".into(),
-        hello: Some(HelloProxyClientMessage {
-            version: HELLO_VERSION.into(),
-            token,
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let _ = ws
-        .send(Message::text(
-            serde_json::to_string(&hello).unwrap_or_default(),
-        ))
-        .await;
-    let answer = hub::mcu::proxy::hello_reply(&mut ws, REQUEST_TIMEOUT).await;
-    match answer {
-        Some(m) if m.kind == "hello" => {
-            info!(url = %link.url, "connected to remote proxy");
+    let mut ws = match open_link(&link, token, tls).await {
+        Ok(ws) => {
             let _ = ready.send(Ok(()));
+            ws
         }
-        Some(m) => {
-            let e = m.error.map(|e| e.to_string()).unwrap_or_default();
-            warn!(url = %link.url, error = %e, "remote proxy refused our hello");
+        Err(e) => {
             let _ = ready.send(Err(e));
             return;
         }
-        None => {
-            let _ = ready.send(Err("no hello answer".into()));
-            return;
-        }
-    }
+    };
     let mut pending: HashMap<String, Pending> = HashMap::new();
     let mut ping = tokio::time::interval(Duration::from_secs(30));
     loop {
@@ -562,22 +523,7 @@ async fn run_link(
                         continue;
                     }
                     if let Some(e) = msg.event.filter(|e| e.kind == "publisher-closed") {
-                        let ended: Vec<Arc<Feed>> = {
-                            let mut feeds = link.feeds.lock();
-                            let keys: Vec<_> = feeds
-                                .keys()
-                                .filter(|(id, _)| *id == e.client_id)
-                                .cloned()
-                                .collect();
-                            keys.iter().filter_map(|k| feeds.remove(k)).collect()
-                        };
-                        for f in ended {
-                            info!(url = %link.url, publisher = %f.publisher_id, "remote publisher closed");
-                            // Not inline: a set-up in progress may hold the
-                            // feed while it waits for a reply this task reads.
-                            let link = link.clone();
-                            tokio::spawn(async move { end_feed(&link, &f, None, false).await });
-                        }
+                        publisher_closed(&link, &e.client_id);
                     }
                 }
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
@@ -599,6 +545,76 @@ async fn run_link(
     }
     if let Some(r) = remotes.upgrade() {
         r.links.lock().retain(|_, l| !Arc::ptr_eq(l, &link));
+    }
+}
+
+type LinkWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects a link and says hello; the error is what `ready` reports.
+async fn open_link(
+    link: &Link,
+    token: String,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<LinkWs, String> {
+    let connect = tokio_tungstenite::connect_async_tls_with_config(
+        &link.url,
+        None,
+        false,
+        Some(tokio_tungstenite::Connector::Rustls(tls)),
+    );
+    let mut ws = match tokio::time::timeout(REQUEST_TIMEOUT, connect).await {
+        Ok(Ok((ws, _))) => ws,
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("connect timed out".into()),
+    };
+    let hello = ProxyClientMessage {
+        id: "hello".into(),
+        kind: "hello".into(),
+        hello: Some(HelloProxyClientMessage {
+            version: HELLO_VERSION.into(),
+            token,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let _ = ws
+        .send(Message::text(
+            serde_json::to_string(&hello).unwrap_or_default(),
+        ))
+        .await;
+    let answer = hub::mcu::proxy::hello_reply(&mut ws, REQUEST_TIMEOUT).await;
+    match answer {
+        Some(m) if m.kind == "hello" => {
+            info!(url = %link.url, "connected to remote proxy");
+            Ok(ws)
+        }
+        Some(m) => {
+            let e = m.error.map(|e| e.to_string()).unwrap_or_default();
+            warn!(url = %link.url, error = %e, "remote proxy refused our hello");
+            Err(e)
+        }
+        None => Err("no hello answer".into()),
+    }
+}
+
+/// The remote proxy says one of its publishers is gone: end our feeds of it.
+fn publisher_closed(link: &Arc<Link>, client_id: &str) {
+    let ended: Vec<Arc<Feed>> = {
+        let mut feeds = link.feeds.lock();
+        let keys: Vec<_> = feeds
+            .keys()
+            .filter(|(id, _)| *id == client_id)
+            .cloned()
+            .collect();
+        keys.iter().filter_map(|k| feeds.remove(k)).collect()
+    };
+    for f in ended {
+        info!(url = %link.url, publisher = %f.publisher_id, "remote publisher closed");
+        // Not inline: a set-up in progress may hold the
+        // feed while it waits for a reply this task reads.
+        let link = link.clone();
+        tokio::spawn(async move { end_feed(&link, &f, None, false).await });
     }
 }
 
