@@ -14,7 +14,6 @@ pub mod listen;
 pub mod logging;
 pub mod metrics;
 pub mod net;
-pub mod procfs;
 pub mod reload;
 pub mod schema;
 pub mod shutdown;

@@ -11,6 +11,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
+pub mod process;
+
 pub(crate) trait Render: Send + Sync {
     fn render(&self, out: &mut String);
 }
@@ -63,9 +65,7 @@ impl Registry {
     /// exports (CPU, memory, file descriptors, start time), read from
     /// `/proc/self` at each scrape, so existing dashboards keep working.
     pub fn register_process_metrics(&self) {
-        self.families
-            .lock()
-            .push(Arc::new(crate::procfs::ProcessMetrics));
+        self.families.lock().push(Arc::new(process::ProcessMetrics));
     }
 
     pub fn render(&self) -> String {

@@ -3,7 +3,7 @@
 //! so dashboards built for the Go server keep working. On a system without
 //! `/proc` the families are left out.
 
-use crate::metrics::{header, Render};
+use super::{header, Render};
 use std::fmt::Write;
 
 /// Clock ticks per second of `/proc/*/stat` times: `USER_HZ`, 100 on
@@ -115,7 +115,7 @@ impl ProcessStats {
     }
 }
 
-/// The collector a [`crate::metrics::Registry`] renders.
+/// The collector a [`super::Registry`] renders.
 pub(crate) struct ProcessMetrics;
 
 impl Render for ProcessMetrics {
