@@ -52,9 +52,11 @@
 #![forbid(unsafe_code)]
 
 mod backend;
+mod certs;
 mod checksum;
 mod client;
 pub mod dns;
+mod etcd;
 mod http;
 pub mod janus;
 pub mod jwt;
@@ -67,19 +69,18 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use backend::{FakeBackend, Handler, RecordedRequest, Reply};
+pub use certs::self_signed_cert;
 pub use checksum::{
     checksum, internal_token, random_hex, HEADER_BACKEND, HEADER_CHECKSUM, HEADER_RANDOM,
 };
 pub use client::{
     recipient_room, recipient_session, recipient_user, spreed_url, CloseInfo, Incoming, TestClient,
 };
+pub use etcd::{EtcdServer, EtcdTls};
 pub use http::{raw_http, raw_request, signed_room_request, HttpResponse, RawRequest};
 pub use jwt::{hello_claims, sign_hmac, unix_now, TokenKey};
 pub use monitor::{MonitorReport, Monitors};
-pub use process::{
-    free_port, self_signed_cert, wait_for_port, ChildGuard, EtcdServer, EtcdTls, NatsServer,
-    TempDir,
-};
+pub use process::{free_port, wait_for_port, ChildGuard, NatsServer, TempDir};
 
 /// Re-exported so tests can build raw WebSocket frames without naming the
 /// tungstenite crate themselves.
