@@ -187,7 +187,7 @@ impl Gateway {
     }
 
     /// Closes the connection and stops the task. Pending requests fail with
-    /// [`Error::Closed`]; sessions and handles end with [`GoneReason::Closed`].
+    /// [`Error::Closed`]; sessions and handles end with [`crate::GoneReason::Closed`].
     pub async fn close(&self) {
         let (done, wait) = oneshot::channel();
         if self

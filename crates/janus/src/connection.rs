@@ -27,7 +27,7 @@ pub struct GatewayConfig {
     /// Capacity of the command queue to the connection task; callers wait
     /// when it is full.
     pub command_queue: usize,
-    /// Capacity of each handle's event queue; see [`HandleEvents`].
+    /// Capacity of each handle's event queue; see [`crate::HandleEvents`].
     pub handle_queue: usize,
     /// Largest WebSocket message accepted from Janus.
     pub max_message_size: usize,
@@ -63,7 +63,7 @@ pub enum ConnectionState {
         attempt: u32,
         retry_in: Duration,
     },
-    /// [`Gateway::close`] was called, or every handle was dropped.
+    /// [`crate::Gateway::close`] was called, or every handle was dropped.
     Closed,
 }
 
