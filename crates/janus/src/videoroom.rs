@@ -2,7 +2,7 @@
 //! them: one room per published stream (`publishers: 1`), publisher feed ids
 //! chosen by the caller, subscribers that join a feed and get an offer.
 //!
-//! Both API generations are spoken ([`ApiGeneration`]):
+//! Both API generations are spoken ([`crate::ApiGeneration`]):
 //! - Janus 0.x subscribes with `"feed": id` and takes stream selection
 //!   (`substream`, `temporal`, `audio`, `video`) on the `join` itself.
 //! - Janus 1.x (multistream) subscribes with `"streams": [{"feed": id}]`
@@ -41,12 +41,24 @@
 //!   [`crate::codes::JSEP_INVALID_SDP`]), not by the plugin.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::client::{Handle, PluginResponse};
 use crate::error::{Error, Result};
 use crate::events::PluginEvent;
-use crate::wire::{ApiGeneration, Jsep};
+use crate::wire::Jsep;
+
+mod remote;
+mod subscriber;
+
+pub use remote::{
+    add_remote_publisher, publish_remotely, remove_remote_publisher, unpublish_remotely,
+    RemoteEndpoint,
+};
+pub use subscriber::{
+    join_subscriber, select_stream, start_subscriber, subscriber_join_request, update_subscriber,
+    StreamSelection, SubscriberJoined,
+};
 
 /// Package name of the plugin.
 pub const PLUGIN: &str = crate::wire::VIDEOROOM_PLUGIN;
@@ -153,96 +165,6 @@ pub async fn create_room(handle: &Handle, params: &CreateRoom) -> Result<RoomId>
             request: "create",
             detail: format!("no room id in {}", response.data),
         })
-}
-
-/// Where a remote publisher on another Janus receives RTP (the answer to
-/// [`add_remote_publisher`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RemoteEndpoint {
-    pub id: FeedId,
-    pub port: u16,
-    pub rtcp_port: u16,
-}
-
-/// Creates, in `room` of this Janus, a publisher `id` fed by RTP from
-/// another Janus (`publish_remotely` there), with the streams the real
-/// publisher has (`streams`: Janus's `mid`/`mindex`/`type`/`codec`...
-/// objects). Janus >= 1.1. Returns the ports the other Janus must send to.
-pub async fn add_remote_publisher(
-    handle: &Handle,
-    room: RoomId,
-    id: FeedId,
-    streams: &Value,
-) -> Result<RemoteEndpoint> {
-    let response = handle
-        .message(
-            json!({"request": "add_remote_publisher", "room": room, "id": id, "streams": streams}),
-            None,
-        )
-        .await?;
-    let port = |key: &str| uint(&response.data, key).and_then(|p| u16::try_from(p).ok());
-    match (port("port"), port("rtcp_port")) {
-        (Some(port), rtcp) if port != 0 => Ok(RemoteEndpoint {
-            id: uint(&response.data, "id").unwrap_or(id),
-            port,
-            rtcp_port: rtcp.unwrap_or(0),
-        }),
-        _ => Err(Error::Protocol {
-            request: "add_remote_publisher",
-            detail: format!("no port in {}", response.data),
-        }),
-    }
-}
-
-/// Removes a publisher created by [`add_remote_publisher`]; its
-/// subscribers are told the feed left.
-pub async fn remove_remote_publisher(handle: &Handle, room: RoomId, id: FeedId) -> Result<()> {
-    handle
-        .message(
-            json!({"request": "remove_remote_publisher", "room": room, "id": id}),
-            None,
-        )
-        .await?;
-    Ok(())
-}
-
-/// Starts sending the media of local publisher `publisher` in `room` to a
-/// remote publisher on another Janus (`host`:`port`, RTCP to `rtcp_port`),
-/// under the caller's name `remote_id` (unique per publisher).
-pub async fn publish_remotely(
-    handle: &Handle,
-    room: RoomId,
-    publisher: FeedId,
-    remote_id: &str,
-    host: &str,
-    port: u16,
-    rtcp_port: u16,
-) -> Result<()> {
-    let mut body = json!({
-        "request": "publish_remotely", "room": room, "publisher_id": publisher,
-        "remote_id": remote_id, "host": host, "port": port,
-    });
-    if rtcp_port != 0 {
-        body["rtcp_port"] = json!(rtcp_port);
-    }
-    handle.message(body, None).await?;
-    Ok(())
-}
-
-/// Stops what [`publish_remotely`] started under `remote_id`.
-pub async fn unpublish_remotely(
-    handle: &Handle,
-    room: RoomId,
-    publisher: FeedId,
-    remote_id: &str,
-) -> Result<()> {
-    handle
-        .message(
-            json!({"request": "unpublish_remotely", "room": room, "publisher_id": publisher, "remote_id": remote_id}),
-            None,
-        )
-        .await?;
-    Ok(())
 }
 
 /// Destroys a room; its publisher and subscribers get a `destroyed` event.
@@ -399,203 +321,6 @@ pub async fn configure_publisher(
     })
 }
 
-/// Stream selection of a subscriber: simulcast substream / temporal layer
-/// and audio/video toggles. `None` leaves a property unchanged.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StreamSelection {
-    pub substream: Option<u8>,
-    pub temporal: Option<u8>,
-    pub audio: Option<bool>,
-    pub video: Option<bool>,
-}
-
-impl StreamSelection {
-    pub fn has_values(&self) -> bool {
-        self.substream.is_some()
-            || self.temporal.is_some()
-            || self.audio.is_some()
-            || self.video.is_some()
-    }
-
-    /// Reads the selection from a client payload (`requestoffer`,
-    /// `selectStream`): numbers for `substream`/`temporal`, booleans for
-    /// `audio`/`video`, like upstream's `parseStreamSelection`. Janus only
-    /// knows layers 0..=2, so larger values are rejected here rather than
-    /// by Janus.
-    pub fn from_payload(
-        payload: &Map<String, Value>,
-    ) -> std::result::Result<StreamSelection, String> {
-        fn layer(
-            payload: &Map<String, Value>,
-            key: &str,
-        ) -> std::result::Result<Option<u8>, String> {
-            match payload.get(key) {
-                None => Ok(None),
-                Some(value) => match value.as_f64() {
-                    Some(n) if (0.0..=2.0).contains(&n) => Ok(Some(n as u8)),
-                    _ => Err(format!("unsupported {key} value: {value}")),
-                },
-            }
-        }
-        fn flag(
-            payload: &Map<String, Value>,
-            key: &str,
-        ) -> std::result::Result<Option<bool>, String> {
-            match payload.get(key) {
-                None => Ok(None),
-                Some(Value::Bool(b)) => Ok(Some(*b)),
-                Some(value) => Err(format!("unsupported {key} value: {value}")),
-            }
-        }
-        Ok(StreamSelection {
-            substream: layer(payload, "substream")?,
-            temporal: layer(payload, "temporal")?,
-            audio: flag(payload, "audio")?,
-            video: flag(payload, "video")?,
-        })
-    }
-
-    fn layers_into(&self, map: &mut Map<String, Value>) {
-        if let Some(v) = self.substream {
-            map.insert("substream".to_owned(), v.into());
-        }
-        if let Some(v) = self.temporal {
-            map.insert("temporal".to_owned(), v.into());
-        }
-    }
-
-    fn toggles_into(&self, map: &mut Map<String, Value>) {
-        if let Some(v) = self.audio {
-            map.insert("audio".to_owned(), v.into());
-        }
-        if let Some(v) = self.video {
-            map.insert("video".to_owned(), v.into());
-        }
-    }
-
-    fn all_into(&self, map: &mut Map<String, Value>) {
-        self.layers_into(map);
-        self.toggles_into(map);
-    }
-}
-
-/// The `join` request of a subscriber for `generation`.
-pub fn subscriber_join_request(
-    room: RoomId,
-    feed: FeedId,
-    generation: ApiGeneration,
-    selection: &StreamSelection,
-) -> Value {
-    let mut body = Map::new();
-    body.insert("request".to_owned(), "join".into());
-    body.insert("ptype".to_owned(), "subscriber".into());
-    body.insert("room".to_owned(), room.into());
-    match generation {
-        ApiGeneration::Legacy => {
-            body.insert("feed".to_owned(), feed.into());
-            selection.all_into(&mut body);
-        }
-        ApiGeneration::Multistream => {
-            let mut stream = Map::new();
-            stream.insert("feed".to_owned(), feed.into());
-            selection.layers_into(&mut stream);
-            body.insert(
-                "streams".to_owned(),
-                Value::Array(vec![Value::Object(stream)]),
-            );
-        }
-    }
-    Value::Object(body)
-}
-
-/// Result of [`join_subscriber`].
-#[derive(Clone, Debug, PartialEq)]
-pub struct SubscriberJoined {
-    /// Janus's offer to the subscriber.
-    pub jsep: Jsep,
-    pub data: Value,
-}
-
-/// Joins `room` as subscriber of `feed` and returns Janus's offer.
-///
-/// Errors the MCU handles: [`error_codes::NO_SUCH_FEED`] (publisher not
-/// sending yet: wait for it and retry), [`error_codes::ALREADY_JOINED`]
-/// (re-create the handle), [`error_codes::NO_SUCH_ROOM`].
-pub async fn join_subscriber(
-    handle: &Handle,
-    room: RoomId,
-    feed: FeedId,
-    generation: ApiGeneration,
-    selection: &StreamSelection,
-) -> Result<SubscriberJoined> {
-    let response = handle
-        .message(
-            subscriber_join_request(room, feed, generation, selection),
-            None,
-        )
-        .await?;
-    let jsep = match &response.jsep {
-        Some(jsep) if jsep.is_offer() => jsep.clone(),
-        _ => {
-            return Err(Error::Protocol {
-                request: "join",
-                detail: "no SDP offer from Janus".to_owned(),
-            })
-        }
-    };
-    if generation == ApiGeneration::Multistream
-        && (selection.audio.is_some() || selection.video.is_some())
-    {
-        let toggles = StreamSelection {
-            substream: None,
-            temporal: None,
-            ..*selection
-        };
-        select_stream(handle, &toggles).await?;
-    }
-    Ok(SubscriberJoined {
-        jsep,
-        data: response.data,
-    })
-}
-
-/// Starts a subscriber with the client's SDP answer.
-pub async fn start_subscriber(handle: &Handle, room: RoomId, answer: Jsep) -> Result<()> {
-    let response = handle
-        .message(json!({"request": "start", "room": room}), Some(answer))
-        .await?;
-    expect_videoroom(&response, "event", "start")?;
-    Ok(())
-}
-
-/// Renegotiates a subscriber in place (`configure` with `update: true`,
-/// upstream's `update-sdp` feature) and returns the new offer, if Janus made
-/// one.
-pub async fn update_subscriber(
-    handle: &Handle,
-    selection: &StreamSelection,
-) -> Result<Option<Jsep>> {
-    let mut body = Map::new();
-    body.insert("request".to_owned(), "configure".into());
-    body.insert("update".to_owned(), true.into());
-    selection.all_into(&mut body);
-    let response = handle.message(Value::Object(body), None).await?;
-    Ok(response.jsep.filter(Jsep::is_offer))
-}
-
-/// Changes the stream selection of a started subscriber. Does nothing when
-/// the selection is empty.
-pub async fn select_stream(handle: &Handle, selection: &StreamSelection) -> Result<()> {
-    if !selection.has_values() {
-        return Ok(());
-    }
-    let mut body = Map::new();
-    body.insert("request".to_owned(), "configure".into());
-    selection.all_into(&mut body);
-    handle.message(Value::Object(body), None).await?;
-    Ok(())
-}
-
 fn expect_videoroom(
     response: &PluginResponse,
     expected: &str,
@@ -695,6 +420,7 @@ impl VideoRoomEvent {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::wire::ApiGeneration;
 
     #[test]
     fn create_room_request_shape() {
