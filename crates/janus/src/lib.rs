@@ -15,6 +15,9 @@
 //!
 //! - One task owns the socket (module `task`); the protocol state lives in a
 //!   sans-I/O module `core` that unit tests drive without sockets.
+//! - Modules from the bottom up: `wire` and `error`, `events`, `core`,
+//!   `connection`, `task`, `client`, [`videoroom`]; each imports only from
+//!   the ones below it.
 //! - Every request carries a transaction id and waits on a oneshot for its
 //!   reply, with a timeout ([`GatewayConfig::request_timeout`]). A plugin
 //!   `message` is answered either synchronously (`success`) or by `ack`
