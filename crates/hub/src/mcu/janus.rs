@@ -81,6 +81,10 @@ pub struct JanusSettings {
     pub max_stream_bitrate: u64,
     pub max_screen_bitrate: u64,
     pub timeout: Duration,
+    /// How long a new publisher or subscriber waits for a Janus that is
+    /// away ([`super::DOWN_HOLD`]; zero in the proxy, whose signaling
+    /// servers give up on a request after `proxytimeout`).
+    pub down_hold: Duration,
     pub gateway: GatewayConfig,
 }
 
@@ -91,6 +95,7 @@ impl JanusSettings {
             max_stream_bitrate: DEFAULT_MAX_STREAM_BITRATE,
             max_screen_bitrate: DEFAULT_MAX_SCREEN_BITRATE,
             timeout: DEFAULT_TIMEOUT,
+            down_hold: super::DOWN_HOLD,
             gateway: GatewayConfig::default(),
         }
     }
@@ -395,7 +400,11 @@ impl Mcu for JanusMcu {
             let inner = &self.inner;
             let cap = inner.settings.max_bitrate(params.stream);
             let bitrate = super::cap_bitrate(params.bitrate, cap);
-            let live = inner.live()?;
+            // Janus away (restarting): hold the offer a moment.
+            let live = inner
+                .wait_live(None, Instant::now() + inner.settings.down_hold)
+                .await
+                .map_err(|_| McuError::NotConnected)?;
             let setup = PublisherSetup {
                 id: params.id.clone(),
                 stream: params.stream,
@@ -493,7 +502,14 @@ impl Mcu for JanusMcu {
                     }
                 }
             }
-            let live = inner.live()?;
+            // Janus away (restarting): wait for it within the timeout.
+            let live = inner
+                .wait_live(
+                    None,
+                    deadline.min(Instant::now() + inner.settings.down_hold),
+                )
+                .await
+                .map_err(|_| McuError::NotConnected)?;
             let (handle, events) =
                 tokio::time::timeout_at(deadline, live.session.attach(videoroom::PLUGIN))
                     .await
@@ -1014,6 +1030,54 @@ async fn bounded<T>(
     }
 }
 
+/// A publisher's client messages held while Janus is away: the latest
+/// offer and what came after it.
+#[derive(Default)]
+struct Held {
+    msgs: Vec<(McuMessage, Responder)>,
+    /// When they fail if Janus is not back.
+    until: Option<Instant>,
+}
+
+impl Held {
+    fn push(&mut self, msg: McuMessage, reply: Responder, hold: Duration) {
+        if msg.kind == "offer" {
+            // A newer offer: the older one and its candidates are moot (no
+            // answer goes out for them).
+            for (_, old) in self.msgs.drain(..) {
+                old(Ok(None));
+            }
+        }
+        self.msgs.push((msg, reply));
+        self.until.get_or_insert_with(|| Instant::now() + hold);
+    }
+
+    fn has_offer(&self) -> bool {
+        self.msgs.iter().any(|(m, _)| m.kind == "offer")
+    }
+
+    /// What to apply now that the publisher is back: from the latest offer
+    /// on (candidates without one belong to a peer Janus never saw).
+    fn take(&mut self) -> Vec<(McuMessage, Responder)> {
+        self.until = None;
+        let msgs = std::mem::take(&mut self.msgs);
+        if msgs.iter().any(|(m, _)| m.kind == "offer") {
+            return msgs;
+        }
+        for (_, reply) in msgs {
+            reply(Ok(None));
+        }
+        Vec::new()
+    }
+
+    fn fail(&mut self) {
+        self.until = None;
+        for (_, reply) in self.msgs.drain(..) {
+            reply(Err(McuError::NotConnected));
+        }
+    }
+}
+
 struct PublisherTask {
     inner: Arc<Inner>,
     me: Arc<ClientObj>,
@@ -1032,19 +1096,20 @@ impl PublisherTask {
         let mut epoch = conn.as_ref().map(|c| c.handle.session().epoch());
         let mut rebuild: Option<BoxFuture<'static, Result<PubConn, McuError>>> = None;
         let mut done: Option<oneshot::Sender<()>> = None;
+        // The client's messages while the publisher is being rebuilt (Janus
+        // away), answered once it is back or failed after the hold.
+        let mut held = Held::default();
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     None => break,
                     Some(Cmd::Close(tx)) => { done = Some(tx); break }
                     Some(Cmd::PublisherGone) => {}
-                    Some(Cmd::Message(msg, reply)) => {
-                        let res = match &conn {
-                            Some(c) => self.handle_message(c, msg).await,
-                            None => Err(McuError::NotConnected),
-                        };
-                        reply(res);
-                    }
+                    Some(Cmd::Message(msg, reply)) => match &conn {
+                        Some(c) => reply(self.handle_message(c, msg).await),
+                        None if rebuild.is_some() => held.push(msg, reply, self.inner.settings.down_hold),
+                        None => reply(Err(McuError::NotConnected)),
+                    },
                     Some(Cmd::Remote(op, reply)) => {
                         let res = match &conn {
                             Some(c) => self.remote(c, op).await,
@@ -1069,6 +1134,7 @@ impl PublisherTask {
                         }
                     }
                 },
+                _ = sleep_until_opt(held.until) => held.fail(),
                 res = poll_opt(&mut rebuild) => {
                     rebuild = None;
                     match res {
@@ -1077,9 +1143,16 @@ impl PublisherTask {
                             self.me.room.store(c.room, Ordering::Release);
                             info!(session = %self.key.0, stream = self.key.1.as_str(), room = c.room, "publisher rebuilt after Janus reconnect");
                             self.inner.metrics.rebuilt_total.inc(&["publisher"]);
-                            conn = Some(c);
                             self.inner.bump();
-                            self.listener.on_publisher_reset(&*self.me);
+                            let offered = held.has_offer();
+                            for (msg, reply) in held.take() {
+                                reply(self.handle_message(&c, msg).await);
+                            }
+                            conn = Some(c);
+                            if !offered {
+                                // Nothing to go on: ask the client.
+                                self.listener.on_publisher_reset(&*self.me);
+                            }
                         }
                         Err(e) => {
                             // Janus went away again (or never came back in
@@ -1376,6 +1449,9 @@ impl SubscriberTask {
         // Ended because the publisher did (or Janus stayed away), not at
         // the session's request.
         let mut lost = false;
+        // An offer request that came during a rebuild: the rebuild's offer
+        // answers it.
+        let mut asked: Option<Responder> = None;
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
@@ -1385,6 +1461,11 @@ impl SubscriberTask {
                         debug!(publisher = %self.key.0, stream = self.key.1.as_str(), "publisher of subscriber ended or was replaced");
                         lost = true;
                         break;
+                    }
+                    Some(Cmd::Message(msg, reply)) if rebuild.is_some() && matches!(msg.kind.as_str(), "requestoffer" | "sendoffer") => {
+                        if let Some(older) = asked.replace(reply) {
+                            older(Ok(None));
+                        }
                     }
                     Some(Cmd::Message(msg, reply)) => {
                         let res = self.handle_message(&mut conn, msg).await;
@@ -1410,6 +1491,14 @@ impl SubscriberTask {
                                 // Never negotiated: nothing to restore.
                                 break;
                             }
+                            if self.known_room != 0 {
+                                // Another server's publisher: its room is
+                                // gone with Janus, and only that server
+                                // knows the new one; the session follows
+                                // the publisher from there.
+                                lost = true;
+                                break;
+                            }
                             rebuild = Some(self.rebuild(epoch));
                             stall_at = Some(Instant::now() + super::STALL_NOTICE);
                         }
@@ -1431,10 +1520,16 @@ impl SubscriberTask {
                             conn = Some(c);
                             info!(publisher = %self.key.0, stream = self.key.1.as_str(), sid = %self.me.sid(), "subscriber rebuilt after Janus reconnect");
                             self.inner.metrics.rebuilt_total.inc(&["subscriber"]);
-                            self.listener.on_update_offer(&*self.me, jsep_json(offer));
+                            match asked.take() {
+                                Some(reply) => reply(Ok(Some(jsep_json(offer)))),
+                                None => self.listener.on_update_offer(&*self.me, jsep_json(offer)),
+                            }
                         }
                         Err(e) => {
                             warn!(publisher = %self.key.0, stream = self.key.1.as_str(), error = %e, "could not rebuild subscriber, closing");
+                            if let Some(reply) = asked.take() {
+                                reply(Err(e));
+                            }
                             lost = true;
                             break;
                         }

@@ -145,6 +145,14 @@ pub type Responder = Box<dyn FnOnce(Result<Option<Value>, McuError>) + Send>;
 /// back, not on errors).
 pub const STALL_NOTICE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long a request that needs the media server waits for it while it is
+/// away (Janus or every proxy disconnected, a publisher being rebuilt)
+/// before it fails: a Janus that restarts is usually back within this, and
+/// Talk's clients act on no error (Android and iOS send one offer and one
+/// offer request only). Offers hold the client's later messages (its
+/// candidates belong behind the offer), so this stays short.
+pub const DOWN_HOLD: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Receives what the media server does on its own for one session.
 pub trait McuListener: Send + Sync {
     /// A new offer for a subscriber: Janus renegotiated (the publisher

@@ -610,6 +610,12 @@ fn process_push(conn: &ProxyConn, msg: ProxyServerMessage) {
                     *c.info.sid.lock() = e.sid;
                 }
             }
+            "subscriber-stalled" => {
+                let client = conn.clients.lock().get(&e.client_id).cloned();
+                if let Some(c) = client {
+                    c.listener.subscriber_stalled(&*c);
+                }
+            }
             "publisher-reset" => {
                 let client = conn.clients.lock().get(&e.client_id).cloned();
                 if let Some(c) = client {
@@ -1037,6 +1043,67 @@ impl Inner {
     }
 }
 
+impl ProxyMcu {
+    /// One attempt at `create-publisher`, on the best proxy that accepts.
+    async fn try_new_publisher(
+        &self,
+        listener: &Arc<dyn McuListener>,
+        params: &PublisherParams,
+        bitrate: u64,
+    ) -> Result<Arc<dyn McuClient>, McuError> {
+        let inner = &self.inner;
+        let mut last = McuError::NotConnected;
+        for conn in inner.candidates(params.country.as_deref(), &params.continents) {
+            let mut command = ProxyConn::command("create-publisher");
+            command.sid = params.sid.clone();
+            command.stream_type = params.stream.as_str().into();
+            command.bitrate = bitrate;
+            command.mediatypes = params.media.0 as u32;
+            let msg = ProxyClientMessage {
+                kind: "command".into(),
+                command: Some(command),
+                ..Default::default()
+            };
+            let reply = match conn.request(msg).await {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(url = %conn.url, error = %e, "proxy could not create publisher, trying the next");
+                    last = e;
+                    continue;
+                }
+            };
+            let proxy_id = reply.command.map(|c| c.id).unwrap_or_default();
+            let client = Arc::new(ProxyClient {
+                info: ClientInfo::new(
+                    inner.next_id.fetch_add(1, Ordering::Relaxed) + 1,
+                    params.stream,
+                    params.sid.clone(),
+                    None,
+                    params.media,
+                ),
+                proxy_id: proxy_id.clone(),
+                conn: Arc::downgrade(&conn),
+                listener: listener.clone(),
+                closed: AtomicBool::new(false),
+                timeout: inner.settings.timeout,
+            });
+            conn.clients.lock().insert(proxy_id.clone(), client.clone());
+            let shared = &inner.shared;
+            shared
+                .publishers
+                .lock()
+                .insert((params.id.clone(), params.stream), (conn.clone(), proxy_id));
+            shared.changed.send_modify(|n| *n = n.wrapping_add(1));
+            let labels = [params.stream.as_str()];
+            shared.metrics.publishers.inc(&labels);
+            shared.metrics.publishers_total.inc(&labels);
+            info!(session = %params.id, url = %conn.url, "publishing through proxy");
+            return Ok(client as Arc<dyn McuClient>);
+        }
+        Err(last)
+    }
+}
+
 impl Mcu for ProxyMcu {
     fn new_publisher(
         &self,
@@ -1050,55 +1117,18 @@ impl Mcu for ProxyMcu {
                 StreamType::Screen => inner.settings.max_screen_bitrate,
             };
             let bitrate = super::cap_bitrate(params.bitrate, cap);
-            let mut last = McuError::NotConnected;
-            for conn in inner.candidates(params.country.as_deref(), &params.continents) {
-                let mut command = ProxyConn::command("create-publisher");
-                command.sid = params.sid.clone();
-                command.stream_type = params.stream.as_str().into();
-                command.bitrate = bitrate;
-                command.mediatypes = params.media.0 as u32;
-                let msg = ProxyClientMessage {
-                    kind: "command".into(),
-                    command: Some(command),
-                    ..Default::default()
-                };
-                let reply = match conn.request(msg).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        warn!(url = %conn.url, error = %e, "proxy could not create publisher, trying the next");
-                        last = e;
-                        continue;
+            // No proxy (or none with its media server) right now: hold the
+            // offer a moment, a restarting one is usually back soon.
+            let hold_until = tokio::time::Instant::now() + super::DOWN_HOLD;
+            loop {
+                match self.try_new_publisher(&listener, &params, bitrate).await {
+                    Err(e) if tokio::time::Instant::now() < hold_until => {
+                        debug!(error = %e, "no proxy could create the publisher yet, holding the offer");
+                        tokio::time::sleep(Duration::from_millis(250)).await;
                     }
-                };
-                let proxy_id = reply.command.map(|c| c.id).unwrap_or_default();
-                let client = Arc::new(ProxyClient {
-                    info: ClientInfo::new(
-                        inner.next_id.fetch_add(1, Ordering::Relaxed) + 1,
-                        params.stream,
-                        params.sid.clone(),
-                        None,
-                        params.media,
-                    ),
-                    proxy_id: proxy_id.clone(),
-                    conn: Arc::downgrade(&conn),
-                    listener: listener.clone(),
-                    closed: AtomicBool::new(false),
-                    timeout: inner.settings.timeout,
-                });
-                conn.clients.lock().insert(proxy_id.clone(), client.clone());
-                let shared = &inner.shared;
-                shared
-                    .publishers
-                    .lock()
-                    .insert((params.id.clone(), params.stream), (conn.clone(), proxy_id));
-                shared.changed.send_modify(|n| *n = n.wrapping_add(1));
-                let labels = [params.stream.as_str()];
-                shared.metrics.publishers.inc(&labels);
-                shared.metrics.publishers_total.inc(&labels);
-                info!(session = %params.id, url = %conn.url, "publishing through proxy");
-                return Ok(client as Arc<dyn McuClient>);
+                    res => return res,
+                }
             }
-            Err(last)
         })
     }
 

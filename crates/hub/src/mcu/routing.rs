@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 use proto::client::{Error, ServerMessage};
 
 use super::sdp::media_types;
-use super::session::{close_in_background, mcu_message, SessionListener};
+use super::session::{close_in_background, mcu_message, SessionListener, SubscriberKey};
 use super::{
     CodecPrefs, McuClient, McuError, McuMessage, MediaTypes, PublisherParams, StreamType,
     SubscriberParams, STALL_NOTICE,
@@ -603,28 +603,63 @@ impl Hub {
         }
         let hub = Arc::downgrade(self);
         let weak = Arc::downgrade(session);
+        let key: SubscriberKey = (publisher.clone(), stream);
+        // The newest follow of a publisher does the work (it may know of a
+        // newer publisher than an older one that is still trying).
+        let me = session.with_mcu(|m| {
+            m.follow_count += 1;
+            m.follows.insert(key.clone(), m.follow_count);
+            m.follow_count
+        });
         tokio::spawn(async move {
             let start = tokio::time::Instant::now();
             let deadline = start + FOLLOW_WAIT;
             let mut told = false;
-            let key = (publisher.clone(), stream);
+            // Whether this follow is still wanted: the newest one, and the
+            // client has not asked again itself meanwhile.
+            let wanted = |s: &ClientSession| {
+                s.with_mcu(|m| {
+                    m.follows.get(&key) == Some(&me) && !m.subscribers.contains_key(&key)
+                })
+            };
+            let done = |s: &ClientSession| {
+                s.with_mcu(|m| {
+                    if m.follows.get(&key) == Some(&me) {
+                        m.follows.remove(&key);
+                    }
+                })
+            };
             loop {
                 let (Some(hub), Some(s)) = (hub.upgrade(), weak.upgrade()) else {
                     return;
                 };
                 if s.is_closed() || !hub.is_in_same_call(&s, &publisher) {
                     debug!(session = %s.public_id, publisher = %publisher, "not following a publisher out of the call");
+                    done(&s);
                     return;
                 }
-                if s.with_mcu(|m| m.subscribers.contains_key(&key)) {
-                    // The client asked for it again itself.
+                if !wanted(&s) {
                     return;
                 }
                 let res: Result<(), McuError> = match hub
-                    .get_or_create_subscriber(&s, publisher.clone(), stream)
+                    .create_subscriber(&s, publisher.clone(), stream)
                     .await
                 {
                     Ok(sub) => {
+                        let placed = s.with_mcu(|m| {
+                            let ok = m.follows.get(&key) == Some(&me)
+                                && !m.subscribers.contains_key(&key);
+                            if ok {
+                                m.subscribers.insert(key.clone(), sub.clone());
+                            }
+                            ok
+                        });
+                        if !placed || s.is_closed() {
+                            // A newer follow or the client's own request
+                            // got there first.
+                            close_in_background(vec![sub]);
+                            return;
+                        }
                         let (tx, rx) = tokio::sync::oneshot::channel();
                         let msg = McuMessage {
                             kind: "requestoffer".into(),
@@ -640,6 +675,7 @@ impl Hub {
                         .await;
                         match rx.await {
                             Ok(Ok(Some(jsep))) => {
+                                done(&s);
                                 if s.with_mcu(|m| m.is_current(&*sub)) {
                                     info!(session = %s.public_id, publisher = %publisher, stream = stream.as_str(), sid = %sub.sid(), "following the publisher: new offer");
                                     hub.metrics_mcu_followed(stream);
@@ -648,7 +684,10 @@ impl Hub {
                                 }
                                 return;
                             }
-                            Ok(Ok(None)) => return,
+                            Ok(Ok(None)) => {
+                                done(&s);
+                                return;
+                            }
                             Ok(Err(e)) => {
                                 // Not joined: drop it, try again below.
                                 let gone = s.with_mcu(|m| {
@@ -667,8 +706,12 @@ impl Hub {
                     Err(e) => Err(e),
                 };
                 if let Err(e) = res {
+                    if !wanted(&s) {
+                        return;
+                    }
                     if tokio::time::Instant::now() >= deadline {
                         info!(session = %s.public_id, publisher = %publisher, stream = stream.as_str(), error = %e, "publisher did not come back, not following it any more");
+                        done(&s);
                         return;
                     }
                     debug!(session = %s.public_id, publisher = %publisher, error = %e, "publisher not back yet");
@@ -818,19 +861,9 @@ impl Hub {
         if let Some(s) = session.with_mcu(|m| m.subscribers.get(&key).cloned()) {
             return Ok(s);
         }
-        let mcu = self.mcu.clone().ok_or(McuError::NotConnected)?;
-        let listener = Arc::new(SessionListener {
-            session: Arc::downgrade(session),
-        });
-        let mut params = SubscriberParams::new(publisher.clone(), stream);
-        (params.country, params.continents) = self.location(session);
-        if self.session_by_public_id(&publisher).is_none() {
-            // Clustering: maybe another server's publisher.
-            params.location = self
-                .remote_publisher(&publisher, stream, mcu.timeout())
-                .await;
-        }
-        let subscriber = mcu.new_subscriber(listener, params).await?;
+        // The client asks itself: no follow needed any more.
+        session.with_mcu(|m| m.follows.remove(&key));
+        let subscriber = self.create_subscriber(session, publisher, stream).await?;
         let prev = session.with_mcu(|m| match m.subscribers.get(&key) {
             Some(prev) => Some(prev.clone()),
             None => {
@@ -849,6 +882,29 @@ impl Hub {
         }
         debug!(session = %session.public_id, publisher = %key.0, stream = stream.as_str(), "subscribing");
         Ok(subscriber)
+    }
+
+    /// A new subscriber of `publisher`'s `stream` for `session` (not
+    /// registered with the session).
+    async fn create_subscriber(
+        &self,
+        session: &Arc<ClientSession>,
+        publisher: Arc<str>,
+        stream: StreamType,
+    ) -> Result<Arc<dyn McuClient>, McuError> {
+        let mcu = self.mcu.clone().ok_or(McuError::NotConnected)?;
+        let listener = Arc::new(SessionListener {
+            session: Arc::downgrade(session),
+        });
+        let mut params = SubscriberParams::new(publisher.clone(), stream);
+        (params.country, params.continents) = self.location(session);
+        if self.session_by_public_id(&publisher).is_none() {
+            // Clustering: maybe another server's publisher.
+            params.location = self
+                .remote_publisher(&publisher, stream, mcu.timeout())
+                .await;
+        }
+        mcu.new_subscriber(listener, params).await
     }
 
     /// PERM-04: after a permission change, close the publishers the session

@@ -33,6 +33,11 @@ pub(crate) struct McuObjects {
     /// Subscribers (by object id) whose offer was pushed to the client
     /// without it asking and that it has not answered yet.
     pub unanswered: std::collections::HashSet<u64>,
+    /// Publishers this session's subscribers follow (see
+    /// `Hub::follow_publisher`), with the number of the newest follow: an
+    /// older one gives way to it.
+    pub follows: HashMap<SubscriberKey, u64>,
+    pub follow_count: u64,
 }
 
 impl McuObjects {
