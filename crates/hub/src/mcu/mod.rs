@@ -18,7 +18,9 @@
 pub mod candidates;
 pub mod janus;
 pub mod metrics;
+pub(crate) mod objects;
 pub mod proxy;
+pub(crate) mod recovery;
 pub(crate) mod routing;
 pub mod sdp;
 pub(crate) mod session;

@@ -34,7 +34,7 @@ pub(crate) struct McuObjects {
     /// without it asking and that it has not answered yet.
     pub unanswered: std::collections::HashSet<u64>,
     /// Publishers this session's subscribers follow (see
-    /// `Hub::follow_publisher`), with the number of the newest follow: an
+    /// `recovery::follow_publisher`), with the number of the newest follow: an
     /// older one gives way to it.
     pub follows: HashMap<SubscriberKey, u64>,
     pub follow_count: u64,
@@ -152,7 +152,7 @@ impl McuListener for SessionListener {
             &client.sid(),
         ));
         if let Some(hub) = s.hub() {
-            hub.watch_pushed_offer(&s, client);
+            super::recovery::watch_pushed_offer(&hub, &s, client);
         }
     }
 
@@ -187,7 +187,7 @@ impl McuListener for SessionListener {
             return;
         }
         if let Some(hub) = s.hub() {
-            hub.ask_to_publish_again(&s, client.stream_type(), &client.sid());
+            super::recovery::ask_to_publish_again(&hub, &s, client.stream_type(), &client.sid());
         }
     }
 
@@ -217,7 +217,7 @@ impl McuListener for SessionListener {
         }
         if let Some(hub) = s.hub() {
             // The next offer creates a new publisher wherever there is room.
-            hub.ask_to_publish_again(&s, client.stream_type(), &client.sid());
+            super::recovery::ask_to_publish_again(&hub, &s, client.stream_type(), &client.sid());
         }
     }
 
@@ -232,7 +232,7 @@ impl McuListener for SessionListener {
             return;
         };
         if let Some(hub) = s.hub() {
-            hub.tell_media_stalled(&s, publisher);
+            super::recovery::tell_media_stalled(&hub, &s, publisher);
         }
     }
 
@@ -259,7 +259,7 @@ impl McuListener for SessionListener {
             return;
         }
         if let Some(hub) = s.hub() {
-            hub.follow_publisher(&s, publisher, stream);
+            super::recovery::follow_publisher(&hub, &s, publisher, stream);
         }
     }
 }
