@@ -9,8 +9,10 @@ use std::time::Duration;
 use tracing::{debug, info};
 
 use super::objects::create_subscriber;
-use super::routing::{is_in_same_call, own_message, send_mcu_response};
-use super::session::{close_in_background, mcu_message, SubscriberKey};
+use super::routing::is_in_same_call;
+use super::session::{
+    close_in_background, mcu_message, own_message, send_mcu_response, SubscriberKey,
+};
 use super::{McuClient, McuError, McuMessage, StreamType, STALL_NOTICE};
 use crate::session::ClientSession;
 use crate::Hub;

@@ -12,7 +12,7 @@ use proto::client::{Error, ServerMessage};
 
 use super::objects::{get_or_create_publisher, get_or_create_subscriber};
 use super::sdp::media_types;
-use super::session::mcu_message;
+use super::session::send_mcu_response;
 use super::{McuClient, McuError, McuMessage, MediaTypes, StreamType};
 use crate::session::{
     ClientSession, PERMISSION_PUBLISH_AUDIO, PERMISSION_PUBLISH_MEDIA, PERMISSION_PUBLISH_SCREEN,
@@ -467,57 +467,4 @@ fn metrics_mcu_candidate_filtered(hub: &Hub) {
     if let Some(m) = &hub.mcu_metrics {
         m.candidates_filtered.inc();
     }
-}
-
-/// A `message` to `session` from itself with `data` (no MCU verb).
-pub(super) fn own_message(session: &str, data: Value) -> ServerMessage {
-    ServerMessage {
-        kind: "message".into(),
-        message: Some(proto::client::MessageServerMessage {
-            sender: Some(proto::client::Sender {
-                kind: proto::client::RECIPIENT_SESSION.into(),
-                sessionid: session.to_owned(),
-                userid: String::new(),
-            }),
-            recipient: None,
-            data: Some(proto::to_raw(&data)),
-        }),
-        ..Default::default()
-    }
-}
-
-/// Upstream `sendMcuMessageResponse`: an answer comes from the session
-/// itself, an offer from the publisher it subscribes to.
-pub(super) fn send_mcu_response(
-    session: &ClientSession,
-    client: &dyn McuClient,
-    recipient: &str,
-    jsep: Value,
-) {
-    let kind = jsep.get("type").and_then(Value::as_str).unwrap_or_default();
-    let msg = match kind {
-        "answer" => mcu_message(
-            &session.public_id,
-            &session.public_id,
-            &session.user_id(),
-            "answer",
-            client.stream_type(),
-            &jsep,
-            &client.sid(),
-        ),
-        "offer" => mcu_message(
-            &session.public_id,
-            recipient,
-            "",
-            "offer",
-            client.stream_type(),
-            &jsep,
-            &client.sid(),
-        ),
-        other => {
-            warn!(session = %session.public_id, kind = other, "unsupported MCU response");
-            return;
-        }
-    };
-    session.send_message(msg);
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use proto::client::{MessageServerMessage, Sender, ServerMessage, RECIPIENT_SESSION};
 
@@ -262,4 +262,57 @@ impl McuListener for SessionListener {
             super::recovery::follow_publisher(&hub, &s, publisher, stream);
         }
     }
+}
+
+/// A `message` to `session` from itself with `data` (no MCU verb).
+pub(crate) fn own_message(session: &str, data: Value) -> ServerMessage {
+    ServerMessage {
+        kind: "message".into(),
+        message: Some(proto::client::MessageServerMessage {
+            sender: Some(proto::client::Sender {
+                kind: proto::client::RECIPIENT_SESSION.into(),
+                sessionid: session.to_owned(),
+                userid: String::new(),
+            }),
+            recipient: None,
+            data: Some(proto::to_raw(&data)),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Upstream `sendMcuMessageResponse`: an answer comes from the session
+/// itself, an offer from the publisher it subscribes to.
+pub(crate) fn send_mcu_response(
+    session: &ClientSession,
+    client: &dyn McuClient,
+    recipient: &str,
+    jsep: Value,
+) {
+    let kind = jsep.get("type").and_then(Value::as_str).unwrap_or_default();
+    let msg = match kind {
+        "answer" => mcu_message(
+            &session.public_id,
+            &session.public_id,
+            &session.user_id(),
+            "answer",
+            client.stream_type(),
+            &jsep,
+            &client.sid(),
+        ),
+        "offer" => mcu_message(
+            &session.public_id,
+            recipient,
+            "",
+            "offer",
+            client.stream_type(),
+            &jsep,
+            &client.sid(),
+        ),
+        other => {
+            warn!(session = %session.public_id, kind = other, "unsupported MCU response");
+            return;
+        }
+    };
+    session.send_message(msg);
 }
