@@ -918,3 +918,47 @@ async fn jan_remote_subscriber_recovers_after_janus_restart() {
     // One publisher and one subscriber handle left in Janus.
     assert_eventually!(Duration::from_secs(5), janus.handle_count().await == 2);
 }
+
+/// Issue 19: a client that offers again on its existing publisher (same
+/// sid, as a client that renegotiates does) while Janus is away gets its
+/// answer once Janus is back: the publisher holds the offer and its
+/// candidates and applies them to the rebuilt publisher, so the client is
+/// not asked for another offer; the subscriber gets the rebuilt
+/// subscriber's offer and media.
+#[tokio::test]
+async fn jan_offer_to_a_publisher_being_rebuilt_is_held_and_applied() {
+    let mut janus = start_janus().await;
+    let s = mcu_server(&janus, "").await;
+    let mut alice = MediaClient::join(&s, "alice", "room1").await;
+    let mut bob = MediaClient::join(&s, "bob", "room1").await;
+    talk_in_call(&s, "room1", &["alice", "bob"]).await;
+    let alice_id = alice.id.clone();
+    alice.publish("video", "alice-1").await;
+    let (old_sid, _) = bob.subscribe(&alice_id, "video").await;
+
+    janus.kill();
+    assert_eventually!(
+        Duration::from_secs(5),
+        metrics(&s)
+            .await
+            .contains("signaling_mcu_janus_connected 0")
+    );
+    alice.seen.clear();
+    alice.peers.clear();
+    let restart = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        janus.restart().await;
+    };
+    // `publish` fails on any error and checks the answer's sid.
+    let ((), _) = tokio::join!(restart, alice.publish("video", "alice-1"));
+    alice.pump(Duration::from_secs(1)).await;
+    assert!(seen_errors(&alice.seen).is_empty(), "{:?}", alice.seen);
+    let asks = seen_of(&alice.seen, "requestoffer", &alice_id);
+    assert!(asks.is_empty(), "asked for another offer: {:?}", alice.seen);
+    let (sid, _) = bob.accept_next_offer_from(&alice_id).await;
+    assert_ne!(sid, old_sid);
+    bob.pump_until(&sid, |s| s.audio_frames > 10 && s.video_frames > 10)
+        .await;
+    let m = metrics(&s).await;
+    assert!(m.contains("signaling_mcu_republish_nudges_total 0"), "{m}");
+}
