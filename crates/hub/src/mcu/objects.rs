@@ -138,8 +138,6 @@ pub(super) async fn get_or_create_subscriber(
     if let Some(s) = session.with_mcu(|m| m.subscribers.get(&key).cloned()) {
         return Ok(s);
     }
-    // The client asks itself: no follow needed any more.
-    session.with_mcu(|m| m.follows.remove(&key));
     let subscriber = create_subscriber(hub, session, publisher, stream).await?;
     let prev = session.with_mcu(|m| match m.subscribers.get(&key) {
         Some(prev) => Some(prev.clone()),

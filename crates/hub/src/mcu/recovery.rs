@@ -254,6 +254,7 @@ impl Follow {
                 return;
             }
             if !self.wanted(&s) {
+                self.done(&s);
                 return;
             }
             let e = match self.attempt(&hub, &s).await {
@@ -261,6 +262,7 @@ impl Follow {
                 Attempt::Failed(e) => e,
             };
             if !self.wanted(&s) {
+                self.done(&s);
                 return;
             }
             if tokio::time::Instant::now() >= deadline {
@@ -295,6 +297,7 @@ impl Follow {
         });
         if !placed || s.is_closed() {
             // A newer follow or the client's own request got there first.
+            self.done(s);
             close_in_background(vec![sub]);
             return Attempt::Done;
         }
