@@ -29,8 +29,8 @@ mod clients;
 mod conn;
 mod discovery;
 
+pub use ::mcu::proxy_ws::{hello_reply, send_request};
 use conn::run_conn;
-pub use conn::{hello_reply, send_request};
 
 use super::metrics::McuMetrics;
 use super::{

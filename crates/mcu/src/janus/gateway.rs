@@ -94,7 +94,7 @@ impl Mcu for JanusMcu {
         Box::pin(async move {
             let inner = &self.inner;
             let cap = inner.settings.max_bitrate(params.stream);
-            let bitrate = crate::mcu::cap_bitrate(params.bitrate, cap);
+            let bitrate = crate::cap_bitrate(params.bitrate, cap);
             // Janus away (restarting): hold the offer a moment.
             let live = inner
                 .wait_live(None, Instant::now() + inner.settings.down_hold)
@@ -291,12 +291,7 @@ impl Mcu for JanusMcu {
             (reg.publishers.len() + reg.subscribers.len()).into(),
         );
         if let Some(live) = live {
-            let nanos = live
-                .since
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as i64)
-                .unwrap_or(0);
-            out.insert("uptime".into(), crate::bus::rfc3339_nanos(nanos).into());
+            out.insert("uptime".into(), rfc3339(live.since).into());
             out.insert("version".into(), live.version.into());
         }
         Value::Object(out)
@@ -321,5 +316,35 @@ impl Mcu for JanusMcu {
             }
             self.inner.cancel.cancel();
         })
+    }
+}
+
+/// `t` as RFC 3339 UTC with nanoseconds, as upstream writes times in stats.
+fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let s = secs.rem_euclid(86_400);
+    format!(
+        "{}T{:02}:{:02}:{:02}.{:09}Z",
+        runtime::dates::date(secs),
+        s / 3600,
+        (s / 60) % 60,
+        s % 60,
+        d.subsec_nanos()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_times_are_rfc3339_with_nanoseconds() {
+        let t = SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 5);
+        assert_eq!(rfc3339(t), "2023-11-14T22:13:20.000000005Z");
+        assert_eq!(
+            rfc3339(SystemTime::UNIX_EPOCH),
+            "1970-01-01T00:00:00.000000000Z"
+        );
     }
 }

@@ -142,7 +142,7 @@ impl SubscriberTask {
                             AfterLoss::Lost => { lost = true; break }
                             AfterLoss::Rebuild(r) => {
                                 rebuild = Some(r);
-                                stall_at = Some(Instant::now() + crate::mcu::STALL_NOTICE);
+                                stall_at = Some(Instant::now() + crate::STALL_NOTICE);
                             }
                         },
                     }

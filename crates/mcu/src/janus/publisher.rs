@@ -243,7 +243,7 @@ impl PublisherTask {
                 )
                 .await?;
                 if let Some(answer) = &r.jsep {
-                    let streams = crate::mcu::sdp::publisher_streams(&offer_sdp, &answer.sdp);
+                    let streams = crate::sdp::publisher_streams(&offer_sdp, &answer.sdp);
                     *self.me.streams.lock() = Some(Value::Array(streams));
                     self.inner.bump();
                 }
