@@ -25,7 +25,7 @@ pub async fn run(path: &Path, args: &CheckArgs, match_keys: &[(String, PathBuf)]
         }
     };
     r.lint(path, &ini, &crate::schema::SCHEMA);
-    match mcu::janus::JanusSettings::from_config(&ini) {
+    match hub::mcu::janus::JanusSettings::from_config(&ini) {
         Err((key, e)) => r.fail(&format!("[mcu] {key}"), e),
         Ok(settings) => {
             let what = format!("janus {}", settings.url);

@@ -5,7 +5,7 @@
 //! Signaling servers connect to `/proxy`, say hello with an RSA-signed
 //! token ([`tokens`]), and create publishers and subscribers by command;
 //! SDP and candidates travel as payloads. The Janus side is the same
-//! [`mcu::janus::JanusMcu`] the signaling server uses directly, so a
+//! [`hub::mcu::janus::JanusMcu`] the signaling server uses directly, so a
 //! proxy also survives Janus restarts.
 //!
 //! ```text
@@ -49,8 +49,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tracing::{debug, info, warn};
 
-use mcu::janus::{JanusMcu, JanusSettings};
-use mcu::{
+use hub::mcu::janus::{JanusMcu, JanusSettings};
+use hub::mcu::{
     CodecPrefs, Mcu, McuClient, McuError, McuMessage, MediaTypes, PublisherParams, StreamType,
     SubscriberParams,
 };
@@ -334,7 +334,7 @@ impl ProxyServer {
         let bandwidth_limits = (limit("incoming")?, limit("outgoing")?);
         let registry = Registry::new();
         registry.register_process_metrics();
-        let mcu_metrics = mcu::metrics::McuMetrics::new(&registry);
+        let mcu_metrics = hub::mcu::metrics::McuMetrics::new(&registry);
         let metrics = ProxyMetrics::new(&registry);
         info!(url = %janus.url, "using Janus");
         let mcu = JanusMcu::start(janus.clone(), mcu_metrics);
@@ -1040,7 +1040,7 @@ impl ProxyServer {
         });
         let (result, bitrate) = if publisher {
             let cap = self.janus.max_bitrate(stream);
-            let bitrate = mcu::cap_bitrate(cmd.bitrate, cap);
+            let bitrate = hub::mcu::cap_bitrate(cmd.bitrate, cap);
             let params = PublisherParams {
                 id: Arc::from(id.as_str()),
                 sid: cmd.sid.clone(),

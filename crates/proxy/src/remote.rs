@@ -36,8 +36,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use mcu::janus::{JanusMcu, RemotePublisher};
-use mcu::StreamType;
+use hub::mcu::janus::{JanusMcu, RemotePublisher};
+use hub::mcu::StreamType;
 
 static FEED_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -197,7 +197,7 @@ pub enum RemoteError {
     #[error("remote proxy {0}: {1}")]
     Remote(String, String),
     #[error("{0}")]
-    Mcu(#[from] mcu::McuError),
+    Mcu(#[from] hub::mcu::McuError),
 }
 
 impl Link {
@@ -516,7 +516,7 @@ async fn run_link(
             serde_json::to_string(&hello).unwrap_or_default(),
         ))
         .await;
-    let answer = mcu::proxy_ws::hello_reply(&mut ws, REQUEST_TIMEOUT).await;
+    let answer = hub::mcu::proxy::hello_reply(&mut ws, REQUEST_TIMEOUT).await;
     match answer {
         Some(m) if m.kind == "hello" => {
             info!(url = %link.url, "connected to remote proxy");
@@ -548,7 +548,7 @@ async fn run_link(
             }
             cmd = rx.recv() => {
                 let Some((msg, reply)) = cmd else { break };
-                if !mcu::proxy_ws::send_request(&mut ws, &mut pending, msg, reply).await {
+                if !hub::mcu::proxy::send_request(&mut ws, &mut pending, msg, reply).await {
                     break;
                 }
             }
