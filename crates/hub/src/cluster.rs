@@ -433,7 +433,7 @@ impl Hub {
             };
             debug!(session = %s.public_id, publisher, stream = stream.as_str(), "remote publisher replaced, following it");
             crate::mcu::session::close_in_background(vec![old]);
-            self.follow_publisher(&s, key.0.clone(), stream);
+            crate::mcu::recovery::follow_publisher(self, &s, key.0.clone(), stream);
         }
     }
 

@@ -1653,7 +1653,9 @@ impl Hub {
             RECIPIENT_SESSION => {
                 let target = &body.recipient.sessionid;
                 if let Some(data) = &mcu_data {
-                    if let Some(pending) = self.intercept_mcu(session, &msg.id, target, data) {
+                    if let Some(pending) =
+                        crate::mcu::routing::intercept_mcu(self, session, &msg.id, target, data)
+                    {
                         return pending;
                     }
                 }
@@ -1666,7 +1668,9 @@ impl Hub {
                             return None;
                         }
                         if let Some(data) = &mcu_data {
-                            if self.intercept_sendoffer(session, &c, &msg.id, data) {
+                            if crate::mcu::routing::intercept_sendoffer(
+                                self, session, &c, &msg.id, data,
+                            ) {
                                 return None;
                             }
                         }
@@ -1722,7 +1726,7 @@ impl Hub {
             _ => return None,
         };
         if mcu_data.as_ref().is_some_and(|d| d.kind == "unshareScreen") {
-            self.schedule_unshare_screen(session);
+            crate::mcu::routing::schedule_unshare_screen(self, session);
         }
         let payload = MessageServerMessage {
             sender: Some(Sender {

@@ -271,7 +271,7 @@ impl ClientSession {
         drop(st);
         info!(session = %self.public_id, ?permissions, "permissions changed");
         if let Some(hub) = self.hub.upgrade() {
-            hub.check_publisher_permissions(self);
+            crate::mcu::objects::check_publisher_permissions(&hub, self);
         }
     }
 

@@ -204,12 +204,14 @@ impl ProxyServer {
                 reason: format!("unsupported MCU type {kind:?} (only janus)"),
             });
         }
-        let janus =
+        let mut janus =
             JanusSettings::from_config(ini).map_err(|(key, reason)| StartError::Invalid {
                 section: "mcu",
                 key,
                 reason,
             })?;
+        // The signaling server holds requests while we have no Janus.
+        janus.down_hold = Duration::ZERO;
         let tokens = Tokens::load(ini, true).map_err(|reason| StartError::Invalid {
             section: "tokens",
             key: "*",

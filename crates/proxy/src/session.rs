@@ -189,6 +189,13 @@ impl McuListener for ProxyListener {
         self.event("publisher-reset", client.sid());
     }
 
+    fn subscriber_stalled(&self, client: &dyn McuClient) {
+        // Ours: the subscriber's media could not be restored for a while
+        // (Janus or the publisher not back); the signaling server tells
+        // its client the way Talk acts on.
+        self.event("subscriber-stalled", client.sid());
+    }
+
     fn publisher_closed(&self, _client: &dyn McuClient) {
         if let Some(server) = self.server.upgrade() {
             server.publisher_gone(&self.client_id);

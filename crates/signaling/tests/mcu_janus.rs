@@ -790,3 +790,175 @@ async fn jan_unanswered_pushed_offer_is_followed_by_a_notice() {
     assert_eq!(users(&updates[1])[0]["inCall"], 7);
     assert!(!updates[0].to_string().contains(&bob.id));
 }
+
+/// Issue 19: a first offer that arrives while Janus is away (restarting)
+/// is held and answered once Janus is back, not failed: Android and iOS
+/// send one offer only and act on no error.
+#[tokio::test]
+async fn jan_offer_while_janus_is_away_is_answered_when_it_is_back() {
+    let mut janus = start_janus().await;
+    let s = mcu_server(&janus, "").await;
+    let mut alice = MediaClient::join(&s, "alice", "room1").await;
+    let mut bob = MediaClient::join(&s, "bob", "room1").await;
+    talk_in_call(&s, "room1", &["alice", "bob"]).await;
+    let alice_id = alice.id.clone();
+
+    janus.kill();
+    assert_eventually!(
+        Duration::from_secs(5),
+        metrics(&s)
+            .await
+            .contains("signaling_mcu_janus_connected 0")
+    );
+    let sent = tokio::time::Instant::now();
+    let restart = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        janus.restart().await;
+    };
+    // `publish` fails on any error; it waits for the answer.
+    let ((), _) = tokio::join!(restart, alice.publish("video", "alice-1"));
+    eprintln!("offer answered {:?} after it was sent", sent.elapsed());
+    assert!(seen_errors(&alice.seen).is_empty(), "{:?}", alice.seen);
+    bob.subscribe(&alice_id, "video").await;
+}
+
+/// Issue 19: a subscriber's client that asks for a new offer (no sid, as
+/// Talk does when its peer failed) while Janus is away gets the offer of
+/// the rebuilt subscriber once Janus and the publisher are back (one offer,
+/// no error). The publisher here honours the `requestoffer` to itself
+/// (offers again with its sid).
+#[tokio::test]
+async fn jan_offer_request_during_a_rebuild_gets_the_rebuilt_offer() {
+    let mut janus = start_janus().await;
+    let s = mcu_server(&janus, "").await;
+    let mut alice = MediaClient::join(&s, "alice", "room1").await;
+    let mut bob = MediaClient::join(&s, "bob", "room1").await;
+    talk_in_call(&s, "room1", &["alice", "bob"]).await;
+    let alice_id = alice.id.clone();
+    alice.publish("video", "alice-1").await;
+    let (old_sid, _) = bob.subscribe(&alice_id, "video").await;
+
+    janus.kill();
+    assert_eventually!(
+        Duration::from_secs(5),
+        metrics(&s)
+            .await
+            .contains("signaling_mcu_janus_connected 0")
+    );
+    bob.seen.clear();
+    bob.send(
+        &alice_id,
+        json!({"type": "requestoffer", "roomType": "video"}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    janus.restart().await;
+    let back = tokio::time::Instant::now();
+    let ask = alice.next("requestoffer").await;
+    assert_eq!(ask["message"]["data"]["sid"], "alice-1", "{ask}");
+    alice.peers.clear();
+    alice.publish("video", "alice-1").await;
+    let offer = bob.next("offer").await;
+    assert_eq!(offer["message"]["data"]["from"], alice_id.as_str());
+    let (sid, _) = bob.answer_offer(&offer).await;
+    assert_ne!(sid, old_sid);
+    bob.pump_until(&sid, |s| s.audio_frames > 10 && s.video_frames > 10)
+        .await;
+    eprintln!("media back {:?} after Janus was back", back.elapsed());
+    bob.pump(Duration::from_millis(500)).await;
+    assert!(seen_errors(&bob.seen).is_empty(), "{:?}", bob.seen);
+    assert_eq!(
+        seen_of(&bob.seen, "offer", &alice_id).len(),
+        1,
+        "{:?}",
+        bob.seen
+    );
+}
+
+/// Issue 19, cluster: Janus (shared by two signaling servers on NATS) is
+/// killed mid-call and comes back 2 s later. The publisher is on A and
+/// behaves like Talk's web client; the subscriber is on B and answers an
+/// offer with a new sid with a new peer. B's subscriber of A's publisher
+/// follows the publisher once A has it again: decoded media is back on B
+/// within a bounded time, without anyone rejoining.
+#[tokio::test]
+async fn jan_remote_subscriber_recovers_after_janus_restart() {
+    let mut janus = start_janus().await;
+    let mut c = cluster_call(&format!(
+        "[mcu]\ntype = janus\nurl = {}\ntimeout = 5\n",
+        janus.url()
+    ))
+    .await;
+    c.talk_in_call().await;
+    assert_eventually!(
+        Duration::from_secs(10),
+        metrics_at(c.b)
+            .await
+            .contains("signaling_mcu_janus_connected 1")
+    );
+    let alice_id = c.alice.id.clone();
+    c.alice.publish("video", "alice-1").await;
+    let (old_sid, _) = c.bob.subscribe(&alice_id, "video").await;
+
+    janus.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    janus.restart().await;
+    let back = tokio::time::Instant::now();
+
+    c.alice.republish_like_talk("alice-2").await;
+    let (sid, _) = c.bob.accept_next_offer_from(&alice_id).await;
+    assert_ne!(sid, old_sid);
+    c.bob
+        .pump_until(&sid, |s| s.audio_frames > 10 && s.video_frames > 10)
+        .await;
+    let took = back.elapsed();
+    eprintln!("remote subscriber has media {took:?} after Janus accepted connections again");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    assert!(seen_errors(&c.bob.seen).is_empty(), "{:?}", c.bob.seen);
+    // One publisher and one subscriber handle left in Janus.
+    assert_eventually!(Duration::from_secs(5), janus.handle_count().await == 2);
+}
+
+/// Issue 19: a client that offers again on its existing publisher (same
+/// sid, as a client that renegotiates does) while Janus is away gets its
+/// answer once Janus is back: the publisher holds the offer and its
+/// candidates and applies them to the rebuilt publisher, so the client is
+/// not asked for another offer; the subscriber gets the rebuilt
+/// subscriber's offer and media.
+#[tokio::test]
+async fn jan_offer_to_a_publisher_being_rebuilt_is_held_and_applied() {
+    let mut janus = start_janus().await;
+    let s = mcu_server(&janus, "").await;
+    let mut alice = MediaClient::join(&s, "alice", "room1").await;
+    let mut bob = MediaClient::join(&s, "bob", "room1").await;
+    talk_in_call(&s, "room1", &["alice", "bob"]).await;
+    let alice_id = alice.id.clone();
+    alice.publish("video", "alice-1").await;
+    let (old_sid, _) = bob.subscribe(&alice_id, "video").await;
+
+    janus.kill();
+    assert_eventually!(
+        Duration::from_secs(5),
+        metrics(&s)
+            .await
+            .contains("signaling_mcu_janus_connected 0")
+    );
+    alice.seen.clear();
+    alice.peers.clear();
+    let restart = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        janus.restart().await;
+    };
+    // `publish` fails on any error and checks the answer's sid.
+    let ((), _) = tokio::join!(restart, alice.publish("video", "alice-1"));
+    alice.pump(Duration::from_secs(1)).await;
+    assert!(seen_errors(&alice.seen).is_empty(), "{:?}", alice.seen);
+    let asks = seen_of(&alice.seen, "requestoffer", &alice_id);
+    assert!(asks.is_empty(), "asked for another offer: {:?}", alice.seen);
+    let (sid, _) = bob.accept_next_offer_from(&alice_id).await;
+    assert_ne!(sid, old_sid);
+    bob.pump_until(&sid, |s| s.audio_frames > 10 && s.video_frames > 10)
+        .await;
+    let m = metrics(&s).await;
+    assert!(m.contains("signaling_mcu_republish_nudges_total 0"), "{m}");
+}

@@ -839,3 +839,49 @@ async fn pxs_talk_clients_recover_a_remote_stream_after_the_publishers_janus_res
     assert!(took < Duration::from_secs(15), "{took:?}");
     assert_eq!(alice.id, alice_id);
 }
+
+/// Issue 19 through one of our proxies: its Janus dies mid-call and does
+/// not come back. The proxy says so for the subscriber after a few seconds
+/// (`subscriber-stalled`, ours), and the signaling server tells the
+/// subscriber's client the way Talk acts on: two participants updates with
+/// only the publisher's entry, out of the call and back in.
+#[tokio::test]
+async fn pxs_subscriber_is_told_within_seconds_when_the_proxys_janus_stays_away() {
+    let dir = TempDir::new("mcu-proxy-stall").expect("dir");
+    let mut a = our_proxy(&dir, "a").await;
+    let urls = [format!("ws://{}", a.addr)];
+    let s = TestServer::start_with(&signaling_config(&dir, &urls)).await;
+    assert_eventually!(
+        Duration::from_secs(10),
+        stats(&s).await["mcu"]["proxies"][0]["connected"] == true
+    );
+    let mut alice = MediaClient::join(&s, "alice", "room1").await;
+    let mut bob = MediaClient::join(&s, "bob", "room1").await;
+    talk_in_call(&s, "room1", &["alice", "bob"]).await;
+    let alice_id = alice.id.clone();
+    alice.publish("video", "alice-1").await;
+    bob.subscribe(&alice_id, "video").await;
+    bob.pump(Duration::from_millis(300)).await;
+
+    a._janus.kill();
+    let killed = tokio::time::Instant::now();
+    let mut updates = Vec::new();
+    while updates.len() < 2 && killed.elapsed() < Duration::from_secs(12) {
+        let got = bob.pump(Duration::from_millis(200)).await;
+        updates.extend(got.into_iter().filter(|m| {
+            m["type"] == "event"
+                && m["event"]["target"] == "participants"
+                && m["event"]["type"] == "update"
+        }));
+    }
+    let took = killed.elapsed();
+    eprintln!("subscriber told {took:?} after the proxy's Janus was killed");
+    assert_eq!(updates.len(), 2, "{:?}", bob.seen);
+    let entry = |m: &Value| m["event"]["update"]["users"][0].clone();
+    assert_eq!(entry(&updates[0])["sessionId"], alice_id.as_str());
+    assert_eq!(entry(&updates[0])["inCall"], 0, "{}", updates[0]);
+    assert_eq!(entry(&updates[1])["inCall"], 7, "{}", updates[1]);
+    for m in &updates {
+        assert!(!m.to_string().contains(&bob.id), "own entry sent: {m}");
+    }
+}

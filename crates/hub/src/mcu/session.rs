@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use proto::client::{MessageServerMessage, Sender, ServerMessage, RECIPIENT_SESSION};
 
@@ -33,6 +33,11 @@ pub(crate) struct McuObjects {
     /// Subscribers (by object id) whose offer was pushed to the client
     /// without it asking and that it has not answered yet.
     pub unanswered: std::collections::HashSet<u64>,
+    /// Publishers this session's subscribers follow (see
+    /// `recovery::follow_publisher`), with the number of the newest follow: an
+    /// older one gives way to it.
+    pub follows: HashMap<SubscriberKey, u64>,
+    pub follow_count: u64,
 }
 
 impl McuObjects {
@@ -147,7 +152,7 @@ impl McuListener for SessionListener {
             &client.sid(),
         ));
         if let Some(hub) = s.hub() {
-            hub.watch_pushed_offer(&s, client);
+            super::recovery::watch_pushed_offer(&hub, &s, client);
         }
     }
 
@@ -182,7 +187,7 @@ impl McuListener for SessionListener {
             return;
         }
         if let Some(hub) = s.hub() {
-            hub.ask_to_publish_again(&s, client.stream_type(), &client.sid());
+            super::recovery::ask_to_publish_again(&hub, &s, client.stream_type(), &client.sid());
         }
     }
 
@@ -212,7 +217,7 @@ impl McuListener for SessionListener {
         }
         if let Some(hub) = s.hub() {
             // The next offer creates a new publisher wherever there is room.
-            hub.ask_to_publish_again(&s, client.stream_type(), &client.sid());
+            super::recovery::ask_to_publish_again(&hub, &s, client.stream_type(), &client.sid());
         }
     }
 
@@ -227,7 +232,7 @@ impl McuListener for SessionListener {
             return;
         };
         if let Some(hub) = s.hub() {
-            hub.tell_media_stalled(&s, publisher);
+            super::recovery::tell_media_stalled(&hub, &s, publisher);
         }
     }
 
@@ -254,7 +259,60 @@ impl McuListener for SessionListener {
             return;
         }
         if let Some(hub) = s.hub() {
-            hub.follow_publisher(&s, publisher, stream);
+            super::recovery::follow_publisher(&hub, &s, publisher, stream);
         }
     }
+}
+
+/// A `message` to `session` from itself with `data` (no MCU verb).
+pub(crate) fn own_message(session: &str, data: Value) -> ServerMessage {
+    ServerMessage {
+        kind: "message".into(),
+        message: Some(proto::client::MessageServerMessage {
+            sender: Some(proto::client::Sender {
+                kind: proto::client::RECIPIENT_SESSION.into(),
+                sessionid: session.to_owned(),
+                userid: String::new(),
+            }),
+            recipient: None,
+            data: Some(proto::to_raw(&data)),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Upstream `sendMcuMessageResponse`: an answer comes from the session
+/// itself, an offer from the publisher it subscribes to.
+pub(crate) fn send_mcu_response(
+    session: &ClientSession,
+    client: &dyn McuClient,
+    recipient: &str,
+    jsep: Value,
+) {
+    let kind = jsep.get("type").and_then(Value::as_str).unwrap_or_default();
+    let msg = match kind {
+        "answer" => mcu_message(
+            &session.public_id,
+            &session.public_id,
+            &session.user_id(),
+            "answer",
+            client.stream_type(),
+            &jsep,
+            &client.sid(),
+        ),
+        "offer" => mcu_message(
+            &session.public_id,
+            recipient,
+            "",
+            "offer",
+            client.stream_type(),
+            &jsep,
+            &client.sid(),
+        ),
+        other => {
+            warn!(session = %session.public_id, kind = other, "unsupported MCU response");
+            return;
+        }
+    };
+    session.send_message(msg);
 }

@@ -413,6 +413,30 @@ pub async fn cluster_call(mcu: &str) -> ClusterCall {
     }
 }
 
+impl ClusterCall {
+    /// The participant list as Talk reports it (to A, which tells every
+    /// node): both users' Talk sessions with audio and video.
+    pub async fn talk_in_call(&mut self) {
+        let entries: Vec<Value> = ["alice", "bob"]
+            .iter()
+            .map(|u| json!({"sessionId": format!("talk-{u}"), "inCall": 7, "participantType": 3}))
+            .collect();
+        let r = self
+            ._backend
+            .send_room_request(
+                &format!("http://{}/", self.a),
+                "room1",
+                &json!({"type": "incall", "incall": {"incall": 7, "changed": entries, "users": entries}}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        for c in [&mut self.alice, &mut self.bob] {
+            c.ws.recv_matching(|m| m["event"]["target"] == "participants")
+                .await;
+        }
+    }
+}
+
 /// The `/metrics` text of the server at `addr`.
 pub async fn metrics_at(addr: std::net::SocketAddr) -> String {
     let resp = raw_http(
