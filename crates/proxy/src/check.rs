@@ -50,7 +50,7 @@ pub async fn run(path: &Path, args: &CheckArgs, match_keys: &[(String, PathBuf)]
 
 /// `[mcu]`: Janus answers and has what the MCU needs.
 async fn check_janus(r: &mut Report, ini: &Ini) {
-    match hub::mcu::janus::JanusSettings::from_config(ini) {
+    match mcu::janus::JanusSettings::from_config(ini) {
         Err((key, e)) => r.fail(&format!("[mcu] {key}"), e),
         Ok(settings) => {
             let what = format!("janus {}", settings.url);

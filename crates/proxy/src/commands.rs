@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use hub::mcu::{
+use mcu::{
     CodecPrefs, Mcu, McuClient, McuError, MediaTypes, PublisherParams, StreamType, SubscriberParams,
 };
 use parking_lot::Mutex;
@@ -366,7 +366,7 @@ impl ProxyServer {
         let mut remote_guard = None;
         let (result, bitrate) = if publisher {
             let cap = self.janus.max_bitrate(stream);
-            let bitrate = hub::mcu::cap_bitrate(cmd.bitrate, cap);
+            let bitrate = mcu::cap_bitrate(cmd.bitrate, cap);
             let params = PublisherParams {
                 id: Arc::from(id),
                 sid: cmd.sid.clone(),

@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use hub::mcu::{McuError, McuMessage};
+use mcu::{McuError, McuMessage};
 use proto::client::HelloServerInfo;
 use proto::proxy::{
     ByeProxyServerMessage, EventProxyServerMessage, HelloProxyServerMessage,

@@ -5,7 +5,7 @@
 //! Signaling servers connect to `/proxy`, say hello with an RSA-signed
 //! token ([`tokens`]), and create publishers and subscribers by command;
 //! SDP and candidates travel as payloads. The Janus side is the same
-//! [`hub::mcu::janus::JanusMcu`] the signaling server uses directly, so a
+//! [`mcu::janus::JanusMcu`] the signaling server uses directly, so a
 //! proxy also survives Janus restarts.
 //!
 //! ```text
@@ -52,8 +52,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tracing::{info, warn};
 
-use hub::mcu::janus::{JanusMcu, JanusSettings};
-use hub::mcu::{Mcu, McuClient};
+use mcu::janus::{JanusMcu, JanusSettings};
+use mcu::{Mcu, McuClient};
 
 use crate::metrics::ProxyMetrics;
 use crate::session::ProxySession;
@@ -248,7 +248,7 @@ impl ProxyServer {
         let bandwidth_limits = (limit("incoming")?, limit("outgoing")?);
         let registry = Registry::new();
         registry.register_process_metrics();
-        let mcu_metrics = hub::mcu::metrics::McuMetrics::new(&registry);
+        let mcu_metrics = mcu::metrics::McuMetrics::new(&registry);
         let metrics = ProxyMetrics::new(&registry);
         info!(url = %janus.url, "using Janus");
         let mcu = JanusMcu::start(janus.clone(), mcu_metrics);

@@ -31,8 +31,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use hub::mcu::janus::{JanusMcu, RemotePublisher};
-use hub::mcu::StreamType;
+use mcu::janus::{JanusMcu, RemotePublisher};
+use mcu::StreamType;
 
 mod link;
 
@@ -196,7 +196,7 @@ pub enum RemoteError {
     #[error("remote proxy {0}: {1}")]
     Remote(String, String),
     #[error("{0}")]
-    Mcu(#[from] hub::mcu::McuError),
+    Mcu(#[from] mcu::McuError),
 }
 
 impl Remotes {

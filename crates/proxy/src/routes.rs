@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hub::mcu::Mcu;
+use mcu::Mcu;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use runtime::listen::{Body, PeerInfo};

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use hub::mcu::{McuClient, McuListener};
+use mcu::{McuClient, McuListener};
 
 use crate::ProxyServer;
 

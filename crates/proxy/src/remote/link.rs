@@ -83,7 +83,7 @@ pub(super) async fn run_link(
             }
             cmd = rx.recv() => {
                 let Some((msg, reply)) = cmd else { break };
-                if !hub::mcu::proxy::send_request(&mut ws, &mut pending, msg, reply).await {
+                if !mcu::proxy_ws::send_request(&mut ws, &mut pending, msg, reply).await {
                     break;
                 }
             }
@@ -157,7 +157,7 @@ async fn open_link(
             serde_json::to_string(&hello).unwrap_or_default(),
         ))
         .await;
-    let answer = hub::mcu::proxy::hello_reply(&mut ws, REQUEST_TIMEOUT).await;
+    let answer = mcu::proxy_ws::hello_reply(&mut ws, REQUEST_TIMEOUT).await;
     match answer {
         Some(m) if m.kind == "hello" => {
             info!(url = %link.url, "connected to remote proxy");
