@@ -14,8 +14,8 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::{debug, info};
 
-use crate::backends::Backend;
-use crate::session::ClientSession;
+use crate::core::backends::Backend;
+use crate::core::session::ClientSession;
 use crate::Hub;
 
 /// How long a bridge has to accept a call (upstream: 45 s).

@@ -99,7 +99,7 @@ fn tls_config(
     };
     let roots = if ca.is_empty() {
         let mut roots = rustls::RootCertStore::empty();
-        for c in crate::backend_client::rustls_native_roots() {
+        for c in crate::backend::client::rustls_native_roots() {
             let _ = roots.add(c);
         }
         Arc::new(roots)
@@ -216,7 +216,7 @@ impl EtcdClient {
         if endpoints.is_empty() {
             return Err(EtcdError::NoEndpoints);
         }
-        let tls = tls.unwrap_or_else(|| crate::backend_client::tls_client_config(false));
+        let tls = tls.unwrap_or_else(|| crate::backend::client::tls_client_config(false));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()

@@ -21,8 +21,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::conn::OutMsg;
-use crate::session::ClientSession;
+use crate::core::conn::OutMsg;
+use crate::core::session::ClientSession;
 
 const INITIAL_RECONNECT: Duration = Duration::from_millis(100);
 const MAX_RECONNECT: Duration = Duration::from_secs(8);

@@ -22,18 +22,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use url::Url;
 
-use crate::backend_client::{BackendClient, BackendError};
-use crate::backends::Backends;
+use crate::backend::client::{BackendClient, BackendError};
 use crate::bus::{Bus, BusHandler, BusMessage, BusPayload, Subscription};
-use crate::conn::{Conn, OutMsg};
-use crate::metrics::HubMetrics;
-use crate::room::{room_key, Room};
-use crate::session::{
+use crate::core::backends::Backends;
+use crate::core::conn::{Conn, OutMsg};
+use crate::core::room::{room_key, Room};
+use crate::core::session::{
     session_backend_url, virtual_session_key, AnySession, ClientSession, ClientType, NewSession,
     VirtualSession, PERMISSION_CONTROL, PERMISSION_TRANSIENT_DATA,
 };
+use crate::core::settings::{HubSettings, ANONYMOUS_JOIN_TIMEOUT};
+use crate::metrics::HubMetrics;
 use crate::sessionid::{SessionIdCodec, SessionIdData};
-use crate::settings::{HubSettings, ANONYMOUS_JOIN_TIMEOUT};
 
 /// A room id and the ping entries of its sessions.
 type RoomPings = (String, Vec<PingEntry>);
@@ -159,14 +159,14 @@ pub struct Hub {
     pub bus: Arc<dyn Bus>,
     pub backend: BackendClient,
     pub backends: Arc<Backends>,
-    /// Randoms of accepted backend API requests (`crate::replay`).
-    pub(crate) replays: crate::replay::ReplayGuard,
+    /// Randoms of accepted backend API requests (`crate::backend::replay`).
+    pub(crate) replays: crate::backend::replay::ReplayGuard,
     pub metrics: HubMetrics,
     info: Arc<HelloServerInfo>,
     info_internal: Arc<HelloServerInfo>,
     features: Vec<String>,
     /// The `welcome` frame every new connection gets first, serialised once.
-    welcome: crate::conn::Frame,
+    welcome: crate::core::conn::Frame,
     /// When the next combined room ping is due.
     next_ping: Mutex<Instant>,
     pub(crate) dialouts: crate::dialout::Dialouts,
@@ -281,11 +281,11 @@ impl Hub {
             bus,
             backend,
             backends,
-            replays: crate::replay::ReplayGuard::default(),
+            replays: crate::backend::replay::ReplayGuard::default(),
             metrics,
             features,
             welcome,
-            next_ping: Mutex::new(Instant::now() + crate::settings::ROOM_PING_INTERVAL),
+            next_ping: Mutex::new(Instant::now() + crate::core::settings::ROOM_PING_INTERVAL),
             dialouts: Default::default(),
             sid: AtomicU64::new(0),
             conn_ids: AtomicU64::new(0),
@@ -464,7 +464,7 @@ impl Hub {
         let ping_due = {
             let mut next = self.next_ping.lock();
             if now >= *next {
-                *next = now + crate::settings::ROOM_PING_INTERVAL;
+                *next = now + crate::core::settings::ROOM_PING_INTERVAL;
                 true
             } else {
                 false
@@ -514,7 +514,7 @@ impl Hub {
     /// all rooms go in combined requests (empty room id) of at most that many
     /// entries; otherwise each room pings on its own.
     async fn send_pings(self: Arc<Self>, url: Url, rooms: Vec<RoomPings>) {
-        use crate::capabilities::{CONFIG_GROUP_SIGNALING, CONFIG_SESSION_PING_LIMIT};
+        use crate::backend::capabilities::{CONFIG_GROUP_SIGNALING, CONFIG_SESSION_PING_LIMIT};
         let limit = self
             .backend
             .capabilities(&url)
@@ -558,7 +558,7 @@ impl Hub {
     /// publishers, dial-out) and ask them ours, until `shutdown`.
     pub fn start_cluster(
         self: &Arc<Self>,
-        nats: Arc<crate::bus_nats::NatsBus>,
+        nats: Arc<crate::bus::nats::NatsBus>,
         shutdown: CancellationToken,
     ) {
         let cluster = Arc::new(crate::cluster::Cluster::new(nats));
@@ -628,7 +628,7 @@ impl Hub {
 
     /// The connection ended (socket closed or killed). The session stays
     /// resumable for a while; frames the connection had not written are kept.
-    pub fn conn_closed(&self, conn: &Arc<Conn>, unsent: Vec<crate::conn::Frame>) {
+    pub fn conn_closed(&self, conn: &Arc<Conn>, unsent: Vec<crate::core::conn::Frame>) {
         conn.kill();
         self.metrics.connections.dec();
         if conn.overflowed() {
@@ -871,7 +871,7 @@ impl Hub {
         if hello.auth.kind == proto::client::CLIENT_TYPE_FEDERATION {
             // A remote signaling server relaying one of its clients: only
             // when this Nextcloud supports it (upstream 2.0.0, #776).
-            use crate::capabilities::FEATURE_FEDERATION_V2;
+            use crate::backend::capabilities::FEATURE_FEDERATION_V2;
             let caps = self.backend.capabilities(&backend_url).await.caps;
             if !caps.is_some_and(|c| c.has_feature(FEATURE_FEDERATION_V2)) {
                 send_err(crate::federation::err_federation_unsupported());
@@ -1006,7 +1006,7 @@ impl Hub {
         self: &Arc<Self>,
         conn: &Arc<Conn>,
         id: &str,
-        backend: Arc<crate::backends::Backend>,
+        backend: Arc<crate::core::backends::Backend>,
         backend_url: Url,
         client_type: ClientType,
         hello_version: &'static str,
@@ -1093,9 +1093,9 @@ impl Hub {
         &self,
         backend_url: &Url,
         token: &str,
-    ) -> Result<crate::token::TokenClaims, Error> {
-        use crate::capabilities::{CONFIG_GROUP_SIGNALING, CONFIG_HELLO_V2_TOKEN_KEY};
-        use crate::token::TokenError;
+    ) -> Result<crate::backend::token::TokenClaims, Error> {
+        use crate::backend::capabilities::{CONFIG_GROUP_SIGNALING, CONFIG_HELLO_V2_TOKEN_KEY};
+        use crate::backend::token::TokenError;
         let map = |e: TokenError| match e {
             TokenError::Invalid(_) => err_invalid_token(),
             TokenError::Expired => Error::new("token_expired", "The token is expired."),
@@ -1104,8 +1104,8 @@ impl Hub {
             }
         };
         // Refuse garbage before asking Nextcloud anything.
-        crate::token::token_algorithm(token).map_err(map)?;
-        let key_of = |l: &crate::capabilities::Lookup| {
+        crate::backend::token::token_algorithm(token).map_err(map)?;
+        let key_of = |l: &crate::backend::capabilities::Lookup| {
             l.caps
                 .as_ref()
                 .and_then(|c| c.string_config(CONFIG_GROUP_SIGNALING, CONFIG_HELLO_V2_TOKEN_KEY))
@@ -1113,7 +1113,7 @@ impl Hub {
         let lookup = self.backend.capabilities(backend_url).await;
         let now = unix_now();
         let first = match key_of(&lookup) {
-            Some(key) => crate::token::verify(token, &key, now).map(|c| (c, key)),
+            Some(key) => crate::backend::token::verify(token, &key, now).map(|c| (c, key)),
             None => Err(TokenError::Invalid("no key found for issuer".into())),
         };
         match first {
@@ -1123,7 +1123,7 @@ impl Hub {
             {
                 let lookup = self.backend.capabilities(backend_url).await;
                 let key = key_of(&lookup).ok_or_else(err_invalid_token)?;
-                crate::token::verify(token, &key, unix_now()).map_err(map)
+                crate::backend::token::verify(token, &key, unix_now()).map_err(map)
             }
             Err(e) => Err(map(e)),
         }
@@ -1202,7 +1202,11 @@ impl Hub {
             .then_some(session)
     }
 
-    pub fn room_for(&self, backend: &crate::backends::Backend, id: &str) -> Option<Arc<Room>> {
+    pub fn room_for(
+        &self,
+        backend: &crate::core::backends::Backend,
+        id: &str,
+    ) -> Option<Arc<Room>> {
         self.reg.lock().rooms.get(&room_key(backend, id)).cloned()
     }
 
@@ -1604,7 +1608,7 @@ impl Hub {
     /// not end the connection); old Talk versions named the users to tell
     /// instead.
     pub(crate) fn room_deleted(&self, room: &Room, tell_members: bool) {
-        let disinvite = OutMsg::new(ServerMessage::event(crate::room::disinvite_event(
+        let disinvite = OutMsg::new(ServerMessage::event(crate::core::room::disinvite_event(
             &room.id, "deleted",
         )));
         for s in room.close(self) {
@@ -1880,7 +1884,8 @@ impl Hub {
                     sessionid: public_id.to_string(),
                     actorid: options.actor_id.clone(),
                     actortype: options.actor_type.clone(),
-                    incall: (crate::room::FLAG_IN_CALL | crate::room::FLAG_WITH_PHONE) as i32,
+                    incall: (crate::core::room::FLAG_IN_CALL | crate::core::room::FLAG_WITH_PHONE)
+                        as i32,
                     ..Default::default()
                 });
                 let res: Result<proto::backend::BackendClientResponse, _> = self
@@ -2049,7 +2054,7 @@ impl Hub {
     /// Publish a message to every session of a user.
     pub fn publish_to_user(
         &self,
-        backend: &crate::backends::Backend,
+        backend: &crate::core::backends::Backend,
         user_id: &str,
         msg: &Arc<OutMsg>,
     ) {
@@ -2068,11 +2073,11 @@ impl Hub {
 
     pub fn publish_room_request(
         &self,
-        backend: &crate::backends::Backend,
+        backend: &crate::core::backends::Backend,
         roomid: &str,
         req: proto::backend::BackendServerRoomRequest,
     ) -> Result<(), crate::bus::BusError> {
-        let subject = crate::room::backend_room_subject(backend, roomid);
+        let subject = crate::core::room::backend_room_subject(backend, roomid);
         self.bus
             .publish(&subject, BusMessage::new(BusPayload::Room(Arc::new(req))))
     }

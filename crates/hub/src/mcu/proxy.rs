@@ -110,7 +110,7 @@ impl ProxySettings {
         if skip_verify {
             warn!("proxy certificate verification is disabled ([mcu] skipverify)");
         }
-        let tls = Arc::new(crate::backend_client::tls_client_config(skip_verify));
+        let tls = Arc::new(crate::backend::client::tls_client_config(skip_verify));
         Ok(ProxySettings {
             urls,
             etcd,

@@ -16,7 +16,7 @@ use super::{
     CodecPrefs, McuClient, McuError, McuMessage, MediaTypes, PublisherParams, StreamType,
     SubscriberParams, STALL_NOTICE,
 };
-use crate::session::{
+use crate::core::session::{
     ClientSession, PERMISSION_PUBLISH_AUDIO, PERMISSION_PUBLISH_MEDIA, PERMISSION_PUBLISH_SCREEN,
     PERMISSION_PUBLISH_VIDEO,
 };

@@ -1,6 +1,6 @@
 //! Questions one server of a cluster asks the others, over NATS
 //! request/reply: who holds the session a client wants to resume (then the
-//! connection is relayed there, see [`crate::relay`]), where a publisher on
+//! connection is relayed there, see [`crate::cluster::relay`]), where a publisher on
 //! another server streams from (so a subscriber here can join it), a
 //! dial-out for a bridge connected elsewhere, and how many sessions of a
 //! backend with a session limit the others have.
@@ -10,6 +10,8 @@
 //! `cluster.nodes` reports) said no, instead of always waiting for the
 //! timeout. A node it does not know yet (just started) may still answer
 //! before the timeout.
+
+pub mod relay;
 
 use async_nats::Client;
 use futures_util::StreamExt;
@@ -26,7 +28,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::bus_nats::NatsBus;
+use crate::bus::nats::NatsBus;
 use crate::Hub;
 
 /// How long an asker waits for answers to a quick question (resume,
@@ -211,7 +213,8 @@ pub(crate) async fn serve(hub: Weak<Hub>, cluster: Arc<Cluster>, shutdown: Cance
             let body = match m.subject.as_str() {
                 RESUME_SUBJECT => match serde_json::from_slice::<ResumeRequest>(&m.payload) {
                     Ok(q) => {
-                        let found = crate::relay::take_over(&hub, &client, q, shutdown).await;
+                        let found =
+                            crate::cluster::relay::take_over(&hub, &client, q, shutdown).await;
                         answer(&hub.node_id, found.then_some(true))
                     }
                     Err(e) => return debug!(error = %e, "bad resume question"),
@@ -279,7 +282,7 @@ impl Hub {
     /// a backend without a limit) asks nobody.
     pub(crate) async fn count_session(
         &self,
-        backend: &crate::backends::Backend,
+        backend: &crate::core::backends::Backend,
         public_id: &Arc<str>,
     ) -> Result<(), proto::client::Error> {
         backend.add_session(public_id, 0)?;
@@ -308,7 +311,7 @@ impl Hub {
         let total = backend.counted_sessions() + elsewhere.iter().sum::<u64>();
         if total > backend.session_limit {
             backend.remove_session(public_id);
-            return Err(crate::backends::session_limit_exceeded());
+            return Err(crate::core::backends::session_limit_exceeded());
         }
         Ok(())
     }
@@ -439,7 +442,7 @@ impl Hub {
 
     /// A room new on this node: learn the members other nodes have, before
     /// the first joiner here is told who is in the room.
-    pub(crate) async fn learn_room(&self, room: &crate::room::Room) {
+    pub(crate) async fn learn_room(&self, room: &crate::core::room::Room) {
         let Some(cluster) = self.cluster.get() else {
             return;
         };
@@ -470,7 +473,7 @@ impl Hub {
         let mcu = self.mcu.clone()?;
         let stream = crate::mcu::StreamType::parse(&q.stream)?;
         match self.session_by_public_id(&q.publisher)? {
-            crate::session::AnySession::Client(_) => {}
+            crate::core::session::AnySession::Client(_) => {}
             _ => return None,
         }
         mcu.publisher_location(&q.publisher, stream).await

@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::session::ClientSession;
+use crate::core::session::ClientSession;
 
 /// The text of one frame: shared, immutable, and known to be UTF-8 (built
 /// from a `String`), so writing it needs no validation.
@@ -28,8 +28,8 @@ pub enum Outbound {
     /// Write a normal close frame and end the connection.
     Close,
     /// Clustering: the client's session is on another server; from now on
-    /// pass frames through this link (see [`crate::relay`]).
-    Relay(Box<crate::relay::RelayLink>),
+    /// pass frames through this link (see [`crate::cluster::relay`]).
+    Relay(Box<crate::cluster::relay::RelayLink>),
 }
 
 /// Capacity of a connection's outbound queue, in frames.
@@ -42,7 +42,7 @@ pub struct OutMsg {
     text: OnceLock<Frame>,
     /// The per-client variants of a backend chat message (`chat-relay`),
     /// worked out once for all recipients.
-    chat: OnceLock<Option<Arc<crate::filter::ChatVariants>>>,
+    chat: OnceLock<Option<Arc<crate::bus::filter::ChatVariants>>>,
 }
 
 impl OutMsg {
@@ -67,9 +67,9 @@ impl OutMsg {
     /// For an `event/room/message` carrying chat comments: what clients with
     /// and without `chat-relay` get instead. `None` when everyone gets the
     /// message as it is.
-    pub(crate) fn chat_variants(&self) -> Option<Arc<crate::filter::ChatVariants>> {
+    pub(crate) fn chat_variants(&self) -> Option<Arc<crate::bus::filter::ChatVariants>> {
         self.chat
-            .get_or_init(|| crate::filter::chat_variants(&self.msg).map(Arc::new))
+            .get_or_init(|| crate::bus::filter::chat_variants(&self.msg).map(Arc::new))
             .clone()
     }
 
@@ -243,7 +243,7 @@ impl Conn {
 
     /// Hand the connection task a relay to another server (after what is
     /// queued); false when the connection is gone.
-    pub(crate) fn relay(&self, link: Box<crate::relay::RelayLink>) -> bool {
+    pub(crate) fn relay(&self, link: Box<crate::cluster::relay::RelayLink>) -> bool {
         self.relayed.store(true, Ordering::Relaxed);
         self.push(Outbound::Relay(link), OUTBOUND_QUEUE + 1).is_ok()
     }

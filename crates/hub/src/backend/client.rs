@@ -19,10 +19,10 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 use url::Url;
 
-use crate::backends::Backends;
-use crate::capabilities::{
+use crate::backend::capabilities::{
     capabilities_url, CacheControl, CapabilitiesCache, FetchResult, Lookup, SpreedCapabilities,
 };
+use crate::core::backends::Backends;
 
 /// Largest response body accepted from Nextcloud.
 const MAX_RESPONSE_BODY: usize = 4 * 1024 * 1024;
@@ -321,7 +321,7 @@ impl BackendClient {
         self.capabilities(u)
             .await
             .caps
-            .is_some_and(|c| c.has_feature(crate::capabilities::FEATURE_SIGNALING_V3))
+            .is_some_and(|c| c.has_feature(crate::backend::capabilities::FEATURE_SIGNALING_V3))
     }
 
     /// The Talk capabilities of the Nextcloud `u` belongs to, from the cache

@@ -8,8 +8,8 @@ use proto::client::{EventServerMessage, RoomEvent, ServerMessage};
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use crate::backends::Backend;
-use crate::conn::OutMsg;
+use crate::core::backends::Backend;
+use crate::core::conn::OutMsg;
 use crate::Hub;
 
 #[derive(Debug, thiserror::Error)]
@@ -170,7 +170,7 @@ impl Hub {
         if users.is_empty() {
             return;
         }
-        let msg = OutMsg::new(ServerMessage::event(crate::room::disinvite_event(
+        let msg = OutMsg::new(ServerMessage::event(crate::core::room::disinvite_event(
             roomid, reason,
         )));
         for u in users {
@@ -180,7 +180,7 @@ impl Hub {
 
     /// A disinvited virtual session (upstream 1.2.2, #610): its internal
     /// client is told to hang up the phone call.
-    pub(crate) fn hang_up_virtual(&self, v: &crate::session::VirtualSession, roomid: &str) {
+    pub(crate) fn hang_up_virtual(&self, v: &crate::core::session::VirtualSession, roomid: &str) {
         if v.room().is_none_or(|r| r.id != roomid) {
             return;
         }

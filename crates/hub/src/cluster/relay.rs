@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, Instrument};
 
-use crate::conn::{Conn, Frame, Outbound};
+use crate::core::conn::{Conn, Frame, Outbound};
 use crate::{Hub, Pending};
 
 /// B acknowledges at least this often (in frames), and this long after a

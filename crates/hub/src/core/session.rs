@@ -11,11 +11,11 @@ use std::sync::{Arc, Weak};
 use tracing::{info, warn};
 use url::Url;
 
-use crate::backends::Backend;
 use crate::bus::{BusHandler, BusMessage, BusPayload, Subscription};
-use crate::conn::{Conn, Frame, OutMsg};
-use crate::room::Room;
-use crate::settings::{MAX_BACKLOG, MAX_PENDING_MESSAGES};
+use crate::core::backends::Backend;
+use crate::core::conn::{Conn, Frame, OutMsg};
+use crate::core::room::Room;
+use crate::core::settings::{MAX_BACKLOG, MAX_PENDING_MESSAGES};
 use crate::Hub;
 
 pub const PERMISSION_PUBLISH_MEDIA: &str = "publish-media";
@@ -182,7 +182,7 @@ impl ClientSession {
         match *self.internal_incall.lock() {
             Some(flags) => flags,
             None if self.has_feature(proto::client::CLIENT_FEATURE_INTERNAL_INCALL) => 0,
-            None => crate::room::FLAG_IN_CALL | crate::room::FLAG_WITH_AUDIO,
+            None => crate::core::room::FLAG_IN_CALL | crate::core::room::FLAG_WITH_AUDIO,
         }
     }
 
@@ -513,7 +513,7 @@ impl ClientSession {
                     let list = list
                         .iter()
                         .map(|m| {
-                            hide.then(|| crate::filter::hide_display_names(m))
+                            hide.then(|| crate::bus::filter::hide_display_names(m))
                                 .flatten()
                                 .unwrap_or_else(|| m.clone())
                         })
@@ -521,7 +521,7 @@ impl ClientSession {
                     return Filtered::Replaced(list);
                 }
                 match hide
-                    .then(|| crate::filter::hide_display_names(msg))
+                    .then(|| crate::bus::filter::hide_display_names(msg))
                     .flatten()
                 {
                     Some(m) => Filtered::Replaced(vec![m]),
@@ -530,7 +530,7 @@ impl ClientSession {
             }
             "message" => {
                 if self.has_permission(PERMISSION_HIDE_DISPLAYNAMES)
-                    && crate::filter::is_nick_changed(msg)
+                    && crate::bus::filter::is_nick_changed(msg)
                 {
                     return Filtered::Drop;
                 }
@@ -636,7 +636,7 @@ impl ClientSession {
             return false;
         }
         if self.is_internal() {
-            return self.internal_incall() & crate::room::FLAG_IN_CALL == 0;
+            return self.internal_incall() & crate::core::room::FLAG_IN_CALL == 0;
         }
         !self.room().is_some_and(|r| r.is_in_call(&self.public_id))
     }
@@ -745,7 +745,7 @@ impl VirtualSession {
                 if owner.has_feature(proto::client::CLIENT_FEATURE_INTERNAL_INCALL) {
                     0
                 } else {
-                    crate::room::FLAG_IN_CALL | crate::room::FLAG_WITH_PHONE
+                    crate::core::room::FLAG_IN_CALL | crate::core::room::FLAG_WITH_PHONE
                 },
             )),
             room: Mutex::new(None),

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 use url::Url;
 
-use crate::backends::Backend;
 use crate::bus::{BusError, BusHandler, BusMessage, BusPayload, Subscription};
-use crate::conn::OutMsg;
-use crate::session::{AnySession, ClientSession, VirtualSession};
+use crate::core::backends::Backend;
+use crate::core::conn::OutMsg;
+use crate::core::session::{AnySession, ClientSession, VirtualSession};
 use crate::Hub;
 
 pub const FLAG_IN_CALL: i64 = 1;
@@ -1097,7 +1097,7 @@ impl Room {
             }
             "switchto" => {
                 let Some(sw) = &req.switchto else { return };
-                let Ok(targets) = crate::backend_api::switchto_targets(sw) else {
+                let Ok(targets) = crate::backend::api::switchto_targets(sw) else {
                     return;
                 };
                 for (room_session, details) in targets {
