@@ -59,6 +59,16 @@ pub struct FederationClient {
     cancel: CancellationToken,
 }
 
+impl crate::core::session::FederatedRoom for FederationClient {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn close(&self) {
+        FederationClient::close(self)
+    }
+}
+
 impl Drop for FederationClient {
     fn drop(&mut self) {
         self.cancel.cancel();
@@ -149,7 +159,7 @@ impl FederationClient {
     /// message is not dropped: the returned future waits for room, and the
     /// client's connection task runs it before reading the next message, so
     /// the client itself is slowed down instead.
-    pub fn proxy(&self, msg: ClientMessage) -> Option<crate::Pending> {
+    pub fn proxy(&self, msg: ClientMessage) -> Option<crate::core::Pending> {
         match self.tx.try_send(Command::Send(to_text(&msg))) {
             Ok(()) => None,
             Err(mpsc::error::TrySendError::Full(cmd)) => {
@@ -182,6 +192,13 @@ impl FederationClient {
 
     pub fn close(&self) {
         self.cancel.cancel();
+    }
+
+    /// The federated connection `session` holds, if it is in a room of
+    /// another server.
+    pub fn of(session: &ClientSession) -> Option<Arc<FederationClient>> {
+        let link: Arc<dyn std::any::Any + Send + Sync> = session.federation_link()?;
+        link.downcast().ok()
     }
 
     pub fn is_closed(&self) -> bool {

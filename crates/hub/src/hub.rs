@@ -13,8 +13,6 @@ use proto::client::{
 use serde_json::Value;
 use sha2::Sha256;
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -33,13 +31,12 @@ use crate::core::session::{
 };
 use crate::core::settings::{HubSettings, ANONYMOUS_JOIN_TIMEOUT};
 use crate::metrics::HubMetrics;
-use crate::sessionid::{SessionIdCodec, SessionIdData};
+use proto::sessionid::{SessionIdCodec, SessionIdData};
 
 /// A room id and the ping entries of its sessions.
 type RoomPings = (String, Vec<PingEntry>);
 
-/// Work a message needs that cannot finish synchronously (backend requests).
-pub type Pending = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+pub use crate::core::Pending;
 
 pub fn err_invalid_format() -> Error {
     Error::new("invalid_format", "Invalid data format.")
@@ -476,7 +473,9 @@ impl Hub {
             // Federated sessions are pinged here, at their own Nextcloud,
             // for the local id of the room they are in elsewhere.
             for s in self.client_sessions() {
-                let Some(f) = s.federation() else { continue };
+                let Some(f) = crate::federation::FederationClient::of(&s) else {
+                    continue;
+                };
                 let entry = PingEntry {
                     userid: s.auth_user_id.clone(),
                     sessionid: f.room_session_id.clone(),
@@ -715,7 +714,7 @@ impl Hub {
             }));
         };
         if !matches!(msg.kind.as_str(), "room" | "hello" | "bye") {
-            if let Some(federation) = session.federation() {
+            if let Some(federation) = crate::federation::FederationClient::of(&session) {
                 return federation.proxy(msg);
             }
         }
@@ -1347,7 +1346,7 @@ impl Hub {
     ) -> Option<Pending> {
         let room_msg = msg.room.as_ref()?;
         if room_msg.roomid.is_empty() {
-            if let Some(federation) = session.federation() {
+            if let Some(federation) = crate::federation::FederationClient::of(session) {
                 // The remote server answers (and the connection then ends).
                 federation.leave(msg);
                 return None;

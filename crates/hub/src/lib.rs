@@ -36,14 +36,11 @@ pub mod bus;
 pub mod cluster;
 pub mod core;
 pub mod dialout;
-pub mod dns_srv;
-pub mod etcd;
 pub mod federation;
 pub mod geoip;
 mod hub;
 pub mod mcu;
 pub mod metrics;
-pub mod sessionid;
 pub mod throttle;
 
 pub use hub::{err_invalid_format, Hub, HubError, HubMcu, HubStats, Pending, SessionCounts};

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::core::backends::Backend;
 use crate::core::conn::OutMsg;
+use crate::core::room::switchto_targets;
 use crate::Hub;
 
 #[derive(Debug, thiserror::Error)]
@@ -203,26 +204,4 @@ impl Hub {
             ..Default::default()
         });
     }
-}
-
-/// The Talk sessions a `switchto` names, each with its details: a list of
-/// session ids, or a map from session id to details.
-pub(crate) fn switchto_targets(
-    sw: &proto::backend::RoomSwitchToRequest,
-) -> Result<Vec<(String, Option<proto::Raw>)>, serde_json::Error> {
-    Ok(match &sw.sessions {
-        None => Vec::new(),
-        Some(raw) if raw.get().trim_start().starts_with('[') => {
-            serde_json::from_str::<Vec<String>>(raw.get())?
-                .into_iter()
-                .map(|s| (s, None))
-                .collect()
-        }
-        Some(raw) => {
-            serde_json::from_str::<std::collections::BTreeMap<String, proto::Raw>>(raw.get())?
-                .into_iter()
-                .map(|(s, d)| (s, Some(d)))
-                .collect()
-        }
-    })
 }

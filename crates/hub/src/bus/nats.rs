@@ -175,7 +175,7 @@ pub struct NatsBus {
     metrics: Arc<NatsMetrics>,
     connected: watch::Receiver<bool>,
     /// The client, once the task has created it: requests between servers
-    /// ([`crate::cluster`]) use it directly, outside the ordered queue.
+    /// (the cluster layer) use it directly, outside the ordered queue.
     client: std::sync::OnceLock<Client>,
     /// `x-from` of our envelopes (random per process) and the `x-seq`
     /// counter.

@@ -11,3 +11,6 @@ pub mod conn;
 pub mod room;
 pub mod session;
 pub mod settings;
+
+/// Work a message needs that cannot finish synchronously (backend requests).
+pub type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;

@@ -73,10 +73,21 @@ struct SessionState {
     room_subscription: Option<Subscription>,
     virtual_sessions: Vec<Arc<VirtualSession>>,
     /// Set while the session is in a room of another server.
-    federation: Option<Arc<crate::federation::FederationClient>>,
+    federation: Option<Arc<dyn FederatedRoom>>,
     /// Publishers and subscribers on the media server; boxed so that
     /// sessions without media pay one pointer.
     mcu: Option<Box<crate::mcu::session::McuObjects>>,
+}
+
+/// The connection to a federated room on another server, as a session
+/// holds it. Implemented by the federation layer; the session only keeps
+/// it, closes it, and hands it back (a `dyn Any` lets that layer recover
+/// its own type).
+pub trait FederatedRoom: std::any::Any + Send + Sync + std::fmt::Debug {
+    /// Tells this connection from a later one of the same session.
+    fn id(&self) -> u64;
+    /// End the remote connection (saying `bye` to the other server).
+    fn close(&self);
 }
 
 /// A session of a `client` or `internal` connection.
@@ -225,12 +236,12 @@ impl ClientSession {
     }
 
     /// The connection to the remote server of a federated room, if in one.
-    pub fn federation(&self) -> Option<Arc<crate::federation::FederationClient>> {
+    pub fn federation_link(&self) -> Option<Arc<dyn FederatedRoom>> {
         self.state.lock().federation.clone()
     }
 
     /// Replace the federated connection (the old one is closed).
-    pub(crate) fn set_federation(&self, client: Option<Arc<crate::federation::FederationClient>>) {
+    pub(crate) fn set_federation(&self, client: Option<Arc<dyn FederatedRoom>>) {
         let old = std::mem::replace(&mut self.state.lock().federation, client);
         if let Some(old) = old {
             old.close();
@@ -240,7 +251,7 @@ impl ClientSession {
     /// The federation task `id` ended (error, or left the room).
     pub(crate) fn federation_ended(&self, id: u64) {
         let mut st = self.state.lock();
-        if st.federation.as_ref().is_some_and(|f| f.id == id) {
+        if st.federation.as_ref().is_some_and(|f| f.id() == id) {
             st.federation = None;
         }
     }
