@@ -769,7 +769,8 @@ impl Hub {
             }
             if !self.process_resume(conn, &msg.id, &hello.resumeid) {
                 let text = text.as_deref().unwrap_or_default();
-                if self.resume_elsewhere(conn, &hello.resumeid, text).await {
+                if crate::cluster::relay::resume_elsewhere(&self, conn, &hello.resumeid, text).await
+                {
                     return;
                 }
                 self.metrics.resume_failed.inc();
@@ -1039,7 +1040,7 @@ impl Hub {
             },
         );
         if client_type == ClientType::Client {
-            if let Err(e) = self.count_session(&backend, &public_id).await {
+            if let Err(e) = crate::cluster::count_session(self, &backend, &public_id).await {
                 self.metrics.session_limit_exceeded.inc(&[&backend.id]);
                 warn!(backend = %backend.id, "session limit exceeded");
                 conn.send(OutMsg::new(ServerMessage::error(id, e)).frame());
@@ -1274,7 +1275,7 @@ impl Hub {
                 .filter(|b| b.session_limit > 0)
                 .map(|b| (b.id.clone(), b.counted_sessions()))
                 .collect(),
-            dialout: self.local_bridge_backends(),
+            dialout: crate::dialout::local_bridge_backends(self),
         };
         {
             let mut sent = self.counts_sent.lock();
@@ -1460,8 +1461,12 @@ impl Hub {
         if !room_msg.sessionid.is_empty() {
             self.disconnect_by_room_session(&room_msg.sessionid, &session.public_id);
             // Clustering: the older session may be on another server.
-            self.replace_room_session_elsewhere(&room_msg.sessionid, &session.public_id)
-                .await;
+            crate::cluster::replace_room_session_elsewhere(
+                self,
+                &room_msg.sessionid,
+                &session.public_id,
+            )
+            .await;
             if session.is_closed() {
                 return;
             }
@@ -1478,7 +1483,7 @@ impl Hub {
                     // The room's subjects reach this node before the other
                     // nodes are asked about it or anyone is told about it.
                     self.subscriptions_active().await;
-                    self.learn_room(&r).await;
+                    crate::cluster::learn_room(self, &r).await;
                 }
                 r
             }
@@ -1849,7 +1854,12 @@ impl Hub {
                 None
             }
             "dialout" => {
-                self.process_dialout_answer(session, &msg.id, internal.dialout.clone()?);
+                crate::dialout::process_dialout_answer(
+                    self,
+                    session,
+                    &msg.id,
+                    internal.dialout.clone()?,
+                );
                 None
             }
             other => {
@@ -2197,5 +2207,52 @@ impl BusHandler for Hub {
                 }
             }
         }
+    }
+}
+
+/// Methods the `signaling` binary, the media layer and rooms call on the hub
+/// by name; each hands over to the layer that does the work.
+impl Hub {
+    /// A backend room request (`POST /api/v1/room/<id>`).
+    pub fn handle_room_request(
+        &self,
+        backend: &Arc<crate::core::backends::Backend>,
+        roomid: &str,
+        req: proto::backend::BackendServerRoomRequest,
+    ) -> Result<(), crate::backend::api::ApiError> {
+        crate::backend::api::handle_room_request(self, backend, roomid, req)
+    }
+
+    /// A backend `dialout` request: find a bridge (here or, clustered, on
+    /// another node) and ask it to call out.
+    pub async fn start_dialout(
+        &self,
+        backend: &Arc<crate::core::backends::Backend>,
+        roomid: &str,
+        req: &proto::backend::RoomDialoutRequest,
+    ) -> crate::dialout::DialoutAnswer {
+        crate::dialout::start_dialout(self, backend, roomid, req).await
+    }
+
+    /// Replay protection of signed backend requests, cluster wide.
+    pub fn accept_backend_random(&self, backend: &str, random: &str) -> bool {
+        crate::cluster::accept_backend_random(self, backend, random)
+    }
+
+    pub(crate) fn announce_publisher_replaced(
+        &self,
+        session: &str,
+        stream: crate::mcu::StreamType,
+    ) {
+        crate::cluster::announce_publisher_replaced(self, session, stream)
+    }
+
+    pub(crate) async fn remote_publisher(
+        &self,
+        publisher: &str,
+        stream: crate::mcu::StreamType,
+        mcu_timeout: Duration,
+    ) -> Option<serde_json::Value> {
+        crate::cluster::remote_publisher(self, publisher, stream, mcu_timeout).await
     }
 }

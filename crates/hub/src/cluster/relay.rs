@@ -39,63 +39,61 @@ pub use crate::bus::relay_link::{Down, RelayLink, ACK_DELAY, ACK_EVERY};
 use crate::core::conn::{Conn, Frame, Outbound};
 use crate::{Hub, Pending};
 
-impl Hub {
-    /// B: the session is not here; ask the cluster who has it. On success
-    /// the connection task gets the link (through its queue) and from then
-    /// on passes frames; the holder answers the hello itself.
-    pub(crate) async fn resume_elsewhere(
-        &self,
-        conn: &Arc<Conn>,
-        resume_id: &str,
-        hello: &str,
-    ) -> bool {
-        let Some(cluster) = self.cluster.get() else {
-            return false;
-        };
-        // Not even one of our ids: no need to ask anyone.
-        if self.codec.decode_private(resume_id).is_err() {
-            return false;
-        }
-        let Some(client) = cluster.client() else {
-            return false;
-        };
-        let relay = proto::backend::random_hex(16);
-        let (up, down) = subjects(&relay);
-        // Subscribed before asking, so the holder's first frames (the hello
-        // answer) cannot come too early.
-        let Ok(down) = client.subscribe(down).await else {
-            return false;
-        };
-        let question = ResumeRequest {
-            node: self.node_id.to_string(),
-            resumeid: resume_id.to_owned(),
-            relay,
-            hello: hello.to_owned(),
-            addr: conn.remote_addr.clone(),
-            agent: conn.user_agent.clone(),
-        };
-        let found: Option<bool> = cluster
-            .ask(
-                proto::cluster::RESUME_SUBJECT,
-                &question,
-                self.live_nodes(),
-                crate::cluster::ASK_TIMEOUT,
-            )
-            .await;
-        if found != Some(true) {
-            return false;
-        }
-        let Some(interval) = self.settings.presence_interval else {
-            return false;
-        };
-        info!(peer = %conn.remote_addr, "session is on another server, relaying the connection");
-        conn.relay(Box::new(RelayLink {
-            client,
-            up,
-            down,
-            interval,
-        }))
+/// B: the session is not here; ask the cluster who has it. On success
+/// the connection task gets the link (through its queue) and from then
+/// on passes frames; the holder answers the hello itself.
+pub(crate) async fn resume_elsewhere(
+    hub: &Hub,
+    conn: &Arc<Conn>,
+    resume_id: &str,
+    hello: &str,
+) -> bool {
+    let Some(cluster) = hub.cluster.get() else {
+        return false;
+    };
+    // Not even one of our ids: no need to ask anyone.
+    if hub.codec.decode_private(resume_id).is_err() {
+        return false;
     }
+    let Some(client) = cluster.client() else {
+        return false;
+    };
+    let relay = proto::backend::random_hex(16);
+    let (up, down) = subjects(&relay);
+    // Subscribed before asking, so the holder's first frames (the hello
+    // answer) cannot come too early.
+    let Ok(down) = client.subscribe(down).await else {
+        return false;
+    };
+    let question = ResumeRequest {
+        node: hub.node_id.to_string(),
+        resumeid: resume_id.to_owned(),
+        relay,
+        hello: hello.to_owned(),
+        addr: conn.remote_addr.clone(),
+        agent: conn.user_agent.clone(),
+    };
+    let found: Option<bool> = cluster
+        .ask(
+            proto::cluster::RESUME_SUBJECT,
+            &question,
+            hub.live_nodes(),
+            crate::cluster::ASK_TIMEOUT,
+        )
+        .await;
+    if found != Some(true) {
+        return false;
+    }
+    let Some(interval) = hub.settings.presence_interval else {
+        return false;
+    };
+    info!(peer = %conn.remote_addr, "session is on another server, relaying the connection");
+    conn.relay(Box::new(RelayLink {
+        client,
+        up,
+        down,
+        interval,
+    }))
 }
 
 /// A: another server asks for a session to resume. When it is here, take

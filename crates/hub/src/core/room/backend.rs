@@ -208,7 +208,7 @@ impl Room {
                     c.send(&out);
                 }
             } else if let Some(AnySession::Virtual(v)) = hub.session_by_public_id(rs) {
-                hub.hang_up_virtual(&v, &self.id);
+                hang_up_virtual(&v, &self.id);
             }
         }
     }
@@ -271,4 +271,30 @@ pub(crate) fn switchto_targets(
                 .collect()
         }
     })
+}
+
+/// A disinvited virtual session (upstream 1.2.2, #610): its internal
+/// client is told to hang up the phone call.
+fn hang_up_virtual(v: &VirtualSession, roomid: &str) {
+    if v.room().is_none_or(|r| r.id != roomid) {
+        return;
+    }
+    let Some(owner) = v.owner.upgrade() else {
+        return;
+    };
+    tracing::info!(session = %v.public_id, room = %roomid, "virtual session disinvited, hanging up");
+    let data = serde_json::json!({"type": "hangup", "hangup": {"reason": "disinvited"}});
+    owner.send_message(ServerMessage {
+        kind: "control".into(),
+        control: Some(proto::client::MessageServerMessage {
+            sender: None,
+            recipient: Some(proto::client::Recipient {
+                kind: proto::client::RECIPIENT_SESSION.into(),
+                sessionid: v.session_id.clone(),
+                userid: v.user_id.clone(),
+            }),
+            data: Some(proto::to_raw(&data)),
+        }),
+        ..Default::default()
+    });
 }
