@@ -66,7 +66,7 @@ pub async fn start_dialout(
     // Clustering: a bridge connected to another server.
     let mut first_error: Option<DialoutAnswer> = None;
     if let Some(cluster) = hub.cluster.get() {
-        for node in hub.nodes_with_bridges(&backend.id) {
+        for node in crate::cluster::nodes::nodes_with_bridges(hub, &backend.id) {
             let question = proto::cluster::DialoutRequest {
                 node: hub.node_id.to_string(),
                 target: node.clone(),

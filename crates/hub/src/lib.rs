@@ -38,6 +38,8 @@ pub mod core;
 pub mod dialout;
 pub mod federation;
 pub mod geoip;
+pub mod handlers;
+pub mod housekeeping;
 mod hub;
 pub mod mcu;
 pub mod metrics;

@@ -11,6 +11,7 @@
 //! timeout. A node it does not know yet (just started) may still answer
 //! before the timeout.
 
+pub mod nodes;
 pub mod relay;
 
 use async_nats::Client;

@@ -8,6 +8,8 @@
 
 pub mod backends;
 pub mod conn;
+pub mod errors;
+pub mod registry;
 pub mod room;
 pub mod session;
 pub mod settings;
