@@ -103,26 +103,6 @@ pub async fn start_dialout(
     })
 }
 
-/// The bridges connected here that can take a dial-out: internal
-/// clients with `start-dialout` that are not in a room (a bridge's room
-/// connections carry calls; as upstream, those are no candidates, and
-/// asking one would only wait for an answer that never comes).
-fn local_bridges(hub: &Hub) -> impl Iterator<Item = Arc<ClientSession>> {
-    hub.internal_sessions().into_iter().filter(|s| {
-        s.conn().is_some()
-            && s.has_feature(proto::client::CLIENT_FEATURE_START_DIALOUT)
-            && s.room().is_none()
-    })
-}
-
-/// Backend ids with a bridge here, sorted (reported to the cluster).
-pub(crate) fn local_bridge_backends(hub: &Hub) -> Vec<String> {
-    let mut ids: Vec<String> = local_bridges(hub).map(|s| s.backend.id.clone()).collect();
-    ids.sort();
-    ids.dedup();
-    ids
-}
-
 /// Try the bridges connected here in turn; `None` when there is none.
 async fn dialout_here(
     hub: &Hub,
@@ -130,7 +110,7 @@ async fn dialout_here(
     roomid: &str,
     req: &proto::backend::RoomDialoutRequest,
 ) -> Option<DialoutAnswer> {
-    let bridges: Vec<Arc<ClientSession>> = local_bridges(hub)
+    let bridges: Vec<Arc<ClientSession>> = crate::cluster::nodes::local_bridges(hub)
         .filter(|s| s.backend.id == backend.id)
         .collect();
     if bridges.is_empty() {

@@ -4,8 +4,10 @@
 
 use crate::core::conn::Conn;
 use crate::core::session::AnySession;
-use crate::hub::*;
 use crate::Hub;
+
+/// A room id and the ping entries of its sessions.
+pub(crate) type RoomPings = (String, Vec<PingEntry>);
 use proto::backend::PingEntry;
 use proto::client::ServerMessage;
 use serde_json::Value;
@@ -178,15 +180,9 @@ pub(crate) async fn send_pings(hub: Arc<Hub>, url: Url, rooms: Vec<RoomPings>) {
             .backend
             .perform_json_request(&url, &req, Some(hub.settings.backend_timeout))
             .await;
-        crate::housekeeping::count_backend(&hub, "ping", res.is_ok());
+        hub.metrics.count_backend("ping", res.is_ok());
         if let Err(e) = res {
             debug!(room = %roomid, url = %url, error = %e, "room ping failed");
         }
     }
-}
-
-pub(crate) fn count_backend(hub: &Hub, kind: &str, ok: bool) {
-    hub.metrics
-        .backend_requests
-        .inc(&[kind, if ok { "ok" } else { "error" }]);
 }

@@ -3,7 +3,6 @@
 //! through the connections' queues and the bus.
 
 use parking_lot::Mutex;
-use proto::backend::PingEntry;
 use proto::client::{ClientMessage, HelloServerInfo, ServerMessage};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -22,9 +21,6 @@ use crate::core::session::{AnySession, ClientSession};
 use crate::core::settings::HubSettings;
 use crate::metrics::HubMetrics;
 use proto::sessionid::SessionIdCodec;
-
-/// A room id and the ping entries of its sessions.
-pub(crate) type RoomPings = (String, Vec<PingEntry>);
 
 pub use crate::core::errors::err_invalid_format;
 use crate::core::errors::*;
@@ -585,7 +581,7 @@ impl Hub {
                 .backend
                 .perform_json_request(&url, &req, Some(Duration::from_secs(60)))
                 .await;
-            crate::housekeeping::count_backend(&hub, "room", res.is_ok());
+            hub.metrics.count_backend("room", res.is_ok());
             if let Err(e) = res {
                 debug!(error = %e, "could not notify backend about room leave");
             }
@@ -745,30 +741,6 @@ impl Hub {
     }
 }
 
-/// Publishing limits of the room's backend, if it sets any (upstream 2.1.0, #1099).
-pub(crate) fn room_bandwidth(room: &Room) -> Option<proto::client::RoomBandwidth> {
-    let stream = room.backend.max_stream_bitrate.max(0) as u64;
-    let screen = room.backend.max_screen_bitrate.max(0) as u64;
-    (stream != 0 || screen != 0).then_some(proto::client::RoomBandwidth {
-        maxstreambitrate: stream,
-        maxscreenbitrate: screen,
-    })
-}
-
-pub(crate) fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Clustering: the other nodes' session counts (`cluster.nodes`).
 impl BusHandler for Hub {
     fn on_bus_message(&self, _subject: &str, msg: &BusMessage) {
@@ -813,6 +785,16 @@ impl Hub {
         req: &proto::backend::RoomDialoutRequest,
     ) -> crate::dialout::DialoutAnswer {
         crate::dialout::start_dialout(self, backend, roomid, req).await
+    }
+
+    /// Another server chose this one for a dial-out: the cluster layer
+    /// answers its question through the hub, so it needs no import of the
+    /// dial-out layer above it.
+    pub(crate) async fn dialout_for_cluster(
+        &self,
+        q: &proto::cluster::DialoutRequest,
+    ) -> Option<proto::cluster::DialoutAnswer> {
+        crate::dialout::dialout_for_cluster(self, q).await
     }
 
     /// Replay protection of signed backend requests, cluster wide.

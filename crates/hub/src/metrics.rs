@@ -126,6 +126,13 @@ impl HubMetrics {
         }
     }
 
+    /// One request to a Nextcloud backend, by kind (auth, room, ping,
+    /// session) and outcome.
+    pub fn count_backend(&self, kind: &str, ok: bool) {
+        self.backend_requests
+            .inc(&[kind, if ok { "ok" } else { "error" }]);
+    }
+
     pub fn count_message(&self, kind: &str) {
         let idx = MESSAGE_TYPES
             .iter()

@@ -242,8 +242,7 @@ pub(crate) async fn serve(hub: Weak<Hub>, cluster: Arc<Cluster>, shutdown: Cance
                 }
                 DIALOUT_SUBJECT => match serde_json::from_slice::<DialoutRequest>(&m.payload) {
                     Ok(q) => {
-                        let a: Option<DialoutAnswer> =
-                            crate::dialout::dialout_for_cluster(&hub, &q).await;
+                        let a: Option<DialoutAnswer> = hub.dialout_for_cluster(&q).await;
                         answer(&hub.node_id, a)
                     }
                     Err(e) => return debug!(error = %e, "bad dial-out question"),

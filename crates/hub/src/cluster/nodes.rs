@@ -3,6 +3,7 @@
 //! limits and dial-outs work cluster wide.
 
 use crate::bus::{BusHandler, BusMessage, BusPayload};
+use crate::core::session::ClientSession;
 use crate::Hub;
 use std::sync::Arc;
 use std::time::Instant;
@@ -42,7 +43,7 @@ pub(crate) fn cluster_counts_tick(hub: &Hub, now: Instant) {
             .filter(|b| b.session_limit > 0)
             .map(|b| (b.id.clone(), b.counted_sessions()))
             .collect(),
-        dialout: crate::dialout::local_bridge_backends(hub),
+        dialout: local_bridge_backends(hub),
     };
     {
         let mut sent = hub.counts_sent.lock();
@@ -80,4 +81,24 @@ pub(crate) fn nodes_with_bridges(hub: &Hub, backend: &str) -> Vec<String> {
         .filter(|s| s.dialout.iter().any(|b| b == backend))
         .map(|s| s.node.clone())
         .collect()
+}
+
+/// The bridges connected here that can take a dial-out: internal
+/// clients with `start-dialout` that are not in a room (a bridge's room
+/// connections carry calls; as upstream, those are no candidates, and
+/// asking one would only wait for an answer that never comes).
+pub(crate) fn local_bridges(hub: &Hub) -> impl Iterator<Item = Arc<ClientSession>> {
+    hub.internal_sessions().into_iter().filter(|s| {
+        s.conn().is_some()
+            && s.has_feature(proto::client::CLIENT_FEATURE_START_DIALOUT)
+            && s.room().is_none()
+    })
+}
+
+/// Backend ids with a bridge here, sorted (reported to the cluster).
+pub(crate) fn local_bridge_backends(hub: &Hub) -> Vec<String> {
+    let mut ids: Vec<String> = local_bridges(hub).map(|s| s.backend.id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    ids
 }

@@ -8,7 +8,6 @@ use crate::core::session::{
     session_backend_url, AnySession, ClientSession, ClientType, NewSession,
 };
 use crate::core::settings::ANONYMOUS_JOIN_TIMEOUT;
-use crate::hub::*;
 use crate::Hub;
 use hmac::{Hmac, Mac};
 use proto::client::{ClientMessage, Error, HelloServerMessage, ServerMessage};
@@ -182,7 +181,7 @@ pub(crate) async fn process_hello_client(
         .backend
         .perform_json_request(&url, &req, Some(hub.settings.backend_timeout))
         .await;
-    crate::housekeeping::count_backend(hub, "auth", res.is_ok());
+    hub.metrics.count_backend("auth", res.is_ok());
     let auth = match res {
         Ok(a) => a,
         Err(e) => {
@@ -421,4 +420,18 @@ pub(crate) fn process_bye(hub: &Hub, conn: &Arc<Conn>, session: &Arc<ClientSessi
     conn.send_and_close(OutMsg::new(msg).frame());
     info!(session = %session.public_id, "client said bye");
     hub.close_session(session);
+}
+
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

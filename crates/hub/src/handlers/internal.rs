@@ -2,7 +2,7 @@
 //! may do: virtual sessions, in-call flags, dial-out answers.
 
 use crate::core::session::{virtual_session_key, AnySession, ClientSession, VirtualSession};
-use crate::hub::*;
+use crate::core::Pending;
 use crate::Hub;
 use proto::client::{ClientMessage, Error, ServerMessage};
 use serde_json::Value;
@@ -107,7 +107,7 @@ pub(crate) async fn process_internal_async(
                     Some(hub.settings.backend_timeout),
                 )
                 .await;
-            crate::housekeeping::count_backend(hub, "room", res.is_ok());
+            hub.metrics.count_backend("room", res.is_ok());
             match res {
                 Err(e) => {
                     debug!(error = %e, "could not join virtual session at backend");
@@ -139,7 +139,7 @@ pub(crate) async fn process_internal_async(
                     Some(hub.settings.backend_timeout),
                 )
                 .await;
-            crate::housekeeping::count_backend(hub, "session", res.is_ok());
+            hub.metrics.count_backend("session", res.is_ok());
             if let Err(e) = res {
                 debug!(error = %e, "could not add virtual session at backend");
                 session.send_message(add_failed("Could not add virtual session.".into()));
@@ -234,7 +234,7 @@ pub(crate) fn close_virtual_session(
                 .backend
                 .perform_json_request(&v.backend_url, &req, timeout)
                 .await;
-            crate::housekeeping::count_backend(&hub, "room", res.is_ok());
+            hub.metrics.count_backend("room", res.is_ok());
             match res {
                 Err(_) => remove_failed("Could not remove virtual session from backend."),
                 Ok(r) if r.kind == "error" => {
@@ -255,7 +255,7 @@ pub(crate) fn close_virtual_session(
                 .backend
                 .perform_json_request(&v.backend_url, &req, timeout)
                 .await;
-            crate::housekeeping::count_backend(&hub, "session", res.is_ok());
+            hub.metrics.count_backend("session", res.is_ok());
             if res.is_err() {
                 remove_failed("Could not remove virtual session from backend.");
             }

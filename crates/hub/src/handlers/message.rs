@@ -6,7 +6,7 @@ use crate::core::conn::OutMsg;
 use crate::core::session::{
     AnySession, ClientSession, PERMISSION_CONTROL, PERMISSION_TRANSIENT_DATA,
 };
-use crate::hub::*;
+use crate::core::Pending;
 use crate::Hub;
 use proto::client::{
     ClientMessage, Error, MessageServerMessage, Recipient, Sender, ServerMessage, RECIPIENT_CALL,

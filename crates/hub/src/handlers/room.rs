@@ -6,7 +6,7 @@ use crate::core::errors::*;
 use crate::core::room::{room_key, Room};
 use crate::core::session::{AnySession, ClientSession};
 use crate::core::settings::ANONYMOUS_JOIN_TIMEOUT;
-use crate::hub::*;
+use crate::core::Pending;
 use crate::Hub;
 use proto::client::{ClientMessage, Error, EventServerMessage, ServerMessage, SessionEntry};
 use std::sync::Arc;
@@ -122,7 +122,7 @@ pub(crate) async fn join_room(
                 Some(hub.settings.backend_timeout),
             )
             .await;
-        crate::housekeeping::count_backend(hub, "room", res.is_ok());
+        hub.metrics.count_backend("room", res.is_ok());
         match res {
             Ok(r) => r,
             Err(e) => {
@@ -291,4 +291,14 @@ pub(crate) fn disconnect_by_room_session(hub: &Hub, room_session_id: &str, excep
         return;
     }
     hub.send_bye_to(&other, "room_session_reconnected");
+}
+
+/// Publishing limits of the room's backend, if it sets any (upstream 2.1.0, #1099).
+pub(crate) fn room_bandwidth(room: &Room) -> Option<proto::client::RoomBandwidth> {
+    let stream = room.backend.max_stream_bitrate.max(0) as u64;
+    let screen = room.backend.max_screen_bitrate.max(0) as u64;
+    (stream != 0 || screen != 0).then_some(proto::client::RoomBandwidth {
+        maxstreambitrate: stream,
+        maxscreenbitrate: screen,
+    })
 }
