@@ -3,7 +3,7 @@
 //! through the connections' queues and the bus.
 
 use parking_lot::Mutex;
-use proto::client::{ClientMessage, HelloServerInfo, ServerMessage};
+use proto::client::{HelloServerInfo, ServerMessage};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,7 +23,6 @@ use crate::metrics::HubMetrics;
 use proto::sessionid::SessionIdCodec;
 
 pub use crate::core::errors::err_invalid_format;
-use crate::core::errors::*;
 use crate::core::registry::Registry;
 pub use crate::core::Pending;
 
@@ -408,68 +407,12 @@ impl Hub {
         }
     }
 
-    /// Handle one text frame. Returns the remaining work when the message
-    /// needs a backend request; the caller runs it before the next message so
-    /// that each client's messages are processed in order.
+    /// Handle one text frame (see [`crate::handlers::dispatch`]). Returns
+    /// the remaining work when the message needs a backend request; the
+    /// caller runs it before the next message so that each client's messages
+    /// are processed in order.
     pub fn process_text(self: &Arc<Self>, conn: &Arc<Conn>, text: &str) -> Option<Pending> {
-        let mut msg: ClientMessage = match proto::client::parse_client_message(text) {
-            Ok(m) => m,
-            Err(e) => {
-                debug!(conn = conn.id, error = %e, "could not decode client message");
-                self.reply(conn, ServerMessage::error("", err_invalid_format()));
-                return None;
-            }
-        };
-        if let Err(e) = msg.check_valid() {
-            debug!(conn = conn.id, error = %e, "invalid client message");
-            self.reply(conn, ServerMessage::error(&msg.id, err_invalid_format()));
-            return None;
-        }
-        self.metrics.count_message(&msg.kind);
-        let Some(session) = conn.session() else {
-            if msg.kind != "hello" {
-                conn.send(OutMsg::new(ServerMessage::error(&msg.id, err_hello_expected())).frame());
-                return None;
-            }
-            let hub = self.clone();
-            let conn = conn.clone();
-            // A resume may have to be passed on to another server as it came.
-            let text = msg
-                .hello
-                .as_ref()
-                .is_some_and(|h| !h.resumeid.is_empty())
-                .then(|| text.to_owned());
-            return Some(Box::pin(async move {
-                crate::handlers::hello::process_hello(hub, &conn, msg, text).await
-            }));
-        };
-        if !matches!(msg.kind.as_str(), "room" | "hello" | "bye") {
-            if let Some(federation) = crate::federation::FederationClient::of(&session) {
-                return federation.proxy(msg);
-            }
-        }
-        match msg.kind.as_str() {
-            "room" => crate::handlers::room::process_room(self, conn, &session, msg),
-            "message" => crate::handlers::message::process_message(self, &session, msg, false),
-            "control" => crate::handlers::message::process_message(self, &session, msg, true),
-            "internal" => crate::handlers::internal::process_internal(self, &session, msg),
-            "transient" => {
-                crate::handlers::message::process_transient(self, &session, msg);
-                None
-            }
-            "bye" => {
-                crate::handlers::hello::process_bye(self, conn, &session, &msg.id);
-                None
-            }
-            "hello" => {
-                debug!(session = %session.public_id, "ignoring hello on authenticated connection");
-                None
-            }
-            _ => {
-                debug!(session = %session.public_id, kind = %msg.kind, "ignoring unknown message");
-                None
-            }
-        }
+        crate::handlers::dispatch(self, conn, text)
     }
 
     // ---------------------------------------------------------------------
