@@ -3,6 +3,7 @@
 //! node counts and room presence ticks, and shrinking of idle maps.
 
 use crate::core::conn::Conn;
+use crate::core::room::Room;
 use crate::core::session::AnySession;
 use crate::Hub;
 
@@ -49,38 +50,7 @@ pub(crate) fn housekeeping(hub: &Arc<Hub>, now: Instant) {
         hub.codec.age_caches();
     }
     crate::cluster::nodes::cluster_counts_tick(hub, now);
-    let (expired, anonymous, rooms) = {
-        let mut reg = hub.reg.lock();
-        let expired: Vec<Arc<str>> = reg
-            .expiring
-            .iter()
-            .filter(|(_, t)| **t <= now)
-            .map(|(id, _)| id.clone())
-            .collect();
-        let expired: Vec<AnySession> = expired
-            .iter()
-            .filter_map(|id| {
-                reg.expiring.remove(id);
-                reg.sessions.get(id).cloned()
-            })
-            .collect();
-        let timed_out: Vec<u64> = reg
-            .anonymous
-            .iter()
-            .filter(|(_, (_, t))| *t <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        let anonymous: Vec<Arc<Conn>> = timed_out
-            .iter()
-            .filter_map(|id| reg.anonymous.remove(id))
-            .filter_map(|(c, _)| c.upgrade())
-            .collect();
-        (
-            expired,
-            anonymous,
-            reg.rooms.values().cloned().collect::<Vec<_>>(),
-        )
-    };
+    let (expired, anonymous, rooms) = take_expired(hub, now);
     for s in expired {
         if let AnySession::Client(c) = s {
             info!(session = %c.public_id, "closing expired session");
@@ -111,43 +81,85 @@ pub(crate) fn housekeeping(hub: &Arc<Hub>, now: Instant) {
         }
     };
     if ping_due {
-        // One list per Nextcloud URL, holding the entries of all rooms.
-        let mut by_url: Vec<(Url, Vec<RoomPings>)> = Vec::new();
-        // Federated sessions are pinged here, at their own Nextcloud,
-        // for the local id of the room they are in elsewhere.
-        for s in hub.client_sessions() {
-            let Some(f) = crate::federation::FederationClient::of(&s) else {
-                continue;
-            };
-            let entry = PingEntry {
-                userid: s.auth_user_id.clone(),
-                sessionid: f.room_session_id.clone(),
-            };
-            let url = s.backend_url.clone();
-            let list = match by_url.iter_mut().find(|(u, _)| *u == url) {
-                Some((_, list)) => list,
-                None => {
-                    by_url.push((url, Vec::new()));
-                    &mut by_url.last_mut().expect("just pushed").1
-                }
-            };
-            match list.iter_mut().find(|(r, _)| *r == f.room_id) {
-                Some((_, entries)) => entries.push(entry),
-                None => list.push((f.room_id.clone(), vec![entry])),
+        send_room_pings(hub, rooms);
+    }
+}
+
+/// Take the sessions whose resume time ran out and the anonymous
+/// connections that did not join a room in time out of the registry; and
+/// list the rooms.
+fn take_expired(hub: &Hub, now: Instant) -> (Vec<AnySession>, Vec<Arc<Conn>>, Vec<Arc<Room>>) {
+    let mut reg = hub.reg.lock();
+    let expired: Vec<Arc<str>> = reg
+        .expiring
+        .iter()
+        .filter(|(_, t)| **t <= now)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let expired: Vec<AnySession> = expired
+        .iter()
+        .filter_map(|id| {
+            reg.expiring.remove(id);
+            reg.sessions.get(id).cloned()
+        })
+        .collect();
+    let timed_out: Vec<u64> = reg
+        .anonymous
+        .iter()
+        .filter(|(_, (_, t))| *t <= now)
+        .map(|(id, _)| *id)
+        .collect();
+    let anonymous: Vec<Arc<Conn>> = timed_out
+        .iter()
+        .filter_map(|id| reg.anonymous.remove(id))
+        .filter_map(|(c, _)| c.upgrade())
+        .collect();
+    (
+        expired,
+        anonymous,
+        reg.rooms.values().cloned().collect::<Vec<_>>(),
+    )
+}
+
+/// The due room pings: one list per Nextcloud URL, holding the entries of
+/// all rooms (and of federated sessions), each sent by its own task.
+fn send_room_pings(hub: &Arc<Hub>, rooms: Vec<Arc<Room>>) {
+    // One list per Nextcloud URL, holding the entries of all rooms.
+    let mut by_url: Vec<(Url, Vec<RoomPings>)> = Vec::new();
+    // Federated sessions are pinged here, at their own Nextcloud,
+    // for the local id of the room they are in elsewhere.
+    for s in hub.client_sessions() {
+        let Some(f) = crate::federation::FederationClient::of(&s) else {
+            continue;
+        };
+        let entry = PingEntry {
+            userid: s.auth_user_id.clone(),
+            sessionid: f.room_session_id.clone(),
+        };
+        let url = s.backend_url.clone();
+        let list = match by_url.iter_mut().find(|(u, _)| *u == url) {
+            Some((_, list)) => list,
+            None => {
+                by_url.push((url, Vec::new()));
+                &mut by_url.last_mut().expect("just pushed").1
+            }
+        };
+        match list.iter_mut().find(|(r, _)| *r == f.room_id) {
+            Some((_, entries)) => entries.push(entry),
+            None => list.push((f.room_id.clone(), vec![entry])),
+        }
+    }
+    for room in rooms {
+        for (url, entries) in room.ping_entries() {
+            match by_url.iter_mut().find(|(u, _)| *u == url) {
+                Some((_, list)) => list.push((room.id.clone(), entries)),
+                None => by_url.push((url, vec![(room.id.clone(), entries)])),
             }
         }
-        for room in rooms {
-            for (url, entries) in room.ping_entries() {
-                match by_url.iter_mut().find(|(u, _)| *u == url) {
-                    Some((_, list)) => list.push((room.id.clone(), entries)),
-                    None => by_url.push((url, vec![(room.id.clone(), entries)])),
-                }
-            }
-        }
-        for (url, rooms) in by_url {
-            let hub = hub.clone();
-            tokio::spawn(async move { crate::housekeeping::send_pings(hub, url, rooms).await });
-        }
+    }
+    for (url, rooms) in by_url {
+        let hub = hub.clone();
+        tokio::spawn(async move { crate::housekeeping::send_pings(hub, url, rooms).await });
     }
 }
 

@@ -35,77 +35,29 @@ pub(crate) fn process_message(
         debug!(session = %session.public_id, "ignoring control message without permission");
         return None;
     }
-    let mut server_recipient: Option<Recipient> = None;
-    // A session of this server: nobody elsewhere listens on its subject.
-    let mut local_only = false;
-    let subject = match body.recipient.kind.as_str() {
+    let (subject, local_only, server_recipient) = match body.recipient.kind.as_str() {
         RECIPIENT_SESSION => {
             let target = &body.recipient.sessionid;
-            if let Some(data) = &mcu_data {
-                if let Some(pending) = hub.intercept_mcu(session, &msg.id, target, data) {
-                    return pending;
-                }
-            }
-            if **target == *session.public_id {
-                return None;
-            }
-            match hub.session_by_public_id(target) {
-                Some(AnySession::Client(c)) => {
-                    if c.backend.id != session.backend.id {
-                        return None;
-                    }
-                    if let Some(data) = &mcu_data {
-                        if hub.intercept_sendoffer(session, &c, &msg.id, data) {
-                            return None;
-                        }
-                    }
-                    local_only = true;
-                    c.subject.clone()
-                }
-                Some(AnySession::Virtual(v)) => {
-                    if v.backend.id != session.backend.id {
-                        return None;
-                    }
-                    server_recipient = Some(Recipient {
-                        kind: RECIPIENT_SESSION.into(),
-                        sessionid: v.session_id.clone(),
-                        userid: String::new(),
-                    });
-                    v.owner_subject.clone()
-                }
-                None => match hub.codec.decode_public(target) {
-                    // A valid id of a session elsewhere in the cluster.
-                    Ok(data) if data.backend_id == session.backend.id => {
-                        if mcu_data.as_ref().is_some_and(|d| d.kind == "sendoffer") {
-                            debug!(session = %session.public_id, "sendoffer to a session on another server is not supported");
-                            return None;
-                        }
-                        Arc::from(proto::cluster::session_subject(target))
-                    }
-                    _ => {
-                        debug!(session = %session.public_id, "message to unknown session dropped");
-                        return None;
-                    }
-                },
+            match route_to_session(hub, session, &msg.id, target, &mcu_data) {
+                Ok(r) => (r.subject, r.local_only, r.server_recipient),
+                Err(work) => return work,
             }
         }
         RECIPIENT_USER => {
             if body.recipient.userid == session.auth_user_id {
                 return None;
             }
-            Arc::from(proto::cluster::encoded_subject(
+            let subject = Arc::from(proto::cluster::encoded_subject(
                 "user",
                 &body.recipient.userid,
                 session.backend.subject_suffix(),
-            ))
+            ));
+            (subject, false, None)
         }
         // Call recipients get it on the room subject; sessions that are not
         // in the call drop it (see `ClientSession::on_bus_message`).
         RECIPIENT_ROOM | RECIPIENT_CALL => match session.room() {
-            Some(room) => {
-                local_only = !room.reaches_other_nodes(hub);
-                room.subject.clone()
-            }
+            Some(room) => (room.subject.clone(), !room.reaches_other_nodes(hub), None),
             None => return None,
         },
         _ => return None,
@@ -145,6 +97,84 @@ pub(crate) fn process_message(
         warn!(error = %e, "could not publish message");
     }
     None
+}
+
+/// Where a message to one session is published.
+struct Route {
+    subject: Arc<str>,
+    /// A session of this server: nobody elsewhere listens on its subject.
+    local_only: bool,
+    /// Set for a virtual session: its owner (the bridge) gets the message
+    /// with the virtual session named as recipient.
+    server_recipient: Option<Recipient>,
+}
+
+/// Resolve a `session` recipient. `Err(work)` when the message ends here:
+/// dropped, or taken by the media layer (which may leave work to run).
+fn route_to_session(
+    hub: &Arc<Hub>,
+    session: &Arc<ClientSession>,
+    id: &str,
+    target: &str,
+    mcu_data: &Option<crate::mcu::routing::McuData>,
+) -> Result<Route, Option<Pending>> {
+    if let Some(data) = mcu_data {
+        if let Some(pending) = hub.intercept_mcu(session, id, target, data) {
+            return Err(pending);
+        }
+    }
+    if *target == *session.public_id {
+        return Err(None);
+    }
+    match hub.session_by_public_id(target) {
+        Some(AnySession::Client(c)) => {
+            if c.backend.id != session.backend.id {
+                return Err(None);
+            }
+            if let Some(data) = mcu_data {
+                if hub.intercept_sendoffer(session, &c, id, data) {
+                    return Err(None);
+                }
+            }
+            Ok(Route {
+                subject: c.subject.clone(),
+                local_only: true,
+                server_recipient: None,
+            })
+        }
+        Some(AnySession::Virtual(v)) => {
+            if v.backend.id != session.backend.id {
+                return Err(None);
+            }
+            Ok(Route {
+                subject: v.owner_subject.clone(),
+                local_only: false,
+                server_recipient: Some(Recipient {
+                    kind: RECIPIENT_SESSION.into(),
+                    sessionid: v.session_id.clone(),
+                    userid: String::new(),
+                }),
+            })
+        }
+        None => match hub.codec.decode_public(target) {
+            // A valid id of a session elsewhere in the cluster.
+            Ok(data) if data.backend_id == session.backend.id => {
+                if mcu_data.as_ref().is_some_and(|d| d.kind == "sendoffer") {
+                    debug!(session = %session.public_id, "sendoffer to a session on another server is not supported");
+                    return Err(None);
+                }
+                Ok(Route {
+                    subject: Arc::from(proto::cluster::session_subject(target)),
+                    local_only: false,
+                    server_recipient: None,
+                })
+            }
+            _ => {
+                debug!(session = %session.public_id, "message to unknown session dropped");
+                Err(None)
+            }
+        },
+    }
 }
 
 pub(crate) fn process_transient(hub: &Hub, session: &Arc<ClientSession>, msg: ClientMessage) {

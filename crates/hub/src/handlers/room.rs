@@ -80,7 +80,7 @@ pub(crate) fn process_room(
     let session = session.clone();
     let conn = conn.clone();
     Some(Box::pin(async move {
-        crate::handlers::room::join_room(&hub, &conn, &session, msg).await
+        join_room(&hub, &conn, &session, msg).await
     }))
 }
 
@@ -91,7 +91,95 @@ pub(crate) async fn join_room(
     msg: ClientMessage,
 ) {
     let Some(room_msg) = msg.room else { return };
-    let response = if session.is_internal() {
+    let Some(response) = ask_backend_to_join(hub, session, &room_msg, &msg.id).await else {
+        return;
+    };
+    if session.is_closed() {
+        return;
+    }
+    if response.kind == "error" {
+        session.send_message(ServerMessage::error(
+            &msg.id,
+            response.error.unwrap_or_else(err_room_join_failed),
+        ));
+        return;
+    }
+    let Some(room_resp) = response.room.filter(|_| response.kind == "room") else {
+        session.send_message(ServerMessage::error(&msg.id, err_room_join_failed()));
+        return;
+    };
+    if !room_msg.sessionid.is_empty() {
+        disconnect_by_room_session(hub, &room_msg.sessionid, &session.public_id);
+        // Clustering: the older session may be on another server.
+        crate::cluster::replace_room_session_elsewhere(
+            hub,
+            &room_msg.sessionid,
+            &session.public_id,
+        )
+        .await;
+        if session.is_closed() {
+            return;
+        }
+    }
+    session.leave_room(true);
+    let roomid = if room_resp.roomid.is_empty() {
+        room_msg.roomid.clone()
+    } else {
+        room_resp.roomid.clone()
+    };
+    let room = match get_or_create_room(hub, &roomid, session, room_resp.properties.clone()) {
+        Ok((r, created)) => {
+            if created {
+                // The room's subjects reach this node before the other
+                // nodes are asked about it or anyone is told about it.
+                subscriptions_active(hub).await;
+                crate::cluster::learn_room(hub, &r).await;
+            }
+            r
+        }
+        Err(e) => {
+            session.send_message(ServerMessage::error(&msg.id, err_internal(e)));
+            send_room_reply(session, "", None);
+            return;
+        }
+    };
+    if let Err(e) = session.set_room(hub, &room, &room_msg.sessionid) {
+        session.send_message(ServerMessage::error(&msg.id, err_internal(e)));
+        send_room_reply(session, "", None);
+        return;
+    }
+    if !room_msg.sessionid.is_empty() {
+        let mut reg = hub.reg.lock();
+        reg.room_sessions
+            .insert(room_msg.sessionid.clone(), session.public_id.clone());
+        reg.room_session_of
+            .insert(session.public_id.clone(), room_msg.sessionid.clone());
+    }
+    hub.reg.lock().anonymous.remove(&conn.id);
+    if let Some(perms) = &room_resp.permissions {
+        session.set_permissions(perms);
+    }
+    info!(session = %session.public_id, room = %roomid, "joined room");
+    send_room_reply(session, &msg.id, Some(&room));
+    let joiner = session.clone();
+    let room_id = room.id.clone();
+    room.add_session(
+        hub,
+        AnySession::Client(session.clone()),
+        room_resp.session.as_deref(),
+        move |others| tell_joiner_about_others(&joiner, &room_id, others),
+    );
+}
+
+/// The backend's answer to a join (internal clients join without asking);
+/// `None` after telling the client why the request failed.
+async fn ask_backend_to_join(
+    hub: &Hub,
+    session: &ClientSession,
+    room_msg: &proto::client::RoomClientMessage,
+    id: &str,
+) -> Option<proto::backend::BackendClientResponse> {
+    Some(if session.is_internal() {
         proto::backend::BackendClientResponse {
             kind: "room".into(),
             room: Some(proto::backend::RoomResponse {
@@ -127,128 +215,48 @@ pub(crate) async fn join_room(
             Ok(r) => r,
             Err(e) => {
                 debug!(session = %session.public_id, error = %e, "room join request failed");
-                session.send_message(ServerMessage::error(&msg.id, err_internal(e)));
-                return;
+                session.send_message(ServerMessage::error(id, err_internal(e)));
+                return None;
             }
         }
-    };
-    if session.is_closed() {
+    })
+}
+
+/// A joiner learns who is in the room already (and the flags of virtual
+/// sessions, such as a phone participant's mute state).
+fn tell_joiner_about_others(joiner: &ClientSession, room_id: &str, others: &[AnySession]) {
+    if others.is_empty() {
         return;
     }
-    if response.kind == "error" {
-        session.send_message(ServerMessage::error(
-            &msg.id,
-            response.error.unwrap_or_else(err_room_join_failed),
-        ));
-        return;
-    }
-    let Some(room_resp) = response.room.filter(|_| response.kind == "room") else {
-        session.send_message(ServerMessage::error(&msg.id, err_room_join_failed()));
-        return;
-    };
-    if !room_msg.sessionid.is_empty() {
-        crate::handlers::room::disconnect_by_room_session(
-            hub,
-            &room_msg.sessionid,
-            &session.public_id,
-        );
-        // Clustering: the older session may be on another server.
-        crate::cluster::replace_room_session_elsewhere(
-            hub,
-            &room_msg.sessionid,
-            &session.public_id,
-        )
-        .await;
-        if session.is_closed() {
-            return;
+    let entries: Vec<SessionEntry> = others
+        .iter()
+        .map(|s| SessionEntry {
+            sessionid: s.public_id().to_string(),
+            userid: s.user_id(),
+            features: s.features(),
+            user: s.user_data(),
+            roomsessionid: match s {
+                AnySession::Client(c) => c.room_session_id(),
+                AnySession::Virtual(_) => String::new(),
+            },
+        })
+        .collect();
+    let mut event = EventServerMessage::new("room", "join");
+    event.join = Some(entries);
+    joiner.send_message(ServerMessage::event(event));
+    for s in others {
+        if let AnySession::Virtual(v) = s {
+            if v.flags() != 0 {
+                let mut ev = EventServerMessage::new("participants", "flags");
+                ev.flags = Some(proto::client::RoomFlagsEvent {
+                    roomid: room_id.to_string(),
+                    sessionid: v.public_id.to_string(),
+                    flags: v.flags(),
+                });
+                joiner.send_message(ServerMessage::event(ev));
+            }
         }
     }
-    session.leave_room(true);
-    let roomid = if room_resp.roomid.is_empty() {
-        room_msg.roomid.clone()
-    } else {
-        room_resp.roomid.clone()
-    };
-    let room = match crate::handlers::room::get_or_create_room(
-        hub,
-        &roomid,
-        session,
-        room_resp.properties.clone(),
-    ) {
-        Ok((r, created)) => {
-            if created {
-                // The room's subjects reach this node before the other
-                // nodes are asked about it or anyone is told about it.
-                crate::handlers::room::subscriptions_active(hub).await;
-                crate::cluster::learn_room(hub, &r).await;
-            }
-            r
-        }
-        Err(e) => {
-            session.send_message(ServerMessage::error(&msg.id, err_internal(e)));
-            send_room_reply(session, "", None);
-            return;
-        }
-    };
-    if let Err(e) = session.set_room(hub, &room, &room_msg.sessionid) {
-        session.send_message(ServerMessage::error(&msg.id, err_internal(e)));
-        send_room_reply(session, "", None);
-        return;
-    }
-    if !room_msg.sessionid.is_empty() {
-        let mut reg = hub.reg.lock();
-        reg.room_sessions
-            .insert(room_msg.sessionid.clone(), session.public_id.clone());
-        reg.room_session_of
-            .insert(session.public_id.clone(), room_msg.sessionid.clone());
-    }
-    hub.reg.lock().anonymous.remove(&conn.id);
-    if let Some(perms) = &room_resp.permissions {
-        session.set_permissions(perms);
-    }
-    info!(session = %session.public_id, room = %roomid, "joined room");
-    send_room_reply(session, &msg.id, Some(&room));
-    let joiner = session.clone();
-    let room_id = room.id.clone();
-    room.add_session(
-        hub,
-        AnySession::Client(session.clone()),
-        room_resp.session.as_deref(),
-        move |others| {
-            if others.is_empty() {
-                return;
-            }
-            let entries: Vec<SessionEntry> = others
-                .iter()
-                .map(|s| SessionEntry {
-                    sessionid: s.public_id().to_string(),
-                    userid: s.user_id(),
-                    features: s.features(),
-                    user: s.user_data(),
-                    roomsessionid: match s {
-                        AnySession::Client(c) => c.room_session_id(),
-                        AnySession::Virtual(_) => String::new(),
-                    },
-                })
-                .collect();
-            let mut event = EventServerMessage::new("room", "join");
-            event.join = Some(entries);
-            joiner.send_message(ServerMessage::event(event));
-            for s in others {
-                if let AnySession::Virtual(v) = s {
-                    if v.flags() != 0 {
-                        let mut ev = EventServerMessage::new("participants", "flags");
-                        ev.flags = Some(proto::client::RoomFlagsEvent {
-                            roomid: room_id.clone(),
-                            sessionid: v.public_id.to_string(),
-                            flags: v.flags(),
-                        });
-                        joiner.send_message(ServerMessage::event(ev));
-                    }
-                }
-            }
-        },
-    );
 }
 
 /// Wait until what this node subscribed so far receives the other
