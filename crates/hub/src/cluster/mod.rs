@@ -145,6 +145,9 @@ fn answer<T: Serialize>(node: &str, answer: Option<T>) -> Vec<u8> {
 
 /// Answer the other nodes' questions until `shutdown`. Each question is
 /// handled in its own task: a dial-out waits for a bridge for up to 45 s.
+///
+/// Long because it is one flat `match` over the question subjects, each
+/// arm decoding the question and calling the function that answers it.
 pub(crate) async fn serve(hub: Weak<Hub>, cluster: Arc<Cluster>, shutdown: CancellationToken) {
     // The bus creates its client right after it started; wait for it.
     let client = loop {

@@ -124,6 +124,11 @@ pub(crate) async fn take_over(
 
 /// A's end: run the connection like a socket's (see the `signaling` crate's
 /// connection task, which this mirrors), frames to and from NATS.
+///
+/// Long because it is one `select!` loop over four event sources (client
+/// frames, the hub's queue, acknowledgements, keepalive) sharing the
+/// unacknowledged-frame state; split up, that state would have to be
+/// threaded through every piece.
 async fn hold(
     hub: Arc<Hub>,
     client: Client,

@@ -22,6 +22,9 @@ impl Task {
 
     /// Rewrite a message of the remote session for the local client and
     /// deliver it.
+    ///
+    /// Long because it is one flat `match` over the remote server's message
+    /// types, each arm a few lines of id rewriting.
     pub(super) fn process_message(&mut self, mut v: Value) -> Step {
         let remote = self.remote_id.clone().unwrap_or_default();
         let local = self.local_id.clone();

@@ -24,7 +24,7 @@ pub(crate) fn process_internal(
             let hub = hub.clone();
             let session = session.clone();
             Some(Box::pin(async move {
-                crate::handlers::internal::process_internal_async(&hub, &session, msg).await
+                process_internal_async(&hub, &session, msg).await
             }))
         }
         "updatesession" => {
@@ -86,65 +86,8 @@ pub(crate) async fn process_internal_async(
         };
         let (sid, public_id, private_id) =
             crate::handlers::hello::mint_ids(hub, &session.backend.id);
-        let add_failed = |m: String| ServerMessage::error(&msg.id, Error::new("add_failed", m));
-        if let Some(options) = &add.options {
-            let req = proto::backend::BackendClientRequest::room(proto::backend::RoomRequest {
-                version: proto::backend::BACKEND_VERSION.into(),
-                roomid: room.id.clone(),
-                userid: add.userid.clone(),
-                sessionid: public_id.to_string(),
-                actorid: options.actor_id.clone(),
-                actortype: options.actor_type.clone(),
-                incall: (crate::core::room::FLAG_IN_CALL | crate::core::room::FLAG_WITH_PHONE)
-                    as i32,
-                ..Default::default()
-            });
-            let res: Result<proto::backend::BackendClientResponse, _> = hub
-                .backend
-                .perform_json_request(
-                    &session.backend_url,
-                    &req,
-                    Some(hub.settings.backend_timeout),
-                )
-                .await;
-            hub.metrics.count_backend("room", res.is_ok());
-            match res {
-                Err(e) => {
-                    debug!(error = %e, "could not join virtual session at backend");
-                    session.send_message(add_failed("Could not join virtual session.".into()));
-                    return;
-                }
-                Ok(r) if r.kind == "error" => {
-                    let text = r.error.map(|e| e.message).unwrap_or_default();
-                    session.send_message(add_failed(text));
-                    return;
-                }
-                Ok(_) => {}
-            }
-        } else {
-            let req =
-                proto::backend::BackendClientRequest::session(proto::backend::SessionRequest {
-                    version: proto::backend::BACKEND_VERSION.into(),
-                    roomid: room.id.clone(),
-                    action: "add".into(),
-                    sessionid: public_id.to_string(),
-                    userid: add.userid.clone(),
-                    user: add.user.as_ref().map(|u| u.to_owned()),
-                });
-            let res: Result<Value, _> = hub
-                .backend
-                .perform_json_request(
-                    &session.backend_url,
-                    &req,
-                    Some(hub.settings.backend_timeout),
-                )
-                .await;
-            hub.metrics.count_backend("session", res.is_ok());
-            if let Err(e) = res {
-                debug!(error = %e, "could not add virtual session at backend");
-                session.send_message(add_failed("Could not add virtual session.".into()));
-                return;
-            }
+        if !add_virtual_at_backend(hub, session, &add, &room, &public_id, &msg.id).await {
+            return;
         }
         if session.is_closed() {
             return;
@@ -180,13 +123,81 @@ pub(crate) async fn process_internal_async(
         if let Some(v) = v {
             info!(owner = %session.public_id, session = %v.public_id, "virtual session removed");
             session.remove_virtual_session(&v);
-            crate::handlers::internal::close_virtual_session(
-                hub,
-                &v,
-                Some((session.clone(), msg.id.clone())),
-            );
+            close_virtual_session(hub, &v, Some((session.clone(), msg.id.clone())));
         }
     }
+}
+
+/// Tell Nextcloud about a new virtual session (joining it to the room when
+/// the bridge sent actor options, as upstream); `false` after telling the
+/// bridge why that failed.
+async fn add_virtual_at_backend(
+    hub: &Hub,
+    session: &ClientSession,
+    add: &proto::client::AddSessionInternal,
+    room: &crate::core::room::Room,
+    public_id: &str,
+    id: &str,
+) -> bool {
+    let add_failed = |m: String| ServerMessage::error(id, Error::new("add_failed", m));
+    if let Some(options) = &add.options {
+        let req = proto::backend::BackendClientRequest::room(proto::backend::RoomRequest {
+            version: proto::backend::BACKEND_VERSION.into(),
+            roomid: room.id.clone(),
+            userid: add.userid.clone(),
+            sessionid: public_id.to_string(),
+            actorid: options.actor_id.clone(),
+            actortype: options.actor_type.clone(),
+            incall: (crate::core::room::FLAG_IN_CALL | crate::core::room::FLAG_WITH_PHONE) as i32,
+            ..Default::default()
+        });
+        let res: Result<proto::backend::BackendClientResponse, _> = hub
+            .backend
+            .perform_json_request(
+                &session.backend_url,
+                &req,
+                Some(hub.settings.backend_timeout),
+            )
+            .await;
+        hub.metrics.count_backend("room", res.is_ok());
+        match res {
+            Err(e) => {
+                debug!(error = %e, "could not join virtual session at backend");
+                session.send_message(add_failed("Could not join virtual session.".into()));
+                return false;
+            }
+            Ok(r) if r.kind == "error" => {
+                let text = r.error.map(|e| e.message).unwrap_or_default();
+                session.send_message(add_failed(text));
+                return false;
+            }
+            Ok(_) => {}
+        }
+    } else {
+        let req = proto::backend::BackendClientRequest::session(proto::backend::SessionRequest {
+            version: proto::backend::BACKEND_VERSION.into(),
+            roomid: room.id.clone(),
+            action: "add".into(),
+            sessionid: public_id.to_string(),
+            userid: add.userid.clone(),
+            user: add.user.as_ref().map(|u| u.to_owned()),
+        });
+        let res: Result<Value, _> = hub
+            .backend
+            .perform_json_request(
+                &session.backend_url,
+                &req,
+                Some(hub.settings.backend_timeout),
+            )
+            .await;
+        hub.metrics.count_backend("session", res.is_ok());
+        if let Err(e) = res {
+            debug!(error = %e, "could not add virtual session at backend");
+            session.send_message(add_failed("Could not add virtual session.".into()));
+            return false;
+        }
+    }
+    true
 }
 
 /// Remove a virtual session and tell Nextcloud; errors go to `feedback`.

@@ -5,6 +5,11 @@
 use super::*;
 
 impl Room {
+    /// Apply one backend room request to this room.
+    ///
+    /// Long because it is one flat `match` over the request kinds (as the
+    /// backend API names them); the larger arms call out to the functions
+    /// below.
     pub(super) fn process_backend_request(&self, hub: &Arc<Hub>, req: &BackendServerRoomRequest) {
         // A request older than the last one of its kind is outdated, when
         // it replaces what the other said. Changes of single sessions

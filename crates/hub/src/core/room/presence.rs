@@ -356,3 +356,37 @@ impl Room {
         self.state.lock().remote.len()
     }
 }
+
+impl Room {
+    /// A joiner learns the members through other nodes (after those of
+    /// this one), then the flags of their virtual sessions.
+    pub(super) fn tell_about_remote_members(&self, session: &AnySession) {
+        let (remote, remote_flags): (Vec<SessionEntry>, Vec<(String, u32)>) = {
+            let st = self.state.lock();
+            let entries = st.remote.values().map(|m| m.entry.clone()).collect();
+            let flags = st
+                .remote
+                .iter()
+                .filter(|(_, m)| m.flags != 0)
+                .map(|(id, m)| (id.to_string(), m.flags))
+                .collect();
+            (entries, flags)
+        };
+        if let (AnySession::Client(c), false) = (session, remote.is_empty()) {
+            // Members through other nodes, after those of this one, then
+            // the flags of their virtual sessions.
+            let mut event = EventServerMessage::new("room", "join");
+            event.join = Some(remote);
+            c.send_message(ServerMessage::event(event));
+            for (sessionid, flags) in remote_flags {
+                let mut ev = EventServerMessage::new("participants", "flags");
+                ev.flags = Some(RoomFlagsEvent {
+                    roomid: self.id.clone(),
+                    sessionid,
+                    flags,
+                });
+                c.send_message(ServerMessage::event(ev));
+            }
+        }
+    }
+}
