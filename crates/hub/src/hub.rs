@@ -580,37 +580,6 @@ impl Hub {
     // ---------------------------------------------------------------------
     // backend API (Nextcloud -> signaling)
 
-    /// Publish a message to every session of a user.
-    pub fn publish_to_user(
-        &self,
-        backend: &crate::core::backends::Backend,
-        user_id: &str,
-        msg: &Arc<OutMsg>,
-    ) {
-        let subject = proto::cluster::encoded_subject("user", user_id, backend.subject_suffix());
-        let _ = self
-            .bus
-            .publish(&subject, BusMessage::new(BusPayload::Message(msg.clone())));
-    }
-
-    pub fn publish_to_session(&self, public_id: &str, payload: BusPayload) {
-        let _ = self.bus.publish(
-            &proto::cluster::session_subject(public_id),
-            BusMessage::new(payload),
-        );
-    }
-
-    pub fn publish_room_request(
-        &self,
-        backend: &crate::core::backends::Backend,
-        roomid: &str,
-        req: proto::backend::BackendServerRoomRequest,
-    ) -> Result<(), crate::bus::BusError> {
-        let subject = crate::core::room::backend_room_subject(backend, roomid);
-        self.bus
-            .publish(&subject, BusMessage::new(BusPayload::Room(Arc::new(req))))
-    }
-
     /// Re-read reloadable settings (SIGHUP).
     pub fn reload(&self, ini: &runtime::config::Ini) {
         self.backends.reload(ini);

@@ -8,6 +8,7 @@ use proto::client::{EventServerMessage, RoomEvent, ServerMessage};
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use crate::bus::{BusMessage, BusPayload};
 use crate::core::backends::Backend;
 use crate::core::conn::OutMsg;
 use crate::core::room::switchto_targets;
@@ -42,7 +43,7 @@ pub fn handle_room_request(
             send_roomlist(hub, "invite", backend, roomid, &users, props.clone());
             match all {
                 Some(all) => send_roomlist_update(hub, backend, roomid, &users, &all, props),
-                None => hub.publish_room_request(backend, roomid, req)?,
+                None => publish_room_request(hub, backend, roomid, req)?,
             }
         }
         "disinvite" => {
@@ -51,7 +52,7 @@ pub fn handle_room_request(
             let all = d.alluserids.clone();
             // The room sends its update first, then the disinvites of
             // its sessions named in `sessionids`.
-            hub.publish_room_request(backend, roomid, req)?;
+            publish_room_request(hub, backend, roomid, req)?;
             send_disinvite(hub, backend, roomid, "disinvited", &users);
             if let Some(all) = all {
                 send_roomlist_update(hub, backend, roomid, &users, &all, props);
@@ -60,7 +61,7 @@ pub fn handle_room_request(
         "update" => {
             let u = req.update.as_ref().ok_or_else(|| missing("update"))?;
             let (users, props) = (u.userids.clone(), u.properties.clone());
-            hub.publish_room_request(backend, roomid, req)?;
+            publish_room_request(hub, backend, roomid, req)?;
             if let Some(users) = users {
                 send_roomlist_update(hub, backend, roomid, &[], &users, props);
             }
@@ -72,7 +73,7 @@ pub fn handle_room_request(
                 .get_or_insert_with(Default::default)
                 .userids
                 .clone();
-            hub.publish_room_request(backend, roomid, req)?;
+            publish_room_request(hub, backend, roomid, req)?;
             send_disinvite(
                 hub,
                 backend,
@@ -85,17 +86,17 @@ pub fn handle_room_request(
         // (it knows its own sessions and, clustered, the others').
         "incall" => {
             req.incall.as_ref().ok_or_else(|| missing("incall"))?;
-            hub.publish_room_request(backend, roomid, req)?;
+            publish_room_request(hub, backend, roomid, req)?;
         }
         "participants" => {
             req.participants
                 .as_ref()
                 .ok_or_else(|| missing("participants"))?;
-            hub.publish_room_request(backend, roomid, req)?;
+            publish_room_request(hub, backend, roomid, req)?;
         }
         "message" => {
             // Like upstream: accepted even without data (the room ignores it).
-            hub.publish_room_request(backend, roomid, req)?;
+            publish_room_request(hub, backend, roomid, req)?;
         }
         "dialout" => {
             // Answered by `start_dialout` (it waits for the bridge).
@@ -106,7 +107,7 @@ pub fn handle_room_request(
         "switchto" => {
             let sw = req.switchto.as_ref().ok_or_else(|| missing("switchto"))?;
             switchto_targets(sw).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-            hub.publish_room_request(backend, roomid, req)?;
+            publish_room_request(hub, backend, roomid, req)?;
         }
         other => {
             return Err(ApiError::BadRequest(format!(
@@ -143,7 +144,7 @@ fn send_roomlist(
     }
     let msg = OutMsg::new(ServerMessage::event(event));
     for u in users {
-        hub.publish_to_user(backend, u, &msg);
+        publish_to_user(hub, backend, u, &msg);
     }
 }
 
@@ -175,6 +176,37 @@ fn send_disinvite(hub: &Hub, backend: &Backend, roomid: &str, reason: &str, user
         roomid, reason,
     )));
     for u in users {
-        hub.publish_to_user(backend, u, &msg);
+        publish_to_user(hub, backend, u, &msg);
     }
+}
+
+/// Publish a message to every session of a user.
+pub fn publish_to_user(
+    hub: &Hub,
+    backend: &crate::core::backends::Backend,
+    user_id: &str,
+    msg: &Arc<OutMsg>,
+) {
+    let subject = proto::cluster::encoded_subject("user", user_id, backend.subject_suffix());
+    let _ = hub
+        .bus
+        .publish(&subject, BusMessage::new(BusPayload::Message(msg.clone())));
+}
+
+pub fn publish_to_session(hub: &Hub, public_id: &str, payload: BusPayload) {
+    let _ = hub.bus.publish(
+        &proto::cluster::session_subject(public_id),
+        BusMessage::new(payload),
+    );
+}
+
+pub fn publish_room_request(
+    hub: &Hub,
+    backend: &crate::core::backends::Backend,
+    roomid: &str,
+    req: proto::backend::BackendServerRoomRequest,
+) -> Result<(), crate::bus::BusError> {
+    let subject = crate::core::room::backend_room_subject(backend, roomid);
+    hub.bus
+        .publish(&subject, BusMessage::new(BusPayload::Room(Arc::new(req))))
 }
