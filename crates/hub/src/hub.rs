@@ -1,6 +1,9 @@
-//! The hub: the registry of sessions and rooms, and the handlers for every
-//! client message kind. Connection tasks feed it text frames; it answers
-//! through the connections' queues and the bus.
+//! The [`Hub`]: one server's registry of sessions and rooms, its stats,
+//! drain and reload, and the entry points the `signaling` crate calls.
+//! Connection tasks feed it text frames ([`Hub::process_text`], handled in
+//! [`crate::handlers`]); it answers through the connections' queues and the
+//! bus. All `impl Hub` blocks of the hub's own layers are in this file; the
+//! other layers take the hub as a parameter.
 
 use parking_lot::Mutex;
 use proto::client::{HelloServerInfo, ServerMessage};
@@ -13,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backend::client::{BackendClient, BackendError};
-use crate::bus::{Bus, BusHandler, BusMessage, BusPayload, Subscription};
+use crate::bus::{Bus, BusMessage, BusPayload, Subscription};
 use crate::core::backends::Backends;
 use crate::core::conn::{Conn, OutMsg};
 use crate::core::room::{room_key, Room};
@@ -152,24 +155,8 @@ impl Hub {
             settings.skip_verify,
         )?;
         metrics.backends_current.set(backends.all().len() as i64);
-        // Like upstream's welcome features: what clients and internal
-        // clients get, sorted.
-        let mut welcome_features: Vec<String> = features
-            .iter()
-            .chain(features_internal.iter())
-            .cloned()
-            .collect();
-        welcome_features.sort();
-        welcome_features.dedup();
-        let welcome = OutMsg::new(ServerMessage {
-            kind: "welcome".into(),
-            welcome: Some(proto::client::WelcomeServerMessage {
-                version: settings.version.clone(),
-                features: welcome_features,
-            }),
-            ..Default::default()
-        })
-        .frame();
+        let welcome =
+            crate::handlers::hello::welcome_frame(&settings.version, &features, &features_internal);
         Ok(Arc::new_cyclic(|me| Hub {
             me: me.clone(),
             info: Arc::new(HelloServerInfo {
@@ -648,28 +635,6 @@ impl Hub {
         for s in sessions {
             if let Some(c) = s.conn() {
                 c.close();
-            }
-        }
-    }
-}
-
-/// Clustering: the other nodes' session counts (`cluster.nodes`).
-impl BusHandler for Hub {
-    fn on_bus_message(&self, _subject: &str, msg: &BusMessage) {
-        if let BusPayload::Node(n) = &msg.payload {
-            if *n.node != *self.node_id {
-                let known = self
-                    .node_counts
-                    .lock()
-                    .insert(n.node.clone(), (Instant::now(), n.clone()))
-                    .is_some();
-                if !known {
-                    // A node new to us (just started) missed our earlier
-                    // reports: tell it about us now, not an interval later,
-                    // so that its cluster questions wait for us at once.
-                    *self.counts_sent.lock() = (None, Default::default());
-                    crate::cluster::nodes::cluster_counts_tick(self, Instant::now());
-                }
             }
         }
     }

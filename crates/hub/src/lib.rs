@@ -7,29 +7,42 @@
 //!
 //! # Layers
 //!
-//! The modules form layers; a module imports only from layers below it:
+//! The modules form layers; a module imports only from layers below it
+//! (`bus <- core <- {cluster, backend, mcu, federation, dialout} <- {handlers,
+//! housekeeping, hub}`):
 //!
 //! 1. [`bus`]: how a message reaches a subscriber. The `Bus` trait, the
 //!    in-process loopback bus of a single server, the NATS bus of a cluster,
 //!    the envelope they carry ([`bus::OutMsg`]: a server message serialised
-//!    once) and the per-recipient message variants.
-//! 2. [`core`]: the state of one server. Connections, sessions, rooms with
-//!    their local members, the configured backends, settings. Sessions and
-//!    rooms are bus subscribers.
-//! 3. The services, each using core and bus but not each other:
-//!    [`cluster`] (questions to other nodes, room presence, node counts,
-//!    relayed connections), [`backend`] (the Nextcloud client, tokens, the
-//!    backend API), [`mcu`] (the media layer: MCU routing and the Janus and
-//!    proxy adapters), [`federation`], [`dialout`].
-//! 4. [`handlers`]: one module per kind of client message, dispatched from
-//!    one typed enum, and [`housekeeping`]; and [`Hub`] itself, which owns
-//!    the registry of sessions and rooms and ties the layers together.
+//!    once, with its per-recipient variants) and the NATS pipe of a relayed
+//!    connection.
+//! 2. [`core`]: the state of one server. Connections, sessions (client,
+//!    internal, virtual), rooms with their local members and cluster
+//!    presence, the registry type, configured backends, settings, the error
+//!    codes clients see. Sessions and rooms are bus subscribers.
+//! 3. The services: [`cluster`] (questions to other nodes, node counts,
+//!    relayed connections), [`backend`] (the Nextcloud client, capabilities,
+//!    tokens, the backend API), [`mcu`] (the media layer: MCU routing,
+//!    per-session media objects, the Janus and proxy adapters),
+//!    [`federation`] and [`dialout`]. `cluster` uses `mcu` types and
+//!    `dialout` asks through `cluster`; nothing points back.
+//! 4. [`handlers`] (one module per kind of client message, dispatched from
+//!    one typed enum, [`handlers::MessageKind`]), [`housekeeping`], and
+//!    [`Hub`] itself, which owns the registry and ties the layers together.
+//!    [`metrics`], [`throttle`] and [`geoip`] are helpers of these.
 //!
-//! Leaf helpers usable from any layer: [`metrics`], [`throttle`], [`geoip`].
+//! Where a lower layer needs something from a higher one it gets a trait
+//! (a session's federated room is a `core::session::FederatedRoom`) or calls
+//! a `Hub` method (rooms and sessions keep a `Weak<Hub>` for registry
+//! lookups; the cluster layer answers dial-out questions through
+//! `Hub::dialout_for_cluster`). Two known exceptions remain: `core::session`
+//! stores the media layer's per-session objects, so `core` and `mcu` import
+//! each other, and `core` reaches the hub as the concrete `Hub` type rather
+//! than through a trait of its own.
 //!
 //! A single server and a cluster run the same code; they differ only in the
 //! `Bus` implementation given to [`Hub::new`] and in whether the cluster
-//! layer is started.
+//! layer is started ([`Hub::start_cluster`]).
 
 pub mod backend;
 pub mod bus;

@@ -102,3 +102,26 @@ pub(crate) fn local_bridge_backends(hub: &Hub) -> Vec<String> {
     ids.dedup();
     ids
 }
+
+/// Other nodes' reports on `cluster.nodes` (see [`subscribe_node_status`]).
+/// Clustering: the other nodes' session counts (`cluster.nodes`).
+impl BusHandler for Hub {
+    fn on_bus_message(&self, _subject: &str, msg: &BusMessage) {
+        if let BusPayload::Node(n) = &msg.payload {
+            if *n.node != *self.node_id {
+                let known = self
+                    .node_counts
+                    .lock()
+                    .insert(n.node.clone(), (Instant::now(), n.clone()))
+                    .is_some();
+                if !known {
+                    // A node new to us (just started) missed our earlier
+                    // reports: tell it about us now, not an interval later,
+                    // so that its cluster questions wait for us at once.
+                    *self.counts_sent.lock() = (None, Default::default());
+                    crate::cluster::nodes::cluster_counts_tick(self, Instant::now());
+                }
+            }
+        }
+    }
+}

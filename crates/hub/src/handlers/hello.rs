@@ -435,3 +435,29 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
+
+/// The `welcome` frame every new connection gets first (serialised once).
+pub(crate) fn welcome_frame(
+    version: &str,
+    features: &[String],
+    features_internal: &[String],
+) -> crate::bus::Frame {
+    // Like upstream's welcome features: what clients and internal
+    // clients get, sorted.
+    let mut welcome_features: Vec<String> = features
+        .iter()
+        .chain(features_internal.iter())
+        .cloned()
+        .collect();
+    welcome_features.sort();
+    welcome_features.dedup();
+    OutMsg::new(ServerMessage {
+        kind: "welcome".into(),
+        welcome: Some(proto::client::WelcomeServerMessage {
+            version: version.to_owned(),
+            features: welcome_features,
+        }),
+        ..Default::default()
+    })
+    .frame()
+}
