@@ -394,7 +394,7 @@ impl Hub {
         }
     }
 
-    /// Handle one text frame (see [`crate::handlers::dispatch`]). Returns
+    /// Handle one text frame (see `handlers::dispatch`). Returns
     /// the remaining work when the message needs a backend request; the
     /// caller runs it before the next message so that each client's messages
     /// are processed in order.

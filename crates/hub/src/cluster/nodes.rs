@@ -103,7 +103,7 @@ pub(crate) fn local_bridge_backends(hub: &Hub) -> Vec<String> {
     ids
 }
 
-/// Other nodes' reports on `cluster.nodes` (see [`subscribe_node_status`]).
+/// Other nodes' reports on `cluster.nodes` (see `subscribe_node_status`).
 /// Clustering: the other nodes' session counts (`cluster.nodes`).
 impl BusHandler for Hub {
     fn on_bus_message(&self, _subject: &str, msg: &BusMessage) {

@@ -1,13 +1,13 @@
 //! Client message handlers, one module per kind of message.
 //!
-//! A text frame is parsed once, in [`dispatch`], into a [`ClientMessage`]
+//! A text frame is parsed once, in `dispatch`, into a [`ClientMessage`]
 //! and its [`MessageKind`]. Every place that treats kinds differently
 //! matches on `MessageKind` exhaustively, so adding a kind makes the
 //! compiler point at each of them: the wire name ([`MessageKind::parse`]),
 //! validation ([`MessageKind::validate`]), the metric label
 //! ([`MessageKind::label`]), whether a session in a federated room passes
 //! it on to the remote server ([`MessageKind::to_federation`]) and the
-//! handler ([`dispatch`]).
+//! handler (`dispatch`).
 
 use proto::client::{ClientMessage, ServerMessage};
 use std::sync::Arc;
