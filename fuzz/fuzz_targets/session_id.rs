@@ -4,7 +4,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    let codec = hub::sessionid::SessionIdCodec::new(
+    let codec = proto::sessionid::SessionIdCodec::new(
         b"0123456789abcdef0123456789abcdef",
         b"fedcba9876543210",
     )

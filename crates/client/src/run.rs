@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use hub::sessionid::SessionIdCodec;
+use proto::sessionid::SessionIdCodec;
 use runtime::config::Ini;
 use tokio::sync::Semaphore;
 use tokio::time::{sleep, timeout, Instant};

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use hub::sessionid::SessionIdCodec;
+use proto::sessionid::SessionIdCodec;
 use rand::Rng;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;

@@ -5,10 +5,10 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hub::bus::{Bus, BusHandler, BusMessage, BusPayload, LoopbackBus};
-use hub::conn::{Frame, OutMsg};
-use hub::sessionid::{SessionIdCodec, SessionIdData};
+use hub::core::conn::{Frame, OutMsg};
 use parking_lot::Mutex;
 use proto::client::{parse_client_message, MessageServerMessage, Sender, ServerMessage};
+use proto::sessionid::{SessionIdCodec, SessionIdData};
 use std::hint::black_box;
 use std::sync::{Arc, Weak};
 

@@ -14,8 +14,8 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::{debug, info};
 
-use crate::backends::Backend;
-use crate::session::ClientSession;
+use crate::core::backends::Backend;
+use crate::core::session::ClientSession;
 use crate::Hub;
 
 /// How long a bridge has to accept a call (upstream: 45 s).
@@ -41,229 +41,206 @@ fn is_e164(n: &str) -> bool {
     n.len() >= 3 && n.starts_with('+') && n[1..].bytes().all(|b| b.is_ascii_digit())
 }
 
-impl Hub {
-    /// Backend request `dialout`: try each bridge of the backend in turn.
-    pub async fn start_dialout(
-        &self,
-        backend: &Arc<Backend>,
-        roomid: &str,
-        req: &proto::backend::RoomDialoutRequest,
-    ) -> DialoutAnswer {
-        if req.number.is_empty() {
-            return answer_error(400, &Error::new("number_missing", "No number provided"));
-        }
-        if !is_e164(&req.number) {
-            return answer_error(400, &Error::new("invalid_number", "Expected E.164 number."));
-        }
-        if roomid.is_empty() || !roomid.bytes().all(|b| b.is_ascii_digit()) {
-            return answer_error(
-                400,
-                &Error::new("invalid_roomid", "The room id must be numeric."),
-            );
-        }
-        if let Some(answer) = self.dialout_here(backend, roomid, req).await {
-            return answer;
-        }
-        // Clustering: a bridge connected to another server.
-        let mut first_error: Option<DialoutAnswer> = None;
-        if let Some(cluster) = self.cluster.get() {
-            for node in self.nodes_with_bridges(&backend.id) {
-                let question = proto::cluster::DialoutRequest {
-                    node: self.node_id.to_string(),
-                    target: node.clone(),
-                    backend: backend.id.clone(),
-                    roomid: roomid.to_owned(),
-                    request: req.clone(),
-                };
-                let answer: Option<proto::cluster::DialoutAnswer> = cluster
-                    .ask(
-                        proto::cluster::DIALOUT_SUBJECT,
-                        &question,
-                        self.live_nodes(),
-                        START_DIALOUT_TIMEOUT + Duration::from_secs(5),
-                    )
-                    .await;
-                match answer {
-                    Some(a) if a.status == 200 => return (a.status, a.body),
-                    Some(a) => {
-                        debug!(node = %node, status = a.status, "dial-out refused on another server");
-                        first_error.get_or_insert((a.status, a.body));
-                    }
-                    None => debug!(node = %node, "no dial-out answer from another server"),
+/// Backend request `dialout`: try each bridge of the backend in turn.
+pub async fn start_dialout(
+    hub: &Hub,
+    backend: &Arc<Backend>,
+    roomid: &str,
+    req: &proto::backend::RoomDialoutRequest,
+) -> DialoutAnswer {
+    if req.number.is_empty() {
+        return answer_error(400, &Error::new("number_missing", "No number provided"));
+    }
+    if !is_e164(&req.number) {
+        return answer_error(400, &Error::new("invalid_number", "Expected E.164 number."));
+    }
+    if roomid.is_empty() || !roomid.bytes().all(|b| b.is_ascii_digit()) {
+        return answer_error(
+            400,
+            &Error::new("invalid_roomid", "The room id must be numeric."),
+        );
+    }
+    if let Some(answer) = dialout_here(hub, backend, roomid, req).await {
+        return answer;
+    }
+    // Clustering: a bridge connected to another server.
+    let mut first_error: Option<DialoutAnswer> = None;
+    if let Some(cluster) = hub.cluster.get() {
+        for node in crate::cluster::nodes::nodes_with_bridges(hub, &backend.id) {
+            let question = proto::cluster::DialoutRequest {
+                node: hub.node_id.to_string(),
+                target: node.clone(),
+                backend: backend.id.clone(),
+                roomid: roomid.to_owned(),
+                request: req.clone(),
+            };
+            let answer: Option<proto::cluster::DialoutAnswer> = cluster
+                .ask(
+                    proto::cluster::DIALOUT_SUBJECT,
+                    &question,
+                    hub.live_nodes(),
+                    START_DIALOUT_TIMEOUT + Duration::from_secs(5),
+                )
+                .await;
+            match answer {
+                Some(a) if a.status == 200 => return (a.status, a.body),
+                Some(a) => {
+                    debug!(node = %node, status = a.status, "dial-out refused on another server");
+                    first_error.get_or_insert((a.status, a.body));
                 }
+                None => debug!(node = %node, "no dial-out answer from another server"),
             }
         }
-        first_error.unwrap_or_else(|| {
-            answer_error(
-                404,
-                &Error::new(
-                    "no_client_available",
-                    "No available client found to trigger dialout.",
-                ),
-            )
-        })
     }
+    first_error.unwrap_or_else(|| {
+        answer_error(
+            404,
+            &Error::new(
+                "no_client_available",
+                "No available client found to trigger dialout.",
+            ),
+        )
+    })
+}
 
-    /// The bridges connected here that can take a dial-out: internal
-    /// clients with `start-dialout` that are not in a room (a bridge's room
-    /// connections carry calls; as upstream, those are no candidates, and
-    /// asking one would only wait for an answer that never comes).
-    fn local_bridges(&self) -> impl Iterator<Item = Arc<ClientSession>> {
-        self.internal_sessions().into_iter().filter(|s| {
-            s.conn().is_some()
-                && s.has_feature(proto::client::CLIENT_FEATURE_START_DIALOUT)
-                && s.room().is_none()
-        })
+/// Try the bridges connected here in turn; `None` when there is none.
+async fn dialout_here(
+    hub: &Hub,
+    backend: &Backend,
+    roomid: &str,
+    req: &proto::backend::RoomDialoutRequest,
+) -> Option<DialoutAnswer> {
+    let bridges: Vec<Arc<ClientSession>> = crate::cluster::nodes::local_bridges(hub)
+        .filter(|s| s.backend.id == backend.id)
+        .collect();
+    if bridges.is_empty() {
+        return None;
     }
-
-    /// Backend ids with a bridge here, sorted (reported to the cluster).
-    pub(crate) fn local_bridge_backends(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.local_bridges().map(|s| s.backend.id.clone()).collect();
-        ids.sort();
-        ids.dedup();
-        ids
-    }
-
-    /// Try the bridges connected here in turn; `None` when there is none.
-    async fn dialout_here(
-        &self,
-        backend: &Backend,
-        roomid: &str,
-        req: &proto::backend::RoomDialoutRequest,
-    ) -> Option<DialoutAnswer> {
-        let bridges: Vec<Arc<ClientSession>> = self
-            .local_bridges()
-            .filter(|s| s.backend.id == backend.id)
-            .collect();
-        if bridges.is_empty() {
-            return None;
-        }
-        let mut first_error: Option<Error> = None;
-        for bridge in bridges {
-            match self.dialout_in_session(&bridge, backend, roomid, req).await {
-                Ok(callid) => {
-                    return Some((
-                        200,
-                        json!({"type": "dialout", "dialout": {"callid": callid}}),
-                    ))
-                }
-                Err(e) => {
-                    debug!(session = %bridge.public_id, error = %e, "dial-out refused");
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        first_error.map(|e| answer_error(502, &e))
-    }
-
-    /// Another server chose this one for a dial-out (it has a bridge).
-    pub(crate) async fn dialout_for_cluster(
-        &self,
-        q: &proto::cluster::DialoutRequest,
-    ) -> Option<proto::cluster::DialoutAnswer> {
-        if *q.target != *self.node_id {
-            return None;
-        }
-        let backend = self.backends.by_id(&q.backend)?;
-        let (status, body) = self.dialout_here(&backend, &q.roomid, &q.request).await?;
-        Some(proto::cluster::DialoutAnswer { status, body })
-    }
-
-    async fn dialout_in_session(
-        &self,
-        bridge: &ClientSession,
-        backend: &Backend,
-        roomid: &str,
-        req: &proto::backend::RoomDialoutRequest,
-    ) -> Result<String, Error> {
-        let id = proto::backend::random_hex(32);
-        let (tx, rx) = oneshot::channel();
-        self.dialouts.waiting.lock().insert(id.clone(), tx);
-        let mut request = json!({"number": req.number});
-        if let Some(o) = &req.options {
-            request["options"] = json!(o);
-        }
-        bridge.send_message(ServerMessage {
-            id: id.clone(),
-            kind: "internal".into(),
-            internal: Some(json!({"type": "dialout", "dialout": {
-                "roomid": roomid,
-                "backend": backend.url,
-                "request": request,
-            }})),
-            ..Default::default()
-        });
-        info!(session = %bridge.public_id, room = %roomid, "dial-out requested");
-        let answer = tokio::time::timeout(START_DIALOUT_TIMEOUT, rx).await;
-        self.dialouts.waiting.lock().remove(&id);
-        let answer = match answer {
-            Err(_) => {
-                return Err(Error::new(
-                    "timeout",
-                    "Timeout while waiting for dialout to start.",
+    let mut first_error: Option<Error> = None;
+    for bridge in bridges {
+        match dialout_in_session(hub, &bridge, backend, roomid, req).await {
+            Ok(callid) => {
+                return Some((
+                    200,
+                    json!({"type": "dialout", "dialout": {"callid": callid}}),
                 ))
             }
-            Ok(Err(_)) => return Err(Error::new("error_notify", "No dialout response received.")),
-            Ok(Ok(a)) => a,
-        };
-        match answer.kind.as_str() {
-            "error" => Err(answer
-                .error
-                .unwrap_or_else(|| Error::new("error_notify", "No dialout response received."))),
-            "status" => {
-                let status = answer.status.unwrap_or_default();
-                if status["status"] != "accepted" {
-                    return Err(Error::new(
-                        "unsupported_status",
-                        format!("Unsupported dialout status received: {status}"),
-                    ));
-                }
-                Ok(status["callid"].as_str().unwrap_or_default().to_owned())
+            Err(e) => {
+                debug!(session = %bridge.public_id, error = %e, "dial-out refused");
+                first_error.get_or_insert(e);
             }
-            other => Err(Error::new(
-                "unsupported_type",
-                format!("Unsupported dialout type received: {other}"),
-            )),
         }
     }
+    first_error.map(|e| answer_error(502, &e))
+}
 
-    /// `internal/dialout` from a bridge: the answer to a request (by message
-    /// id), and/or a status or error for the room.
-    pub(crate) fn process_dialout_answer(
-        &self,
-        session: &ClientSession,
-        msg_id: &str,
-        mut dialout: DialoutInternal,
-    ) {
-        let waiter = self.dialouts.waiting.lock().remove(msg_id);
-        let is_error = dialout.kind == "error";
-        if let Some(w) = waiter {
-            let _ = w.send(dialout.clone());
-            // Errors of a request only concern Nextcloud, not the room.
-            if is_error {
-                return;
+/// Another server chose this one for a dial-out (it has a bridge).
+pub(crate) async fn dialout_for_cluster(
+    hub: &Hub,
+    q: &proto::cluster::DialoutRequest,
+) -> Option<proto::cluster::DialoutAnswer> {
+    if *q.target != *hub.node_id {
+        return None;
+    }
+    let backend = hub.backends.by_id(&q.backend)?;
+    let (status, body) = dialout_here(hub, &backend, &q.roomid, &q.request).await?;
+    Some(proto::cluster::DialoutAnswer { status, body })
+}
+
+async fn dialout_in_session(
+    hub: &Hub,
+    bridge: &ClientSession,
+    backend: &Backend,
+    roomid: &str,
+    req: &proto::backend::RoomDialoutRequest,
+) -> Result<String, Error> {
+    let id = proto::backend::random_hex(32);
+    let (tx, rx) = oneshot::channel();
+    hub.dialouts.waiting.lock().insert(id.clone(), tx);
+    let mut request = json!({"number": req.number});
+    if let Some(o) = &req.options {
+        request["options"] = json!(o);
+    }
+    bridge.send_message(ServerMessage {
+        id: id.clone(),
+        kind: "internal".into(),
+        internal: Some(json!({"type": "dialout", "dialout": {
+            "roomid": roomid,
+            "backend": backend.url,
+            "request": request,
+        }})),
+        ..Default::default()
+    });
+    info!(session = %bridge.public_id, room = %roomid, "dial-out requested");
+    let answer = tokio::time::timeout(START_DIALOUT_TIMEOUT, rx).await;
+    hub.dialouts.waiting.lock().remove(&id);
+    let answer = match answer {
+        Err(_) => {
+            return Err(Error::new(
+                "timeout",
+                "Timeout while waiting for dialout to start.",
+            ))
+        }
+        Ok(Err(_)) => return Err(Error::new("error_notify", "No dialout response received.")),
+        Ok(Ok(a)) => a,
+    };
+    match answer.kind.as_str() {
+        "error" => Err(answer
+            .error
+            .unwrap_or_else(|| Error::new("error_notify", "No dialout response received."))),
+        "status" => {
+            let status = answer.status.unwrap_or_default();
+            if status["status"] != "accepted" {
+                return Err(Error::new(
+                    "unsupported_status",
+                    format!("Unsupported dialout status received: {status}"),
+                ));
             }
+            Ok(status["callid"].as_str().unwrap_or_default().to_owned())
         }
-        let roomid = std::mem::take(&mut dialout.roomid);
-        let Some(room) = self.room_for(&session.backend, &roomid) else {
-            debug!(room = %roomid, "dial-out message for unknown room");
+        other => Err(Error::new(
+            "unsupported_type",
+            format!("Unsupported dialout type received: {other}"),
+        )),
+    }
+}
+
+/// `internal/dialout` from a bridge: the answer to a request (by message
+/// id), and/or a status or error for the room.
+pub(crate) fn process_dialout_answer(
+    hub: &Hub,
+    session: &ClientSession,
+    msg_id: &str,
+    mut dialout: DialoutInternal,
+) {
+    let waiter = hub.dialouts.waiting.lock().remove(msg_id);
+    let is_error = dialout.kind == "error";
+    if let Some(w) = waiter {
+        let _ = w.send(dialout.clone());
+        // Errors of a request only concern Nextcloud, not the room.
+        if is_error {
             return;
-        };
-        if dialout.kind == "status" {
-            let Some(status) = dialout.status else { return };
-            let callid = status["callid"].as_str().unwrap_or_default().to_owned();
-            let ended = matches!(status["status"].as_str(), Some("cleared" | "rejected"));
-            let ttl = ended.then_some(ENDED_STATUS_TTL);
-            room.set_transient(self, &format!("callstatus_{callid}"), Some(status), ttl);
-        } else {
-            room.publish_message(
-                self,
-                ServerMessage {
-                    kind: "dialout".into(),
-                    dialout: Some(dialout),
-                    ..Default::default()
-                },
-            );
         }
+    }
+    let roomid = std::mem::take(&mut dialout.roomid);
+    let Some(room) = hub.room_for(&session.backend, &roomid) else {
+        debug!(room = %roomid, "dial-out message for unknown room");
+        return;
+    };
+    if dialout.kind == "status" {
+        let Some(status) = dialout.status else { return };
+        let callid = status["callid"].as_str().unwrap_or_default().to_owned();
+        let ended = matches!(status["status"].as_str(), Some("cleared" | "rejected"));
+        let ttl = ended.then_some(ENDED_STATUS_TTL);
+        room.set_transient(hub, &format!("callstatus_{callid}"), Some(status), ttl);
+    } else {
+        room.publish_message(
+            hub,
+            ServerMessage {
+                kind: "dialout".into(),
+                dialout: Some(dialout),
+                ..Default::default()
+            },
+        );
     }
 }

@@ -5,17 +5,7 @@ use runtime::metrics::{Counter, CounterVec, Gauge, GaugeVec, Registry};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// Client message types counted individually; anything else is "other".
-const MESSAGE_TYPES: [&str; 8] = [
-    "hello",
-    "bye",
-    "room",
-    "message",
-    "control",
-    "internal",
-    "transient",
-    "other",
-];
+use crate::handlers::MessageKind;
 
 pub struct HubMetrics {
     pub registry: Registry,
@@ -49,7 +39,7 @@ impl HubMetrics {
             "The total number of signaling messages",
             &["type"],
         );
-        let messages = MESSAGE_TYPES.map(|t| messages_vec.handle(&[t]));
+        let messages = MessageKind::ALL.map(|k| messages_vec.handle(&[k.label()]));
         HubMetrics {
             rooms: registry.gauge_vec(
                 "signaling_hub_rooms",
@@ -126,11 +116,14 @@ impl HubMetrics {
         }
     }
 
-    pub fn count_message(&self, kind: &str) {
-        let idx = MESSAGE_TYPES
-            .iter()
-            .position(|t| *t == kind)
-            .unwrap_or(MESSAGE_TYPES.len() - 1);
-        self.messages[idx].fetch_add(1, Ordering::Relaxed);
+    /// One request to a Nextcloud backend, by kind (auth, room, ping,
+    /// session) and outcome.
+    pub fn count_backend(&self, kind: &str, ok: bool) {
+        self.backend_requests
+            .inc(&[kind, if ok { "ok" } else { "error" }]);
+    }
+
+    pub fn count_message(&self, kind: MessageKind) {
+        self.messages[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -1,8 +1,8 @@
 //! The NATS bus against a real `nats-server` (testkit's guard): two buses on
 //! one server stand for two signaling servers.
 
+use hub::bus::nats::{NatsBus, MAX_QUEUED_PUBLISHES};
 use hub::bus::{Bus, BusError, BusHandler, BusMessage, BusPayload, Subscription};
-use hub::bus_nats::{NatsBus, MAX_QUEUED_PUBLISHES};
 use parking_lot::Mutex;
 use runtime::metrics::Registry;
 use std::sync::{Arc, Weak};

@@ -3,8 +3,8 @@
 //! the parsers that see network input never panic.
 
 use hub::mcu::candidates::CandidateFilter;
-use hub::sessionid::{SessionIdCodec, SessionIdData};
 use proptest::prelude::*;
+use proto::sessionid::{SessionIdCodec, SessionIdData};
 
 fn codec() -> SessionIdCodec {
     SessionIdCodec::new(b"0123456789abcdef0123456789abcdef", b"fedcba9876543210")

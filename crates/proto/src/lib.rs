@@ -12,6 +12,7 @@ pub mod backend;
 pub mod client;
 pub mod cluster;
 pub mod proxy;
+pub mod sessionid;
 
 pub use serde_json::value::RawValue;
 

@@ -81,7 +81,7 @@ async fn check_tokens(r: &mut Report, ini: &Ini) {
         Err(e) => r.fail("[tokens]", e),
         Ok(t) if ini.get_string("app", "tokentype", "static") == "etcd" => {
             let endpoints = ini.get_string("tokens", "endpoints", "");
-            match hub::etcd::EtcdClient::from_config(ini, "tokens") {
+            match runtime::etcd::EtcdClient::from_config(ini, "tokens") {
                 Ok(c) => match tokio::time::timeout(Duration::from_secs(5), c.get("/")).await {
                     Ok(Ok(_)) => r.ok("[tokens] etcd", format!("{endpoints} answers")),
                     Ok(Err(e)) => r.fail("[tokens] etcd", e.to_string()),

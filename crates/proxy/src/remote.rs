@@ -75,7 +75,7 @@ impl RemoteSettings {
             hostname,
             token_id,
             token_key,
-            tls: Arc::new(hub::backend_client::tls_client_config(skip)),
+            tls: Arc::new(runtime::tls::tls_client_config(skip)),
         }))
     }
 

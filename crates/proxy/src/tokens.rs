@@ -45,7 +45,7 @@ impl TokenError {
 #[derive(Default)]
 pub struct Tokens {
     keys: HashMap<String, DecodingKey>,
-    etcd: Option<(hub::etcd::EtcdClient, Vec<String>)>,
+    etcd: Option<(runtime::etcd::EtcdClient, Vec<String>)>,
 }
 
 #[derive(serde::Deserialize)]
@@ -67,8 +67,8 @@ impl Tokens {
             "static" => {}
             "etcd" => {
                 let client =
-                    hub::etcd::EtcdClient::from_config(ini, "tokens").map_err(|e| match e {
-                        hub::etcd::EtcdError::Config { .. } => format!("[tokens] {e}"),
+                    runtime::etcd::EtcdClient::from_config(ini, "tokens").map_err(|e| match e {
+                        runtime::etcd::EtcdError::Config { .. } => format!("[tokens] {e}"),
                         e => format!("[tokens] endpoints: {e}"),
                     })?;
                 let formats: Vec<String> = ini

@@ -759,7 +759,7 @@ async fn pxy_token_keys_from_etcd_over_tls() {
     )
     .await
     .unwrap();
-    hub::dns_srv::set_nameservers(vec![dns.addr()]);
+    runtime::dns_srv::set_nameservers(vec![dns.addr()]);
     let with_srv = |domain: &str| {
         Ini::parse(&config(&full).replace(
             &format!("endpoints = {}", etcd.endpoint()),

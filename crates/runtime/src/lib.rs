@@ -8,6 +8,8 @@ pub mod cli;
 pub mod closing;
 pub mod config;
 pub mod dates;
+pub mod dns_srv;
+pub mod etcd;
 pub mod keys;
 pub mod limits;
 pub mod listen;
@@ -18,6 +20,7 @@ pub mod reload;
 pub mod schema;
 pub mod shutdown;
 pub mod signals;
+pub mod tls;
 pub mod upgrade;
 pub mod x509;
 

@@ -158,7 +158,7 @@ async fn check_backends(r: &mut Report, server: &Server) {
         }
         // A request signed with the configured secret: Nextcloud refuses a
         // wrong one before looking at the request.
-        let Some(backend_url) = hub::session::session_backend_url(&b.url) else {
+        let Some(backend_url) = hub::core::session::session_backend_url(&b.url) else {
             continue;
         };
         let ping = serde_json::json!({"type": "ping", "ping": {"roomid": "signaling-check", "entries": []}});
@@ -171,7 +171,7 @@ async fn check_backends(r: &mut Report, server: &Server) {
                 "the shared secret is refused: use the same secret as in Talk's admin settings",
             ),
             Ok(_) => r.ok(&what, "signed request accepted (shared secret matches)"),
-            Err(hub::backend_client::BackendError::Status(s)) if s.as_u16() == 403 => r.fail(
+            Err(hub::backend::client::BackendError::Status(s)) if s.as_u16() == 403 => r.fail(
                 &what,
                 "the shared secret is refused (403): use the same secret as in Talk's admin settings",
             ),
@@ -284,11 +284,11 @@ async fn check_proxies(r: &mut Report, ini: &Ini) {
 
 async fn check_nats(r: &mut Report, ini: &Ini) {
     let url = ini.get_string("nats", "url", "");
-    if hub::bus_nats::is_loopback_url(&url) {
+    if hub::bus::nats::is_loopback_url(&url) {
         r.ok("nats", "in-process bus (single server)");
         return;
     }
-    if let Err(e) = hub::bus_nats::validate_urls(&url) {
+    if let Err(e) = hub::bus::nats::validate_urls(&url) {
         r.fail("[nats] url", format!("{e}"));
         return;
     }

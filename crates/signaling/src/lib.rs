@@ -14,11 +14,11 @@ pub mod turn;
 pub mod ws;
 
 use http::HeaderValue;
-use hub::backends::Backends;
+use hub::bus::nats::{is_loopback_url, NatsBus};
 use hub::bus::{Bus, LoopbackBus};
-use hub::bus_nats::{is_loopback_url, NatsBus};
+use hub::core::backends::Backends;
+use hub::core::settings::HubSettings;
 use hub::metrics::HubMetrics;
-use hub::settings::HubSettings;
 use hub::Hub;
 use parking_lot::RwLock;
 use runtime::config::{ConfigError, Ini};

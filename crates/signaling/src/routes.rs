@@ -355,7 +355,7 @@ async fn backend_room(
         return auth_failed(server, ip).await;
     }
     // Nextcloud signs every request with a fresh random: one seen before
-    // is a replay of a captured request (`hub::replay`).
+    // is a replay of a captured request (`hub::backend::replay`).
     if !server.hub.accept_backend_random(&backend.id, &random) {
         warn!(peer = %ip, backend = %backend.id, "backend request refused as a replay (its random was used before)");
         return text(StatusCode::FORBIDDEN, "Authentication check failed");
@@ -380,7 +380,7 @@ async fn backend_room(
     }
     match server.hub.handle_room_request(&backend, roomid, request) {
         Ok(()) => json(Bytes::from_static(b"{}")),
-        Err(hub::backend_api::ApiError::BadRequest(m)) => text(StatusCode::BAD_REQUEST, &m),
+        Err(hub::backend::api::ApiError::BadRequest(m)) => text(StatusCode::BAD_REQUEST, &m),
         Err(e) => {
             warn!(error = %e, "backend request failed");
             text(StatusCode::INTERNAL_SERVER_ERROR, "Error while processing")

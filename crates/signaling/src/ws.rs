@@ -3,7 +3,7 @@
 //! enforces the hello deadline and the read deadline.
 
 use futures_util::{SinkExt, StreamExt};
-use hub::conn::{Frame, Outbound};
+use hub::core::conn::{Frame, Outbound};
 use hub::{Hub, Pending};
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -25,7 +25,7 @@ pub const MAX_MESSAGE_SIZE: usize = 64 * 1024;
 const PING_INTERVAL: Duration = Duration::from_secs(54);
 const PONG_WAIT: Duration = Duration::from_secs(60);
 const WRITE_WAIT: Duration = Duration::from_secs(10);
-const HELLO_TIMEOUT: Duration = hub::settings::HELLO_TIMEOUT;
+const HELLO_TIMEOUT: Duration = hub::core::settings::HELLO_TIMEOUT;
 /// Messages read ahead while an earlier one waits for the backend.
 const MAX_QUEUED: usize = 16;
 
@@ -90,8 +90,8 @@ async fn run<S>(
     // socket did not take in full go back to the session for a resume.
     let mut in_flight: VecDeque<(u64, Frame)> = VecDeque::new();
     let mut queued_bytes: u64 = 0;
-    // Clustering: the session is on another server (see `hub::relay`).
-    let mut relay: Option<Box<hub::relay::RelayLink>> = None;
+    // Clustering: the session is on another server (see `hub::cluster::relay`).
+    let mut relay: Option<Box<hub::cluster::relay::RelayLink>> = None;
     // The client closed (or the socket failed): nothing to wait for at the end.
     let mut peer_gone = false;
 
@@ -307,16 +307,16 @@ struct RelayIo<K, R> {
 /// holder keeps what was not confirmed for the next resume).
 async fn relayed<K, R>(
     hub: Arc<Hub>,
-    conn: Arc<hub::conn::Conn>,
+    conn: Arc<hub::core::conn::Conn>,
     io: RelayIo<K, R>,
-    mut link: hub::relay::RelayLink,
+    mut link: hub::cluster::relay::RelayLink,
     kill: CancellationToken,
     shutdown: CancellationToken,
 ) where
     K: futures_util::Sink<Message, Error = WsError> + Unpin,
     R: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
 {
-    use hub::relay::{Down, ACK_DELAY, ACK_EVERY};
+    use hub::cluster::relay::{Down, ACK_DELAY, ACK_EVERY};
     let RelayIo {
         mut sink,
         mut stream,

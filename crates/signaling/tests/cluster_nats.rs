@@ -49,7 +49,7 @@ async fn cluster() -> Cluster {
 
 impl Cluster {
     /// Both servers' NATS buses, to wait for their connection state.
-    fn buses(&self) -> Vec<std::sync::Arc<hub::bus_nats::NatsBus>> {
+    fn buses(&self) -> Vec<std::sync::Arc<hub::bus::nats::NatsBus>> {
         self.servers
             .iter()
             .map(|s| s.nats.clone().expect("a NATS bus"))

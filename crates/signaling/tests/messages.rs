@@ -624,7 +624,7 @@ async fn rte_01_reencoded_public_id_reaches_the_session() {
     let mut a = s.user("alice").await;
     let mut b = s.user("bob").await;
     let codec =
-        hub::sessionid::SessionIdCodec::new(HASH_KEY.as_bytes(), BLOCK_KEY.as_bytes()).unwrap();
+        proto::sessionid::SessionIdCodec::new(HASH_KEY.as_bytes(), BLOCK_KEY.as_bytes()).unwrap();
     let data = codec.decode_private(b.resume_id().unwrap()).unwrap();
     let other_encoding = codec.encode_public(&data);
     assert_ne!(

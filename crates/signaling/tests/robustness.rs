@@ -520,7 +520,7 @@ async fn slow_reader_is_cut_off_and_loses_nothing() {
 
 /// The queue of a disconnected session is bounded: 10,000 messages are kept,
 /// the 10,001st ends the session. (Deliberate difference: upstream keeps an
-/// unbounded list; see `MAX_PENDING_MESSAGES` in crates/hub/src/settings.rs.)
+/// unbounded list; see `MAX_PENDING_MESSAGES` in crates/hub/src/core/settings.rs.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_queue_of_disconnected_session_is_bounded() {
     const LIMIT: u64 = 10_000;

@@ -9,7 +9,7 @@ use super::session::{close_in_background, SessionListener};
 use super::{
     CodecPrefs, McuClient, McuError, MediaTypes, PublisherParams, StreamType, SubscriberParams,
 };
-use crate::session::{
+use crate::core::session::{
     ClientSession, PERMISSION_PUBLISH_AUDIO, PERMISSION_PUBLISH_MEDIA, PERMISSION_PUBLISH_SCREEN,
     PERMISSION_PUBLISH_VIDEO,
 };

@@ -14,7 +14,7 @@ use super::session::{
     close_in_background, mcu_message, own_message, send_mcu_response, SubscriberKey,
 };
 use super::{McuClient, McuError, McuMessage, StreamType, STALL_NOTICE};
-use crate::session::ClientSession;
+use crate::core::session::ClientSession;
 use crate::Hub;
 
 /// After asking a client with `requestoffer` to publish again, how long to

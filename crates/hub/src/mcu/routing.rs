@@ -14,7 +14,7 @@ use super::objects::{get_or_create_publisher, get_or_create_subscriber};
 use super::sdp::media_types;
 use super::session::send_mcu_response;
 use super::{McuClient, McuError, McuMessage, MediaTypes, StreamType};
-use crate::session::{
+use crate::core::session::{
     ClientSession, PERMISSION_PUBLISH_AUDIO, PERMISSION_PUBLISH_MEDIA, PERMISSION_PUBLISH_SCREEN,
     PERMISSION_PUBLISH_VIDEO,
 };

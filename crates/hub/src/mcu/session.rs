@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 use proto::client::{MessageServerMessage, Sender, ServerMessage, RECIPIENT_SESSION};
 
 use super::{McuClient, McuListener, StreamType};
-use crate::session::ClientSession;
+use crate::core::session::ClientSession;
 
 pub(crate) type SubscriberKey = (Arc<str>, StreamType);
 

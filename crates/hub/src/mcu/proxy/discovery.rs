@@ -75,7 +75,11 @@ impl Inner {
     }
 
     /// `urltype = etcd`: follow the proxies listed under the key prefix.
-    pub(super) async fn discover(self: Arc<Self>, client: crate::etcd::EtcdClient, prefix: String) {
+    pub(super) async fn discover(
+        self: Arc<Self>,
+        client: runtime::etcd::EtcdClient,
+        prefix: String,
+    ) {
         let mut known: Option<Vec<String>> = None;
         loop {
             match client.get_prefix(&prefix).await {

@@ -44,7 +44,7 @@ pub struct ProxySettings {
     pub urls: Vec<String>,
     /// `urltype = etcd`: the etcd client and the key prefix whose values
     /// (`{"address": "http://proxy:9090"}`) name the proxies.
-    pub etcd: Option<(crate::etcd::EtcdClient, String)>,
+    pub etcd: Option<(runtime::etcd::EtcdClient, String)>,
     /// `dnsdiscovery`: connect to every address a URL's host resolves to,
     /// following DNS changes.
     pub dns_discovery: bool,
@@ -77,8 +77,8 @@ impl ProxySettings {
             }
             "etcd" => {
                 let client =
-                    crate::etcd::EtcdClient::from_config(ini, "mcu").map_err(|e| match e {
-                        crate::etcd::EtcdError::Config { key, reason } => (key, reason),
+                    runtime::etcd::EtcdClient::from_config(ini, "mcu").map_err(|e| match e {
+                        runtime::etcd::EtcdError::Config { key, reason } => (key, reason),
                         e => ("endpoints", e.to_string()),
                     })?;
                 let prefix = ini.get_string("mcu", "keyprefix", "");
@@ -117,7 +117,7 @@ impl ProxySettings {
         if skip_verify {
             warn!("proxy certificate verification is disabled ([mcu] skipverify)");
         }
-        let tls = Arc::new(crate::backend_client::tls_client_config(skip_verify));
+        let tls = Arc::new(runtime::tls::tls_client_config(skip_verify));
         Ok(ProxySettings {
             urls,
             etcd,

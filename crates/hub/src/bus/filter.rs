@@ -5,7 +5,7 @@ use proto::client::{EventServerMessage, RoomEventMessage, ServerMessage, Session
 use serde_json::Value;
 use std::sync::Arc;
 
-use crate::conn::OutMsg;
+use crate::bus::message::OutMsg;
 
 /// A copy without display names, or `None` when nothing needed to change.
 pub fn hide_display_names(msg: &Arc<OutMsg>) -> Option<Arc<OutMsg>> {

@@ -1,6 +1,6 @@
 //! Questions one server of a cluster asks the others, over NATS
 //! request/reply: who holds the session a client wants to resume (then the
-//! connection is relayed there, see [`crate::relay`]), where a publisher on
+//! connection is relayed there, see [`crate::cluster::relay`]), where a publisher on
 //! another server streams from (so a subscriber here can join it), a
 //! dial-out for a bridge connected elsewhere, and how many sessions of a
 //! backend with a session limit the others have.
@@ -10,6 +10,14 @@
 //! `cluster.nodes` reports) said no, instead of always waiting for the
 //! timeout. A node it does not know yet (just started) may still answer
 //! before the timeout.
+
+pub mod nodes;
+mod publishers;
+pub mod relay;
+
+pub(crate) use publishers::{
+    announce_publisher_replaced, publisher_location, remote_publisher, remote_publisher_replaced,
+};
 
 use async_nats::Client;
 use futures_util::StreamExt;
@@ -26,7 +34,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::bus_nats::NatsBus;
+use crate::bus::nats::NatsBus;
 use crate::Hub;
 
 /// How long an asker waits for answers to a quick question (resume,
@@ -142,6 +150,9 @@ fn answer<T: Serialize>(node: &str, answer: Option<T>) -> Vec<u8> {
 
 /// Answer the other nodes' questions until `shutdown`. Each question is
 /// handled in its own task: a dial-out waits for a bridge for up to 45 s.
+///
+/// Long because it is one flat `match` over the question subjects, each
+/// arm decoding the question and calling the function that answers it.
 pub(crate) async fn serve(hub: Weak<Hub>, cluster: Arc<Cluster>, shutdown: CancellationToken) {
     // The bus creates its client right after it started; wait for it.
     let client = loop {
@@ -194,7 +205,7 @@ pub(crate) async fn serve(hub: Weak<Hub>, cluster: Arc<Cluster>, shutdown: Cance
             match serde_json::from_slice::<PublisherNews>(&m.payload) {
                 Ok(n) if *n.node != *hub.node_id => {
                     if let Some(stream) = crate::mcu::StreamType::parse(&n.stream) {
-                        hub.remote_publisher_replaced(&n.session, stream);
+                        remote_publisher_replaced(&hub, &n.session, stream);
                     }
                 }
                 Ok(_) => {}
@@ -211,28 +222,29 @@ pub(crate) async fn serve(hub: Weak<Hub>, cluster: Arc<Cluster>, shutdown: Cance
             let body = match m.subject.as_str() {
                 RESUME_SUBJECT => match serde_json::from_slice::<ResumeRequest>(&m.payload) {
                     Ok(q) => {
-                        let found = crate::relay::take_over(&hub, &client, q, shutdown).await;
+                        let found =
+                            crate::cluster::relay::take_over(&hub, &client, q, shutdown).await;
                         answer(&hub.node_id, found.then_some(true))
                     }
                     Err(e) => return debug!(error = %e, "bad resume question"),
                 },
                 PUBLISHER_SUBJECT => match serde_json::from_slice::<PublisherRequest>(&m.payload) {
-                    Ok(q) => answer(&hub.node_id, hub.publisher_location(&q).await),
+                    Ok(q) => answer(&hub.node_id, publisher_location(&hub, &q).await),
                     Err(e) => return debug!(error = %e, "bad publisher question"),
                 },
                 ROOM_SUBJECT => match serde_json::from_slice::<RoomQuestion>(&m.payload) {
-                    Ok(q) => answer(&hub.node_id, hub.room_presence_for(&q)),
+                    Ok(q) => answer(&hub.node_id, room_presence_for(&hub, &q)),
                     Err(e) => return debug!(error = %e, "bad room question"),
                 },
                 ROOM_SESSION_SUBJECT => {
                     match serde_json::from_slice::<RoomSessionQuestion>(&m.payload) {
-                        Ok(q) => answer(&hub.node_id, hub.replaced_room_session(&q)),
+                        Ok(q) => answer(&hub.node_id, replaced_room_session(&hub, &q)),
                         Err(e) => return debug!(error = %e, "bad room session question"),
                     }
                 }
                 SESSION_COUNT_SUBJECT => {
                     match serde_json::from_slice::<SessionCountQuestion>(&m.payload) {
-                        Ok(q) => answer(&hub.node_id, hub.session_count_for(&q)),
+                        Ok(q) => answer(&hub.node_id, session_count_for(&hub, &q)),
                         Err(e) => return debug!(error = %e, "bad session count question"),
                     }
                 }
@@ -259,244 +271,159 @@ pub const ROOM_QUESTION_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a hello waits for the other nodes' session counts (as upstream).
 pub const SESSION_COUNT_TIMEOUT: Duration = Duration::from_secs(1);
 
-impl Hub {
-    /// Another node checks a hello against a session limit: the sessions
-    /// of the backend we count (those still being checked included).
-    fn session_count_for(&self, q: &SessionCountQuestion) -> Option<u64> {
-        if *q.node == *self.node_id {
-            return None;
-        }
-        let count = self.backends.by_id(&q.backend)?.counted_sessions();
-        (count > 0).then_some(count)
+/// Another node checks a hello against a session limit: the sessions
+/// of the backend we count (those still being checked included).
+fn session_count_for(hub: &Hub, q: &SessionCountQuestion) -> Option<u64> {
+    if *q.node == *hub.node_id {
+        return None;
     }
+    let count = hub.backends.by_id(&q.backend)?.counted_sessions();
+    (count > 0).then_some(count)
+}
 
-    /// Count a new client session of `backend` against its `sessionlimit`.
-    /// It is reserved here first; then, when other nodes are live, they are
-    /// asked for their counts (their reservations included), so the limit
-    /// holds for the whole cluster at the moment of the hello, as upstream
-    /// asks its peers. Two hellos racing on different nodes for the last
-    /// place may both be refused, never both accepted. A single server (or
-    /// a backend without a limit) asks nobody.
-    pub(crate) async fn count_session(
-        &self,
-        backend: &crate::backends::Backend,
-        public_id: &Arc<str>,
-    ) -> Result<(), proto::client::Error> {
-        backend.add_session(public_id, 0)?;
-        if backend.session_limit == 0 {
-            return Ok(());
-        }
-        let Some(cluster) = self.cluster.get().cloned() else {
-            return Ok(());
-        };
-        let peers = self.live_nodes();
-        if peers == 0 {
-            return Ok(());
-        }
-        let question = SessionCountQuestion {
-            node: self.node_id.to_string(),
-            backend: backend.id.clone(),
-        };
-        let elsewhere: Vec<u64> = cluster
-            .ask_all(
-                SESSION_COUNT_SUBJECT,
-                &question,
-                peers,
-                SESSION_COUNT_TIMEOUT,
-            )
-            .await;
-        let total = backend.counted_sessions() + elsewhere.iter().sum::<u64>();
-        if total > backend.session_limit {
-            backend.remove_session(public_id);
-            return Err(crate::backends::session_limit_exceeded());
-        }
-        Ok(())
+/// Count a new client session of `backend` against its `sessionlimit`.
+/// It is reserved here first; then, when other nodes are live, they are
+/// asked for their counts (their reservations included), so the limit
+/// holds for the whole cluster at the moment of the hello, as upstream
+/// asks its peers. Two hellos racing on different nodes for the last
+/// place may both be refused, never both accepted. A single server (or
+/// a backend without a limit) asks nobody.
+pub(crate) async fn count_session(
+    hub: &Hub,
+    backend: &crate::core::backends::Backend,
+    public_id: &Arc<str>,
+) -> Result<(), proto::client::Error> {
+    backend.add_session(public_id, 0)?;
+    if backend.session_limit == 0 {
+        return Ok(());
     }
-
-    /// Another node starts hosting a room: our members of it, if any.
-    fn room_presence_for(&self, q: &RoomQuestion) -> Option<proto::cluster::RoomPresence> {
-        if *q.node == *self.node_id {
-            return None;
-        }
-        let backend = self.backends.by_id(&q.backend)?;
-        self.room_for(&backend, &q.roomid)?.presence(self)
+    let Some(cluster) = hub.cluster.get().cloned() else {
+        return Ok(());
+    };
+    let peers = hub.live_nodes();
+    if peers == 0 {
+        return Ok(());
     }
-
-    /// Another node's session joined with a Talk session id: an older
-    /// session of ours with it is told `bye`.
-    fn replaced_room_session(&self, q: &RoomSessionQuestion) -> Option<bool> {
-        if *q.node == *self.node_id {
-            return None;
-        }
-        let ours = self.session_for_room_session(&q.roomsessionid)?;
-        if *ours == *q.sessionid {
-            return None;
-        }
-        self.send_bye_to(&ours, "room_session_reconnected");
-        Some(true)
+    let question = SessionCountQuestion {
+        node: hub.node_id.to_string(),
+        backend: backend.id.clone(),
+    };
+    let elsewhere: Vec<u64> = cluster
+        .ask_all(
+            SESSION_COUNT_SUBJECT,
+            &question,
+            peers,
+            SESSION_COUNT_TIMEOUT,
+        )
+        .await;
+    let total = backend.counted_sessions() + elsewhere.iter().sum::<u64>();
+    if total > backend.session_limit {
+        backend.remove_session(public_id);
+        return Err(crate::core::backends::session_limit_exceeded());
     }
+    Ok(())
+}
 
-    /// A session of ours joins with Talk session id `room_session_id`:
-    /// the other nodes end an older session with it (the local one is
-    /// handled by the caller). Returns once every live node answered (or
-    /// the timeout passed), so the older session got its `bye` before it
-    /// could see the new one join, as on one server.
-    pub(crate) async fn replace_room_session_elsewhere(&self, room_session_id: &str, joined: &str) {
-        let Some(cluster) = self.cluster.get().cloned() else {
-            return;
-        };
-        let peers = self.live_nodes();
-        if peers == 0 {
-            return;
-        }
-        let question = RoomSessionQuestion {
-            node: self.node_id.to_string(),
-            roomsessionid: room_session_id.to_owned(),
-            sessionid: joined.to_owned(),
-        };
-        let _: Vec<bool> = cluster
-            .ask_all(
-                ROOM_SESSION_SUBJECT,
-                &question,
-                peers,
-                ROOM_QUESTION_TIMEOUT,
-            )
-            .await;
+/// Another node starts hosting a room: our members of it, if any.
+fn room_presence_for(hub: &Hub, q: &RoomQuestion) -> Option<proto::cluster::RoomPresence> {
+    if *q.node == *hub.node_id {
+        return None;
     }
+    let backend = hub.backends.by_id(&q.backend)?;
+    hub.room_for(&backend, &q.roomid)?.presence(hub)
+}
 
-    /// A signed backend API request with `random` arrived for `backend`:
-    /// false when the random was used before (a replay; counted). In a
-    /// cluster the other nodes are told the random.
-    pub fn accept_backend_random(&self, backend: &str, random: &str) -> bool {
-        if !self
-            .replays
-            .check_and_record(backend, random, std::time::Instant::now())
-        {
-            self.metrics.backend_replays.inc(&[backend]);
-            return false;
-        }
-        if let Some(client) = self.cluster.get().and_then(|c| c.client()) {
-            let news = RandomSeen {
-                node: self.node_id.to_string(),
-                backend: backend.to_owned(),
-                random: random.to_owned(),
-            };
-            if let Ok(body) = serde_json::to_vec(&news) {
-                tokio::spawn(async move {
-                    if let Err(e) = client.publish(RANDOM_SUBJECT, body.into()).await {
-                        debug!(error = %e, "random not shared with the cluster");
-                    }
-                });
-            }
-        }
-        true
+/// Another node's session joined with a Talk session id: an older
+/// session of ours with it is told `bye`.
+fn replaced_room_session(hub: &Hub, q: &RoomSessionQuestion) -> Option<bool> {
+    if *q.node == *hub.node_id {
+        return None;
     }
+    let ours = hub.session_for_room_session(&q.roomsessionid)?;
+    if *ours == *q.sessionid {
+        return None;
+    }
+    hub.send_bye_to(&ours, "room_session_reconnected");
+    Some(true)
+}
 
-    /// Tell the other nodes that `session` replaced its `stream` publisher,
-    /// so that their subscribers of it follow the new one (one Janus or
-    /// proxy tells a subscriber on another server nothing when the old
-    /// publisher's room goes away).
-    pub(crate) fn announce_publisher_replaced(
-        &self,
-        session: &str,
-        stream: crate::mcu::StreamType,
-    ) {
-        let Some(client) = self.cluster.get().and_then(|c| c.client()) else {
-            return;
-        };
-        let news = PublisherNews {
-            node: self.node_id.to_string(),
-            session: session.to_owned(),
-            stream: stream.as_str().to_owned(),
+/// A session of ours joins with Talk session id `room_session_id`:
+/// the other nodes end an older session with it (the local one is
+/// handled by the caller). Returns once every live node answered (or
+/// the timeout passed), so the older session got its `bye` before it
+/// could see the new one join, as on one server.
+pub(crate) async fn replace_room_session_elsewhere(hub: &Hub, room_session_id: &str, joined: &str) {
+    let Some(cluster) = hub.cluster.get().cloned() else {
+        return;
+    };
+    let peers = hub.live_nodes();
+    if peers == 0 {
+        return;
+    }
+    let question = RoomSessionQuestion {
+        node: hub.node_id.to_string(),
+        roomsessionid: room_session_id.to_owned(),
+        sessionid: joined.to_owned(),
+    };
+    let _: Vec<bool> = cluster
+        .ask_all(
+            ROOM_SESSION_SUBJECT,
+            &question,
+            peers,
+            ROOM_QUESTION_TIMEOUT,
+        )
+        .await;
+}
+
+/// A signed backend API request with `random` arrived for `backend`:
+/// false when the random was used before (a replay; counted). In a
+/// cluster the other nodes are told the random.
+pub fn accept_backend_random(hub: &Hub, backend: &str, random: &str) -> bool {
+    if !hub
+        .replays
+        .check_and_record(backend, random, std::time::Instant::now())
+    {
+        hub.metrics.backend_replays.inc(&[backend]);
+        return false;
+    }
+    if let Some(client) = hub.cluster.get().and_then(|c| c.client()) {
+        let news = RandomSeen {
+            node: hub.node_id.to_string(),
+            backend: backend.to_owned(),
+            random: random.to_owned(),
         };
         if let Ok(body) = serde_json::to_vec(&news) {
             tokio::spawn(async move {
-                if let Err(e) = client.publish(PUBLISHER_NEWS_SUBJECT, body.into()).await {
-                    debug!(error = %e, "publisher news not shared with the cluster");
+                if let Err(e) = client.publish(RANDOM_SUBJECT, body.into()).await {
+                    debug!(error = %e, "random not shared with the cluster");
                 }
             });
         }
     }
+    true
+}
 
-    /// Another node replaced `publisher`'s `stream` publisher: our sessions'
-    /// subscribers of it are dropped and follow the new one (a fresh offer
-    /// with a new sid is pushed to their clients).
-    pub(crate) fn remote_publisher_replaced(
-        self: &Arc<Self>,
-        publisher: &str,
-        stream: crate::mcu::StreamType,
-    ) {
-        let key: crate::mcu::session::SubscriberKey = (publisher.into(), stream);
-        for s in self.client_sessions() {
-            let Some(old) = s.with_mcu(|m| m.subscribers.remove(&key)) else {
-                continue;
-            };
-            debug!(session = %s.public_id, publisher, stream = stream.as_str(), "remote publisher replaced, following it");
-            crate::mcu::session::close_in_background(vec![old]);
-            crate::mcu::recovery::follow_publisher(self, &s, key.0.clone(), stream);
-        }
+/// A room new on this node: learn the members other nodes have, before
+/// the first joiner here is told who is in the room.
+pub(crate) async fn learn_room(hub: &Hub, room: &crate::core::room::Room) {
+    let Some(cluster) = hub.cluster.get() else {
+        return;
+    };
+    let question = RoomQuestion {
+        node: hub.node_id.to_string(),
+        backend: room.backend.id.clone(),
+        roomid: room.id.clone(),
+    };
+    let answers: Vec<proto::cluster::RoomPresence> = cluster
+        .ask_all(
+            ROOM_SUBJECT,
+            &question,
+            hub.live_nodes(),
+            ROOM_QUESTION_TIMEOUT,
+        )
+        .await;
+    for p in &answers {
+        room.apply_presence(hub, p);
     }
-
-    /// A room new on this node: learn the members other nodes have, before
-    /// the first joiner here is told who is in the room.
-    pub(crate) async fn learn_room(&self, room: &crate::room::Room) {
-        let Some(cluster) = self.cluster.get() else {
-            return;
-        };
-        let question = RoomQuestion {
-            node: self.node_id.to_string(),
-            backend: room.backend.id.clone(),
-            roomid: room.id.clone(),
-        };
-        let answers: Vec<proto::cluster::RoomPresence> = cluster
-            .ask_all(
-                ROOM_SUBJECT,
-                &question,
-                self.live_nodes(),
-                ROOM_QUESTION_TIMEOUT,
-            )
-            .await;
-        for p in &answers {
-            room.apply_presence(self, p);
-        }
-        room.learn_tracked_from(&answers);
-    }
-
-    /// Another server has a subscriber for a publisher that may be here.
-    pub(crate) async fn publisher_location(
-        &self,
-        q: &PublisherRequest,
-    ) -> Option<serde_json::Value> {
-        let mcu = self.mcu.clone()?;
-        let stream = crate::mcu::StreamType::parse(&q.stream)?;
-        match self.session_by_public_id(&q.publisher)? {
-            crate::session::AnySession::Client(_) => {}
-            _ => return None,
-        }
-        mcu.publisher_location(&q.publisher, stream).await
-    }
-
-    /// Ask the cluster where `publisher` (not a session of this server)
-    /// streams. The holder waits for the publisher up to its MCU timeout.
-    pub(crate) async fn remote_publisher(
-        &self,
-        publisher: &str,
-        stream: crate::mcu::StreamType,
-        mcu_timeout: Duration,
-    ) -> Option<serde_json::Value> {
-        let cluster = self.cluster.get()?;
-        let question = PublisherRequest {
-            node: self.node_id.to_string(),
-            publisher: publisher.to_owned(),
-            stream: stream.as_str().to_owned(),
-        };
-        cluster
-            .ask(
-                PUBLISHER_SUBJECT,
-                &question,
-                self.live_nodes(),
-                mcu_timeout + Duration::from_secs(1),
-            )
-            .await
-    }
+    room.learn_tracked_from(&answers);
 }

@@ -81,7 +81,7 @@ impl HubSettings {
             skip_verify: ini.get_bool("backend", "skipverify", false)?,
             allow_subscribe_any: ini.get_bool("app", "allowsubscribeany", false)?,
             resume_window: Duration::from_secs(resume as u64),
-            presence_interval: if crate::bus_nats::is_loopback_url(
+            presence_interval: if crate::bus::nats::is_loopback_url(
                 &ini.get_string("nats", "url", ""),
             ) {
                 None

@@ -34,192 +34,66 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, Instrument};
 
-use crate::conn::{Conn, Frame, Outbound};
+use crate::bus::relay_link::*;
+pub use crate::bus::relay_link::{Down, RelayLink, ACK_DELAY, ACK_EVERY};
+use crate::core::conn::{Conn, Frame, Outbound};
 use crate::{Hub, Pending};
 
-/// B acknowledges at least this often (in frames), and this long after a
-/// write, besides every keepalive.
-pub const ACK_EVERY: u64 = 64;
-pub const ACK_DELAY: Duration = Duration::from_millis(50);
-/// Frames A keeps unacknowledged before it gives the relay up.
-const MAX_UNACKED: usize = 4096;
-/// Client frames A reads ahead while an earlier one waits for the backend.
-const MAX_QUEUED_UP: usize = 256;
-
-const TEXT: u8 = b'T';
-const CLOSE: u8 = b'C';
-const AWAY: u8 = b'A';
-const ALIVE: u8 = b'K';
-const BINARY: u8 = b'B';
-
-fn subjects(relay: &str) -> (String, String) {
-    (format!("relay.{relay}.up"), format!("relay.{relay}.down"))
-}
-
-fn tagged(tag: u8, n: u64) -> Bytes {
-    let mut b = BytesMut::with_capacity(9);
-    b.put_u8(tag);
-    b.put_u64(n);
-    b.freeze()
-}
-
-fn count(payload: &[u8]) -> u64 {
-    payload
-        .get(1..9)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map_or(0, u64::from_be_bytes)
-}
-
-fn is_hello_answer(frame: &str) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Kind<'a> {
-        #[serde(rename = "type", borrow)]
-        kind: std::borrow::Cow<'a, str>,
+/// B: the session is not here; ask the cluster who has it. On success
+/// the connection task gets the link (through its queue) and from then
+/// on passes frames; the holder answers the hello itself.
+pub(crate) async fn resume_elsewhere(
+    hub: &Hub,
+    conn: &Arc<Conn>,
+    resume_id: &str,
+    hello: &str,
+) -> bool {
+    let Some(cluster) = hub.cluster.get() else {
+        return false;
+    };
+    // Not even one of our ids: no need to ask anyone.
+    if hub.codec.decode_private(resume_id).is_err() {
+        return false;
     }
-    serde_json::from_str::<Kind>(frame).is_ok_and(|k| k.kind == "hello")
-}
-
-/// What the session's server sent for the client.
-#[derive(Debug)]
-pub enum Down {
-    Text(u64, Frame),
-    /// Close the client's socket normally (bye, session closed).
-    Close,
-    /// Close it as "going away": the client should reconnect and resume.
-    Away,
-    Alive,
-}
-
-/// B's end: the client's socket is here, its session on `holder`.
-pub struct RelayLink {
-    client: Client,
-    up: String,
-    down: Subscriber,
-    interval: Duration,
-}
-
-impl std::fmt::Debug for RelayLink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RelayLink").field("up", &self.up).finish()
+    let Some(client) = cluster.client() else {
+        return false;
+    };
+    let relay = proto::backend::random_hex(16);
+    let (up, down) = subjects(&relay);
+    // Subscribed before asking, so the holder's first frames (the hello
+    // answer) cannot come too early.
+    let Ok(down) = client.subscribe(down).await else {
+        return false;
+    };
+    let question = ResumeRequest {
+        node: hub.node_id.to_string(),
+        resumeid: resume_id.to_owned(),
+        relay,
+        hello: hello.to_owned(),
+        addr: conn.remote_addr.clone(),
+        agent: conn.user_agent.clone(),
+    };
+    let found: Option<bool> = cluster
+        .ask(
+            proto::cluster::RESUME_SUBJECT,
+            &question,
+            hub.live_nodes(),
+            crate::cluster::ASK_TIMEOUT,
+        )
+        .await;
+    if found != Some(true) {
+        return false;
     }
-}
-
-impl RelayLink {
-    /// Keepalive interval; the other end is gone after three of silence.
-    pub fn interval(&self) -> Duration {
-        self.interval
-    }
-
-    /// The next frame from the session's server; `None` when NATS ended
-    /// the subscription.
-    pub async fn recv(&mut self) -> Option<Down> {
-        loop {
-            let m = self.down.next().await?;
-            let p = &m.payload;
-            match p.first() {
-                Some(&TEXT) if p.len() >= 9 => {
-                    let Ok(text) = String::from_utf8(p[9..].to_vec()) else {
-                        debug!("relay frame is not UTF-8");
-                        continue;
-                    };
-                    return Some(Down::Text(count(p), Frame::from(text)));
-                }
-                Some(&CLOSE) => return Some(Down::Close),
-                Some(&AWAY) => return Some(Down::Away),
-                Some(&ALIVE) => return Some(Down::Alive),
-                _ => debug!("unknown relay frame"),
-            }
-        }
-    }
-
-    pub async fn send_text(&self, text: &str) {
-        let mut b = BytesMut::with_capacity(1 + text.len());
-        b.put_u8(TEXT);
-        b.put_slice(text.as_bytes());
-        self.publish(b.freeze()).await
-    }
-
-    pub async fn send_binary(&self) {
-        self.publish(Bytes::from_static(&[BINARY])).await
-    }
-
-    /// Everything up to `written` reached the client's socket.
-    pub async fn ack(&self, written: u64) {
-        self.publish(tagged(ALIVE, written)).await
-    }
-
-    /// The client's socket is gone after `written` frames.
-    pub async fn close(&self, written: u64) {
-        self.publish(tagged(CLOSE, written)).await;
-        // Make sure it leaves before the subscription (and maybe the
-        // process) goes.
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.client.flush()).await;
-    }
-
-    async fn publish(&self, payload: Bytes) {
-        if let Err(e) = self.client.publish(self.up.clone(), payload).await {
-            debug!(error = %e, "relay frame not sent");
-        }
-    }
-}
-
-impl Hub {
-    /// B: the session is not here; ask the cluster who has it. On success
-    /// the connection task gets the link (through its queue) and from then
-    /// on passes frames; the holder answers the hello itself.
-    pub(crate) async fn resume_elsewhere(
-        &self,
-        conn: &Arc<Conn>,
-        resume_id: &str,
-        hello: &str,
-    ) -> bool {
-        let Some(cluster) = self.cluster.get() else {
-            return false;
-        };
-        // Not even one of our ids: no need to ask anyone.
-        if self.codec.decode_private(resume_id).is_err() {
-            return false;
-        }
-        let Some(client) = cluster.client() else {
-            return false;
-        };
-        let relay = proto::backend::random_hex(16);
-        let (up, down) = subjects(&relay);
-        // Subscribed before asking, so the holder's first frames (the hello
-        // answer) cannot come too early.
-        let Ok(down) = client.subscribe(down).await else {
-            return false;
-        };
-        let question = ResumeRequest {
-            node: self.node_id.to_string(),
-            resumeid: resume_id.to_owned(),
-            relay,
-            hello: hello.to_owned(),
-            addr: conn.remote_addr.clone(),
-            agent: conn.user_agent.clone(),
-        };
-        let found: Option<bool> = cluster
-            .ask(
-                proto::cluster::RESUME_SUBJECT,
-                &question,
-                self.live_nodes(),
-                crate::cluster::ASK_TIMEOUT,
-            )
-            .await;
-        if found != Some(true) {
-            return false;
-        }
-        let Some(interval) = self.settings.presence_interval else {
-            return false;
-        };
-        info!(peer = %conn.remote_addr, "session is on another server, relaying the connection");
-        conn.relay(Box::new(RelayLink {
-            client,
-            up,
-            down,
-            interval,
-        }))
-    }
+    let Some(interval) = hub.settings.presence_interval else {
+        return false;
+    };
+    info!(peer = %conn.remote_addr, "session is on another server, relaying the connection");
+    conn.relay(Box::new(RelayLink {
+        client,
+        up,
+        down,
+        interval,
+    }))
 }
 
 /// A: another server asks for a session to resume. When it is here, take
@@ -250,6 +124,11 @@ pub(crate) async fn take_over(
 
 /// A's end: run the connection like a socket's (see the `signaling` crate's
 /// connection task, which this mirrors), frames to and from NATS.
+///
+/// Long because it is one `select!` loop over four event sources (client
+/// frames, the hub's queue, acknowledgements, keepalive) sharing the
+/// unacknowledged-frame state; split up, that state would have to be
+/// threaded through every piece.
 async fn hold(
     hub: Arc<Hub>,
     client: Client,

@@ -63,7 +63,6 @@ use async_nats::{Client, ConnectOptions, Event, ServerAddr, Subscriber};
 use bytes::Bytes;
 use futures_util::stream::SelectAll;
 use futures_util::{FutureExt, StreamExt};
-use rand::Rng;
 use runtime::metrics::{Counter, Gauge, Registry};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,9 +71,20 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
+mod config;
+mod order;
+
+#[cfg(test)]
+use config::percent_decode;
+pub use config::{is_loopback_url, validate_urls, NatsConfigError};
+use config::{parse_urls, redact, retry_delay};
+use order::dispatch;
+#[cfg(test)]
+use order::in_sender_order;
+
 use crate::bus::{
-    check_subject, decode_envelope_ordered, encode_envelope_from, Bus, BusError, BusHandler,
-    BusMessage, SubjectTable, Subscription,
+    check_subject, encode_envelope_from, Bus, BusError, BusHandler, BusMessage, SubjectTable,
+    Subscription,
 };
 
 /// Messages the dispatcher takes at most in one go (then other work gets a
@@ -96,26 +106,6 @@ const SYNC_SUBJECT: &str = "cluster.sync";
 /// First and longest delay between connection attempts (upstream: 1 s → 8 s).
 const INITIAL_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(8);
-
-/// Whether `url` selects the in-process bus instead of a NATS server.
-pub fn is_loopback_url(url: &str) -> bool {
-    let url = url.trim();
-    url.is_empty() || url == ":loopback:" || url == "nats://loopback"
-}
-
-/// Checks the syntax of a non-loopback `[nats] url` value without connecting
-/// (`signaling check`); returns the number of server addresses.
-pub fn validate_urls(urls: &str) -> Result<usize, NatsConfigError> {
-    parse_urls(urls).map(|(addrs, _)| addrs.len())
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum NatsConfigError {
-    #[error("invalid NATS server address {addr:?}: {reason}")]
-    Address { addr: String, reason: String },
-    #[error("no NATS server address in {0:?}")]
-    Empty(String),
-}
 
 /// Commands for the task that owns the client, in the order the hub issued them.
 enum Command {
@@ -175,7 +165,7 @@ pub struct NatsBus {
     metrics: Arc<NatsMetrics>,
     connected: watch::Receiver<bool>,
     /// The client, once the task has created it: requests between servers
-    /// ([`crate::cluster`]) use it directly, outside the ordered queue.
+    /// (the cluster layer) use it directly, outside the ordered queue.
     client: std::sync::OnceLock<Client>,
     /// `x-from` of our envelopes (random per process) and the `x-seq`
     /// counter.
@@ -189,84 +179,6 @@ impl std::fmt::Debug for NatsBus {
             .field("connected", &*self.connected.borrow())
             .finish()
     }
-}
-
-/// Split `[nats] url` (a comma list) into server addresses and the
-/// credentials of the first address that has some. The client does not read
-/// credentials from URLs itself; like nats.go, `user:pass@` is a user and
-/// password and a lone `token@` is a token.
-fn parse_urls(urls: &str) -> Result<(Vec<ServerAddr>, ConnectOptions), NatsConfigError> {
-    let mut addrs = Vec::new();
-    let mut options = ConnectOptions::new();
-    let mut have_auth = false;
-    for part in urls.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let addr: ServerAddr =
-            part.parse()
-                .map_err(|e: std::io::Error| NatsConfigError::Address {
-                    addr: redact(part),
-                    reason: e.to_string(),
-                })?;
-        if !have_auth {
-            if let Some(user) = addr.username() {
-                let user = percent_decode(user);
-                options = match addr.password() {
-                    Some(pass) => options.user_and_password(user, percent_decode(pass)),
-                    None => options.token(user),
-                };
-                have_auth = true;
-            }
-        }
-        addrs.push(addr);
-    }
-    if addrs.is_empty() {
-        return Err(NatsConfigError::Empty(redact(urls)));
-    }
-    Ok((addrs, options))
-}
-
-/// `nats://***@host:port` for logs: never print credentials.
-fn redact(url: &str) -> String {
-    url.split(',')
-        .map(|u| match (u.find("://"), u.rfind('@')) {
-            (Some(s), Some(at)) if at > s => format!("{}***{}", &u[..s + 3], &u[at..]),
-            (None, Some(at)) => format!("***{}", &u[at..]),
-            _ => u.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = |c: u8| char::from(c).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                // Two hex digits: at most 0xff, fits a byte.
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Delay before connection attempt `attempts` (1-based, reset after each
-/// successful connect): the first attempt at once (a restarted server is
-/// often back already), then 1 s doubling to 8 s, each ±25 % so that the
-/// nodes of a cluster do not reconnect in lockstep.
-fn retry_delay(attempts: usize) -> Duration {
-    if attempts <= 1 {
-        return Duration::ZERO;
-    }
-    let exp = u32::try_from(attempts - 2).unwrap_or(u32::MAX).min(3);
-    let base = (INITIAL_RETRY * 2u32.pow(exp)).min(MAX_RETRY);
-    base.mul_f64(rand::thread_rng().gen_range(0.75..1.25))
 }
 
 impl NatsBus {
@@ -580,69 +492,6 @@ impl futures_util::Stream for Feed {
             Poll::Pending => Poll::Pending,
         }
     }
-}
-
-/// Decode what arrived, put each sender's messages back in its publish
-/// order, and hand them to the local handlers.
-fn dispatch(bus: &NatsBus, batch: &mut Vec<(Arc<str>, async_nats::Message)>) {
-    let mut decoded = Vec::with_capacity(batch.len());
-    for (subject, m) in batch.drain(..) {
-        match decode_envelope_ordered(&m.payload) {
-            Ok((msg, order)) => decoded.push((subject, msg, order)),
-            Err(e) => warn!(subject = %subject, error = %e, "ignoring NATS message"),
-        }
-    }
-    if decoded.len() > 1 {
-        decoded = in_sender_order(decoded, |(_, _, o)| {
-            o.as_ref().map(|(f, s)| (f.as_str(), *s))
-        });
-    }
-    for (subject, msg, _) in decoded {
-        bus.deliver(&subject, &msg);
-    }
-}
-
-/// Reorder `items` so that each sender's items (same `key().0`) are in
-/// `key().1` order, each sender keeping the positions its items had; items
-/// without a key stay where they are.
-fn in_sender_order<T>(items: Vec<T>, key: impl Fn(&T) -> Option<(&str, u64)>) -> Vec<T> {
-    // Nearly always already in order (a batch has few senders): check that
-    // without allocating first.
-    let mut last: Vec<(&str, u64)> = Vec::new();
-    let mut sorted = true;
-    for (from, seq) in items.iter().filter_map(&key) {
-        match last.iter_mut().find(|(f, _)| *f == from) {
-            Some((_, s)) if *s > seq => {
-                sorted = false;
-                break;
-            }
-            Some((_, s)) => *s = seq,
-            None => last.push((from, seq)),
-        }
-    }
-    drop(last);
-    if sorted {
-        return items;
-    }
-    let mut groups: HashMap<String, Vec<(u64, usize)>> = HashMap::new();
-    for (i, item) in items.iter().enumerate() {
-        if let Some((from, seq)) = key(item) {
-            groups.entry(from.to_owned()).or_default().push((seq, i));
-        }
-    }
-    let mut order: Vec<usize> = (0..items.len()).collect();
-    for group in groups.values() {
-        if group.len() < 2 {
-            continue;
-        }
-        let mut by_seq = group.clone();
-        by_seq.sort_unstable();
-        for ((_, pos), (_, item)) in group.iter().zip(by_seq) {
-            order[*pos] = item;
-        }
-    }
-    let mut slots: Vec<Option<T>> = items.into_iter().map(Some).collect();
-    order.into_iter().filter_map(|i| slots[i].take()).collect()
 }
 
 #[cfg(test)]

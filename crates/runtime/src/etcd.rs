@@ -70,7 +70,7 @@ fn range_end(prefix: &[u8]) -> Vec<u8> {
 /// any: the CA the etcd servers' certificates must chain to (else the
 /// system's roots) and the client certificate etcd may require.
 fn tls_config(
-    ini: &runtime::config::Ini,
+    ini: &crate::config::Ini,
     section: &str,
 ) -> Result<Option<rustls::ClientConfig>, EtcdError> {
     let file = |key: &'static str| ini.get_string(section, key, "");
@@ -99,7 +99,7 @@ fn tls_config(
     };
     let roots = if ca.is_empty() {
         let mut roots = rustls::RootCertStore::empty();
-        for c in crate::backend_client::rustls_native_roots() {
+        for c in crate::tls::rustls_native_roots() {
             let _ = roots.add(c);
         }
         Arc::new(roots)
@@ -151,7 +151,7 @@ impl EtcdClient {
 
     /// The client `[section]` describes: `endpoints` and the TLS keys
     /// (`discoverysrv` is refused).
-    pub fn from_config(ini: &runtime::config::Ini, section: &str) -> Result<EtcdClient, EtcdError> {
+    pub fn from_config(ini: &crate::config::Ini, section: &str) -> Result<EtcdClient, EtcdError> {
         let endpoints = ini.get_string(section, "endpoints", "");
         let tls = tls_config(ini, section)?;
         let domain = ini.get_string(section, "discoverysrv", "");
@@ -216,7 +216,7 @@ impl EtcdClient {
         if endpoints.is_empty() {
             return Err(EtcdError::NoEndpoints);
         }
-        let tls = tls.unwrap_or_else(|| crate::backend_client::tls_client_config(false));
+        let tls = tls.unwrap_or_else(|| crate::tls::tls_client_config(false));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()

@@ -8,13 +8,19 @@
 //! hold locks a handler may take; the hub publishes only after releasing its
 //! own locks.
 
+pub mod filter;
+pub mod message;
+pub mod nats;
+pub mod relay_link;
+
+pub use message::{Frame, OutMsg};
+
 use parking_lot::RwLock;
 use proto::backend::BackendServerRoomRequest;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-use crate::conn::OutMsg;
 use runtime::dates::{civil_from_days, days_from_civil};
 
 /// What travels on the bus (NATS-04 envelope types).

@@ -19,10 +19,11 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 use url::Url;
 
-use crate::backends::Backends;
-use crate::capabilities::{
+use crate::backend::capabilities::{
     capabilities_url, CacheControl, CapabilitiesCache, FetchResult, Lookup, SpreedCapabilities,
 };
+use crate::core::backends::Backends;
+use runtime::tls::tls_client_config;
 
 /// Largest response body accepted from Nextcloud.
 const MAX_RESPONSE_BODY: usize = 4 * 1024 * 1024;
@@ -321,7 +322,7 @@ impl BackendClient {
         self.capabilities(u)
             .await
             .caps
-            .is_some_and(|c| c.has_feature(crate::capabilities::FEATURE_SIGNALING_V3))
+            .is_some_and(|c| c.has_feature(crate::backend::capabilities::FEATURE_SIGNALING_V3))
     }
 
     /// The Talk capabilities of the Nextcloud `u` belongs to, from the cache
@@ -478,82 +479,4 @@ pub struct CapabilitiesProbe {
     pub status: u16,
     pub date: Option<String>,
     pub spreed: Option<SpreedCapabilities>,
-}
-
-/// TLS client settings: the system's root certificates, or (with
-/// `skipverify`, development only) no certificate check at all.
-pub fn tls_client_config(skip_verify: bool) -> rustls::ClientConfig {
-    if skip_verify {
-        return rustls::ClientConfig::builder()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(insecure::AcceptAll::new()))
-            .with_no_client_auth();
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_roots() {
-        let _ = roots.add(cert);
-    }
-    rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth()
-}
-
-pub(crate) fn rustls_native_roots() -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    let result = rustls_native_certs::load_native_certs();
-    for e in &result.errors {
-        debug!(error = %e, "could not load a native root certificate");
-    }
-    result.certs
-}
-
-mod insecure {
-    //! Certificate "verification" for `[backend] skipverify`: accepts anything.
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    use rustls::{DigitallySignedStruct, SignatureScheme};
-
-    #[derive(Debug)]
-    pub struct AcceptAll(Vec<SignatureScheme>);
-
-    impl AcceptAll {
-        pub fn new() -> Self {
-            AcceptAll(
-                rustls::crypto::ring::default_provider()
-                    .signature_verification_algorithms
-                    .supported_schemes(),
-            )
-        }
-    }
-
-    impl ServerCertVerifier for AcceptAll {
-        fn verify_server_cert(
-            &self,
-            _: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            _: &[u8],
-            _: &CertificateDer<'_>,
-            _: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            Ok(HandshakeSignatureValid::assertion())
-        }
-        fn verify_tls13_signature(
-            &self,
-            _: &[u8],
-            _: &CertificateDer<'_>,
-            _: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            Ok(HandshakeSignatureValid::assertion())
-        }
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.clone()
-        }
-    }
 }

@@ -7,18 +7,15 @@
 //! had not received yet goes back to its session for delivery after resume.
 
 use parking_lot::Mutex;
-use proto::client::ServerMessage;
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::session::ClientSession;
-
-/// The text of one frame: shared, immutable, and known to be UTF-8 (built
-/// from a `String`), so writing it needs no validation.
-pub type Frame = tokio_tungstenite::tungstenite::Utf8Bytes;
+pub use crate::bus::message::{Frame, OutMsg};
+use crate::core::session::ClientSession;
 
 /// Frames a connection task is asked to write.
 #[derive(Debug)]
@@ -28,83 +25,12 @@ pub enum Outbound {
     /// Write a normal close frame and end the connection.
     Close,
     /// Clustering: the client's session is on another server; from now on
-    /// pass frames through this link (see [`crate::relay`]).
-    Relay(Box<crate::relay::RelayLink>),
+    /// pass frames through this link (see the cluster layer's `relay` module).
+    Relay(Box<crate::bus::relay_link::RelayLink>),
 }
 
 /// Capacity of a connection's outbound queue, in frames.
 pub const OUTBOUND_QUEUE: usize = 512;
-
-/// A server message serialised at most once, however many sessions receive it.
-#[derive(Debug)]
-pub struct OutMsg {
-    pub msg: ServerMessage,
-    text: OnceLock<Frame>,
-    /// The per-client variants of a backend chat message (`chat-relay`),
-    /// worked out once for all recipients.
-    chat: OnceLock<Option<Arc<crate::filter::ChatVariants>>>,
-}
-
-impl OutMsg {
-    pub fn new(msg: ServerMessage) -> Arc<OutMsg> {
-        Arc::new(OutMsg {
-            msg,
-            text: OnceLock::new(),
-            chat: OnceLock::new(),
-        })
-    }
-
-    /// A message whose text is already known (relayed from a federated
-    /// server: the text keeps fields `msg` does not model).
-    pub fn with_text(msg: ServerMessage, text: String) -> Arc<OutMsg> {
-        Arc::new(OutMsg {
-            msg,
-            text: OnceLock::from(Frame::from(text)),
-            chat: OnceLock::new(),
-        })
-    }
-
-    /// For an `event/room/message` carrying chat comments: what clients with
-    /// and without `chat-relay` get instead. `None` when everyone gets the
-    /// message as it is.
-    pub(crate) fn chat_variants(&self) -> Option<Arc<crate::filter::ChatVariants>> {
-        self.chat
-            .get_or_init(|| crate::filter::chat_variants(&self.msg).map(Arc::new))
-            .clone()
-    }
-
-    /// The frame text, serialised on first use.
-    pub fn frame(&self) -> Frame {
-        self.text
-            .get_or_init(|| Frame::from(self.msg.to_text()))
-            .clone()
-    }
-
-    pub fn is_chat_refresh(&self) -> bool {
-        let m = &self.msg;
-        if m.kind != "message" {
-            return false;
-        }
-        let Some(data) = m.message.as_ref().and_then(|mm| mm.data.as_ref()) else {
-            return false;
-        };
-        #[derive(serde::Deserialize)]
-        struct Chat {
-            #[serde(default)]
-            refresh: bool,
-        }
-        #[derive(serde::Deserialize)]
-        struct Data {
-            #[serde(default, rename = "type")]
-            kind: String,
-            chat: Option<Chat>,
-        }
-        match serde_json::from_str::<Data>(data.get()) {
-            Ok(d) => d.kind == "chat" && d.chat.is_some_and(|c| c.refresh),
-            Err(_) => false,
-        }
-    }
-}
 
 /// One connected WebSocket client.
 ///
@@ -243,7 +169,7 @@ impl Conn {
 
     /// Hand the connection task a relay to another server (after what is
     /// queued); false when the connection is gone.
-    pub(crate) fn relay(&self, link: Box<crate::relay::RelayLink>) -> bool {
+    pub(crate) fn relay(&self, link: Box<crate::bus::relay_link::RelayLink>) -> bool {
         self.relayed.store(true, Ordering::Relaxed);
         self.push(Outbound::Relay(link), OUTBOUND_QUEUE + 1).is_ok()
     }
