@@ -944,6 +944,9 @@ async fn bapi_13_room_session_lookup_follows_local_sessions(t: Topology) {
 
     bob.bye().await;
     assert_eventually!(s.stats_sum("sessions").await == 1);
+    // In a cluster, alice's node must have the news of bob's leave before
+    // the backend's request reaches it (one server: it has it at once).
+    s.settle().await;
     assert_eq!(s.backend_request("room1", incall).await.status, 200);
     let ev = alice
         .recv_matching(|v| {

@@ -1649,6 +1649,9 @@ async fn res_05_chat_refresh_deduplicated_while_away(t: Topology) {
             .await;
         assert_eq!(r.status, 200);
     }
+    // In a cluster, what b's and the backend's nodes published must have
+    // reached alice's node before she resumes (as on one server).
+    s.settle().await;
 
     let mut a = s.client().await;
     a.hello_resume(&rid).await;
@@ -1707,6 +1710,7 @@ async fn res_06_participants_update_on_resume(t: Topology) {
         )
         .await;
     assert_eq!(r.status, 200);
+    s.settle().await;
     let mut a = s.client().await;
     a.hello_resume(&rid).await;
     a.expect_event("room", "message").await;
@@ -1718,6 +1722,7 @@ async fn res_06_participants_update_on_resume(t: Topology) {
     let rid = disconnect(a).await;
     let r = s.backend_request("room1", incall(3)).await;
     assert_eq!(r.status, 200);
+    s.settle().await;
     let mut a = s.client().await;
     a.hello_resume(&rid).await;
     let ev = a.expect_event("participants", "update").await;
@@ -1979,6 +1984,8 @@ both_topologies!(
     res_02_resume_failures,
     res_03_second_connection_takes_over,
     res_04_session_survives_short_disconnect,
+    res_05_chat_refresh_deduplicated_while_away,
+    res_06_participants_update_on_resume,
     res_05_queued_messages_delivered_in_order_after_resume,
     res_07_bye_ends_session,
     res_08_room_session_reconnected,
@@ -1987,15 +1994,3 @@ both_topologies!(
     sid_03_routing_by_public_id_only,
 );
 
-// Single server only for now. The cluster variants failed in 1 of about 4
-// runs under load (an extra participants update after the resume; a chat
-// refresh delivered twice, once through NATS); to be fixed under issue 15.
-#[tokio::test]
-async fn res_05_chat_refresh_deduplicated_while_away_single_server() {
-    res_05_chat_refresh_deduplicated_while_away(Topology::Single).await
-}
-
-#[tokio::test]
-async fn res_06_participants_update_on_resume_single_server() {
-    res_06_participants_update_on_resume(Topology::Single).await
-}

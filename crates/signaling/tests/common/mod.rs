@@ -199,6 +199,54 @@ impl TestServer {
         sum
     }
 
+    /// In a cluster: returns once everything any node published before the
+    /// call has been delivered on every node (a no-op on one server, where
+    /// delivery is done when the publisher's request is answered). Each node
+    /// publishes a marker on a fresh subject all nodes subscribe; a node's
+    /// NATS messages reach the others in publish order, so a node that got
+    /// every node's marker has delivered what they published before it.
+    pub async fn settle(&self) {
+        if !self.is_cluster() {
+            return;
+        }
+        let subject = format!("test-settle.{}", rand_suffix());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut keep = Vec::new();
+        for (i, (server, _)) in self.nodes.iter().enumerate() {
+            let handler: Arc<dyn hub::bus::BusHandler> = Arc::new(SettleHandler {
+                node: i,
+                tx: tx.clone(),
+            });
+            let sub = server
+                .hub
+                .bus
+                .subscribe(&subject, Arc::downgrade(&handler))
+                .expect("settle subject");
+            if let Some(active) = server.hub.bus.subscriptions_active() {
+                let _ = tokio::time::timeout(Duration::from_secs(5), active).await;
+            }
+            keep.push((handler, sub));
+        }
+        for (i, (server, _)) in self.nodes.iter().enumerate() {
+            let status = proto::cluster::NodeStatus {
+                node: format!("settle-{i}"),
+                ..Default::default()
+            };
+            let msg = hub::bus::BusMessage::new(hub::bus::BusPayload::Node(Arc::new(status)));
+            server.hub.bus.publish(&subject, msg).expect("settle publish");
+        }
+        let want = self.nodes.len() * self.nodes.len();
+        let mut seen = std::collections::HashSet::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while seen.len() < want {
+            let got = tokio::time::timeout_at(deadline, rx.recv())
+                .await
+                .expect("cluster settles within 10 s")
+                .expect("settle channel open");
+            seen.insert(got);
+        }
+    }
+
     /// Send a signed backend request to our `/api/v1/room/<room>`.
     pub async fn backend_request(&self, room: &str, body: Value) -> HttpResponse {
         self.backend
@@ -269,4 +317,24 @@ pub async fn internal_client(
         .unwrap_or_default()
         .to_owned();
     (c, id)
+}
+
+/// Records which node got which node's settle marker.
+struct SettleHandler {
+    node: usize,
+    tx: tokio::sync::mpsc::UnboundedSender<(usize, String)>,
+}
+
+impl hub::bus::BusHandler for SettleHandler {
+    fn on_bus_message(&self, _subject: &str, msg: &hub::bus::BusMessage) {
+        if let hub::bus::BusPayload::Node(status) = &msg.payload {
+            let _ = self.tx.send((self.node, status.node.clone()));
+        }
+    }
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
