@@ -128,9 +128,12 @@ async fn run<S>(
     // The first ping goes out at once (initial round-trip time), then every 54 s.
     let mut ping = tokio::time::interval(PING_INTERVAL);
     let step = {
-        // Made once: a cancellation future registers with its token when made.
+        // Made once, not on every wake: a cancellation future registers with
+        // its token when made, a `Notified` unregisters when dropped.
         let mut killed = pin!(kill.cancelled());
         let mut stopping = pin!(shutdown.cancelled());
+        let conn = c.conn.clone();
+        let mut queued = pin!(conn.queued());
         loop {
             let step = tokio::select! {
                 biased;
@@ -139,7 +142,10 @@ async fn run<S>(
                     send_close(&mut ws, CloseCode::Away, "server shutdown").await;
                     Step::Stop
                 }
-                _ = c.conn.queued() => c.write_queued(&mut ws).await,
+                _ = &mut queued => {
+                    queued.set(conn.queued());
+                    c.write_queued(&mut ws).await
+                }
                 _ = async { if let Some(f) = c.inflight.as_mut() { f.await } }, if c.inflight.is_some() => {
                     c.processed();
                     Step::Continue
