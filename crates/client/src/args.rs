@@ -198,8 +198,10 @@ const AFTER_HELP: &str = "\
 Flags may also be written Go-style: -maxClients 100, -duration=5, -json.
 The embedded fake Nextcloud backend listens on 127.0.0.1 only, so the server must run
 on this machine with [backend] allowall = true and the same secret.
-Exit status: 0 ok, 1 failure (e.g. no server reachable), 3 messages were lost or
-duplicated, 64 bad usage or config.";
+Every message is its own write unless -batch is given; -server-pid takes
+several PIDs (a cluster's servers and nats-server), whose CPU time is summed.
+Exit status: 0 ok, 1 failure (e.g. no server reachable), 3 messages were lost,
+duplicated or misdelivered, 64 bad usage or config.";
 
 /// Load and benchmark client for the Nextcloud Talk signaling server
 #[derive(Debug, clap::Parser)]
