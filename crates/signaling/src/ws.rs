@@ -139,7 +139,7 @@ async fn run<S>(
                 biased;
                 _ = &mut killed => Step::Stop,
                 _ = &mut stopping => {
-                    send_close(&mut ws, CloseCode::Away, "server shutdown").await;
+                    Box::pin(send_close(&mut ws, CloseCode::Away, "server shutdown")).await;
                     Step::Stop
                 }
                 _ = &mut queued => {
@@ -158,7 +158,7 @@ async fn run<S>(
                     }
                     Step::Continue
                 }
-                _ = ping.tick() => c.ping(&mut ws).await,
+                _ = ping.tick() => Box::pin(c.ping(&mut ws)).await,
             };
             if !matches!(step, Step::Continue) {
                 break step;
@@ -172,9 +172,9 @@ async fn run<S>(
             stream,
             queued: c.queued,
         };
-        return relayed(c.hub, c.conn, io, *link, kill, shutdown).await;
+        return Box::pin(relayed(c.hub, c.conn, io, *link, kill, shutdown)).await;
     }
-    c.finish(&mut ws, &written).await;
+    Box::pin(c.finish(&mut ws, &written)).await;
 }
 
 impl Conn {
@@ -294,7 +294,10 @@ impl Conn {
             Some(Ok(Message::Ping(payload))) => {
                 self.queued_bytes += frame_len(payload.len());
                 // tungstenite queued the pong; push it out.
-                if tokio::time::timeout(WRITE_WAIT, ws.flush()).await.is_err() {
+                if Box::pin(tokio::time::timeout(WRITE_WAIT, ws.flush()))
+                    .await
+                    .is_err()
+                {
                     return Step::Stop;
                 }
             }
@@ -317,7 +320,7 @@ impl Conn {
             Some(Err(WsError::Capacity(e))) => {
                 // Like upstream: 1009 "message too big", then close.
                 debug!(error = %e, "message too large");
-                send_close(ws, CloseCode::Size, "").await;
+                Box::pin(send_close(ws, CloseCode::Size, "")).await;
                 return Step::Stop;
             }
             Some(Err(e)) => {
@@ -388,10 +391,13 @@ where
     if let Poll::Ready(r) = poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
         return Ok(r);
     }
-    tokio::select! {
-        r = tokio::time::timeout(WRITE_WAIT, write) => r,
-        _ = kill.cancelled() => Ok(Err(WsError::ConnectionClosed)),
-    }
+    Box::pin(async move {
+        tokio::select! {
+            r = tokio::time::timeout(WRITE_WAIT, write) => r,
+            _ = kill.cancelled() => Ok(Err(WsError::ConnectionClosed)),
+        }
+    })
+    .await
 }
 
 /// Send the close frame (if not sent yet) and, when the server started the
