@@ -68,11 +68,16 @@ pub struct Options {
     pub room_size: usize,
     /// Messages in flight per client (`flood`).
     pub window: usize,
+    /// Let a client put everything due into one write (the older load);
+    /// unbatched, every message is its own write, as from Talk clients.
+    pub batch: bool,
     /// Extra bytes of padding in every message payload.
     pub payload: usize,
     /// Connections being set up at the same time.
     pub concurrency: usize,
-    pub server_pid: Option<u32>,
+    /// Server processes whose CPU time and RSS are read (and summed: a
+    /// cluster's servers plus its nats-server).
+    pub server_pids: Vec<u32>,
     pub json: bool,
     pub plot: Option<PathBuf>,
     /// How long to wait for messages still in flight after sending stopped.
@@ -104,10 +109,11 @@ impl Default for Options {
             duration: None,
             rate: None,
             room_size: 10,
-            window: 32,
+            window: 16,
+            batch: false,
             payload: 0,
             concurrency: 100,
-            server_pid: None,
+            server_pids: Vec::new(),
             json: false,
             plot: None,
             drain: Duration::from_secs(5),
@@ -192,8 +198,10 @@ const AFTER_HELP: &str = "\
 Flags may also be written Go-style: -maxClients 100, -duration=5, -json.
 The embedded fake Nextcloud backend listens on 127.0.0.1 only, so the server must run
 on this machine with [backend] allowall = true and the same secret.
-Exit status: 0 ok, 1 failure (e.g. no server reachable), 3 messages were lost or
-duplicated, 64 bad usage or config.";
+Every message is its own write unless -batch is given; -server-pid takes
+several PIDs (a cluster's servers and nats-server), whose CPU time is summed.
+Exit status: 0 ok, 1 failure (e.g. no server reachable), 3 messages were lost,
+duplicated or misdelivered, 64 bad usage or config.";
 
 /// Load and benchmark client for the Nextcloud Talk signaling server
 #[derive(Debug, clap::Parser)]
@@ -230,17 +238,23 @@ struct Cli {
     #[arg(long, value_name = "K", default_value_t = 10)]
     room_size: usize,
     /// flood: messages in flight per client
-    #[arg(long, value_name = "N", default_value_t = 32)]
+    #[arg(long, value_name = "N", default_value_t = 16)]
     window: usize,
+    /// Coalesce each client's due messages into one write (default: every
+    /// message in its own write, sent at random times)
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
+    batch: bool,
     /// Extra bytes of padding in every message
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     payload: usize,
     /// Connections being set up at once
     #[arg(long, value_name = "N", default_value_t = 100)]
     concurrency: usize,
-    /// Read the server's CPU time and RSS from /proc
-    #[arg(long, value_name = "PID", alias = "pid")]
-    server_pid: Option<u32>,
+    /// Read the server's CPU time and RSS from /proc; comma separated for
+    /// several processes (summed: a cluster's servers and nats-server)
+    #[arg(long, value_name = "PID,...", alias = "pid", value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// Print the report as JSON on stdout
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
           default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
@@ -355,9 +369,10 @@ where
         rate: c.rate,
         room_size: c.room_size,
         window: c.window,
+        batch: c.batch,
         payload: c.payload,
         concurrency: c.concurrency,
-        server_pid: c.server_pid,
+        server_pids: c.server_pid,
         json: c.json,
         plot: c.plot,
         drain: c.drain,
@@ -416,100 +431,5 @@ fn validate(o: &Options) -> Result<(), UsageError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse_args(args: &[&str]) -> Result<Options, ParseError> {
-        parse(std::iter::once("client").chain(args.iter().copied()))
-    }
-
-    fn run(args: &[&str]) -> Options {
-        parse_args(args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
-    }
-
-    #[test]
-    fn defaults_match_upstream() {
-        let o = run(&[]);
-        assert_eq!(o.scenario, Scenario::Messages);
-        assert_eq!(o.addrs, vec!["localhost:28080"]);
-        assert_eq!(o.config, PathBuf::from("server.conf"));
-        assert_eq!(o.max_clients, 100);
-        assert_eq!(o.effective_duration(), None);
-        assert_eq!(o.per_client_rate(), 1000.0);
-    }
-
-    #[test]
-    fn single_and_double_dash_and_equals() {
-        let o = run(&[
-            "-addr",
-            "a:1,b:2",
-            "--maxClients=7",
-            "flood",
-            "--max-clients",
-            "9",
-            "-json",
-            "--duration=1.5",
-            "--server-pid",
-            "42",
-            "-no_progress",
-        ]);
-        assert_eq!(o.addrs, vec!["a:1", "b:2"]);
-        assert_eq!(o.max_clients, 9);
-        assert_eq!(o.scenario, Scenario::Flood);
-        assert!(o.json);
-        assert_eq!(o.duration, Some(Duration::from_millis(1500)));
-        assert_eq!(o.server_pid, Some(42));
-        assert_eq!(o.progress, Some(false));
-        assert!(!run(&["-json=false"]).json);
-        assert_eq!(run(&["rooms", "-clients", "4"]).scenario, Scenario::Room);
-    }
-
-    #[test]
-    fn durations_with_units() {
-        assert_eq!(parse_secs("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_secs("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_secs("3s"), Ok(Duration::from_secs(3)));
-        assert!(parse_secs("-1").is_err());
-        assert!(parse_secs("soon").is_err());
-    }
-
-    #[test]
-    fn rejects_bad_input() {
-        assert!(parse_args(&["-maxClients", "1"]).is_err());
-        assert!(parse_args(&["-nosuchflag", "1"]).is_err());
-        assert!(parse_args(&["dance"]).is_err());
-        assert!(parse_args(&["flood", "room"]).is_err());
-        assert!(parse_args(&["-addr"]).is_err());
-        assert!(parse_args(&["-addr", ","]).is_err());
-        assert!(parse_args(&["room", "-room-size", "1"]).is_err());
-        assert!(parse_args(&["-rate", "0"]).is_err());
-        assert!(parse_args(&["-source-addrs", "255"]).is_err());
-        // A single idle session is fine.
-        assert!(parse_args(&["idle", "-maxClients", "1"]).is_ok());
-    }
-
-    #[test]
-    fn help_and_version() {
-        use clap::error::ErrorKind;
-        for args in [&["--help"][..], &["-h"], &["-help"], &["help"]] {
-            match parse_args(args) {
-                Err(ParseError::Clap(e)) => assert_eq!(e.kind(), ErrorKind::DisplayHelp),
-                other => panic!("{args:?}: {other:?}"),
-            }
-        }
-        for args in [&["--version"][..], &["-V"], &["-version"]] {
-            match parse_args(args) {
-                Err(ParseError::Clap(e)) => assert_eq!(e.kind(), ErrorKind::DisplayVersion),
-                other => panic!("{args:?}: {other:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn room_rate_is_spread_over_clients() {
-        let o = run(&["room", "-maxClients", "100"]);
-        assert_eq!(o.per_client_rate(), DEFAULT_ROOM_RATE / 100.0);
-        let o = run(&["room", "-maxClients", "100", "-rate", "5000"]);
-        assert_eq!(o.per_client_rate(), 50.0);
-    }
-}
+#[path = "args_tests.rs"]
+mod tests;

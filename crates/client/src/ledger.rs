@@ -1,7 +1,8 @@
 //! Who sent what to whom, and what arrived.
 //!
-//! Every message carries its sender's index and a sequence number that is
-//! unique per sender. The sender records, per message, the set of clients
+//! Every message carries its sender's index, a sequence number that is
+//! unique per sender and its addressee (a session's index or a room's), so an
+//! arrival at the wrong client is told apart from a repeated one. The sender records, per message, the set of clients
 //! that must receive it (one for a session message, the other room members
 //! for a room message). A delivery removes the receiver from that set; an
 //! arrival that matches no open entry is a duplicate (or, for a sequence
@@ -61,6 +62,8 @@ pub struct Totals {
     pub duplicated: u64,
     /// Arrivals naming a sender or sequence number this run never issued.
     pub unknown: u64,
+    /// Arrivals at a client the message was not addressed to.
+    pub misdelivered: u64,
 }
 
 impl Totals {
@@ -80,6 +83,8 @@ pub enum Arrival {
     },
     Duplicate,
     Unknown,
+    /// The receiver is not the message's addressee (nor in its room).
+    Misdelivered,
 }
 
 /// Sequence accounting for `clients` clients (indices `0..clients`).
@@ -154,10 +159,7 @@ impl Ledger {
         };
         let done = match &mut open.waiting {
             Recipients::One(r) if *r == receiver => true,
-            Recipients::One(_) => {
-                self.totals.duplicated += 1;
-                return Arrival::Duplicate;
-            }
+            Recipients::One(_) => return self.misdelivered(),
             Recipients::Many(list) => match list.iter().position(|r| *r == receiver) {
                 Some(pos) => {
                     list.swap_remove(pos);
@@ -176,6 +178,13 @@ impl Ledger {
         Arrival::Delivered {
             sender_open: book.open.len(),
         }
+    }
+
+    /// Counts an arrival at a client the message was not addressed to (the
+    /// reader knows from the addressee in the payload).
+    pub fn misdelivered(&mut self) -> Arrival {
+        self.totals.misdelivered += 1;
+        Arrival::Misdelivered
     }
 
     /// Messages of `sender` still waiting for some receiver.
@@ -234,8 +243,11 @@ mod tests {
     fn wrong_receiver_is_not_a_delivery() {
         let mut l = Ledger::new(3);
         let s = l.send(0, Recipients::One(1), 0);
-        assert_eq!(l.deliver(2, 0, s), Arrival::Duplicate);
+        assert_eq!(l.deliver(2, 0, s), Arrival::Misdelivered);
         assert_eq!(l.totals().outstanding(), 1);
+        assert_eq!(l.misdelivered(), Arrival::Misdelivered);
+        let t = l.totals();
+        assert_eq!((t.misdelivered, t.duplicated, t.delivered), (2, 0, 0));
     }
 
     #[test]

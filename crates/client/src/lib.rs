@@ -7,16 +7,20 @@
 //!
 //! Scenarios ([`args::Scenario`]): upstream's `messages` load, `connect`
 //! (hello rate and latency), `idle` (memory per session), `room` (fan-out
-//! latency at a fixed rate) and `flood` (maximum throughput with a window of
-//! messages in flight). Every message carries its sender and a sequence
-//! number, so the [`ledger`] can tell delivered, lost and duplicated apart;
+//! latency at a fixed total rate) and `flood` (maximum throughput with a
+//! window of messages in flight). Every message is its own write unless
+//! `-batch` is given (see [`load`]). Every message carries its sender, a
+//! sequence number and its addressee, so the [`ledger`] can tell delivered,
+//! lost, duplicated and misdelivered apart;
 //! latencies go into HDR histograms ([`stats`]); the server's CPU time and
 //! RSS come from `/proc` ([`procstat`]). The result is a [`report::Report`]
 //! (text or JSON) and optionally a PNG ([`plot`]).
 //!
-//! Layout: [`args`] parses the command line; [`mod@run`] drives one run through
-//! set-up, the measured phase, draining and closing; [`session`] owns one
-//! connection (set-up, reader task, writer task); [`world`] is the state the
+//! Layout: [`args`] parses the command line; [`mod@run`] drives one run:
+//! [`setup`] connects the clients (and is the `connect` scenario),
+//! [`measure`] runs the other scenarios' measured phase, draining and
+//! closing, [`probe`] takes the readings. [`session`] sets one connection
+//! up, [`load`] is its reader and writer tasks; [`world`] is the state the
 //! clients share. Everything runs on one thread (`LocalSet`): a load
 //! generator pinned to one core gains nothing from more, and shared state
 //! stays free of locks.
@@ -25,11 +29,16 @@ pub mod args;
 pub mod backend;
 pub mod ledger;
 pub mod limits;
+pub mod load;
+pub mod measure;
 pub mod plot;
+pub mod probe;
 pub mod procstat;
+pub mod receive;
 pub mod report;
 pub mod run;
 pub mod session;
+pub mod setup;
 pub mod stats;
 pub mod world;
 

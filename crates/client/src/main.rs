@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use client::args::{self, ParseError};
 use client::RunError;
 
-/// Exit status when messages were lost, duplicated or unknown.
+/// Exit status when messages were lost, duplicated, misdelivered or unknown.
 const EXIT_BAD_RUN: u8 = 3;
 
 fn main() -> ExitCode {

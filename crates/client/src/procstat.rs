@@ -38,6 +38,20 @@ impl Sample {
     }
 }
 
+impl Sample {
+    /// Several processes read together (a cluster's servers and its
+    /// nats-server) as one: CPU and RSS summed, the time of the last reading.
+    pub fn sum(samples: &[Sample]) -> Option<Sample> {
+        let last = samples.last()?;
+        Some(Sample {
+            cpu_s: samples.iter().map(|s| s.cpu_s).sum(),
+            thread_cpu_ns: samples.iter().map(|s| s.thread_cpu_ns).sum(),
+            rss_kib: samples.iter().map(|s| s.rss_kib).sum(),
+            at: last.at,
+        })
+    }
+}
+
 /// Reads processes' `/proc` entries; knows the kernel's clock tick.
 #[derive(Clone, Debug)]
 pub struct ProcReader {
@@ -134,6 +148,37 @@ fn clock_ticks_per_second() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn samples_of_several_processes_add_up() {
+        let at = Instant::now();
+        let a = Sample {
+            cpu_s: 1.5,
+            thread_cpu_ns: Some(1_500_000_000),
+            rss_kib: 100,
+            at,
+        };
+        let b = Sample {
+            cpu_s: 0.25,
+            thread_cpu_ns: Some(250_000_000),
+            rss_kib: 20,
+            at,
+        };
+        let s = Sample::sum(&[a, b]).expect("sum");
+        assert_eq!(
+            (s.cpu_s, s.thread_cpu_ns, s.rss_kib),
+            (1.75, Some(1_750_000_000), 120)
+        );
+        let no_sched = Sample {
+            thread_cpu_ns: None,
+            ..b
+        };
+        assert_eq!(
+            Sample::sum(&[a, no_sched]).expect("sum").thread_cpu_ns,
+            None
+        );
+        assert!(Sample::sum(&[]).is_none());
+    }
 
     #[test]
     fn stat_with_odd_command_name() {

@@ -50,6 +50,8 @@ pub struct Parameters {
     pub rate: Option<f64>,
     pub room_size: usize,
     pub window: usize,
+    /// Each client's due messages coalesced into one write (`-batch`).
+    pub batch: bool,
     pub payload: usize,
     pub concurrency: usize,
 }
@@ -62,6 +64,7 @@ impl Parameters {
             rate: o.rate,
             room_size: o.room_size,
             window: o.window,
+            batch: o.batch,
             payload: o.payload,
             concurrency: o.concurrency,
         }
@@ -81,6 +84,9 @@ impl Parameters {
         }
         if let Some(r) = self.rate {
             let _ = write!(s, ", {r} msg/s");
+        }
+        if self.batch {
+            s.push_str(", batched");
         }
         if self.payload > 0 {
             let _ = write!(s, ", payload {} B", self.payload);
@@ -158,6 +164,8 @@ pub struct Messages {
     pub duplicated: u64,
     /// Arrivals this run never sent.
     pub unknown: u64,
+    /// Arrivals at a client the message was not addressed to.
+    pub misdelivered: u64,
     /// Seconds of sending.
     pub send_seconds: f64,
     /// Seconds from the first send until the last delivery (or the drain timeout).
@@ -203,7 +211,8 @@ pub struct Idle {
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Server {
-    pub pid: u32,
+    /// The processes measured; CPU and RSS are their sums.
+    pub pids: Vec<u32>,
     /// CPU seconds in the measured phase (messages: send + drain; connect and
     /// idle: set-up).
     pub cpu_s: f64,
@@ -228,11 +237,11 @@ pub struct ClientProcess {
 }
 
 impl Report {
-    /// Whether the run saw lost, duplicated or unknown messages.
+    /// Whether the run saw lost, duplicated, misdelivered or unknown messages.
     pub fn bad(&self) -> bool {
         self.messages
             .as_ref()
-            .is_some_and(|m| m.lost > 0 || m.duplicated > 0 || m.unknown > 0)
+            .is_some_and(|m| m.lost > 0 || m.duplicated > 0 || m.unknown > 0 || m.misdelivered > 0)
     }
 
     pub fn to_json(&self) -> String {
@@ -297,15 +306,15 @@ impl Report {
                 "messages  sent {} ({:.0}/s), delivered {} of {} expected ({:.0}/s) in {:.2} s",
                 m.sent, m.sent_per_s, m.delivered, m.expected, m.delivered_per_s, m.seconds
             )?;
-            let mark = if m.lost > 0 || m.duplicated > 0 || m.unknown > 0 {
+            let mark = if m.lost > 0 || m.duplicated > 0 || m.unknown > 0 || m.misdelivered > 0 {
                 "!!"
             } else {
                 "  "
             };
             writeln!(
                 s,
-                "{mark}        LOST {}   DUPLICATED {}   UNKNOWN {}",
-                m.lost, m.duplicated, m.unknown
+                "{mark}        LOST {}   DUPLICATED {}   MISDELIVERED {}   UNKNOWN {}",
+                m.lost, m.duplicated, m.misdelivered, m.unknown
             )?;
             writeln!(s, "          latency {}", lat(&m.latency))?;
             if m.over_one_second > 0 {
@@ -341,7 +350,11 @@ impl Report {
             writeln!(
                 s,
                 "server    pid {}: {:.3} CPU s ({:.0}% of a core), RSS {} -> {} KiB",
-                sv.pid,
+                sv.pids
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join("+"),
                 sv.cpu_s,
                 sv.cpu_share * 100.0,
                 sv.rss_kib_start,
@@ -414,5 +427,12 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).expect("json");
         assert_eq!(v["messages"]["lost"], 0);
         assert_eq!(v["messages"]["duplicated"], 0);
+        assert_eq!(v["messages"]["misdelivered"], 0);
+        r.messages = Some(Messages {
+            misdelivered: 1,
+            ..Default::default()
+        });
+        assert!(r.bad(), "a misdelivery fails the run");
+        assert!(r.to_text().contains("MISDELIVERED 1"));
     }
 }

@@ -8,13 +8,12 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use proto::sessionid::SessionIdCodec;
 use rand::Rng;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::args::{Options, Scenario};
 use crate::ledger::Ledger;
-use crate::session::Peer;
 use crate::stats::{self, Latency};
 
 /// Where the run is. Writers send only in `Run`; readers expect the server
@@ -25,6 +24,31 @@ pub enum Phase {
     Run,
     Drain,
     Close,
+}
+
+/// A ready client, as the other clients see it.
+#[derive(Debug)]
+pub struct Peer {
+    pub index: u32,
+    pub public_id: String,
+    /// False once the connection broke or the server closed it.
+    pub alive: Cell<bool>,
+    /// Flood: wake the writer when its open messages drop below this (0: no).
+    pub wake_below: Cell<usize>,
+    /// Wakes the writer (credit returned, or the connection died).
+    pub wake: Notify,
+}
+
+impl Peer {
+    pub fn new(index: u32, public_id: String) -> Peer {
+        Peer {
+            index,
+            public_id,
+            alive: Cell::new(true),
+            wake_below: Cell::new(0),
+            wake: Notify::new(),
+        }
+    }
 }
 
 /// One server to connect to.
@@ -190,12 +214,15 @@ impl World {
         (t.addr, &t.url, source)
     }
 
+    /// Room number of client `index` in `room` runs.
+    pub fn room_index(&self, index: u32) -> Option<usize> {
+        (self.opts.scenario == Scenario::Room)
+            .then(|| room_of(index as usize, self.opts.max_clients, self.opts.room_size))
+    }
+
     /// Room of client `index` in `room` runs.
     pub fn room_name(&self, index: u32) -> Option<String> {
-        if self.opts.scenario != Scenario::Room {
-            return None;
-        }
-        let r = room_of(index as usize, self.opts.max_clients, self.opts.room_size);
+        let r = self.room_index(index)?;
         Some(format!("{}-{r}", self.tag))
     }
 

@@ -1993,4 +1993,3 @@ both_topologies!(
     sid_02_public_ids_lead_with_random_bytes,
     sid_03_routing_by_public_id_only,
 );
-

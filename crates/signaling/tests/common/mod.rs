@@ -233,7 +233,11 @@ impl TestServer {
                 ..Default::default()
             };
             let msg = hub::bus::BusMessage::new(hub::bus::BusPayload::Node(Arc::new(status)));
-            server.hub.bus.publish(&subject, msg).expect("settle publish");
+            server
+                .hub
+                .bus
+                .publish(&subject, msg)
+                .expect("settle publish");
         }
         let want = self.nodes.len() * self.nodes.len();
         let mut seen = std::collections::HashSet::new();
@@ -336,5 +340,9 @@ impl hub::bus::BusHandler for SettleHandler {
 fn rand_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
