@@ -620,10 +620,8 @@ async fn int_05_virtual_sessions_closed_with_owner(t: Topology) {
 
 /// INT-05: virtual sessions are keyed by owner and client-chosen id: two
 /// internal clients may use the same id without touching each other's.
-// Single server only: a message to a virtual session on another node does not reach its owner (as upstream's processMessageMsg).
-#[tokio::test]
-async fn int_05_virtual_session_ids_are_per_owner() {
-    let s = TestServer::start().await;
+async fn int_05_virtual_session_ids_are_per_owner(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = first_in_room(&s, "alice", "room1", "talk-a").await;
     let mut i1 = internal_in_room(&s, "room1").await;
     let mut i2 = internal_in_room(&s, "room1").await;
@@ -683,10 +681,8 @@ async fn int_06_invalid_internal_messages_are_ignored(t: Topology) {
 
 /// RTE-06: a message to a virtual session's public id goes to the owning
 /// internal client with `recipient` = the client-chosen session id.
-// Single server only: a message to a virtual session on another node does not reach its owner (as upstream's processMessageMsg).
-#[tokio::test]
-async fn rte_06_message_to_virtual_session_reaches_owner() {
-    let s = TestServer::start().await;
+async fn rte_06_message_to_virtual_session_reaches_owner(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = first_in_room(&s, "alice", "room1", "talk-a").await;
     let a_id = a.session_id().unwrap().to_owned();
     let mut i = internal_in_room(&s, "room1").await;
@@ -959,6 +955,8 @@ async fn trn_04_initial_data_on_join(t: Topology) {
 }
 
 both_topologies!(
+    int_05_virtual_session_ids_are_per_owner,
+    rte_06_message_to_virtual_session_reaches_owner,
     int_01_internal_session_joins_without_backend,
     int_01_internal_session_may_control_and_set_transient_data,
     int_01_internal_sessions_exempt_from_session_limit,

@@ -7,7 +7,7 @@ use crate::Hub;
 use proto::client::{ClientMessage, Error, ServerMessage};
 use serde_json::Value;
 use std::sync::Arc;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 pub(crate) fn process_internal(
     hub: &Arc<Hub>,
@@ -93,6 +93,9 @@ pub(crate) async fn process_internal_async(
             return;
         }
         let v = VirtualSession::new(session, sid, public_id.clone(), private_id, &add);
+        if let Err(e) = v.subscribe(hub) {
+            warn!(session = %public_id, error = %e, "virtual session not reachable from other servers");
+        }
         {
             let mut reg = hub.reg.lock();
             reg.sessions
@@ -218,6 +221,7 @@ pub(crate) fn close_virtual_session(
     }
     hub.metrics.sessions.dec(&[&v.backend.id, "virtual"]);
     hub.session_gone.notify_waiters();
+    v.unsubscribe();
     v.set_room(None);
     let Some(room) = room else { return };
     room.remove_session(hub, &v.public_id);

@@ -23,6 +23,9 @@ pub struct VirtualSession {
     flags: AtomicU32,
     incall: AtomicI64,
     room: Mutex<Option<Arc<Room>>>,
+    /// Its own session subject, for messages from other servers of a
+    /// cluster (they cannot tell a virtual session from a client one).
+    subscription: Mutex<Option<Subscription>>,
 }
 
 impl std::fmt::Debug for VirtualSession {
@@ -65,7 +68,22 @@ impl VirtualSession {
                 },
             )),
             room: Mutex::new(None),
+            subscription: Mutex::new(None),
         })
+    }
+
+    /// Listen on the session's own subject: what other servers send to it
+    /// reaches its owner as a local sender's message would.
+    pub(crate) fn subscribe(self: &Arc<Self>, hub: &Hub) -> Result<(), crate::bus::BusError> {
+        let me: Arc<dyn BusHandler> = self.clone();
+        let subject = proto::cluster::session_subject(&self.public_id);
+        let sub = hub.bus.subscribe(&subject, Arc::downgrade(&me))?;
+        *self.subscription.lock() = Some(sub);
+        Ok(())
+    }
+
+    pub(crate) fn unsubscribe(&self) {
+        self.subscription.lock().take();
     }
 
     pub fn flags(&self) -> u32 {
@@ -92,6 +110,53 @@ impl VirtualSession {
 
     pub(crate) fn set_room(&self, room: Option<Arc<Room>>) {
         *self.room.lock() = room;
+    }
+}
+
+impl BusHandler for VirtualSession {
+    /// A `message` or `control` from another server: passed to the owner
+    /// with this session named as recipient (by the id its owner chose).
+    fn on_bus_message(&self, subject: &str, msg: &BusMessage) {
+        let BusPayload::Message(out) = &msg.payload else {
+            return;
+        };
+        let Some(owner) = self.owner.upgrade() else {
+            return;
+        };
+        let m = &out.msg;
+        let body = match m.kind.as_str() {
+            "message" => m.message.as_ref(),
+            "control" => m.control.as_ref(),
+            _ => None,
+        };
+        let Some(body) = body else { return };
+        let body = proto::client::MessageServerMessage {
+            sender: body.sender.clone(),
+            recipient: Some(proto::client::Recipient {
+                kind: proto::client::RECIPIENT_SESSION.into(),
+                sessionid: self.session_id.clone(),
+                userid: String::new(),
+            }),
+            data: body.data.clone(),
+        };
+        let m = if m.kind == "control" {
+            ServerMessage {
+                kind: "control".into(),
+                control: Some(body),
+                ..Default::default()
+            }
+        } else {
+            ServerMessage {
+                kind: "message".into(),
+                message: Some(body),
+                ..Default::default()
+            }
+        };
+        let forwarded = BusMessage {
+            send_time: msg.send_time,
+            payload: BusPayload::Message(OutMsg::new(m)),
+        };
+        owner.on_bus_message(subject, &forwarded);
     }
 }
 
