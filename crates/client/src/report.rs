@@ -257,7 +257,16 @@ impl Report {
         s
     }
 
+    /// The report as text, one section per phase.
     fn write_text(&self, s: &mut String) -> std::fmt::Result {
+        self.write_clients(s)?;
+        self.write_setup(s)?;
+        self.write_messages(s)?;
+        self.write_idle(s)?;
+        self.write_processes(s)
+    }
+
+    fn write_clients(&self, s: &mut String) -> std::fmt::Result {
         let c = &self.clients;
         writeln!(
             s,
@@ -279,6 +288,10 @@ impl Report {
         for e in &c.errors {
             writeln!(s, "          error: {e}")?;
         }
+        Ok(())
+    }
+
+    fn write_setup(&self, s: &mut String) -> std::fmt::Result {
         let st = &self.setup;
         writeln!(
             s,
@@ -300,6 +313,10 @@ impl Report {
         if let Some(v) = st.server_cpu_ms_per_hello_and_join {
             writeln!(s, "          server CPU per hello + room join: {v:.3} ms")?;
         }
+        Ok(())
+    }
+
+    fn write_messages(&self, s: &mut String) -> std::fmt::Result {
         if let Some(m) = &self.messages {
             writeln!(
                 s,
@@ -328,6 +345,10 @@ impl Report {
                 writeln!(s, "          target rate {t:.0}/s")?;
             }
         }
+        Ok(())
+    }
+
+    fn write_idle(&self, s: &mut String) -> std::fmt::Result {
         if let Some(i) = &self.idle {
             writeln!(
                 s,
@@ -346,6 +367,11 @@ impl Report {
                 )?;
             }
         }
+        Ok(())
+    }
+
+    /// Server, client and backend counters, then warnings.
+    fn write_processes(&self, s: &mut String) -> std::fmt::Result {
         if let Some(sv) = &self.server {
             writeln!(
                 s,
