@@ -791,25 +791,34 @@ async fn jan_unanswered_pushed_offer_is_followed_by_a_notice() {
     assert!(!updates[0].to_string().contains(&bob.id));
 }
 
+/// A real Janus, our server on it and alice and bob in a call in room1.
+async fn call_of_two() -> (Janus, TestServer, MediaClient, MediaClient) {
+    let janus = start_janus().await;
+    let s = mcu_server(&janus, "").await;
+    let alice = MediaClient::join(&s, "alice", "room1").await;
+    let bob = MediaClient::join(&s, "bob", "room1").await;
+    talk_in_call(&s, "room1", &["alice", "bob"]).await;
+    (janus, s, alice, bob)
+}
+
+/// Kill Janus and wait until the server noticed.
+async fn kill_and_wait(janus: &mut Janus, s: &TestServer) {
+    janus.kill();
+    assert_eventually!(
+        Duration::from_secs(5),
+        metrics(s).await.contains("signaling_mcu_janus_connected 0")
+    );
+}
+
 /// Issue 19: a first offer that arrives while Janus is away (restarting)
 /// is held and answered once Janus is back, not failed: Android and iOS
 /// send one offer only and act on no error.
 #[tokio::test]
 async fn jan_offer_while_janus_is_away_is_answered_when_it_is_back() {
-    let mut janus = start_janus().await;
-    let s = mcu_server(&janus, "").await;
-    let mut alice = MediaClient::join(&s, "alice", "room1").await;
-    let mut bob = MediaClient::join(&s, "bob", "room1").await;
-    talk_in_call(&s, "room1", &["alice", "bob"]).await;
+    let (mut janus, s, mut alice, mut bob) = call_of_two().await;
     let alice_id = alice.id.clone();
 
-    janus.kill();
-    assert_eventually!(
-        Duration::from_secs(5),
-        metrics(&s)
-            .await
-            .contains("signaling_mcu_janus_connected 0")
-    );
+    kill_and_wait(&mut janus, &s).await;
     let sent = tokio::time::Instant::now();
     let restart = async {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -829,22 +838,12 @@ async fn jan_offer_while_janus_is_away_is_answered_when_it_is_back() {
 /// (offers again with its sid).
 #[tokio::test]
 async fn jan_offer_request_during_a_rebuild_gets_the_rebuilt_offer() {
-    let mut janus = start_janus().await;
-    let s = mcu_server(&janus, "").await;
-    let mut alice = MediaClient::join(&s, "alice", "room1").await;
-    let mut bob = MediaClient::join(&s, "bob", "room1").await;
-    talk_in_call(&s, "room1", &["alice", "bob"]).await;
+    let (mut janus, s, mut alice, mut bob) = call_of_two().await;
     let alice_id = alice.id.clone();
     alice.publish("video", "alice-1").await;
     let (old_sid, _) = bob.subscribe(&alice_id, "video").await;
 
-    janus.kill();
-    assert_eventually!(
-        Duration::from_secs(5),
-        metrics(&s)
-            .await
-            .contains("signaling_mcu_janus_connected 0")
-    );
+    kill_and_wait(&mut janus, &s).await;
     bob.seen.clear();
     bob.send(
         &alice_id,
@@ -927,22 +926,12 @@ async fn jan_remote_subscriber_recovers_after_janus_restart() {
 /// subscriber's offer and media.
 #[tokio::test]
 async fn jan_offer_to_a_publisher_being_rebuilt_is_held_and_applied() {
-    let mut janus = start_janus().await;
-    let s = mcu_server(&janus, "").await;
-    let mut alice = MediaClient::join(&s, "alice", "room1").await;
-    let mut bob = MediaClient::join(&s, "bob", "room1").await;
-    talk_in_call(&s, "room1", &["alice", "bob"]).await;
+    let (mut janus, s, mut alice, mut bob) = call_of_two().await;
     let alice_id = alice.id.clone();
     alice.publish("video", "alice-1").await;
     let (old_sid, _) = bob.subscribe(&alice_id, "video").await;
 
-    janus.kill();
-    assert_eventually!(
-        Duration::from_secs(5),
-        metrics(&s)
-            .await
-            .contains("signaling_mcu_janus_connected 0")
-    );
+    kill_and_wait(&mut janus, &s).await;
     alice.seen.clear();
     alice.peers.clear();
     let restart = async {
