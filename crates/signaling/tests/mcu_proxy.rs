@@ -704,6 +704,25 @@ async fn pxs_subscriber_on_another_signaling_server() {
     );
 }
 
+/// One of our proxies (with its Janus), our server using it, and alice and
+/// bob in a call in room1.
+async fn proxied_call_of_two(
+    name: &str,
+) -> (TempDir, OurProxy, TestServer, MediaClient, MediaClient) {
+    let dir = TempDir::new(name).expect("dir");
+    let a = our_proxy(&dir, "a").await;
+    let urls = [format!("ws://{}", a.addr)];
+    let s = TestServer::start_with(&signaling_config(&dir, &urls)).await;
+    assert_eventually!(
+        Duration::from_secs(10),
+        stats(&s).await["mcu"]["proxies"][0]["connected"] == true
+    );
+    let alice = MediaClient::join(&s, "alice", "room1").await;
+    let bob = MediaClient::join(&s, "bob", "room1").await;
+    talk_in_call(&s, "room1", &["alice", "bob"]).await;
+    (dir, a, s, alice, bob)
+}
+
 /// Issue 19 through one of our proxies: its Janus is killed mid-call and
 /// comes back 2 s later; Talk-like clients (the publisher ignores the
 /// `requestoffer` to itself and republishes with a new sid when its own
@@ -712,17 +731,7 @@ async fn pxs_subscriber_on_another_signaling_server() {
 /// bounded time, without rejoining.
 #[tokio::test]
 async fn pxs_talk_clients_recover_after_the_proxys_janus_restarts() {
-    let dir = TempDir::new("mcu-proxy-restart").expect("dir");
-    let mut a = our_proxy(&dir, "a").await;
-    let urls = [format!("ws://{}", a.addr)];
-    let s = TestServer::start_with(&signaling_config(&dir, &urls)).await;
-    assert_eventually!(
-        Duration::from_secs(10),
-        stats(&s).await["mcu"]["proxies"][0]["connected"] == true
-    );
-    let mut alice = MediaClient::join(&s, "alice", "room1").await;
-    let mut bob = MediaClient::join(&s, "bob", "room1").await;
-    talk_in_call(&s, "room1", &["alice", "bob"]).await;
+    let (_dir, mut a, _s, mut alice, mut bob) = proxied_call_of_two("mcu-proxy-restart").await;
     let alice_id = alice.id.clone();
     alice.publish("video", "alice-1").await;
     let (old_sid, _) = bob.subscribe(&alice_id, "video").await;
@@ -847,17 +856,7 @@ async fn pxs_talk_clients_recover_a_remote_stream_after_the_publishers_janus_res
 /// only the publisher's entry, out of the call and back in.
 #[tokio::test]
 async fn pxs_subscriber_is_told_within_seconds_when_the_proxys_janus_stays_away() {
-    let dir = TempDir::new("mcu-proxy-stall").expect("dir");
-    let mut a = our_proxy(&dir, "a").await;
-    let urls = [format!("ws://{}", a.addr)];
-    let s = TestServer::start_with(&signaling_config(&dir, &urls)).await;
-    assert_eventually!(
-        Duration::from_secs(10),
-        stats(&s).await["mcu"]["proxies"][0]["connected"] == true
-    );
-    let mut alice = MediaClient::join(&s, "alice", "room1").await;
-    let mut bob = MediaClient::join(&s, "bob", "room1").await;
-    talk_in_call(&s, "room1", &["alice", "bob"]).await;
+    let (_dir, mut a, _s, mut alice, mut bob) = proxied_call_of_two("mcu-proxy-stall").await;
     let alice_id = alice.id.clone();
     alice.publish("video", "alice-1").await;
     bob.subscribe(&alice_id, "video").await;
