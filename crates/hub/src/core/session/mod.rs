@@ -342,9 +342,28 @@ impl ClientSession {
         }
         st.conn = None;
         for frame in unsent.into_iter().rev() {
+            // Rare (a connection ended with frames unwritten): read each
+            // back so the resume rules hold for them as for queued ones
+            // (one chat refresh kept; no extra participants list after a
+            // participants update).
+            let (participants_update, chat_refresh) =
+                match serde_json::from_str::<ServerMessage>(frame.as_str()) {
+                    Ok(m) => {
+                        let out = OutMsg::new(m);
+                        (out.msg.is_participants_update(), out.is_chat_refresh())
+                    }
+                    Err(_) => (false, false),
+                };
+            if chat_refresh {
+                if st.has_pending_chat {
+                    continue;
+                }
+                st.has_pending_chat = true;
+            }
+            st.has_pending_participants |= participants_update;
             st.pending.push_front(Pending {
                 frame,
-                participants_update: false,
+                participants_update,
             });
         }
         conn.set_session(None);
