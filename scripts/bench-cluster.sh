@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Messages through a cluster: two signaling servers joined by a real
 # nats-server against one server, for ours and for current upstream (Go
-# 2.0.2, from ../shared/tools/fetch-go-peers.sh), driven by our `client`
+# 2.0.2, Debian sid's package unpacked into /opt/go-signaling), driven by our `client`
 # with its clients spread round robin over the servers (half the messages
 # cross between them).
 #

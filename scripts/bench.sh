@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of our `signaling` against upstream's Go server:
 # Debian 12's 0.4.1 (package nextcloud-spreed-signaling) and current upstream
-# (2.0.2 from Debian sid, unpacked by ../shared/tools/fetch-go-peers.sh into
+# (2.0.2 from Debian sid, its package unpacked with dpkg-deb -x into
 # /opt/go-signaling), driven by our `client`.
 #
 #   scripts/bench.sh [ROUNDS] [OUTDIR]
@@ -36,7 +36,7 @@ ulimit -n "$(ulimit -Hn)"
 
 SERVERS=(ours)
 if [ -x "$GO1" ]; then SERVERS+=(go041); else echo "skipping Go 0.4.1: no $GO1" >&2; fi
-if [ -x "$GO2" ]; then SERVERS+=(go202); else echo "skipping Go 2.0.2: no $GO2 (../shared/tools/fetch-go-peers.sh)" >&2; fi
+if [ -x "$GO2" ]; then SERVERS+=(go202); else echo "skipping Go 2.0.2: no $GO2 (put Debian sid's nextcloud-spreed-signaling 2.0.2 server binary there, or set GO2_SIGNALING_SERVER)" >&2; fi
 
 cat > "$OUT/server.conf" <<CONF
 [http]
