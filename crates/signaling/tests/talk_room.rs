@@ -162,7 +162,8 @@ async fn join_events_carry_client_features(t: Topology) {
 
 /// Upstream 2.1.0 (#1099): the room reply carries the backend's bitrate limits.
 async fn room_reply_carries_bandwidth(t: Topology) {
-    let s = TestServer::start_on_with(t, 
+    let s = TestServer::start_on_with(
+        t,
         "[backend1]\nmaxstreambitrate = 1048576\nmaxscreenbitrate = 2097152\n",
     )
     .await;
