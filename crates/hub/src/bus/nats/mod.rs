@@ -452,7 +452,9 @@ async fn run(
                 // while earlier ones still wait in another's, and only what
                 // is taken together is put back in order. (With a cap of 256,
                 // a settle marker overtook a backlog of direct messages.)
-                while let Some(Some(m)) = feeds.next().now_or_never() {
+                // Unconstrained: tokio's cooperative budget would otherwise
+                // answer "not ready" after about 128 items, the same cap.
+                while let Some(Some(m)) = tokio::task::unconstrained(feeds.next()).now_or_never() {
                     batch.push(m);
                 }
                 let Some(bus) = bus.upgrade() else { break };
