@@ -6,6 +6,7 @@
 //! Nextcloud.
 // Test bodies are plain functions run by `both_topologies!` (local and
 // remote side are both clusters in the cluster variant, except where noted).
+#![allow(clippy::unwrap_used)]
 mod common;
 use common::*;
 use std::time::Duration;
