@@ -342,9 +342,13 @@ impl ClientSession {
         }
         st.conn = None;
         for frame in unsent.into_iter().rev() {
+            // Marked as such, so that a resume does not send the list again
+            // after this update (a relayed connection often hands back
+            // what its client's server had not confirmed yet).
+            let participants_update = frame_is_participants_update(&frame);
             st.pending.push_front(Pending {
                 frame,
-                participants_update: false,
+                participants_update,
             });
         }
         conn.set_session(None);
@@ -433,4 +437,29 @@ impl ClientSession {
     pub(crate) fn joined_after(&self, send_time: i64) -> bool {
         send_time < self.room_join_time()
     }
+}
+
+/// Whether a frame a connection handed back unwritten is a participants
+/// update (parsed: only such frames come this way, rarely and few).
+fn frame_is_participants_update(frame: &str) -> bool {
+    use std::borrow::Cow;
+    #[derive(serde::Deserialize)]
+    struct Event<'a> {
+        #[serde(borrow)]
+        target: Cow<'a, str>,
+        #[serde(rename = "type", borrow)]
+        kind: Cow<'a, str>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Message<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Cow<'a, str>,
+        #[serde(borrow)]
+        event: Option<Event<'a>>,
+    }
+    serde_json::from_str::<Message>(frame).is_ok_and(|m| {
+        m.kind == "event"
+            && m.event
+                .is_some_and(|e| e.target == "participants" && e.kind == "update")
+    })
 }
