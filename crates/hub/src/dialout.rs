@@ -60,11 +60,15 @@ pub async fn start_dialout(
             &Error::new("invalid_roomid", "The room id must be numeric."),
         );
     }
-    if let Some(answer) = dialout_here(hub, backend, roomid, req).await {
-        return answer;
+    // A refusal here is not the end: as one server tries every bridge, a
+    // cluster goes on with the bridges of the other servers.
+    let mut first_error: Option<DialoutAnswer> = None;
+    match dialout_here(hub, backend, roomid, req).await {
+        Some(answer) if answer.0 == 200 => return answer,
+        Some(refused) => first_error = Some(refused),
+        None => {}
     }
     // Clustering: a bridge connected to another server.
-    let mut first_error: Option<DialoutAnswer> = None;
     if let Some(cluster) = hub.cluster.get() {
         for node in crate::cluster::nodes::nodes_with_bridges(hub, &backend.id) {
             let question = proto::cluster::DialoutRequest {

@@ -1,5 +1,6 @@
 //! `signaling check`: the real binary against a fake Nextcloud and a real
 //! Janus, once with everything right and once per typical mistake.
+// Single server only: `signaling check` runs one binary against its own configuration.
 
 mod common;
 

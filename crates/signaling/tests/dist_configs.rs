@@ -2,6 +2,7 @@
 //! valid: they parse, their `${VAR}` references resolve, and the server (or
 //! proxy) builds from them. Catches typos in keys and values that would
 //! only show at an operator's first start.
+// Single server only: parses shipped configuration files; no clients.
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! common response headers, the welcome page, statistics and metrics.
 //!
 //! Feature IDs: HTTP-01..03, BAPI-14/15, OBS-01/02.
+// Single server only: one node's HTTP surface (listeners, routing, headers).
 mod common;
 use common::*;
 

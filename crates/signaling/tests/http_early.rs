@@ -5,6 +5,7 @@
 //! and discards the rest of the body instead of closing the connection
 //! under the client's feet (its writes then fail with a broken pipe or a
 //! reset, and it may never read the answer).
+// Single server only: one node's HTTP answers before the request body.
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Every metric family the servers expose at `/metrics` is listed in
 //! `docs/metrics.md` with its type, and the `process_*` families of the Go
 //! server are there (signaling server with Janus and with NATS, and proxy).
+// Single server only: one process's `/metrics` families against the documentation.
 #![allow(clippy::unwrap_used)]
 mod common;
 use common::*;

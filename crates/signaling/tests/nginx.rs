@@ -6,6 +6,7 @@
 //! nginx runs in the foreground as a single process (`master_process off`,
 //! so killing it leaves no workers behind) with every path it writes in a
 //! temporary directory; `scripts/test.sh` installs the `nginx` package.
+// Single server only: one server behind one nginx (the shipped proxy example).
 #![allow(clippy::unwrap_used)]
 mod common;
 use common::*;

@@ -3,6 +3,7 @@
 //! closed stdout), strict configuration (unknown keys and sections with
 //! their line, backends without section or secret, placeholder secrets),
 //! `check` on a host where the server runs, and what SIGHUP reports.
+// Single server only: the real binary as one process (command line, configuration).
 #![allow(clippy::unwrap_used)]
 mod common;
 use common::*;

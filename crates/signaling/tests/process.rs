@@ -1,6 +1,7 @@
 //! The `signaling` binary as an operator runs it: flags, configuration
 //! errors (exit code 64), signals (SIGTERM shutdown, SIGHUP reload,
 //! SIGUSR1 drain).
+// Single server only: the real binary as one process (flags, exit codes, signals).
 #![allow(clippy::unwrap_used)]
 mod common;
 use common::*;

@@ -10,6 +10,8 @@
 //! messages), RES-05/RES-09 (queued messages after resume).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+// Test bodies are plain functions run by `both_topologies!` (the two
+// multi-threaded ones by their own wrappers).
 mod common;
 #[path = "robustness_rawws/mod.rs"]
 mod rawws;
@@ -90,9 +92,9 @@ async fn raw_hello(s: &TestServer, user: &str, raw: &mut RawWs) -> Value {
     h
 }
 
-/// Value of an unlabelled metric from `/metrics`.
-async fn metric(s: &TestServer, name: &str) -> Option<f64> {
-    let resp = RawRequest::get(&format!("{}metrics", s.base()))
+/// Value of an unlabelled metric from `/metrics` of the node at `addr`.
+async fn metric(addr: std::net::SocketAddr, name: &str) -> Option<f64> {
+    let resp = RawRequest::get(&format!("http://{addr}/metrics"))
         .send()
         .await
         .ok()?;
@@ -103,9 +105,20 @@ async fn metric(s: &TestServer, name: &str) -> Option<f64> {
     })
 }
 
-/// Value of the first sample of `prefix` (e.g. `"name{"`) whose labels contain `label`.
+/// Value of the first sample of `prefix` (e.g. `"name{"`) whose labels
+/// contain `label`, added up over all nodes (what one server reports).
 async fn metric_with(s: &TestServer, prefix: &str, label: &str) -> Option<f64> {
-    let resp = RawRequest::get(&format!("{}metrics", s.base()))
+    let mut sum = None;
+    for (_, addr) in &s.nodes {
+        if let Some(v) = metric_with_at(*addr, prefix, label).await {
+            *sum.get_or_insert(0.0) += v;
+        }
+    }
+    sum
+}
+
+async fn metric_with_at(addr: std::net::SocketAddr, prefix: &str, label: &str) -> Option<f64> {
+    let resp = RawRequest::get(&format!("http://{addr}/metrics"))
         .send()
         .await
         .ok()?;
@@ -125,9 +138,8 @@ fn deep(depth: usize, open: &str, close: &str) -> String {
 
 /// MSG-04: malformed JSON of all kinds is answered with `invalid_format` and
 /// the connection stays usable, before and after hello.
-#[tokio::test]
-async fn malformed_json_is_answered_and_connection_stays() {
-    let s = TestServer::start().await;
+async fn malformed_json_is_answered_and_connection_stays(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut pair = Pair::new(&s).await;
     let mut c = s.client().await;
     let garbage: Vec<String> = vec![
@@ -181,9 +193,8 @@ async fn malformed_json_is_answered_and_connection_stays() {
 
 /// MSG-03/MSG-07: unknown types are ignored once authenticated, missing
 /// fields are `invalid_format`, nothing ends the connection.
-#[tokio::test]
-async fn unknown_types_and_missing_fields() {
-    let s = TestServer::start().await;
+async fn unknown_types_and_missing_fields(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut pair = Pair::new(&s).await;
     let mut c = s.user("carol").await;
     let ignored = [
@@ -231,11 +242,10 @@ async fn unknown_types_and_missing_fields() {
 
 /// WS-03: binary frames (empty, large, fragmented) get `invalid_format`
 /// without an id; the connection stays.
-#[tokio::test]
-async fn binary_frames_are_refused_but_connection_stays() {
-    let s = TestServer::start().await;
+async fn binary_frames_are_refused_but_connection_stays(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut pair = Pair::new(&s).await;
-    let mut raw = RawWs::connect(s.addr).await.expect("connect");
+    let mut raw = RawWs::connect(s.next_addr()).await.expect("connect");
     let frames: Vec<Vec<u8>> = vec![
         vec![],
         b"{\"type\":\"hello\"}".to_vec(),
@@ -281,16 +291,15 @@ async fn binary_frames_are_refused_but_connection_stays() {
 
 /// WS-04: a message over 64 KiB (one frame or several fragments) closes only
 /// that connection; its session survives for resume; others carry on.
-#[tokio::test]
-async fn oversized_messages_close_only_their_connection() {
-    let s = TestServer::start().await;
+async fn oversized_messages_close_only_their_connection(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut pair = Pair::new(&s).await;
     for (name, fragments) in [
         ("one frame", vec![65537usize]),
         ("fragments", vec![40_000, 40_000]),
         ("many small fragments", vec![4096; 17]),
     ] {
-        let mut raw = RawWs::connect(s.addr).await.expect("connect");
+        let mut raw = RawWs::connect(s.next_addr()).await.expect("connect");
         let h = raw_hello(&s, "big", &mut raw).await;
         let rid = h["hello"]["resumeid"].as_str().unwrap().to_owned();
         let n = fragments.len();
@@ -324,9 +333,8 @@ async fn oversized_messages_close_only_their_connection() {
 /// upstream (gorilla) does not validate and lets the JSON decoder answer
 /// `invalid_format`. Either is acceptable here; what must hold is that the
 /// server answers one way or the other and nobody else notices.
-#[tokio::test]
-async fn invalid_utf8_text_frame() {
-    let s = TestServer::start().await;
+async fn invalid_utf8_text_frame(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut pair = Pair::new(&s).await;
     for payload in [
         b"\xff\xfe\xfd".to_vec(),
@@ -334,7 +342,7 @@ async fn invalid_utf8_text_frame() {
         b"{\"type\":\"room\xed\xa0\x80\"}".to_vec(),
     ] {
         for authenticated in [false, true] {
-            let mut raw = RawWs::connect(s.addr).await.expect("connect");
+            let mut raw = RawWs::connect(s.next_addr()).await.expect("connect");
             if authenticated {
                 raw_hello(&s, "utf8", &mut raw).await;
             }
@@ -365,9 +373,8 @@ async fn invalid_utf8_text_frame() {
 
 /// Deeply nested JSON anywhere in a message is refused (`invalid_format`)
 /// without harming the server; the connection stays.
-#[tokio::test]
-async fn deeply_nested_json_does_not_crash() {
-    let s = TestServer::start().await;
+async fn deeply_nested_json_does_not_crash(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut pair = Pair::new(&s).await;
     let mut c = s.user("nester").await;
     let b_id = pair.b_id.clone();
@@ -405,16 +412,27 @@ async fn deeply_nested_json_does_not_crash() {
 /// resuming it gets exactly the messages it had not received, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_reader_is_cut_off_and_loses_nothing() {
-    let s = TestServer::start().await;
+    slow_reader_loses_nothing(Topology::Single).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_reader_is_cut_off_and_loses_nothing_in_a_cluster() {
+    slow_reader_loses_nothing(Topology::Cluster).await
+}
+
+async fn slow_reader_loses_nothing(t: Topology) {
+    let s = TestServer::start_on(t).await;
     // Tiny receive window: the server's socket fills after a few frames.
-    let mut slow = RawWs::connect_small_rcvbuf(s.addr, 4096)
+    // (In a cluster the flood comes from another node.)
+    let slow_addr = s.next_addr();
+    let mut slow = RawWs::connect_small_rcvbuf(slow_addr, 4096)
         .await
         .expect("connect");
     let h = raw_hello(&s, "slow", &mut slow).await;
     let slow_id = h["hello"]["sessionid"].as_str().unwrap().to_owned();
     let slow_rid = h["hello"]["resumeid"].as_str().unwrap().to_owned();
     assert_eq!(
-        metric(&s, "signaling_server_client_queue_overflows_total").await,
+        metric(slow_addr, "signaling_server_client_queue_overflows_total").await,
         Some(0.0)
     );
 
@@ -448,7 +466,7 @@ async fn slow_reader_is_cut_off_and_loses_nothing() {
     // The server gives up on the slow connection by itself (we still do not read).
     assert_eventually!(
         Duration::from_secs(20),
-        metric(&s, "signaling_server_client_queue_overflows_total").await == Some(1.0)
+        metric(slow_addr, "signaling_server_client_queue_overflows_total").await == Some(1.0)
     );
     let (mut other, got) = bystander.await.expect("bystander");
     assert_eq!(got, (0..N).step_by(EVERY as usize).collect::<Vec<_>>());
@@ -523,8 +541,17 @@ async fn slow_reader_is_cut_off_and_loses_nothing() {
 /// unbounded list; see `MAX_PENDING_MESSAGES` in crates/hub/src/core/settings.rs.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_queue_of_disconnected_session_is_bounded() {
+    pending_queue_is_bounded(Topology::Single).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_queue_of_disconnected_session_is_bounded_in_a_cluster() {
+    pending_queue_is_bounded(Topology::Cluster).await
+}
+
+async fn pending_queue_is_bounded(t: Topology) {
     const LIMIT: u64 = 10_000;
-    let s = TestServer::start().await;
+    let s = TestServer::start_on(t).await;
     let mut sender = s.user("sender").await;
     for (user, count, kept) in [("kept", LIMIT, true), ("dropped", LIMIT + 1, false)] {
         let c = s.user(user).await;
@@ -536,6 +563,7 @@ async fn pending_queue_of_disconnected_session_is_bounded() {
             sender.send_message(recipient_session(&id), json!(i)).await;
         }
         barrier(&mut sender, user).await;
+        s.settle().await;
         if !kept {
             // The session is closed asynchronously; wait until it is gone.
             assert_eventually!(
@@ -557,3 +585,12 @@ async fn pending_queue_of_disconnected_session_is_bounded() {
         }
     }
 }
+
+both_topologies!(
+    malformed_json_is_answered_and_connection_stays,
+    unknown_types_and_missing_fields,
+    binary_frames_are_refused_but_connection_stays,
+    oversized_messages_close_only_their_connection,
+    invalid_utf8_text_frame,
+    deeply_nested_json_does_not_crash,
+);

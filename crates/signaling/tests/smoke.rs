@@ -1,4 +1,5 @@
 //! Smoke test of the harness: hello, join, message, leave.
+// Single server only: a smoke test of the harness itself.
 #![allow(clippy::unwrap_used)]
 mod common;
 use common::*;

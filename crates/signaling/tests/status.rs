@@ -1,6 +1,7 @@
 //! Operator views: `/api/v1/serverinfo` (JSON), `/status` (HTML), and how
 //! a drain shows in them and at the WebSocket endpoint. The SIGUSR1 signal
 //! path and the exit are covered with the real binary in `process.rs`.
+// Single server only: one node's operator views and drain.
 #![allow(clippy::unwrap_used)]
 mod common;
 use common::*;

@@ -31,6 +31,22 @@ async fn monitors(url: &str, backend_url: &str) -> Monitors {
     Monitors::start(a, b, PACE)
 }
 
+/// The two monitors on the next nodes in turn.
+async fn monitors_of(s: &TestServer) -> Monitors {
+    let a = s.user("monitor-a").await;
+    let b = s.user("monitor-b").await;
+    Monitors::start(a, b, PACE)
+}
+
+/// Sum of metric `name` over all nodes of `s` (what one server reports).
+async fn metric_all(s: &TestServer, name: &str) -> f64 {
+    let mut sum = 0.0;
+    for (_, addr) in &s.nodes {
+        sum += metric(&format!("http://{addr}/"), name).await;
+    }
+    sum
+}
+
 /// Sum of all samples of metric `name` (any labels) from `base`/metrics.
 async fn metric(base: &str, name: &str) -> f64 {
     let resp = RawRequest::get(&format!("{base}metrics"))
@@ -130,6 +146,19 @@ async fn sessions_become(base: &str, n: f64, within: Duration) {
     assert!(ok, "sessions stayed at {last}, expected {n}");
 }
 
+/// Wait until the servers of `s` count exactly `n` sessions in all.
+async fn sessions_become_all(s: &TestServer, n: f64, within: Duration) {
+    let mut last = -1.0;
+    let ok = eventually(within, || async move {
+        metric_all(s, "signaling_hub_sessions").await == n
+    })
+    .await;
+    if !ok {
+        last = metric_all(s, "signaling_hub_sessions").await;
+    }
+    assert!(ok, "sessions stayed at {last}, expected {n}");
+}
+
 /// Probe from `x` to `y` (on another node) until one arrives.
 async fn reach(x: &mut TestClient, y: &mut TestClient, y_id: &str, tag: &str) -> bool {
     for n in 0..100 {
@@ -152,14 +181,23 @@ async fn reach(x: &mut TestClient, y: &mut TestClient, y_id: &str, tag: &str) ->
 /// and the server still takes new clients afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_storm_from_hundreds_of_connections() {
-    let s = TestServer::start().await;
-    let mon = monitors(&s.ws_url(), &s.backend.backend_url()).await;
+    garbage_storm_from_hundreds_of_connections_on(Topology::Single).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_storm_from_hundreds_of_connections_in_a_cluster() {
+    garbage_storm_from_hundreds_of_connections_on(Topology::Cluster).await
+}
+
+async fn garbage_storm_from_hundreds_of_connections_on(t: Topology) {
+    let s = TestServer::start_on(t).await;
+    let mon = monitors_of(&s).await;
     let until = Instant::now() + Duration::from_secs(3);
     let conns = Arc::new(AtomicUsize::new(0));
     let storm: Vec<_> = (0..300)
         .map(|n| {
             tokio::spawn(rawws::garbage_client(
-                s.addr,
+                s.nodes[n % s.nodes.len()].1,
                 s.backend.backend_url(),
                 n * 7,
                 until,
@@ -181,13 +219,14 @@ async fn garbage_storm_from_hundreds_of_connections() {
     let mut c = s.client().await;
     c.hello_user(&s.backend.backend_url(), "after-storm").await;
     // Storm sessions that said hello expire; none of them is in a room.
-    assert_eq!(metric(&s.base(), "signaling_hub_rooms").await, 0.0);
+    assert_eq!(metric_all(&s, "signaling_hub_rooms").await, 0.0);
 }
 
 /// 20,000 connections that say hello and drop without `bye`: once the
 /// resume window (2 s here) has passed, the session count is back to the
 /// monitors alone and the process has not grown beyond a fixed margin
 /// over its size after a warm-up round of 6,000.
+// Single server only: bounds the memory of one server process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_disconnect_cycles_return_to_baseline() {
     let backend = FakeBackend::start(SECRET).await;
@@ -244,9 +283,18 @@ async fn connect_disconnect_cycles_return_to_baseline() {
 /// them resume at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_sessions_drop_and_resume_at_once() {
+    thousand_sessions_drop_and_resume_at_once_on(Topology::Single).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_sessions_drop_and_resume_at_once_in_a_cluster() {
+    thousand_sessions_drop_and_resume_at_once_on(Topology::Cluster).await
+}
+
+async fn thousand_sessions_drop_and_resume_at_once_on(t: Topology) {
     const N: usize = 1000;
-    let s = TestServer::start().await;
-    let mon = monitors(&s.ws_url(), &s.backend.backend_url()).await;
+    let s = TestServer::start_on(t).await;
+    let mon = monitors_of(&s).await;
     let url = s.ws_url();
     let backend_url = s.backend.backend_url();
     let mut ids = Vec::with_capacity(N);
@@ -273,10 +321,10 @@ async fn thousand_sessions_drop_and_resume_at_once() {
             pair
         })
         .collect();
-    sessions_become(&s.base(), (N + 2) as f64, Duration::from_secs(5)).await;
+    sessions_become_all(&s, (N + 2) as f64, Duration::from_secs(5)).await;
     assert_eventually!(
         Duration::from_secs(10),
-        metric(&s.base(), "signaling_server_connections").await == 2.0
+        metric_all(&s, "signaling_server_connections").await == 2.0
     );
 
     let mut sender = s.user("sender").await;
@@ -287,12 +335,16 @@ async fn thousand_sessions_drop_and_resume_at_once() {
                 .await;
         }
     }
-    // Every message was routed once the sender's next request is answered.
+    // Every message was routed once the sender's next request is answered
+    // (and, in a cluster, delivered on the sessions' node once settled).
     let r = sender.request(json!({"id": "sync", "type": "room"})).await;
     assert_eq!(r["id"], "sync");
+    s.settle().await;
 
+    // In a cluster all of them resume on another node than their own.
+    let resume_url = s.ws_url();
     let resumed = join_all(ids.iter().enumerate().map(|(i, (sid, rid))| {
-        let url = url.clone();
+        let url = resume_url.clone();
         async move {
             let mut c = TestClient::connect(&url).await.skip("welcome");
             let r = c.hello_resume(rid).await;
@@ -308,7 +360,7 @@ async fn thousand_sessions_drop_and_resume_at_once() {
     .await;
     assert_eq!(resumed.len(), N);
     assert_eq!(
-        metric(&s.base(), "signaling_hub_sessions_resume_total").await,
+        metric_all(&s, "signaling_hub_sessions_resume_total").await,
         N as f64
     );
     let (report, _a, _b) = mon.finish().await;
@@ -318,6 +370,7 @@ async fn thousand_sessions_drop_and_resume_at_once() {
 /// Five readers that never read in a room of 10 while a member floods it:
 /// each is cut off on its own (queue overflow), the server's memory stays
 /// bounded, the readers of the room and the monitors miss nothing.
+// Single server only: bounds the memory of one server process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_readers_in_a_busy_room() {
     let backend = FakeBackend::start(SECRET).await;
@@ -408,13 +461,22 @@ async fn slow_readers_in_a_busy_room() {
 /// half-registered, and hellos succeed again once the backend recovers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_failures_leave_no_half_registered_sessions() {
+    backend_failures_leave_no_half_registered_sessions_on(Topology::Single).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_failures_leave_no_half_registered_sessions_in_a_cluster() {
+    backend_failures_leave_no_half_registered_sessions_on(Topology::Cluster).await
+}
+
+async fn backend_failures_leave_no_half_registered_sessions_on(t: Topology) {
     let refusing = free_port(); // nothing listens there
     let extra = format!(
         "[backend]\nbackends = backend1, dead\ntimeout = 1\n\
          [dead]\nurl = http://127.0.0.1:{refusing}/\nsecret = {SECRET}\n"
     );
-    let s = TestServer::start_with(&extra).await;
-    let mon = monitors(&s.ws_url(), &s.backend.backend_url()).await;
+    let s = TestServer::start_on_with(t, &extra).await;
+    let mon = monitors_of(&s).await;
     let dead_url =
         format!("http://127.0.0.1:{refusing}/ocs/v2.php/apps/spreed/api/v1/signaling/backend");
 
@@ -484,7 +546,7 @@ async fn backend_failures_leave_no_half_registered_sessions() {
             }
         }
         assert_eq!(
-            metric(&s.base(), "signaling_hub_sessions").await,
+            metric_all(&s, "signaling_hub_sessions").await,
             2.0,
             "{what}"
         );
@@ -495,11 +557,11 @@ async fn backend_failures_leave_no_half_registered_sessions() {
     }
     // Late answers of the slow case must not register anything either.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(metric(&s.base(), "signaling_hub_sessions").await, 2.0);
+    assert_eq!(metric_all(&s, "signaling_hub_sessions").await, 2.0);
     for (_c, r) in hellos(s.backend.backend_url(), "fine".into()).await {
         assert_eq!(r["type"], "hello", "after recovery: {r}");
     }
-    assert_eq!(metric(&s.base(), "signaling_hub_sessions").await, 52.0);
+    assert_eq!(metric_all(&s, "signaling_hub_sessions").await, 52.0);
     let (report, _a, _b) = mon.finish().await;
     assert!(report.total() > 0);
 }
@@ -508,14 +570,23 @@ async fn backend_failures_leave_no_half_registered_sessions() {
 /// refused; the sessions they imitate notice nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_ids_and_checksums_are_refused() {
-    let s = TestServer::start().await;
+    forged_ids_and_checksums_are_refused_on(Topology::Single).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_ids_and_checksums_are_refused_in_a_cluster() {
+    forged_ids_and_checksums_are_refused_on(Topology::Cluster).await
+}
+
+async fn forged_ids_and_checksums_are_refused_on(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut victim = s
         .user_in_room("victim", "room1", "talk-victim")
         .await
         .skip("event");
     let victim_id = victim.session_id().unwrap().to_owned();
     let victim_rid = victim.resume_id().unwrap().to_owned();
-    let mon = monitors(&s.ws_url(), &s.backend.backend_url()).await;
+    let mon = monitors_of(&s).await;
 
     let edit = |id: &str, at: usize| {
         let mut b = id.as_bytes().to_vec();
@@ -602,6 +673,7 @@ async fn forged_ids_and_checksums_are_refused() {
 /// monitors on each node (local traffic) never notice, the NATS state is
 /// visible in the metrics, and messages between the nodes flow again after
 /// the server is back.
+// Own topology: its own two nodes; the test is about their NATS connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_outage_and_return() {
     let mut nats = NatsServer::start().await.expect("nats-server starts");
@@ -666,6 +738,7 @@ async fn nats_outage_and_return() {
 /// SIGHUP five times (the backend list changing each time) while 60 clients
 /// chat in rooms: nobody is disconnected, no chat message is lost, and the
 /// monitors see nothing odd.
+// Single server only: signals one server process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_under_load_drops_nobody() {
     let backend = FakeBackend::start(SECRET).await;

@@ -2,6 +2,7 @@
 //! request carrying chat comments reaches clients that announced `chat-relay`
 //! in full, one event per comment; the others get only the refresh hint and
 //! fetch the chat from Nextcloud as before.
+// Test bodies are plain functions run by `both_topologies!`.
 mod common;
 use common::*;
 
@@ -32,9 +33,8 @@ fn comment(id: i64, name: &str) -> Value {
         "actorDisplayName": name, "message": format!("hello {id}")})
 }
 
-#[tokio::test]
-async fn chat_comments_relayed_to_chat_relay_clients_only() {
-    let s = TestServer::start().await;
+async fn chat_comments_relayed_to_chat_relay_clients_only(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut relay = user_with_features(&s, "alice", json!(["chat-relay"]), "talk-a").await;
     let mut plain = user_with_features(&s, "bob", json!([]), "talk-b").await;
 
@@ -86,9 +86,8 @@ async fn chat_comments_relayed_to_chat_relay_clients_only() {
 
 /// The plain refresh hint (what Nextcloud sent before chat relay) is passed
 /// through unchanged to everyone.
-#[tokio::test]
-async fn legacy_refresh_unchanged() {
-    let s = TestServer::start().await;
+async fn legacy_refresh_unchanged(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut relay = user_with_features(&s, "alice", json!(["chat-relay"]), "talk-a").await;
     let mut plain = user_with_features(&s, "bob", json!([]), "talk-b").await;
     let data = json!({"type": "chat", "chat": {"refresh": true}, "extra": 1});
@@ -103,9 +102,8 @@ async fn legacy_refresh_unchanged() {
 
 /// Relayed comments have the author's display name blanked for sessions
 /// with `hide-displaynames`.
-#[tokio::test]
-async fn relayed_comments_hide_display_names() {
-    let s = TestServer::start().await;
+async fn relayed_comments_hide_display_names(t: Topology) {
+    let s = TestServer::start_on(t).await;
     s.backend.set_room_handler(|req| {
         let room = &req["room"];
         Reply::json(json!({"type": "room", "room": {
@@ -124,3 +122,9 @@ async fn relayed_comments_hide_display_names() {
         json!({"type": "chat", "chat": {"comment": comment(1, "")}})
     );
 }
+
+both_topologies!(
+    chat_comments_relayed_to_chat_relay_clients_only,
+    legacy_refresh_unchanged,
+    relayed_comments_hide_display_names,
+);

@@ -4,13 +4,16 @@
 //! and relay the session both ways, with the remote session and room ids
 //! rewritten to the local ones. Two of our servers, each with its own fake
 //! Nextcloud.
+// Test bodies are plain functions run by `both_topologies!` (local and
+// remote side are both clusters in the cluster variant, except where noted).
+#![allow(clippy::unwrap_used)]
 mod common;
 use common::*;
 use std::time::Duration;
 
 /// The remote server: accepts federated hellos signed with the EC key.
-async fn remote_server() -> TestServer {
-    let s = TestServer::start().await;
+async fn remote_server(t: Topology) -> TestServer {
+    let s = TestServer::start_on(t).await;
     s.backend.set_token_key(TokenKey::Ec.public_pem());
     s.backend.add_feature("federation-v2");
     s
@@ -38,10 +41,9 @@ async fn join_federated(local: &TestServer, remote: &TestServer) -> (TestClient,
     (a, id)
 }
 
-#[tokio::test]
-async fn federated_join_relays_both_ways() {
-    let local = TestServer::start().await;
-    let remote = remote_server().await;
+async fn federated_join_relays_both_ways(t: Topology) {
+    let local = TestServer::start_on(t).await;
+    let remote = remote_server(t).await;
     let (mut a, a_id) = join_federated(&local, &remote).await;
     // The remote Nextcloud saw the join of the federated session.
     let join = remote
@@ -57,7 +59,9 @@ async fn federated_join_relays_both_ways() {
     assert_eq!(join.payload()["sessionid"], "talk-fed");
     assert_eq!(local.backend.count("room"), 0, "no local room join");
 
-    // bob on the remote server sees alice under her remote id.
+    // bob on the remote server sees alice under her remote id. (In a
+    // cluster bob is on another node than alice's federated connection.)
+    let _ = remote.next_addr();
     let mut b = remote.user("bob").await;
     let b_id = b.session_id().unwrap().to_owned();
     b.join_room("remote-room", "talk-b").await;
@@ -117,10 +121,9 @@ async fn federated_join_relays_both_ways() {
 
 /// Pings for the federated session go to the local Nextcloud (combined
 /// per Nextcloud: the fake one announces `session-ping-limit`).
-#[tokio::test]
-async fn federated_session_pinged_locally() {
-    let local = TestServer::start().await;
-    let remote = remote_server().await;
+async fn federated_session_pinged_locally(t: Topology) {
+    let local = TestServer::start_on(t).await;
+    let remote = remote_server(t).await;
     let (_a, _) = join_federated(&local, &remote).await;
     let ping = local
         .backend
@@ -134,10 +137,10 @@ async fn federated_session_pinged_locally() {
 /// The remote server goes away: `federation_interrupted`; once it is back
 /// (a new process, so the remote session is gone) `federation_resumed` with
 /// `resumed: false`, and the room is joined again.
-#[tokio::test]
-async fn remote_restart_interrupts_and_resumes() {
-    let local = TestServer::start().await;
-    let remote = remote_server().await;
+async fn remote_restart_interrupts_and_resumes(t: Topology) {
+    let local = TestServer::start_on(t).await;
+    // The remote is one process that is stopped and started again.
+    let remote = remote_server(Topology::Single).await;
     let (mut a, _) = join_federated(&local, &remote).await;
     let addr = remote.addr;
     remote.server.stop(Duration::from_secs(2)).await;
@@ -159,9 +162,8 @@ async fn remote_restart_interrupts_and_resumes() {
 }
 
 /// Nothing listens at the signaling URL: `federation_error` with details.
-#[tokio::test]
-async fn unreachable_remote_is_federation_error() {
-    let local = TestServer::start().await;
+async fn unreachable_remote_is_federation_error(t: Topology) {
+    let local = TestServer::start_on(t).await;
     let mut a = local.user("alice").await;
     let r = a
         .request(
@@ -176,10 +178,9 @@ async fn unreachable_remote_is_federation_error() {
 }
 
 /// A remote whose Nextcloud does not do federation, and a bad token.
-#[tokio::test]
-async fn remote_refusals_reach_the_client() {
-    let local = TestServer::start().await;
-    let remote = TestServer::start().await;
+async fn remote_refusals_reach_the_client(t: Topology) {
+    let local = TestServer::start_on(t).await;
+    let remote = TestServer::start_on(t).await;
     remote.backend.set_token_key(TokenKey::Ec.public_pem());
     let mut a = local.user("alice").await;
     let token = remote.backend.token(TokenKey::Ec, "alice@local");
@@ -187,9 +188,17 @@ async fn remote_refusals_reach_the_client() {
     assert_eq!(r["error"]["code"], "federation_unsupported", "{r}");
 
     // Capabilities are cached: a fresh remote that does support it.
-    let remote = remote_server().await;
+    let remote = remote_server(t).await;
     let r = a
         .request(federated_join("r", &remote, "x", "garbage"))
         .await;
     assert_eq!(r["error"]["code"], "invalid_token", "{r}");
 }
+
+both_topologies!(
+    federated_join_relays_both_ways,
+    federated_session_pinged_locally,
+    remote_restart_interrupts_and_resumes,
+    unreachable_remote_is_federation_error,
+    remote_refusals_reach_the_client,
+);

@@ -2,6 +2,7 @@
 //! signed by Nextcloud; the public key comes from its capabilities
 //! (`config.signaling.hello-v2-token-key`, cached honouring Cache-Control and
 //! ETag: upstream 2.0.0, #780/#783). No `auth` request goes to Nextcloud.
+// Test bodies are plain functions run by `both_topologies!`.
 mod common;
 use common::*;
 
@@ -25,9 +26,8 @@ fn assert_error(r: &Value, code: &str) {
 
 /// Every key type Nextcloud may use: RSA, ECDSA P-256, Ed25519 as PEM and
 /// as the bare base64 key Nextcloud publishes for Ed25519.
-#[tokio::test]
-async fn hello_v2_accepts_rsa_ecdsa_and_ed25519_tokens() {
-    let s = TestServer::start().await;
+async fn hello_v2_accepts_rsa_ecdsa_and_ed25519_tokens(t: Topology) {
+    let s = TestServer::start_on(t).await;
     for (key, published) in [
         (TokenKey::Rsa, TokenKey::Rsa.public_pem().to_owned()),
         (TokenKey::Ec, TokenKey::Ec.public_pem().to_owned()),
@@ -35,7 +35,7 @@ async fn hello_v2_accepts_rsa_ecdsa_and_ed25519_tokens() {
         (TokenKey::Ed25519, TokenKey::ed25519_raw_base64()),
     ] {
         // A fresh server per key: the key is cached for at least a minute.
-        let s2 = TestServer::start().await;
+        let s2 = TestServer::start_on(t).await;
         s2.backend.set_token_key(&published);
         let token = s2.backend.token(key, "alice");
         let (_c, r) = hello_with_token(&s2, &token).await;
@@ -49,9 +49,8 @@ async fn hello_v2_accepts_rsa_ecdsa_and_ed25519_tokens() {
 
 /// `sub` is the user, `userdata` the user data others see in join events;
 /// without `sub` the session is a guest.
-#[tokio::test]
-async fn hello_v2_claims_become_the_session() {
-    let s = TestServer::start().await;
+async fn hello_v2_claims_become_the_session(t: Topology) {
+    let s = TestServer::start_on(t).await;
     s.backend.set_token_key(TokenKey::Ec.public_pem());
     let (mut a, r) = hello_with_token(&s, &s.backend.token(TokenKey::Ec, "alice")).await;
     assert_eq!(r["hello"]["userid"], "alice", "{r}");
@@ -68,15 +67,16 @@ async fn hello_v2_claims_become_the_session() {
     assert_eq!(r["hello"]["userid"], "");
     let room = g.join_room("room1", "talk-g").await;
     assert_eq!(room["room"]["roomid"], "room1");
-    // The backend was asked for capabilities once, never for auth.
-    assert_eq!(s.backend.count("capabilities"), 1);
+    // The backend was asked for capabilities once per server (alice and the
+    // guest are on two nodes of a cluster), never for auth.
+    let servers = if s.is_cluster() { 2 } else { 1 };
+    assert_eq!(s.backend.count("capabilities"), servers);
     assert_eq!(s.backend.count("auth"), 0);
 }
 
 /// Resume of a v2 session answers with version 2.0 again.
-#[tokio::test]
-async fn hello_v2_session_resumes() {
-    let s = TestServer::start().await;
+async fn hello_v2_session_resumes(t: Topology) {
+    let s = TestServer::start_on(t).await;
     s.backend.set_token_key(TokenKey::Rsa.public_pem());
     let (c, r) = hello_with_token(&s, &s.backend.token(TokenKey::Rsa, "alice")).await;
     let rid = r["hello"]["resumeid"]
@@ -95,22 +95,20 @@ async fn hello_v2_session_resumes() {
 
 // ----- rejections, each with its exact error code ---------------------------
 
-async fn server_with_rsa_key() -> TestServer {
-    let s = TestServer::start().await;
+async fn server_with_rsa_key(t: Topology) -> TestServer {
+    let s = TestServer::start_on(t).await;
     s.backend.set_token_key(TokenKey::Rsa.public_pem());
     s
 }
 
-#[tokio::test]
-async fn hello_v2_wrong_key_is_invalid_token() {
-    let s = server_with_rsa_key().await;
+async fn hello_v2_wrong_key_is_invalid_token(t: Topology) {
+    let s = server_with_rsa_key(t).await;
     let (_c, r) = hello_with_token(&s, &s.backend.token(TokenKey::Rsa2, "alice")).await;
     assert_error(&r, "invalid_token");
 }
 
-#[tokio::test]
-async fn hello_v2_hmac_algorithm_is_invalid_token() {
-    let s = server_with_rsa_key().await;
+async fn hello_v2_hmac_algorithm_is_invalid_token(t: Topology) {
+    let s = server_with_rsa_key(t).await;
     // Signed with the public key text as HMAC secret: the classic confusion attack.
     let token = sign_hmac(
         TokenKey::Rsa.public_pem().as_bytes(),
@@ -120,16 +118,14 @@ async fn hello_v2_hmac_algorithm_is_invalid_token() {
     assert_error(&r, "invalid_token");
 }
 
-#[tokio::test]
-async fn hello_v2_algorithm_not_matching_the_key_is_invalid_token() {
-    let s = server_with_rsa_key().await;
+async fn hello_v2_algorithm_not_matching_the_key_is_invalid_token(t: Topology) {
+    let s = server_with_rsa_key(t).await;
     let (_c, r) = hello_with_token(&s, &s.backend.token(TokenKey::Ec, "alice")).await;
     assert_error(&r, "invalid_token");
 }
 
-#[tokio::test]
-async fn hello_v2_expired_token() {
-    let s = server_with_rsa_key().await;
+async fn hello_v2_expired_token(t: Topology) {
+    let s = server_with_rsa_key(t).await;
     let now = unix_now();
     let claims =
         json!({"iss": s.backend.url(), "sub": "alice", "iat": now - 600, "exp": now - 120});
@@ -141,9 +137,8 @@ async fn hello_v2_expired_token() {
     assert_eq!(r["type"], "hello", "{r}");
 }
 
-#[tokio::test]
-async fn hello_v2_not_yet_valid_token() {
-    let s = server_with_rsa_key().await;
+async fn hello_v2_not_yet_valid_token(t: Topology) {
+    let s = server_with_rsa_key(t).await;
     let now = unix_now();
     let claims =
         json!({"iss": s.backend.url(), "sub": "alice", "iat": now + 600, "exp": now + 900});
@@ -151,9 +146,8 @@ async fn hello_v2_not_yet_valid_token() {
     assert_error(&r, "token_not_valid_yet");
 }
 
-#[tokio::test]
-async fn hello_v2_missing_claims() {
-    let s = server_with_rsa_key().await;
+async fn hello_v2_missing_claims(t: Topology) {
+    let s = server_with_rsa_key(t).await;
     let now = unix_now();
     // No `iat`: not valid yet (as upstream).
     let claims = json!({"iss": s.backend.url(), "sub": "alice", "exp": now + 300});
@@ -169,9 +163,8 @@ async fn hello_v2_missing_claims() {
     assert_error(&r, "token_expired");
 }
 
-#[tokio::test]
-async fn hello_v2_truncated_and_garbage_tokens() {
-    let s = server_with_rsa_key().await;
+async fn hello_v2_truncated_and_garbage_tokens(t: Topology) {
+    let s = server_with_rsa_key(t).await;
     let good = s.backend.token(TokenKey::Rsa, "alice");
     let truncated = &good[..good.len() - 10];
     let no_signature = &good[..good.rfind('.').expect("three parts")];
@@ -197,9 +190,8 @@ async fn hello_v2_truncated_and_garbage_tokens() {
     assert_error(&r, "invalid_format");
 }
 
-#[tokio::test]
-async fn hello_v2_without_published_key_is_invalid_token() {
-    let s = TestServer::start().await;
+async fn hello_v2_without_published_key_is_invalid_token(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let (_c, r) = hello_with_token(&s, &s.backend.token(TokenKey::Rsa, "alice")).await;
     assert_error(&r, "invalid_token");
 }
@@ -209,9 +201,10 @@ async fn hello_v2_without_published_key_is_invalid_token() {
 /// The key is fetched once and cached; when a token does not verify with the
 /// cached key (Nextcloud rotated it), the capabilities are fetched again,
 /// revalidating with the ETag, and the new key is used.
+// Single server only: capabilities are cached per server.
 #[tokio::test]
 async fn hello_v2_refetches_capabilities_when_the_key_changed() {
-    let s = server_with_rsa_key().await;
+    let s = server_with_rsa_key(Topology::Single).await;
     s.backend
         .set_capabilities_cache(Some("\"caps-1\""), Some("max-age=3600"));
     let (_c, r) = hello_with_token(&s, &s.backend.token(TokenKey::Rsa, "alice")).await;
@@ -238,9 +231,10 @@ async fn hello_v2_refetches_capabilities_when_the_key_changed() {
 }
 
 /// A 304 answer keeps the cached capabilities (the key still verifies).
+// Single server only: capabilities are cached per server.
 #[tokio::test]
 async fn hello_v2_not_modified_keeps_the_cached_key() {
-    let s = server_with_rsa_key().await;
+    let s = server_with_rsa_key(Topology::Single).await;
     s.backend.set_capabilities_cache(Some("\"same\""), None);
     let (_c, r) = hello_with_token(&s, &s.backend.token(TokenKey::Rsa, "alice")).await;
     assert_eq!(r["type"], "hello", "{r}");
@@ -254,3 +248,17 @@ async fn hello_v2_not_modified_keeps_the_cached_key() {
     assert_eq!(r["type"], "hello", "{r}");
     assert_eq!(s.backend.count("capabilities"), 2);
 }
+
+both_topologies!(
+    hello_v2_accepts_rsa_ecdsa_and_ed25519_tokens,
+    hello_v2_claims_become_the_session,
+    hello_v2_session_resumes,
+    hello_v2_wrong_key_is_invalid_token,
+    hello_v2_hmac_algorithm_is_invalid_token,
+    hello_v2_algorithm_not_matching_the_key_is_invalid_token,
+    hello_v2_expired_token,
+    hello_v2_not_yet_valid_token,
+    hello_v2_missing_claims,
+    hello_v2_truncated_and_garbage_tokens,
+    hello_v2_without_published_key_is_invalid_token,
+);

@@ -2,6 +2,7 @@
 //! version: `internal-incall` (upstream 1.1.0, #421), virtual sessions hung
 //! up when disinvited (1.2.2, #610), transient data TTL (1.2.0, #575) and
 //! dial-out (1.2.0, #563; several bridges 2.0.4, #1005).
+// Test bodies are plain functions run by `both_topologies!`.
 mod common;
 use common::*;
 use std::time::Duration;
@@ -10,9 +11,10 @@ async fn drain(c: &mut TestClient) {
     while c.recv_timeout(SHORT).await.is_some() {}
 }
 
-/// An internal client announcing `features`, and its session id.
+/// An internal client announcing `features` (on the next node in turn), and
+/// its session id.
 async fn internal_with_id(s: &TestServer, features: &[&str]) -> (TestClient, String) {
-    internal_client(s.addr, &s.backend.url(), features).await
+    internal_client(s.next_addr(), &s.backend.url(), features).await
 }
 
 async fn internal_with(s: &TestServer, features: &[&str]) -> TestClient {
@@ -22,9 +24,8 @@ async fn internal_with(s: &TestServer, features: &[&str]) -> TestClient {
 /// Upstream 1.1.0 (#421): an internal client with `internal-incall` starts
 /// out of the call and sets its own flags with `internal/incall`; members
 /// see them (and its features) in participants updates.
-#[tokio::test]
-async fn internal_client_sets_its_own_incall_flags() {
-    let s = TestServer::start().await;
+async fn internal_client_sets_its_own_incall_flags(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = s.user_in_room("alice", "room1", "talk-a").await;
     drain(&mut a).await;
     let (mut i, i_id) = internal_with_id(&s, &["internal-incall"]).await;
@@ -70,9 +71,8 @@ async fn participants_of(c: &mut TestClient, sid: &str) -> Value {
 
 /// Upstream 1.1.0 (#421): virtual sessions take `incall` from addsession and
 /// updatesession.
-#[tokio::test]
-async fn virtual_session_incall_flags() {
-    let s = TestServer::start().await;
+async fn virtual_session_incall_flags(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = s.user_in_room("alice", "room1", "talk-a").await;
     let mut i = internal_with(&s, &["internal-incall"]).await;
     i.join_room("room1", "").await;
@@ -100,9 +100,8 @@ async fn virtual_session_incall_flags() {
 
 /// Upstream 1.2.2 (#610): a virtual session disinvited from its room makes
 /// its internal client get a `hangup` control message for that session.
-#[tokio::test]
-async fn disinvited_virtual_session_is_hung_up() {
-    let s = TestServer::start().await;
+async fn disinvited_virtual_session_is_hung_up(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let _a = s.user_in_room("alice", "room1", "talk-a").await;
     let mut i = internal_with(&s, &[]).await;
     i.join_room("room1", "").await;
@@ -139,9 +138,8 @@ async fn disinvited_virtual_session_is_hung_up() {
 
 /// Upstream 1.2.0 (#575): an entry set with `ttl` (nanoseconds) is removed
 /// once it runs out.
-#[tokio::test]
-async fn transient_entry_with_ttl_expires() {
-    let s = TestServer::start().await;
+async fn transient_entry_with_ttl_expires(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = s.user_in_room("alice", "room1", "talk-a").await;
     let mut b = s.user_in_room("bob", "room1", "talk-b").await;
     drain(&mut a).await;
@@ -185,9 +183,8 @@ async fn answer_dialout(bridge: &mut TestClient, answer: Value) -> Value {
 
 /// Upstream 1.2.0 (#563): the request reaches a bridge with `start-dialout`,
 /// which answers with the call id; Nextcloud gets it back.
-#[tokio::test]
-async fn dialout_is_forwarded_to_a_bridge() {
-    let s = TestServer::start().await;
+async fn dialout_is_forwarded_to_a_bridge(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut bridge = internal_with(&s, &["start-dialout"]).await;
     let (resp, req) = tokio::join!(
         s.backend_request("12345", dialout_request("+491234567")),
@@ -210,9 +207,8 @@ async fn dialout_is_forwarded_to_a_bridge() {
 }
 
 /// Upstream 2.0.4 (#1005): with several bridges, one that refuses is skipped.
-#[tokio::test]
-async fn dialout_tries_the_next_bridge() {
-    let s = TestServer::start().await;
+async fn dialout_tries_the_next_bridge(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut b1 = internal_with(&s, &["start-dialout"]).await;
     let mut b2 = internal_with(&s, &["start-dialout"]).await;
     let _other = internal_with(&s, &[]).await;
@@ -244,9 +240,8 @@ async fn dialout_tries_the_next_bridge() {
 /// A bridge inside a room is no dial-out candidate: with no other bridge
 /// the request is answered 404 `no_client_available` at once instead of
 /// waiting for the bridge's answer that never comes.
-#[tokio::test]
-async fn dialout_skips_a_bridge_in_a_room() {
-    let s = TestServer::start().await;
+async fn dialout_skips_a_bridge_in_a_room(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut bridge = internal_with(&s, &["start-dialout"]).await;
     let r = bridge
         .request(json!({"type": "room", "room": {"roomid": "12345", "sessionid": ""}}))
@@ -270,9 +265,8 @@ async fn dialout_skips_a_bridge_in_a_room() {
 
 /// Errors: no bridge (404), a bad number or room id (400), every bridge
 /// refusing (502 with the bridge's error).
-#[tokio::test]
-async fn dialout_errors() {
-    let s = TestServer::start().await;
+async fn dialout_errors(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let r = s
         .backend_request("12345", dialout_request("+491234567"))
         .await;
@@ -302,3 +296,14 @@ async fn dialout_errors() {
         json!({"code": "no_trunk", "message": "No SIP trunk."})
     );
 }
+
+both_topologies!(
+    internal_client_sets_its_own_incall_flags,
+    virtual_session_incall_flags,
+    disinvited_virtual_session_is_hung_up,
+    transient_entry_with_ttl_expires,
+    dialout_is_forwarded_to_a_bridge,
+    dialout_tries_the_next_bridge,
+    dialout_skips_a_bridge_in_a_room,
+    dialout_errors,
+);

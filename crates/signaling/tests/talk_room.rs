@@ -2,6 +2,7 @@
 //! (upstream 1.2.0, #547), combined room pings (0.5.0, #250), `switchto`
 //! (1.1.0, #409), recipient `call` (2.0.2, #859), client features in join
 //! events (2.0.2, #879) and bandwidth in room replies (2.1.0, #1099).
+// Test bodies are plain functions run by `both_topologies!`.
 mod common;
 use common::*;
 use std::time::Duration;
@@ -12,9 +13,8 @@ async fn drain(c: &mut TestClient) {
 
 /// Upstream 1.2.0 (#547): re-joining the current room is answered with
 /// `already_joined` and the room's details, without a backend request.
-#[tokio::test]
-async fn rejoin_answers_already_joined_with_room_details() {
-    let s = TestServer::start().await;
+async fn rejoin_answers_already_joined_with_room_details(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = s.user_in_room("alice", "room1", "talk-a").await;
     drain(&mut a).await;
     let rooms = s.backend.count("room");
@@ -32,6 +32,7 @@ async fn rejoin_answers_already_joined_with_room_details() {
 /// Upstream 0.5.0 (#250): with `session-ping-limit` in the capabilities, the
 /// sessions of all rooms of a backend are pinged together (empty room id),
 /// in requests of at most that many entries.
+// Single server only: each node pings Nextcloud for its own sessions (as upstream).
 #[tokio::test]
 async fn room_pings_are_combined_per_backend() {
     let s = TestServer::start().await;
@@ -62,9 +63,8 @@ async fn room_pings_are_combined_per_backend() {
 
 /// Upstream 1.1.0 (#409): `switchto` sends `event/room/switchto` to the
 /// listed Talk sessions only; with a map, each gets its details.
-#[tokio::test]
-async fn switchto_moves_only_the_listed_sessions() {
-    let s = TestServer::start().await;
+async fn switchto_moves_only_the_listed_sessions(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = s.user_in_room("alice", "room1", "talk-a").await;
     let mut b = s.user_in_room("bob", "room1", "talk-b").await;
     drain(&mut a).await;
@@ -103,9 +103,8 @@ async fn switchto_moves_only_the_listed_sessions() {
 
 /// Upstream 2.0.2 (#859): a message to recipient `call` reaches only the
 /// sessions in the call of the sender's room.
-#[tokio::test]
-async fn recipient_call_reaches_only_sessions_in_the_call() {
-    let s = TestServer::start().await;
+async fn recipient_call_reaches_only_sessions_in_the_call(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = s.user_in_room("alice", "room1", "talk-a").await;
     let mut b = s.user_in_room("bob", "room1", "talk-b").await;
     let mut c = s.user_in_room("carol", "room1", "talk-c").await;
@@ -136,9 +135,8 @@ async fn recipient_call_reaches_only_sessions_in_the_call() {
 }
 
 /// Upstream 2.0.2 (#879): join events list the client features of each session.
-#[tokio::test]
-async fn join_events_carry_client_features() {
-    let s = TestServer::start().await;
+async fn join_events_carry_client_features(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut a = s.client().await;
     let r = a
         .request(json!({"type": "hello", "hello": {"version": "1.0",
@@ -163,9 +161,9 @@ async fn join_events_carry_client_features() {
 }
 
 /// Upstream 2.1.0 (#1099): the room reply carries the backend's bitrate limits.
-#[tokio::test]
-async fn room_reply_carries_bandwidth() {
-    let s = TestServer::start_with(
+async fn room_reply_carries_bandwidth(t: Topology) {
+    let s = TestServer::start_on_with(
+        t,
         "[backend1]\nmaxstreambitrate = 1048576\nmaxscreenbitrate = 2097152\n",
     )
     .await;
@@ -175,8 +173,16 @@ async fn room_reply_carries_bandwidth() {
         r["room"]["bandwidth"],
         json!({"maxstreambitrate": 1048576, "maxscreenbitrate": 2097152})
     );
-    let plain = TestServer::start().await;
+    let plain = TestServer::start_on(t).await;
     let mut b = plain.user("bob").await;
     let r = b.join_room("room1", "talk-b").await;
     assert!(r["room"].get("bandwidth").is_none(), "{r}");
 }
+
+both_topologies!(
+    rejoin_answers_already_joined_with_room_details,
+    switchto_moves_only_the_listed_sessions,
+    recipient_call_reaches_only_sessions_in_the_call,
+    join_events_carry_client_features,
+    room_reply_carries_bandwidth,
+);

@@ -1,5 +1,6 @@
 //! Brute-force protection (upstream 1.2.x throttling): failed backend-API
 //! checksums and failed resumes are answered late, then refused.
+// Single server only: throttling state is per node (as upstream).
 #![allow(clippy::unwrap_used)]
 mod common;
 use common::*;

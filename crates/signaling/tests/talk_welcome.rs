@@ -2,6 +2,7 @@
 //! the features on the WebSocket upgrade response (1.3.2, #755) and what the
 //! current Talk's compatibility check reads from `/api/v1/welcome`
 //! (`Manager::isCompatibleSignalingServer`: features header and `Date`).
+// Test bodies are plain functions run by `both_topologies!`.
 mod common;
 use common::*;
 use std::time::Duration;
@@ -61,9 +62,8 @@ fn parse_http_date(s: &str) -> Option<i64> {
 
 /// Upstream 1.0.0 (#288): the first message of a connection is `welcome`
 /// with the server version and its (sorted) features; hello works after it.
-#[tokio::test]
-async fn welcome_is_the_first_message() {
-    let s = TestServer::start().await;
+async fn welcome_is_the_first_message(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let mut c = TestClient::connect(&s.ws_url()).await;
     let w = c.recv().await;
     assert_eq!(w["type"], "welcome", "{w}");
@@ -91,9 +91,8 @@ async fn welcome_is_the_first_message() {
 
 /// Upstream 1.3.2 (#755): the upgrade response carries `Server` and the
 /// features, so federated peers learn them before the hello.
-#[tokio::test]
-async fn upgrade_response_carries_features() {
-    let s = TestServer::start().await;
+async fn upgrade_response_carries_features(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let req = format!(
         "GET /spreed HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
@@ -130,9 +129,8 @@ async fn upgrade_response_carries_features() {
 /// What Talk's compatibility check needs from `/api/v1/welcome` that we
 /// have: every implemented required feature and a `Date` within seconds of
 /// now ("TIME_OUT_OF_SYNC" otherwise).
-#[tokio::test]
-async fn welcome_endpoint_has_features_and_a_correct_date() {
-    let s = TestServer::start().await;
+async fn welcome_endpoint_has_features_and_a_correct_date(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let r = raw_request("GET", &format!("{}api/v1/welcome", s.base()), &[], "").await;
     assert_eq!(r.status, 200);
     let features = header_features(r.header("x-spreed-signaling-features"));
@@ -157,9 +155,8 @@ async fn welcome_endpoint_has_features_and_a_correct_date() {
 
 /// The full check of the current Talk: all five required features, no
 /// optional one missing.
-#[tokio::test]
-async fn talk_compatibility_check_passes() {
-    let s = TestServer::start().await;
+async fn talk_compatibility_check_passes(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let r = raw_request("GET", &format!("{}api/v1/welcome", s.base()), &[], "").await;
     let features = header_features(r.header("x-spreed-signaling-features"));
     for f in [
@@ -230,9 +227,8 @@ fn talk_admin_check(
 /// The admin check reports nothing (no warning, nothing missing), and Talk
 /// would switch to sending only changed participants. Every backend API
 /// response announces it too (Talk learns it there as well).
-#[tokio::test]
-async fn talk_admin_check_reports_nothing_missing() {
-    let s = TestServer::start().await;
+async fn talk_admin_check_reports_nothing_missing(t: Topology) {
+    let s = TestServer::start_on(t).await;
     let before = unix_now();
     let r = raw_request("GET", &format!("{}api/v1/welcome", s.base()), &[], "").await;
     let after = unix_now();
@@ -283,3 +279,11 @@ async fn talk_admin_check_reports_nothing_missing() {
         );
     }
 }
+
+both_topologies!(
+    welcome_is_the_first_message,
+    upgrade_response_carries_features,
+    welcome_endpoint_has_features_and_a_correct_date,
+    talk_compatibility_check_passes,
+    talk_admin_check_reports_nothing_missing,
+);

@@ -14,7 +14,7 @@ use crate::bus::Frame;
 /// write, besides every keepalive.
 pub const ACK_EVERY: u64 = 64;
 pub const ACK_DELAY: Duration = Duration::from_millis(50);
-/// Frames A keeps unacknowledged before it gives the relay up.
+/// Frames A sends ahead of B's acknowledgements; the rest waits queued.
 pub(crate) const MAX_UNACKED: usize = 4096;
 /// Client frames A reads ahead while an earlier one waits for the backend.
 pub(crate) const MAX_QUEUED_UP: usize = 256;

@@ -74,13 +74,17 @@ pub(crate) fn live_node_status(hub: &Hub) -> Vec<Arc<proto::cluster::NodeStatus>
         .collect()
 }
 
-/// The other live nodes with a dial-out bridge of `backend`.
+/// The other live nodes to ask for a dial-out bridge of `backend`: those
+/// that reported one first, then all the others. Reports come with the
+/// presence interval, so a bridge that connected since its node's last one
+/// is not in them yet; one server would use it at once, so the cluster asks
+/// every node rather than trusting the reports alone.
 pub(crate) fn nodes_with_bridges(hub: &Hub, backend: &str) -> Vec<String> {
-    crate::cluster::nodes::live_node_status(hub)
+    let (mut with, without): (Vec<_>, Vec<_>) = crate::cluster::nodes::live_node_status(hub)
         .into_iter()
-        .filter(|s| s.dialout.iter().any(|b| b == backend))
-        .map(|s| s.node.clone())
-        .collect()
+        .partition(|s| s.dialout.iter().any(|b| b == backend));
+    with.extend(without);
+    with.into_iter().map(|s| s.node.clone()).collect()
 }
 
 /// The bridges connected here that can take a dial-out: internal

@@ -165,7 +165,12 @@ async fn hold(
             biased;
             _ = kill.cancelled() => break,
             _ = shutdown.cancelled() => break,
-            _ = conn.queued() => {
+            // Flow control: with this many frames unacknowledged, leave the
+            // rest queued until B confirms (a socket write that blocks does
+            // the same); a long backlog after a resume then reaches the
+            // client in one connection, as from one server, and a client
+            // that does not read overflows the queue as it would there.
+            _ = conn.queued(), if unacked.len() < MAX_UNACKED => {
                 let mut close = false;
                 for item in conn.take_queued() {
                     match item {
@@ -188,10 +193,6 @@ async fn hold(
                 }
                 if close {
                     end = Some(CLOSE);
-                    break;
-                }
-                if unacked.len() > MAX_UNACKED {
-                    debug!("relay not acknowledged, giving up");
                     break;
                 }
                 if conn.queue_is_empty() {

@@ -87,10 +87,6 @@ use crate::bus::{
     Subscription,
 };
 
-/// Messages the dispatcher takes at most in one go (then other work gets a
-/// turn).
-const MAX_BATCH: usize = 256;
-
 /// Publishes that may wait for the NATS task (about 20 MB of typical
 /// envelopes). Large enough to ride out an outage of several seconds on a
 /// busy server; a bound so an outage of minutes cannot exhaust memory.
@@ -451,11 +447,15 @@ async fn run(
             first = feeds.next(), if !feeds.is_empty() => {
                 let Some(first) = first else { continue };
                 batch.push(first);
-                while batch.len() < MAX_BATCH {
-                    match feeds.next().now_or_never() {
-                        Some(Some(m)) => batch.push(m),
-                        _ => break,
-                    }
+                // Everything that has arrived, not a capped batch: a later
+                // message of a sender may sit in one subscription's channel
+                // while earlier ones still wait in another's, and only what
+                // is taken together is put back in order. (With a cap of 256,
+                // a settle marker overtook a backlog of direct messages.)
+                // Unconstrained: tokio's cooperative budget would otherwise
+                // answer "not ready" after about 128 items, the same cap.
+                while let Some(Some(m)) = tokio::task::unconstrained(feeds.next()).now_or_never() {
+                    batch.push(m);
                 }
                 let Some(bus) = bus.upgrade() else { break };
                 dispatch(&bus, &mut batch);
