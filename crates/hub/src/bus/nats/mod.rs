@@ -362,6 +362,10 @@ impl Bus for NatsBus {
 
 /// The task that owns the client: executes commands in order until the bus
 /// is dropped, then ends every subscription task and closes the connection.
+///
+/// Long because it is one `select!` loop over the command queue, the
+/// connection events and the subscriptions' messages, which share the
+/// connection state.
 async fn run(
     bus: Weak<NatsBus>,
     addrs: Vec<ServerAddr>,
