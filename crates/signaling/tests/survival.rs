@@ -249,9 +249,10 @@ async fn connect_disconnect_cycles_return_to_baseline() {
         .await;
     }
 
-    // Warm-up at the same rate: the allocator keeps what the peak number of
-    // sessions waiting in the resume window needed.
-    round(&bin, &backend, 6_000).await;
+    // Warm-up with the same load: the allocator keeps what the peak number
+    // of sessions waiting in the resume window needed (a shorter warm-up
+    // reached a lower peak, and the difference showed as growth).
+    round(&bin, &backend, 20_000).await;
     sessions_become(&bin.base(), 2.0, Duration::from_secs(10)).await;
     let baseline = bin.rss_kib();
 
@@ -264,7 +265,14 @@ async fn connect_disconnect_cycles_return_to_baseline() {
         metric(&bin.base(), "signaling_server_connections").await,
         2.0
     );
-    let after = bin.rss_kib();
+    // The server gives freed memory back every 10 s once connections fell
+    // (`trim.rs`): a leak never comes back down, retained free memory does.
+    let deadline = Instant::now() + Duration::from_secs(12);
+    let mut after = bin.rss_kib();
+    while after > baseline + 4 * 1024 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        after = bin.rss_kib();
+    }
     let (report, _a, _b) = mon.finish().await;
     eprintln!(
         "20000 cycles in {took:?}; RSS baseline {baseline} KiB, right after {peak} KiB, \
@@ -275,7 +283,7 @@ async fn connect_disconnect_cycles_return_to_baseline() {
         after <= baseline + 4 * 1024,
         "RSS grew from {baseline} KiB to {after} KiB"
     );
-    assert!(backend.count("auth") >= 26_000);
+    assert!(backend.count("auth") >= 40_000);
 }
 
 /// 1,000 sessions lose their connections at the same moment; messages sent
