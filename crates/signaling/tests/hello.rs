@@ -1993,10 +1993,13 @@ both_topologies!(
     sid_03_routing_by_public_id_only,
 );
 
-// Single server only for now: the cluster variant failed 3 times in 60
-// runs under heavy load (two loops of cluster tests plus other builds): after
-// the resume the messages another node's session sent while alice was away
-// were missing or late. Not explained yet; see the issue 15 note.
+// Single server only for now. The cluster variant fails about 1 run in 10
+// with 4 copies at once: (a) bob's messages and the backend's events reach
+// alice's node interleaved (bob's node publishes after answering him: no
+// order between two senders; expected), but also (b) after a resume relayed
+// from another node some backend events arrived twice, and (c) once the
+// relayed connection was closed during the replay. (b) and (c) are bugs of
+// the relayed resume, open under issue 15.
 #[tokio::test]
 async fn res_05_chat_refresh_deduplicated_while_away_single_server() {
     res_05_chat_refresh_deduplicated_while_away(Topology::Single).await
