@@ -487,13 +487,9 @@ async fn jan_candidates_from_blocked_networks_never_reach_janus() {
     }
 }
 
-/// Clustering (issue 7): two signaling servers on one NATS and one Janus.
-/// A subscriber on B of a publisher on A joins A's Janus room (A tells B
-/// which) and receives its media.
-#[tokio::test]
-async fn jan_subscriber_on_another_signaling_server() {
-    let janus = start_janus().await;
-    let mut c = cluster_call(&format!(
+/// Two signaling servers on one NATS and `janus`, both connected to it.
+async fn janus_cluster_call(janus: &Janus) -> ClusterCall {
+    let c = cluster_call(&format!(
         "[mcu]\ntype = janus\nurl = {}\ntimeout = 5\n",
         janus.url()
     ))
@@ -504,6 +500,16 @@ async fn jan_subscriber_on_another_signaling_server() {
             .await
             .contains("signaling_mcu_janus_connected 1")
     );
+    c
+}
+
+/// Clustering (issue 7): two signaling servers on one NATS and one Janus.
+/// A subscriber on B of a publisher on A joins A's Janus room (A tells B
+/// which) and receives its media.
+#[tokio::test]
+async fn jan_subscriber_on_another_signaling_server() {
+    let janus = start_janus().await;
+    let mut c = janus_cluster_call(&janus).await;
     c.alice.publish("video", "alice-video").await;
     let alice_id = c.alice.id.clone();
     c.bob.subscribe(&alice_id, "video").await;
@@ -717,17 +723,7 @@ async fn jan_subscriber_is_told_within_seconds_when_janus_stays_away() {
 #[tokio::test]
 async fn jan_remote_subscriber_follows_a_replaced_publisher() {
     let janus = start_janus().await;
-    let mut c = cluster_call(&format!(
-        "[mcu]\ntype = janus\nurl = {}\ntimeout = 5\n",
-        janus.url()
-    ))
-    .await;
-    assert_eventually!(
-        Duration::from_secs(10),
-        metrics_at(c.b)
-            .await
-            .contains("signaling_mcu_janus_connected 1")
-    );
+    let mut c = janus_cluster_call(&janus).await;
     let alice_id = c.alice.id.clone();
     c.alice.publish("video", "alice-1").await;
     let (old_sid, _) = c.bob.subscribe(&alice_id, "video").await;
@@ -883,18 +879,8 @@ async fn jan_offer_request_during_a_rebuild_gets_the_rebuilt_offer() {
 #[tokio::test]
 async fn jan_remote_subscriber_recovers_after_janus_restart() {
     let mut janus = start_janus().await;
-    let mut c = cluster_call(&format!(
-        "[mcu]\ntype = janus\nurl = {}\ntimeout = 5\n",
-        janus.url()
-    ))
-    .await;
+    let mut c = janus_cluster_call(&janus).await;
     c.talk_in_call().await;
-    assert_eventually!(
-        Duration::from_secs(10),
-        metrics_at(c.b)
-            .await
-            .contains("signaling_mcu_janus_connected 1")
-    );
     let alice_id = c.alice.id.clone();
     c.alice.publish("video", "alice-1").await;
     let (old_sid, _) = c.bob.subscribe(&alice_id, "video").await;
