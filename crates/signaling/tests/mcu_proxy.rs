@@ -372,6 +372,34 @@ async fn janus_remotes(janus: &Janus) -> usize {
     n
 }
 
+/// A German and a US proxy (remote streams enabled) and our server using
+/// both, its clients placed in Germany; `geo(country)` is that
+/// configuration with the clients placed in `country`.
+async fn german_and_us_proxies(
+    name: &str,
+) -> (
+    TempDir,
+    OurProxy,
+    OurProxy,
+    impl Fn(&str) -> String,
+    TestServer,
+) {
+    let dir = TempDir::new(name).expect("dir");
+    let de = remote_capable_proxy(&dir, "de", "DE").await;
+    let us = remote_capable_proxy(&dir, "us", "US").await;
+    let urls = [format!("ws://{}", de.addr), format!("ws://{}", us.addr)];
+    let mcu = signaling_config(&dir, &urls);
+    let geo = move |country: &str| format!("{mcu}[geoip-overrides]\n127.0.0.1 = {country}\n");
+    let s = TestServer::start_with(&geo("DE")).await;
+    assert_eventually!(
+        Duration::from_secs(10),
+        stats(&s).await["mcu"]["proxies"]
+            .as_array()
+            .is_some_and(|p| p.iter().all(|p| p["connected"] == true))
+    );
+    (dir, de, us, geo, s)
+}
+
 /// Remote streams (upstream 1.3.0): alice publishes from Germany on the
 /// German proxy; bob, in the US, is served by the US proxy, which fetches
 /// the stream from the German one (Janus to Janus RTP) — media reaches him
@@ -380,19 +408,7 @@ async fn janus_remotes(janus: &Janus) -> usize {
 /// proxy (carol, also in Germany) the subscriber stays at the publisher's.
 #[tokio::test]
 async fn pxs_remote_stream_through_a_proxy_near_the_subscriber() {
-    let dir = TempDir::new("mcu-proxy-remote").expect("dir");
-    let de = remote_capable_proxy(&dir, "de", "DE").await;
-    let us = remote_capable_proxy(&dir, "us", "US").await;
-    let urls = [format!("ws://{}", de.addr), format!("ws://{}", us.addr)];
-    let mcu = signaling_config(&dir, &urls);
-    let geo = |country: &str| format!("{mcu}[geoip-overrides]\n127.0.0.1 = {country}\n");
-    let s = TestServer::start_with(&geo("DE")).await;
-    assert_eventually!(
-        Duration::from_secs(10),
-        stats(&s).await["mcu"]["proxies"]
-            .as_array()
-            .is_some_and(|p| p.iter().all(|p| p["connected"] == true))
-    );
+    let (_dir, de, us, geo, s) = german_and_us_proxies("mcu-proxy-remote").await;
     let mut alice = MediaClient::join(&s, "alice", "room1").await;
     let mut bob = MediaClient::join(&s, "bob", "room1").await;
     let mut carol = MediaClient::join(&s, "carol", "room1").await;
@@ -805,19 +821,7 @@ async fn pxs_talk_clients_recover_after_the_go_proxys_janus_restarts() {
 /// tested is that losing a remote stream's source recovers.)
 #[tokio::test]
 async fn pxs_talk_clients_recover_a_remote_stream_after_the_publishers_janus_restarts() {
-    let dir = TempDir::new("mcu-proxy-remote-restart").expect("dir");
-    let mut de = remote_capable_proxy(&dir, "de", "DE").await;
-    let us = remote_capable_proxy(&dir, "us", "US").await;
-    let urls = [format!("ws://{}", de.addr), format!("ws://{}", us.addr)];
-    let mcu = signaling_config(&dir, &urls);
-    let geo = |country: &str| format!("{mcu}[geoip-overrides]\n127.0.0.1 = {country}\n");
-    let s = TestServer::start_with(&geo("DE")).await;
-    assert_eventually!(
-        Duration::from_secs(10),
-        stats(&s).await["mcu"]["proxies"]
-            .as_array()
-            .is_some_and(|p| p.iter().all(|p| p["connected"] == true))
-    );
+    let (_dir, mut de, us, geo, s) = german_and_us_proxies("mcu-proxy-remote-restart").await;
     let mut alice = MediaClient::join(&s, "alice", "room1").await;
     let mut bob = MediaClient::join(&s, "bob", "room1").await;
     talk_in_call(&s, "room1", &["alice", "bob"]).await;
