@@ -68,8 +68,8 @@ pub(crate) fn housekeeping(hub: &Arc<Hub>, now: Instant) {
         }
     }
     for room in &rooms {
-        room.expire_transient(hub, now);
-        room.cluster_tick(hub, now);
+        room.expire_transient(&**hub, now);
+        room.cluster_tick(&**hub, now);
     }
     let ping_due = {
         let mut next = hub.next_ping.lock();

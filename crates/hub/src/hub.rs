@@ -696,3 +696,59 @@ impl Hub {
         crate::cluster::remote_publisher(self, publisher, stream, mcu_timeout).await
     }
 }
+
+/// What rooms and sessions ask of the hub (see [`crate::core::host`]).
+impl crate::core::host::Host for Hub {
+    fn bus(&self) -> &dyn Bus {
+        &*self.bus
+    }
+
+    fn presence_interval(&self) -> Option<Duration> {
+        self.settings.presence_interval
+    }
+
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    fn session_by_public_id(&self, id: &str) -> Option<AnySession> {
+        Hub::session_by_public_id(self, id)
+    }
+
+    fn session_for_room_session(&self, room_session_id: &str) -> Option<Arc<str>> {
+        Hub::session_for_room_session(self, room_session_id)
+    }
+
+    fn remove_room_session(&self, public_id: &Arc<str>) {
+        Hub::remove_room_session(self, public_id)
+    }
+
+    fn close_session(&self, session: &Arc<ClientSession>) {
+        Hub::close_session(self, session)
+    }
+
+    fn notify_backend_leave(
+        &self,
+        session: &ClientSession,
+        room_id: &str,
+        room_session_id: String,
+    ) {
+        Hub::notify_backend_leave(self, session, room_id, room_session_id)
+    }
+
+    fn remove_room(&self, room: &Room) {
+        Hub::remove_room(self, room)
+    }
+
+    fn room_deleted(&self, room: &Room, tell_members: bool) {
+        Hub::room_deleted(self, room, tell_members)
+    }
+
+    fn room_sessions_metric(&self) -> &runtime::metrics::GaugeVec {
+        &self.metrics.room_sessions
+    }
+
+    fn permissions_changed(&self, session: &ClientSession) {
+        crate::mcu::objects::check_publisher_permissions(self, session)
+    }
+}

@@ -32,13 +32,13 @@
 //!    [`metrics`], [`throttle`] and [`geoip`] are helpers of these.
 //!
 //! Where a lower layer needs something from a higher one it gets a trait
-//! (a session's federated room is a `core::session::FederatedRoom`) or calls
-//! a `Hub` method (rooms and sessions keep a `Weak<Hub>` for registry
-//! lookups; the cluster layer answers dial-out questions through
-//! `Hub::dialout_for_cluster`). Two known exceptions remain: `core::session`
-//! stores the media layer's per-session objects, so `core` and `mcu` import
-//! each other, and `core` reaches the hub as the concrete `Hub` type rather
-//! than through a trait of its own.
+//! (a session's federated room is a `core::session::FederatedRoom`; rooms
+//! and sessions reach the server holding them through `core::host::Host`,
+//! which `Hub` implements, so `core` never names `Hub`) or calls a `Hub`
+//! method (the cluster layer answers dial-out questions through
+//! `Hub::dialout_for_cluster`). One known exception remains:
+//! `core::session` stores the media layer's per-session objects, so `core`
+//! and `mcu` import each other.
 //!
 //! A single server and a cluster run the same code; they differ only in the
 //! `Bus` implementation given to [`Hub::new`] and in whether the cluster

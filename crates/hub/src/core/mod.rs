@@ -3,12 +3,15 @@
 //! their local members, the configured backends and the hub settings.
 //!
 //! Core sits directly on the [`crate::bus`] layer: sessions and rooms are bus
-//! subscribers. Nothing here imports the layers above it (cluster, backend,
-//! media, federation, handlers).
+//! subscribers. What they need from the server holding them goes through
+//! [`host::Host`]. Nothing here imports the layers above it (cluster,
+//! backend, federation, handlers), except that sessions store their media
+//! objects (`crate::mcu::session`).
 
 pub mod backends;
 pub mod conn;
 pub mod errors;
+pub mod host;
 pub mod registry;
 pub mod room;
 pub mod session;

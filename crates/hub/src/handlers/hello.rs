@@ -318,7 +318,7 @@ pub(crate) async fn register(
             return;
         }
     }
-    if let Err(e) = session.subscribe(hub) {
+    if let Err(e) = session.subscribe(&**hub) {
         backend.remove_session(&public_id);
         conn.send(OutMsg::new(ServerMessage::error(id, err_internal(e))).frame());
         return;

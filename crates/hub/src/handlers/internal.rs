@@ -34,12 +34,12 @@ pub(crate) fn process_internal(
             let v = hub.reg.lock().virtual_sessions.get(&key).cloned()?;
             if let Some(flags) = m.flags {
                 if v.set_flags(flags) {
-                    room.publish_flags(hub, &v);
+                    room.publish_flags(&**hub, &v);
                 }
             }
             if let Some(incall) = m.incall {
                 if v.set_incall(incall) {
-                    room.publish_users_changed_with_internal(hub);
+                    room.publish_users_changed_with_internal(&**hub);
                 }
             }
             None
@@ -49,7 +49,7 @@ pub(crate) fn process_internal(
             let flags = internal.incall.as_ref()?.incall;
             if session.set_internal_incall(flags.max(0)) {
                 if let Some(room) = session.room() {
-                    room.publish_users_changed_with_internal(hub);
+                    room.publish_users_changed_with_internal(&**hub);
                 }
             }
             None
@@ -93,7 +93,7 @@ pub(crate) async fn process_internal_async(
             return;
         }
         let v = VirtualSession::new(session, sid, public_id.clone(), private_id, &add);
-        if let Err(e) = v.subscribe(hub) {
+        if let Err(e) = v.subscribe(&**hub) {
             warn!(session = %public_id, error = %e, "virtual session not reachable from other servers");
         }
         {
@@ -113,7 +113,7 @@ pub(crate) async fn process_internal_async(
         info!(owner = %session.public_id, session = %public_id, flags = v.flags(), "virtual session added");
         session.add_virtual_session(v.clone());
         v.set_room(Some(room.clone()));
-        room.add_session(hub, AnySession::Virtual(v), None, |_| {});
+        room.add_session(&**hub, AnySession::Virtual(v), None, |_| {});
     } else if let Some(remove) = internal
         .removesession
         .filter(|_| internal.kind == "removesession")

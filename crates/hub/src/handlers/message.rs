@@ -57,7 +57,11 @@ pub(crate) fn process_message(
         // Call recipients get it on the room subject; sessions that are not
         // in the call drop it (see `ClientSession::on_bus_message`).
         RECIPIENT_ROOM | RECIPIENT_CALL => match session.room() {
-            Some(room) => (room.subject.clone(), !room.reaches_other_nodes(hub), None),
+            Some(room) => (
+                room.subject.clone(),
+                !room.reaches_other_nodes(&**hub),
+                None,
+            ),
             None => return None,
         },
         _ => return None,

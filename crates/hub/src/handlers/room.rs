@@ -143,7 +143,7 @@ pub(crate) async fn join_room(
             return;
         }
     };
-    if let Err(e) = session.set_room(hub, &room, &room_msg.sessionid) {
+    if let Err(e) = session.set_room(&**hub, &room, &room_msg.sessionid) {
         session.send_message(ServerMessage::error(&msg.id, err_internal(e)));
         send_room_reply(session, "", None);
         return;
@@ -164,7 +164,7 @@ pub(crate) async fn join_room(
     let joiner = session.clone();
     let room_id = room.id.clone();
     room.add_session(
-        hub,
+        &**hub,
         AnySession::Client(session.clone()),
         room_resp.session.as_deref(),
         move |others| tell_joiner_about_others(&joiner, &room_id, others),

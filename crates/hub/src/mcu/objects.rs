@@ -77,6 +77,7 @@ pub(super) async fn get_or_create_publisher(
     };
     let listener = Arc::new(SessionListener {
         session: Arc::downgrade(session),
+        hub: hub.me.clone(),
     });
     let mut params = params;
     (params.country, params.continents) = location(hub, session);
@@ -170,6 +171,7 @@ pub(super) async fn create_subscriber(
     let mcu = hub.mcu.clone().ok_or(McuError::NotConnected)?;
     let listener = Arc::new(SessionListener {
         session: Arc::downgrade(session),
+        hub: hub.me.clone(),
     });
     let mut params = SubscriberParams::new(publisher.clone(), stream);
     (params.country, params.continents) = location(hub, session);

@@ -131,6 +131,9 @@ pub(crate) fn mcu_message(
 /// Routes what the media server does for a session to its client.
 pub(crate) struct SessionListener {
     pub session: Weak<ClientSession>,
+    /// For the recovery steps (asking to publish again, following a
+    /// replaced publisher), which work with the whole hub.
+    pub hub: Weak<crate::Hub>,
 }
 
 impl McuListener for SessionListener {
@@ -151,7 +154,7 @@ impl McuListener for SessionListener {
             &offer,
             &client.sid(),
         ));
-        if let Some(hub) = s.hub() {
+        if let Some(hub) = self.hub.upgrade() {
             super::recovery::watch_pushed_offer(&hub, &s, client);
         }
     }
@@ -186,7 +189,7 @@ impl McuListener for SessionListener {
         if !s.with_mcu(|m| m.has_publisher(client)) {
             return;
         }
-        if let Some(hub) = s.hub() {
+        if let Some(hub) = self.hub.upgrade() {
             super::recovery::ask_to_publish_again(&hub, &s, client.stream_type(), &client.sid());
         }
     }
@@ -215,7 +218,7 @@ impl McuListener for SessionListener {
         if !was_current || s.is_closed() {
             return;
         }
-        if let Some(hub) = s.hub() {
+        if let Some(hub) = self.hub.upgrade() {
             // The next offer creates a new publisher wherever there is room.
             super::recovery::ask_to_publish_again(&hub, &s, client.stream_type(), &client.sid());
         }
@@ -231,7 +234,7 @@ impl McuListener for SessionListener {
         let Some(publisher) = client.publisher_id() else {
             return;
         };
-        if let Some(hub) = s.hub() {
+        if let Some(hub) = self.hub.upgrade() {
             super::recovery::tell_media_stalled(&hub, &s, publisher);
         }
     }
@@ -258,7 +261,7 @@ impl McuListener for SessionListener {
         if s.is_closed() {
             return;
         }
-        if let Some(hub) = s.hub() {
+        if let Some(hub) = self.hub.upgrade() {
             super::recovery::follow_publisher(&hub, &s, publisher, stream);
         }
     }

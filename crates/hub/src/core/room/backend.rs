@@ -10,7 +10,7 @@ impl Room {
     /// Long because it is one flat `match` over the request kinds (as the
     /// backend API names them); the larger arms call out to the functions
     /// below.
-    pub(super) fn process_backend_request(&self, hub: &Arc<Hub>, req: &BackendServerRoomRequest) {
+    pub(super) fn process_backend_request(&self, hub: &dyn Host, req: &BackendServerRoomRequest) {
         // A request older than the last one of its kind is outdated, when
         // it replaces what the other said. Changes of single sessions
         // (`changed` without a whole list) are ordered per session instead.
@@ -135,7 +135,7 @@ impl Room {
     /// "0", not in the meeting) are dropped.
     pub(super) fn translated(
         &self,
-        hub: &Hub,
+        hub: &dyn Host,
         changed: &[JsonMap],
         users: Option<&[JsonMap]>,
     ) -> (Vec<JsonMap>, Option<Vec<JsonMap>>) {
@@ -185,7 +185,7 @@ impl Room {
 
     /// roomlist `update` for the members (Talk with `changed-users` no
     /// longer names the users to tell). Every node tells its own.
-    pub(super) fn announce_roomlist_update(&self, hub: &Hub, properties: Option<Raw>) {
+    pub(super) fn announce_roomlist_update(&self, hub: &dyn Host, properties: Option<Raw>) {
         let mut event = EventServerMessage::new("roomlist", "update");
         event.update = Some(RoomEvent {
             roomid: self.id.clone(),
@@ -198,7 +198,7 @@ impl Room {
     /// `disinvite` by Talk session id: this server's sessions among them
     /// (every node handles the request for its own). A virtual session's
     /// phone call is hung up.
-    pub(super) fn disinvite_local_sessions(&self, hub: &Hub, sessionids: &[String]) {
+    pub(super) fn disinvite_local_sessions(&self, hub: &dyn Host, sessionids: &[String]) {
         if sessionids.is_empty() {
             return;
         }
@@ -219,7 +219,7 @@ impl Room {
     }
 
     /// Permissions in a participants update, for this server's members.
-    pub(super) fn apply_local_permissions(&self, hub: &Hub, changed: &[JsonMap]) {
+    pub(super) fn apply_local_permissions(&self, hub: &dyn Host, changed: &[JsonMap]) {
         for (sid, perms) in changed_permissions(changed) {
             if let Some(AnySession::Client(c)) = hub.session_by_public_id(&sid) {
                 c.set_permissions(&perms);

@@ -19,8 +19,8 @@ use url::Url;
 use crate::bus::{BusError, BusHandler, BusMessage, BusPayload, Subscription};
 use crate::core::backends::Backend;
 use crate::core::conn::OutMsg;
+use crate::core::host::Host;
 use crate::core::session::{AnySession, ClientSession, VirtualSession};
-use crate::Hub;
 
 mod backend;
 mod participants;
@@ -140,7 +140,7 @@ fn local_participants(sessions: &[AnySession]) -> Vec<JsonMap> {
 }
 
 pub struct Room {
-    hub: Weak<Hub>,
+    hub: Weak<dyn Host>,
     pub id: String,
     pub backend: Arc<Backend>,
     /// `<backend id>|<room id>`: rooms of different backends never mix.
@@ -183,14 +183,14 @@ pub fn in_call_value(v: &Value) -> Option<bool> {
 }
 
 impl Room {
-    pub(crate) fn new(
-        hub: &Arc<Hub>,
+    pub(crate) fn new<H: Host + 'static>(
+        hub: &Arc<H>,
         id: &str,
         backend: Arc<Backend>,
         properties: Option<Raw>,
     ) -> Result<Arc<Room>, BusError> {
         let room = Arc::new(Room {
-            hub: Arc::downgrade(hub),
+            hub: Arc::downgrade(hub) as Weak<dyn Host>,
             id: id.to_owned(),
             key: room_key(&backend, id),
             subject: Arc::from(room_subject(&backend, id)),
@@ -215,13 +215,13 @@ impl Room {
         });
         let handler: Weak<dyn BusHandler> = Arc::downgrade(&(room.clone() as Arc<dyn BusHandler>));
         let sub = hub
-            .bus
+            .bus()
             .subscribe(&backend_room_subject(&room.backend, id), handler)?;
         *room.backend_subscription.lock() = Some(sub);
-        if hub.settings.presence_interval.is_some() {
+        if hub.presence_interval().is_some() {
             let handler: Weak<dyn BusHandler> =
                 Arc::downgrade(&(room.clone() as Arc<dyn BusHandler>));
-            *room.presence_subscription.lock() = Some(hub.bus.subscribe(&room.subject, handler)?);
+            *room.presence_subscription.lock() = Some(hub.bus().subscribe(&room.subject, handler)?);
         }
         Ok(room)
     }
@@ -265,7 +265,7 @@ impl Room {
     }
 
     /// Send `msg` to every member.
-    pub(crate) fn publish_message(&self, hub: &Hub, msg: ServerMessage) {
+    pub(crate) fn publish_message(&self, hub: &dyn Host, msg: ServerMessage) {
         self.publish(hub, msg);
     }
 
@@ -274,21 +274,21 @@ impl Room {
     /// it started here). When not, room messages stay on this node: a member
     /// joining elsewhere later is announced here first (its node asks and
     /// sends its presence), and learns ours from our answer.
-    pub fn reaches_other_nodes(&self, hub: &Hub) -> bool {
-        if hub.settings.presence_interval.is_none() {
+    pub fn reaches_other_nodes(&self, hub: &dyn Host) -> bool {
+        if hub.presence_interval().is_none() {
             return true;
         }
         let st = self.state.lock();
         !st.remote.is_empty() || !st.nodes.is_empty()
     }
 
-    fn publish(&self, hub: &Hub, msg: ServerMessage) {
+    fn publish(&self, hub: &dyn Host, msg: ServerMessage) {
         let out = OutMsg::new(msg);
         let msg = BusMessage::new(BusPayload::Message(out));
         let sent = if self.reaches_other_nodes(hub) {
-            hub.bus.publish(&self.subject, msg)
+            hub.bus().publish(&self.subject, msg)
         } else {
-            hub.bus.publish_local(&self.subject, msg)
+            hub.bus().publish_local(&self.subject, msg)
         };
         if let Err(e) = sent {
             warn!(room = %self.id, error = %e, "could not publish to room");
@@ -300,8 +300,8 @@ impl Room {
     /// Events that follow a backend request: every node of a cluster
     /// handles the request itself, so each tells only its own members
     /// (published on the bus, they would arrive once per node).
-    fn announce(&self, hub: &Hub, msg: ServerMessage) {
-        if hub.settings.presence_interval.is_some() {
+    fn announce(&self, hub: &dyn Host, msg: ServerMessage) {
+        if hub.presence_interval().is_some() {
             self.tell_local(msg);
         } else {
             self.publish(hub, msg);
@@ -310,7 +310,7 @@ impl Room {
 
     pub(crate) fn add_session(
         &self,
-        hub: &Hub,
+        hub: &dyn Host,
         session: AnySession,
         session_data: Option<&RawValue>,
         before_announce: impl FnOnce(&[AnySession]),
@@ -358,8 +358,7 @@ impl Room {
         }
         before_announce(&others);
         self.tell_about_remote_members(&session);
-        hub.metrics
-            .room_sessions
+        hub.room_sessions_metric()
             .inc(&[&self.backend.id, &self.id, session.client_type()]);
         // The join event for the room (the new member included).
         let mut user_id = session.user_id();
@@ -379,7 +378,7 @@ impl Room {
         let mut event = EventServerMessage::new("room", "join");
         event.join = Some(vec![entry]);
         self.publish(hub, ServerMessage::event(event));
-        if hub.settings.presence_interval.is_some() {
+        if hub.presence_interval().is_some() {
             // The first member here asks the other nodes for theirs.
             self.send_presence(hub, others.is_empty(), false);
         }
@@ -399,7 +398,7 @@ impl Room {
     }
 
     /// Remove a member. Returns false when the room became empty and was closed.
-    pub(crate) fn remove_session(&self, hub: &Hub, public_id: &str) -> bool {
+    pub(crate) fn remove_session(&self, hub: &dyn Host, public_id: &str) -> bool {
         let mut st = self.state.lock();
         let Some(pos) = st
             .sessions
@@ -417,16 +416,15 @@ impl Room {
             st.closed = true;
         }
         drop(st);
-        hub.metrics
-            .room_sessions
+        hub.room_sessions_metric()
             .dec(&[&self.backend.id, &self.id, session.client_type()]);
-        if remaining > 0 || hub.settings.presence_interval.is_some() {
+        if remaining > 0 || hub.presence_interval().is_some() {
             // Clustered, members elsewhere learn it even from the last one.
             let mut event = EventServerMessage::new("room", "leave");
             event.leave = Some(vec![public_id.to_owned()]);
             self.publish(hub, ServerMessage::event(event));
         }
-        if session.is_internal() && (remaining > 0 || hub.settings.presence_interval.is_some()) {
+        if session.is_internal() && (remaining > 0 || hub.presence_interval().is_some()) {
             // Clustered, the list without it goes to members elsewhere
             // even from the last one here.
             self.publish_users_changed_with_internal(hub);
@@ -438,19 +436,18 @@ impl Room {
         false
     }
 
-    fn destroy(&self, hub: &Hub) {
+    fn destroy(&self, hub: &dyn Host) {
         hub.remove_room(self);
         self.backend_subscription.lock().take();
         self.presence_subscription.lock().take();
         for t in ["client", "internal", "virtual"] {
-            hub.metrics
-                .room_sessions
+            hub.room_sessions_metric()
                 .remove(&[&self.backend.id, &self.id, t]);
         }
     }
 
     /// Close the room (deleted by Nextcloud); returns its former members.
-    pub(crate) fn close(&self, hub: &Hub) -> Vec<AnySession> {
+    pub(crate) fn close(&self, hub: &dyn Host) -> Vec<AnySession> {
         let mut st = self.state.lock();
         st.closed = true;
         let sessions = std::mem::take(&mut st.sessions);
@@ -459,7 +456,7 @@ impl Room {
         sessions
     }
 
-    pub(crate) fn update_properties(&self, hub: &Hub, properties: Option<Raw>) {
+    pub(crate) fn update_properties(&self, hub: &dyn Host, properties: Option<Raw>) {
         let mut st = self.state.lock();
         let same = match (&st.properties, &properties) {
             (None, None) => true,
@@ -568,13 +565,13 @@ impl BusHandler for Room {
         match &msg.payload {
             BusPayload::Room(req) => {
                 if let Some(hub) = self.hub.upgrade() {
-                    self.process_backend_request(&hub, req);
+                    self.process_backend_request(&*hub, req);
                 }
             }
             BusPayload::Message(out) => self.follow_event(&out.msg, msg.send_time),
             BusPayload::Presence(p) => {
                 if let Some(hub) = self.hub.upgrade() {
-                    self.apply_presence(&hub, p);
+                    self.apply_presence(&*hub, p);
                 }
             }
             BusPayload::Permissions(_) | BusPayload::Node(_) => {}

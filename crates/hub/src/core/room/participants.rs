@@ -103,17 +103,17 @@ impl Room {
         ServerMessage::event(event)
     }
 
-    pub(crate) fn publish_users_changed_with_internal(&self, hub: &Hub) {
+    pub(crate) fn publish_users_changed_with_internal(&self, hub: &dyn Host) {
         // Clustering: the other nodes' lists include ours from now on.
-        if hub.settings.presence_interval.is_some() {
+        if hub.presence_interval().is_some() {
             self.send_presence(hub, false, false);
         }
         let users = self.state.lock().tracked_list();
         self.publish(hub, self.participants_update(Vec::new(), users));
     }
 
-    pub(crate) fn publish_flags(&self, hub: &Hub, v: &VirtualSession) {
-        if hub.settings.presence_interval.is_some() {
+    pub(crate) fn publish_flags(&self, hub: &dyn Host, v: &VirtualSession) {
+        if hub.presence_interval().is_some() {
             self.send_presence(hub, false, false);
         }
         let mut event = EventServerMessage::new("participants", "flags");
@@ -130,7 +130,7 @@ impl Room {
     /// `users`. Every member is told the whole call, from the tracked state.
     pub(crate) fn publish_users_in_call_changed(
         &self,
-        hub: &Hub,
+        hub: &dyn Host,
         changed: Vec<JsonMap>,
         users: Option<Vec<JsonMap>>,
         received: i64,
@@ -223,7 +223,12 @@ impl Room {
     }
 
     /// Backend `incall` with `all: true`.
-    pub(crate) fn publish_users_in_call_changed_all(&self, hub: &Hub, flags: i64, received: i64) {
+    pub(crate) fn publish_users_in_call_changed_all(
+        &self,
+        hub: &dyn Host,
+        flags: i64,
+        received: i64,
+    ) {
         let mut left_call = Vec::new();
         {
             let mut st = self.state.lock();
@@ -296,7 +301,7 @@ impl Room {
     /// send every participant as `users`: then that list is sent, as before.
     pub(crate) fn publish_users_changed(
         &self,
-        hub: &Hub,
+        hub: &dyn Host,
         changed: Vec<JsonMap>,
         users: Option<Vec<JsonMap>>,
     ) {

@@ -17,28 +17,28 @@ impl Room {
 
     /// Send this node's members (and ask for the others' with `request`;
     /// with `transient`, the room's transient data too).
-    pub(crate) fn send_presence(&self, hub: &Hub, request: bool, transient: bool) {
+    pub(crate) fn send_presence(&self, hub: &dyn Host, request: bool, transient: bool) {
         let Some(mut presence) = self.presence_with(hub, transient) else {
             return;
         };
         presence.request = request;
         self.state.lock().presence_sent = Some(Instant::now());
         let msg = BusMessage::new(BusPayload::Presence(Arc::new(presence)));
-        if let Err(e) = hub.bus.publish(&self.subject, msg) {
+        if let Err(e) = hub.bus().publish(&self.subject, msg) {
             debug!(room = %self.id, error = %e, "could not send room presence");
         }
     }
 
     /// This node's members, transient data included, for a node that starts
     /// hosting the room (`None` without members here).
-    pub(crate) fn presence(&self, hub: &Hub) -> Option<proto::cluster::RoomPresence> {
+    pub(crate) fn presence(&self, hub: &dyn Host) -> Option<proto::cluster::RoomPresence> {
         self.presence_with(hub, true)
             .filter(|p| !p.sessions.is_empty())
     }
 
     pub(super) fn presence_with(
         &self,
-        hub: &Hub,
+        hub: &dyn Host,
         transient: bool,
     ) -> Option<proto::cluster::RoomPresence> {
         let st = self.state.lock();
@@ -51,7 +51,7 @@ impl Room {
             } else {
                 serde_json::Map::new()
             },
-            node: hub.node_id.to_string(),
+            node: hub.node_id().to_owned(),
             sessions: st
                 .sessions
                 .iter()
@@ -181,8 +181,8 @@ impl Room {
         }
     }
 
-    pub(crate) fn apply_presence(&self, hub: &Hub, p: &proto::cluster::RoomPresence) {
-        if *p.node == *hub.node_id {
+    pub(crate) fn apply_presence(&self, hub: &dyn Host, p: &proto::cluster::RoomPresence) {
+        if *p.node == *hub.node_id() {
             return;
         }
         let now = Instant::now();
@@ -302,8 +302,8 @@ impl Room {
 
     /// Housekeeping: presence when due, and the members of nodes that
     /// fell silent leave.
-    pub(crate) fn cluster_tick(&self, hub: &Hub, now: Instant) {
-        let Some(interval) = hub.settings.presence_interval else {
+    pub(crate) fn cluster_tick(&self, hub: &dyn Host, now: Instant) {
+        let Some(interval) = hub.presence_interval() else {
             return;
         };
         let (due, left) = {

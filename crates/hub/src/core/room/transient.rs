@@ -4,7 +4,7 @@
 use super::*;
 
 impl Room {
-    pub(crate) fn publish_room_message(&self, hub: &Hub, data: Option<Raw>) {
+    pub(crate) fn publish_room_message(&self, hub: &dyn Host, data: Option<Raw>) {
         let Some(data) = data else { return };
         let mut event = EventServerMessage::new("room", "message");
         event.message = Some(RoomEventMessage {
@@ -19,7 +19,7 @@ impl Room {
     /// (housekeeping checks every second).
     pub(crate) fn set_transient(
         &self,
-        hub: &Hub,
+        hub: &dyn Host,
         key: &str,
         value: Option<Value>,
         ttl: Option<Duration>,
@@ -57,7 +57,7 @@ impl Room {
     }
 
     /// Remove transient entries whose TTL ran out.
-    pub(crate) fn expire_transient(&self, hub: &Hub, now: Instant) {
+    pub(crate) fn expire_transient(&self, hub: &dyn Host, now: Instant) {
         let expired: Vec<String> = {
             let st = self.state.lock();
             if st.transient_expiry.is_empty() {
@@ -74,7 +74,7 @@ impl Room {
         }
     }
 
-    pub(crate) fn remove_transient(&self, hub: &Hub, key: &str) {
+    pub(crate) fn remove_transient(&self, hub: &dyn Host, key: &str) {
         let old = {
             let mut st = self.state.lock();
             st.transient_expiry.remove(key);

@@ -14,9 +14,9 @@ use url::Url;
 use crate::bus::{BusHandler, BusMessage, BusPayload, Subscription};
 use crate::core::backends::Backend;
 use crate::core::conn::{Conn, Frame, OutMsg};
+use crate::core::host::Host;
 use crate::core::room::Room;
 use crate::core::settings::{MAX_BACKLOG, MAX_PENDING_MESSAGES};
-use crate::Hub;
 
 mod delivery;
 mod virtual_session;
@@ -97,7 +97,7 @@ pub trait FederatedRoom: std::any::Any + Send + Sync + std::fmt::Debug {
 
 /// A session of a `client` or `internal` connection.
 pub struct ClientSession {
-    hub: Weak<Hub>,
+    hub: Weak<dyn Host>,
     me: Weak<ClientSession>,
     pub sid: u64,
     pub public_id: Arc<str>,
@@ -157,9 +157,9 @@ pub struct NewSession {
 }
 
 impl ClientSession {
-    pub(crate) fn new(hub: &Arc<Hub>, n: NewSession) -> Arc<ClientSession> {
+    pub(crate) fn new<H: Host + 'static>(hub: &Arc<H>, n: NewSession) -> Arc<ClientSession> {
         Arc::new_cyclic(|me| ClientSession {
-            hub: Arc::downgrade(hub),
+            hub: Arc::downgrade(hub) as Weak<dyn Host>,
             me: me.clone(),
             sid: n.sid,
             subject: Arc::from(proto::cluster::session_subject(&n.public_id)),
@@ -208,16 +208,16 @@ impl ClientSession {
     }
 
     /// Subscribe the session and user subjects (called once after registration).
-    pub(crate) fn subscribe(&self, hub: &Hub) -> Result<(), crate::bus::BusError> {
+    pub(crate) fn subscribe(&self, hub: &dyn Host) -> Result<(), crate::bus::BusError> {
         let me: Weak<dyn BusHandler> = self.me.clone();
-        let mut subs = vec![hub.bus.subscribe(&self.subject, me.clone())?];
+        let mut subs = vec![hub.bus().subscribe(&self.subject, me.clone())?];
         if !self.auth_user_id.is_empty() {
             let subject = proto::cluster::encoded_subject(
                 "user",
                 &self.auth_user_id,
                 self.backend.subject_suffix(),
             );
-            subs.push(hub.bus.subscribe(&subject, me)?);
+            subs.push(hub.bus().subscribe(&subject, me)?);
         }
         self.state.lock().subscriptions = subs;
         Ok(())
@@ -287,12 +287,8 @@ impl ClientSession {
         drop(st);
         info!(session = %self.public_id, ?permissions, "permissions changed");
         if let Some(hub) = self.hub.upgrade() {
-            crate::mcu::objects::check_publisher_permissions(&hub, self);
+            hub.permissions_changed(self);
         }
-    }
-
-    pub(crate) fn hub(&self) -> Option<Arc<Hub>> {
-        self.hub.upgrade()
     }
 
     /// Work on the session's MCU objects (under the state lock: keep `f`
@@ -373,12 +369,12 @@ impl ClientSession {
     /// Record the new room and subscribe its subject.
     pub(crate) fn set_room(
         &self,
-        hub: &Hub,
+        hub: &dyn Host,
         room: &Arc<Room>,
         room_session_id: &str,
     ) -> Result<(), crate::bus::BusError> {
         let me: Weak<dyn BusHandler> = self.me.clone();
-        let sub = hub.bus.subscribe(&room.subject, me)?;
+        let sub = hub.bus().subscribe(&room.subject, me)?;
         let mut st = self.state.lock();
         st.room_subscription = Some(sub);
         st.room = Some(room.clone());
@@ -406,7 +402,7 @@ impl ClientSession {
         if notify && !room_session_id.is_empty() {
             hub.notify_backend_leave(self, &room.id, room_session_id);
         }
-        room.remove_session(&hub, &self.public_id);
+        room.remove_session(&*hub, &self.public_id);
         Some(room)
     }
 

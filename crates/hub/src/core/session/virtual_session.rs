@@ -74,10 +74,10 @@ impl VirtualSession {
 
     /// Listen on the session's own subject: what other servers send to it
     /// reaches its owner as a local sender's message would.
-    pub(crate) fn subscribe(self: &Arc<Self>, hub: &Hub) -> Result<(), crate::bus::BusError> {
+    pub(crate) fn subscribe(self: &Arc<Self>, hub: &dyn Host) -> Result<(), crate::bus::BusError> {
         let me: Arc<dyn BusHandler> = self.clone();
         let subject = proto::cluster::session_subject(&self.public_id);
-        let sub = hub.bus.subscribe(&subject, Arc::downgrade(&me))?;
+        let sub = hub.bus().subscribe(&subject, Arc::downgrade(&me))?;
         *self.subscription.lock() = Some(sub);
         Ok(())
     }
