@@ -78,13 +78,18 @@ async fn check_names_each_typical_mistake() {
     // Nextcloud not reachable, Janus not reachable, port taken.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr").port();
-    let dead = format!("http://127.0.0.1:{}/", free_port());
+    // Ports that refuse connections for as long as the test runs.
+    let (dead_http, dead_janus) = (
+        DeadPort::new().expect("port"),
+        DeadPort::new().expect("port"),
+    );
+    let dead = format!("http://127.0.0.1:{}/", dead_http.port());
     let config = with_port(
         config_for(
             &dead,
             &format!(
                 "[mcu]\ntype = janus\nurl = ws://127.0.0.1:{}\n",
-                free_port()
+                dead_janus.port()
             ),
         ),
         port,

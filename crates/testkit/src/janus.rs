@@ -120,7 +120,13 @@ impl Janus {
             )
             .await
             {
-                return Ok(());
+                // Another test's server may have taken the probed port.
+                return match self.pid() {
+                    Some(pid) if !crate::process::listens_on(pid, self.port) => Err(
+                        io::Error::other(format!("{addr} is taken by another process")),
+                    ),
+                    _ => Ok(()),
+                };
             }
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {

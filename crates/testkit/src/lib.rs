@@ -80,7 +80,9 @@ pub use etcd::{EtcdServer, EtcdTls};
 pub use http::{raw_http, raw_request, signed_room_request, HttpResponse, RawRequest};
 pub use jwt::{hello_claims, sign_hmac, unix_now, TokenKey};
 pub use monitor::{MonitorReport, Monitors};
-pub use process::{free_port, wait_for_port, ChildGuard, NatsServer, TempDir};
+pub use process::{
+    free_port, listens_on, wait_for_port, ChildGuard, DeadPort, NatsServer, TempDir,
+};
 
 /// Re-exported so tests can build raw WebSocket frames without naming the
 /// tungstenite crate themselves.

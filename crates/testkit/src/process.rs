@@ -31,6 +31,32 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback port that refuses connections and stays that way: the socket
+/// is bound but never listens, so no other process can take the port while
+/// this value lives (unlike a port from [`free_port`]).
+#[derive(Debug)]
+pub struct DeadPort {
+    _socket: tokio::net::TcpSocket,
+    port: u16,
+}
+
+impl DeadPort {
+    pub fn new() -> io::Result<DeadPort> {
+        // No SO_REUSEADDR: another bind to this port fails.
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let port = socket.local_addr()?.port();
+        Ok(DeadPort {
+            _socket: socket,
+            port,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
 /// A directory under the system temp dir, removed with its contents on drop.
 #[derive(Debug)]
 pub struct TempDir {
@@ -163,7 +189,17 @@ pub async fn wait_for_port(
             tokio::net::TcpStream::connect(addr),
         );
         if let Ok(Ok(_)) = attempt.await {
-            return Ok(());
+            // Something listens; it must be our child, not another test's
+            // server that took the probed port first.
+            match child.as_deref().and_then(ChildGuard::id) {
+                Some(pid) if !listens_on(pid, addr.port()) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!("{addr} is taken by another process"),
+                    ));
+                }
+                _ => return Ok(()),
+            }
         }
         if let Some(child) = child.as_deref_mut() {
             if let Some(status) = child.exited() {
@@ -181,6 +217,46 @@ pub async fn wait_for_port(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Whether process `pid` holds a listening TCP socket on loopback `port`
+/// (IPv4 or IPv6): the socket's inode from `/proc/net/tcp*` must be one of
+/// the process's open files. When `/proc` cannot be read the answer is yes,
+/// so that a system without it behaves as before.
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let mut inodes = Vec::new();
+    let mut readable = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        readable = true;
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address is "ADDR:PORT" in hex; state 0A is LISTEN.
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            let local_port = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if *state == "0A" && local_port == Some(port) {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    if !readable {
+        return true;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return true;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+    })
 }
 
 /// Waits until the `nats-server` named `name` accepts connections on
@@ -372,6 +448,29 @@ impl NatsServer {
 mod tests {
     use super::*;
     use tokio::io::{AsyncBufReadExt, BufReader};
+
+    #[test]
+    fn listens_on_tells_whose_listener_it_is() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        assert!(listens_on(std::process::id(), port));
+        // Another process of ours does not hold this test's socket.
+        let mut other = Command::new("sleep").arg("30").spawn().expect("spawn");
+        let holds = listens_on(other.id(), port);
+        let _ = other.kill();
+        let _ = other.wait();
+        assert!(!holds);
+        drop(listener);
+        assert!(!listens_on(std::process::id(), port));
+    }
+
+    #[tokio::test]
+    async fn dead_port_refuses_and_cannot_be_taken() {
+        let dead = DeadPort::new().expect("dead port");
+        let addr = SocketAddr::from(([127, 0, 0, 1], dead.port()));
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+        assert!(TcpListener::bind(addr).is_err(), "port was taken");
+    }
 
     #[test]
     fn tempdir_is_removed() {
