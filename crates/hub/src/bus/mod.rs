@@ -146,8 +146,8 @@ pub fn check_subject(subject: &str) -> Result<(), BusError> {
     // Bytes, not chars: subjects are ASCII (ids are base64), and this runs
     // for every message published.
     let b = subject.as_bytes();
-    // `contains` on bytes is a fast memchr-style scan.
-    let spaced = [b' ', b'\t', b'\r', b'\n'].iter().any(|c| b.contains(c));
+    // One pass (session subjects are long, and this runs for every publish).
+    let spaced = b.iter().any(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n'));
     if subject.is_empty() || subject.ends_with('.') || spaced {
         return Err(BusError::InvalidSubject(subject.to_owned()));
     }
@@ -430,6 +430,31 @@ struct EnvelopeIn<'a> {
 pub fn decode_envelope_ordered(
     data: &[u8],
 ) -> Result<(BusMessage, Option<(String, u64)>), EnvelopeError> {
+    decode_envelope_with(data, |raw| Frame::from(raw.to_owned()))
+}
+
+/// The same for an envelope received from NATS: the message's frame shares
+/// the received buffer instead of copying it.
+pub fn decode_envelope_shared(
+    data: &bytes::Bytes,
+) -> Result<(BusMessage, Option<(String, u64)>), EnvelopeError> {
+    decode_envelope_with(data, |raw| {
+        // A borrowed raw value is a slice of the parsed input.
+        let start = (raw.as_ptr() as usize).wrapping_sub(data.as_ptr() as usize);
+        match data.get(start..start.saturating_add(raw.len())) {
+            Some(slice) if slice.as_ptr() == raw.as_ptr() => {
+                Frame::try_from(data.slice(start..start + raw.len()))
+                    .unwrap_or_else(|_| Frame::from(raw.to_owned()))
+            }
+            _ => Frame::from(raw.to_owned()),
+        }
+    })
+}
+
+fn decode_envelope_with(
+    data: &[u8],
+    frame: impl FnOnce(&str) -> Frame,
+) -> Result<(BusMessage, Option<(String, u64)>), EnvelopeError> {
     let env: EnvelopeIn<'_> = serde_json::from_slice(data)?;
     let order = (!env.from.is_empty() && env.seq != 0).then(|| (env.from.into_owned(), env.seq));
     let send_time = parse_rfc3339_nanos(&env.sendtime).unwrap_or_else(now_nanos);
@@ -438,7 +463,7 @@ pub fn decode_envelope_ordered(
         proto::cluster::BUS_TYPE_MESSAGE => {
             let raw = env.message.ok_or_else(missing)?;
             let msg = serde_json::from_str(raw.get())?;
-            BusPayload::Message(OutMsg::with_text(msg, raw.get().to_owned()))
+            BusPayload::Message(OutMsg::with_frame(msg, frame(raw.get())))
         }
         proto::cluster::BUS_TYPE_ROOM => BusPayload::Room(Arc::new(env.room.ok_or_else(missing)?)),
         proto::cluster::BUS_TYPE_PERMISSIONS => {
@@ -574,6 +599,30 @@ mod envelope_tests {
     }
 
     #[test]
+    fn received_message_keeps_the_senders_frame() {
+        let mut m = ServerMessage::bye("x");
+        m.id = "with \"quotes\" and \u{e9}".into();
+        let sent = OutMsg::new(m);
+        let data = bytes::Bytes::from(encode_envelope(&BusMessage::new(BusPayload::Message(
+            sent.clone(),
+        ))));
+        let (back, _) = decode_envelope_shared(&data).expect("decodes");
+        let BusPayload::Message(got) = back.payload else {
+            panic!("not a message")
+        };
+        assert_eq!(got.frame().as_str(), sent.frame().as_str());
+        assert_eq!(got.msg.id, sent.msg.id);
+        // Missing or wrong message payloads are errors, not panics.
+        let bad = bytes::Bytes::from_static(br#"{"sendtime":"","type":"message","message":null}"#);
+        assert!(matches!(
+            decode_envelope_shared(&bad),
+            Err(EnvelopeError::MissingPayload(_))
+        ));
+        let bad = bytes::Bytes::from_static(br#"{"sendtime":"","type":"message","message":[1]}"#);
+        assert!(decode_envelope_shared(&bad).is_err());
+    }
+
+    #[test]
     fn rfc3339_matches_go_formats() {
         assert_eq!(parse_rfc3339_nanos("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(
@@ -590,5 +639,7 @@ mod envelope_tests {
             assert_eq!(parse_rfc3339_nanos(&rfc3339_nanos(n)), Some(n));
         }
         assert_eq!(parse_rfc3339_nanos("2022-05-16"), None);
+        assert_eq!(rfc3339_nanos(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(rfc3339_nanos(-1), "1969-12-31T23:59:59.999999999Z");
     }
 }
