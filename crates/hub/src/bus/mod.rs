@@ -430,25 +430,10 @@ struct EnvelopeIn<'a> {
 pub fn decode_envelope_ordered(
     data: &[u8],
 ) -> Result<(BusMessage, Option<(String, u64)>), EnvelopeError> {
+    // The frame is a copy, not a slice of `data`: a slice of what the NATS
+    // client received would keep its whole read buffer alive for as long as
+    // the frame waits (up to the resume window for an absent client).
     decode_envelope_with(data, |raw| Frame::from(raw.to_owned()))
-}
-
-/// The same for an envelope received from NATS: the message's frame shares
-/// the received buffer instead of copying it.
-pub fn decode_envelope_shared(
-    data: &bytes::Bytes,
-) -> Result<(BusMessage, Option<(String, u64)>), EnvelopeError> {
-    decode_envelope_with(data, |raw| {
-        // A borrowed raw value is a slice of the parsed input.
-        let start = (raw.as_ptr() as usize).wrapping_sub(data.as_ptr() as usize);
-        match data.get(start..start.saturating_add(raw.len())) {
-            Some(slice) if slice.as_ptr() == raw.as_ptr() => {
-                Frame::try_from(data.slice(start..start + raw.len()))
-                    .unwrap_or_else(|_| Frame::from(raw.to_owned()))
-            }
-            _ => Frame::from(raw.to_owned()),
-        }
-    })
 }
 
 fn decode_envelope_with(
@@ -603,23 +588,21 @@ mod envelope_tests {
         let mut m = ServerMessage::bye("x");
         m.id = "with \"quotes\" and \u{e9}".into();
         let sent = OutMsg::new(m);
-        let data = bytes::Bytes::from(encode_envelope(&BusMessage::new(BusPayload::Message(
-            sent.clone(),
-        ))));
-        let (back, _) = decode_envelope_shared(&data).expect("decodes");
+        let data = encode_envelope(&BusMessage::new(BusPayload::Message(sent.clone())));
+        let (back, _) = decode_envelope_ordered(&data).expect("decodes");
         let BusPayload::Message(got) = back.payload else {
             panic!("not a message")
         };
         assert_eq!(got.frame().as_str(), sent.frame().as_str());
         assert_eq!(got.msg.id, sent.msg.id);
         // Missing or wrong message payloads are errors, not panics.
-        let bad = bytes::Bytes::from_static(br#"{"sendtime":"","type":"message","message":null}"#);
+        let bad = br#"{"sendtime":"","type":"message","message":null}"#;
         assert!(matches!(
-            decode_envelope_shared(&bad),
+            decode_envelope_ordered(bad),
             Err(EnvelopeError::MissingPayload(_))
         ));
-        let bad = bytes::Bytes::from_static(br#"{"sendtime":"","type":"message","message":[1]}"#);
-        assert!(decode_envelope_shared(&bad).is_err());
+        let bad = br#"{"sendtime":"","type":"message","message":[1]}"#;
+        assert!(decode_envelope_ordered(bad).is_err());
     }
 
     #[test]

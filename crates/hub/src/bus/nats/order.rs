@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use tracing::warn;
 
 use super::NatsBus;
-use crate::bus::decode_envelope_shared;
+use crate::bus::decode_envelope_ordered;
 
 /// Decode what arrived for local handlers (a wildcard also brings what is
 /// for sessions and users elsewhere: dropped undecoded), put each sender's
@@ -16,7 +16,7 @@ pub(super) fn dispatch(bus: &NatsBus, batch: &mut Vec<async_nats::Message>) {
         if !bus.listens(m.subject.as_str()) {
             continue;
         }
-        match decode_envelope_shared(&m.payload) {
+        match decode_envelope_ordered(&m.payload) {
             Ok((msg, order)) => decoded.push((m.subject, msg, order)),
             Err(e) => warn!(subject = %m.subject, error = %e, "ignoring NATS message"),
         }
