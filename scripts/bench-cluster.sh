@@ -16,7 +16,9 @@
 # Raw JSON reports go to OUTDIR (default target/bench-cluster).
 #
 # Environment: SKIP_BUILD=1, GO2_SIGNALING_SERVER (skipped when missing),
-# DURATION (default 5). Go 0.4.1 is left out: its cluster misdelivers.
+# DURATION (default 5), SETUPS_ONLY (space separated subset of "one one-nats two
+# go2-one go2-two"; default all), CARGO_TARGET_DIR (whose release/ binaries
+# are measured). Go 0.4.1 is left out: its cluster misdelivers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
@@ -37,6 +39,7 @@ ulimit -n "$(ulimit -Hn)"
 
 SETUPS=(one one-nats two)
 if [ -x "$GO2" ]; then SETUPS+=(go2-one go2-two); else echo "skipping Go 2.0.2: no $GO2" >&2; fi
+if [ -n "${SETUPS_ONLY:-}" ]; then read -r -a SETUPS <<<"$SETUPS_ONLY"; fi
 
 conf() { # $1 = port, $2 = nats url
   cat > "$OUT/server-$1.conf" <<CONF
@@ -119,6 +122,7 @@ for r in $(seq "$ROUNDS"); do
   done
   # Memory per idle session of server A (the NATS bus adds subscriptions).
   for s in one one-nats; do
+    [[ " ${SETUPS[*]} " == *" $s "* ]] || continue
     run "$s" idle "$r" idle -maxClients 5000 -duration 3 -concurrency 200
   done
 done

@@ -127,6 +127,67 @@ async fn messages_cross_nodes_in_order() {
     assert_eq!(rec.got(), want);
 }
 
+/// Sessions and users do not cost NATS subscriptions: a node holds one
+/// wildcard for all sessions and one for all users, however many it has
+/// (nats-server's own count, `/subsz`), and still gets what other nodes
+/// send each of them, and nothing for subjects nobody here listens on.
+#[tokio::test]
+async fn sessions_and_users_share_one_subscription_per_node() {
+    let nats = nats().await;
+    let (a, _) = bus(&nats).await;
+    let (b, registry) = bus(&nats).await;
+    let probe = Arc::new(Rec::default());
+    let _p = sub(&b, "session.probe", &probe);
+    barrier(&a, "session.probe", &probe).await;
+    let before = nats.subscription_count().await.expect("/subsz");
+    let text = registry.render();
+    assert!(text.contains("signaling_nats_subscriptions 2"), "{text}");
+
+    let n = 200;
+    let recs: Vec<Arc<Rec>> = (0..2 * n).map(|_| Arc::new(Rec::default())).collect();
+    let subject = |i: usize| {
+        if i < n {
+            format!("session.s{i}")
+        } else {
+            format!("user.dTEyMw{i}")
+        }
+    };
+    let _subs: Vec<Subscription> = recs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| sub(&b, &subject(i), r))
+        .collect();
+    // A SUB would be on the connection before this (one ordered queue).
+    barrier(&a, &subject(2 * n - 1), &recs[2 * n - 1]).await;
+    assert_eq!(
+        nats.subscription_count().await.expect("/subsz"),
+        before,
+        "sessions and users added NATS subscriptions"
+    );
+    assert!(registry.render().contains("signaling_nats_subscriptions 2"));
+
+    a.publish("session.nobody", msg("stray")).expect("publish");
+    for (i, _) in recs.iter().enumerate() {
+        a.publish(&subject(i), msg(&i.to_string()))
+            .expect("publish");
+    }
+    for (i, r) in recs.iter().enumerate() {
+        assert_eventually!(WAIT, r.got().len() == 1);
+        assert_eq!(r.got(), [i.to_string()]);
+    }
+    assert!(probe.got().is_empty(), "{:?}", probe.got());
+
+    // Other subjects (rooms) still have one subscription each, shared by
+    // their local handlers.
+    let room = Arc::new(Rec::default());
+    let room2 = Arc::new(Rec::default());
+    let _r = sub(&b, "room.cm9vbQ", &room);
+    let _r2 = sub(&b, "room.cm9vbQ", &room2);
+    barrier(&a, "room.cm9vbQ", &room).await;
+    assert_eq!(nats.subscription_count().await.expect("/subsz"), before + 1);
+    assert!(registry.render().contains("signaling_nats_subscriptions 3"));
+}
+
 /// Restart nats-server on the same port. Subscriptions come back by
 /// themselves; what this node publishes to its own subscriptions during the
 /// outage is delivered at once (local handlers do not depend on NATS). Messages from other nodes during the

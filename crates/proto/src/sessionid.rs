@@ -896,10 +896,12 @@ struct DecodeCache {
     generation_capacity: usize,
 }
 
+type CacheMap = HashMap<String, SessionIdData, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 struct CacheShard {
-    current: HashMap<String, SessionIdData>,
-    previous: HashMap<String, SessionIdData>,
+    current: CacheMap,
+    previous: CacheMap,
 }
 
 impl DecodeCache {
@@ -918,11 +920,10 @@ impl DecodeCache {
         if self.shards.is_empty() {
             return None;
         }
-        // FNV-1a, 32 bit.
-        let hash = key.bytes().fold(0x811c_9dc5u32, |h, b| {
-            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-        });
-        self.shards.get(hash as usize % self.shards.len())
+        // A fixed seed, independent of the maps' own (random) ones.
+        use std::hash::BuildHasher;
+        let hash = foldhash::fast::FixedState::with_seed(0x005e_551d).hash_one(key);
+        self.shards.get((hash >> 32) as usize % self.shards.len())
     }
 
     fn get(&self, key: &str) -> Option<SessionIdData> {

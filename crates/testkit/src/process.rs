@@ -365,14 +365,17 @@ pub struct NatsServer {
     child: ChildGuard,
     port: u16,
     name: String,
+    /// HTTP monitoring (`-m`): `/subsz`, `/connz`.
+    monitor_port: u16,
     binary: PathBuf,
     // Dropped after `child` (field order), so the process is gone first.
     dir: TempDir,
 }
 
 impl NatsServer {
-    /// Starts `nats-server -a 127.0.0.1 -p <port> -js -sd <tempdir>` and waits
-    /// until it accepts connections. Binary: `$NATS_SERVER_BIN` or `PATH`.
+    /// Starts `nats-server -a 127.0.0.1 -p <port> -m <monitor port> -js -sd
+    /// <tempdir>` and waits until it accepts connections. Binary:
+    /// `$NATS_SERVER_BIN` or `PATH`.
     pub async fn start() -> io::Result<NatsServer> {
         let binary = find_binary("nats-server", "NATS_SERVER_BIN")?;
         let dir = TempDir::new("testkit-nats")?;
@@ -381,12 +384,14 @@ impl NatsServer {
         let mut last_err = None;
         for _ in 0..5 {
             let port = free_port();
-            match Self::spawn(&binary, &dir, port, &name).await {
+            let monitor_port = free_port();
+            match Self::spawn(&binary, &dir, port, monitor_port, &name).await {
                 Ok(child) => {
                     return Ok(NatsServer {
                         child,
                         port,
                         name,
+                        monitor_port,
                         binary,
                         dir,
                     })
@@ -397,19 +402,17 @@ impl NatsServer {
         Err(last_err.unwrap_or_else(|| io::Error::other("nats-server did not start")))
     }
 
-    async fn spawn(binary: &Path, dir: &TempDir, port: u16, name: &str) -> io::Result<ChildGuard> {
+    async fn spawn(
+        binary: &Path,
+        dir: &TempDir,
+        port: u16,
+        monitor_port: u16,
+        name: &str,
+    ) -> io::Result<ChildGuard> {
         let mut cmd = Command::new(binary);
-        cmd.args([
-            "-a",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-n",
-            name,
-            "-js",
-            "-sd",
-        ])
-        .arg(dir.join("jetstream"));
+        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-n", name])
+            .args(["-m", &monitor_port.to_string(), "-js", "-sd"])
+            .arg(dir.join("jetstream"));
         let mut child = ChildGuard::spawn("nats-server", &mut cmd, Some(&dir.join("nats.log")))?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         wait_for_nats(addr, name, STARTUP_TIMEOUT, &mut child).await?;
@@ -434,8 +437,44 @@ impl NatsServer {
     /// Stops (if running) and starts again on the same port and store.
     pub async fn restart(&mut self) -> io::Result<()> {
         self.stop();
-        self.child = Self::spawn(&self.binary, &self.dir, self.port, &self.name).await?;
+        self.child = Self::spawn(
+            &self.binary,
+            &self.dir,
+            self.port,
+            self.monitor_port,
+            &self.name,
+        )
+        .await?;
         Ok(())
+    }
+
+    /// The number of subscriptions the server holds for all its clients
+    /// (`num_subscriptions` of its `/subsz` monitoring page).
+    pub async fn subscription_count(&self) -> io::Result<u64> {
+        let body = self.monitor("/subsz").await?;
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .map_err(|e| io::Error::other(format!("/subsz: {e}: {body}")))?;
+        v["num_subscriptions"]
+            .as_u64()
+            .ok_or_else(|| io::Error::other(format!("/subsz without num_subscriptions: {body}")))
+    }
+
+    /// GET a page of the monitoring port (HTTP/1.0, read to the end).
+    async fn monitor(&self, path: &str) -> io::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.monitor_port)).await?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+            .await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        match out.split_once("\r\n\r\n") {
+            Some((head, body))
+                if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") =>
+            {
+                Ok(body.to_owned())
+            }
+            _ => Err(io::Error::other(format!("GET {path}: {out}"))),
+        }
     }
 
     /// The server's log so far (for failure messages).
@@ -544,15 +583,21 @@ mod tests {
     async fn nats_server_on_a_taken_port_is_not_taken_for_ours() {
         let first = NatsServer::start().await.expect("first nats-server");
         let dir = TempDir::new("testkit-selftest").expect("tempdir");
-        let err = NatsServer::spawn(&first.binary, &dir, first.port(), "testkit-second")
-            .await
-            .expect_err("the port is served by the first server");
+        let err = NatsServer::spawn(
+            &first.binary,
+            &dir,
+            first.port(),
+            free_port(),
+            "testkit-second",
+        )
+        .await
+        .expect_err("the port is served by the first server");
         let msg = err.to_string();
         assert!(msg.contains(&first.name), "{msg}");
 
         let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
         let port = listener.local_addr().expect("address").port();
-        let err = NatsServer::spawn(&first.binary, &dir, port, "testkit-third")
+        let err = NatsServer::spawn(&first.binary, &dir, port, free_port(), "testkit-third")
             .await
             .expect_err("the port is held by a plain listener");
         assert!(err.to_string().contains("exited"), "{err}");

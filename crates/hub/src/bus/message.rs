@@ -33,6 +33,16 @@ impl OutMsg {
         })
     }
 
+    /// A message whose frame is already made (received from another server
+    /// of the cluster: the text it sent).
+    pub fn with_frame(msg: ServerMessage, frame: Frame) -> Arc<OutMsg> {
+        Arc::new(OutMsg {
+            msg,
+            text: OnceLock::from(frame),
+            chat: OnceLock::new(),
+        })
+    }
+
     /// For an `event/room/message` carrying chat comments: what clients with
     /// and without `chat-relay` get instead. `None` when everyone gets the
     /// message as it is.

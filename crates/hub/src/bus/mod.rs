@@ -146,8 +146,8 @@ pub fn check_subject(subject: &str) -> Result<(), BusError> {
     // Bytes, not chars: subjects are ASCII (ids are base64), and this runs
     // for every message published.
     let b = subject.as_bytes();
-    // `contains` on bytes is a fast memchr-style scan.
-    let spaced = [b' ', b'\t', b'\r', b'\n'].iter().any(|c| b.contains(c));
+    // One pass (session subjects are long, and this runs for every publish).
+    let spaced = b.iter().any(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n'));
     if subject.is_empty() || subject.ends_with('.') || spaced {
         return Err(BusError::InvalidSubject(subject.to_owned()));
     }
@@ -225,6 +225,10 @@ impl SubjectTable {
 
     pub(crate) fn len(&self) -> usize {
         self.subjects.read().len()
+    }
+
+    pub(crate) fn contains(&self, subject: &str) -> bool {
+        self.subjects.read().contains_key(subject)
     }
 
     /// Shrink the table when far fewer subjects are left than it has room
@@ -350,7 +354,7 @@ pub fn encode_envelope(msg: &BusMessage) -> Vec<u8> {
 pub fn encode_envelope_from(msg: &BusMessage, order: Option<(&str, u64)>) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
     out.extend_from_slice(b"{\"sendtime\":\"");
-    out.extend_from_slice(rfc3339_nanos(msg.send_time).as_bytes());
+    push_rfc3339_nanos(&mut out, msg.send_time);
     out.extend_from_slice(b"\",");
     match &msg.payload {
         BusPayload::Message(m) => {
@@ -397,35 +401,63 @@ pub fn decode_envelope(data: &[u8]) -> Result<BusMessage, EnvelopeError> {
     decode_envelope_ordered(data).map(|(m, _)| m)
 }
 
+/// An envelope as received: the message stays the text the sender made
+/// (its clients' frame), so it is parsed once and not serialised again.
+#[derive(serde::Deserialize)]
+struct EnvelopeIn<'a> {
+    #[serde(borrow, default)]
+    sendtime: std::borrow::Cow<'a, str>,
+    #[serde(borrow, rename = "type")]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    message: Option<&'a proto::RawValue>,
+    #[serde(default)]
+    room: Option<BackendServerRoomRequest>,
+    #[serde(default)]
+    permissions: Option<Vec<String>>,
+    #[serde(default)]
+    presence: Option<proto::cluster::RoomPresence>,
+    #[serde(default)]
+    node: Option<proto::cluster::NodeStatus>,
+    #[serde(borrow, rename = "x-from", default)]
+    from: std::borrow::Cow<'a, str>,
+    #[serde(rename = "x-seq", default)]
+    seq: u64,
+}
+
 /// Decode an envelope and its sender's `(x-from, x-seq)` when it has them
 /// (ours do; upstream servers' do not).
 pub fn decode_envelope_ordered(
     data: &[u8],
 ) -> Result<(BusMessage, Option<(String, u64)>), EnvelopeError> {
-    let mut env: proto::cluster::BusEnvelope = serde_json::from_slice(data)?;
-    let order =
-        (!env.from.is_empty() && env.seq != 0).then(|| (std::mem::take(&mut env.from), env.seq));
+    // The frame is a copy, not a slice of `data`: a slice of what the NATS
+    // client received would keep its whole read buffer alive for as long as
+    // the frame waits (up to the resume window for an absent client).
+    decode_envelope_with(data, |raw| Frame::from(raw.to_owned()))
+}
+
+fn decode_envelope_with(
+    data: &[u8],
+    frame: impl FnOnce(&str) -> Frame,
+) -> Result<(BusMessage, Option<(String, u64)>), EnvelopeError> {
+    let env: EnvelopeIn<'_> = serde_json::from_slice(data)?;
+    let order = (!env.from.is_empty() && env.seq != 0).then(|| (env.from.into_owned(), env.seq));
     let send_time = parse_rfc3339_nanos(&env.sendtime).unwrap_or_else(now_nanos);
-    let payload = match env.kind.as_str() {
-        proto::cluster::BUS_TYPE_MESSAGE => BusPayload::Message(OutMsg::new(
-            env.message
-                .ok_or(EnvelopeError::MissingPayload(env.kind.clone()))?,
-        )),
-        proto::cluster::BUS_TYPE_ROOM => BusPayload::Room(Arc::new(
-            env.room
-                .ok_or(EnvelopeError::MissingPayload(env.kind.clone()))?,
-        )),
+    let missing = || EnvelopeError::MissingPayload(env.kind.to_string());
+    let payload = match &*env.kind {
+        proto::cluster::BUS_TYPE_MESSAGE => {
+            let raw = env.message.ok_or_else(missing)?;
+            let msg = serde_json::from_str(raw.get())?;
+            BusPayload::Message(OutMsg::with_frame(msg, frame(raw.get())))
+        }
+        proto::cluster::BUS_TYPE_ROOM => BusPayload::Room(Arc::new(env.room.ok_or_else(missing)?)),
         proto::cluster::BUS_TYPE_PERMISSIONS => {
             BusPayload::Permissions(Arc::new(env.permissions.unwrap_or_default()))
         }
-        proto::cluster::BUS_TYPE_NODE => BusPayload::Node(Arc::new(
-            env.node
-                .ok_or(EnvelopeError::MissingPayload(env.kind.clone()))?,
-        )),
-        proto::cluster::BUS_TYPE_PRESENCE => BusPayload::Presence(Arc::new(
-            env.presence
-                .ok_or(EnvelopeError::MissingPayload(env.kind.clone()))?,
-        )),
+        proto::cluster::BUS_TYPE_NODE => BusPayload::Node(Arc::new(env.node.ok_or_else(missing)?)),
+        proto::cluster::BUS_TYPE_PRESENCE => {
+            BusPayload::Presence(Arc::new(env.presence.ok_or_else(missing)?))
+        }
         other => return Err(EnvelopeError::UnsupportedType(other.to_owned())),
     };
     Ok((BusMessage { send_time, payload }, order))
@@ -433,16 +465,35 @@ pub fn decode_envelope_ordered(
 
 /// `2022-05-16T14:30:46.123456789Z` for nanoseconds since the epoch (UTC).
 pub fn rfc3339_nanos(nanos: i64) -> String {
+    let mut out = Vec::with_capacity(30);
+    push_rfc3339_nanos(&mut out, nanos);
+    // Only ASCII digits and separators were pushed.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// [`rfc3339_nanos`] appended to `out` (every published envelope has one).
+fn push_rfc3339_nanos(out: &mut Vec<u8>, nanos: i64) {
     let secs = nanos.div_euclid(1_000_000_000);
     let frac = nanos.rem_euclid(1_000_000_000);
     let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
     let s = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:09}Z",
-        s / 3600,
-        (s / 60) % 60,
-        s % 60
-    )
+    // Each field zero-padded to its width, followed by its separator.
+    let fields = [
+        (y, 4, b'-'),
+        (i64::from(m), 2, b'-'),
+        (i64::from(d), 2, b'T'),
+        (s / 3600, 2, b':'),
+        ((s / 60) % 60, 2, b':'),
+        (s % 60, 2, b'.'),
+        (frac, 9, b'Z'),
+    ];
+    for (value, width, sep) in fields {
+        let value = value.rem_euclid(10i64.pow(width));
+        for i in (0..width).rev() {
+            out.push(b'0' + (value / 10i64.pow(i) % 10) as u8);
+        }
+        out.push(sep);
+    }
 }
 
 /// Parse RFC 3339 times as Go writes them (fraction optional, `Z` or offset).
@@ -533,6 +584,28 @@ mod envelope_tests {
     }
 
     #[test]
+    fn received_message_keeps_the_senders_frame() {
+        let mut m = ServerMessage::bye("x");
+        m.id = "with \"quotes\" and \u{e9}".into();
+        let sent = OutMsg::new(m);
+        let data = encode_envelope(&BusMessage::new(BusPayload::Message(sent.clone())));
+        let (back, _) = decode_envelope_ordered(&data).expect("decodes");
+        let BusPayload::Message(got) = back.payload else {
+            panic!("not a message")
+        };
+        assert_eq!(got.frame().as_str(), sent.frame().as_str());
+        assert_eq!(got.msg.id, sent.msg.id);
+        // Missing or wrong message payloads are errors, not panics.
+        let bad = br#"{"sendtime":"","type":"message","message":null}"#;
+        assert!(matches!(
+            decode_envelope_ordered(bad),
+            Err(EnvelopeError::MissingPayload(_))
+        ));
+        let bad = br#"{"sendtime":"","type":"message","message":[1]}"#;
+        assert!(decode_envelope_ordered(bad).is_err());
+    }
+
+    #[test]
     fn rfc3339_matches_go_formats() {
         assert_eq!(parse_rfc3339_nanos("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(
@@ -549,5 +622,7 @@ mod envelope_tests {
             assert_eq!(parse_rfc3339_nanos(&rfc3339_nanos(n)), Some(n));
         }
         assert_eq!(parse_rfc3339_nanos("2022-05-16"), None);
+        assert_eq!(rfc3339_nanos(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(rfc3339_nanos(-1), "1969-12-31T23:59:59.999999999Z");
     }
 }

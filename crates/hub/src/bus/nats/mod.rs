@@ -17,10 +17,20 @@
 //!   nothing is delivered twice. Traffic between sessions of one node thus
 //!   never depends on NATS: it costs no round trip, and a NATS outage (or a
 //!   message lost in a broken socket) cannot lose or delay it.
-//! - **One NATS subscription per subject**, however many local handlers it
-//!   has (a room subject is shared by all members on this node), and **one
-//!   dispatcher** for all of them: the task that owns the client decodes
-//!   each envelope once and calls the subject's current handlers.
+//! - **One wildcard subscription for all sessions and one for all users**
+//!   (`session.*`, `user.*`, see [`WILDCARDS`]): a session's and a user's
+//!   subjects never become NATS subscriptions of their own, so the NATS
+//!   client holds no channel per session and `nats-server` no interest per
+//!   session; a node takes every session and user message and keeps those
+//!   its subject table has handlers for (looked up before decoding).
+//!   Messages to sessions elsewhere cost a node a receive and a hash lookup:
+//!   nothing with two nodes (`no_echo`: the sender never gets its own),
+//!   one per other node and message in larger clusters. Other subjects
+//!   (rooms, relays) have **one NATS subscription per subject**, however
+//!   many local handlers it has (a room subject is shared by all members on
+//!   this node). **One dispatcher** serves them all: the task that owns the
+//!   client decodes each envelope once and calls the subject's current
+//!   handlers.
 //! - **Order per sender, across subjects.** NATS delivers one publisher's
 //!   messages to one subscriber in publish order, whatever the subjects, but
 //!   the client hands each subscription its own channel, so a room event and
@@ -99,6 +109,19 @@ const RESUBSCRIBE_GRACE: Duration = Duration::from_secs(2);
 /// Subject of the requests that wait for the broker (nobody subscribes it).
 const SYNC_SUBJECT: &str = "cluster.sync";
 
+/// Subject prefixes whose one-token subjects (`session.<public id>`,
+/// `user.<base64>`) are served by one wildcard subscription per node, made
+/// when the client starts, instead of a NATS subscription per subject.
+pub const WILDCARDS: [(&str, &str); 2] = [("session.", "session.*"), ("user.", "user.*")];
+
+/// The wildcard subscription that covers `subject`, if any.
+pub fn wildcard_for(subject: &str) -> Option<&'static str> {
+    WILDCARDS.iter().find_map(|(prefix, wildcard)| {
+        let rest = subject.strip_prefix(prefix)?;
+        (!rest.is_empty() && !rest.contains('.')).then_some(*wildcard)
+    })
+}
+
 /// First and longest delay between connection attempts (upstream: 1 s → 8 s).
 const INITIAL_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(8);
@@ -108,8 +131,9 @@ enum Command {
     Publish(Arc<str>, Bytes),
     Subscribe(Arc<str>),
     Unsubscribe(Arc<str>),
-    /// Answer once the broker has processed every command before this one.
-    Sync(oneshot::Sender<()>),
+    /// Answer once the broker has processed every command before this one
+    /// (with the number of `SUB`s queued before it).
+    Sync(u64, oneshot::Sender<()>),
 }
 
 struct NatsMetrics {
@@ -118,6 +142,7 @@ struct NatsMetrics {
     queued: Arc<Gauge>,
     rejected: Arc<Counter>,
     slow_consumers: Arc<Counter>,
+    subscriptions: Arc<Gauge>,
 }
 
 impl NatsMetrics {
@@ -143,6 +168,10 @@ impl NatsMetrics {
                 "signaling_nats_slow_consumers_total",
                 "Messages the NATS client dropped because a subscription fell behind",
             ),
+            subscriptions: registry.gauge(
+                "signaling_nats_subscriptions",
+                "NATS subscriptions this server holds (wildcards for sessions and users, one per room or relay subject)",
+            ),
         }
     }
 }
@@ -167,6 +196,11 @@ pub struct NatsBus {
     /// counter.
     origin: String,
     seq: std::sync::atomic::AtomicU64,
+    /// `SUB`s queued so far (the wildcards count as one) and how many of
+    /// them the broker is known to have processed: a new session waits for
+    /// the broker only when a subscription is still on its way.
+    subs_queued: std::sync::atomic::AtomicU64,
+    subs_active: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for NatsBus {
@@ -250,6 +284,8 @@ impl NatsBus {
             client: std::sync::OnceLock::new(),
             origin: hex::encode(rand::random::<[u8; 8]>()),
             seq: std::sync::atomic::AtomicU64::new(0),
+            subs_queued: std::sync::atomic::AtomicU64::new(1),
+            subs_active: Arc::default(),
         });
         tokio::spawn(run(
             bus.me.clone(),
@@ -288,6 +324,12 @@ impl NatsBus {
 
     fn deliver(&self, subject: &str, msg: &BusMessage) {
         self.table.deliver(subject, msg);
+    }
+
+    /// Whether a local handler listens on `subject` (what a wildcard brings
+    /// for sessions elsewhere is dropped before it is decoded).
+    fn listens(&self, subject: &str) -> bool {
+        self.table.contains(subject)
     }
 }
 
@@ -338,7 +380,12 @@ impl Bus for NatsBus {
     ) -> Result<Subscription, BusError> {
         check_subject(subject)?;
         let (key, id) = self.table.add(subject, handler, |key| {
-            let _ = self.commands.send(Command::Subscribe(key.clone()));
+            if wildcard_for(key).is_none() {
+                // Counted once queued: a `Sync` that saw the count is
+                // queued after it.
+                let _ = self.commands.send(Command::Subscribe(key.clone()));
+                self.subs_queued.fetch_add(1, Ordering::Release);
+            }
         });
         let me: Weak<dyn Bus> = self.me.clone();
         Ok(Subscription::new(me, key, id))
@@ -346,7 +393,9 @@ impl Bus for NatsBus {
 
     fn unsubscribe(&self, subject: &str, id: u64) {
         self.table.remove(subject, id, |key| {
-            let _ = self.commands.send(Command::Unsubscribe(key));
+            if wildcard_for(&key).is_none() {
+                let _ = self.commands.send(Command::Unsubscribe(key));
+            }
         });
     }
 
@@ -354,8 +403,14 @@ impl Bus for NatsBus {
         if !self.is_connected() {
             return None;
         }
+        // Nothing on its way to the broker (a new session's own and user
+        // subjects are served by the wildcards): no round trip.
+        let queued = self.subs_queued.load(Ordering::Acquire);
+        if self.subs_active.load(Ordering::Relaxed) >= queued {
+            return None;
+        }
         let (tx, rx) = oneshot::channel();
-        self.commands.send(Command::Sync(tx)).ok()?;
+        self.commands.send(Command::Sync(queued, tx)).ok()?;
         Some(rx)
     }
 }
@@ -391,7 +446,20 @@ async fn run(
     let mut subs: HashMap<Arc<str>, oneshot::Sender<()>, foldhash::fast::RandomState> =
         HashMap::default();
     let mut feeds: SelectAll<Feed> = SelectAll::new();
-    let mut batch: Vec<(Arc<str>, async_nats::Message)> = Vec::new();
+    let mut batch: Vec<async_nats::Message> = Vec::new();
+    // Before any command: everything the hub subscribes later is queued
+    // after these on the one connection.
+    for (_, wildcard) in WILDCARDS {
+        match client.subscribe(wildcard).await {
+            Ok(sub) => {
+                let (tx, cancel) = oneshot::channel();
+                feeds.push(Feed { sub, cancel });
+                subs.insert(Arc::from(wildcard), tx);
+            }
+            Err(e) => error!(subject = wildcard, error = %e, "NATS subscribe failed"),
+        }
+    }
+    metrics.subscriptions.set(subs.len() as i64);
     loop {
         tokio::select! {
             cmd = commands.recv() => {
@@ -420,9 +488,10 @@ async fn run(
                     Command::Subscribe(subject) => match client.subscribe(subject.to_string()).await {
                         Ok(sub) => {
                             let (tx, cancel) = oneshot::channel();
-                            feeds.push(Feed { subject: subject.clone(), sub, cancel });
+                            feeds.push(Feed { sub, cancel });
                             // Replacing an old sender ends that stream.
                             subs.insert(subject, tx);
+                            metrics.subscriptions.set(subs.len() as i64);
                         }
                         Err(e) => error!(subject = %subject, error = %e, "NATS subscribe failed"),
                     },
@@ -430,8 +499,9 @@ async fn run(
                         // Its stream ends (dropping the `Subscriber`, which
                         // sends `UNSUB`) without handing on what it still holds.
                         subs.remove(&subject);
+                        metrics.subscriptions.set(subs.len() as i64);
                     }
-                    Command::Sync(done) => {
+                    Command::Sync(queued, done) => {
                         // A request nobody answers: the broker says "no
                         // responders" once it processed it, and with it
                         // every SUB handed to the client above (one
@@ -440,9 +510,19 @@ async fn run(
                         // Not awaited here (publishes must not wait), and
                         // bounded in case the connection breaks meanwhile.
                         let client = client.clone();
+                        let active = bus.upgrade().map(|b| b.subs_active.clone());
                         tokio::spawn(async move {
                             let sync = client.request(SYNC_SUBJECT, Bytes::new());
-                            let _ = tokio::time::timeout(crate::bus::SUBSCRIPTIONS_WAIT, sync).await;
+                            let answered = tokio::time::timeout(crate::bus::SUBSCRIPTIONS_WAIT, sync).await;
+                            // "No responders" is the broker's answer too.
+                            let processed = match answered {
+                                Ok(Ok(_)) => true,
+                                Ok(Err(e)) => e.kind() == async_nats::RequestErrorKind::NoResponders,
+                                Err(_) => false,
+                            };
+                            if let (true, Some(active)) = (processed, active) {
+                                active.fetch_max(queued, Ordering::Relaxed);
+                            }
                             let _ = done.send(());
                         });
                     }
@@ -467,18 +547,19 @@ async fn run(
         }
     }
     metrics.connected.set(0);
+    metrics.subscriptions.set(0);
 }
 
-/// One subscription's messages, tagged with its subject; ends when the
-/// subject's last local handler goes (`cancel`), dropping what is left.
+/// One subscription's messages (each names its own subject: a wildcard's
+/// are for many); ends when the subject's last local handler goes
+/// (`cancel`), dropping what is left.
 struct Feed {
-    subject: Arc<str>,
     sub: Subscriber,
     cancel: oneshot::Receiver<()>,
 }
 
 impl futures_util::Stream for Feed {
-    type Item = (Arc<str>, async_nats::Message);
+    type Item = async_nats::Message;
 
     fn poll_next(
         self: std::pin::Pin<&mut Self>,
@@ -491,7 +572,7 @@ impl futures_util::Stream for Feed {
             return Poll::Ready(None);
         }
         match this.sub.poll_next_unpin(cx) {
-            Poll::Ready(Some(m)) => Poll::Ready(Some((this.subject.clone(), m))),
+            Poll::Ready(Some(m)) => Poll::Ready(Some(m)),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

@@ -2,20 +2,23 @@
 //! sender's messages back in its publish order across subjects.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use tracing::warn;
 
 use super::NatsBus;
 use crate::bus::decode_envelope_ordered;
 
-/// Decode what arrived, put each sender's messages back in its publish
-/// order, and hand them to the local handlers.
-pub(super) fn dispatch(bus: &NatsBus, batch: &mut Vec<(Arc<str>, async_nats::Message)>) {
+/// Decode what arrived for local handlers (a wildcard also brings what is
+/// for sessions and users elsewhere: dropped undecoded), put each sender's
+/// messages back in its publish order, and hand them to the local handlers.
+pub(super) fn dispatch(bus: &NatsBus, batch: &mut Vec<async_nats::Message>) {
     let mut decoded = Vec::with_capacity(batch.len());
-    for (subject, m) in batch.drain(..) {
+    for m in batch.drain(..) {
+        if !bus.listens(m.subject.as_str()) {
+            continue;
+        }
         match decode_envelope_ordered(&m.payload) {
-            Ok((msg, order)) => decoded.push((subject, msg, order)),
-            Err(e) => warn!(subject = %subject, error = %e, "ignoring NATS message"),
+            Ok((msg, order)) => decoded.push((m.subject, msg, order)),
+            Err(e) => warn!(subject = %m.subject, error = %e, "ignoring NATS message"),
         }
     }
     if decoded.len() > 1 {
