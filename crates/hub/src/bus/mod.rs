@@ -177,14 +177,19 @@ impl SubjectTable {
         handler: Weak<dyn BusHandler>,
         on_first: impl FnOnce(&Arc<str>),
     ) -> (Arc<str>, u64) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut map = self.subjects.write();
+        // Taken under the lock, so every list is in id order (see `remove`).
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let key = match map.get_key_value(subject) {
-            Some((key, subs)) => {
+            Some((key, _)) => {
                 let key = key.clone();
-                let mut list: Vec<_> = subs.as_ref().clone();
-                list.push((id, handler));
-                map.insert(key.clone(), Arc::new(list));
+                // In place unless a delivery holds a snapshot right now:
+                // copying the list on every add made subscribing quadratic
+                // in the subject's handlers (one user's many sessions, a
+                // large room).
+                if let Some(subs) = map.get_mut(subject) {
+                    Arc::make_mut(subs).push((id, handler));
+                }
                 key
             }
             None => {
@@ -200,16 +205,20 @@ impl SubjectTable {
     /// Remove a handler; `on_last` runs under the lock when it was the last.
     pub(crate) fn remove(&self, subject: &str, id: u64, on_last: impl FnOnce(Arc<str>)) {
         let mut map = self.subjects.write();
-        let Some((key, entry)) = map.get_key_value(subject) else {
+        let Some(entry) = map.get_mut(subject) else {
             return;
         };
-        let key = key.clone();
-        let list: Vec<_> = entry.iter().filter(|(i, _)| *i != id).cloned().collect();
-        if list.is_empty() {
-            map.remove(subject);
-            on_last(key);
+        // Ids grow, and lists are appended to in id order.
+        if let Ok(at) = entry.binary_search_by_key(&id, |(i, _)| *i) {
+            if entry.len() > 1 {
+                Arc::make_mut(entry).remove(at);
+                return;
+            }
         } else {
-            map.insert(key, Arc::new(list));
+            return;
+        }
+        if let Some((key, _)) = map.remove_entry(subject) {
+            on_last(key);
         }
     }
 
