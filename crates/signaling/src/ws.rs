@@ -23,9 +23,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info_span, Instrument};
 
 mod counting;
+mod gate;
 mod relay;
 
 use counting::CountingIo;
+use gate::Gate;
 use relay::{relayed, RelayIo};
 
 /// Largest message a client may send (WS-04).
@@ -77,6 +79,12 @@ enum Step {
     Stop,
     /// The client resumed a session another server holds (see `hub::cluster::relay`).
     Relay(Box<hub::cluster::relay::RelayLink>),
+}
+
+/// Why the connection must end now.
+enum End {
+    Killed,
+    Shutdown,
 }
 
 /// The state of one connection between the steps of [`run`].
@@ -137,16 +145,27 @@ async fn run<S>(
         // its token when made, a `Notified` unregisters when dropped.
         let mut killed = pin!(kill.cancelled());
         let mut stopping = pin!(shutdown.cancelled());
+        // Polled only after their own wake-ups, not on every frame queued
+        // for the socket (see `gate`).
+        let ends = Gate::new();
+        let reads = Gate::new();
         let conn = c.conn.clone();
         let mut queued = pin!(conn.queued());
         loop {
             let step = tokio::select! {
                 biased;
-                _ = &mut killed => Step::Stop,
-                _ = &mut stopping => {
-                    Box::pin(send_close(&mut ws, CloseCode::Away, "server shutdown")).await;
-                    Step::Stop
-                }
+                end = poll_fn(|cx| ends.poll(cx, |cx| {
+                    if killed.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(End::Killed);
+                    }
+                    stopping.as_mut().poll(cx).map(|()| End::Shutdown)
+                })) => match end {
+                    End::Killed => Step::Stop,
+                    End::Shutdown => {
+                        Box::pin(send_close(&mut ws, CloseCode::Away, "server shutdown")).await;
+                        Step::Stop
+                    }
+                },
                 _ = &mut queued => {
                     queued.set(conn.queued());
                     c.write_queued(&mut ws).await
@@ -155,7 +174,9 @@ async fn run<S>(
                     c.processed();
                     Step::Continue
                 }
-                msg = ws.next(), if c.queued.len() < MAX_QUEUED => c.read(&mut ws, msg).await,
+                msg = poll_fn(|cx| reads.poll(cx, |cx| ws.poll_next_unpin(cx))), if c.queued.len() < MAX_QUEUED => {
+                    c.read(&mut ws, msg).await
+                }
                 _ = sleep_until(c.hello_deadline.unwrap_or(far)), if c.hello_deadline.is_some() => {
                     c.hello_deadline = None;
                     if c.conn.session().is_none() && c.inflight.is_none() {
