@@ -144,10 +144,11 @@ impl Drop for Subscription {
 /// here too so a configuration that works in-process also works with NATS.
 pub fn check_subject(subject: &str) -> Result<(), BusError> {
     // Bytes, not chars: subjects are ASCII (ids are base64), and this runs
-    // for every message published.
-    let b = subject.as_bytes();
-    // `contains` on bytes is a fast memchr-style scan.
-    let spaced = [b' ', b'\t', b'\r', b'\n'].iter().any(|c| b.contains(c));
+    // for every message published. One pass without an early exit, which the compiler vectorises (four
+    // `contains` scans were ~3% of the server's CPU in the flood benchmark).
+    let spaced = subject.bytes().fold(false, |found, c| {
+        found | matches!(c, b' ' | b'\t' | b'\r' | b'\n')
+    });
     if subject.is_empty() || subject.ends_with('.') || spaced {
         return Err(BusError::InvalidSubject(subject.to_owned()));
     }
@@ -334,6 +335,13 @@ mod tests {
         let bus = LoopbackBus::new();
         assert!(bus.publish("a b", perm()).is_err());
         assert!(bus.publish("a.", perm()).is_err());
+        assert!(bus.publish("", perm()).is_err());
+        let long = "session.".to_owned() + &"x".repeat(200);
+        assert!(check_subject(&long).is_ok());
+        for c in [' ', '\t', '\r', '\n'] {
+            assert!(check_subject(&format!("{long}{c}x")).is_err(), "{c:?}");
+            assert!(check_subject(&format!("{c}{long}")).is_err(), "{c:?}");
+        }
     }
 }
 
