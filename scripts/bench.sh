@@ -18,6 +18,9 @@
 # GO_SIGNALING_SERVER / GO2_SIGNALING_SERVER point at the Go servers (a
 # server that is not installed is skipped); SCENARIOS="room1k flood ..."
 # runs a subset; DURATION (default 5) is the seconds of each measured phase.
+# A/B runs of two builds of ours: OURS_BASE=/path/to/signaling adds that
+# binary as server "base" (interleaved with the others like any server);
+# BENCH_SERVERS="ours base" runs only the servers named.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
@@ -35,8 +38,16 @@ CLIENT=$TARGET/release/client
 ulimit -n "$(ulimit -Hn)"
 
 SERVERS=(ours)
+if [ -n "${OURS_BASE:-}" ]; then SERVERS+=(base); fi
 if [ -x "$GO1" ]; then SERVERS+=(go041); else echo "skipping Go 0.4.1: no $GO1" >&2; fi
 if [ -x "$GO2" ]; then SERVERS+=(go202); else echo "skipping Go 2.0.2: no $GO2 (put Debian sid's nextcloud-spreed-signaling 2.0.2 server binary there, or set GO2_SIGNALING_SERVER)" >&2; fi
+if [ -n "${BENCH_SERVERS:-}" ]; then
+  wanted=()
+  for s in "${SERVERS[@]}"; do
+    case " $BENCH_SERVERS " in *" $s "*) wanted+=("$s") ;; esac
+  done
+  SERVERS=("${wanted[@]}")
+fi
 
 cat > "$OUT/server.conf" <<CONF
 [http]
@@ -58,6 +69,7 @@ SPID=
 start_server() { # $1 = ours|go041|go202
   case $1 in
     ours) taskset -c 0 "$OURS" --config "$OUT/server.conf" >"$OUT/server-$1.log" 2>&1 & ;;
+    base) taskset -c 0 "$OURS_BASE" --config "$OUT/server.conf" >"$OUT/server-$1.log" 2>&1 & ;;
     go041) taskset -c 0 "$GO1" -config "$OUT/server.conf" >"$OUT/server-$1.log" 2>&1 & ;;
     go202) taskset -c 0 "$GO2" -config "$OUT/server.conf" >"$OUT/server-$1.log" 2>&1 & ;;
   esac
@@ -106,7 +118,7 @@ done
 python3 - "$OUT" "$ROUNDS" "${SERVERS[*]}" "$SCENARIOS" <<'PY'
 import json, statistics, sys
 out, rounds, servers, scenarios = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), sys.argv[4].split()
-label = {"ours": "ours", "go041": "Go 0.4.1", "go202": "Go 2.0.2"}
+label = {"ours": "ours", "base": "ours (base)", "go041": "Go 0.4.1", "go202": "Go 2.0.2"}
 def vals(name, server, path):
     v = []
     for r in range(1, rounds + 1):
@@ -152,8 +164,9 @@ def table(title, rows):
     print(f"\n{title} (median of {rounds} rounds)\n")
     cols = [label[s] for s in servers]
     ratio = "go202" in servers
-    print("| metric | " + " | ".join(cols) + (" | ours / Go 2.0.2" if ratio else "") + " | target |")
-    print("|---|" + "---:|" * len(cols) + ("---:|" if ratio else "") + "---|")
+    ab = "base" in servers
+    print("| metric | " + " | ".join(cols) + (" | ours / Go 2.0.2" if ratio else "") + (" | ours / base" if ab else "") + " | target |")
+    print("|---|" + "---:|" * len(cols) + ("---:|" if ratio else "") + ("---:|" if ab else "") + "---|")
     for name, text, path, fmt, target in rows:
         med = {s: (statistics.median(v) if (v := vals(name, s, path)) else float("nan")) for s in servers}
         cells = [fmt.format(med[s]) for s in servers]
@@ -161,6 +174,9 @@ def table(title, rows):
         if ratio:
             a, b = med["ours"], med["go202"]
             r = " | " + (f"{a / b:.2f}x" if a == a and b == b and b else "-")
+        if ab:
+            a, b = med["ours"], med["base"]
+            r += " | " + (f"{a / b:.2f}x" if a == a and b == b and b else "-")
         print(f"| {text} | " + " | ".join(cells) + r + f" | {target} |")
     print("\nRaw rounds:\n")
     for name, text, path, fmt, _ in rows:

@@ -5,14 +5,15 @@
 use futures_util::{SinkExt, StreamExt};
 use hub::core::conn::{Frame, Outbound};
 use hub::{Hub, Pending};
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::error::Elapsed;
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -23,9 +24,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info_span, Instrument};
 
 mod counting;
+mod gate;
 mod relay;
 
 use counting::CountingIo;
+use gate::Gate;
 use relay::{relayed, RelayIo};
 
 /// Largest message a client may send (WS-04).
@@ -77,6 +80,12 @@ enum Step {
     Stop,
     /// The client resumed a session another server holds (see `hub::cluster::relay`).
     Relay(Box<hub::cluster::relay::RelayLink>),
+}
+
+/// Why the connection must end now.
+enum End {
+    Killed,
+    Shutdown,
 }
 
 /// The state of one connection between the steps of [`run`].
@@ -137,16 +146,27 @@ async fn run<S>(
         // its token when made, a `Notified` unregisters when dropped.
         let mut killed = pin!(kill.cancelled());
         let mut stopping = pin!(shutdown.cancelled());
+        // Polled only after their own wake-ups, not on every frame queued
+        // for the socket (see `gate`).
+        let ends = Gate::new();
+        let reads = Gate::new();
         let conn = c.conn.clone();
         let mut queued = pin!(conn.queued());
         loop {
             let step = tokio::select! {
                 biased;
-                _ = &mut killed => Step::Stop,
-                _ = &mut stopping => {
-                    Box::pin(send_close(&mut ws, CloseCode::Away, "server shutdown")).await;
-                    Step::Stop
-                }
+                end = poll_fn(|cx| ends.poll(cx, |cx| {
+                    if killed.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(End::Killed);
+                    }
+                    stopping.as_mut().poll(cx).map(|()| End::Shutdown)
+                })) => match end {
+                    End::Killed => Step::Stop,
+                    End::Shutdown => {
+                        Box::pin(send_close(&mut ws, CloseCode::Away, "server shutdown")).await;
+                        Step::Stop
+                    }
+                },
                 _ = &mut queued => {
                     queued.set(conn.queued());
                     c.write_queued(&mut ws).await
@@ -155,7 +175,9 @@ async fn run<S>(
                     c.processed();
                     Step::Continue
                 }
-                msg = ws.next(), if c.queued.len() < MAX_QUEUED => c.read(&mut ws, msg).await,
+                msg = poll_fn(|cx| reads.poll(cx, |cx| ws.poll_next_unpin(cx))), if c.queued.len() < MAX_QUEUED => {
+                    c.read(&mut ws, msg).await
+                }
                 _ = sleep_until(c.hello_deadline.unwrap_or(far)), if c.hello_deadline.is_some() => {
                     c.hello_deadline = None;
                     if c.conn.session().is_none() && c.inflight.is_none() {
@@ -183,7 +205,8 @@ async fn run<S>(
 }
 
 impl Conn {
-    /// Everything queued for the socket right now goes out in one flush.
+    /// Everything queued for the socket right now goes out in one write
+    /// (one `writev` of the frames' headers and payloads).
     async fn write_queued<S>(&mut self, ws: &mut WebSocketStream<S>) -> Step
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -194,38 +217,42 @@ impl Conn {
         }
         let mut close = false;
         let mut relay = None;
-        let (batch, in_flight, queued_bytes) =
-            (&mut self.batch, &mut self.in_flight, &mut self.queued_bytes);
-        let write = async {
-            while let Some(item) = batch.pop_front() {
-                match item {
-                    Outbound::Frame(text) => {
-                        *queued_bytes += frame_len(text.len());
-                        in_flight.push_back((*queued_bytes, text.clone()));
-                        ws.feed(Message::Text(text)).await?;
-                    }
-                    Outbound::Close => {
-                        close = true;
-                        // Upstream sends an empty close payload here.
-                        *queued_bytes += frame_len(0);
-                        ws.feed(Message::Close(None)).await?;
-                        break;
-                    }
-                    Outbound::Relay(link) => {
-                        relay = Some(link);
-                        break;
-                    }
+        let start = self.in_flight.len();
+        while let Some(item) = self.batch.pop_front() {
+            match item {
+                Outbound::Frame(text) => {
+                    self.queued_bytes += frame_len(text.len());
+                    self.in_flight.push_back((self.queued_bytes, text));
+                }
+                Outbound::Close => {
+                    close = true;
+                    // Upstream sends an empty close payload here.
+                    self.queued_bytes += frame_len(0);
+                    break;
+                }
+                Outbound::Relay(link) => {
+                    relay = Some(link);
+                    break;
                 }
             }
-            ws.flush().await
+        }
+        let frames = self.in_flight.range(start..).map(|(_, f)| f);
+        let write = async {
+            // tungstenite holds nothing unwritten here: every write through
+            // it (pong, ping, close) is awaited to its end or ends the
+            // connection.
+            write_text_frames(ws.get_mut(), frames).await?;
+            if close {
+                // Through tungstenite, which then knows the close was sent.
+                ws.send(Message::Close(None)).await?;
+            }
+            Ok(())
         };
         let result = bounded(write, &self.kill).await;
         if matches!(result, Ok(Ok(()))) {
-            self.in_flight.clear();
-            // Do not keep a burst's worth of memory on an idle connection.
-            if self.in_flight.capacity() > 64 {
-                self.in_flight.shrink_to(8);
-            }
+            // Nothing is kept for an idle connection (the next write makes
+            // these again).
+            self.in_flight = VecDeque::new();
             self.batch = VecDeque::new();
         }
         if let Some(link) = relay {
@@ -436,6 +463,73 @@ where
     .await;
 }
 
+/// Largest batch gathered in the worker's scratch buffer; the buffer is
+/// let go after a larger one.
+const SCRATCH_KEEP: usize = 256 * 1024;
+
+thread_local! {
+    /// Where a connection's frames are gathered for one `send`: shared by
+    /// all connections of a worker thread, so an idle one holds no buffer.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Writes text frames straight to the socket, past tungstenite's write
+/// buffer: that buffer kept the capacity of the largest burst a connection
+/// ever got (about 850 bytes on every idle session after its hello). The
+/// frames are gathered in the worker's scratch buffer and handed to the
+/// socket in one write (a `send`; a `writev` of headers and payloads costs
+/// more in the kernel, measured); only what the socket does not take at once
+/// is copied for the connection to write when the socket has room.
+async fn write_text_frames<'a, W>(
+    io: &mut W,
+    frames: impl Iterator<Item = &'a Frame> + Clone,
+) -> Result<(), WsError>
+where
+    W: AsyncWrite + Unpin,
+{
+    let rest = poll_fn(|cx| {
+        Poll::Ready(SCRATCH.with_borrow_mut(|buf| {
+            buf.clear();
+            for f in frames.clone() {
+                push_text_header(buf, f.len());
+                buf.extend_from_slice(f.as_bytes());
+            }
+            let rest = match Pin::new(&mut *io).poll_write(cx, buf) {
+                Poll::Ready(Ok(n)) if n == buf.len() => Ok(None),
+                Poll::Ready(Ok(0)) if !buf.is_empty() => {
+                    Err(std::io::Error::from(std::io::ErrorKind::WriteZero))
+                }
+                Poll::Ready(Ok(n)) => Ok(Some(buf[n..].to_vec())),
+                Poll::Ready(Err(e)) => Err(e),
+                Poll::Pending => Ok(Some(buf.clone())),
+            };
+            if buf.capacity() > SCRATCH_KEEP {
+                *buf = Vec::new();
+            }
+            rest
+        }))
+    })
+    .await?;
+    if let Some(rest) = rest {
+        io.write_all(&rest).await?;
+    }
+    Ok(io.flush().await?)
+}
+
+/// The header of an unmasked, final text frame (RFC 6455 §5.2).
+fn push_text_header(out: &mut Vec<u8>, len: usize) {
+    out.push(0x81);
+    if len < 126 {
+        out.push(len as u8);
+    } else if len <= 0xffff {
+        out.push(126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+}
+
 /// Bytes of an unmasked server frame with this payload length.
 fn frame_len(payload: usize) -> u64 {
     let header = if payload < 126 {
@@ -453,4 +547,57 @@ fn now_nanos() -> u128 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    /// tungstenite's encoding of a final, unmasked text frame.
+    fn reference(payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        tokio_tungstenite::tungstenite::protocol::frame::Frame::message(
+            payload.to_vec(),
+            OpCode::Data(Data::Text),
+            true,
+        )
+        .format(&mut out)
+        .expect("format");
+        out
+    }
+
+    #[tokio::test]
+    async fn text_frames_are_encoded_like_tungstenite_whole_or_in_pieces() {
+        let frames: Vec<Frame> = [0usize, 1, 125, 126, 127, 65535, 65536, 70000]
+            .iter()
+            .map(|n| Frame::from("x".repeat(*n)))
+            .collect();
+        let expected: Vec<u8> = frames
+            .iter()
+            .flat_map(|f| reference(f.as_bytes()))
+            .collect();
+        // All at once ...
+        let mut all: Vec<u8> = Vec::new();
+        write_text_frames(&mut all, frames.iter())
+            .await
+            .expect("write");
+        assert_eq!(all, expected);
+        // ... and through a socket that takes a few bytes at a time.
+        let (mut a, mut b) = tokio::io::duplex(7);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut b, &mut got)
+                .await
+                .expect("read");
+            got
+        });
+        write_text_frames(&mut a, frames.iter())
+            .await
+            .expect("write");
+        drop(a);
+        assert_eq!(reader.await.expect("reader"), expected);
+        let total: u64 = frames.iter().map(|f| frame_len(f.len())).sum();
+        assert_eq!(total as usize, expected.len());
+    }
 }

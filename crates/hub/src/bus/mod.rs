@@ -144,10 +144,12 @@ impl Drop for Subscription {
 /// here too so a configuration that works in-process also works with NATS.
 pub fn check_subject(subject: &str) -> Result<(), BusError> {
     // Bytes, not chars: subjects are ASCII (ids are base64), and this runs
-    // for every message published.
-    let b = subject.as_bytes();
-    // One pass (session subjects are long, and this runs for every publish).
-    let spaced = b.iter().any(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n'));
+    // for every message published. One pass without an early exit, which
+    // the compiler vectorises (four `contains` scans were ~3% of the
+    // server's CPU in the flood benchmark).
+    let spaced = subject.bytes().fold(false, |found, c| {
+        found | matches!(c, b' ' | b'\t' | b'\r' | b'\n')
+    });
     if subject.is_empty() || subject.ends_with('.') || spaced {
         return Err(BusError::InvalidSubject(subject.to_owned()));
     }
@@ -177,14 +179,19 @@ impl SubjectTable {
         handler: Weak<dyn BusHandler>,
         on_first: impl FnOnce(&Arc<str>),
     ) -> (Arc<str>, u64) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut map = self.subjects.write();
+        // Taken under the lock, so every list is in id order (see `remove`).
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let key = match map.get_key_value(subject) {
-            Some((key, subs)) => {
+            Some((key, _)) => {
                 let key = key.clone();
-                let mut list: Vec<_> = subs.as_ref().clone();
-                list.push((id, handler));
-                map.insert(key.clone(), Arc::new(list));
+                // In place unless a delivery holds a snapshot right now:
+                // copying the list on every add made subscribing quadratic
+                // in the subject's handlers (one user's many sessions, a
+                // large room).
+                if let Some(subs) = map.get_mut(subject) {
+                    Arc::make_mut(subs).push((id, handler));
+                }
                 key
             }
             None => {
@@ -200,16 +207,20 @@ impl SubjectTable {
     /// Remove a handler; `on_last` runs under the lock when it was the last.
     pub(crate) fn remove(&self, subject: &str, id: u64, on_last: impl FnOnce(Arc<str>)) {
         let mut map = self.subjects.write();
-        let Some((key, entry)) = map.get_key_value(subject) else {
+        let Some(entry) = map.get_mut(subject) else {
             return;
         };
-        let key = key.clone();
-        let list: Vec<_> = entry.iter().filter(|(i, _)| *i != id).cloned().collect();
-        if list.is_empty() {
-            map.remove(subject);
-            on_last(key);
+        // Ids grow, and lists are appended to in id order.
+        if let Ok(at) = entry.binary_search_by_key(&id, |(i, _)| *i) {
+            if entry.len() > 1 {
+                Arc::make_mut(entry).remove(at);
+                return;
+            }
         } else {
-            map.insert(key, Arc::new(list));
+            return;
+        }
+        if let Some((key, _)) = map.remove_entry(subject) {
+            on_last(key);
         }
     }
 
@@ -329,6 +340,13 @@ mod tests {
         let bus = LoopbackBus::new();
         assert!(bus.publish("a b", perm()).is_err());
         assert!(bus.publish("a.", perm()).is_err());
+        assert!(bus.publish("", perm()).is_err());
+        let long = "session.".to_owned() + &"x".repeat(200);
+        assert!(check_subject(&long).is_ok());
+        for c in [' ', '\t', '\r', '\n'] {
+            assert!(check_subject(&format!("{long}{c}x")).is_err(), "{c:?}");
+            assert!(check_subject(&format!("{c}{long}")).is_err(), "{c:?}");
+        }
     }
 }
 

@@ -45,6 +45,9 @@ pub struct Conn {
     queue: Mutex<Queue>,
     notify: Notify,
     kill: CancellationToken,
+    /// Set before `kill` is cancelled (only this type cancels it): checked
+    /// for every frame queued, without the token's mutex.
+    killed: AtomicBool,
     overflowed: AtomicBool,
     /// Its frames are relayed to another server from now on.
     relayed: AtomicBool,
@@ -80,6 +83,7 @@ impl Conn {
             queue: Mutex::new(Queue::default()),
             notify: Notify::new(),
             kill,
+            killed: AtomicBool::new(false),
             overflowed: AtomicBool::new(false),
             relayed: AtomicBool::new(false),
             session: Mutex::new(None),
@@ -122,7 +126,12 @@ impl Conn {
     }
 
     pub fn is_connected(&self) -> bool {
-        !self.kill.is_cancelled()
+        !self.killed.load(Ordering::Acquire)
+    }
+
+    fn cancel(&self) {
+        self.killed.store(true, Ordering::Release);
+        self.kill.cancel();
     }
 
     /// True when the connection was cut because its queue overflowed.
@@ -164,7 +173,7 @@ impl Conn {
         if !self.overflowed.swap(true, Ordering::Relaxed) {
             tracing::warn!(conn = self.id, peer = %self.remote_addr, "client does not read fast enough, disconnecting");
         }
-        self.kill.cancel();
+        self.cancel();
     }
 
     /// Hand the connection task a relay to another server (after what is
@@ -191,13 +200,13 @@ impl Conn {
     pub fn close(&self) {
         // The close may exceed the frame limit by one: it must not be lost.
         if self.push(Outbound::Close, OUTBOUND_QUEUE + 1).is_err() {
-            self.kill.cancel();
+            self.cancel();
         }
     }
 
     /// End the connection at once.
     pub fn kill(&self) {
-        self.kill.cancel();
+        self.cancel();
     }
 
     pub fn session(&self) -> Option<Arc<ClientSession>> {
