@@ -128,33 +128,14 @@ for r in $(seq "$ROUNDS"); do
 done
 
 python3 - "$OUT" "$ROUNDS" "${SETUPS[*]}" <<'PY'
-import json, statistics, sys
+import sys
+sys.path.insert(0, "scripts")
+from bench_results import Results
 out, rounds, setups = sys.argv[1], int(sys.argv[2]), sys.argv[3].split()
 label = {"one": "ours, one server", "one-nats": "ours, one server + NATS", "two": "ours, two servers + NATS",
          "go2-one": "Go 2.0.2, one server", "go2-two": "Go 2.0.2, two servers + NATS"}
-def vals(name, setup, path):
-    v = []
-    for r in range(1, rounds + 1):
-        try:
-            d = json.load(open(f"{out}/{name}-{setup}-{r}.json"))
-            for p in path.split("."):
-                d = d[p]
-            v.append(float(d))
-        except Exception:
-            pass
-    return v
-def bad(name, setup):
-    n = 0
-    for r in range(1, rounds + 1):
-        try:
-            m = json.load(open(f"{out}/{name}-{setup}-{r}.json"))["messages"]
-            n += m["lost"] + m["duplicated"] + m["misdelivered"] + m["unknown"]
-        except Exception:
-            pass
-    return n
-def med(name, setup, path):
-    v = vals(name, setup, path)
-    return statistics.median(v) if v else float("nan")
+R = Results(out, rounds)
+vals, bad, med = R.vals, R.bad, R.med
 rows = [
     ("flood", "flood, 100 clients, <= 16 in flight: msgs per CPU-s (all processes)", "server.delivered_per_cpu_s", "{:,.0f}"),
     ("flood", "flood: p99 latency ms", "messages.latency.p99_ms", "{:.1f}"),

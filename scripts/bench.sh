@@ -116,29 +116,13 @@ for r in $(seq "$ROUNDS"); do
 done
 
 python3 - "$OUT" "$ROUNDS" "${SERVERS[*]}" "$SCENARIOS" <<'PY'
-import json, statistics, sys
+import statistics, sys
+sys.path.insert(0, "scripts")
+from bench_results import Results
 out, rounds, servers, scenarios = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), sys.argv[4].split()
 label = {"ours": "ours", "base": "ours (base)", "go041": "Go 0.4.1", "go202": "Go 2.0.2"}
-def vals(name, server, path):
-    v = []
-    for r in range(1, rounds + 1):
-        try:
-            d = json.load(open(f"{out}/{name}-{server}-{r}.json"))
-            for p in path.split("."):
-                d = d[p]
-            v.append(float(d))
-        except Exception:
-            pass
-    return v
-def bad(name, server):
-    n = 0
-    for r in range(1, rounds + 1):
-        try:
-            m = json.load(open(f"{out}/{name}-{server}-{r}.json"))["messages"]
-            n += m["lost"] + m["duplicated"] + m["misdelivered"] + m["unknown"]
-        except Exception:
-            pass
-    return n
+R = Results(out, rounds)
+vals, bad, med = R.vals, R.bad, R.med
 PER_CPU = "server.delivered_per_cpu_s"
 P99 = "messages.latency.p99_ms"
 unbatched = [

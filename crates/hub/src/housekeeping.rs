@@ -189,10 +189,8 @@ pub(crate) async fn send_pings(hub: Arc<Hub>, url: Url, rooms: Vec<RoomPings>) {
     for (roomid, entries) in requests {
         let req = proto::backend::BackendClientRequest::ping(&roomid, entries);
         let res: Result<Value, _> = hub
-            .backend
-            .perform_json_request(&url, &req, Some(hub.settings.backend_timeout))
+            .backend_request("ping", &url, &req, hub.settings.backend_timeout)
             .await;
-        hub.metrics.count_backend("ping", res.is_ok());
         if let Err(e) = res {
             debug!(room = %roomid, url = %url, error = %e, "room ping failed");
         }

@@ -385,6 +385,27 @@ impl Hub {
         self.reply(conn, ServerMessage::error("", err_invalid_format()));
     }
 
+    /// A request to Nextcloud (`kind` labels the metric: auth, room,
+    /// session, ping) with a bound on how long it may take.
+    pub(crate) async fn backend_request<Req, Resp>(
+        &self,
+        kind: &str,
+        url: &url::Url,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, BackendError>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+    {
+        let res = self
+            .backend
+            .perform_json_request(url, request, Some(timeout))
+            .await;
+        self.metrics.count_backend(kind, res.is_ok());
+        res
+    }
+
     pub(crate) fn reply(&self, conn: &Arc<Conn>, msg: ServerMessage) {
         match conn.session() {
             Some(s) => s.send_message(msg),
@@ -508,10 +529,8 @@ impl Hub {
             // Leave notifications get a generous bound rather than none, so a
             // dead backend cannot pin tasks forever.
             let res: Result<Value, _> = hub
-                .backend
-                .perform_json_request(&url, &req, Some(Duration::from_secs(60)))
+                .backend_request("room", &url, &req, Duration::from_secs(60))
                 .await;
-            hub.metrics.count_backend("room", res.is_ok());
             if let Err(e) = res {
                 debug!(error = %e, "could not notify backend about room leave");
             }

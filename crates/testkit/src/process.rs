@@ -176,7 +176,9 @@ impl Drop for ChildGuard {
 }
 
 /// Waits until `addr` accepts TCP connections, failing early if `child`
-/// exits and after `timeout` at the latest.
+/// exits and after `timeout` at the latest. With a `child`, the listener
+/// must be the child's ([`listens_on`]): a port taken by another process
+/// fails at once (`AddrInUse`), so the caller can try another one.
 pub async fn wait_for_port(
     addr: SocketAddr,
     timeout: Duration,
@@ -259,64 +261,6 @@ pub fn listens_on(pid: u32, port: u16) -> bool {
     })
 }
 
-/// Waits until the `nats-server` named `name` accepts connections on
-/// `addr`: its `INFO` greeting must carry that `server_name` (anything else
-/// listening there does not count). Fails early if `child` exits.
-async fn wait_for_nats(
-    addr: SocketAddr,
-    name: &str,
-    timeout: Duration,
-    child: &mut ChildGuard,
-) -> io::Result<()> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut other = None;
-    loop {
-        match nats_server_name(addr).await {
-            Some(n) if n == name => return Ok(()),
-            Some(n) => other = Some(n),
-            None => {}
-        }
-        if let Some(status) = child.exited() {
-            let what = match &other {
-                Some(n) => format!("exited ({status}); {addr} is served by {n:?}, not by it"),
-                None => format!("exited ({status}) before listening on {addr}"),
-            };
-            return Err(child.failure(&what));
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(child.failure(&format!("not answering on {addr} after {timeout:?}")));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The `server_name` in the greeting of whatever answers on `addr`
-/// (`"?"` when it is not a NATS greeting); `None` when nothing answers.
-async fn nats_server_name(addr: SocketAddr) -> Option<String> {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
-    let attempt = async {
-        let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let mut line = String::new();
-        let mut reader = tokio::io::BufReader::new(stream).take(64 * 1024);
-        match reader.read_line(&mut line).await {
-            Ok(n) if n > 0 => {}
-            _ => return Some("?".to_owned()),
-        }
-        let info = line
-            .strip_prefix("INFO ")
-            .and_then(|j| serde_json::from_str::<serde_json::Value>(j.trim()).ok());
-        Some(
-            info.and_then(|v| v["server_name"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| "?".to_owned()),
-        )
-    };
-    match tokio::time::timeout(Duration::from_millis(500), attempt).await {
-        Ok(name) => name,
-        // Connected, but no greeting in time: not (yet) a NATS server.
-        Err(_) => Some("?".to_owned()),
-    }
-}
-
 /// Finds an executable: `$<env_var>` if set, else `PATH`, else the sbin and
 /// local directories Debian packages use (not always on a test's `PATH`).
 pub(crate) fn find_binary(name: &str, env_var: &str) -> io::Result<PathBuf> {
@@ -354,17 +298,16 @@ pub(crate) fn find_binary(name: &str, env_var: &str) -> io::Result<PathBuf> {
 /// Needed where behaviour depends on the real server (subjects, reconnects);
 /// missing binaries are reported as an error the test turns into a failure.
 ///
-/// Each server gets a unique name, and it counts as started only once the
-/// server on the port introduces itself with that name. A free port can be
-/// taken by another process between probing and binding; then our server
-/// exits, and something else answers on the port: another test's
-/// `nats-server` (the two tests would share subjects, see each other's
-/// messages, and lose NATS when the other one ends) or any other listener.
+/// A free port can be taken by another process between probing and
+/// binding; then our server exits and something else answers on the port:
+/// another test's `nats-server` (the two tests would share subjects, see
+/// each other's messages, and lose NATS when the other one ends) or any other
+/// listener. So it counts as started only when the listener is its own
+/// ([`wait_for_port`] checks).
 #[derive(Debug)]
 pub struct NatsServer {
     child: ChildGuard,
     port: u16,
-    name: String,
     /// HTTP monitoring (`-m`): `/subsz`, `/connz`.
     monitor_port: u16,
     binary: PathBuf,
@@ -379,18 +322,16 @@ impl NatsServer {
     pub async fn start() -> io::Result<NatsServer> {
         let binary = find_binary("nats-server", "NATS_SERVER_BIN")?;
         let dir = TempDir::new("testkit-nats")?;
-        let name = format!("testkit-{}", random_hex(8));
         // The free port may be taken between probing and binding; retry then.
         let mut last_err = None;
         for _ in 0..5 {
             let port = free_port();
             let monitor_port = free_port();
-            match Self::spawn(&binary, &dir, port, monitor_port, &name).await {
+            match Self::spawn(&binary, &dir, port, monitor_port).await {
                 Ok(child) => {
                     return Ok(NatsServer {
                         child,
                         port,
-                        name,
                         monitor_port,
                         binary,
                         dir,
@@ -407,15 +348,14 @@ impl NatsServer {
         dir: &TempDir,
         port: u16,
         monitor_port: u16,
-        name: &str,
     ) -> io::Result<ChildGuard> {
         let mut cmd = Command::new(binary);
-        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-n", name])
+        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()])
             .args(["-m", &monitor_port.to_string(), "-js", "-sd"])
             .arg(dir.join("jetstream"));
         let mut child = ChildGuard::spawn("nats-server", &mut cmd, Some(&dir.join("nats.log")))?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        wait_for_nats(addr, name, STARTUP_TIMEOUT, &mut child).await?;
+        wait_for_port(addr, STARTUP_TIMEOUT, Some(&mut child)).await?;
         Ok(child)
     }
 
@@ -437,14 +377,7 @@ impl NatsServer {
     /// Stops (if running) and starts again on the same port and store.
     pub async fn restart(&mut self) -> io::Result<()> {
         self.stop();
-        self.child = Self::spawn(
-            &self.binary,
-            &self.dir,
-            self.port,
-            self.monitor_port,
-            &self.name,
-        )
-        .await?;
+        self.child = Self::spawn(&self.binary, &self.dir, self.port, self.monitor_port).await?;
         Ok(())
     }
 
@@ -583,25 +516,19 @@ mod tests {
     async fn nats_server_on_a_taken_port_is_not_taken_for_ours() {
         let first = NatsServer::start().await.expect("first nats-server");
         let dir = TempDir::new("testkit-selftest").expect("tempdir");
-        let err = NatsServer::spawn(
-            &first.binary,
-            &dir,
-            first.port(),
-            free_port(),
-            "testkit-second",
-        )
-        .await
-        .expect_err("the port is served by the first server");
-        let msg = err.to_string();
-        assert!(msg.contains(&first.name), "{msg}");
+        let err = NatsServer::spawn(&first.binary, &dir, first.port(), free_port())
+            .await
+            .expect_err("the port is served by the first server");
+        assert!(err.to_string().contains("taken"), "{err}");
 
         let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
         let port = listener.local_addr().expect("address").port();
-        let err = NatsServer::spawn(&first.binary, &dir, port, free_port(), "testkit-third")
+        let err = NatsServer::spawn(&first.binary, &dir, port, free_port())
             .await
             .expect_err("the port is held by a plain listener");
-        assert!(err.to_string().contains("exited"), "{err}");
-        assert!(read_info(first.port()).await.contains(&first.name));
+        assert!(err.to_string().contains("taken"), "{err}");
+        // The first server is untouched.
+        assert!(read_info(first.port()).await.starts_with("INFO "));
     }
 
     async fn read_info(port: u16) -> String {

@@ -211,12 +211,11 @@ impl SubjectTable {
             return;
         };
         // Ids grow, and lists are appended to in id order.
-        if let Ok(at) = entry.binary_search_by_key(&id, |(i, _)| *i) {
-            if entry.len() > 1 {
-                Arc::make_mut(entry).remove(at);
-                return;
-            }
-        } else {
+        let Ok(at) = entry.binary_search_by_key(&id, |(i, _)| *i) else {
+            return;
+        };
+        if entry.len() > 1 {
+            Arc::make_mut(entry).remove(at);
             return;
         }
         if let Some((key, _)) = map.remove_entry(subject) {

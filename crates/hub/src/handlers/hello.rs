@@ -2,6 +2,7 @@
 //! backend or with an internal client's shared secret), registering its
 //! session, resuming a disconnected one, and ending it.
 
+use super::send_error;
 use crate::core::conn::{Conn, OutMsg};
 use crate::core::errors::*;
 use crate::core::session::{
@@ -36,7 +37,7 @@ pub(crate) async fn process_hello(
             .check(&conn.remote_addr, ACTION_RESUME)
             .is_err()
         {
-            conn.send(OutMsg::new(ServerMessage::error(&msg.id, err_too_many_requests())).frame());
+            send_error(conn, &msg.id, err_too_many_requests());
             return;
         }
         if !crate::handlers::hello::process_resume(&hub, conn, &msg.id, &hello.resumeid) {
@@ -47,7 +48,7 @@ pub(crate) async fn process_hello(
             hub.metrics.resume_failed.inc();
             let delay = hub.throttler.failed(&conn.remote_addr, ACTION_RESUME);
             tokio::time::sleep(delay).await;
-            conn.send(OutMsg::new(ServerMessage::error(&msg.id, err_no_such_session())).frame());
+            send_error(conn, &msg.id, err_no_such_session());
         }
         return;
     }
@@ -59,9 +60,7 @@ pub(crate) async fn process_hello(
             crate::handlers::hello::process_hello_internal(&hub, conn, &msg.id, hello).await
         }
         _ => {
-            conn.send(
-                OutMsg::new(ServerMessage::error(&msg.id, err_invalid_client_type())).frame(),
-            );
+            send_error(conn, &msg.id, err_invalid_client_type());
         }
     }
 }
@@ -122,9 +121,7 @@ pub(crate) async fn process_hello_client(
     id: &str,
     hello: proto::client::HelloClientMessage,
 ) {
-    let send_err = |e: Error| {
-        conn.send(OutMsg::new(ServerMessage::error(id, e)).frame());
-    };
+    let send_err = |e: Error| send_error(conn, id, e);
     let Ok(url) = Url::parse(&hello.auth.url) else {
         send_err(err_invalid_backend());
         return;
@@ -178,10 +175,8 @@ pub(crate) async fn process_hello_client(
     }
     let req = proto::backend::BackendClientRequest::auth(hello.auth.params.clone());
     let res: Result<proto::backend::BackendClientResponse, _> = hub
-        .backend
-        .perform_json_request(&url, &req, Some(hub.settings.backend_timeout))
+        .backend_request("auth", &url, &req, hub.settings.backend_timeout)
         .await;
-    hub.metrics.count_backend("auth", res.is_ok());
     let auth = match res {
         Ok(a) => a,
         Err(e) => {
@@ -223,9 +218,7 @@ pub(crate) async fn process_hello_internal(
     id: &str,
     hello: proto::client::HelloClientMessage,
 ) {
-    let send_err = |e: Error| {
-        conn.send(OutMsg::new(ServerMessage::error(id, e)).frame());
-    };
+    let send_err = |e: Error| send_error(conn, id, e);
     if hub.settings.internal_secret.is_empty() {
         send_err(err_invalid_client_type());
         return;
@@ -314,13 +307,13 @@ pub(crate) async fn register(
         if let Err(e) = crate::cluster::count_session(hub, &backend, &public_id).await {
             hub.metrics.session_limit_exceeded.inc(&[&backend.id]);
             warn!(backend = %backend.id, "session limit exceeded");
-            conn.send(OutMsg::new(ServerMessage::error(id, e)).frame());
+            send_error(conn, id, e);
             return;
         }
     }
     if let Err(e) = session.subscribe(&**hub) {
         backend.remove_session(&public_id);
-        conn.send(OutMsg::new(ServerMessage::error(id, err_internal(e))).frame());
+        send_error(conn, id, err_internal(e));
         return;
     }
     // In a cluster: reachable from every node before it is told its id.

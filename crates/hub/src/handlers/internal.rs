@@ -155,14 +155,13 @@ async fn add_virtual_at_backend(
             ..Default::default()
         });
         let res: Result<proto::backend::BackendClientResponse, _> = hub
-            .backend
-            .perform_json_request(
+            .backend_request(
+                "room",
                 &session.backend_url,
                 &req,
-                Some(hub.settings.backend_timeout),
+                hub.settings.backend_timeout,
             )
             .await;
-        hub.metrics.count_backend("room", res.is_ok());
         match res {
             Err(e) => {
                 debug!(error = %e, "could not join virtual session at backend");
@@ -186,14 +185,13 @@ async fn add_virtual_at_backend(
             user: add.user.as_ref().map(|u| u.to_owned()),
         });
         let res: Result<Value, _> = hub
-            .backend
-            .perform_json_request(
+            .backend_request(
+                "session",
                 &session.backend_url,
                 &req,
-                Some(hub.settings.backend_timeout),
+                hub.settings.backend_timeout,
             )
             .await;
-        hub.metrics.count_backend("session", res.is_ok());
         if let Err(e) = res {
             debug!(error = %e, "could not add virtual session at backend");
             session.send_message(add_failed("Could not add virtual session.".into()));
@@ -233,7 +231,7 @@ pub(crate) fn close_virtual_session(
                 s.send_message(ServerMessage::error(id, Error::new("remove_failed", m)));
             }
         };
-        let timeout = Some(hub.settings.backend_timeout);
+        let timeout = hub.settings.backend_timeout;
         if let Some(options) = &v.options {
             let req = proto::backend::BackendClientRequest::room(proto::backend::RoomRequest {
                 version: proto::backend::BACKEND_VERSION.into(),
@@ -246,10 +244,8 @@ pub(crate) fn close_virtual_session(
                 ..Default::default()
             });
             let res: Result<proto::backend::BackendClientResponse, _> = hub
-                .backend
-                .perform_json_request(&v.backend_url, &req, timeout)
+                .backend_request("room", &v.backend_url, &req, timeout)
                 .await;
-            hub.metrics.count_backend("room", res.is_ok());
             match res {
                 Err(_) => remove_failed("Could not remove virtual session from backend."),
                 Ok(r) if r.kind == "error" => {
@@ -267,10 +263,8 @@ pub(crate) fn close_virtual_session(
                     ..Default::default()
                 });
             let res: Result<Value, _> = hub
-                .backend
-                .perform_json_request(&v.backend_url, &req, timeout)
+                .backend_request("session", &v.backend_url, &req, timeout)
                 .await;
-            hub.metrics.count_backend("session", res.is_ok());
             if res.is_err() {
                 remove_failed("Could not remove virtual session from backend.");
             }

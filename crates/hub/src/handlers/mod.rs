@@ -9,7 +9,7 @@
 //! it on to the remote server ([`MessageKind::to_federation`]) and the
 //! handler (`dispatch`).
 
-use proto::client::{ClientMessage, ServerMessage};
+use proto::client::{ClientMessage, Error, ServerMessage};
 use std::sync::Arc;
 use tracing::debug;
 
@@ -115,6 +115,12 @@ impl MessageKind {
 
 /// Handle one text frame of a client connection: parse, validate, count,
 /// then hand it to its handler (or to the federated server).
+/// An error answer straight on the connection (before a session exists,
+/// or when the request is refused before it reaches one).
+pub(crate) fn send_error(conn: &Conn, id: &str, e: Error) {
+    conn.send(OutMsg::new(ServerMessage::error(id, e)).frame());
+}
+
 pub(crate) fn dispatch(hub: &Arc<Hub>, conn: &Arc<Conn>, text: &str) -> Option<Pending> {
     let mut msg: ClientMessage = match proto::client::parse_client_message(text) {
         Ok(m) => m,
@@ -133,7 +139,7 @@ pub(crate) fn dispatch(hub: &Arc<Hub>, conn: &Arc<Conn>, text: &str) -> Option<P
     hub.metrics.count_message(kind);
     let Some(session) = conn.session() else {
         if kind != MessageKind::Hello {
-            conn.send(OutMsg::new(ServerMessage::error(&msg.id, err_hello_expected())).frame());
+            send_error(conn, &msg.id, err_hello_expected());
             return None;
         }
         let hub = hub.clone();

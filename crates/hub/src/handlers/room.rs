@@ -203,14 +203,13 @@ async fn ask_backend_to_join(
             ..Default::default()
         });
         let res = hub
-            .backend
-            .perform_json_request(
+            .backend_request(
+                "room",
                 &session.backend_url,
                 &req,
-                Some(hub.settings.backend_timeout),
+                hub.settings.backend_timeout,
             )
             .await;
-        hub.metrics.count_backend("room", res.is_ok());
         match res {
             Ok(r) => r,
             Err(e) => {
