@@ -5,7 +5,6 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use runtime::listen::{Body, PeerInfo};
 use runtime::net::IpNet;
 use std::net::IpAddr;
@@ -245,9 +244,7 @@ fn upgrade(server: &Arc<Server>, mut req: Request<Incoming>, peer: &PeerInfo) ->
     let token = server.shutdown.token.clone();
     server.shutdown.tracker.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => {
-                crate::ws::serve(hub, TokioIo::new(upgraded), remote, agent, token).await
-            }
+            Ok(upgraded) => crate::ws::serve_upgraded(hub, upgraded, remote, agent, token).await,
             Err(e) => debug!(error = %e, "upgrade failed"),
         }
     });

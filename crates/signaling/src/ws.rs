@@ -3,7 +3,7 @@
 //! and enforces the hello deadline and the read deadline.
 
 use futures_util::{SinkExt, StreamExt};
-use hub::core::conn::{Frame, Outbound};
+use hub::core::conn::{frame_len, push_text_header, Frame, Outbound};
 use hub::{Hub, Pending};
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::time::error::Elapsed;
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -26,10 +27,12 @@ use tracing::{debug, info_span, Instrument};
 mod counting;
 mod gate;
 mod relay;
+mod shared_tcp;
 
 use counting::CountingIo;
 use gate::Gate;
 use relay::{relayed, RelayIo};
+use shared_tcp::SharedTcp;
 
 /// Largest message a client may send (WS-04).
 pub const MAX_MESSAGE_SIZE: usize = 64 * 1024;
@@ -52,9 +55,33 @@ pub fn ws_config() -> WebSocketConfig {
         .max_frame_size(Some(MAX_MESSAGE_SIZE))
 }
 
+/// Serves an upgraded HTTP connection. On plain TCP the hub may write to
+/// the socket directly while the connection is idle (see `SharedTcp`).
+pub async fn serve_upgraded(
+    hub: Arc<Hub>,
+    upgraded: hyper::upgrade::Upgraded,
+    remote_addr: String,
+    user_agent: String,
+    shutdown: CancellationToken,
+) {
+    use hyper_util::rt::TokioIo;
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let stream = Arc::new(parts.io.into_inner());
+            let io = SharedTcp::new(stream.clone(), parts.read_buf);
+            serve(hub, io, Some(stream), remote_addr, user_agent, shutdown).await
+        }
+        Err(upgraded) => {
+            let io = TokioIo::new(upgraded);
+            serve(hub, io, None, remote_addr, user_agent, shutdown).await
+        }
+    }
+}
+
 pub async fn serve<S>(
     hub: Arc<Hub>,
     io: S,
+    direct: Option<Arc<TcpStream>>,
     remote_addr: String,
     user_agent: String,
     shutdown: CancellationToken,
@@ -68,7 +95,7 @@ pub async fn serve<S>(
     };
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
     let span = info_span!("conn", peer = %remote_addr);
-    run(hub, ws, written, remote_addr, user_agent, shutdown)
+    run(hub, ws, written, direct, remote_addr, user_agent, shutdown)
         .instrument(span)
         .await
 }
@@ -102,9 +129,13 @@ struct Conn {
     /// Frames taken from the connection's queue and not yet handed to the socket.
     batch: VecDeque<Outbound>,
     /// Frames handed to the socket but not known to be written completely:
-    /// (end offset in the byte stream, frame). After a failed write, those
-    /// the socket did not take in full go back to the session for a resume.
-    in_flight: VecDeque<(u64, Frame)>,
+    /// (end offset in the byte stream, frame, bytes of it the hub already
+    /// wrote directly). After a failed write, those the socket did not take
+    /// in full go back to the session for a resume. The stream offsets
+    /// count only what this task writes: the hub writes directly only
+    /// between the task's writes, whole frames or a frame's first bytes
+    /// (whose rest then comes first here).
+    in_flight: VecDeque<(u64, Frame, usize)>,
     queued_bytes: u64,
     /// The client closed (or the socket failed): nothing to wait for at the end.
     peer_gone: bool,
@@ -117,6 +148,7 @@ async fn run<S>(
     hub: Arc<Hub>,
     mut ws: WebSocketStream<S>,
     written: Arc<AtomicU64>,
+    direct: Option<Arc<TcpStream>>,
     remote_addr: String,
     user_agent: String,
     shutdown: CancellationToken,
@@ -125,6 +157,12 @@ async fn run<S>(
 {
     let kill = CancellationToken::new();
     let conn = hub.new_conn(remote_addr, user_agent, kill.clone());
+    // However this task ends, the hub stops writing to its socket (and
+    // lets go of it).
+    let _direct = EndDirect(conn.clone());
+    if let Some(socket) = direct {
+        conn.set_direct(socket);
+    }
     let mut c = Conn {
         hub,
         conn,
@@ -163,6 +201,7 @@ async fn run<S>(
                 })) => match end {
                     End::Killed => Step::Stop,
                     End::Shutdown => {
+                        c.conn.claim_writer();
                         Box::pin(send_close(&mut ws, CloseCode::Away, "server shutdown")).await;
                         Step::Stop
                     }
@@ -193,6 +232,7 @@ async fn run<S>(
         }
     };
     if let Step::Relay(link) = step {
+        c.conn.end_direct();
         let (sink, stream) = ws.split();
         let io = RelayIo {
             sink,
@@ -211,7 +251,7 @@ impl Conn {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        self.batch = self.conn.take_queued();
+        self.batch = self.conn.take_to_write();
         if self.batch.is_empty() {
             return Step::Continue;
         }
@@ -222,7 +262,11 @@ impl Conn {
             match item {
                 Outbound::Frame(text) => {
                     self.queued_bytes += frame_len(text.len());
-                    self.in_flight.push_back((self.queued_bytes, text));
+                    self.in_flight.push_back((self.queued_bytes, text, 0));
+                }
+                Outbound::Rest { frame, sent } => {
+                    self.queued_bytes += frame_len(frame.len()) - sent as u64;
+                    self.in_flight.push_back((self.queued_bytes, frame, sent));
                 }
                 Outbound::Close => {
                     close = true;
@@ -236,7 +280,7 @@ impl Conn {
                 }
             }
         }
-        let frames = self.in_flight.range(start..).map(|(_, f)| f);
+        let frames = self.in_flight.range(start..).map(|(_, f, sent)| (f, *sent));
         let write = async {
             // tungstenite holds nothing unwritten here: every write through
             // it (pong, ping, close) is awaited to its end or ends the
@@ -261,6 +305,7 @@ impl Conn {
         }
         match result {
             Ok(Ok(())) if !close => {
+                self.conn.written();
                 if self.conn.queue_is_empty() {
                     self.hub.refill(&self.conn);
                 }
@@ -326,11 +371,10 @@ impl Conn {
             Some(Ok(Message::Ping(payload))) => {
                 self.queued_bytes += frame_len(payload.len());
                 // tungstenite queued the pong; push it out.
-                if Box::pin(tokio::time::timeout(WRITE_WAIT, ws.flush()))
-                    .await
-                    .is_err()
-                {
-                    return Step::Stop;
+                self.conn.claim_writer();
+                match Box::pin(tokio::time::timeout(WRITE_WAIT, ws.flush())).await {
+                    Ok(Ok(())) => self.conn.written(),
+                    _ => return Step::Stop,
                 }
             }
             Some(Ok(Message::Pong(payload))) => {
@@ -352,6 +396,7 @@ impl Conn {
             Some(Err(WsError::Capacity(e))) => {
                 // Like upstream: 1009 "message too big", then close.
                 debug!(error = %e, "message too large");
+                self.conn.claim_writer();
                 Box::pin(send_close(ws, CloseCode::Size, "")).await;
                 return Step::Stop;
             }
@@ -376,8 +421,12 @@ impl Conn {
         // Like upstream: the send time in nanoseconds, as decimal text.
         let payload = now_nanos().to_string().into_bytes();
         self.queued_bytes += frame_len(payload.len());
+        self.conn.claim_writer();
         match tokio::time::timeout(WRITE_WAIT, ws.send(Message::Ping(payload.into()))).await {
-            Ok(Ok(())) => Step::Continue,
+            Ok(Ok(())) => {
+                self.conn.written();
+                Step::Continue
+            }
             _ => Step::Stop,
         }
     }
@@ -396,11 +445,11 @@ impl Conn {
         let mut unsent: Vec<Frame> = self
             .in_flight
             .into_iter()
-            .filter(|(end, _)| *end > done)
-            .map(|(_, f)| f)
+            .filter(|(end, _, _)| *end > done)
+            .map(|(_, f, _)| f)
             .collect();
         for item in self.batch.into_iter().chain(self.conn.close_queue()) {
-            if let Outbound::Frame(f) = item {
+            if let Outbound::Frame(f) | Outbound::Rest { frame: f, .. } = item {
                 unsent.push(f);
             }
         }
@@ -482,7 +531,7 @@ thread_local! {
 /// is copied for the connection to write when the socket has room.
 async fn write_text_frames<'a, W>(
     io: &mut W,
-    frames: impl Iterator<Item = &'a Frame> + Clone,
+    frames: impl Iterator<Item = (&'a Frame, usize)> + Clone,
 ) -> Result<(), WsError>
 where
     W: AsyncWrite + Unpin,
@@ -490,9 +539,12 @@ where
     let rest = poll_fn(|cx| {
         Poll::Ready(SCRATCH.with_borrow_mut(|buf| {
             buf.clear();
-            for f in frames.clone() {
+            for (f, sent) in frames.clone() {
+                let start = buf.len();
                 push_text_header(buf, f.len());
                 buf.extend_from_slice(f.as_bytes());
+                // The hub wrote the first bytes already.
+                buf.drain(start..start + sent);
             }
             let rest = match Pin::new(&mut *io).poll_write(cx, buf) {
                 Poll::Ready(Ok(n)) if n == buf.len() => Ok(None),
@@ -516,30 +568,13 @@ where
     Ok(io.flush().await?)
 }
 
-/// The header of an unmasked, final text frame (RFC 6455 §5.2).
-fn push_text_header(out: &mut Vec<u8>, len: usize) {
-    out.push(0x81);
-    if len < 126 {
-        out.push(len as u8);
-    } else if len <= 0xffff {
-        out.push(126);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        out.push(127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-}
+/// Ends the hub's direct writes to a connection's socket when its task ends.
+struct EndDirect(Arc<hub::core::conn::Conn>);
 
-/// Bytes of an unmasked server frame with this payload length.
-fn frame_len(payload: usize) -> u64 {
-    let header = if payload < 126 {
-        2
-    } else if payload <= 0xffff {
-        4
-    } else {
-        10
-    };
-    (header + payload) as u64
+impl Drop for EndDirect {
+    fn drop(&mut self) {
+        self.0.end_direct();
+    }
 }
 
 fn now_nanos() -> u128 {
@@ -579,7 +614,7 @@ mod tests {
             .collect();
         // All at once ...
         let mut all: Vec<u8> = Vec::new();
-        write_text_frames(&mut all, frames.iter())
+        write_text_frames(&mut all, frames.iter().map(|f| (f, 0)))
             .await
             .expect("write");
         assert_eq!(all, expected);
@@ -592,12 +627,26 @@ mod tests {
                 .expect("read");
             got
         });
-        write_text_frames(&mut a, frames.iter())
+        write_text_frames(&mut a, frames.iter().map(|f| (f, 0)))
             .await
             .expect("write");
         drop(a);
         assert_eq!(reader.await.expect("reader"), expected);
         let total: u64 = frames.iter().map(|f| frame_len(f.len())).sum();
         assert_eq!(total as usize, expected.len());
+    }
+
+    #[tokio::test]
+    async fn a_frame_the_hub_began_is_completed_from_where_it_stopped() {
+        let first = Frame::from("x".repeat(300));
+        let second = Frame::from("second");
+        let whole = reference(first.as_bytes());
+        let mut out: Vec<u8> = Vec::new();
+        write_text_frames(&mut out, [(&first, 7), (&second, 0)].into_iter())
+            .await
+            .expect("write");
+        let mut expected = whole[7..].to_vec();
+        expected.extend(reference(second.as_bytes()));
+        assert_eq!(out, expected);
     }
 }

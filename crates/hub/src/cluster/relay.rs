@@ -174,7 +174,9 @@ async fn hold(
                 let mut close = false;
                 for item in conn.take_queued() {
                     match item {
-                        Outbound::Frame(f) => {
+                        // (A held session's connection has no socket of
+                        // its own: nothing was written of any frame.)
+                        Outbound::Frame(f) | Outbound::Rest { frame: f, .. } => {
                             seq += 1;
                             let mut b = BytesMut::with_capacity(9 + f.len());
                             b.put_u8(TEXT);
@@ -258,7 +260,7 @@ async fn hold(
         .collect();
     if end != Some(CLOSE) {
         for item in conn.close_queue() {
-            if let Outbound::Frame(f) = item {
+            if let Outbound::Frame(f) | Outbound::Rest { frame: f, .. } = item {
                 unsent.push(f);
             }
         }
