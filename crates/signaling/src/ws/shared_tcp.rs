@@ -4,11 +4,11 @@
 //! who writes when is decided under the connection queue's lock.
 
 use bytes::{Buf, Bytes};
-use std::io;
+use std::io::{self, Read};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 pub(super) struct SharedTcp {
@@ -42,9 +42,27 @@ impl AsyncRead for SharedTcp {
         }
         loop {
             ready!(this.stream.poll_read_ready(cx))?;
-            match this.stream.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
+            let unfilled = buf.initialize_unfilled();
+            let mut got = 0;
+            let res = this.stream.try_io(Interest::READABLE, || {
+                let n = (&*socket2::SockRef::from(&*this.stream)).read(unfilled)?;
+                got = n;
+                if n > 0 && n < unfilled.len() {
+                    // A read that did not fill the buffer emptied the
+                    // socket (epoll is edge-triggered): wait for the next
+                    // edge instead of trying another read that would only
+                    // say "would block" (tokio's own sockets do the same).
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(())
+            });
+            match res {
+                Ok(()) => {
+                    buf.advance(got);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => {
+                    buf.advance(got);
                     return Poll::Ready(Ok(()));
                 }
                 // Readiness was stale: wait for the next edge.
