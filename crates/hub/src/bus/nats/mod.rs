@@ -95,6 +95,7 @@ use tracing::{debug, error, info, warn};
 
 mod batch;
 mod config;
+mod fast;
 mod order;
 mod peers;
 

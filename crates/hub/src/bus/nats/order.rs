@@ -21,7 +21,11 @@ pub(super) fn dispatch(bus: &NatsBus, batch: &mut Vec<async_nats::Message>, peer
         if !bus.listens(subject.as_str()) {
             return;
         }
-        match decode_envelope_ordered(payload) {
+        let decoded_msg = match super::fast::decode_our_message(payload) {
+            Some(ours) => Ok(ours),
+            None => decode_envelope_ordered(payload),
+        };
+        match decoded_msg {
             Ok((msg, order)) => decoded.push((subject, msg, order)),
             Err(e) => warn!(subject = %subject, error = %e, "ignoring NATS message"),
         }
