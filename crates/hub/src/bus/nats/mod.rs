@@ -651,9 +651,8 @@ fn take_batch(
         match commands.try_recv() {
             Ok(Command::Publish(s, p))
                 if wildcard_for(&s).is_some()
-                    && writer
-                        .as_ref()
-                        .is_none_or(|w| w.len() + p.len() < MAX_BATCH_BYTES) =>
+                    && writer.as_ref().map_or(first.1.len(), BatchWriter::len) + p.len()
+                        < MAX_BATCH_BYTES =>
             {
                 metrics.queued.dec();
                 let w = writer.get_or_insert_with(|| {
@@ -728,6 +727,50 @@ mod tests {
         // Already in order (the usual case): unchanged.
         let items = vec![Some(("a", 1)), Some(("b", 5)), None, Some(("a", 2))];
         assert_eq!(in_sender_order(items.clone(), |k| *k), items);
+    }
+
+    #[test]
+    fn a_batch_takes_the_queued_session_messages_up_to_its_size() {
+        let metrics = NatsMetrics::new(&Registry::new());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let publish =
+            |s: &str, len: usize| Command::Publish(Arc::from(s), Bytes::from(vec![b'x'; len]));
+        let subject = |c: &Option<Command>| match c {
+            Some(Command::Publish(s, _)) => s.to_string(),
+            _ => "other".to_owned(),
+        };
+        // Alone: goes out as it is.
+        let ((s, p), next) =
+            take_batch(&mut rx, &metrics, Arc::from("session.a"), Bytes::from("x"));
+        assert_eq!(
+            (&*s, &p[..], next.is_none()),
+            ("session.a", &b"x"[..], true)
+        );
+        // Session and user messages go together; a room message ends the batch.
+        for c in [
+            publish("user.b", 5),
+            publish("session.c", 5),
+            publish("room.r", 5),
+            publish("session.d", 5),
+        ] {
+            tx.send(c).ok();
+        }
+        let ((s, p), next) =
+            take_batch(&mut rx, &metrics, Arc::from("session.a"), Bytes::from("x"));
+        assert_eq!(&*s, BATCH_SUBJECT);
+        let (items, err) = split_batch(&p);
+        assert!(err.is_none());
+        let subjects: Vec<&[u8]> = items.iter().map(|(s, _)| &s[..]).collect();
+        assert_eq!(subjects, [&b"session.a"[..], b"user.b", b"session.c"]);
+        assert_eq!(subject(&next), "room.r");
+        assert_eq!(subject(&rx.try_recv().ok()), "session.d");
+        // Never beyond the size bound, counting the first message too.
+        tx.send(publish("session.f", MAX_BATCH_BYTES / 2)).ok();
+        let big = Bytes::from(vec![b'x'; MAX_BATCH_BYTES * 2 / 3]);
+        let ((s, _), next) = take_batch(&mut rx, &metrics, Arc::from("session.e"), big);
+        assert_eq!((&*s, subject(&next)), ("session.e", "session.f".to_owned()));
+        assert_eq!(metrics.batches.get(), 1);
+        assert_eq!(metrics.batched.get(), 3);
     }
 
     #[test]
