@@ -1,7 +1,7 @@
 //! The NATS bus against a real `nats-server` (testkit's guard): two buses on
 //! one server stand for two signaling servers.
 
-use hub::bus::nats::{NatsBus, MAX_QUEUED_PUBLISHES};
+use hub::bus::nats::{NatsBus, BATCH_SUBJECT, MAX_QUEUED_PUBLISHES};
 use hub::bus::{Bus, BusError, BusHandler, BusMessage, BusPayload, Subscription};
 use parking_lot::Mutex;
 use runtime::metrics::Registry;
@@ -141,7 +141,8 @@ async fn sessions_and_users_share_one_subscription_per_node() {
     barrier(&a, "session.probe", &probe).await;
     let before = nats.subscription_count().await.expect("/subsz");
     let text = registry.render();
-    assert!(text.contains("signaling_nats_subscriptions 2"), "{text}");
+    // The two wildcards and the batch subject.
+    assert!(text.contains("signaling_nats_subscriptions 3"), "{text}");
 
     let n = 200;
     let recs: Vec<Arc<Rec>> = (0..2 * n).map(|_| Arc::new(Rec::default())).collect();
@@ -164,7 +165,7 @@ async fn sessions_and_users_share_one_subscription_per_node() {
         before,
         "sessions and users added NATS subscriptions"
     );
-    assert!(registry.render().contains("signaling_nats_subscriptions 2"));
+    assert!(registry.render().contains("signaling_nats_subscriptions 3"));
 
     a.publish("session.nobody", msg("stray")).expect("publish");
     for (i, _) in recs.iter().enumerate() {
@@ -185,7 +186,7 @@ async fn sessions_and_users_share_one_subscription_per_node() {
     let _r2 = sub(&b, "room.cm9vbQ", &room2);
     barrier(&a, "room.cm9vbQ", &room).await;
     assert_eq!(nats.subscription_count().await.expect("/subsz"), before + 1);
-    assert!(registry.render().contains("signaling_nats_subscriptions 3"));
+    assert!(registry.render().contains("signaling_nats_subscriptions 4"));
 }
 
 /// Restart nats-server on the same port. Subscriptions come back by
@@ -280,4 +281,140 @@ async fn full_queue_refuses_with_an_error_and_a_metric() {
         text.contains(&format!("signaling_nats_publish_rejected_total {refused}")),
         "{text}"
     );
+}
+
+/// A bus that has heard every other node for a while (a short presence
+/// interval, so it settles within the test): it may batch.
+async fn settled_bus(nats: &NatsServer) -> (Arc<NatsBus>, Registry) {
+    let (bus, registry) = bus(nats).await;
+    bus.set_presence_interval(Duration::from_millis(200));
+    tokio::time::sleep(hub::bus::nats::FIRST_SETTLE + Duration::from_millis(200)).await;
+    (bus, registry)
+}
+
+fn metric(registry: &Registry, name: &str) -> u64 {
+    let text = registry.render();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// A raw NATS connection counting what arrives on `subject`.
+async fn watch(nats: &NatsServer, subject: &str) -> (async_nats::Client, Arc<Mutex<usize>>) {
+    let client = async_nats::connect(nats.url()).await.expect("raw client");
+    let mut sub = client.subscribe(subject.to_owned()).await.expect("sub");
+    client.flush().await.expect("flush");
+    let count = Arc::new(Mutex::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        use futures_util::StreamExt;
+        while sub.next().await.is_some() {
+            *c.lock() += 1;
+        }
+    });
+    (client, count)
+}
+
+/// What a node queued for sessions and users at one moment crosses as few
+/// NATS messages on the batch subject, not one `session.*`/`user.*` message
+/// each, and every addressee on the other node gets its messages in order;
+/// a room message queued in the middle keeps its place (one handler
+/// listening on a session and the room sees both in publish order).
+#[tokio::test]
+async fn queued_messages_cross_in_batches_to_every_addressee() {
+    let nats = nats().await;
+    let (a, registry) = settled_bus(&nats).await;
+    let (b, _) = settled_bus(&nats).await;
+    let n = 50;
+    let recs: Vec<Arc<Rec>> = (0..n).map(|_| Arc::new(Rec::default())).collect();
+    let subject = |i: usize| {
+        if i.is_multiple_of(2) {
+            format!("session.s{i}")
+        } else {
+            format!("user.dTEyMw{i}")
+        }
+    };
+    let _subs: Vec<Subscription> = recs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| sub(&b, &subject(i), r))
+        .collect();
+    let _room = sub(&b, "room.cm9vbQ", &recs[0]);
+    barrier(&a, "room.cm9vbQ", &recs[0]).await;
+    let (_w, on_sessions) = watch(&nats, "session.*").await;
+    let (_w2, on_batches) = watch(&nats, BATCH_SUBJECT).await;
+
+    // No await in between: all of it is queued before the NATS task runs.
+    let rounds = 20;
+    for round in 0..rounds {
+        for i in 0..n {
+            a.publish(&subject(i), msg(&format!("{i}/{round}")))
+                .expect("publish");
+        }
+        if round == rounds / 2 {
+            a.publish("room.cm9vbQ", msg("room")).expect("publish");
+        }
+    }
+    for (i, r) in recs.iter().enumerate() {
+        let mut want: Vec<String> = (0..rounds).map(|round| format!("{i}/{round}")).collect();
+        if i == 0 {
+            want.insert(rounds / 2 + 1, "room".to_owned());
+        }
+        assert_eventually!(WAIT, r.got().len() >= want.len());
+        assert_eq!(r.got(), want, "addressee {i}");
+    }
+    let batched = metric(&registry, "signaling_nats_batched_messages_total");
+    let batches = metric(&registry, "signaling_nats_batches_total");
+    assert_eq!(batched, (n * rounds) as u64);
+    assert!((1..10).contains(&batches), "{batches} batches");
+    assert_eventually!(WAIT, *on_batches.lock() as u64 == batches);
+    // Only the barrier's probes went to session subjects one by one.
+    assert_eq!(*on_sessions.lock(), 0);
+}
+
+/// While an older node is heard (its sender id lacks the mark of a node
+/// that reads batches), every message goes on its own subject, so that
+/// node, which listens on `session.*` but not on the batch subject, gets
+/// each one; the newer node gets them all too.
+#[tokio::test]
+async fn an_older_node_gets_every_message_on_its_own_subject() {
+    let nats = nats().await;
+    let (a, registry) = settled_bus(&nats).await;
+    let (b, _) = settled_bus(&nats).await;
+    let rec = Arc::new(Rec::default());
+    let _s = sub(&b, "session.b", &rec);
+    barrier(&a, "session.b", &rec).await;
+    let burst = |tag: &str| {
+        for i in 0..100 {
+            a.publish("session.b", msg(&format!("{tag}{i}")))
+                .expect("publish");
+        }
+    };
+    // Batches go out while only newer nodes are heard (the test could fail).
+    burst("x");
+    assert_eventually!(WAIT, rec.got().len() == 100);
+    let batches = metric(&registry, "signaling_nats_batches_total");
+    assert!(batches > 0);
+
+    // An older node: listens on session subjects, and speaks (here on a
+    // subject node A listens on) with a sender id of the old kind.
+    let (old, on_sessions) = watch(&nats, "session.*").await;
+    let heard = Arc::new(Rec::default());
+    let _h = sub(&a, "session.a", &heard);
+    let envelope = hub::bus::encode_envelope_from(&msg("old"), Some(("0123456789abcdef", 1)));
+    old.publish("session.a", envelope.into())
+        .await
+        .expect("pub");
+    assert_eventually!(WAIT, heard.count("old") == 1);
+    // Its own message came back to it (a plain client has echo on).
+    assert_eventually!(WAIT, *on_sessions.lock() == 1);
+    *on_sessions.lock() = 0;
+
+    rec.0.lock().clear();
+    burst("y");
+    assert_eventually!(WAIT, rec.got().len() == 100);
+    let want: Vec<String> = (0..100).map(|i| format!("y{i}")).collect();
+    assert_eq!(rec.got(), want);
+    assert_eventually!(WAIT, *on_sessions.lock() == 100);
+    assert_eq!(metric(&registry, "signaling_nats_batches_total"), batches);
 }

@@ -215,6 +215,9 @@ impl Server {
         let registry = runtime::metrics::Registry::new();
         registry.register_process_metrics();
         let (bus, nats) = bus_from_config(ini, &registry)?;
+        if let (Some(nats), Some(interval)) = (&nats, settings.presence_interval) {
+            nats.set_presence_interval(interval);
+        }
         let mcu = mcu_from_config(ini, &registry)?;
         let metrics = HubMetrics::new(registry);
         let hub = Hub::new(settings, backends, bus, metrics, mcu)?;

@@ -1099,3 +1099,135 @@ async fn dialout_skips_a_bridge_in_a_room_on_another_node() {
         assert_ne!(m["type"], "internal", "bridge in a room was asked: {m}");
     }
 }
+
+/// `signaling_nats_batches_total` of the server at `addr`.
+async fn batches_sent(addr: std::net::SocketAddr) -> u64 {
+    let text = common::media::metrics_at(addr).await;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("signaling_nats_batches_total ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no batch counter in {text}"))
+}
+
+/// Bursts of direct messages from `from` to each of `to` (numbered per
+/// addressee), until node A has sent batches or `rounds` bursts are out;
+/// returns how many each addressee was sent.
+async fn bursts(
+    c: &Cluster,
+    from: &mut TestClient,
+    to: &[String],
+    rounds: usize,
+    until_batched: bool,
+) -> usize {
+    let mut sent = 0;
+    for _ in 0..rounds {
+        for _ in 0..30 {
+            for id in to {
+                from.send_message(recipient_session(id), json!({"n": sent}))
+                    .await;
+            }
+            sent += 1;
+        }
+        if until_batched && batches_sent(c.a).await > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sent
+}
+
+/// Every direct message arrives once and in order: `0..sent`.
+async fn all_in_order(c: &mut TestClient, sent: usize) {
+    for n in 0..sent {
+        let m = c.recv_matching(|m| m["type"] == "message").await;
+        assert_eq!(m["message"]["data"]["n"], n, "{m}");
+    }
+    assert!(c.recv_timeout(Duration::from_millis(300)).await.is_none());
+}
+
+/// Under load, direct messages from one server to sessions on the other
+/// cross NATS in batches (several messages in one NATS message), and every
+/// addressee still gets each of its messages once, in the order sent.
+#[tokio::test]
+async fn direct_messages_cross_in_batches_to_every_addressee() {
+    let c = cluster().await;
+    let mut alice = c.user(c.a, "alice").await;
+    let mut bobs = Vec::new();
+    for i in 0..3 {
+        bobs.push(c.user(c.b, &format!("bob{i}")).await);
+    }
+    let ids: Vec<String> = bobs.iter().map(id_of).collect();
+    for (id, bob) in ids.iter().zip(bobs.iter_mut()) {
+        until_reachable(&mut alice, recipient_session(id), bob).await;
+    }
+    // A server batches once it has heard all others (2 s after it started).
+    let sent = bursts(&c, &mut alice, &ids, 40, true).await;
+    assert!(batches_sent(c.a).await > 0, "no batch after {sent} bursts");
+    for bob in &mut bobs {
+        all_in_order(bob, sent).await;
+    }
+}
+
+/// While an older server is part of the cluster (its `cluster.nodes`
+/// reports come from a sender id without the mark of a server that reads
+/// batches), every direct message goes out on its own session subject,
+/// where that server listens, and none in a batch.
+#[tokio::test]
+async fn an_older_server_gets_every_direct_message_on_its_subject() {
+    use futures_util::StreamExt;
+    let c = cluster().await;
+    let old = async_nats::connect(c.nats_url.as_str())
+        .await
+        .expect("old server connects");
+    let mut on_sessions = old.subscribe("session.*").await.expect("subscribe");
+    old.flush().await.expect("flush");
+    // Reports as often as the others do (`presenceinterval = 1`).
+    let reporter = old.clone();
+    let reports = tokio::spawn(async move {
+        for seq in 1.. {
+            let status = hub::bus::BusMessage::new(hub::bus::BusPayload::Node(
+                std::sync::Arc::new(proto::cluster::NodeStatus {
+                    node: "older-node".into(),
+                    ..Default::default()
+                }),
+            ));
+            let envelope = hub::bus::encode_envelope_from(&status, Some(("0123456789abcdef", seq)));
+            let _ = reporter
+                .publish(proto::cluster::NODES_SUBJECT, envelope.into())
+                .await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let mut alice = c.user(c.a, "alice").await;
+    let mut bob = c.user(c.b, "bob").await;
+    let bob_id = id_of(&bob);
+    until_reachable(&mut alice, recipient_session(&bob_id), &mut bob).await;
+    // Past the time a server batches from (2 s after its start).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut seen = 0;
+    while let Ok(Some(_)) =
+        tokio::time::timeout(Duration::from_millis(300), on_sessions.next()).await
+    {
+        seen += 1;
+    }
+    let sent = bursts(&c, &mut alice, std::slice::from_ref(&bob_id), 5, false).await;
+    all_in_order(&mut bob, sent).await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut now_seen = 0;
+    while now_seen < sent {
+        match tokio::time::timeout_at(until, on_sessions.next()).await {
+            Ok(Some(_)) => now_seen += 1,
+            _ => break,
+        }
+    }
+    assert_eq!(
+        now_seen, sent,
+        "the older server missed messages ({seen} before)"
+    );
+    assert_eq!(batches_sent(c.a).await, 0);
+    reports.abort();
+}

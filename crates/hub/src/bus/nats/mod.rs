@@ -42,6 +42,18 @@
 //!   order, so when a message is visible, every earlier one of its sender
 //!   is too. Upstream keeps order per session by funnelling a session's
 //!   subscriptions into one channel; this keeps it per sender for all.
+//! - **Batches between our servers.** What the NATS task finds queued for
+//!   session and user subjects at one moment (a run of them, up to 256 KiB)
+//!   goes out as one NATS message on `cluster.batch` (`batch.rs`): under load
+//!   `nats-server` and both clients then handle one message instead of
+//!   dozens. A publish alone in the queue goes out alone; nothing waits. The
+//!   receivers are the same as without batches (every node has the session
+//!   and user wildcards, and now the batch subject too); room and relay
+//!   subjects are never batched, so only nodes with members get those. A
+//!   node of an older version (or upstream's) does not read batches, so
+//!   they are sent only while every node heard within three presence
+//!   intervals marks its sender id as reading them, and not before this
+//!   node has heard every other one (`peers.rs`).
 //! - **"Full"**: publishes waiting for the NATS task are bounded by
 //!   [`MAX_QUEUED_PUBLISHES`]. In normal operation the queue is empty (the
 //!   task hands messages to the client as fast as the hub makes them); it
@@ -81,9 +93,14 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
+mod batch;
 mod config;
+mod fast;
 mod order;
+mod peers;
 
+pub use batch::{split_batch, BatchError, BATCH_SUBJECT};
+use batch::{BatchWriter, MAX_BATCH_BYTES};
 #[cfg(test)]
 use config::percent_decode;
 pub use config::{is_loopback_url, validate_urls, NatsConfigError};
@@ -91,6 +108,8 @@ use config::{parse_urls, redact, retry_delay};
 use order::dispatch;
 #[cfg(test)]
 use order::in_sender_order;
+use peers::Peers;
+pub use peers::{FIRST_SETTLE, READS_BATCHES};
 
 use crate::bus::{
     check_subject, encode_envelope_from, Bus, BusError, BusHandler, BusMessage, SubjectTable,
@@ -143,6 +162,8 @@ struct NatsMetrics {
     rejected: Arc<Counter>,
     slow_consumers: Arc<Counter>,
     subscriptions: Arc<Gauge>,
+    batches: Arc<Counter>,
+    batched: Arc<Counter>,
 }
 
 impl NatsMetrics {
@@ -170,7 +191,15 @@ impl NatsMetrics {
             ),
             subscriptions: registry.gauge(
                 "signaling_nats_subscriptions",
-                "NATS subscriptions this server holds (wildcards for sessions and users, one per room or relay subject)",
+                "NATS subscriptions this server holds (wildcards for sessions and users, the batch subject, one per room or relay subject)",
+            ),
+            batches: registry.counter(
+                "signaling_nats_batches_total",
+                "NATS messages sent that carried several session or user messages at once",
+            ),
+            batched: registry.counter(
+                "signaling_nats_batched_messages_total",
+                "Session and user messages sent to NATS inside batches",
             ),
         }
     }
@@ -201,6 +230,8 @@ pub struct NatsBus {
     /// the broker only when a subscription is still on its way.
     subs_queued: std::sync::atomic::AtomicU64,
     subs_active: Arc<std::sync::atomic::AtomicU64>,
+    /// The senders heard, and whether all of them read batches.
+    peers: Arc<Peers>,
 }
 
 impl std::fmt::Debug for NatsBus {
@@ -224,6 +255,8 @@ impl NatsBus {
         // When the connection last came back after a loss (not the first).
         let reconnected: Arc<parking_lot::Mutex<Option<std::time::Instant>>> = Arc::default();
         let reconnected_at = reconnected.clone();
+        let peers = Arc::new(Peers::new());
+        let peers_cb = peers.clone();
         let m = metrics.clone();
         let shown = redact(urls);
         let options = options
@@ -239,6 +272,7 @@ impl NatsBus {
                 let ever = ever_connected.clone();
                 let shown = shown.clone();
                 let reconnected_at = reconnected_at.clone();
+                let peers = peers_cb.clone();
                 async move {
                     match event {
                         Event::Connected => {
@@ -248,6 +282,7 @@ impl NatsBus {
                                 // Before the publishes are let go (below).
                                 *reconnected_at.lock() = Some(std::time::Instant::now());
                             }
+                            peers.connected(true, std::time::Instant::now());
                             connected_tx.send_replace(true);
                             if again {
                                 m.reconnects.inc();
@@ -258,6 +293,7 @@ impl NatsBus {
                         }
                         Event::Disconnected => {
                             m.connected.set(0);
+                            peers.connected(false, std::time::Instant::now());
                             connected_tx.send_replace(false);
                             warn!(url = %shown, "NATS connection lost, reconnecting");
                         }
@@ -282,10 +318,12 @@ impl NatsBus {
             metrics: metrics.clone(),
             connected: connected_rx,
             client: std::sync::OnceLock::new(),
-            origin: hex::encode(rand::random::<[u8; 8]>()),
+            // The mark tells the other nodes that this one reads batches.
+            origin: hex::encode(rand::random::<[u8; 8]>()) + READS_BATCHES,
             seq: std::sync::atomic::AtomicU64::new(0),
             subs_queued: std::sync::atomic::AtomicU64::new(1),
             subs_active: Arc::default(),
+            peers,
         });
         tokio::spawn(run(
             bus.me.clone(),
@@ -315,6 +353,14 @@ impl NatsBus {
     /// connected or not).
     pub fn client(&self) -> Option<Client> {
         self.client.get().cloned()
+    }
+
+    /// How often every node reports at the least (`[nats]
+    /// presenceinterval`, default 5 s): a node silent for three of them is
+    /// gone, one connected for one has heard every live node (see
+    /// [`READS_BATCHES`]).
+    pub fn set_presence_interval(&self, interval: Duration) {
+        self.peers.set_interval(interval);
     }
 
     /// Number of subjects with at least one local handler.
@@ -430,6 +476,9 @@ async fn run(
     mut connected: watch::Receiver<bool>,
     reconnected: Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
 ) {
+    let Some(peers) = bus.upgrade().map(|b| b.peers.clone()) else {
+        return;
+    };
     // With `retry_on_initial_connect` this returns at once and connects in
     // the background; commands wait in the client's queue meanwhile.
     let client: Client = match options.connect(addrs).await {
@@ -449,7 +498,8 @@ async fn run(
     let mut batch: Vec<async_nats::Message> = Vec::new();
     // Before any command: everything the hub subscribes later is queued
     // after these on the one connection.
-    for (_, wildcard) in WILDCARDS {
+    let always = WILDCARDS.iter().map(|(_, w)| *w).chain([BATCH_SUBJECT]);
+    for wildcard in always {
         match client.subscribe(wildcard).await {
             Ok(sub) => {
                 let (tx, cancel) = oneshot::channel();
@@ -460,9 +510,23 @@ async fn run(
         }
     }
     metrics.subscriptions.set(subs.len() as i64);
+    // A command taken from the queue while collecting a batch that does
+    // not belong in it: executed next, before anything queued after it.
+    let mut pending: Option<Command> = None;
     loop {
-        tokio::select! {
-            cmd = commands.recv() => {
+        enum Next {
+            Command(Option<Command>),
+            Received(Option<async_nats::Message>),
+        }
+        let next = match pending.take() {
+            Some(cmd) => Next::Command(Some(cmd)),
+            None => tokio::select! {
+                cmd = commands.recv() => Next::Command(cmd),
+                first = feeds.next(), if !feeds.is_empty() => Next::Received(first),
+            },
+        };
+        match next {
+            Next::Command(cmd) => {
                 let Some(cmd) = cmd else { break };
                 match cmd {
                     Command::Publish(subject, payload) => {
@@ -475,26 +539,44 @@ async fn run(
                             break;
                         }
                         let since = *reconnected.lock();
-                        if let Some(wait) = since.and_then(|t| RESUBSCRIBE_GRACE.checked_sub(t.elapsed())) {
+                        if let Some(wait) =
+                            since.and_then(|t| RESUBSCRIBE_GRACE.checked_sub(t.elapsed()))
+                        {
                             tokio::time::sleep(wait).await;
                         }
                         metrics.queued.dec();
+                        // What else is queued for sessions and users right
+                        // now goes with it in one message, when every node
+                        // reads batches. Nothing waits for more.
+                        let (subject, payload) = if wildcard_for(&subject).is_some()
+                            && peers.all_read_batches(std::time::Instant::now())
+                        {
+                            let (out, next) = take_batch(&mut commands, &metrics, subject, payload);
+                            pending = next;
+                            out
+                        } else {
+                            (subject, payload)
+                        };
                         // Awaits only while the client's own queue is full (NATS
                         // down or slow): that is the backpressure on our queue.
                         if let Err(e) = client.publish(subject.to_string(), payload).await {
                             error!(subject = %subject, error = %e, "NATS publish failed");
                         }
                     }
-                    Command::Subscribe(subject) => match client.subscribe(subject.to_string()).await {
-                        Ok(sub) => {
-                            let (tx, cancel) = oneshot::channel();
-                            feeds.push(Feed { sub, cancel });
-                            // Replacing an old sender ends that stream.
-                            subs.insert(subject, tx);
-                            metrics.subscriptions.set(subs.len() as i64);
+                    Command::Subscribe(subject) => {
+                        match client.subscribe(subject.to_string()).await {
+                            Ok(sub) => {
+                                let (tx, cancel) = oneshot::channel();
+                                feeds.push(Feed { sub, cancel });
+                                // Replacing an old sender ends that stream.
+                                subs.insert(subject, tx);
+                                metrics.subscriptions.set(subs.len() as i64);
+                            }
+                            Err(e) => {
+                                error!(subject = %subject, error = %e, "NATS subscribe failed")
+                            }
                         }
-                        Err(e) => error!(subject = %subject, error = %e, "NATS subscribe failed"),
-                    },
+                    }
                     Command::Unsubscribe(subject) => {
                         // Its stream ends (dropping the `Subscriber`, which
                         // sends `UNSUB`) without handing on what it still holds.
@@ -513,11 +595,14 @@ async fn run(
                         let active = bus.upgrade().map(|b| b.subs_active.clone());
                         tokio::spawn(async move {
                             let sync = client.request(SYNC_SUBJECT, Bytes::new());
-                            let answered = tokio::time::timeout(crate::bus::SUBSCRIPTIONS_WAIT, sync).await;
+                            let answered =
+                                tokio::time::timeout(crate::bus::SUBSCRIPTIONS_WAIT, sync).await;
                             // "No responders" is the broker's answer too.
                             let processed = match answered {
                                 Ok(Ok(_)) => true,
-                                Ok(Err(e)) => e.kind() == async_nats::RequestErrorKind::NoResponders,
+                                Ok(Err(e)) => {
+                                    e.kind() == async_nats::RequestErrorKind::NoResponders
+                                }
                                 Err(_) => false,
                             };
                             if let (true, Some(active)) = (processed, active) {
@@ -528,7 +613,7 @@ async fn run(
                     }
                 }
             }
-            first = feeds.next(), if !feeds.is_empty() => {
+            Next::Received(first) => {
                 let Some(first) = first else { continue };
                 batch.push(first);
                 // Everything that has arrived, not a capped batch: a later
@@ -542,12 +627,53 @@ async fn run(
                     batch.push(m);
                 }
                 let Some(bus) = bus.upgrade() else { break };
-                dispatch(&bus, &mut batch);
+                dispatch(&bus, &mut batch, &peers);
             }
         }
     }
     metrics.connected.set(0);
     metrics.subscriptions.set(0);
+}
+
+/// The publish just taken from the queue and every publish to a session or
+/// user subject queued right behind it, as one batch when there are
+/// several (else the first as it was), and the first command that did not
+/// fit, to execute next.
+fn take_batch(
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    metrics: &NatsMetrics,
+    subject: Arc<str>,
+    payload: Bytes,
+) -> ((Arc<str>, Bytes), Option<Command>) {
+    let first = (subject, payload);
+    let mut writer: Option<BatchWriter> = None;
+    let next = loop {
+        match commands.try_recv() {
+            Ok(Command::Publish(s, p))
+                if wildcard_for(&s).is_some()
+                    && writer.as_ref().map_or(first.1.len(), BatchWriter::len) + p.len()
+                        < MAX_BATCH_BYTES =>
+            {
+                metrics.queued.dec();
+                let w = writer.get_or_insert_with(|| {
+                    let mut w = BatchWriter::new();
+                    w.push(&first.0, &first.1);
+                    w
+                });
+                w.push(&s, &p);
+            }
+            Ok(other) => break Some(other),
+            Err(_) => break None,
+        }
+    };
+    match writer {
+        None => (first, next),
+        Some(w) => {
+            metrics.batches.inc();
+            metrics.batched.add(w.count() as u64);
+            ((Arc::from(BATCH_SUBJECT), w.finish()), next)
+        }
+    }
 }
 
 /// One subscription's messages (each names its own subject: a wildcard's
@@ -601,6 +727,50 @@ mod tests {
         // Already in order (the usual case): unchanged.
         let items = vec![Some(("a", 1)), Some(("b", 5)), None, Some(("a", 2))];
         assert_eq!(in_sender_order(items.clone(), |k| *k), items);
+    }
+
+    #[test]
+    fn a_batch_takes_the_queued_session_messages_up_to_its_size() {
+        let metrics = NatsMetrics::new(&Registry::new());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let publish =
+            |s: &str, len: usize| Command::Publish(Arc::from(s), Bytes::from(vec![b'x'; len]));
+        let subject = |c: &Option<Command>| match c {
+            Some(Command::Publish(s, _)) => s.to_string(),
+            _ => "other".to_owned(),
+        };
+        // Alone: goes out as it is.
+        let ((s, p), next) =
+            take_batch(&mut rx, &metrics, Arc::from("session.a"), Bytes::from("x"));
+        assert_eq!(
+            (&*s, &p[..], next.is_none()),
+            ("session.a", &b"x"[..], true)
+        );
+        // Session and user messages go together; a room message ends the batch.
+        for c in [
+            publish("user.b", 5),
+            publish("session.c", 5),
+            publish("room.r", 5),
+            publish("session.d", 5),
+        ] {
+            tx.send(c).ok();
+        }
+        let ((s, p), next) =
+            take_batch(&mut rx, &metrics, Arc::from("session.a"), Bytes::from("x"));
+        assert_eq!(&*s, BATCH_SUBJECT);
+        let (items, err) = split_batch(&p);
+        assert!(err.is_none());
+        let subjects: Vec<&[u8]> = items.iter().map(|(s, _)| &s[..]).collect();
+        assert_eq!(subjects, [&b"session.a"[..], b"user.b", b"session.c"]);
+        assert_eq!(subject(&next), "room.r");
+        assert_eq!(subject(&rx.try_recv().ok()), "session.d");
+        // Never beyond the size bound, counting the first message too.
+        tx.send(publish("session.f", MAX_BATCH_BYTES / 2)).ok();
+        let big = Bytes::from(vec![b'x'; MAX_BATCH_BYTES * 2 / 3]);
+        let ((s, _), next) = take_batch(&mut rx, &metrics, Arc::from("session.e"), big);
+        assert_eq!((&*s, subject(&next)), ("session.e", "session.f".to_owned()));
+        assert_eq!(metrics.batches.get(), 1);
+        assert_eq!(metrics.batched.get(), 3);
     }
 
     #[test]

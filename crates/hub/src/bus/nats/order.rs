@@ -4,23 +4,57 @@
 use std::collections::HashMap;
 use tracing::warn;
 
+use super::batch::{split_batch, BATCH_SUBJECT};
+use super::peers::Peers;
 use super::NatsBus;
 use crate::bus::decode_envelope_ordered;
+use async_nats::Subject;
 
 /// Decode what arrived for local handlers (a wildcard also brings what is
-/// for sessions and users elsewhere: dropped undecoded), put each sender's
-/// messages back in its publish order, and hand them to the local handlers.
-pub(super) fn dispatch(bus: &NatsBus, batch: &mut Vec<async_nats::Message>) {
+/// for sessions and users elsewhere: dropped undecoded; a batch is taken
+/// apart into its messages first), put each sender's messages back in its
+/// publish order, and hand them to the local handlers. The senders heard
+/// are noted in `peers`.
+pub(super) fn dispatch(bus: &NatsBus, batch: &mut Vec<async_nats::Message>, peers: &Peers) {
     let mut decoded = Vec::with_capacity(batch.len());
+    let mut decode = |subject: Subject, payload: &[u8]| {
+        if !bus.listens(subject.as_str()) {
+            return;
+        }
+        let decoded_msg = match super::fast::decode_our_message(payload) {
+            Some(ours) => Ok(ours),
+            None => decode_envelope_ordered(payload),
+        };
+        match decoded_msg {
+            Ok((msg, order)) => decoded.push((subject, msg, order)),
+            Err(e) => warn!(subject = %subject, error = %e, "ignoring NATS message"),
+        }
+    };
     for m in batch.drain(..) {
-        if !bus.listens(m.subject.as_str()) {
+        if m.subject.as_str() != BATCH_SUBJECT {
+            decode(m.subject, &m.payload);
             continue;
         }
-        match decode_envelope_ordered(&m.payload) {
-            Ok((msg, order)) => decoded.push((m.subject, msg, order)),
-            Err(e) => warn!(subject = %m.subject, error = %e, "ignoring NATS message"),
+        let (items, err) = split_batch(&m.payload);
+        if let Some(e) = err {
+            warn!(error = %e, "ignoring the rest of a NATS batch");
+        }
+        for (subject, envelope) in items {
+            match Subject::from_utf8(subject) {
+                Ok(subject) => decode(subject, &envelope),
+                Err(_) => warn!("ignoring a batched message with a subject that is not UTF-8"),
+            }
         }
     }
+    // A batch has few senders: note each once.
+    let mut senders: Vec<Option<&str>> = Vec::new();
+    for (_, _, order) in &decoded {
+        let from = order.as_ref().map(|(f, _)| f.as_str());
+        if !senders.contains(&from) {
+            senders.push(from);
+        }
+    }
+    peers.heard(senders.into_iter(), std::time::Instant::now());
     if decoded.len() > 1 {
         decoded = in_sender_order(decoded, |(_, _, o)| {
             o.as_ref().map(|(f, s)| (f.as_str(), *s))
