@@ -2,6 +2,7 @@
 //! welcome page, statistics, metrics, server info and the status page.
 
 use bytes::Bytes;
+use futures_util::future::{Either, FutureExt};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -242,12 +243,20 @@ fn upgrade(server: &Arc<Server>, mut req: Request<Incoming>, peer: &PeerInfo) ->
         .to_owned();
     let hub = server.hub.clone();
     let token = server.shutdown.token.clone();
-    server.shutdown.tracker.spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => crate::ws::serve_upgraded(hub, upgraded, remote, agent, token).await,
-            Err(e) => debug!(error = %e, "upgrade failed"),
-        }
-    });
+    // `then`, not an `async` block: what the closure captured is gone from
+    // the task once the upgrade is done (see `ws::serve_upgraded`).
+    server
+        .shutdown
+        .tracker
+        .spawn(on_upgrade.then(move |upgraded| match upgraded {
+            Ok(upgraded) => Either::Left(crate::ws::serve_upgraded(
+                hub, upgraded, remote, agent, token,
+            )),
+            Err(e) => {
+                debug!(error = %e, "upgrade failed");
+                Either::Right(std::future::ready(()))
+            }
+        }));
     response
 }
 

@@ -57,35 +57,53 @@ pub fn ws_config() -> WebSocketConfig {
 
 /// Serves an upgraded HTTP connection. On plain TCP the hub may write to
 /// the socket directly while the connection is idle (see `SharedTcp`).
-pub async fn serve_upgraded(
+///
+/// This and [`serve`] are plain functions returning the connection's
+/// future, not `async fn`s: an `async fn` keeps its arguments in its future
+/// for as long as it runs, beside the inner future they were moved into,
+/// and every byte of a connection's task is paid once per idle session.
+pub fn serve_upgraded(
     hub: Arc<Hub>,
     upgraded: hyper::upgrade::Upgraded,
     remote_addr: String,
     user_agent: String,
     shutdown: CancellationToken,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
+    use futures_util::future::Either;
     use hyper_util::rt::TokioIo;
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
             let stream = Arc::new(parts.io.into_inner());
             let io = SharedTcp::new(stream.clone(), parts.read_buf);
-            serve(hub, io, Some(stream), remote_addr, user_agent, shutdown).await
+            Either::Left(serve(
+                hub,
+                io,
+                Some(stream),
+                remote_addr,
+                user_agent,
+                shutdown,
+            ))
         }
-        Err(upgraded) => {
-            let io = TokioIo::new(upgraded);
-            serve(hub, io, None, remote_addr, user_agent, shutdown).await
-        }
+        Err(upgraded) => Either::Right(serve(
+            hub,
+            TokioIo::new(upgraded),
+            None,
+            remote_addr,
+            user_agent,
+            shutdown,
+        )),
     }
 }
 
-pub async fn serve<S>(
+pub fn serve<S>(
     hub: Arc<Hub>,
     io: S,
     direct: Option<Arc<TcpStream>>,
     remote_addr: String,
     user_agent: String,
     shutdown: CancellationToken,
-) where
+) -> impl Future<Output = ()> + Send + 'static
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let written = Arc::new(AtomicU64::new(0));
@@ -93,11 +111,8 @@ pub async fn serve<S>(
         inner: io,
         written: written.clone(),
     };
-    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
     let span = info_span!("conn", peer = %remote_addr);
-    run(hub, ws, written, direct, remote_addr, user_agent, shutdown)
-        .instrument(span)
-        .await
+    run(hub, io, written, direct, remote_addr, user_agent, shutdown).instrument(span)
 }
 
 /// What the connection loop does after a step.
@@ -146,7 +161,7 @@ struct Conn {
 /// socket, the hub's queue, the backend, and the hello and ping timers.
 async fn run<S>(
     hub: Arc<Hub>,
-    mut ws: WebSocketStream<S>,
+    io: CountingIo<S>,
     written: Arc<AtomicU64>,
     direct: Option<Arc<TcpStream>>,
     remote_addr: String,
@@ -155,6 +170,7 @@ async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
     let kill = CancellationToken::new();
     let conn = hub.new_conn(remote_addr, user_agent, kill.clone());
     // However this task ends, the hub stops writing to its socket (and

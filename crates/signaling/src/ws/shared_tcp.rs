@@ -19,7 +19,15 @@ pub(super) struct SharedTcp {
 }
 
 impl SharedTcp {
+    /// `prefix` is a slice of the HTTP layer's read buffer and, even when
+    /// empty, keeps that whole buffer (several KiB) alive: it is copied
+    /// out, so an idle connection holds no more than its own bytes.
     pub(super) fn new(stream: Arc<TcpStream>, prefix: Bytes) -> SharedTcp {
+        let prefix = if prefix.is_empty() {
+            Bytes::new()
+        } else {
+            Bytes::copy_from_slice(&prefix)
+        };
         SharedTcp { stream, prefix }
     }
 }
