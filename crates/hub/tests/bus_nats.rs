@@ -41,6 +41,27 @@ fn sub(bus: &Arc<NatsBus>, subject: &str, rec: &Arc<Rec>) -> Subscription {
     bus.subscribe(subject, h).expect("subscribe")
 }
 
+/// Recorder `i` subscribes `subject(i)`, for each of `recs`.
+fn sub_each(
+    bus: &Arc<NatsBus>,
+    recs: &[Arc<Rec>],
+    subject: impl Fn(usize) -> String,
+) -> Vec<Subscription> {
+    recs.iter()
+        .enumerate()
+        .map(|(i, r)| sub(bus, &subject(i), r))
+        .collect()
+}
+
+/// Session subjects `session.s<i>` and user subjects `user.dTEyMw<i>`.
+fn session_or_user(i: usize, session: bool) -> String {
+    if session {
+        format!("session.s{i}")
+    } else {
+        format!("user.dTEyMw{i}")
+    }
+}
+
 async fn nats() -> NatsServer {
     NatsServer::start().await.expect("nats-server starts")
 }
@@ -146,18 +167,8 @@ async fn sessions_and_users_share_one_subscription_per_node() {
 
     let n = 200;
     let recs: Vec<Arc<Rec>> = (0..2 * n).map(|_| Arc::new(Rec::default())).collect();
-    let subject = |i: usize| {
-        if i < n {
-            format!("session.s{i}")
-        } else {
-            format!("user.dTEyMw{i}")
-        }
-    };
-    let _subs: Vec<Subscription> = recs
-        .iter()
-        .enumerate()
-        .map(|(i, r)| sub(&b, &subject(i), r))
-        .collect();
+    let subject = |i: usize| session_or_user(i, i < n);
+    let _subs = sub_each(&b, &recs, subject);
     // A SUB would be on the connection before this (one ordered queue).
     barrier(&a, &subject(2 * n - 1), &recs[2 * n - 1]).await;
     assert_eq!(
@@ -327,18 +338,8 @@ async fn queued_messages_cross_in_batches_to_every_addressee() {
     let (b, _) = settled_bus(&nats).await;
     let n = 50;
     let recs: Vec<Arc<Rec>> = (0..n).map(|_| Arc::new(Rec::default())).collect();
-    let subject = |i: usize| {
-        if i.is_multiple_of(2) {
-            format!("session.s{i}")
-        } else {
-            format!("user.dTEyMw{i}")
-        }
-    };
-    let _subs: Vec<Subscription> = recs
-        .iter()
-        .enumerate()
-        .map(|(i, r)| sub(&b, &subject(i), r))
-        .collect();
+    let subject = |i: usize| session_or_user(i, i.is_multiple_of(2));
+    let _subs = sub_each(&b, &recs, subject);
     let _room = sub(&b, "room.cm9vbQ", &recs[0]);
     barrier(&a, "room.cm9vbQ", &recs[0]).await;
     let (_w, on_sessions) = watch(&nats, "session.*").await;

@@ -535,14 +535,8 @@ async fn run(
                         // the other servers re-subscribe when they reconnect,
                         // which may be a retry later than ours, and core
                         // NATS drops what nobody is subscribed to yet.
-                        if !*connected.borrow() && connected.wait_for(|c| *c).await.is_err() {
+                        if !until_publishable(&mut connected, &reconnected).await {
                             break;
-                        }
-                        let since = *reconnected.lock();
-                        if let Some(wait) =
-                            since.and_then(|t| RESUBSCRIBE_GRACE.checked_sub(t.elapsed()))
-                        {
-                            tokio::time::sleep(wait).await;
                         }
                         metrics.queued.dec();
                         // What else is queued for sessions and users right
@@ -583,34 +577,7 @@ async fn run(
                         subs.remove(&subject);
                         metrics.subscriptions.set(subs.len() as i64);
                     }
-                    Command::Sync(queued, done) => {
-                        // A request nobody answers: the broker says "no
-                        // responders" once it processed it, and with it
-                        // every SUB handed to the client above (one
-                        // connection, in order). The client's `flush` only
-                        // writes the socket, it does not wait for the broker.
-                        // Not awaited here (publishes must not wait), and
-                        // bounded in case the connection breaks meanwhile.
-                        let client = client.clone();
-                        let active = bus.upgrade().map(|b| b.subs_active.clone());
-                        tokio::spawn(async move {
-                            let sync = client.request(SYNC_SUBJECT, Bytes::new());
-                            let answered =
-                                tokio::time::timeout(crate::bus::SUBSCRIPTIONS_WAIT, sync).await;
-                            // "No responders" is the broker's answer too.
-                            let processed = match answered {
-                                Ok(Ok(_)) => true,
-                                Ok(Err(e)) => {
-                                    e.kind() == async_nats::RequestErrorKind::NoResponders
-                                }
-                                Err(_) => false,
-                            };
-                            if let (true, Some(active)) = (processed, active) {
-                                active.fetch_max(queued, Ordering::Relaxed);
-                            }
-                            let _ = done.send(());
-                        });
-                    }
+                    Command::Sync(queued, done) => sync_subscriptions(&client, &bus, queued, done),
                 }
             }
             Next::Received(first) => {
@@ -633,6 +600,54 @@ async fn run(
     }
     metrics.connected.set(0);
     metrics.subscriptions.set(0);
+}
+
+/// Finds out when the broker has processed every subscription handed to the
+/// client before this point, and then marks `queued` as active.
+fn sync_subscriptions(
+    client: &Client,
+    bus: &Weak<NatsBus>,
+    queued: u64,
+    done: oneshot::Sender<()>,
+) {
+    // A request nobody answers: the broker says "no responders" once it
+    // processed it, and with it every SUB handed to the client before (one
+    // connection, in order). The client's `flush` only writes the socket,
+    // it does not wait for the broker. Not awaited by the caller
+    // (publishes must not wait), and bounded in case the connection breaks
+    // meanwhile.
+    let client = client.clone();
+    let active = bus.upgrade().map(|b| b.subs_active.clone());
+    tokio::spawn(async move {
+        let sync = client.request(SYNC_SUBJECT, Bytes::new());
+        let answered = tokio::time::timeout(crate::bus::SUBSCRIPTIONS_WAIT, sync).await;
+        // "No responders" is the broker's answer too.
+        let processed = match answered {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => e.kind() == async_nats::RequestErrorKind::NoResponders,
+            Err(_) => false,
+        };
+        if let (true, Some(active)) = (processed, active) {
+            active.fetch_max(queued, Ordering::Relaxed);
+        }
+        let _ = done.send(());
+    });
+}
+
+/// Waits while NATS is away and for the grace after it came back; false
+/// when the connection state is gone (the bus is shutting down).
+async fn until_publishable(
+    connected: &mut watch::Receiver<bool>,
+    reconnected: &parking_lot::Mutex<Option<std::time::Instant>>,
+) -> bool {
+    if !*connected.borrow() && connected.wait_for(|c| *c).await.is_err() {
+        return false;
+    }
+    let since = *reconnected.lock();
+    if let Some(wait) = since.and_then(|t| RESUBSCRIBE_GRACE.checked_sub(t.elapsed())) {
+        tokio::time::sleep(wait).await;
+    }
+    true
 }
 
 /// The publish just taken from the queue and every publish to a session or
