@@ -536,6 +536,82 @@ async fn slow_reader_loses_nothing(t: Topology) {
     c.expect_no_message(SHORT).await;
 }
 
+/// Frames that come one by one, more than a millisecond apart, go straight
+/// from the hub to an idle client's socket (direct writes). When the client
+/// stops reading, its socket fills in the middle of such a frame: the rest
+/// of that frame, and every frame after it, must still arrive whole and in
+/// order once it reads again — a broken byte stream shows as a frame that
+/// is not JSON, a wrong sequence or a closed connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_reader_gets_spaced_frames_whole_and_in_order() {
+    stalled_reader_gets_spaced_frames(Topology::Single).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_reader_gets_spaced_frames_whole_and_in_order_in_a_cluster() {
+    stalled_reader_gets_spaced_frames(Topology::Cluster).await
+}
+
+/// Between 3,000 and 15,000 bytes: every frame small enough to be written
+/// directly.
+fn pad_len(seq: u64) -> usize {
+    3000 + (seq as usize * 997) % 12_000
+}
+
+async fn stalled_reader_gets_spaced_frames(t: Topology) {
+    let s = TestServer::start_on(t).await;
+    let addr = s.next_addr();
+    let mut slow = RawWs::connect_small_rcvbuf(addr, 4096)
+        .await
+        .expect("connect");
+    let h = raw_hello(&s, "stalled", &mut slow).await;
+    let slow_id = h["hello"]["sessionid"].as_str().unwrap().to_owned();
+    // In a cluster the sender is on another node: frames cross NATS first.
+    let mut sender = s.user("spaced").await;
+    // About 3.6 MB: more than the server's socket takes on loopback (its
+    // send buffer grows to about 1.3 MB), in sizes that do not divide it,
+    // so that some frame is cut in the middle; below the queue's bound of
+    // 512 frames (no overflow).
+    const N: u64 = 400;
+    for i in 0..N {
+        let pad = "q".repeat(pad_len(i));
+        sender
+            .send_message(recipient_session(&slow_id), json!({"seq": i, "pad": pad}))
+            .await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    barrier(&mut sender, "spaced-done").await;
+    // Still not reading: give the last frames time to reach the full socket.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (seen.len() as u64) < N {
+        match slow.read_frame(deadline).await {
+            RawIncoming::Frame {
+                opcode: OP_TEXT,
+                payload,
+            } => {
+                let v: Value = serde_json::from_slice(&payload).unwrap_or_else(|e| {
+                    panic!("frame {} is not JSON ({e}): the stream broke", seen.len())
+                });
+                let seq = v["message"]["data"]["seq"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{v}"));
+                let pad = v["message"]["data"]["pad"].as_str().unwrap_or_default();
+                assert_eq!(pad.len(), pad_len(seq), "seq {seq}");
+                seen.push(seq);
+            }
+            RawIncoming::Frame { .. } => {}
+            other => panic!("after {} frames: {other:?}", seen.len()),
+        }
+    }
+    assert_eq!(seen, (0..N).collect::<Vec<_>>());
+    assert_eq!(
+        metric(addr, "signaling_server_client_queue_overflows_total").await,
+        Some(0.0)
+    );
+}
+
 /// The queue of a disconnected session is bounded: 10,000 messages are kept,
 /// the 10,001st ends the session. (Deliberate difference: upstream keeps an
 /// unbounded list; see `MAX_PENDING_MESSAGES` in crates/hub/src/core/settings.rs.)
