@@ -541,7 +541,8 @@ async fn slow_reader_loses_nothing(t: Topology) {
 /// stops reading, its socket fills in the middle of such a frame: the rest
 /// of that frame, and every frame after it, must still arrive whole and in
 /// order once it reads again — a broken byte stream shows as a frame that
-/// is not JSON, a wrong sequence or a closed connection.
+/// is not JSON, a wrong sequence or a closed connection. A `bye` sent
+/// meanwhile is answered after all of them, then the close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_reader_gets_spaced_frames_whole_and_in_order() {
     stalled_reader_gets_spaced_frames(Topology::Single).await
@@ -583,9 +584,15 @@ async fn stalled_reader_gets_spaced_frames(t: Topology) {
     barrier(&mut sender, "spaced-done").await;
     // Still not reading: give the last frames time to reach the full socket.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // The client says bye while the server's socket is full: the reply and
+    // the close come after everything queued, the cut frame first.
+    slow.send_json(&json!({"id": "leaving", "type": "bye", "bye": {}}))
+        .await
+        .expect("send bye");
     let mut seen = Vec::new();
+    let mut bye = false;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while (seen.len() as u64) < N {
+    loop {
         match slow.read_frame(deadline).await {
             RawIncoming::Frame {
                 opcode: OP_TEXT,
@@ -594,6 +601,12 @@ async fn stalled_reader_gets_spaced_frames(t: Topology) {
                 let v: Value = serde_json::from_slice(&payload).unwrap_or_else(|e| {
                     panic!("frame {} is not JSON ({e}): the stream broke", seen.len())
                 });
+                assert!(!bye, "{v} after the bye reply");
+                if v["type"] == "bye" {
+                    assert_eq!(v["id"], "leaving", "{v}");
+                    bye = true;
+                    continue;
+                }
                 let seq = v["message"]["data"]["seq"]
                     .as_u64()
                     .unwrap_or_else(|| panic!("{v}"));
@@ -601,11 +614,15 @@ async fn stalled_reader_gets_spaced_frames(t: Topology) {
                 assert_eq!(pad.len(), pad_len(seq), "seq {seq}");
                 seen.push(seq);
             }
+            RawIncoming::Frame {
+                opcode: OP_CLOSE, ..
+            } => break,
             RawIncoming::Frame { .. } => {}
-            other => panic!("after {} frames: {other:?}", seen.len()),
+            other => panic!("after {} frames, bye {bye}: {other:?}", seen.len()),
         }
     }
     assert_eq!(seen, (0..N).collect::<Vec<_>>());
+    assert!(bye, "no bye reply before the close");
     assert_eq!(
         metric(addr, "signaling_server_client_queue_overflows_total").await,
         Some(0.0)
