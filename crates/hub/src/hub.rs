@@ -325,7 +325,13 @@ impl Hub {
     ) -> Arc<Conn> {
         self.metrics.connections.inc();
         let id = self.conn_ids.fetch_add(1, Ordering::Relaxed) + 1;
-        Conn::new(id, remote_addr, user_agent, kill)
+        Conn::new(
+            id,
+            remote_addr,
+            user_agent,
+            kill,
+            self.metrics.direct_writes.clone(),
+        )
     }
 
     /// Register a new WebSocket connection.

@@ -29,6 +29,8 @@ pub struct HubMetrics {
     /// Clustering: connections relayed to or from another server (a client
     /// resumed on a server other than its session's), by side.
     pub relays: Arc<GaugeVec>,
+    /// Frames the hub wrote to a client's socket itself (`core::conn`).
+    pub direct_writes: Arc<crate::core::conn::DirectCounts>,
     messages: [Arc<AtomicU64>; 8],
 }
 
@@ -40,6 +42,15 @@ impl HubMetrics {
             &["type"],
         );
         let messages = MessageKind::ALL.map(|k| messages_vec.handle(&[k.label()]));
+        let direct_vec = registry.counter_vec(
+            "signaling_server_direct_writes_total",
+            "Frames written to an idle client's socket without waking its connection task, by whether the socket took the whole frame",
+            &["result"],
+        );
+        let direct_writes = Arc::new(crate::core::conn::DirectCounts {
+            whole: direct_vec.handle(&["whole"]),
+            partial: direct_vec.handle(&["partial"]),
+        });
         HubMetrics {
             rooms: registry.gauge_vec(
                 "signaling_hub_rooms",
@@ -111,6 +122,7 @@ impl HubMetrics {
                 "Client connections relayed between servers: side=client (the socket is here) or side=session (the session is here)",
                 &["side"],
             ),
+            direct_writes,
             messages,
             registry,
         }

@@ -627,6 +627,18 @@ async fn stalled_reader_gets_spaced_frames(t: Topology) {
         metric(addr, "signaling_server_client_queue_overflows_total").await,
         Some(0.0)
     );
+    // The path under test was taken: frames went out directly, and one of
+    // them was cut by the full socket.
+    let direct = |result: &'static str| {
+        let label = format!("result=\"{result}\"");
+        async move {
+            metric_with_at(addr, "signaling_server_direct_writes_total{", &label)
+                .await
+                .unwrap_or(0.0)
+        }
+    };
+    assert!(direct("whole").await > 0.0, "no direct writes");
+    assert!(direct("partial").await > 0.0, "no frame was cut");
 }
 
 /// The queue of a disconnected session is bounded: 10,000 messages are kept,

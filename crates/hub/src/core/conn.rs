@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -61,6 +61,16 @@ pub struct Conn {
     /// Its frames are relayed to another server from now on.
     relayed: AtomicBool,
     session: Mutex<Option<Arc<ClientSession>>>,
+    /// Counts of direct writes, shared by the hub's connections.
+    direct_counts: Arc<DirectCounts>,
+}
+
+/// Frames the hub wrote to sockets itself: the socket took all of the
+/// frame, or part of it (the connection task wrote the rest).
+#[derive(Default)]
+pub struct DirectCounts {
+    pub whole: Arc<AtomicU64>,
+    pub partial: Arc<AtomicU64>,
 }
 
 #[derive(Default)]
@@ -128,6 +138,7 @@ impl Conn {
         remote_addr: String,
         user_agent: String,
         kill: CancellationToken,
+        direct_counts: Arc<DirectCounts>,
     ) -> Arc<Conn> {
         Arc::new(Conn {
             id,
@@ -140,6 +151,7 @@ impl Conn {
             overflowed: AtomicBool::new(false),
             relayed: AtomicBool::new(false),
             session: Mutex::new(None),
+            direct_counts,
         })
     }
 
@@ -251,8 +263,14 @@ impl Conn {
             return Some(Outbound::Frame(frame));
         }
         let left = match send_now(socket, &frame) {
-            Direct::Done => None,
-            Direct::Partial(sent) => Some(Outbound::Rest { frame, sent }),
+            Direct::Done => {
+                self.direct_counts.whole.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Direct::Partial(sent) => {
+                self.direct_counts.partial.fetch_add(1, Ordering::Relaxed);
+                Some(Outbound::Rest { frame, sent })
+            }
             Direct::Nothing => return Some(Outbound::Frame(frame)),
         };
         q.last_write = now;
@@ -414,7 +432,13 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let client = TcpStream::connect(addr).await.expect("connect");
         let (server, _) = listener.accept().await.expect("accept");
-        let conn = Conn::new(1, "test".into(), String::new(), CancellationToken::new());
+        let conn = Conn::new(
+            1,
+            "test".into(),
+            String::new(),
+            CancellationToken::new(),
+            Arc::default(),
+        );
         conn.set_direct(Arc::new(server));
         (conn, client)
     }
