@@ -299,7 +299,8 @@ async fn full_queue_refuses_with_an_error_and_a_metric() {
 async fn settled_bus(nats: &NatsServer) -> (Arc<NatsBus>, Registry) {
     let (bus, registry) = bus(nats).await;
     bus.set_presence_interval(Duration::from_millis(200));
-    tokio::time::sleep(hub::bus::nats::FIRST_SETTLE + Duration::from_millis(200)).await;
+    // Settled after an interval and a second.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
     (bus, registry)
 }
 
@@ -314,7 +315,13 @@ fn metric(registry: &Registry, name: &str) -> u64 {
 async fn watch(nats: &NatsServer, subject: &str) -> (async_nats::Client, Arc<Mutex<usize>>) {
     let client = async_nats::connect(nats.url()).await.expect("raw client");
     let mut sub = client.subscribe(subject.to_owned()).await.expect("sub");
-    client.flush().await.expect("flush");
+    // `flush` only writes the socket: a request nobody answers comes back
+    // ("no responders") once the server processed the SUB before it.
+    let answer = client.request("watch.sync", bytes::Bytes::new()).await;
+    assert!(
+        matches!(&answer, Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders),
+        "{answer:?}"
+    );
     let count = Arc::new(Mutex::new(0));
     let c = count.clone();
     tokio::spawn(async move {

@@ -6,9 +6,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::BackendServerRoomRequest;
-use crate::client::ServerMessage;
-
 pub const BUS_TYPE_MESSAGE: &str = "message";
 pub const BUS_TYPE_ROOM: &str = "room";
 pub const BUS_TYPE_PERMISSIONS: &str = "permissions";
@@ -193,38 +190,6 @@ pub struct DialoutAnswer {
 pub struct ClusterAnswer<T> {
     pub node: String,
     pub answer: Option<T>,
-}
-
-/// Envelope of every cluster message.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct BusEnvelope {
-    /// RFC 3339 time with nanoseconds, when the message was published.
-    pub sendtime: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<ServerMessage>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub room: Option<BackendServerRoomRequest>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub permissions: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub presence: Option<RoomPresence>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node: Option<NodeStatus>,
-    #[serde(default)]
-    pub id: String,
-    /// Ours: the publishing connection (random per process) and its count
-    /// of publishes, so a receiver can keep one sender's order across
-    /// subjects.
-    #[serde(rename = "x-from", default, skip_serializing_if = "String::is_empty")]
-    pub from: String,
-    #[serde(rename = "x-seq", default, skip_serializing_if = "is_zero")]
-    pub seq: u64,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }
 
 /// Subject of a session's private mailbox.

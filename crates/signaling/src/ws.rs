@@ -248,7 +248,6 @@ async fn run<S>(
         }
     };
     if let Step::Relay(link) = step {
-        c.conn.end_direct();
         let (sink, stream) = ws.split();
         let io = RelayIo {
             sink,

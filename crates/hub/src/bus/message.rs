@@ -23,18 +23,9 @@ impl OutMsg {
         })
     }
 
-    /// A message whose text is already known (relayed from a federated
-    /// server: the text keeps fields `msg` does not model).
-    pub fn with_text(msg: ServerMessage, text: String) -> Arc<OutMsg> {
-        Arc::new(OutMsg {
-            msg,
-            text: OnceLock::from(Frame::from(text)),
-            chat: OnceLock::new(),
-        })
-    }
-
     /// A message whose frame is already made (received from another server
-    /// of the cluster: the text it sent).
+    /// of the cluster, or relayed from a federated one: the text it sent,
+    /// which may keep fields `msg` does not model).
     pub fn with_frame(msg: ServerMessage, frame: Frame) -> Arc<OutMsg> {
         Arc::new(OutMsg {
             msg,

@@ -176,7 +176,6 @@ impl Conn {
     pub fn close_queue(&self) -> VecDeque<Outbound> {
         let mut q = self.queue.lock();
         q.closed = true;
-        q.writing = true;
         q.direct = None;
         std::mem::take(&mut q.items)
     }
@@ -221,12 +220,10 @@ impl Conn {
         }
     }
 
-    /// No more direct writes (the task stops using the socket or hands
-    /// it on); the socket is released with the task's handle.
+    /// No more direct writes: the connection task ended, and the socket
+    /// is released with its handle.
     pub fn end_direct(&self) {
-        let mut q = self.queue.lock();
-        q.writing = true;
-        q.direct = None;
+        self.queue.lock().direct = None;
     }
 
     fn push(&self, item: Outbound, limit: usize) -> Result<(), Outbound> {
@@ -235,7 +232,7 @@ impl Conn {
             return Err(item);
         }
         let item = match item {
-            Outbound::Frame(frame) if q.items.is_empty() && !q.writing && q.direct.is_some() => {
+            Outbound::Frame(frame) if q.items.is_empty() && !q.writing => {
                 match self.write_direct(&mut q, frame) {
                     Some(item) => item,
                     None => return Ok(()),
@@ -249,17 +246,17 @@ impl Conn {
         Ok(())
     }
 
-    /// Writes `frame` to the idle connection's socket unless it was
-    /// written to very recently. Returns what is left for the queue (the
-    /// queue is empty: that goes first): the rest of a frame the socket took
-    /// only in part, or the frame when it was not written at all.
+    /// Writes `frame` to the idle connection's socket, if it has one for
+    /// direct writes and was not written to very recently. Returns what is
+    /// left for the queue (the queue is empty: that goes first): the rest of
+    /// a frame the socket took only in part, or the frame when it was not
+    /// written at all.
     fn write_direct(&self, q: &mut Queue, frame: Frame) -> Option<Outbound> {
-        let now = micros();
         let Some(socket) = &q.direct else {
             return Some(Outbound::Frame(frame));
         };
-        if self.relayed.load(Ordering::Relaxed) || now.saturating_sub(q.last_write) < DIRECT_GAP_US
-        {
+        let now = micros();
+        if now.saturating_sub(q.last_write) < DIRECT_GAP_US {
             return Some(Outbound::Frame(frame));
         }
         let left = match send_now(socket, &frame) {
@@ -332,6 +329,8 @@ impl Conn {
     /// queued); false when the connection is gone.
     pub(crate) fn relay(&self, link: Box<crate::bus::relay_link::RelayLink>) -> bool {
         self.relayed.store(true, Ordering::Relaxed);
+        // The relay's frames go through the task only.
+        self.queue.lock().direct = None;
         self.push(Outbound::Relay(link), OUTBOUND_QUEUE + 1).is_ok()
     }
 
@@ -461,7 +460,7 @@ mod tests {
     }
 
     /// Long enough since the last write for the next frame to go direct.
-    async fn pause() {
+    fn pause() {
         NOW.set(Some(NOW.get().unwrap_or(DIRECT_GAP_US) + DIRECT_GAP_US));
     }
 
@@ -481,7 +480,7 @@ mod tests {
     async fn idle_connection_gets_frames_on_its_socket_busy_one_in_its_queue() {
         let (conn, mut client) = pair().await;
         // Idle: straight to the socket, nothing queued.
-        pause().await;
+        pause();
         assert!(conn.send(Frame::from("one")));
         assert_eq!(read_exactly(&mut client, 5).await, encoded("one"));
         assert!(conn.take_to_write().is_empty());
@@ -490,7 +489,7 @@ mod tests {
         assert!(conn.send(Frame::from("1b")));
         assert_eq!(frames(conn.take_to_write()), ["1b"]);
         conn.written();
-        pause().await;
+        pause();
 
         // The task writes something of its own: frames wait in the queue.
         conn.claim_writer();
@@ -503,7 +502,7 @@ mod tests {
         assert!(conn.send(Frame::from("four")));
         assert_eq!(frames(conn.take_to_write()), ["four"]);
         conn.written();
-        pause().await;
+        pause();
         assert!(conn.send(Frame::from("five")));
         assert_eq!(read_exactly(&mut client, 6).await, encoded("five"));
 
@@ -529,7 +528,7 @@ mod tests {
         // Nobody reads: the socket's buffers fill up.
         let mut queued = VecDeque::new();
         for _ in 0..10_000 {
-            pause().await;
+            pause();
             assert!(conn.send(Frame::from(text.clone())));
             let q = conn.take_to_write();
             if !q.is_empty() {
@@ -552,7 +551,7 @@ mod tests {
             _ => panic!("unexpected item"),
         };
         // While the task holds that frame, the hub does not write.
-        pause().await;
+        pause();
         assert!(conn.send(Frame::from("later")));
         assert_eq!(frames(conn.take_to_write()), ["later"]);
         // The socket carries whole frames and then the first `skip`

@@ -147,7 +147,7 @@ impl Task {
             return Step::Close;
         };
         match serde_json::from_value::<ServerMessage>(v.clone()) {
-            Ok(msg) => session.send(&OutMsg::with_text(msg, v.to_string())),
+            Ok(msg) => session.send(&OutMsg::with_frame(msg, v.to_string().into())),
             Err(e) => {
                 debug!(session = %self.local_id, error = %e, "unexpected message from federated server")
             }

@@ -17,10 +17,16 @@ use bytes::{BufMut, Bytes, BytesMut};
 /// The subject batches travel on; every node of ours subscribes it.
 pub const BATCH_SUBJECT: &str = "cluster.batch";
 
-const HEADER: &[u8] = b"x-batch 1\n";
+pub(super) const HEADER: &[u8] = b"x-batch 1\n";
 
 /// Largest batch built (well below `nats-server`'s default 1 MB payload limit).
 pub(super) const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// Bytes an envelope takes in a batch: its line and itself.
+pub(super) fn item_len(subject: &str, envelope: &[u8]) -> usize {
+    // "<subject> <length>\n": a length has at most 20 digits.
+    subject.len() + 22 + envelope.len()
+}
 
 /// A batch being built.
 pub(super) struct BatchWriter {

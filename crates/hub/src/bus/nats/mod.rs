@@ -109,7 +109,7 @@ use order::dispatch;
 #[cfg(test)]
 use order::in_sender_order;
 use peers::Peers;
-pub use peers::{FIRST_SETTLE, READS_BATCHES};
+pub use peers::READS_BATCHES;
 
 use crate::bus::{
     check_subject, encode_envelope_from, Bus, BusError, BusHandler, BusMessage, SubjectTable,
@@ -545,7 +545,11 @@ async fn run(
                         let (subject, payload) = if wildcard_for(&subject).is_some()
                             && peers.all_read_batches(std::time::Instant::now())
                         {
-                            let (out, next) = take_batch(&mut commands, &metrics, subject, payload);
+                            // Within the broker's payload limit too: a
+                            // batch it refused would lose every message in it.
+                            let limit = client.server_info().max_payload.min(MAX_BATCH_BYTES);
+                            let (out, next) =
+                                take_batch(&mut commands, &metrics, subject, payload, limit);
                             pending = next;
                             out
                         } else {
@@ -651,14 +655,15 @@ async fn until_publishable(
 }
 
 /// The publish just taken from the queue and every publish to a session or
-/// user subject queued right behind it, as one batch when there are
-/// several (else the first as it was), and the first command that did not
-/// fit, to execute next.
+/// user subject queued right behind it, as one batch of at most `limit`
+/// bytes when there are several (else the first as it was), and the first
+/// command that did not fit, to execute next.
 fn take_batch(
     commands: &mut mpsc::UnboundedReceiver<Command>,
     metrics: &NatsMetrics,
     subject: Arc<str>,
     payload: Bytes,
+    limit: usize,
 ) -> ((Arc<str>, Bytes), Option<Command>) {
     let first = (subject, payload);
     let mut writer: Option<BatchWriter> = None;
@@ -666,8 +671,11 @@ fn take_batch(
         match commands.try_recv() {
             Ok(Command::Publish(s, p))
                 if wildcard_for(&s).is_some()
-                    && writer.as_ref().map_or(first.1.len(), BatchWriter::len) + p.len()
-                        < MAX_BATCH_BYTES =>
+                    && writer.as_ref().map_or_else(
+                        || batch::item_len(&first.0, &first.1) + batch::HEADER.len(),
+                        BatchWriter::len,
+                    ) + batch::item_len(&s, &p)
+                        <= limit =>
             {
                 metrics.queued.dec();
                 let w = writer.get_or_insert_with(|| {
@@ -755,8 +763,13 @@ mod tests {
             _ => "other".to_owned(),
         };
         // Alone: goes out as it is.
-        let ((s, p), next) =
-            take_batch(&mut rx, &metrics, Arc::from("session.a"), Bytes::from("x"));
+        let ((s, p), next) = take_batch(
+            &mut rx,
+            &metrics,
+            Arc::from("session.a"),
+            Bytes::from("x"),
+            MAX_BATCH_BYTES,
+        );
         assert_eq!(
             (&*s, &p[..], next.is_none()),
             ("session.a", &b"x"[..], true)
@@ -770,8 +783,13 @@ mod tests {
         ] {
             tx.send(c).ok();
         }
-        let ((s, p), next) =
-            take_batch(&mut rx, &metrics, Arc::from("session.a"), Bytes::from("x"));
+        let ((s, p), next) = take_batch(
+            &mut rx,
+            &metrics,
+            Arc::from("session.a"),
+            Bytes::from("x"),
+            MAX_BATCH_BYTES,
+        );
         assert_eq!(&*s, BATCH_SUBJECT);
         let (items, err) = split_batch(&p);
         assert!(err.is_none());
@@ -782,8 +800,19 @@ mod tests {
         // Never beyond the size bound, counting the first message too.
         tx.send(publish("session.f", MAX_BATCH_BYTES / 2)).ok();
         let big = Bytes::from(vec![b'x'; MAX_BATCH_BYTES * 2 / 3]);
-        let ((s, _), next) = take_batch(&mut rx, &metrics, Arc::from("session.e"), big);
+        let ((s, _), next) = take_batch(
+            &mut rx,
+            &metrics,
+            Arc::from("session.e"),
+            big,
+            MAX_BATCH_BYTES,
+        );
         assert_eq!((&*s, subject(&next)), ("session.e", "session.f".to_owned()));
+        // A broker with a smaller payload limit lowers the bound.
+        tx.send(publish("session.h", 100)).ok();
+        let g = Bytes::from(vec![b'x'; 100]);
+        let ((s, _), next) = take_batch(&mut rx, &metrics, Arc::from("session.g"), g, 250);
+        assert_eq!((&*s, subject(&next)), ("session.g", "session.h".to_owned()));
         assert_eq!(metrics.batches.get(), 1);
         assert_eq!(metrics.batched.get(), 3);
     }

@@ -5,14 +5,13 @@
 //!
 //! A node tells it by its sender id (`x-from`, random per process): ours
 //! end in [`READS_BATCHES`]. Every node reports on `cluster.nodes` at least
-//! once per presence interval, and at once when it hears a node new to it
-//! (a server that just started: its first report goes out as soon as it is
-//! connected). So a node that has been connected for [`FIRST_SETTLE`] after
-//! it started, or for an interval and a second after a reconnect (the
-//! others know it and do not answer at once), has heard all others; one
-//! that fell silent for three intervals is gone (the hub forgets its room
-//! members then too).
+//! once per presence interval, so a node that has been connected for an
+//! interval and a second (after it started or after a reconnect) has heard
+//! all others; one that fell silent for three intervals is gone (the hub
+//! forgets its room members then too).
 //! Upstream's envelopes carry no sender id: hearing one stops batching too.
+//! (Upstream's servers send no reports, so a silent one goes unnoticed: our
+//! servers and upstream's do not share one NATS, see docs/migration.md.)
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -25,10 +24,6 @@ pub const READS_BATCHES: &str = "-b1";
 /// until told otherwise.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 
-/// How long a server that just started listens before it batches: its
-/// first report and the others' answers take a round trip through NATS.
-pub const FIRST_SETTLE: Duration = Duration::from_secs(2);
-
 pub(super) struct Peers {
     inner: Mutex<Inner>,
 }
@@ -37,9 +32,6 @@ struct Inner {
     interval: Duration,
     /// Since when the connection is up (`None`: down).
     connected_since: Option<Instant>,
-    /// Whether that is the first connection (not a reconnect).
-    first: bool,
-    ever_connected: bool,
     /// Sender id ("" for envelopes without one) -> last heard, reads batches.
     heard: HashMap<String, (Instant, bool), foldhash::fast::RandomState>,
 }
@@ -50,8 +42,6 @@ impl Peers {
             inner: Mutex::new(Inner {
                 interval: DEFAULT_INTERVAL,
                 connected_since: None,
-                first: true,
-                ever_connected: false,
                 heard: HashMap::default(),
             }),
         }
@@ -64,12 +54,7 @@ impl Peers {
     /// The connection came up (`true`) or went down. After a reconnect the
     /// reports missed meanwhile must be heard again before batching.
     pub(super) fn connected(&self, up: bool, now: Instant) {
-        let mut inner = self.inner.lock();
-        inner.connected_since = up.then_some(now);
-        if up {
-            inner.first = !inner.ever_connected;
-            inner.ever_connected = true;
-        }
+        self.inner.lock().connected_since = up.then_some(now);
     }
 
     /// Envelopes arrived from these senders (`None`: without a sender id).
@@ -94,11 +79,7 @@ impl Peers {
     pub(super) fn all_read_batches(&self, now: Instant) -> bool {
         let mut inner = self.inner.lock();
         let interval = inner.interval;
-        let settle = if inner.first {
-            FIRST_SETTLE
-        } else {
-            interval + Duration::from_secs(1)
-        };
+        let settle = interval + Duration::from_secs(1);
         let settled = inner
             .connected_since
             .is_some_and(|t| now.saturating_duration_since(t) > settle);
@@ -128,7 +109,11 @@ mod tests {
             !p.all_read_batches(t0 + Duration::from_secs(1)),
             "not settled"
         );
-        let t1 = t0 + Duration::from_secs(3);
+        assert!(
+            !p.all_read_batches(t0 + Duration::from_secs(5)),
+            "not an interval and a second yet"
+        );
+        let t1 = t0 + Duration::from_secs(7);
         assert!(p.all_read_batches(t1));
         // An older node (plain sender id) or upstream (none) stops it ...
         p.heard([Some("0123456789abcdef")].into_iter(), t1);
