@@ -762,14 +762,17 @@ mod tests {
             Some(Command::Publish(s, _)) => s.to_string(),
             _ => "other".to_owned(),
         };
+        let take_one_x = |rx: &mut mpsc::UnboundedReceiver<Command>| {
+            take_batch(
+                rx,
+                &metrics,
+                Arc::from("session.a"),
+                Bytes::from("x"),
+                MAX_BATCH_BYTES,
+            )
+        };
         // Alone: goes out as it is.
-        let ((s, p), next) = take_batch(
-            &mut rx,
-            &metrics,
-            Arc::from("session.a"),
-            Bytes::from("x"),
-            MAX_BATCH_BYTES,
-        );
+        let ((s, p), next) = take_one_x(&mut rx);
         assert_eq!(
             (&*s, &p[..], next.is_none()),
             ("session.a", &b"x"[..], true)
@@ -783,13 +786,7 @@ mod tests {
         ] {
             tx.send(c).ok();
         }
-        let ((s, p), next) = take_batch(
-            &mut rx,
-            &metrics,
-            Arc::from("session.a"),
-            Bytes::from("x"),
-            MAX_BATCH_BYTES,
-        );
+        let ((s, p), next) = take_one_x(&mut rx);
         assert_eq!(&*s, BATCH_SUBJECT);
         let (items, err) = split_batch(&p);
         assert!(err.is_none());
