@@ -351,20 +351,30 @@ fn replaced_room_session(hub: &Hub, q: &RoomSessionQuestion) -> Option<bool> {
 /// the other nodes end an older session with it (the local one is
 /// handled by the caller). Returns once every live node answered (or
 /// the timeout passed), so the older session got its `bye` before it
-/// could see the new one join, as on one server.
+/// could see the new one join, as on one server. With no node heard yet
+/// the question still goes out, and nothing waits for its answers.
 pub(crate) async fn replace_room_session_elsewhere(hub: &Hub, room_session_id: &str, joined: &str) {
     let Some(cluster) = hub.cluster.get().cloned() else {
         return;
     };
     let peers = hub.live_nodes();
-    if peers == 0 {
-        return;
-    }
     let question = RoomSessionQuestion {
         node: hub.node_id.to_string(),
         roomsessionid: room_session_id.to_owned(),
         sessionid: joined.to_owned(),
     };
+    if peers == 0 {
+        // No other node heard yet (this one started less than a presence
+        // interval ago, or it is alone): ask anyway, or an older session on
+        // a node not yet heard would never be told, but do not hold up the
+        // join waiting for answers that may not come.
+        tokio::spawn(async move {
+            let _: Vec<bool> = cluster
+                .ask_all(ROOM_SESSION_SUBJECT, &question, 0, ROOM_QUESTION_TIMEOUT)
+                .await;
+        });
+        return;
+    }
     let _: Vec<bool> = cluster
         .ask_all(
             ROOM_SESSION_SUBJECT,
